@@ -1,0 +1,32 @@
+{
+  "targets": [
+    {
+      "target_name": "virt_backup",
+      "sources": [
+        "binding/addon.cc",
+        "binding/event_loop.cc",
+        "binding/errors.cc",
+        "binding/handles.cc",
+        "binding/connection.cc",
+        "binding/domain.cc"
+      ],
+      "variables": {
+        "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)"
+      },
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS"
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions"],
+      "cflags": ["<!@(pkg-config --cflags libvirt libvirt-qemu)"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt libvirt-qemu)"],
+      "libraries": ["<!@(pkg-config --libs libvirt libvirt-qemu)"]
+    }
+  ]
+}

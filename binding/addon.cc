@@ -1,0 +1,63 @@
+#include "addon.h"
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+
+#include "connection.h"
+#include "domain.h"
+#include "errors.h"
+#include "event_loop.h"
+
+namespace lvb {
+
+namespace {
+
+// libvirt's default error handler prints every error to stderr; errors reach JS
+// as LibvirtError instead.
+void SilenceLibvirtErrors(void*, virErrorPtr) {}
+
+Napi::Value SetErrorClass(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsFunction()) {
+    ThrowTypeError(info.Env(), "The \"errorClass\" argument must be a constructor");
+  }
+  info.Env().GetInstanceData<AddonData>()->errorClass = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+// The libvirt library version this process runs with (local, no daemon involved).
+Napi::Value GetLibraryVersion(const Napi::CallbackInfo& info) {
+  unsigned long version = 0;
+  if (virGetVersion(&version, nullptr, nullptr) < 0) {
+    throw MakeLibvirtError(info.Env(), CaptureLastError("virGetVersion"));
+  }
+  return Napi::Number::New(info.Env(), static_cast<double>(version));
+}
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  if (virInitialize() < 0) throw MakeLibvirtError(env, CaptureLastError("virInitialize"));
+  virSetErrorFunc(nullptr, SilenceLibvirtErrors);
+  if (!EnsureEventLoop()) throw MakeLibvirtError(env, CaptureLastError("virEventRegisterDefaultImpl"));
+
+  auto* data = new AddonData();
+  env.SetInstanceData<AddonData>(data);
+
+  Napi::Function connection = ConnectionWrap::Init(env);
+  Napi::Function domain = DomainWrap::Init(env);
+  data->connectionClass = Napi::Persistent(connection);
+  data->domainClass = Napi::Persistent(domain);
+
+  exports.Set("Connection", connection);
+  exports.Set("Domain", domain);
+  exports.Set("open", Napi::Function::New(env, ConnectionWrap::Open, "open"));
+  exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
+  exports.Set("getLibraryVersion", Napi::Function::New(env, GetLibraryVersion, "getLibraryVersion"));
+  return exports;
+}
+
+}  // namespace
+
+}  // namespace lvb
+
+static Napi::Object InitAddon(Napi::Env env, Napi::Object exports) { return lvb::Init(env, exports); }
+
+NODE_API_MODULE(virt_backup, InitAddon)

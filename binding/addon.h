@@ -1,0 +1,15 @@
+// Per-environment state: each worker_thread that loads the addon gets its own
+// constructors and error class, so the addon is context-aware.
+#pragma once
+
+#include <napi.h>
+
+namespace lvb {
+
+struct AddonData {
+  Napi::FunctionReference errorClass;
+  Napi::FunctionReference connectionClass;
+  Napi::FunctionReference domainClass;
+};
+
+}  // namespace lvb

@@ -1,0 +1,52 @@
+#pragma once
+
+#include <libvirt/libvirt.h>
+#include <napi.h>
+
+#include "handles.h"
+
+namespace lvb {
+
+class ConnectionWrap : public Napi::ObjectWrap<ConnectionWrap> {
+ public:
+  static constexpr const char* kClassName = "Connection";
+  static const napi_type_tag kTypeTag;
+
+  static Napi::Function Init(Napi::Env env);
+  // open(uri: string | null, flags: number): Promise<Connection>
+  static Napi::Value Open(const Napi::CallbackInfo& info);
+
+  explicit ConnectionWrap(const Napi::CallbackInfo& info);
+  ~ConnectionWrap() override;
+
+  const ConnectionStatePtr& state() const { return state_; }
+
+ private:
+  Napi::Value Close(const Napi::CallbackInfo& info);
+  Napi::Value GetLibVersion(const Napi::CallbackInfo& info);
+  Napi::Value GetVersion(const Napi::CallbackInfo& info);
+  Napi::Value GetHostname(const Napi::CallbackInfo& info);
+  Napi::Value GetURI(const Napi::CallbackInfo& info);
+  Napi::Value GetCapabilities(const Napi::CallbackInfo& info);
+  Napi::Value GetDomainCapabilities(const Napi::CallbackInfo& info);
+  Napi::Value IsAlive(const Napi::CallbackInfo& info);
+  Napi::Value IsClosed(const Napi::CallbackInfo& info);
+  Napi::Value ListAllDomains(const Napi::CallbackInfo& info);
+  Napi::Value LookupDomainByName(const Napi::CallbackInfo& info);
+  Napi::Value LookupDomainByUUID(const Napi::CallbackInfo& info);
+  Napi::Value DefineDomain(const Napi::CallbackInfo& info);
+  Napi::Value CreateDomain(const Napi::CallbackInfo& info);
+
+  // Queues `work` with a connection reference held, or rejects when closed.
+  template <typename T>
+  Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
+                    std::function<bool(virConnectPtr, T&)> work,
+                    std::function<Napi::Value(Napi::Env, T&)> convert);
+  // Async call whose result is one domain handle, wrapped as a child of this connection.
+  Napi::Value AsyncDomain(const Napi::CallbackInfo& info, const char* operation,
+                          std::function<virDomainPtr(virConnectPtr)> work);
+
+  ConnectionStatePtr state_;
+};
+
+}  // namespace lvb

@@ -1,0 +1,197 @@
+#include "domain.h"
+
+#include <libvirt/libvirt-qemu.h>
+#include <libvirt/virterror.h>
+
+#include <array>
+
+#include "addon.h"
+#include "connection.h"
+#include "errors.h"
+#include "worker.h"
+
+namespace lvb {
+
+const napi_type_tag DomainWrap::kTypeTag = {0x6c766264'6f6d6169ULL, 0x6e000000'00000002ULL};
+
+Napi::Function DomainWrap::Init(Napi::Env env) {
+  using W = DomainWrap;
+  return DefineCheckedClass<W>(env,
+                     {
+                         MethodProperty<W, &W::GetName>(env, "getName"),
+                         MethodProperty<W, &W::GetUUID>(env, "getUUIDString"),
+                         MethodProperty<W, &W::GetId>(env, "getId"),
+                         MethodProperty<W, &W::GetXMLDesc>(env, "getXMLDesc"),
+                         MethodProperty<W, &W::GetState>(env, "getState"),
+                         MethodProperty<W, &W::IsActive>(env, "isActive"),
+                         MethodProperty<W, &W::IsPersistent>(env, "isPersistent"),
+                         MethodProperty<W, &W::Start>(env, "start"),
+                         MethodProperty<W, &W::Shutdown>(env, "shutdown"),
+                         MethodProperty<W, &W::Destroy>(env, "destroy"),
+                         MethodProperty<W, &W::Undefine>(env, "undefine"),
+                         MethodProperty<W, &W::QemuMonitorCommand>(env, "qemuMonitorCommand"),
+                     });
+}
+
+Napi::Object DomainWrap::Wrap(Napi::Env env, Napi::Object connection, virDomainPtr dom) {
+  ConnectionWrap* conn = ConnectionWrap::Unwrap(connection);
+  if (conn->state()->closed) {
+    virDomainFree(dom);
+    throw MakeLibvirtError(env, ClosedConnectionError("virDomainLookup"));
+  }
+  AddonData* data = env.GetInstanceData<AddonData>();
+  return data->domainClass.New({Napi::External<virDomain>::New(env, dom), connection});
+}
+
+DomainWrap::DomainWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DomainWrap>(info) {
+  if (info.Length() < 2 || !info[0].IsExternal() || !info[1].IsObject() ||
+      !info[1].As<Napi::Object>().CheckTypeTag(&ConnectionWrap::kTypeTag)) {
+    throw Napi::TypeError::New(info.Env(), "Illegal constructor: domains come from a Connection");
+  }
+  ptr_ = info[0].As<Napi::External<virDomain>>().Data();
+  Napi::Object connection = info[1].As<Napi::Object>();
+  state_ = ConnectionWrap::Unwrap(connection)->state();
+  // The child keeps its connection's JS object alive, and with it the state and
+  // any event listeners registered there.
+  connection_ = Napi::Persistent(connection);
+  state_->children.insert(this);
+  const char* name = virDomainGetName(ptr_);
+  if (name != nullptr) name_ = name;
+  std::array<char, VIR_UUID_STRING_BUFLEN> uuid{};
+  if (virDomainGetUUIDString(ptr_, uuid.data()) == 0) uuid_ = uuid.data();
+  info.This().As<Napi::Object>().TypeTag(&kTypeTag);
+}
+
+DomainWrap::~DomainWrap() {
+  state_->children.erase(this);
+  if (ptr_ != nullptr) {
+    virDomainPtr dom = ptr_;
+    ptr_ = nullptr;
+    // Dropping the last domain reference may drop the last connection reference,
+    // which talks to the daemon: never on the JS thread.
+    ReleaseInBackground([dom] { virDomainFree(dom); });
+  }
+}
+
+void DomainWrap::ReleaseForClose() {
+  if (ptr_ != nullptr) {
+    virDomainFree(ptr_);  // the connection wrapper still holds its own reference here
+    ptr_ = nullptr;
+  }
+}
+
+template <typename T>
+Napi::Value DomainWrap::Async(const Napi::CallbackInfo& info, const char* operation,
+                              std::function<bool(virDomainPtr, T&)> work,
+                              std::function<Napi::Value(Napi::Env, T&)> convert) {
+  Napi::Env env = info.Env();
+  if (state_->closed || ptr_ == nullptr) return RejectedPromise(env, ClosedConnectionError(operation));
+  virDomainPtr dom = ptr_;
+  return LibvirtWorker<T>::Run(
+      env, info.This().As<Napi::Object>(), operation, HeldReference(dom),
+      [dom, work = std::move(work)](T& out) { return work(dom, out); }, std::move(convert));
+}
+
+Napi::Value DomainWrap::AsyncStatus(const Napi::CallbackInfo& info, const char* operation,
+                                    std::function<int(virDomainPtr)> work) {
+  return Async<int>(
+      info, operation, [work = std::move(work)](virDomainPtr dom, int&) { return work(dom) >= 0; },
+      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value DomainWrap::GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
+
+Napi::Value DomainWrap::GetUUID(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), uuid_); }
+
+Napi::Value DomainWrap::GetId(const Napi::CallbackInfo& info) {
+  return Async<unsigned int>(
+      info, "virDomainGetID",
+      [](virDomainPtr dom, unsigned int& out) {
+        out = virDomainGetID(dom);
+        return true;  // (unsigned)-1 means "not running", not a failure
+      },
+      [](Napi::Env env, unsigned int& id) -> Napi::Value {
+        return id == static_cast<unsigned int>(-1) ? env.Null() : Napi::Number::New(env, id);
+      });
+}
+
+Napi::Value DomainWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return Async<std::string>(
+      info, "virDomainGetXMLDesc",
+      [flags](virDomainPtr dom, std::string& out) { return TakeCString(virDomainGetXMLDesc(dom, flags), out); },
+      [](Napi::Env env, std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
+}
+
+Napi::Value DomainWrap::GetState(const Napi::CallbackInfo& info) {
+  return Async<std::array<int, 2>>(
+      info, "virDomainGetState",
+      [](virDomainPtr dom, std::array<int, 2>& out) { return virDomainGetState(dom, &out[0], &out[1], 0) == 0; },
+      [](Napi::Env env, std::array<int, 2>& state) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        result.Set("state", state[0]);
+        result.Set("reason", state[1]);
+        return result;
+      });
+}
+
+Napi::Value DomainWrap::IsActive(const Napi::CallbackInfo& info) {
+  return Async<int>(
+      info, "virDomainIsActive",
+      [](virDomainPtr dom, int& out) {
+        out = virDomainIsActive(dom);
+        return out >= 0;
+      },
+      [](Napi::Env env, int& active) -> Napi::Value { return Napi::Boolean::New(env, active == 1); });
+}
+
+Napi::Value DomainWrap::IsPersistent(const Napi::CallbackInfo& info) {
+  return Async<int>(
+      info, "virDomainIsPersistent",
+      [](virDomainPtr dom, int& out) {
+        out = virDomainIsPersistent(dom);
+        return out >= 0;
+      },
+      [](Napi::Env env, int& persistent) -> Napi::Value { return Napi::Boolean::New(env, persistent == 1); });
+}
+
+Napi::Value DomainWrap::Start(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return AsyncStatus(info, "virDomainCreateWithFlags",
+                     [flags](virDomainPtr dom) { return virDomainCreateWithFlags(dom, flags); });
+}
+
+Napi::Value DomainWrap::Shutdown(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return AsyncStatus(info, "virDomainShutdownFlags",
+                     [flags](virDomainPtr dom) { return virDomainShutdownFlags(dom, flags); });
+}
+
+Napi::Value DomainWrap::Destroy(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return AsyncStatus(info, "virDomainDestroyFlags",
+                     [flags](virDomainPtr dom) { return virDomainDestroyFlags(dom, flags); });
+}
+
+Napi::Value DomainWrap::Undefine(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return AsyncStatus(info, "virDomainUndefineFlags",
+                     [flags](virDomainPtr dom) { return virDomainUndefineFlags(dom, flags); });
+}
+
+// qemuMonitorCommand(cmd, flags?) -> Promise<string>
+Napi::Value DomainWrap::QemuMonitorCommand(const Napi::CallbackInfo& info) {
+  std::string cmd = StringArg(info, 0, "command");
+  unsigned int flags = FlagsArg(info, 1);
+  return Async<std::string>(
+      info, "virDomainQemuMonitorCommand",
+      [cmd, flags](virDomainPtr dom, std::string& out) {
+        char* reply = nullptr;
+        if (virDomainQemuMonitorCommand(dom, cmd.c_str(), &reply, flags) < 0) return false;
+        if (reply != nullptr) TakeCString(reply, out);
+        return true;
+      },
+      [](Napi::Env env, std::string& reply) -> Napi::Value { return Napi::String::New(env, reply); });
+}
+
+}  // namespace lvb

@@ -1,0 +1,58 @@
+#pragma once
+
+#include <libvirt/libvirt.h>
+#include <napi.h>
+
+#include <string>
+
+#include "handles.h"
+
+namespace lvb {
+
+class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
+ public:
+  static constexpr const char* kClassName = "Domain";
+  static const napi_type_tag kTypeTag;
+
+  static Napi::Function Init(Napi::Env env);
+  // Wraps `dom` (ownership taken) as a child of `connection`. If the connection
+  // was closed meanwhile, frees `dom` and throws.
+  static Napi::Object Wrap(Napi::Env env, Napi::Object connection, virDomainPtr dom);
+
+  explicit DomainWrap(const Napi::CallbackInfo& info);
+  ~DomainWrap() override;
+
+  void ReleaseForClose() override;
+  virDomainPtr ptr() const { return ptr_; }
+  Napi::Object connection() { return connection_.Value(); }
+
+ private:
+  Napi::Value GetName(const Napi::CallbackInfo& info);
+  Napi::Value GetUUID(const Napi::CallbackInfo& info);
+  Napi::Value GetId(const Napi::CallbackInfo& info);
+  Napi::Value GetXMLDesc(const Napi::CallbackInfo& info);
+  Napi::Value GetState(const Napi::CallbackInfo& info);
+  Napi::Value IsActive(const Napi::CallbackInfo& info);
+  Napi::Value IsPersistent(const Napi::CallbackInfo& info);
+  Napi::Value Start(const Napi::CallbackInfo& info);
+  Napi::Value Shutdown(const Napi::CallbackInfo& info);
+  Napi::Value Destroy(const Napi::CallbackInfo& info);
+  Napi::Value Undefine(const Napi::CallbackInfo& info);
+  Napi::Value QemuMonitorCommand(const Napi::CallbackInfo& info);
+
+  template <typename T>
+  Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
+                    std::function<bool(virDomainPtr, T&)> work,
+                    std::function<Napi::Value(Napi::Env, T&)> convert);
+  // Async call that returns an int status (>= 0 is success) and resolves undefined.
+  Napi::Value AsyncStatus(const Napi::CallbackInfo& info, const char* operation,
+                          std::function<int(virDomainPtr)> work);
+
+  virDomainPtr ptr_ = nullptr;
+  ConnectionStatePtr state_;
+  Napi::ObjectReference connection_;
+  std::string name_;
+  std::string uuid_;
+};
+
+}  // namespace lvb

@@ -1,0 +1,39 @@
+// libvirt reports failures through a per-thread "last error". These helpers copy it
+// on the thread that made the failing call and turn it into a LibvirtError on the
+// JS thread, so a message libvirt produced is never replaced by "unknown error".
+#pragma once
+
+#include <libvirt/libvirt.h>
+#include <libvirt/virterror.h>
+#include <napi.h>
+
+#include <optional>
+#include <string>
+
+namespace lvb {
+
+struct LibvirtErrorInfo {
+  int code = 0;
+  int domain = 0;
+  int level = 0;
+  std::string message;
+  std::optional<std::string> str1;
+  std::optional<std::string> str2;
+  std::optional<std::string> str3;
+  int int1 = 0;
+  int int2 = 0;
+};
+
+// Must run on the thread where the libvirt call failed, right after it.
+LibvirtErrorInfo CaptureLastError(const char* operation);
+
+// An error for a handle whose connection was closed: libvirt's own code for an
+// invalid connection, so callers match it the same way as daemon errors.
+LibvirtErrorInfo ClosedConnectionError(const char* operation);
+
+Napi::Error MakeLibvirtError(Napi::Env env, const LibvirtErrorInfo& info);
+
+// Throws a TypeError naming the argument; used before anything reaches libvirt.
+[[noreturn]] void ThrowTypeError(Napi::Env env, const std::string& message);
+
+}  // namespace lvb

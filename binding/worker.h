@@ -1,0 +1,107 @@
+// One async libvirt call: `work` runs on a libuv worker thread and must not touch
+// JS; `convert` builds the JS result on the JS thread. A false return from `work`
+// means libvirt failed, and the thread's last error is captured right there.
+#pragma once
+
+#include <napi.h>
+
+#include <functional>
+#include <utility>
+#include <vector>
+
+#include "errors.h"
+#include "handles.h"
+
+namespace lvb {
+
+template <typename T>
+class LibvirtWorker final : public Napi::AsyncWorker {
+ public:
+  using Work = std::function<bool(T&)>;
+  using Convert = std::function<Napi::Value(Napi::Env, T&)>;
+
+  // `owner` is the JS object the call was made on: kept alive until the call ends.
+  static Napi::Promise Run(Napi::Env env, Napi::Object owner, const char* operation,
+                           HeldReference held, Work work, Convert convert) {
+    auto* worker = new LibvirtWorker(env, owner, operation, std::move(held), std::move(work),
+                                     std::move(convert));
+    Napi::Promise promise = worker->deferred_.Promise();
+    worker->Queue();
+    return promise;
+  }
+
+ protected:
+  void Execute() override {
+    ok_ = work_(result_);
+    if (!ok_) error_ = CaptureLastError(operation_);
+    // Dropping the reference here keeps a possible final virConnectClose (a daemon
+    // round trip) off the JS thread.
+    held_.Release();
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    // While a worker thread's environment is torn down, any JS call may fail:
+    // there is nobody left to tell, so such failures are dropped, never thrown
+    // out of the completion callback.
+    try {
+      if (!ok_) {
+        deferred_.Reject(MakeLibvirtError(env, error_).Value());
+        return;
+      }
+      try {
+        deferred_.Resolve(convert_(env, result_));
+      } catch (const Napi::Error& e) {
+        deferred_.Reject(e.Value());
+      }
+    } catch (const Napi::Error&) {
+    }
+  }
+
+  void OnError(const Napi::Error& e) override {
+    try {
+      deferred_.Reject(e.Value());
+    } catch (const Napi::Error&) {
+    }
+  }
+
+ private:
+  LibvirtWorker(Napi::Env env, Napi::Object owner, const char* operation, HeldReference held, Work work,
+                Convert convert)
+      : Napi::AsyncWorker(env, operation),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(Napi::Persistent(owner)),
+        operation_(operation),
+        held_(std::move(held)),
+        work_(std::move(work)),
+        convert_(std::move(convert)) {}
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference owner_;
+  const char* operation_;
+  HeldReference held_;
+  Work work_;
+  Convert convert_;
+  T result_{};
+  bool ok_ = false;
+  LibvirtErrorInfo error_;
+};
+
+// A promise already rejected with a LibvirtError (e.g. the connection is closed).
+inline Napi::Promise RejectedPromise(Napi::Env env, const LibvirtErrorInfo& info) {
+  auto deferred = Napi::Promise::Deferred::New(env);
+  deferred.Reject(MakeLibvirtError(env, info).Value());
+  return deferred.Promise();
+}
+
+// Moves a string libvirt allocated into `out`; false when libvirt returned NULL
+// (which means it failed and set its last error).
+inline bool TakeCString(char* str, std::string& out) {
+  if (str == nullptr) return false;
+  out.assign(str);
+  free(str);
+  return true;
+}
+
+}  // namespace lvb

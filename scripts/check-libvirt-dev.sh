@@ -1,0 +1,20 @@
+#!/bin/sh
+# Called by binding.gyp before it asks pkg-config for libvirt's flags, so a missing
+# development package ends the build with a message that says what to install
+# instead of a compiler error about a missing header.
+MIN=6.0.0
+if ! command -v pkg-config >/dev/null 2>&1; then
+  echo "libvirt-backup: pkg-config not found. Install it (Debian/Ubuntu: apt-get install pkg-config libvirt-dev)." >&2
+  exit 1
+fi
+for mod in libvirt libvirt-qemu; do
+  if ! pkg-config --exists "$mod"; then
+    echo "libvirt-backup: pkg-config cannot find $mod. Install libvirt's development files (Debian/Ubuntu: apt-get install libvirt-dev; Fedora: dnf install libvirt-devel)." >&2
+    exit 1
+  fi
+done
+if ! pkg-config --atleast-version="$MIN" libvirt; then
+  echo "libvirt-backup: libvirt $(pkg-config --modversion libvirt) is too old; checkpoints and backups need libvirt >= $MIN." >&2
+  exit 1
+fi
+echo ok

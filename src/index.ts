@@ -1,0 +1,16 @@
+export { connect, Connection } from './connection.js';
+export type { ConnectOptions, DomainCapabilitiesQuery } from './connection.js';
+export { Domain } from './domain.js';
+export type { DomainStateInfo, QemuMonitorCommandOptions } from './domain.js';
+export { LibvirtError } from './errors.js';
+export type { LibvirtErrorInfo } from './errors.js';
+export * from './constants.js';
+export { decodeVersion, formatVersion } from './version.js';
+export type { VersionParts } from './version.js';
+
+import { addon } from './native.js';
+
+/** The version of the libvirt library loaded in this process (no daemon involved). */
+export function getLibraryVersion(): number {
+  return addon.getLibraryVersion();
+}

@@ -1,0 +1,71 @@
+// Loads the C++ addon and declares what it exports. Everything else in src/ goes
+// through these declarations; src/xml and src/nbd never import this file.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+import { LibvirtError } from './errors.js';
+
+export interface NativeConnection {
+  close(): Promise<void>;
+  isClosed(): boolean;
+  getLibVersion(): Promise<number>;
+  getVersion(): Promise<number>;
+  getHostname(): Promise<string>;
+  getURI(): Promise<string>;
+  getCapabilities(): Promise<string>;
+  getDomainCapabilities(
+    emulatorbin: string | null,
+    arch: string | null,
+    machine: string | null,
+    virttype: string | null,
+    flags: number,
+  ): Promise<string>;
+  isAlive(): Promise<boolean>;
+  listAllDomains(flags: number): Promise<NativeDomain[]>;
+  lookupDomainByName(name: string): Promise<NativeDomain>;
+  lookupDomainByUUID(uuid: string): Promise<NativeDomain>;
+  defineDomain(xml: string, flags: number): Promise<NativeDomain>;
+  createDomain(xml: string, flags: number): Promise<NativeDomain>;
+}
+
+export interface NativeDomain {
+  getName(): string;
+  getUUIDString(): string;
+  getId(): Promise<number | null>;
+  getXMLDesc(flags: number): Promise<string>;
+  getState(): Promise<{ state: number; reason: number }>;
+  isActive(): Promise<boolean>;
+  isPersistent(): Promise<boolean>;
+  start(flags: number): Promise<void>;
+  shutdown(flags: number): Promise<void>;
+  destroy(flags: number): Promise<void>;
+  undefine(flags: number): Promise<void>;
+  qemuMonitorCommand(command: string, flags: number): Promise<string>;
+}
+
+export interface NativeAddon {
+  open(uri: string | null, flags: number): Promise<NativeConnection>;
+  setErrorClass(errorClass: typeof LibvirtError): void;
+  getLibraryVersion(): number;
+  Connection: abstract new () => NativeConnection;
+  Domain: abstract new () => NativeDomain;
+}
+
+function loadAddon(): NativeAddon {
+  const require = createRequire(import.meta.url);
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  const packageRoot = fileURLToPath(new URL('..', import.meta.url));
+  try {
+    return nodeGypBuild(packageRoot) as NativeAddon;
+  } catch (cause) {
+    throw new Error(
+      'libvirt-backup: the native addon is not available for this platform and was not built. ' +
+        'Install libvirt development files and a compiler (Debian: apt-get install libvirt-dev pkg-config g++ make python3) ' +
+        'and run `npm rebuild libvirt-backup`.',
+      { cause },
+    );
+  }
+}
+
+export const addon: NativeAddon = loadAddon();
+addon.setErrorClass(LibvirtError);
