@@ -1,0 +1,424 @@
+import { Readable } from 'node:stream';
+import { Connection, type ReadSink } from './connection.js';
+import { abortReason, NbdConnectionError, NbdError, NbdProtocolError } from './errors.js';
+import { decodeDescriptors, ExtentMerger, type ByteRange, type Extent } from './extents.js';
+import { negotiate, OptionPhase, type BlockSizeLimits, type ExportInfo, type ExportListing } from './handshake.js';
+import { BASE_ALLOCATION, Command, CommandFlags, Option, TransmissionFlags } from './protocol.js';
+import { RequestScheduler } from './scheduler.js';
+import { readChunks, type ChunkSource, type ReadChunk, type ReadStreamOptions } from './stream.js';
+import type { NbdTlsOptions } from './tls.js';
+import { openSocket, type Endpoint } from './transport.js';
+
+interface CommonOptions {
+  /** Upgrade with NBD_OPT_STARTTLS before anything else. */
+  tls?: NbdTlsOptions;
+  /** Aborts connecting (and the handshake). */
+  signal?: AbortSignal;
+}
+
+export type ServerAddress = ({ path: string } | { host: string; port: number }) & CommonOptions;
+
+export type ConnectOptions = ServerAddress & {
+  /** Defaults to the server's default export (""). */
+  exportName?: string;
+  /** Meta contexts to negotiate; defaults to `['base:allocation']`. */
+  metaContexts?: readonly string[];
+  /** Connections to open when the server advertises CAN_MULTI_CONN (default 4). */
+  connections?: number;
+  /** Requests in flight on each connection (default 16). */
+  requestsPerConnection?: number;
+  /** Payload bytes in flight across all connections (default 8 MiB). */
+  maxBytesInFlight?: number;
+  /** Largest READ/WRITE sent; clamped to the server's maximum block size (default 2 MiB). */
+  requestSize?: number;
+  /** Ask for structured replies (default true); needed for holes and meta contexts. */
+  structuredReplies?: boolean;
+};
+
+export interface RequestSignalOption {
+  signal?: AbortSignal;
+}
+
+export interface WriteOptions extends RequestSignalOption {
+  /** Force unit access: the data is on stable storage when the promise resolves. */
+  fua?: boolean;
+}
+
+export interface WriteZeroesOptions extends WriteOptions {
+  /** The zeroes must be allocated, not punched as a hole. */
+  noHole?: boolean;
+  /** Fail with ENOTSUP rather than zero slowly. */
+  fastZero?: boolean;
+}
+
+const TWO_GIB = 2 ** 31;
+const DEFAULT_CONNECTIONS = 4;
+const DEFAULT_REQUESTS_PER_CONNECTION = 16;
+// Measured: more bytes in flight only adds fresh memory to fault in, not throughput.
+const DEFAULT_MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024;
+const DEFAULT_REQUEST_SIZE = 2 * 1024 * 1024;
+/** Extra connections that cannot finish their handshake by then are given up. */
+const EXTRA_CONNECTION_TIMEOUT_MS = 10_000;
+
+function endpointOf(address: ServerAddress): Endpoint {
+  if ('path' in address && typeof address.path === 'string') return { path: address.path };
+  if ('host' in address && typeof address.host === 'string' && Number.isInteger(address.port)) {
+    return { host: address.host, port: address.port };
+  }
+  throw new TypeError('NBD server address needs either `path` or `host` and `port`');
+}
+
+function tlsDefaultName(endpoint: Endpoint): string {
+  return endpoint.host ?? 'localhost';
+}
+
+function alignDown(value: number, alignment: number): number {
+  return value - (value % alignment);
+}
+
+async function openOptionPhase(address: ServerAddress): Promise<OptionPhase> {
+  const endpoint = endpointOf(address);
+  const socket = await openSocket(endpoint, address.signal);
+  const onAbort = (): void => {
+    socket.destroy(abortReason(address.signal!));
+  };
+  address.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    return await OptionPhase.open(socket, address.tls, tlsDefaultName(endpoint));
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  } finally {
+    address.signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+async function openConnection(endpoint: Endpoint, options: ConnectOptions, signal: AbortSignal | undefined): Promise<Connection> {
+  const socket = await openSocket(endpoint, signal, options.tls === undefined);
+  const onAbort = (): void => {
+    socket.destroy(abortReason(signal!));
+  };
+  signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const negotiated = await negotiate(socket, {
+      exportName: options.exportName ?? '',
+      metaContexts: options.metaContexts ?? [BASE_ALLOCATION],
+      structuredReplies: options.structuredReplies ?? true,
+      tls: options.tls,
+      tlsDefaultName: tlsDefaultName(endpoint),
+    });
+    return new Connection(negotiated.socket, negotiated.info, negotiated.leftover);
+  } catch (error) {
+    socket.destroy();
+    throw error;
+  } finally {
+    signal?.removeEventListener('abort', onAbort);
+  }
+}
+
+/**
+ * A client for one NBD export. Requests are split to the server's limits, pipelined,
+ * and spread over several connections when the server allows it.
+ */
+export class NbdClient implements ChunkSource {
+  /** Export size in bytes. */
+  readonly size: number;
+  /** Transmission flags (see `TransmissionFlags`). */
+  readonly flags: number;
+  readonly blockSize: BlockSizeLimits;
+  readonly exportName: string;
+  /** Largest READ or WRITE payload this client sends. */
+  readonly requestSize: number;
+  readonly maxBytesInFlight: number;
+  readonly structuredReplies: boolean;
+  /** Meta contexts the server agreed to, in the order it answered. */
+  readonly metaContexts: readonly string[];
+
+  private readonly scheduler: RequestScheduler;
+  private readonly extraConnections = new AbortController();
+  private joining: Promise<void> = Promise.resolve();
+  private closed: Promise<void> | undefined;
+
+  private constructor(first: Connection, options: ConnectOptions) {
+    const info: ExportInfo = first.info;
+    this.size = info.size;
+    this.flags = info.flags;
+    this.blockSize = info.blockSize;
+    this.exportName = options.exportName ?? '';
+    this.structuredReplies = info.structuredReplies;
+    this.metaContexts = [...info.metaContexts.values()];
+    const wanted = options.requestSize ?? DEFAULT_REQUEST_SIZE;
+    this.requestSize = Math.max(alignDown(Math.min(wanted, info.blockSize.maximum), info.blockSize.minimum), info.blockSize.minimum);
+    this.maxBytesInFlight = options.maxBytesInFlight ?? DEFAULT_MAX_BYTES_IN_FLIGHT;
+    this.scheduler = new RequestScheduler(options.requestsPerConnection ?? DEFAULT_REQUESTS_PER_CONNECTION, this.maxBytesInFlight);
+    this.scheduler.add(first);
+  }
+
+  /** Connects, negotiates and enters transmission. More connections join in the background. */
+  static async connect(options: ConnectOptions): Promise<NbdClient> {
+    const endpoint = endpointOf(options);
+    const first = await openConnection(endpoint, options, options.signal);
+    const client = new NbdClient(first, options);
+    const wanted = client.canMultiConn ? Math.max(1, options.connections ?? DEFAULT_CONNECTIONS) : 1;
+    if (wanted > 1) client.joining = client.addConnections(endpoint, options, wanted - 1);
+    return client;
+  }
+
+  /** Export names and descriptions, from NBD_OPT_LIST. */
+  static async listExports(address: ServerAddress): Promise<ExportListing[]> {
+    const phase = await openOptionPhase(address);
+    try {
+      return await phase.listExports();
+    } finally {
+      phase.abort();
+    }
+  }
+
+  /** Meta contexts the server offers for an export (all of them without `queries`). */
+  static async listMetaContexts(address: ServerAddress & { exportName?: string; queries?: readonly string[] }): Promise<string[]> {
+    const phase = await openOptionPhase(address);
+    try {
+      const contexts = await phase.metaContexts(Option.LIST_META_CONTEXT, address.exportName ?? '', address.queries ?? []);
+      return contexts.map((context) => context.name);
+    } finally {
+      phase.abort();
+    }
+  }
+
+  get readOnly(): boolean {
+    return (this.flags & TransmissionFlags.READ_ONLY) !== 0;
+  }
+
+  get canMultiConn(): boolean {
+    return (this.flags & TransmissionFlags.CAN_MULTI_CONN) !== 0;
+  }
+
+  /** Connections currently open. */
+  get connectionCount(): number {
+    return this.scheduler.connections.length;
+  }
+
+  /** Resolves once background connections have joined (or given up). */
+  async ready(): Promise<this> {
+    await this.joining;
+    return this;
+  }
+
+  hasMetaContext(name: string): boolean {
+    return this.metaContexts.includes(name);
+  }
+
+  /** Reads `length` bytes at `offset`. */
+  async read(offset: number, length: number, options: RequestSignalOption = {}): Promise<Buffer> {
+    this.checkRange(offset, length);
+    const target = Buffer.allocUnsafe(length);
+    const sink: ReadSink = {
+      data(at, bytes) {
+        bytes.copy(target, at - offset);
+      },
+      hole(at, size) {
+        target.fill(0, at - offset, at - offset + size);
+      },
+    };
+    const requests: Promise<void>[] = [];
+    for (let at = offset; at < offset + length; at += this.requestSize) {
+      requests.push(this.readRequest(at, Math.min(this.requestSize, offset + length - at), sink, options.signal));
+    }
+    await settleAll(requests);
+    return target;
+  }
+
+  /** Reads in offset order as `ReadChunk`s; see `ReadStreamOptions` for what is read. */
+  chunks(options: ReadStreamOptions = {}): AsyncGenerator<ReadChunk> {
+    return readChunks(this, options);
+  }
+
+  /** `chunks()` as an object-mode Readable. */
+  createReadStream(options: ReadStreamOptions = {}): Readable {
+    return Readable.from(this.chunks(options), { objectMode: true });
+  }
+
+  /** One READ request of at most `requestSize` bytes; the sink sees the bytes as they arrive. */
+  readRequest(offset: number, length: number, sink: ReadSink, signal?: AbortSignal): Promise<void> {
+    return this.issue(Command.READ, offset, length, length, { sink, ...(signal ? { signal } : {}) });
+  }
+
+  /** Writes `data` at `offset`. The buffer must not change until the promise settles. */
+  async write(offset: number, data: Uint8Array, options: WriteOptions = {}): Promise<void> {
+    this.checkWritable('NBD_CMD_WRITE');
+    this.checkRange(offset, data.length);
+    const flags = this.fuaFlag(options);
+    const requests: Promise<void>[] = [];
+    for (let at = 0; at < data.length; at += this.requestSize) {
+      const payload = data.subarray(at, Math.min(at + this.requestSize, data.length));
+      requests.push(this.issue(Command.WRITE, offset + at, payload.length, payload.length, withSignal({ flags, payload }, options)));
+    }
+    await settleAll(requests);
+  }
+
+  /** Makes a range read as zeroes, punching holes unless `noHole`. */
+  async writeZeroes(offset: number, length: number, options: WriteZeroesOptions = {}): Promise<void> {
+    this.checkWritable('NBD_CMD_WRITE_ZEROES');
+    this.checkRange(offset, length);
+    if (!(this.flags & TransmissionFlags.SEND_WRITE_ZEROES)) throw new NbdError(95, 'NBD_CMD_WRITE_ZEROES', 'not supported by the server');
+    if (options.fastZero && !(this.flags & TransmissionFlags.SEND_FAST_ZERO)) {
+      throw new NbdError(95, 'NBD_CMD_WRITE_ZEROES', 'fast zero not supported by the server');
+    }
+    const flags =
+      this.fuaFlag(options) | (options.noHole ? CommandFlags.NO_HOLE : 0) | (options.fastZero ? CommandFlags.FAST_ZERO : 0);
+    await this.ranged(Command.WRITE_ZEROES, offset, length, flags, options);
+  }
+
+  /** Tells the server a range is no longer needed (it may then read as anything). */
+  async trim(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
+    this.checkWritable('NBD_CMD_TRIM');
+    this.checkRange(offset, length);
+    if (!(this.flags & TransmissionFlags.SEND_TRIM)) throw new NbdError(95, 'NBD_CMD_TRIM', 'not supported by the server');
+    await this.ranged(Command.TRIM, offset, length, this.fuaFlag(options), options);
+  }
+
+  /** Commits completed writes to stable storage, on every connection. */
+  async flush(options: RequestSignalOption = {}): Promise<void> {
+    if (!(this.flags & TransmissionFlags.SEND_FLUSH)) return;
+    const connections = this.scheduler.connections;
+    if (connections.length === 0) throw new NbdConnectionError('no connection left to the server');
+    await settleAll(connections.map((connection) => connection.request(Command.FLUSH, 0, 0, withSignal({}, options))));
+  }
+
+  /**
+   * Status of `range` (default: the whole export) in one negotiated meta context, as
+   * merged runs, asking the server again until the range is covered.
+   */
+  async *extents(context: string, range?: ByteRange, options: RequestSignalOption = {}): AsyncGenerator<Extent> {
+    if (!this.hasMetaContext(context)) {
+      throw new Error(`meta context "${context}" was not negotiated (have: ${this.metaContexts.join(', ') || 'none'})`);
+    }
+    const { offset, length } = range ?? { offset: 0, length: this.size };
+    this.checkRange(offset, length);
+    const end = offset + length;
+    const merger = new ExtentMerger();
+    let position = offset;
+    while (position < end) {
+      const extents = await this.blockStatus(context, position, Math.min(end - position, TWO_GIB), options.signal);
+      const last = extents.at(-1);
+      if (!last || extents[0]!.offset !== position) {
+        throw new NbdProtocolError(`NBD protocol violation: block status for "${context}" at ${position} made no progress`);
+      }
+      for (const extent of extents) {
+        const finished = merger.add(extent);
+        if (finished) yield finished;
+      }
+      position = last.offset + last.length;
+    }
+    const finished = merger.flush();
+    if (finished) yield finished;
+  }
+
+  /** Waits for requests in flight, disconnects politely and closes every connection. */
+  close(): Promise<void> {
+    this.closed ??= (async () => {
+      this.extraConnections.abort(new NbdConnectionError('the client was closed'));
+      await this.joining;
+      const connections = this.scheduler.connections;
+      this.scheduler.shutdown(new NbdConnectionError('the client is closed'));
+      await Promise.all(connections.map((connection) => connection.close()));
+    })();
+    return this.closed;
+  }
+
+  private async blockStatus(context: string, offset: number, length: number, signal?: AbortSignal): Promise<Extent[]> {
+    const connection = await this.scheduler.acquire(0, signal);
+    let extents: Extent[] | undefined;
+    try {
+      await connection.request(Command.BLOCK_STATUS, offset, length, {
+        ...(signal ? { signal } : {}),
+        blockStatus: (contextId, descriptors) => {
+          if (connection.info.metaContexts.get(contextId) === context) {
+            extents = decodeDescriptors(descriptors, offset, offset + length);
+          }
+        },
+      });
+    } finally {
+      this.scheduler.release(connection, 0);
+    }
+    if (!extents) throw new NbdProtocolError(`NBD protocol violation: block status reply lacks context "${context}"`);
+    return extents;
+  }
+
+  private async issue(
+    command: (typeof Command)[keyof typeof Command],
+    offset: number,
+    length: number,
+    bytes: number,
+    options: Parameters<Connection['request']>[3],
+  ): Promise<void> {
+    const connection = await this.scheduler.acquire(bytes, options?.signal);
+    try {
+      await connection.request(command, offset, length, options);
+    } finally {
+      this.scheduler.release(connection, bytes);
+    }
+  }
+
+  private async ranged(
+    command: (typeof Command)[keyof typeof Command],
+    offset: number,
+    length: number,
+    flags: number,
+    options: RequestSignalOption,
+  ): Promise<void> {
+    // Not a payload, so only the 32-bit length field limits it.
+    const step = alignDown(TWO_GIB / 2, this.blockSize.minimum);
+    const requests: Promise<void>[] = [];
+    for (let at = offset; at < offset + length; at += step) {
+      requests.push(this.issue(command, at, Math.min(step, offset + length - at), 0, withSignal({ flags }, options)));
+    }
+    await settleAll(requests);
+  }
+
+  private fuaFlag(options: WriteOptions): number {
+    return options.fua && this.flags & TransmissionFlags.SEND_FUA ? CommandFlags.FUA : 0;
+  }
+
+  private checkWritable(command: string): void {
+    if (this.readOnly) throw new NbdError(1, command, 'the export is read-only');
+  }
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
+      throw new RangeError(`range ${offset}+${length} lies outside the export (${this.size} bytes)`);
+    }
+  }
+
+  private async addConnections(endpoint: Endpoint, options: ConnectOptions, count: number): Promise<void> {
+    const signal = AbortSignal.any([this.extraConnections.signal, AbortSignal.timeout(EXTRA_CONNECTION_TIMEOUT_MS)]);
+    const opened = await Promise.allSettled(Array.from({ length: count }, () => openConnection(endpoint, options, signal)));
+    for (const result of opened) {
+      if (result.status !== 'fulfilled') continue;
+      const connection = result.value;
+      // A connection to a different export would corrupt reads; a closing client wants none.
+      if (connection.info.size !== this.size || this.extraConnections.signal.aborted) {
+        connection.destroy();
+        continue;
+      }
+      this.scheduler.add(connection);
+    }
+  }
+
+  toString(): string {
+    return `NbdClient(${this.exportName || '(default export)'})`;
+  }
+}
+
+function withSignal<T extends object>(options: T, from: RequestSignalOption): T & { signal?: AbortSignal } {
+  return from.signal ? { ...options, signal: from.signal } : options;
+}
+
+/** Like Promise.all, but waits for every request so none is left running unobserved. */
+async function settleAll(requests: Promise<void>[]): Promise<void> {
+  if (requests.length === 1) return requests[0];
+  const results = await Promise.allSettled(requests);
+  const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
+  if (failed) throw failed.reason;
+}
+

@@ -1,0 +1,426 @@
+import type { Duplex } from 'node:stream';
+import { ByteQueue } from './byte-queue.js';
+import { abortReason, NbdConnectionError, NbdError, NbdProtocolError } from './errors.js';
+import type { ExportInfo } from './handshake.js';
+import {
+  Command,
+  type CommandCode,
+  MAX_REPLY_CHUNK,
+  nameOf,
+  REQUEST_HEADER_SIZE,
+  REQUEST_MAGIC,
+  ReplyFlags,
+  ReplyType,
+  SIMPLE_REPLY_HEADER_SIZE,
+  SIMPLE_REPLY_MAGIC,
+  STRUCTURED_REPLY_HEADER_SIZE,
+  STRUCTURED_REPLY_MAGIC,
+} from './protocol.js';
+
+/** Receives a READ's bytes as they come off the socket, possibly out of order. */
+export interface ReadSink {
+  /** `bytes` is a view of received memory that nothing else will write to: it may be kept. */
+  data(offset: number, bytes: Buffer): void;
+  /** A range the server reported as reading as zeroes. */
+  hole(offset: number, length: number): void;
+}
+
+/** Called once per BLOCK_STATUS chunk with the raw (length, flags) descriptor pairs. */
+export type BlockStatusSink = (contextId: number, descriptors: Buffer) => void;
+
+export interface RequestOptions {
+  flags?: number;
+  payload?: Uint8Array;
+  sink?: ReadSink;
+  blockStatus?: BlockStatusSink;
+  signal?: AbortSignal;
+}
+
+interface PendingRequest {
+  cookie: number;
+  command: CommandCode;
+  offset: number;
+  length: number;
+  sink: ReadSink | undefined;
+  blockStatus: BlockStatusSink | undefined;
+  error: NbdError | undefined;
+  /** READ bytes accounted for by data and hole replies, to catch a server leaving gaps. */
+  covered: number;
+  /** Settled early (aborted): the reply is still parsed, then dropped. */
+  abandoned: boolean;
+  resolve(): void;
+  reject(error: Error): void;
+  detachSignal: (() => void) | undefined;
+}
+
+type ParseState =
+  | { kind: 'header' }
+  | { kind: 'payload'; request: PendingRequest; offset: number; remaining: number; done: boolean }
+  | { kind: 'data-offset'; request: PendingRequest; dataLength: number; done: boolean }
+  | { kind: 'chunk'; request: PendingRequest; type: number; length: number; done: boolean };
+
+const HEADER: ParseState = { kind: 'header' };
+const commandName = (command: number): string => nameOf(Command, command, 'NBD_CMD_');
+const TWO_32 = 2 ** 32;
+const HEADER_BATCH_SIZE = REQUEST_HEADER_SIZE * 256;
+
+/**
+ * One socket in the transmission phase: sends requests tagged with cookies and matches
+ * replies to them as they arrive, in whatever order the server finishes them.
+ */
+export class Connection {
+  readonly info: ExportInfo;
+  private readonly socket: Duplex;
+  private readonly pending = new Map<number, PendingRequest>();
+  private readonly queue = new ByteQueue();
+  private state: ParseState = HEADER;
+  private nextCookie = 1;
+  private failure: Error | undefined;
+  /** Request headers not yet written; the part before `batchUsed` is filled. */
+  private batch = Buffer.allocUnsafe(HEADER_BATCH_SIZE);
+  private batchUsed = 0;
+  private flushScheduled = false;
+  private closing: Promise<void> | undefined;
+  private idleWaiters: Array<() => void> = [];
+  private readonly failureListeners: Array<(error: Error) => void> = [];
+
+  constructor(socket: Duplex, info: ExportInfo, leftover: Buffer[] = []) {
+    this.socket = socket;
+    this.info = info;
+    for (const chunk of leftover) this.queue.push(chunk);
+    socket.on('data', this.onData);
+    socket.on('error', this.onError);
+    socket.on('end', this.onClose);
+    socket.on('close', this.onClose);
+    socket.resume();
+    if (this.queue.length > 0) this.parse();
+  }
+
+  get inFlight(): number {
+    return this.pending.size;
+  }
+
+  /** Why the connection died, if it did. */
+  get error(): Error | undefined {
+    return this.failure;
+  }
+
+  onFailure(listener: (error: Error) => void): void {
+    this.failureListeners.push(listener);
+  }
+
+  request(command: CommandCode, offset: number, length: number, options: RequestOptions = {}): Promise<void> {
+    if (this.failure) return Promise.reject(this.failure);
+    if (this.closing) return Promise.reject(new NbdConnectionError('the connection is closing'));
+    const signal = options.signal;
+    if (signal?.aborted) return Promise.reject(abortReason(signal));
+    return new Promise<void>((resolve, reject) => {
+      const cookie = this.allocateCookie();
+      const request: PendingRequest = {
+        cookie,
+        command,
+        offset,
+        length,
+        sink: options.sink,
+        blockStatus: options.blockStatus,
+        error: undefined,
+        covered: 0,
+        abandoned: false,
+        resolve,
+        reject,
+        detachSignal: undefined,
+      };
+      if (signal) {
+        const onAbort = (): void => {
+          if (request.abandoned) return;
+          request.abandoned = true;
+          request.sink = undefined;
+          request.blockStatus = undefined;
+          reject(abortReason(signal));
+        };
+        signal.addEventListener('abort', onAbort, { once: true });
+        request.detachSignal = () => signal.removeEventListener('abort', onAbort);
+      }
+      this.pending.set(cookie, request);
+      this.send(command, options.flags ?? 0, cookie, offset, length, options.payload);
+    });
+  }
+
+  /** Waits for outstanding requests, says NBD_CMD_DISC and closes the socket. */
+  close(): Promise<void> {
+    this.closing ??= this.closeGracefully();
+    return this.closing;
+  }
+
+  /** Drops the connection at once; pending requests reject with `error`. */
+  destroy(error: Error = new NbdConnectionError('the connection was closed')): void {
+    this.fail(error);
+  }
+
+  private async closeGracefully(): Promise<void> {
+    if (this.pending.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    if (this.failure) return;
+    const closed = new Promise<void>((resolve) => {
+      if (this.socket.destroyed) resolve();
+      else this.socket.once('close', () => resolve());
+    });
+    this.send(Command.DISC, 0, 0, 0, 0, undefined);
+    this.socket.end();
+    const timer = setTimeout(() => this.socket.destroy(), 5000);
+    timer.unref();
+    await closed;
+    clearTimeout(timer);
+    this.fail(new NbdConnectionError('the connection was closed'));
+  }
+
+  private allocateCookie(): number {
+    let cookie = this.nextCookie;
+    while (this.pending.has(cookie)) cookie = (cookie + 1) % TWO_32 || 1;
+    this.nextCookie = (cookie + 1) % TWO_32 || 1;
+    return cookie;
+  }
+
+  private send(command: number, flags: number, cookie: number, offset: number, length: number, payload: Uint8Array | undefined): void {
+    if (this.batchUsed + REQUEST_HEADER_SIZE > this.batch.length) this.flushHeaders();
+    const header = this.batch;
+    const at = this.batchUsed;
+    header.writeUInt32BE(REQUEST_MAGIC, at);
+    header.writeUInt16BE(flags, at + 4);
+    header.writeUInt16BE(command, at + 6);
+    header.writeUInt32BE(0, at + 8);
+    header.writeUInt32BE(cookie, at + 12);
+    header.writeUInt32BE(Math.floor(offset / TWO_32), at + 16);
+    header.writeUInt32BE(offset >>> 0, at + 20);
+    header.writeUInt32BE(length, at + 24);
+    this.batchUsed += REQUEST_HEADER_SIZE;
+    if (payload) {
+      this.flushHeaders();
+      this.socket.write(payload);
+    } else if (!this.flushScheduled) {
+      // Headers issued in the same tick leave in one write.
+      this.flushScheduled = true;
+      process.nextTick(this.flushHeaders);
+    }
+  }
+
+  private readonly flushHeaders = (): void => {
+    this.flushScheduled = false;
+    if (this.batchUsed === 0) return;
+    const headers = this.batch.subarray(0, this.batchUsed);
+    this.batch = this.batch.subarray(this.batchUsed);
+    if (this.batch.length < REQUEST_HEADER_SIZE) this.batch = Buffer.allocUnsafe(HEADER_BATCH_SIZE);
+    this.batchUsed = 0;
+    if (!this.socket.destroyed) this.socket.write(headers);
+  };
+
+  private readonly onData = (chunk: Buffer): void => {
+    if (this.failure) return;
+    this.queue.push(chunk);
+    this.parse();
+  };
+
+  private readonly onError = (error: Error): void => {
+    this.fail(new NbdConnectionError(`connection lost: ${error.message}`, { cause: error }));
+  };
+
+  private readonly onClose = (): void => {
+    this.fail(new NbdConnectionError('the server closed the connection'));
+  };
+
+  private parse(): void {
+    const queue = this.queue;
+    while (this.failure === undefined) {
+      const state = this.state;
+      switch (state.kind) {
+        case 'header': {
+          if (queue.length < SIMPLE_REPLY_HEADER_SIZE) return;
+          const magic = queue.peekUInt32BE();
+          if (magic === SIMPLE_REPLY_MAGIC) {
+            this.onSimpleReply(queue.read(SIMPLE_REPLY_HEADER_SIZE));
+          } else if (magic === STRUCTURED_REPLY_MAGIC) {
+            if (queue.length < STRUCTURED_REPLY_HEADER_SIZE) return;
+            this.onStructuredReply(queue.read(STRUCTURED_REPLY_HEADER_SIZE));
+          } else {
+            this.violation(`bad reply magic 0x${magic.toString(16).padStart(8, '0')}`);
+          }
+          break;
+        }
+        case 'payload': {
+          if (queue.length === 0) return;
+          const bytes = queue.view(state.remaining);
+          state.request.covered += bytes.length;
+          state.request.sink?.data(state.offset, bytes);
+          state.offset += bytes.length;
+          state.remaining -= bytes.length;
+          if (state.remaining === 0) this.endChunk(state.request, state.done);
+          break;
+        }
+        case 'data-offset': {
+          if (queue.length < 8) return;
+          const { request, dataLength } = state;
+          const offset = readOffset(queue.read(8), 0);
+          if (offset < request.offset || offset + dataLength > request.offset + request.length) {
+            this.violation(`NBD_REPLY_TYPE_OFFSET_DATA at ${offset}+${dataLength} lies outside the request ${request.offset}+${request.length}`);
+            break;
+          }
+          if (dataLength === 0) this.endChunk(request, state.done);
+          else this.state = { kind: 'payload', request, offset, remaining: dataLength, done: state.done };
+          break;
+        }
+        case 'chunk': {
+          if (queue.length < state.length) return;
+          const body = queue.read(state.length);
+          this.onChunkBody(state.request, state.type, body);
+          if (this.failure === undefined) this.endChunk(state.request, state.done);
+          break;
+        }
+      }
+    }
+  }
+
+  private lookup(header: Buffer): PendingRequest | undefined {
+    const high = header.readUInt32BE(8);
+    const low = header.readUInt32BE(12);
+    const request = high === 0 ? this.pending.get(low) : undefined;
+    if (!request) this.violation(`reply for unknown cookie 0x${header.toString('hex', 8, 16)}`);
+    return request;
+  }
+
+  private onSimpleReply(header: Buffer): void {
+    const errno = header.readUInt32BE(4);
+    const request = this.lookup(header);
+    if (!request) return;
+    if (errno !== 0) {
+      request.error = new NbdError(errno, commandName(request.command));
+      this.complete(request);
+    } else if (request.command === Command.READ && request.length > 0) {
+      this.state = { kind: 'payload', request, offset: request.offset, remaining: request.length, done: true };
+    } else {
+      this.complete(request);
+    }
+  }
+
+  private onStructuredReply(header: Buffer): void {
+    const flags = header.readUInt16BE(4);
+    const type = header.readUInt16BE(6);
+    const length = header.readUInt32BE(16);
+    const request = this.lookup(header);
+    if (!request) return;
+    const done = (flags & ReplyFlags.DONE) !== 0;
+    if (!this.info.structuredReplies) return this.violation(`structured reply received but never negotiated`);
+    const what = (): string => `${nameOf(ReplyType, type, 'NBD_REPLY_TYPE_')} reply to ${commandName(request.command)}`;
+    if (length > MAX_REPLY_CHUNK) return this.violation(`${what()} of ${length} bytes exceeds the protocol bound`);
+    switch (type) {
+      case ReplyType.NONE:
+        if (length !== 0 || !done) return this.violation(`malformed ${what()}`);
+        return this.complete(request);
+      case ReplyType.OFFSET_DATA:
+        if (request.command !== Command.READ) return this.violation(`unexpected ${what()}`);
+        if (length < 8) return this.violation(`${what()} too short`);
+        if (length - 8 > request.length) {
+          return this.violation(`${what()} carries ${length - 8} bytes but ${request.length} were requested`);
+        }
+        this.state = { kind: 'data-offset', request, dataLength: length - 8, done };
+        return;
+      case ReplyType.OFFSET_HOLE:
+        if (request.command !== Command.READ) return this.violation(`unexpected ${what()}`);
+        if (length !== 12) return this.violation(`${what()} has length ${length}, not 12`);
+        break;
+      case ReplyType.BLOCK_STATUS:
+        if (request.command !== Command.BLOCK_STATUS) return this.violation(`unexpected ${what()}`);
+        if (length < 12 || (length - 4) % 8 !== 0) return this.violation(`malformed ${what()} of ${length} bytes`);
+        break;
+      case ReplyType.ERROR:
+        if (length < 6) return this.violation(`${what()} too short`);
+        break;
+      case ReplyType.ERROR_OFFSET:
+        if (length < 14) return this.violation(`${what()} too short`);
+        break;
+      default:
+        return this.violation(`unknown reply type ${type} to ${commandName(request.command)}`);
+    }
+    this.state = { kind: 'chunk', request, type, length, done };
+  }
+
+  private onChunkBody(request: PendingRequest, type: number, body: Buffer): void {
+    switch (type) {
+      case ReplyType.OFFSET_HOLE: {
+        const offset = readOffset(body, 0);
+        const size = body.readUInt32BE(8);
+        if (offset < request.offset || offset + size > request.offset + request.length) {
+          return this.violation(`NBD_REPLY_TYPE_OFFSET_HOLE at ${offset}+${size} lies outside the request ${request.offset}+${request.length}`);
+        }
+        request.covered += size;
+        request.sink?.hole(offset, size);
+        return;
+      }
+      case ReplyType.BLOCK_STATUS:
+        request.blockStatus?.(body.readUInt32BE(0), body.subarray(4));
+        return;
+      case ReplyType.ERROR:
+      case ReplyType.ERROR_OFFSET: {
+        const errno = body.readUInt32BE(0);
+        const messageLength = body.readUInt16BE(4);
+        const extra = type === ReplyType.ERROR_OFFSET ? 8 : 0;
+        if (6 + messageLength + extra > body.length) return this.violation('error message overruns its reply chunk');
+        const message = body.toString('utf8', 6, 6 + messageLength);
+        const offset = extra ? readOffset(body, 6 + messageLength) : undefined;
+        if (errno === 0) return this.violation('error reply chunk with errno 0');
+        request.error ??= new NbdError(errno, commandName(request.command), message, offset);
+        return;
+      }
+    }
+  }
+
+  private endChunk(request: PendingRequest, done: boolean): void {
+    this.state = HEADER;
+    if (done) this.complete(request);
+  }
+
+  private complete(request: PendingRequest): void {
+    this.state = HEADER;
+    if (request.command === Command.READ && !request.error && request.covered !== request.length) {
+      return this.violation(`READ of ${request.length} bytes at ${request.offset} answered with ${request.covered} bytes`);
+    }
+    this.pending.delete(request.cookie);
+    request.detachSignal?.();
+    if (!request.abandoned) {
+      if (request.error) request.reject(request.error);
+      else request.resolve();
+    }
+    if (this.pending.size === 0 && this.idleWaiters.length > 0) {
+      const waiters = this.idleWaiters;
+      this.idleWaiters = [];
+      for (const wake of waiters) wake();
+    }
+  }
+
+  private violation(message: string): void {
+    this.fail(new NbdProtocolError(`NBD protocol violation: ${message}`));
+  }
+
+  private fail(error: Error): void {
+    if (this.failure) return;
+    this.failure = error;
+    this.state = HEADER;
+    this.queue.drain();
+    this.socket.off('data', this.onData);
+    // Errors after the first are consequences of it.
+    this.socket.on('error', () => {});
+    this.socket.destroy();
+    const requests = [...this.pending.values()];
+    this.pending.clear();
+    for (const request of requests) {
+      request.detachSignal?.();
+      if (!request.abandoned) request.reject(error);
+    }
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const wake of waiters) wake();
+    for (const listener of this.failureListeners) listener(error);
+  }
+}
+
+function readOffset(buf: Buffer, at: number): number {
+  return buf.readUInt32BE(at) * TWO_32 + buf.readUInt32BE(at + 4);
+}

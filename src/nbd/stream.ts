@@ -1,0 +1,159 @@
+import type { ReadSink } from './connection.js';
+import type { ByteRange, Extent } from './extents.js';
+import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags } from './protocol.js';
+
+/** A piece of the export: bytes read, or a range known to read as zeroes (never sent). */
+export type ReadChunk =
+  | { kind: 'data'; offset: number; length: number; data: Buffer }
+  | { kind: 'hole'; offset: number; length: number };
+
+export interface ReadStreamOptions {
+  /** Part of the export to consider; the whole export by default. */
+  range?: ByteRange;
+  /**
+   * Meta context that decides which extents are read, e.g. `qemu:dirty-bitmap:backup-vda`.
+   * Without it, everything is read, and `base:allocation` (when negotiated) turns zero
+   * extents into holes without reading them.
+   */
+  context?: string;
+  /** Which extents of `context` to read; by default the dirty ones of a dirty bitmap, else all. */
+  select?: (extent: Extent) => boolean;
+  /** Bytes read ahead while earlier chunks wait for the consumer. */
+  readAhead?: number;
+  signal?: AbortSignal;
+}
+
+/** What the stream needs from the client. */
+export interface ChunkSource {
+  readonly size: number;
+  readonly requestSize: number;
+  readonly maxBytesInFlight: number;
+  hasMetaContext(name: string): boolean;
+  extents(context: string, range: ByteRange, options: { signal?: AbortSignal }): AsyncIterable<Extent>;
+  readRequest(offset: number, length: number, sink: ReadSink, signal?: AbortSignal): Promise<void>;
+}
+
+/** Bounds the holes and small reads planned ahead, which cost memory but no bytes. */
+const MAX_QUEUED_CHUNKS = 4096;
+
+interface Segment {
+  offset: number;
+  length: number;
+  read: boolean;
+}
+
+interface InFlightRead {
+  length: number;
+  done: Promise<void>;
+  pieces: ReadChunk[];
+  outOfOrder: boolean;
+}
+
+function defaultSelect(context: string): (extent: Extent) => boolean {
+  if (context.startsWith('qemu:dirty-bitmap:')) return (extent) => (extent.flags & DirtyBitmapFlags.DIRTY) !== 0;
+  return () => true;
+}
+
+async function* plan(source: ChunkSource, range: ByteRange, options: ReadStreamOptions): AsyncGenerator<Segment> {
+  const signalOption = options.signal ? { signal: options.signal } : {};
+  if (options.context !== undefined) {
+    const select = options.select ?? defaultSelect(options.context);
+    for await (const extent of source.extents(options.context, range, signalOption)) {
+      if (select(extent)) yield { offset: extent.offset, length: extent.length, read: true };
+    }
+  } else if (source.hasMetaContext(BASE_ALLOCATION)) {
+    for await (const extent of source.extents(BASE_ALLOCATION, range, signalOption)) {
+      yield { offset: extent.offset, length: extent.length, read: (extent.flags & AllocationFlags.ZERO) === 0 };
+    }
+  } else {
+    yield { offset: range.offset, length: range.length, read: true };
+  }
+}
+
+function startRead(source: ChunkSource, offset: number, length: number, signal: AbortSignal | undefined): InFlightRead {
+  const pieces: ReadChunk[] = [];
+  const flight: InFlightRead = { length, done: Promise.resolve(), pieces, outOfOrder: false };
+  let nextOffset = offset;
+  const note = (at: number, size: number): void => {
+    if (at !== nextOffset) flight.outOfOrder = true;
+    nextOffset = at + size;
+  };
+  const sink: ReadSink = {
+    data(at, data) {
+      note(at, data.length);
+      pieces.push({ kind: 'data', offset: at, length: data.length, data });
+    },
+    hole(at, size) {
+      note(at, size);
+      pieces.push({ kind: 'hole', offset: at, length: size });
+    },
+  };
+  flight.done = source.readRequest(offset, length, sink, signal);
+  // Failures surface when the consumer reaches this read; until then do not report them twice.
+  flight.done.catch(() => {});
+  return flight;
+}
+
+/**
+ * Reads the chosen extents in offset order, with up to `readAhead` bytes of requests
+ * in flight across all connections, handing on received memory without copying it.
+ */
+export async function* readChunks(source: ChunkSource, options: ReadStreamOptions = {}): AsyncGenerator<ReadChunk> {
+  const range = options.range ?? { offset: 0, length: source.size };
+  if (range.offset < 0 || range.length < 0 || range.offset + range.length > source.size) {
+    throw new RangeError(`range ${range.offset}+${range.length} lies outside the export (${source.size} bytes)`);
+  }
+  const readAhead = Math.max(options.readAhead ?? source.maxBytesInFlight, source.requestSize);
+  const signal = options.signal;
+  const queue: Array<InFlightRead | ReadChunk> = [];
+  let queuedBytes = 0;
+  const segments = plan(source, range, options);
+  let pendingSegment: Segment | undefined;
+  let segmentsDone = false;
+
+  const fill = async (): Promise<void> => {
+    while (!segmentsDone && queuedBytes < readAhead && queue.length < MAX_QUEUED_CHUNKS) {
+      if (!pendingSegment) {
+        const next = await segments.next();
+        if (next.done) {
+          segmentsDone = true;
+          return;
+        }
+        if (next.value.length === 0) continue;
+        pendingSegment = next.value;
+      }
+      const segment = pendingSegment;
+      if (!segment.read) {
+        queue.push({ kind: 'hole', offset: segment.offset, length: segment.length });
+        pendingSegment = undefined;
+        continue;
+      }
+      const length = Math.min(segment.length, source.requestSize);
+      queue.push(startRead(source, segment.offset, length, signal));
+      queuedBytes += length;
+      segment.offset += length;
+      segment.length -= length;
+      if (segment.length === 0) pendingSegment = undefined;
+    }
+  };
+
+  try {
+    for (;;) {
+      await fill();
+      const head = queue.shift();
+      if (!head) return;
+      if ('kind' in head) {
+        yield head;
+        continue;
+      }
+      await head.done;
+      queuedBytes -= head.length;
+      // Keep the server busy while the consumer deals with this read's pieces.
+      await fill();
+      if (head.outOfOrder) head.pieces.sort((a, b) => a.offset - b.offset);
+      for (const piece of head.pieces) yield piece;
+    }
+  } finally {
+    await segments.return(undefined);
+  }
+}

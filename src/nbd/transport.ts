@@ -1,0 +1,133 @@
+import { connect as netConnect, type Socket } from 'node:net';
+import type { Duplex } from 'node:stream';
+import { ByteQueue } from './byte-queue.js';
+import { abortReason, NbdConnectionError } from './errors.js';
+
+/** Where the server listens: a unix socket `path`, or TCP `host` + `port`. */
+export type Endpoint = { path: string; host?: undefined; port?: undefined } | { host: string; port: number; path?: undefined };
+
+/** Reads land in slabs this large; a read never gets less than `MIN_READ_ROOM`. */
+const SLAB_SIZE = 1024 * 1024;
+const MIN_READ_ROOM = 64 * 1024;
+
+/**
+ * Lets the kernel write received bytes into large slabs handed out piece by piece, so
+ * each read is as large as the socket allows and no read allocates. Every piece stays
+ * valid for as long as someone holds it: a slab is never reused, only dropped.
+ */
+function slabReader(emit: (chunk: Buffer) => void): { buffer: () => Uint8Array; callback: (nread: number, buf: Uint8Array) => boolean } {
+  let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+  let used = 0;
+  return {
+    buffer() {
+      if (SLAB_SIZE - used < MIN_READ_ROOM) {
+        slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
+        used = 0;
+      }
+      return slab.subarray(used);
+    },
+    callback(nread, buf) {
+      used += nread;
+      emit(Buffer.from(buf.buffer, buf.byteOffset, nread));
+      return true;
+    },
+  };
+}
+
+/**
+ * `slabReads` swaps Node's per-read allocation for `slabReader`; received bytes still
+ * arrive as 'data' events. It must stay off for sockets that TLS will take over.
+ */
+export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabReads = false): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortReason(signal));
+      return;
+    }
+    let socket: Socket | undefined;
+    const onread = slabReads ? { onread: slabReader((chunk) => socket!.emit('data', chunk)) } : {};
+    socket =
+      endpoint.path !== undefined
+        ? netConnect({ path: endpoint.path, ...onread })
+        : netConnect({ host: endpoint.host, port: endpoint.port, noDelay: true, ...onread });
+    const onAbort = (): void => {
+      socket!.destroy();
+      settle(abortReason(signal!));
+    };
+    const opened = socket;
+    const settle = (error?: Error): void => {
+      signal?.removeEventListener('abort', onAbort);
+      opened.off('error', settle);
+      opened.off('connect', onConnect);
+      if (error) reject(error);
+      else resolve(opened);
+    };
+    const onConnect = (): void => {
+      // Request headers are tiny: Nagle would hold them back while replies are awaited.
+      if (endpoint.path === undefined) opened.setNoDelay(true);
+      settle();
+    };
+    socket.once('connect', onConnect);
+    socket.once('error', settle);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/**
+ * Reads exact byte counts from a socket during the handshake, where the exchange is
+ * strictly request/answer and speed does not matter.
+ */
+export class HandshakeReader {
+  private readonly queue = new ByteQueue();
+  private waiter: { size: number; resolve: (b: Buffer) => void; reject: (e: Error) => void } | undefined;
+  private failure: Error | undefined;
+
+  constructor(private readonly socket: Duplex) {
+    socket.on('data', this.onData);
+    socket.on('error', this.onError);
+    socket.on('end', this.onEnd);
+    socket.on('close', this.onEnd);
+  }
+
+  read(size: number): Promise<Buffer> {
+    if (this.queue.length >= size) return Promise.resolve(this.queue.read(size));
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.waiter = { size, resolve, reject };
+    });
+  }
+
+  /** Stops listening and gives back anything received but not read. */
+  detach(): Buffer[] {
+    this.socket.off('data', this.onData);
+    this.socket.off('error', this.onError);
+    this.socket.off('end', this.onEnd);
+    this.socket.off('close', this.onEnd);
+    this.socket.pause();
+    return this.queue.drain();
+  }
+
+  private readonly onData = (chunk: Buffer): void => {
+    this.queue.push(chunk);
+    const waiter = this.waiter;
+    if (waiter && this.queue.length >= waiter.size) {
+      this.waiter = undefined;
+      waiter.resolve(this.queue.read(waiter.size));
+    }
+  };
+
+  private readonly onError = (error: Error): void => {
+    this.fail(error);
+  };
+
+  private readonly onEnd = (): void => {
+    this.fail(new NbdConnectionError('the server closed the connection during the handshake'));
+  };
+
+  private fail(error: Error): void {
+    this.failure ??= error;
+    const waiter = this.waiter;
+    this.waiter = undefined;
+    waiter?.reject(this.failure);
+  }
+}
