@@ -48,10 +48,6 @@ export function childPath(path: string, key: string): string {
   return path === '' ? key : `${path}.${key}`;
 }
 
-export function isPresent(value: unknown): boolean {
-  return value !== undefined;
-}
-
 /**
  * Checks that `value` is a plain object whose keys are all in `allowed`.
  * Keys set to undefined count as absent, as TypeScript treats them.
