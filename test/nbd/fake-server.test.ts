@@ -1,0 +1,219 @@
+import test from 'ava';
+import {
+  NbdClient,
+  NbdConnectionError,
+  NbdError,
+  NbdProtocolError,
+  type Extent,
+} from '../../src/nbd/index.js';
+import { CONTEXT_ID, CONTEXT_NAME, DONE, REPLY, startFakeServer, type FakeRequest, type ReplyWriter } from './fake-server.js';
+
+const unhandled: unknown[] = [];
+process.on('unhandledRejection', (reason) => unhandled.push(reason));
+test.after.always('no unhandled rejection escaped the client', (t) => {
+  t.deepEqual(unhandled, []);
+});
+
+const READ = 0;
+const BLOCK_STATUS = 7;
+
+function answerReadWell(request: FakeRequest, reply: ReplyWriter): void {
+  reply.data(request.cookie, DONE, request.offset, Buffer.alloc(request.length, 0x5a));
+}
+
+type Violation = { name: string; send: (request: FakeRequest, reply: ReplyWriter) => void; message: RegExp };
+
+const violations: Violation[] = [
+  {
+    name: 'bad reply magic',
+    send: (r, reply) => reply.chunk(r.cookie, DONE, REPLY.NONE, Buffer.alloc(0), 0, 0xdeadbeef),
+    message: /bad reply magic/,
+  },
+  {
+    name: 'unknown reply type',
+    send: (r, reply) => reply.chunk(r.cookie, DONE, 42, Buffer.alloc(4)),
+    message: /unknown reply type 42/,
+  },
+  {
+    name: 'unknown error reply type',
+    send: (r, reply) => reply.chunk(r.cookie, DONE, 0x8000 + 77, Buffer.alloc(6)),
+    message: /unknown reply type/,
+  },
+  {
+    name: 'more data than requested',
+    send: (r, reply) => reply.data(r.cookie, DONE, r.offset, Buffer.alloc(r.length + 1)),
+    message: /were requested/,
+  },
+  {
+    name: 'data outside the requested range',
+    send: (r, reply) => reply.data(r.cookie, DONE, r.offset + 1, Buffer.alloc(r.length)),
+    message: /outside the request/,
+  },
+  {
+    name: 'chunk longer than the 32 MiB bound',
+    send: (r, reply) => reply.chunk(r.cookie, DONE, REPLY.BLOCK_STATUS, Buffer.alloc(0), 32 * 1024 * 1024 + 64 * 1024),
+    message: /exceeds the protocol bound/,
+  },
+  {
+    name: 'reply to an unknown cookie',
+    send: (r, reply) => reply.data(Buffer.from('ffffffffffffffff', 'hex'), DONE, r.offset, Buffer.alloc(r.length)),
+    message: /unknown cookie/,
+  },
+  {
+    name: 'read left with a gap',
+    send: (r, reply) => reply.data(r.cookie, DONE, r.offset, Buffer.alloc(r.length - 1)),
+    message: /answered with/,
+  },
+  {
+    name: 'block status chunk to a read',
+    send: (r, reply) => reply.blockStatus(r.cookie, DONE, CONTEXT_ID, [[r.length, 0]]),
+    message: /unexpected NBD_REPLY_TYPE_BLOCK_STATUS/,
+  },
+];
+
+for (const violation of violations) {
+  test(`protocol violation: ${violation.name} closes the connection with a clear error`, async (t) => {
+    let requests = 0;
+    const { path } = await startFakeServer(t, {
+      onRequest: (request, reply) => {
+        requests++;
+        // The second concurrent request is left unanswered: it must reject, not hang.
+        if (request.offset === 0) violation.send(request, reply);
+      },
+    });
+    const client = await NbdClient.connect({ path, connections: 1 });
+    const first = client.read(0, 4096);
+    const second = client.read(8192, 4096);
+    const error = await t.throwsAsync(first, { instanceOf: NbdProtocolError, message: violation.message });
+    t.is((error as NbdProtocolError).code, 'NBD_PROTOCOL_ERROR');
+    await t.throwsAsync(second, { instanceOf: NbdProtocolError });
+    await t.throwsAsync(client.read(0, 10), { instanceOf: NbdProtocolError });
+    await client.close();
+    t.is(requests, 2);
+  });
+}
+
+test('every pending request rejects when the server hangs up', async (t) => {
+  const { path } = await startFakeServer(t, {
+    onRequest: (request, reply) => {
+      if (request.offset === 3 * 4096) reply.socket.destroy();
+    },
+  });
+  const client = await NbdClient.connect({ path, connections: 1 });
+  const reads = [0, 1, 2, 3].map((i) => client.read(i * 4096, 4096));
+  for (const read of reads) await t.throwsAsync(read, { instanceOf: NbdConnectionError });
+  await t.throwsAsync(client.flush(), { instanceOf: NbdConnectionError });
+  await client.close();
+});
+
+test('server errors become NbdError and the connection stays usable', async (t) => {
+  const { path } = await startFakeServer(t, {
+    onRequest: (request, reply) => {
+      if (request.type === READ && request.offset === 0) reply.error(request.cookie, DONE, 5, 'medium error');
+      else if (request.type === READ && request.offset === 4096) {
+        reply.data(request.cookie, 0, request.offset, Buffer.alloc(request.length));
+        const body = Buffer.alloc(6 + 8);
+        body.writeUInt32BE(22, 0);
+        body.writeBigUInt64BE(BigInt(request.offset + 10), 6);
+        reply.chunk(request.cookie, DONE, REPLY.ERROR_OFFSET, body);
+      } else if (request.type === 1) reply.simple(request.cookie, 28);
+      else if (request.type === READ) answerReadWell(request, reply);
+      else reply.simple(request.cookie);
+    },
+  });
+  const client = await NbdClient.connect({ path });
+  const eio = await t.throwsAsync(client.read(0, 512), { instanceOf: NbdError });
+  t.is(eio.code, 'EIO');
+  t.is((eio as NbdError).command, 'NBD_CMD_READ');
+  t.regex(eio.message, /medium error/);
+  const einval = (await t.throwsAsync(client.read(4096, 512), { instanceOf: NbdError })) as NbdError;
+  t.is(einval.code, 'EINVAL');
+  t.is(einval.offset, 4096 + 10);
+  const enospc = await t.throwsAsync(client.write(0, Buffer.alloc(512)), { instanceOf: NbdError });
+  t.is(enospc.code, 'ENOSPC');
+  t.true((await client.read(8192, 100)).equals(Buffer.alloc(100, 0x5a)));
+  await client.flush();
+  await client.close();
+});
+
+test('a request times out through its AbortSignal and a late reply is dropped', async (t) => {
+  const held: Array<() => void> = [];
+  const { path } = await startFakeServer(t, {
+    onRequest: (request, reply) => {
+      if (request.offset === 0) held.push(() => answerReadWell(request, reply));
+      else answerReadWell(request, reply);
+    },
+  });
+  const client = await NbdClient.connect({ path });
+  await t.throwsAsync(client.read(0, 4096, { signal: AbortSignal.timeout(100) }), { name: 'TimeoutError' });
+  for (const answer of held) answer();
+  t.true((await client.read(4096, 16)).equals(Buffer.alloc(16, 0x5a)));
+  await client.close();
+});
+
+test('connecting times out through its AbortSignal when the server never greets', async (t) => {
+  const { path } = await startFakeServer(t, { silent: true });
+  const started = Date.now();
+  await t.throwsAsync(NbdClient.connect({ path, signal: AbortSignal.timeout(150) }), { name: 'TimeoutError' });
+  t.true(Date.now() - started < 5000);
+});
+
+test('a bad greeting is refused', async (t) => {
+  const { path } = await startFakeServer(t, { greeting: Buffer.from('HTTP/1.1 400 Bad Request\r\n\r\n') });
+  await t.throwsAsync(NbdClient.connect({ path }), { instanceOf: NbdProtocolError, message: /greeting/ });
+});
+
+test('servers without NBD_OPT_GO are entered with NBD_OPT_EXPORT_NAME', async (t) => {
+  const size = 3 * 1024 * 1024 + 512;
+  const { path } = await startFakeServer(t, { noGo: true, size, onRequest: answerReadWell });
+  const client = await NbdClient.connect({ path });
+  t.is(client.size, size);
+  t.true((await client.read(size - 10, 10)).equals(Buffer.alloc(10, 0x5a)));
+  await client.close();
+});
+
+test('block status is asked again until the range is covered, and runs are merged', async (t) => {
+  // The server answers at most two 64 KiB descriptors per request, alternating flags.
+  const size = 1024 * 1024;
+  const step = 64 * 1024;
+  const flagsAt = (offset: number): number => (Math.floor(offset / (3 * step)) % 2 === 0 ? 0 : 3);
+  const requested: number[] = [];
+  const { path } = await startFakeServer(t, {
+    size,
+    onRequest: (request, reply) => {
+      if (request.type !== BLOCK_STATUS) return reply.simple(request.cookie, 22);
+      requested.push(request.offset);
+      const extents: Array<[number, number]> = [];
+      for (let at = request.offset; at < request.offset + request.length && extents.length < 2; at += step) {
+        extents.push([step, flagsAt(at)]);
+      }
+      reply.blockStatus(request.cookie, DONE, CONTEXT_ID, extents);
+    },
+  });
+  const client = await NbdClient.connect({ path });
+  const extents: Extent[] = [];
+  for await (const extent of client.extents(CONTEXT_NAME)) extents.push(extent);
+  const expected: Extent[] = [];
+  for (let at = 0; at < size; at += step) {
+    const last = expected.at(-1);
+    if (last && last.flags === flagsAt(at)) last.length += step;
+    else expected.push({ offset: at, length: step, flags: flagsAt(at) });
+  }
+  t.deepEqual(extents, expected);
+  t.is(requested.length, size / step / 2);
+  await client.close();
+});
+
+test('block status that makes no progress is a protocol error', async (t) => {
+  const { path } = await startFakeServer(t, {
+    onRequest: (request, reply) => reply.chunk(request.cookie, DONE, REPLY.NONE, Buffer.alloc(0)),
+  });
+  const client = await NbdClient.connect({ path });
+  await t.throwsAsync(
+    (async () => {
+      for await (const extent of client.extents(CONTEXT_NAME)) void extent;
+    })(),
+    { instanceOf: NbdProtocolError },
+  );
+  await client.close();
+});
