@@ -27,9 +27,9 @@ export type ConnectOptions = ServerAddress & {
   connections?: number;
   /** Requests in flight on each connection (default 16). */
   requestsPerConnection?: number;
-  /** Payload bytes in flight across all connections (default 8 MiB). */
+  /** Payload bytes in flight across all connections (default 4 MiB). */
   maxBytesInFlight?: number;
-  /** Largest READ/WRITE sent; clamped to the server's maximum block size (default 2 MiB). */
+  /** Largest READ/WRITE sent; clamped to the server's maximum block size (default 1 MiB). */
   requestSize?: number;
   /** Ask for structured replies (default true); needed for holes and meta contexts. */
   structuredReplies?: boolean;
@@ -55,8 +55,8 @@ const TWO_GIB = 2 ** 31;
 const DEFAULT_CONNECTIONS = 4;
 const DEFAULT_REQUESTS_PER_CONNECTION = 16;
 // Measured: more bytes in flight only adds fresh memory to fault in, not throughput.
-const DEFAULT_MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024;
-const DEFAULT_REQUEST_SIZE = 2 * 1024 * 1024;
+const DEFAULT_MAX_BYTES_IN_FLIGHT = 4 * 1024 * 1024;
+const DEFAULT_REQUEST_SIZE = 1024 * 1024;
 /** Extra connections that cannot finish their handshake by then are given up. */
 const EXTRA_CONNECTION_TIMEOUT_MS = 10_000;
 

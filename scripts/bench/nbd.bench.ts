@@ -1,0 +1,163 @@
+// Full sequential read of an NBD export: our client against `nbdcopy ... null:`, on the
+// same qemu-nbd export in the same run. Images are cached in .bench/nbd (gitignored);
+// NBD_BENCH_KEEP_IMAGES=0 deletes them afterwards.
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NbdClient } from '../../src/nbd/index.js';
+
+const GiB = 1024 ** 3;
+const MiB = 1024 ** 2;
+const RUNS = Number(process.env.NBD_BENCH_RUNS ?? 3);
+const here = fileURLToPath(import.meta.url);
+const cacheDir = resolve(dirname(here), '../../.bench/nbd');
+
+/** Our side of one measurement, alone in its process so its peak RSS is ours. */
+async function childRead(socket: string): Promise<void> {
+  const started = performance.now();
+  const tuning = JSON.parse(process.env.NBD_BENCH_CLIENT_OPTIONS ?? "{}") as Record<string, number>;
+  const client = await NbdClient.connect({ path: socket, ...tuning });
+  await client.ready();
+  let bytes = 0;
+  for await (const chunk of client.createReadStream()) bytes += (chunk as { length: number }).length;
+  await client.close();
+  const seconds = (performance.now() - started) / 1000;
+  process.stdout.write(JSON.stringify({ bytes, seconds, maxRssKiB: process.resourceUsage().maxRSS, connections: 0 }) + '\n');
+}
+
+function sh(command: string, args: string[], input?: 'inherit'): void {
+  const result = spawnSync(command, args, { stdio: ['ignore', input ?? 'ignore', 'inherit'] });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status ?? result.signal})`);
+}
+
+function makeRandomImage(path: string): void {
+  const raw = `${path}.raw`;
+  // AES-CTR over zeroes: incompressible and far quicker than /dev/urandom.
+  sh('sh', ['-c', `openssl enc -aes-128-ctr -pass pass:nbd-bench -nosalt -pbkdf2 < /dev/zero 2>/dev/null | head -c ${2 * GiB} > '${raw}'`]);
+  sh('qemu-img', ['convert', '-O', 'qcow2', raw, `${path}.tmp`]);
+  rmSync(raw);
+  renameSync(`${path}.tmp`, path);
+}
+
+function makeSparseImage(path: string): void {
+  const tmp = `${path}.tmp`;
+  sh('qemu-img', ['create', '-q', '-f', 'qcow2', tmp, String(8 * GiB)]);
+  // 64 MiB of data in 16 runs spread over the disk.
+  const writes = Array.from({ length: 16 }, (_, i) => ['-c', `write -P ${i + 1} ${i * 512 * MiB + 4096 * i} 4M`]).flat();
+  sh('qemu-io', ['-f', 'qcow2', ...writes, tmp]);
+  renameSync(tmp, path);
+}
+
+async function waitForSocket(path: string, server: ChildProcess): Promise<void> {
+  for (let i = 0; i < 400; i++) {
+    if (server.exitCode !== null) throw new Error('qemu-nbd exited');
+    const ok = await new Promise<boolean>((done) => {
+      const socket = connect({ path });
+      socket.once('connect', () => (socket.destroy(), done(true)));
+      socket.once('error', () => done(false));
+    });
+    if (ok) return;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  throw new Error('qemu-nbd did not start');
+}
+
+interface Measure {
+  seconds: number;
+  maxRssKiB: number | undefined;
+}
+
+function timeNbdcopy(socket: string): Measure {
+  const uri = `nbd+unix:///?socket=${socket}`;
+  const withTime = existsSync('/usr/bin/time');
+  const started = performance.now();
+  const result = withTime
+    ? spawnSync('/usr/bin/time', ['-f', '%M', 'nbdcopy', uri, 'null:'], { encoding: 'utf8' })
+    : spawnSync('nbdcopy', [uri, 'null:'], { encoding: 'utf8' });
+  const seconds = (performance.now() - started) / 1000;
+  if (result.status !== 0) throw new Error(`nbdcopy failed: ${result.stderr}`);
+  const rss = withTime ? Number(result.stderr.trim().split('\n').at(-1)) : NaN;
+  return { seconds, maxRssKiB: Number.isFinite(rss) ? rss : undefined };
+}
+
+function timeOurs(socket: string, size: number): Measure {
+  const result = spawnSync(process.execPath, ['--import=tsx', here, '--child', socket], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`client read failed: ${result.stderr}`);
+  const measured = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as { bytes: number; seconds: number; maxRssKiB: number };
+  if (measured.bytes !== size) throw new Error(`client read ${measured.bytes} bytes of ${size}`);
+  return measured;
+}
+
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+async function benchImage(label: string, image: string, work: string): Promise<string[]> {
+  const socket = join(work, `${label.replace(/\W+/g, '-')}.sock`);
+  const server = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=8', '-k', socket, '-f', 'qcow2', image], {
+    stdio: 'ignore',
+  });
+  try {
+    await waitForSocket(socket, server);
+    const probe = await NbdClient.connect({ path: socket, connections: 1 });
+    const size = probe.size;
+    const multiConn = probe.canMultiConn;
+    await probe.close();
+    // One untimed pass of each warms the page cache and the server.
+    timeNbdcopy(socket);
+    timeOurs(socket, size);
+    const theirs: Measure[] = [];
+    const ours: Measure[] = [];
+    for (let i = 0; i < RUNS; i++) {
+      theirs.push(timeNbdcopy(socket));
+      ours.push(timeOurs(socket, size));
+    }
+    const tTheirs = median(theirs.map((m) => m.seconds));
+    const tOurs = median(ours.map((m) => m.seconds));
+    const rate = (seconds: number): string => ((size / seconds) / 1e6).toFixed(0);
+    const rss = (values: Measure[]): string => {
+      const known = values.map((m) => m.maxRssKiB).filter((v): v is number => v !== undefined);
+      return known.length ? `${(Math.max(...known) / 1024).toFixed(0)} MiB` : 'n/a';
+    };
+    return [
+      `| ${label} | nbdcopy → null: | ${tTheirs.toFixed(3)} s | ${rate(tTheirs)} | 1.00 | ${rss(theirs)} |`,
+      `| ${label} | libvirt-backup/nbd${multiConn ? ' (multi-conn)' : ''} | ${tOurs.toFixed(3)} s | ${rate(tOurs)} | ${(tTheirs / tOurs).toFixed(2)} | ${rss(ours)} |`,
+    ];
+  } finally {
+    server.kill('SIGTERM');
+    await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
+  }
+}
+
+async function main(): Promise<void> {
+  mkdirSync(cacheDir, { recursive: true });
+  const randomImage = join(cacheDir, 'random-2g.qcow2');
+  const sparseImage = join(cacheDir, 'sparse-8g.qcow2');
+  if (!existsSync(randomImage)) {
+    console.log('generating a 2 GiB qcow2 of random data (cached in .bench/nbd)...');
+    makeRandomImage(randomImage);
+  }
+  if (!existsSync(sparseImage)) makeSparseImage(sparseImage);
+  const work = mkdtempSync(join(tmpdir(), 'nbd-bench-'));
+  try {
+    const rows = [
+      '| export | reader | time (median of ' + RUNS + ') | MB/s | ratio vs nbdcopy | peak RSS |',
+      '| --- | --- | --- | --- | --- | --- |',
+      ...(await benchImage('2 GiB random', randomImage, work)),
+      ...(await benchImage('8 GiB sparse', sparseImage, work)),
+    ];
+    console.log(rows.join('\n'));
+    console.log('\nTimes include connecting; ours exclude Node start-up, nbdcopy\'s include its process start.');
+    console.log('Target: ratio >= 0.90, peak RSS < 200 MiB.');
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    if (process.env.NBD_BENCH_KEEP_IMAGES === '0') rmSync(cacheDir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[2] === '--child') {
+  await childRead(process.argv[3]!);
+} else {
+  await main();
+}
