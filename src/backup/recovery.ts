@@ -1,0 +1,37 @@
+import type { BackupSet } from './backup-set.js';
+import { BackupSetError } from './errors.js';
+import { describeOwner, ownerMayBeAlive } from './process-liveness.js';
+import { resumeInterruptedPrune } from './prune.js';
+import { readJournal, removeJournal, removeUnreferencedFiles, type RunJournalState } from './run-journal.js';
+
+export interface RecoveryReport {
+  /** The interrupted run. */
+  run: Pick<RunJournalState, 'kind' | 'pid' | 'hostname' | 'startedAt'>;
+  /** Files of that run that were deleted (never a file the manifest references). */
+  removedFiles: string[];
+  /** True when an interrupted prune was finished rather than undone. */
+  completedPrune: boolean;
+}
+
+/**
+ * Cleans up after a run that did not finish (crash, kill -9, power loss), found through its
+ * journal. Called with the set's lock held, so no live run of ours can own the journal
+ * unless the lock was broken by hand.
+ */
+export async function recoverInterruptedRun(set: BackupSet, _options: { signal?: AbortSignal } = {}): Promise<RecoveryReport | null> {
+  const journal = await readJournal(set.dir);
+  if (journal === null) return null;
+  if (journal.pid !== process.pid && ownerMayBeAlive(journal)) {
+    throw new BackupSetError('RUN_IN_PROGRESS', `a ${journal.kind} run (${describeOwner(journal)}) is still writing ${set.dir}; wait for it or stop it`);
+  }
+  const run = { kind: journal.kind, pid: journal.pid, hostname: journal.hostname, startedAt: journal.startedAt };
+  const referenced = set.referencedFiles();
+  const newFilesCommitted = journal.creates.filter((file) => !file.startsWith('.')).every((file) => referenced.has(file));
+  if (journal.kind === 'prune' && journal.phase === 'switching' && !newFilesCommitted) {
+    const result = await resumeInterruptedPrune(set, journal);
+    return { run, removedFiles: result.deletedFiles, completedPrune: true };
+  }
+  const removedFiles = await removeUnreferencedFiles(set.dir, [...journal.creates, ...journal.deletes], referenced);
+  await removeJournal(set.dir);
+  return { run, removedFiles, completedPrune: false };
+}
