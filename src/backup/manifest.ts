@@ -99,7 +99,7 @@ class FieldError extends Error {
     readonly fieldPath: string,
     readonly problem: string,
   ) {
-    super(`${fieldPath}: ${problem}`);
+    super(fieldPath === '' ? problem : `${fieldPath}: ${problem}`);
   }
 }
 
