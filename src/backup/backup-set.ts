@@ -32,10 +32,6 @@ export interface ChainLink {
   path: string;
 }
 
-export interface OpenForWriteOptions {
-  signal?: AbortSignal;
-}
-
 export interface CommitOptions {
   signal?: AbortSignal;
   onProgress?: (progress: { file: string; bytesHashed: number; fileSize: number }) => void;
@@ -99,14 +95,14 @@ export class BackupSet {
    * Opens a set for writing: takes the lock, then cleans up after an interrupted run
    * (see `recovery`) so the set is consistent before anything new happens.
    */
-  static async openForWrite(dir: string, options: OpenForWriteOptions = {}): Promise<BackupSet> {
+  static async openForWrite(dir: string): Promise<BackupSet> {
     const absolute = resolve(dir);
     // Validate first: a directory that is not a set must not get a lock file.
     await readManifestFile(absolute);
     const lock = await SetLock.acquire(absolute);
     try {
       const set = new BackupSet(absolute, await readManifestFile(absolute), lock, null);
-      set.recovery = await recoverInterruptedRun(set, options);
+      set.recovery = await recoverInterruptedRun(set);
       return set;
     } catch (error) {
       await lock.release();
@@ -115,10 +111,10 @@ export class BackupSet {
   }
 
   /** Opens the set for `domain` for writing, creating it when the directory has no manifest. */
-  static async openOrCreate(dir: string, domain: ManifestDomain, options: OpenForWriteOptions = {}): Promise<BackupSet> {
+  static async openOrCreate(dir: string, domain: ManifestDomain): Promise<BackupSet> {
     const absolute = resolve(dir);
     if (!(await exists(join(absolute, MANIFEST_FILE)))) return BackupSet.create(absolute, domain);
-    const set = await BackupSet.openForWrite(absolute, options);
+    const set = await BackupSet.openForWrite(absolute);
     try {
       set.assertDomain(domain);
     } catch (error) {
@@ -142,6 +138,11 @@ export class BackupSet {
 
   get backups(): readonly BackupRecord[] {
     return this.state.backups;
+  }
+
+  /** True while a run started with `beginRun` has neither committed nor aborted. */
+  get runInProgress(): boolean {
+    return this.run?.active === true;
   }
 
   get writable(): boolean {

@@ -16,7 +16,7 @@ export {
 } from './manifest.js';
 export { writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
 export { sha256File, type ChecksumOptions } from './checksum.js';
-export { BackupSet, type ChainLink, type CommitOptions, type OpenForWriteOptions } from './backup-set.js';
+export { BackupSet, type ChainLink, type CommitOptions } from './backup-set.js';
 export { LOCK_FILE } from './set-lock.js';
 export { JOURNAL_FILE, BackupRun, type RunJournalState } from './run-journal.js';
 export type { RecoveryReport } from './recovery.js';

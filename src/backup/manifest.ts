@@ -282,10 +282,6 @@ function validateRelations(backups: BackupRecord[]): void {
         if (parentDisk.file !== disk.backingFile) {
           throw new FieldError(`${diskAt}.backingFile`, `must be the parent backup's file '${parentDisk.file}', found '${disk.backingFile}'`);
         }
-        if (parentDisk.virtualSize !== disk.virtualSize) {
-          // A disk resized between backups cannot be an overlay of the old image.
-          throw new FieldError(`${diskAt}.virtualSize`, `differs from its backing file's (${parentDisk.virtualSize}); a resized disk needs a full image`);
-        }
       }
     });
     byId.set(record.id, { record, index });

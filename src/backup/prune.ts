@@ -285,6 +285,7 @@ function journalFor(plan: PrunePlan, phase: 'merging' | 'switching'): RunJournal
 
 export async function prune(set: BackupSet, options: PruneOptions): Promise<PruneResult> {
   if (!set.writable) throw new BackupSetError('INVALID_ARGUMENT', `backup set ${set.dir} is open read-only; prune needs BackupSet.openForWrite`);
+  if (set.runInProgress) throw new BackupSetError('RUN_IN_PROGRESS', `a backup run on ${set.dir} is in progress; prune after it commits or aborts`);
   throwIfAborted(options.signal);
   const before = set.manifest as Manifest;
   const plan = planPrune(before, options.keep);

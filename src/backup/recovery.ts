@@ -18,7 +18,7 @@ export interface RecoveryReport {
  * journal. Called with the set's lock held, so no live run of ours can own the journal
  * unless the lock was broken by hand.
  */
-export async function recoverInterruptedRun(set: BackupSet, _options: { signal?: AbortSignal } = {}): Promise<RecoveryReport | null> {
+export async function recoverInterruptedRun(set: BackupSet): Promise<RecoveryReport | null> {
   const journal = await readJournal(set.dir);
   if (journal === null) return null;
   if (journal.pid !== process.pid && ownerMayBeAlive(journal)) {

@@ -4,6 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { BackupSet, ChainLink } from './backup-set.js';
 import { fsyncDirectory, fsyncFile } from './atomic-file.js';
 import { assertChainIntact } from './chain-check.js';
+import { sha256File } from './checksum.js';
 import { BackupSetError, errnoCode, throwIfAborted } from './errors.js';
 import { qemuImgConvert } from './qemu-img.js';
 
@@ -17,6 +18,11 @@ export interface RestoreOptions {
   format: 'qcow2' | 'raw';
   /** Replace existing output files; otherwise their presence is an error. */
   overwrite?: boolean;
+  /**
+   * Also compare every chain file's sha256 with the manifest before converting (reads the
+   * chain twice; `verify` does the same for the whole set).
+   */
+  checksums?: boolean;
   signal?: AbortSignal;
   onProgress?: (progress: { target: string; fraction: number }) => void;
 }
@@ -55,7 +61,10 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
       if (await exists(output)) throw new BackupSetError('OUTPUT_EXISTS', `${output} already exists; choose another path or allow overwriting`, { path: output });
     }
   }
-  for (const { chain } of chains) await assertChainIntact(set, chain, { signal: options.signal });
+  for (const { chain } of chains) {
+    await assertChainIntact(set, chain, { signal: options.signal });
+    if (options.checksums) await assertChecksums(chain, options.signal);
+  }
 
   const temporaries = new Map<string, string>();
   try {
@@ -84,6 +93,15 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
     backupId: backup.id,
     disks: chains.map(({ target, chain }) => ({ target, path: outputs.get(target)!, format: options.format, chain: chain.map((link: ChainLink) => link.disk.file) })),
   };
+}
+
+async function assertChecksums(chain: readonly ChainLink[], signal: AbortSignal | undefined): Promise<void> {
+  for (const link of chain) {
+    const sha256 = await sha256File(link.path, { signal });
+    if (sha256 !== link.disk.sha256) {
+      throw new BackupSetError('CHAIN_BROKEN', `${link.disk.file}: sha256 is ${sha256}, the manifest says ${link.disk.sha256}; the file is damaged`, { path: link.path });
+    }
+  }
 }
 
 async function outputPaths(to: string, targets: string[], format: 'qcow2' | 'raw'): Promise<Map<string, string>> {

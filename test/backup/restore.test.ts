@@ -1,5 +1,5 @@
 import test from 'ava';
-import { readdir, rm } from 'node:fs/promises';
+import { open, readdir, rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { BackupSet } from '../../src/backup/backup-set.js';
 import { restore } from '../../src/backup/restore.js';
@@ -89,5 +89,20 @@ test('an aborted restore leaves no partial output', async (t) => {
 
   const already = AbortSignal.abort();
   await t.throwsAsync(restore(set, { to: out, format: 'raw', signal: already }), { instanceOf: BackupSetError });
+  t.deepEqual(await readdir(out), []);
+});
+
+test('restore with checksums refuses a damaged file', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc']);
+  const path = join(builder.dir, 'vda.0001.full.qcow2');
+  const handle = await open(path, 'r+');
+  const { size } = await handle.stat();
+  await handle.write(Buffer.from([0xee]), 0, 1, size - 1);
+  await handle.close();
+  const set = await BackupSet.open(builder.dir);
+  const out = await tempDir(t, 'restore-');
+  const error = await t.throwsAsync(restore(set, { to: out, format: 'raw', checksums: true }), { instanceOf: BackupSetError });
+  t.is(error?.code, 'CHAIN_BROKEN');
+  t.regex(error!.message, /^vda\.0001\.full\.qcow2: sha256 is [0-9a-f]{64}, the manifest says [0-9a-f]{64}; the file is damaged$/);
   t.deepEqual(await readdir(out), []);
 });
