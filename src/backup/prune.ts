@@ -241,7 +241,7 @@ function obsoleteCheckpoints(before: Manifest, after: Manifest): string[] {
   return [...new Set(obsolete)];
 }
 
-async function factsOf(set: BackupSet, file: string, options: PruneOptions): Promise<FileFacts> {
+async function factsOf(set: BackupSet, file: string, options: Pick<PruneOptions, 'onProgress'>): Promise<FileFacts> {
   const path = set.pathOf(file);
   const { size } = await stat(path);
   const sha256 = await sha256File(path, { onProgress: (bytes) => options.onProgress?.({ step: 'checksum', file, fraction: size === 0 ? 1 : bytes / size }) });
@@ -334,7 +334,7 @@ async function finishPrune(
   plan: PrunePlan,
   before: Manifest,
   facts: Map<string, FileFacts & { dataBytes?: number }>,
-  options: Omit<PruneOptions, 'signal'>,
+  options: Pick<PruneOptions, 'onProgress' | 'hooks'>,
 ): Promise<PruneResult> {
   for (const rebase of plan.rebases) {
     options.onProgress?.({ step: 'rebase', file: rebase.file });
@@ -367,7 +367,7 @@ export async function resumeInterruptedPrune(set: BackupSet, journal: RunJournal
   }
   const facts = new Map<string, FileFacts & { dataBytes?: number }>();
   for (const merge of plan.merges) {
-    facts.set(merge.newFile, { ...(await factsOf(set, merge.newFile, {} as PruneOptions)), dataBytes: await ownDataBytes(set.pathOf(merge.newFile)) });
+    facts.set(merge.newFile, { ...(await factsOf(set, merge.newFile, {})), dataBytes: await ownDataBytes(set.pathOf(merge.newFile)) });
   }
-  return finishPrune(set, plan, before, facts, { keep: plan.keep });
+  return finishPrune(set, plan, before, facts, {});
 }

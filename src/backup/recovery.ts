@@ -1,3 +1,4 @@
+import { hostname } from 'node:os';
 import type { BackupSet } from './backup-set.js';
 import { BackupSetError } from './errors.js';
 import { describeOwner, ownerMayBeAlive } from './process-liveness.js';
@@ -15,13 +16,17 @@ export interface RecoveryReport {
 
 /**
  * Cleans up after a run that did not finish (crash, kill -9, power loss), found through its
- * journal. Called with the set's lock held, so no live run of ours can own the journal
- * unless the lock was broken by hand.
+ * journal: a backup run's files (and a prune's unfinished new files) are deleted unless the
+ * manifest references them; a prune that had started switching files over is finished.
+ * Called with the set's lock held.
  */
 export async function recoverInterruptedRun(set: BackupSet): Promise<RecoveryReport | null> {
   const journal = await readJournal(set.dir);
   if (journal === null) return null;
-  if (journal.pid !== process.pid && ownerMayBeAlive(journal)) {
+  // Every run takes the lock before writing its journal, and we hold the lock now, so the
+  // journal's run is over unless the lock was removed by hand. The pid check is a second
+  // safety where it can be made (same host); for another host the lock has to be trusted.
+  if (journal.hostname === hostname() && journal.pid !== process.pid && ownerMayBeAlive(journal)) {
     throw new BackupSetError('RUN_IN_PROGRESS', `a ${journal.kind} run (${describeOwner(journal)}) is still writing ${set.dir}; wait for it or stop it`);
   }
   const run = { kind: journal.kind, pid: journal.pid, hostname: journal.hostname, startedAt: journal.startedAt };

@@ -194,3 +194,16 @@ test('a journal whose run is still alive blocks writing', async (t) => {
   t.false(await fileExists(join(dir, LOCK_FILE)));
   t.true(await fileExists(join(dir, JOURNAL_FILE)));
 });
+
+test('a journal from another host is cleaned once its lock is gone', async (t) => {
+  const builder = await buildSet(t, ['full'], ONE_DISK);
+  const dir = builder.dir;
+  await builder.set.close();
+  await writeFile(join(dir, 'vda.0002.inc.qcow2'), 'partial');
+  const journal = { format: 'libvirt-backup-run', kind: 'backup', pid: 77, hostname: 'elsewhere.example', startedAt: '2024-01-01T00:00:00.000Z', creates: ['vda.0002.inc.qcow2'], deletes: [] };
+  await writeFile(join(dir, JOURNAL_FILE), JSON.stringify(journal));
+  const set = await BackupSet.openForWrite(dir);
+  t.teardown(() => set.close());
+  t.deepEqual(set.recovery?.removedFiles, ['vda.0002.inc.qcow2']);
+  t.false(await fileExists(join(dir, JOURNAL_FILE)));
+});
