@@ -8,7 +8,10 @@
         "binding/errors.cc",
         "binding/handles.cc",
         "binding/connection.cc",
-        "binding/domain.cc"
+        "binding/domain.cc",
+        "binding/checkpoint.cc",
+        "binding/events.cc",
+        "binding/typed_params.cc"
       ],
       "variables": {
         "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)"

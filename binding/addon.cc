@@ -3,10 +3,12 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include "checkpoint.h"
 #include "connection.h"
 #include "domain.h"
 #include "errors.h"
 #include "event_loop.h"
+#include "typed_params.h"
 
 namespace lvb {
 
@@ -33,6 +35,19 @@ Napi::Value GetLibraryVersion(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(version));
 }
 
+// JS -> virTypedParameter array (built with libvirt's own virTypedParamsAdd*) -> JS.
+// Exercises both directions of the converter that job stats and events use.
+Napi::Value TypedParamsRoundTrip(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsObject()) ThrowTypeError(info.Env(), "The \"params\" argument must be an object");
+  TypedParams params = TypedParamsFromJS(info.Env(), info[0].As<Napi::Object>());
+  virTypedParameterPtr built = nullptr;
+  int count = 0;
+  if (!BuildTypedParams(params, &built, &count)) throw MakeLibvirtError(info.Env(), CaptureLastError("virTypedParamsAdd"));
+  TypedParams copied = CopyTypedParams(built, count);
+  virTypedParamsFree(built, count);
+  return TypedParamsToJS(info.Env(), copied);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   if (virInitialize() < 0) throw MakeLibvirtError(env, CaptureLastError("virInitialize"));
   virSetErrorFunc(nullptr, SilenceLibvirtErrors);
@@ -45,11 +60,15 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   Napi::Function domain = DomainWrap::Init(env);
   data->connectionClass = Napi::Persistent(connection);
   data->domainClass = Napi::Persistent(domain);
+  Napi::Function checkpoint = CheckpointWrap::Init(env);
+  data->checkpointClass = Napi::Persistent(checkpoint);
 
   exports.Set("Connection", connection);
   exports.Set("Domain", domain);
+  exports.Set("Checkpoint", checkpoint);
   exports.Set("open", Napi::Function::New(env, ConnectionWrap::Open, "open"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
+  exports.Set("typedParamsRoundTrip", Napi::Function::New(env, TypedParamsRoundTrip, "typedParamsRoundTrip"));
   exports.Set("getLibraryVersion", Napi::Function::New(env, GetLibraryVersion, "getLibraryVersion"));
   return exports;
 }

@@ -10,6 +10,7 @@ struct AddonData {
   Napi::FunctionReference errorClass;
   Napi::FunctionReference connectionClass;
   Napi::FunctionReference domainClass;
+  Napi::FunctionReference checkpointClass;
 };
 
 }  // namespace lvb

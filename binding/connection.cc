@@ -7,6 +7,7 @@
 #include "addon.h"
 #include "domain.h"
 #include "errors.h"
+#include "events.h"
 #include "worker.h"
 
 namespace lvb {
@@ -31,6 +32,11 @@ Napi::Function ConnectionWrap::Init(Napi::Env env) {
                          MethodProperty<W, &W::LookupDomainByUUID>(env, "lookupDomainByUUID"),
                          MethodProperty<W, &W::DefineDomain>(env, "defineDomain"),
                          MethodProperty<W, &W::CreateDomain>(env, "createDomain"),
+                         MethodProperty<W, &W::RegisterDomainEvent>(env, "registerDomainEvent"),
+                         MethodProperty<W, &W::DeregisterDomainEvent>(env, "deregisterDomainEvent"),
+                         MethodProperty<W, &W::RegisterCloseCallback>(env, "registerCloseCallback"),
+                         MethodProperty<W, &W::UnregisterCloseCallback>(env, "unregisterCloseCallback"),
+                         MethodProperty<W, &W::SetKeepAlive>(env, "setKeepAlive"),
                      });
 }
 
@@ -267,6 +273,99 @@ Napi::Value ConnectionWrap::CreateDomain(const Napi::CallbackInfo& info) {
   unsigned int flags = FlagsArg(info, 1);
   return AsyncDomain(info, "virDomainCreateXML",
                      [xml, flags](virConnectPtr conn) { return virDomainCreateXML(conn, xml.c_str(), flags); });
+}
+
+namespace {
+
+// A registration handed to libvirt: on failure libvirt never calls the free
+// callback, so it is freed here.
+struct PendingRegistration {
+  EventRegistration* registration = nullptr;
+  int callbackId = -1;
+};
+
+}  // namespace
+
+// registerDomainEvent(eventId, callback(domain, payload)) -> Promise<callbackId>
+Napi::Value ConnectionWrap::RegisterDomainEvent(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(env, "The \"eventId\" argument must be a number");
+  int eventId = info[0].As<Napi::Number>().Int32Value();
+  if (info.Length() < 2 || !info[1].IsFunction()) ThrowTypeError(env, "The \"callback\" argument must be a function");
+  virConnectDomainEventGenericCallback callback = DomainEventCallbackFor(eventId);
+  if (callback == nullptr) ThrowTypeError(env, "unsupported domain event id " + std::to_string(eventId));
+  if (state_->closed) return RejectedPromise(env, ClosedConnectionError("virConnectDomainEventRegisterAny"));
+  EventRegistration* registration =
+      NewDomainEventRegistration(env, info.This().As<Napi::Object>(), eventId, info[1].As<Napi::Function>());
+  return Async<PendingRegistration>(
+      info, "virConnectDomainEventRegisterAny",
+      [eventId, callback, registration](virConnectPtr conn, PendingRegistration& out) {
+        out.registration = registration;
+        out.callbackId =
+            virConnectDomainEventRegisterAny(conn, nullptr, eventId, callback, registration, FreeEventRegistration);
+        if (out.callbackId < 0) {
+          FreeEventRegistration(registration);
+          return false;
+        }
+        return true;
+      },
+      [](Napi::Env env, PendingRegistration& done) -> Napi::Value { return Napi::Number::New(env, done.callbackId); });
+}
+
+Napi::Value ConnectionWrap::DeregisterDomainEvent(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(env, "The \"callbackId\" argument must be a number");
+  int callbackId = info[0].As<Napi::Number>().Int32Value();
+  return Async<int>(
+      info, "virConnectDomainEventDeregisterAny",
+      [callbackId](virConnectPtr conn, int&) { return virConnectDomainEventDeregisterAny(conn, callbackId) == 0; },
+      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+}
+
+// registerCloseCallback(callback(reason)) -> Promise<void>
+Napi::Value ConnectionWrap::RegisterCloseCallback(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) ThrowTypeError(env, "The \"callback\" argument must be a function");
+  if (state_->closed) return RejectedPromise(env, ClosedConnectionError("virConnectRegisterCloseCallback"));
+  EventRegistration* registration =
+      NewCloseRegistration(env, info.This().As<Napi::Object>(), info[0].As<Napi::Function>());
+  return Async<int>(
+      info, "virConnectRegisterCloseCallback",
+      [registration](virConnectPtr conn, int&) {
+        if (virConnectRegisterCloseCallback(conn, OnConnectionClosed, registration, FreeEventRegistration) < 0) {
+          FreeEventRegistration(registration);
+          return false;
+        }
+        return true;
+      },
+      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+}
+
+Napi::Value ConnectionWrap::UnregisterCloseCallback(const Napi::CallbackInfo& info) {
+  return Async<int>(
+      info, "virConnectUnregisterCloseCallback",
+      [](virConnectPtr conn, int&) { return virConnectUnregisterCloseCallback(conn, OnConnectionClosed) == 0; },
+      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+}
+
+// setKeepAlive(intervalSeconds, count): interval <= 0 disables keepalive.
+Napi::Value ConnectionWrap::SetKeepAlive(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsNumber()) {
+    ThrowTypeError(env, "setKeepAlive(interval, count) takes two numbers");
+  }
+  int interval = info[0].As<Napi::Number>().Int32Value();
+  unsigned int count = info[1].As<Napi::Number>().Uint32Value();
+  return Async<int>(
+      info, "virConnectSetKeepAlive",
+      [interval, count](virConnectPtr conn, int& out) {
+        out = virConnectSetKeepAlive(conn, interval, count);
+        return out >= 0;
+      },
+      [](Napi::Env env, int& result) -> Napi::Value {
+        // 1: the driver has no keepalive (e.g. a local, in-process driver).
+        return Napi::Boolean::New(env, result == 0);
+      });
 }
 
 }  // namespace lvb

@@ -36,6 +36,11 @@ class ConnectionWrap : public Napi::ObjectWrap<ConnectionWrap> {
   Napi::Value LookupDomainByUUID(const Napi::CallbackInfo& info);
   Napi::Value DefineDomain(const Napi::CallbackInfo& info);
   Napi::Value CreateDomain(const Napi::CallbackInfo& info);
+  Napi::Value RegisterDomainEvent(const Napi::CallbackInfo& info);
+  Napi::Value DeregisterDomainEvent(const Napi::CallbackInfo& info);
+  Napi::Value RegisterCloseCallback(const Napi::CallbackInfo& info);
+  Napi::Value UnregisterCloseCallback(const Napi::CallbackInfo& info);
+  Napi::Value SetKeepAlive(const Napi::CallbackInfo& info);
 
   // Queues `work` with a connection reference held, or rejects when closed.
   template <typename T>

@@ -4,8 +4,11 @@
 #include <libvirt/virterror.h>
 
 #include <array>
+#include <vector>
 
 #include "addon.h"
+#include "checkpoint.h"
+#include "typed_params.h"
 #include "connection.h"
 #include "errors.h"
 #include "worker.h"
@@ -30,6 +33,14 @@ Napi::Function DomainWrap::Init(Napi::Env env) {
                          MethodProperty<W, &W::Destroy>(env, "destroy"),
                          MethodProperty<W, &W::Undefine>(env, "undefine"),
                          MethodProperty<W, &W::QemuMonitorCommand>(env, "qemuMonitorCommand"),
+                         MethodProperty<W, &W::CreateCheckpoint>(env, "createCheckpoint"),
+                         MethodProperty<W, &W::ListAllCheckpoints>(env, "listAllCheckpoints"),
+                         MethodProperty<W, &W::LookupCheckpointByName>(env, "lookupCheckpointByName"),
+                         MethodProperty<W, &W::BackupBegin>(env, "backupBegin"),
+                         MethodProperty<W, &W::BackupGetXMLDesc>(env, "backupGetXMLDesc"),
+                         MethodProperty<W, &W::AbortJob>(env, "abortJob"),
+                         MethodProperty<W, &W::GetJobInfo>(env, "getJobInfo"),
+                         MethodProperty<W, &W::GetJobStats>(env, "getJobStats"),
                      });
 }
 
@@ -192,6 +203,129 @@ Napi::Value DomainWrap::QemuMonitorCommand(const Napi::CallbackInfo& info) {
         return true;
       },
       [](Napi::Env env, std::string& reply) -> Napi::Value { return Napi::String::New(env, reply); });
+}
+
+Napi::Value DomainWrap::CreateCheckpoint(const Napi::CallbackInfo& info) {
+  std::string xml = StringArg(info, 0, "xml");
+  unsigned int flags = FlagsArg(info, 1);
+  auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info.This().As<Napi::Object>()));
+  return Async<virDomainCheckpointPtr>(
+      info, "virDomainCheckpointCreateXML",
+      [xml, flags](virDomainPtr dom, virDomainCheckpointPtr& out) {
+        out = virDomainCheckpointCreateXML(dom, xml.c_str(), flags);
+        return out != nullptr;
+      },
+      [selfRef](Napi::Env env, virDomainCheckpointPtr& cp) -> Napi::Value {
+        virDomainCheckpointPtr owned = cp;
+        cp = nullptr;
+        return CheckpointWrap::Wrap(env, selfRef->Value(), owned);
+      });
+}
+
+Napi::Value DomainWrap::ListAllCheckpoints(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info.This().As<Napi::Object>()));
+  return Async<std::vector<virDomainCheckpointPtr>>(
+      info, "virDomainListAllCheckpoints",
+      [flags](virDomainPtr dom, std::vector<virDomainCheckpointPtr>& out) {
+        virDomainCheckpointPtr* list = nullptr;
+        int count = virDomainListAllCheckpoints(dom, &list, flags);
+        if (count < 0) return false;
+        out.assign(list, list + count);
+        free(list);
+        return true;
+      },
+      [selfRef](Napi::Env env, std::vector<virDomainCheckpointPtr>& list) -> Napi::Value {
+        return WrapCheckpointList(env, selfRef->Value(), list);
+      });
+}
+
+Napi::Value DomainWrap::LookupCheckpointByName(const Napi::CallbackInfo& info) {
+  std::string name = StringArg(info, 0, "name");
+  auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info.This().As<Napi::Object>()));
+  return Async<virDomainCheckpointPtr>(
+      info, "virDomainCheckpointLookupByName",
+      [name](virDomainPtr dom, virDomainCheckpointPtr& out) {
+        out = virDomainCheckpointLookupByName(dom, name.c_str(), 0);
+        return out != nullptr;
+      },
+      [selfRef](Napi::Env env, virDomainCheckpointPtr& cp) -> Napi::Value {
+        virDomainCheckpointPtr owned = cp;
+        cp = nullptr;
+        return CheckpointWrap::Wrap(env, selfRef->Value(), owned);
+      });
+}
+
+// backupBegin(backupXml, checkpointXml | null, flags)
+Napi::Value DomainWrap::BackupBegin(const Napi::CallbackInfo& info) {
+  std::string backupXml = StringArg(info, 0, "backupXml");
+  std::optional<std::string> checkpointXml = OptionalStringArg(info, 1, "checkpointXml");
+  unsigned int flags = FlagsArg(info, 2);
+  return AsyncStatus(info, "virDomainBackupBegin", [backupXml, checkpointXml, flags](virDomainPtr dom) {
+    return virDomainBackupBegin(dom, backupXml.c_str(), checkpointXml ? checkpointXml->c_str() : nullptr, flags);
+  });
+}
+
+Napi::Value DomainWrap::BackupGetXMLDesc(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return Async<std::string>(
+      info, "virDomainBackupGetXMLDesc",
+      [flags](virDomainPtr dom, std::string& out) { return TakeCString(virDomainBackupGetXMLDesc(dom, flags), out); },
+      [](Napi::Env env, std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
+}
+
+// virDomainAbortJob rather than virDomainAbortJobFlags (8.5): a binary built here
+// must still load against an older libvirt.
+Napi::Value DomainWrap::AbortJob(const Napi::CallbackInfo& info) {
+  return AsyncStatus(info, "virDomainAbortJob", [](virDomainPtr dom) { return virDomainAbortJob(dom); });
+}
+
+Napi::Value DomainWrap::GetJobInfo(const Napi::CallbackInfo& info) {
+  return Async<virDomainJobInfo>(
+      info, "virDomainGetJobInfo",
+      [](virDomainPtr dom, virDomainJobInfo& out) { return virDomainGetJobInfo(dom, &out) == 0; },
+      [](Napi::Env env, virDomainJobInfo& job) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        auto num = [&env](unsigned long long v) { return Napi::Number::New(env, static_cast<double>(v)); };
+        result.Set("type", job.type);
+        result.Set("timeElapsed", num(job.timeElapsed));
+        result.Set("timeRemaining", num(job.timeRemaining));
+        result.Set("dataTotal", num(job.dataTotal));
+        result.Set("dataProcessed", num(job.dataProcessed));
+        result.Set("dataRemaining", num(job.dataRemaining));
+        result.Set("memTotal", num(job.memTotal));
+        result.Set("memProcessed", num(job.memProcessed));
+        result.Set("memRemaining", num(job.memRemaining));
+        result.Set("fileTotal", num(job.fileTotal));
+        result.Set("fileProcessed", num(job.fileProcessed));
+        result.Set("fileRemaining", num(job.fileRemaining));
+        return result;
+      });
+}
+
+struct JobStats {
+  int type = 0;
+  TypedParams params;
+};
+
+Napi::Value DomainWrap::GetJobStats(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return Async<JobStats>(
+      info, "virDomainGetJobStats",
+      [flags](virDomainPtr dom, JobStats& out) {
+        virTypedParameterPtr params = nullptr;
+        int count = 0;
+        if (virDomainGetJobStats(dom, &out.type, &params, &count, flags) < 0) return false;
+        out.params = CopyTypedParams(params, count);
+        virTypedParamsFree(params, count);
+        return true;
+      },
+      [](Napi::Env env, JobStats& stats) -> Napi::Value {
+        Napi::Object result = Napi::Object::New(env);
+        result.Set("type", stats.type);
+        result.Set("params", TypedParamsToJS(env, stats.params));
+        return result;
+      });
 }
 
 }  // namespace lvb

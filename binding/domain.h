@@ -24,6 +24,7 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
 
   void ReleaseForClose() override;
   virDomainPtr ptr() const { return ptr_; }
+  const ConnectionStatePtr& state() const { return state_; }
   Napi::Object connection() { return connection_.Value(); }
 
  private:
@@ -39,6 +40,14 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   Napi::Value Destroy(const Napi::CallbackInfo& info);
   Napi::Value Undefine(const Napi::CallbackInfo& info);
   Napi::Value QemuMonitorCommand(const Napi::CallbackInfo& info);
+  Napi::Value CreateCheckpoint(const Napi::CallbackInfo& info);
+  Napi::Value ListAllCheckpoints(const Napi::CallbackInfo& info);
+  Napi::Value LookupCheckpointByName(const Napi::CallbackInfo& info);
+  Napi::Value BackupBegin(const Napi::CallbackInfo& info);
+  Napi::Value BackupGetXMLDesc(const Napi::CallbackInfo& info);
+  Napi::Value AbortJob(const Napi::CallbackInfo& info);
+  Napi::Value GetJobInfo(const Napi::CallbackInfo& info);
+  Napi::Value GetJobStats(const Napi::CallbackInfo& info);
 
   template <typename T>
   Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,

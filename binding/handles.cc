@@ -66,9 +66,15 @@ HeldReference::HeldReference(virDomainPtr dom) : dom_(dom) {
   if (dom_ != nullptr) virDomainRef(dom_);
 }
 
-HeldReference::HeldReference(HeldReference&& other) noexcept : conn_(other.conn_), dom_(other.dom_) {
+HeldReference::HeldReference(virDomainCheckpointPtr cp) : cp_(cp) {
+  if (cp_ != nullptr) virDomainCheckpointRef(cp_);
+}
+
+HeldReference::HeldReference(HeldReference&& other) noexcept
+    : conn_(other.conn_), dom_(other.dom_), cp_(other.cp_) {
   other.conn_ = nullptr;
   other.dom_ = nullptr;
+  other.cp_ = nullptr;
 }
 
 HeldReference& HeldReference::operator=(HeldReference&& other) noexcept {
@@ -76,8 +82,10 @@ HeldReference& HeldReference::operator=(HeldReference&& other) noexcept {
     Release();
     conn_ = other.conn_;
     dom_ = other.dom_;
+    cp_ = other.cp_;
     other.conn_ = nullptr;
     other.dom_ = nullptr;
+    other.cp_ = nullptr;
   }
   return *this;
 }
@@ -85,12 +93,15 @@ HeldReference& HeldReference::operator=(HeldReference&& other) noexcept {
 HeldReference::~HeldReference() {
   // Normally released on the worker thread; reaching here with a reference means the
   // work never ran (environment teardown), so hand it to the release thread.
-  if (conn_ != nullptr || dom_ != nullptr) {
+  if (conn_ != nullptr || dom_ != nullptr || cp_ != nullptr) {
     virConnectPtr conn = conn_;
     virDomainPtr dom = dom_;
+    virDomainCheckpointPtr cp = cp_;
     conn_ = nullptr;
     dom_ = nullptr;
-    ReleaseInBackground([conn, dom] {
+    cp_ = nullptr;
+    ReleaseInBackground([conn, dom, cp] {
+      if (cp != nullptr) virDomainCheckpointFree(cp);
       if (dom != nullptr) virDomainFree(dom);
       if (conn != nullptr) virConnectClose(conn);
     });
@@ -98,6 +109,10 @@ HeldReference::~HeldReference() {
 }
 
 void HeldReference::Release() {
+  if (cp_ != nullptr) {
+    virDomainCheckpointFree(cp_);
+    cp_ = nullptr;
+  }
   if (dom_ != nullptr) {
     virDomainFree(dom_);
     dom_ = nullptr;

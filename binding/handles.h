@@ -43,6 +43,7 @@ class HeldReference {
   HeldReference() = default;
   explicit HeldReference(virConnectPtr conn);
   explicit HeldReference(virDomainPtr dom);
+  explicit HeldReference(virDomainCheckpointPtr cp);
   HeldReference(HeldReference&& other) noexcept;
   HeldReference& operator=(HeldReference&& other) noexcept;
   HeldReference(const HeldReference&) = delete;
@@ -53,6 +54,7 @@ class HeldReference {
  private:
   virConnectPtr conn_ = nullptr;
   virDomainPtr dom_ = nullptr;
+  virDomainCheckpointPtr cp_ = nullptr;
 };
 
 // Method trampoline: checks that `this` really is a W (type tag) before

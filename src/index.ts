@@ -1,7 +1,12 @@
 export { connect, Connection } from './connection.js';
 export type { ConnectOptions, DomainCapabilitiesQuery } from './connection.js';
+export type { BackupSupport } from './connection.js';
 export { Domain } from './domain.js';
-export type { DomainStateInfo, QemuMonitorCommandOptions } from './domain.js';
+export type { DomainStateInfo, QemuMonitorCommandOptions, WaitForJobOptions } from './domain.js';
+export { Checkpoint } from './checkpoint.js';
+export { JobFailedError } from './jobs.js';
+export type { JobInfo, JobStats, TypedParameters, TypedParameterValue } from './jobs.js';
+export type { BlockJobPayload, ConnectionEventName, ConnectionEvents, LifecyclePayload } from './events.js';
 export { LibvirtError } from './errors.js';
 export type { LibvirtErrorInfo } from './errors.js';
 export * from './constants.js';

@@ -26,6 +26,49 @@ export interface NativeConnection {
   lookupDomainByUUID(uuid: string): Promise<NativeDomain>;
   defineDomain(xml: string, flags: number): Promise<NativeDomain>;
   createDomain(xml: string, flags: number): Promise<NativeDomain>;
+  registerDomainEvent(eventId: number, callback: (domain: NativeDomain, payload: NativeEventPayload) => void): Promise<number>;
+  deregisterDomainEvent(callbackId: number): Promise<void>;
+  registerCloseCallback(callback: (reason: number) => void): Promise<void>;
+  unregisterCloseCallback(): Promise<void>;
+  /** Resolves false when the driver has no keepalive (in-process drivers). */
+  setKeepAlive(intervalSeconds: number, count: number): Promise<boolean>;
+}
+
+export type TypedParameterValue = number | bigint | boolean | string | Array<number | bigint | boolean | string>;
+export type TypedParameters = Record<string, TypedParameterValue>;
+
+/** Fields present depend on the event id the callback was registered for. */
+export interface NativeEventPayload {
+  event?: number;
+  detail?: number;
+  disk?: string;
+  type?: number;
+  status?: number;
+  params?: TypedParameters;
+}
+
+export interface NativeJobInfo {
+  type: number;
+  timeElapsed: number;
+  timeRemaining: number;
+  dataTotal: number;
+  dataProcessed: number;
+  dataRemaining: number;
+  memTotal: number;
+  memProcessed: number;
+  memRemaining: number;
+  fileTotal: number;
+  fileProcessed: number;
+  fileRemaining: number;
+}
+
+export interface NativeCheckpoint {
+  getName(): string;
+  getDomain(): NativeDomain;
+  getXMLDesc(flags: number): Promise<string>;
+  getParent(): Promise<NativeCheckpoint | null>;
+  listAllChildren(flags: number): Promise<NativeCheckpoint[]>;
+  delete(flags: number): Promise<void>;
 }
 
 export interface NativeDomain {
@@ -41,14 +84,25 @@ export interface NativeDomain {
   destroy(flags: number): Promise<void>;
   undefine(flags: number): Promise<void>;
   qemuMonitorCommand(command: string, flags: number): Promise<string>;
+  createCheckpoint(xml: string, flags: number): Promise<NativeCheckpoint>;
+  listAllCheckpoints(flags: number): Promise<NativeCheckpoint[]>;
+  lookupCheckpointByName(name: string): Promise<NativeCheckpoint>;
+  backupBegin(backupXml: string, checkpointXml: string | null, flags: number): Promise<void>;
+  backupGetXMLDesc(flags: number): Promise<string>;
+  abortJob(): Promise<void>;
+  getJobInfo(): Promise<NativeJobInfo>;
+  getJobStats(flags: number): Promise<{ type: number; params: TypedParameters }>;
 }
 
 export interface NativeAddon {
   open(uri: string | null, flags: number): Promise<NativeConnection>;
   setErrorClass(errorClass: typeof LibvirtError): void;
   getLibraryVersion(): number;
+  /** Test hook: JS -> libvirt typed parameters -> JS. Values may be `{ type, value }`. */
+  typedParamsRoundTrip(params: Record<string, unknown>): TypedParameters;
   Connection: abstract new () => NativeConnection;
   Domain: abstract new () => NativeDomain;
+  Checkpoint: abstract new () => NativeCheckpoint;
 }
 
 function loadAddon(): NativeAddon {

@@ -56,3 +56,4 @@ export {
   type DomainDiskSource,
   type DomainSummary,
 } from './domain.js';
+export { parseDomainCapabilities, type DomainCapabilitiesSummary } from './capabilities.js';
