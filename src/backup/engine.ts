@@ -21,7 +21,7 @@ import { sha256File } from './checksum.js';
 import { selectDisks, type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
 import type { BackupLevel, BackupRecord, DiskRecord } from './manifest.js';
-import { qemuImgCreate, qemuImgInfo, qemuImgRebaseUnsafe } from './qemu-img.js';
+import { qemuImgCreate, qemuImgInfo, qemuImgMap, qemuImgRebaseUnsafe } from './qemu-img.js';
 import { openQcowWriter, type QcowWriter } from './qemu-nbd-writer.js';
 
 export * from './engine-types.js';
@@ -31,6 +31,9 @@ export const CHECKPOINT_PREFIX = 'lvb-';
 const SOCKET_DIR_PREFIX = 'lvb-backup-';
 const WRITE_BYTES_IN_FLIGHT = 64 * 2 ** 20;
 const PROGRESS_INTERVAL_MS = 200;
+
+/** libvirt refused the parent checkpoint when the job started; nothing was created. */
+class ChainBrokenError extends Error {}
 
 interface LevelPlan {
   level: BackupLevel;
@@ -84,7 +87,16 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
       }
       await endLeftoverJob(domain, emit);
       const plan = await planLevel(set, requested, domain, selection.disks, emit);
-      return await execute({ conn, domain, summary, set, plan, selection: selection.disks, transport, signal, emit, started, notices, concurrency: options.concurrency ?? 2 });
+      const context = { conn, domain, summary, set, plan, selection: selection.disks, transport, signal, emit, started, notices, concurrency: options.concurrency ?? 2 };
+      try {
+        return await execute(context);
+      } catch (error) {
+        // Some broken bitmaps only show when QEMU is asked to use them.
+        if (!(error instanceof ChainBrokenError)) throw error;
+        if (requested !== 'auto') throw new BackupError('CHAIN_UNUSABLE', `cannot take ${plan.level === 'inc' ? 'an incremental' : 'a differential'} backup: ${error.message}`, { cause: error.cause });
+        emit({ type: 'notice', message: `taking a full backup: ${error.message}` });
+        return await execute({ ...context, plan: { level: 'full', parent: null, reason: error.message } });
+      }
     } finally {
       await set.close();
     }
@@ -289,7 +301,14 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
       reason: plan.reason,
       disks: disks.map((d) => ({ target: d.target, level: d.level, virtualSize: d.virtualSize })),
     });
-    await domain.backupBegin(spec, checkpointSpec);
+    try {
+      await domain.backupBegin(spec, checkpointSpec);
+    } catch (error) {
+      if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_CHECKPOINT_INCONSISTENT' && incremental !== undefined) {
+        throw new ChainBrokenError(`the bitmap of checkpoint ${incremental} is missing or broken (${error.message})`, { cause: error });
+      }
+      throw error;
+    }
     jobRunning = true;
     if (transport === 'pull') {
       await pullDisks(context, disks, set, join(socketDir, 'export.sock'));
@@ -305,7 +324,10 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
       for (const disk of disks) {
         if (disk.backingFile !== null) await qemuImgRebaseUnsafe(set.pathOf(disk.file), disk.backingFile, { signal });
         disk.virtualSize = (await qemuImgInfo(set.pathOf(disk.file))).virtualSize;
-        disk.dataBytes = (await stat(set.pathOf(disk.file))).size;
+        // Guest data this file holds itself (not its backing file's, not qcow2 metadata).
+        disk.dataBytes = (await qemuImgMap(set.pathOf(disk.file), { format: 'qcow2' }))
+          .filter((extent) => extent.depth === 0 && extent.data)
+          .reduce((sum, extent) => sum + extent.length, 0);
         emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
       }
     }
@@ -356,6 +378,7 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
       await leftover?.delete().catch(() => undefined);
     }
     if (signal?.aborted) throw new BackupError('ABORTED', `backup of ${domain.name} was interrupted; nothing was kept from it`, { cause: error });
+    if (error instanceof ChainBrokenError) throw error;
     if (error instanceof LibvirtError && jobRunning) {
       throw new BackupError('JOB_FAILED', `backup job on ${domain.name} failed: ${error.message}`, { cause: error });
     }
