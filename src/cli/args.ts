@@ -1,0 +1,225 @@
+import { parseArgs, type ParseArgsConfig } from 'node:util';
+import type { RequestedLevel } from '../backup/engine-types.js';
+import type { BackupTransport } from '../backup/manifest.js';
+import { COMMAND_NAMES, isCommandName, type CommandName } from './help.js';
+
+export const DEFAULT_URI = 'qemu:///system';
+
+/** A command line that cannot be run as written; the message names the culprit. */
+export class UsageError extends Error {
+  override name = 'UsageError';
+
+  constructor(
+    message: string,
+    /** The command whose usage to point at, when known. */
+    readonly command?: CommandName,
+  ) {
+    super(message);
+  }
+}
+
+export interface BackupArgs {
+  command: 'backup';
+  domain: string;
+  dest: string;
+  level: RequestedLevel;
+  transport: BackupTransport;
+  disks: string[] | undefined;
+  uri: string;
+  json: boolean;
+}
+
+export interface RestoreArgs {
+  command: 'restore';
+  dir: string;
+  to: string;
+  at: string | undefined;
+  disk: string | undefined;
+  format: 'qcow2' | 'raw';
+  overwrite: boolean;
+  json: boolean;
+}
+
+export interface VerifyArgs {
+  command: 'verify';
+  dir: string;
+  json: boolean;
+}
+
+export interface ListArgs {
+  command: 'list';
+  dir: string;
+  json: boolean;
+}
+
+export interface PruneArgs {
+  command: 'prune';
+  dir: string;
+  keep: number;
+  uri: string;
+  json: boolean;
+}
+
+export type CommandArgs = BackupArgs | RestoreArgs | VerifyArgs | ListArgs | PruneArgs;
+
+export type Invocation = CommandArgs | { command: 'help'; topic: CommandName | undefined } | { command: 'version' };
+
+type Options = NonNullable<ParseArgsConfig['options']>;
+
+const json = { type: 'boolean' } as const;
+const help = { type: 'boolean', short: 'h' } as const;
+
+const OPTIONS: Record<CommandName, Options> = {
+  backup: {
+    dest: { type: 'string' },
+    level: { type: 'string' },
+    transport: { type: 'string' },
+    disk: { type: 'string', multiple: true },
+    connect: { type: 'string' },
+    json,
+    help,
+  },
+  restore: {
+    to: { type: 'string' },
+    at: { type: 'string' },
+    disk: { type: 'string' },
+    format: { type: 'string' },
+    overwrite: { type: 'boolean' },
+    json,
+    help,
+  },
+  verify: { json, help },
+  list: { json, help },
+  prune: { keep: { type: 'string' }, connect: { type: 'string' }, json, help },
+};
+
+const POSITIONAL: Record<CommandName, string> = { backup: 'DOMAIN', restore: 'DIR', verify: 'DIR', list: 'DIR', prune: 'DIR' };
+
+export function parseCommandLine(argv: readonly string[]): Invocation {
+  const [first, ...rest] = argv;
+  if (first === undefined) throw new UsageError(`a command is required (${COMMAND_NAMES.join(', ')})`);
+  if (first === '--help' || first === '-h') return { command: 'help', topic: undefined };
+  if (first === '--version' || first === '-V') return { command: 'version' };
+  if (first === 'help') {
+    const topic = rest[0];
+    if (topic === undefined) return { command: 'help', topic: undefined };
+    if (!isCommandName(topic)) throw new UsageError(`unknown command '${topic}' (commands: ${COMMAND_NAMES.join(', ')})`);
+    return { command: 'help', topic };
+  }
+  if (first.startsWith('-')) throw new UsageError(`unknown option '${first}'; options go after the command (${COMMAND_NAMES.join(', ')})`);
+  if (!isCommandName(first)) throw new UsageError(`unknown command '${first}' (commands: ${COMMAND_NAMES.join(', ')})`);
+  return parseCommand(first, rest);
+}
+
+function parseCommand(command: CommandName, args: readonly string[]): Invocation {
+  const parsed = parseStrict(command, args);
+  const values = parsed.values;
+  if (values['help'] === true) return { command: 'help', topic: command };
+
+  const positionals = parsed.positionals;
+  const name = POSITIONAL[command];
+  if (positionals.length === 0) throw new UsageError(`${name} is required`, command);
+  if (positionals.length > 1) throw new UsageError(`unexpected argument '${positionals[1]}' (only one ${name} is taken)`, command);
+  const subject = positionals[0]!;
+  if (subject === '') throw new UsageError(`${name} must not be empty`, command);
+  const jsonOutput = values['json'] === true;
+
+  switch (command) {
+    case 'backup':
+      return {
+        command,
+        domain: subject,
+        dest: required(values, 'dest', command),
+        level: oneOf(values, 'level', ['auto', 'full', 'inc', 'diff'] as const, 'auto', command),
+        transport: oneOf(values, 'transport', ['pull', 'push'] as const, 'pull', command),
+        disks: diskList(values['disk'], command),
+        uri: optionalString(values, 'connect', command) ?? DEFAULT_URI,
+        json: jsonOutput,
+      };
+    case 'restore':
+      return {
+        command,
+        dir: subject,
+        to: required(values, 'to', command),
+        at: optionalString(values, 'at', command),
+        disk: optionalString(values, 'disk', command),
+        format: oneOf(values, 'format', ['qcow2', 'raw'] as const, 'qcow2', command),
+        overwrite: values['overwrite'] === true,
+        json: jsonOutput,
+      };
+    case 'verify':
+    case 'list':
+      return { command, dir: subject, json: jsonOutput };
+    case 'prune':
+      return { command, dir: subject, keep: keepCount(required(values, 'keep', command), command), uri: optionalString(values, 'connect', command) ?? DEFAULT_URI, json: jsonOutput };
+  }
+}
+
+type Values = Record<string, string | boolean | Array<string | boolean> | undefined>;
+
+function parseStrict(command: CommandName, args: readonly string[]): { values: Values; positionals: string[] } {
+  try {
+    const { values, positionals } = parseArgs({ args: [...args], options: OPTIONS[command], strict: true, allowPositionals: true });
+    return { values: values as Values, positionals };
+  } catch (error) {
+    throw new UsageError(describeParseError(error), command);
+  }
+}
+
+/** node:util's messages are long and generic; say which option and what is wrong. */
+function describeParseError(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  const code = typeof error === 'object' && error !== null && 'code' in error ? (error as { code: unknown }).code : undefined;
+  const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1];
+  switch (code) {
+    case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
+      return `unknown option '${option ?? message}'`;
+    case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
+      if (/argument missing|ambiguous/.test(message)) return `option '${option}' needs a value`;
+      if (/does not take an argument/.test(message)) return `option '${option}' does not take a value`;
+      return message;
+    default:
+      return message;
+  }
+}
+
+function optionalString(values: Values, option: string, command: CommandName): string | undefined {
+  const value = values[option];
+  if (value === undefined) return undefined;
+  if (typeof value !== 'string' || value === '') throw new UsageError(`option '--${option}' needs a value`, command);
+  return value;
+}
+
+function required(values: Values, option: string, command: CommandName): string {
+  const value = optionalString(values, option, command);
+  if (value === undefined) throw new UsageError(`option '--${option}' is required`, command);
+  return value;
+}
+
+function oneOf<const T extends string>(values: Values, option: string, allowed: readonly T[], fallback: T, command: CommandName): T {
+  const value = optionalString(values, option, command);
+  if (value === undefined) return fallback;
+  if (!(allowed as readonly string[]).includes(value)) {
+    throw new UsageError(`option '--${option}' must be one of ${allowed.join(', ')}, got '${value}'`, command);
+  }
+  return value as T;
+}
+
+function keepCount(text: string, command: CommandName): number {
+  const keep = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (!Number.isSafeInteger(keep) || keep < 1) {
+    throw new UsageError(`option '--keep' must be a whole number of at least 1 (the newest backup is always kept), got '${text}'`, command);
+  }
+  return keep;
+}
+
+/** `--disk vda --disk vdb` and `--disk vda,vdb` both work; duplicates are refused. */
+function diskList(value: Values[string], command: CommandName): string[] | undefined {
+  if (value === undefined) return undefined;
+  const items = (Array.isArray(value) ? value : [value]).flatMap((item) => String(item).split(','));
+  const disks = items.map((item) => item.trim());
+  if (disks.some((disk) => disk === '')) throw new UsageError(`option '--disk' needs a disk target such as vda`, command);
+  const duplicate = disks.find((disk, index) => disks.indexOf(disk) !== index);
+  if (duplicate !== undefined) throw new UsageError(`option '--disk' names '${duplicate}' twice`, command);
+  return disks;
+}

@@ -1,0 +1,31 @@
+import { runBackup } from '../../backup/engine.js';
+import type { BackupResult } from '../../backup/engine-types.js';
+import { formatBytes } from '../../backup/list.js';
+import type { BackupArgs } from '../args.js';
+import { ExitCode } from '../exit-codes.js';
+import { formatDuration } from '../progress.js';
+import type { CommandContext } from './context.js';
+
+export async function backupCommand(args: BackupArgs, { output, signal }: CommandContext): Promise<number> {
+  const result = await runBackup({
+    domain: args.domain,
+    dest: args.dest,
+    level: args.level,
+    transport: args.transport,
+    disks: args.disks,
+    uri: args.uri,
+    signal,
+    onEvent: (event) => output.event(event),
+  });
+  output.result('backup', summary(args, result), result);
+  return ExitCode.OK;
+}
+
+function summary(args: BackupArgs, result: BackupResult): string {
+  const copied = result.disks.reduce((sum, disk) => sum + disk.dataBytes, 0);
+  const width = Math.max(...result.disks.map((disk) => disk.target.length));
+  return [
+    `backup ${result.backupId} of ${args.domain} in ${args.dest}: ${result.level} (${result.transport}), ${formatBytes(copied)} copied in ${formatDuration(result.durationMs)}, checkpoint ${result.checkpoint}`,
+    ...result.disks.map((disk) => `  ${disk.target.padEnd(width)}  ${disk.level.padEnd(4)}  ${disk.file}  ${formatBytes(disk.dataBytes)}`),
+  ].join('\n');
+}

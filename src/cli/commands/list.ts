@@ -1,0 +1,13 @@
+import { BackupSet } from '../../backup/backup-set.js';
+import { formatListJson, formatListTable, listBackups } from '../../backup/list.js';
+import type { ListArgs } from '../args.js';
+import { ExitCode } from '../exit-codes.js';
+import type { CommandContext } from './context.js';
+
+export async function listCommand(args: ListArgs, { output }: CommandContext): Promise<number> {
+  const set = await BackupSet.open(args.dir);
+  const result = listBackups(set);
+  if (output.json) output.document(formatListJson(result));
+  else output.result('list', formatListTable(result), result);
+  return ExitCode.OK;
+}

@@ -1,0 +1,12 @@
+import type { BackupEvent } from '../backup/engine-types.js';
+
+/**
+ * What commands report while they run. Backups pass the engine's events through as they
+ * are; the other commands report in the same shapes (`progress` per disk or file), plus
+ * `step` for work whose size is only known as a fraction.
+ */
+export type CliEvent =
+  | BackupEvent
+  | { type: 'restore-start'; backupId: string; disks: Array<{ target: string; virtualSize: number; chain: string[] }> }
+  | { type: 'file-done'; file: string }
+  | { type: 'step'; step: string; file: string; fraction?: number };

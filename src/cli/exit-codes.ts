@@ -1,0 +1,33 @@
+/**
+ * Exit codes of `libvirt-backup`; scripts rely on them, so they are part of the interface
+ * and `--help` prints this table.
+ */
+export const ExitCode = {
+  /** The command did what was asked. */
+  OK: 0,
+  /** The operation was attempted and failed (libvirt job, qemu-img, I/O, a locked set). */
+  FAILED: 1,
+  /** Usage error or bad input: nothing was attempted and nothing in the set changed. */
+  USAGE: 2,
+  /** `verify` ran to the end and found problems in the set. */
+  PROBLEMS_FOUND: 3,
+  /** Interrupted by SIGINT (128 + 2); this run's partial files were removed. */
+  INTERRUPTED: 130,
+  /** Stopped by SIGTERM (128 + 15); this run's partial files were removed. */
+  TERMINATED: 143,
+} as const;
+
+export type ExitCodeValue = (typeof ExitCode)[keyof typeof ExitCode];
+
+export function exitCodeForSignal(signal: NodeJS.Signals): number {
+  return signal === 'SIGTERM' ? ExitCode.TERMINATED : ExitCode.INTERRUPTED;
+}
+
+export const EXIT_CODES_HELP = `Exit codes:
+  0    success
+  1    the operation failed (libvirt job, qemu-img, I/O error, set locked by another run)
+  2    usage error or bad input (unknown domain, unwritable destination, corrupt manifest,
+       set of another domain, missing backing file...); nothing in the set changed
+  3    verify found problems (they are listed)
+  130  interrupted by SIGINT; partial files of this run removed, manifest unchanged
+  143  stopped by SIGTERM; same cleanup as 130`;

@@ -1,0 +1,98 @@
+import { EXIT_CODES_HELP } from './exit-codes.js';
+
+export const COMMAND_NAMES = ['backup', 'restore', 'verify', 'list', 'prune'] as const;
+export type CommandName = (typeof COMMAND_NAMES)[number];
+
+export function isCommandName(value: string): value is CommandName {
+  return (COMMAND_NAMES as readonly string[]).includes(value);
+}
+
+const COMMAND_HELP: Record<CommandName, string> = {
+  backup: `Usage: libvirt-backup backup DOMAIN --dest DIR [options]
+
+Backs up the disks of DOMAIN (name or UUID) into the backup set DIR, created on
+first use. With --level auto, takes a full backup when the set has no usable chain
+and an incremental otherwise.
+
+Options:
+  --dest DIR                 backup set directory of this domain (required)
+  --level auto|full|inc|diff default auto
+  --transport pull|push      pull: read the disks over NBD (default); push: libvirt writes the files
+  --disk TARGET              back up only this disk (vda); repeat or separate with commas
+  --connect URI              libvirt URI (default qemu:///system)
+  --json                     one JSON object per line per event, then a result or error object
+  -h, --help                 this help
+
+On failure or interruption the files of this run are removed and manifest.json is
+left exactly as it was.`,
+  restore: `Usage: libvirt-backup restore DIR --to PATH [options]
+
+Writes a standalone image (no backing file) of each disk as it was at one backup.
+PATH is a file when one disk is restored, or an existing directory that receives
+TARGET.FORMAT per disk. Outputs appear only when complete.
+
+Options:
+  --to PATH                  output file or directory (required)
+  --at BACKUP                backup id to restore (default the newest; see 'list')
+  --disk TARGET              restore only this disk
+  --format qcow2|raw         output format (default qcow2)
+  --overwrite                replace existing output files
+  --json                     JSON lines instead of human output
+  -h, --help                 this help`,
+  verify: `Usage: libvirt-backup verify DIR [options]
+
+Re-reads every file of the set and checks it against the manifest: presence, size,
+sha256, qcow2 consistency, backing file, and that every chain is complete. Reads only.
+Exits with 3 when problems are found.
+
+Options:
+  --json                     JSON lines instead of human output
+  -h, --help                 this help`,
+  list: `Usage: libvirt-backup list DIR [options]
+
+Shows the backups of the set, oldest first.
+
+Options:
+  --json                     the list as a JSON document
+  -h, --help                 this help`,
+  prune: `Usage: libvirt-backup prune DIR --keep N [options]
+
+Keeps the newest N restore points and removes the older ones, merging their data
+into the oldest kept backup so every kept point stays restorable. Then deletes the
+libvirt checkpoints no future backup starts from (when the domain still exists).
+
+Options:
+  --keep N                   restore points to keep, at least 1 (required)
+  --connect URI              libvirt URI (default qemu:///system)
+  --json                     JSON lines instead of human output
+  -h, --help                 this help`,
+};
+
+export function commandHelp(command: CommandName): string {
+  return `${COMMAND_HELP[command]}\n\n${EXIT_CODES_HELP}\n`;
+}
+
+export function overallHelp(): string {
+  return `Usage: libvirt-backup COMMAND [options]
+
+Full, incremental and differential backups of libvirt VM disks as plain qcow2 chains.
+
+Commands:
+  backup DOMAIN --dest DIR   take a backup (full or incremental, chosen by itself)
+  restore DIR --to PATH      write a standalone image of a point in time
+  verify DIR                 check every file and chain of a backup set
+  list DIR                   show the backups of a set
+  prune DIR --keep N         drop old restore points, keeping the rest restorable
+
+Run 'libvirt-backup COMMAND --help' for the options of a command.
+
+Options:
+  -h, --help                 this help
+  -V, --version              print the version
+
+Environment:
+  LIBVIRT_BACKUP_DEBUG=1     print stack traces of errors
+
+${EXIT_CODES_HELP}
+`;
+}

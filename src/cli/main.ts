@@ -1,0 +1,99 @@
+#!/usr/bin/env node
+import { readFileSync, realpathSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import { parseCommandLine, type CommandArgs, type Invocation } from './args.js';
+import type { CommandContext } from './commands/context.js';
+import { debugEnabled, oneLine, reportFor, type ErrorReport } from './error-report.js';
+import { ExitCode } from './exit-codes.js';
+import { commandHelp, overallHelp } from './help.js';
+import { PROGRAM, createOutput, type OutputStreams } from './output.js';
+import { SignalAbort } from './signals.js';
+
+/** Loaded on demand: `list`, `verify` and `restore` never load the libvirt addon. */
+async function runCommand(args: CommandArgs, context: CommandContext): Promise<number> {
+  switch (args.command) {
+    case 'backup':
+      return (await import('./commands/backup.js')).backupCommand(args, context);
+    case 'restore':
+      return (await import('./commands/restore.js')).restoreCommand(args, context);
+    case 'verify':
+      return (await import('./commands/verify.js')).verifyCommand(args, context);
+    case 'list':
+      return (await import('./commands/list.js')).listCommand(args, context);
+    case 'prune':
+      return (await import('./commands/prune.js')).pruneCommand(args, context);
+  }
+}
+
+export async function main(argv: readonly string[], streams: OutputStreams = { stdout: process.stdout, stderr: process.stderr }): Promise<number> {
+  let invocation: Invocation;
+  try {
+    invocation = parseCommandLine(argv);
+  } catch (error) {
+    const report = reportFor(error);
+    streams.stderr.write(`${PROGRAM}: ${oneLine(report.message)}\n`);
+    if (debugEnabled() && error instanceof Error) streams.stderr.write(`${error.stack}\n`);
+    return report.exitCode;
+  }
+  if (invocation.command === 'help') {
+    streams.stdout.write(invocation.topic === undefined ? overallHelp() : commandHelp(invocation.topic));
+    return ExitCode.OK;
+  }
+  if (invocation.command === 'version') {
+    streams.stdout.write(`${PROGRAM} ${packageVersion()}\n`);
+    return ExitCode.OK;
+  }
+
+  const args = invocation;
+  const output = createOutput(args.json, streams);
+  const signals = new SignalAbort({
+    onAbort: (signal) =>
+      output.event({ type: 'notice', message: `${signal} received: stopping and removing the partial files of this run (send it again to exit without waiting for that)` }),
+    onForcedExit: (_signal, inMs) =>
+      output.event({
+        type: 'notice',
+        message: `exiting ${inMs > 0 ? `in ${Math.ceil(inMs / 1000)} s` : 'now'}, before the cleanup is done: partial files may remain (the next backup or prune of the set removes them); manifest.json is intact`,
+      }),
+  });
+  try {
+    const code = await runCommand(args, { output, signal: signals.signal });
+    if (signals.received !== null) output.event({ type: 'notice', message: `${signals.received} came too late to stop the ${args.command}; it completed` });
+    return code;
+  } catch (error) {
+    const interruptedBy = signals.received;
+    // Whatever failed while we were stopping (an aborted job, a qemu-img that got the
+    // terminal's Ctrl-C too) is the interruption, and the exit code says so.
+    const report: ErrorReport =
+      interruptedBy === null
+        ? reportFor(error)
+        : {
+            exitCode: signals.exitCode!,
+            code: 'INTERRUPTED',
+            message: `interrupted by ${interruptedBy}: the partial files of this ${args.command} were removed and the backup set is unchanged`,
+          };
+    output.error(report, error);
+    return report.exitCode;
+  } finally {
+    signals.dispose();
+  }
+}
+
+function packageVersion(): string {
+  const text = readFileSync(new URL('../../package.json', import.meta.url), 'utf8');
+  return (JSON.parse(text) as { version: string }).version;
+}
+
+function invokedDirectly(): boolean {
+  const entry = process.argv[1];
+  if (entry === undefined) return false;
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url));
+  } catch {
+    return false;
+  }
+}
+
+if (invokedDirectly()) {
+  const code = await main(process.argv.slice(2));
+  process.exit(code);
+}
