@@ -105,6 +105,7 @@ class HumanOutput implements CommandOutput {
       case 'progress':
         if (!board.has(event.target)) board.start(event.target, event.target, event.bytesTotal);
         board.update(event.target, event.bytesDone, event.bytesTotal);
+        if (event.bytesTotal > 0 && event.bytesDone >= event.bytesTotal) board.finish(event.target);
         break;
       case 'disk-done':
         board.finish(event.target);

@@ -58,8 +58,9 @@ export function renderTaskLine(task: ProgressTask, labelWidth: number, width: nu
   const fraction = task.total > 0 ? Math.min(1, task.done / task.total) : task.finishedAt !== null ? 1 : 0;
   const percent = `${Math.floor(fraction * 100)}%`.padStart(4);
   const rate = taskRate(task, now);
-  const sizes = task.unit === 'bytes' ? `${formatBytes(task.done)} / ${formatBytes(task.total)}` : null;
-  const speed = task.unit === 'bytes' ? (rate === null ? '-' : `${formatBytes(Math.round(rate))}/s`) : null;
+  // Fixed widths keep the bars of all lines the same length as the figures change.
+  const sizes = task.unit === 'bytes' ? `${formatBytes(task.done).padStart(8)} / ${formatBytes(task.total).padEnd(8)}` : null;
+  const speed = task.unit === 'bytes' ? (rate === null ? '-' : `${formatBytes(Math.round(rate))}/s`).padStart(10) : null;
   let timing: string;
   if (task.finishedAt !== null) timing = `done in ${formatDuration(task.finishedAt - task.startedAt)}`;
   else if (task.unit === 'bytes' && rate !== null && rate > 0) timing = `ETA ${formatDuration(((task.total - task.done) / rate) * 1000)}`;
@@ -67,12 +68,15 @@ export function renderTaskLine(task: ProgressTask, labelWidth: number, width: nu
   else timing = 'ETA -';
 
   const label = task.label.length > labelWidth ? `${task.label.slice(0, Math.max(0, labelWidth - 1))}~` : task.label.padEnd(labelWidth);
-  const tail = [percent, sizes, speed, timing].filter((part) => part !== null).join('  ');
+  const tail = [percent, sizes, speed, timing.padEnd(12)].filter((part) => part !== null).join('  ');
   const barWidth = width - label.length - tail.length - 6;
-  if (barWidth >= MIN_BAR_WIDTH) return `${label}  [${bar(fraction, barWidth)}]  ${tail}`;
+  if (barWidth >= MIN_BAR_WIDTH) return `${label}  [${bar(fraction, barWidth)}]  ${tail}`.trimEnd();
   // Too narrow for a bar: give up the least useful figures first, the rate, then the sizes.
   for (const parts of [[percent, sizes, speed, timing], [percent, sizes, timing], [percent, timing]]) {
-    const line = `${label}  ${parts.filter((part) => part !== null).join('  ')}`;
+    const line = `${label}  ${parts
+      .filter((part) => part !== null)
+      .map((part) => part.trim())
+      .join('  ')}`;
     if (line.length <= width) return line;
   }
   return `${label}  ${percent}`.slice(0, Math.max(0, width));

@@ -40,16 +40,18 @@ class FakeTerminal {
 test('a task line: bar, percentage, bytes, rate and ETA, within the width', (t) => {
   const task: ProgressTask = { label: 'vda', unit: 'bytes', done: GiB, total: 4 * GiB, startedAt: 0, finishedAt: null, samples: [{ at: 0, done: 0 }, { at: 10_000, done: GiB }] };
   const line = renderTaskLine(task, 3, 80, 10_000);
-  t.is(line, 'vda  [======>                    ]   25%  1.0 GiB / 4.0 GiB  102 MiB/s  ETA 0:30');
-  t.is(line.length, 80);
-  t.is(renderTaskLine(task, 3, 40, 10_000), 'vda   25%  1.0 GiB / 4.0 GiB  ETA 0:30', 'too narrow for a bar: the rate goes first');
-  t.is(renderTaskLine(task, 3, 20, 10_000), 'vda   25%  ETA 0:30');
+  const bars = [renderTaskLine(task, 3, 80, 10_000), renderTaskLine({ ...task, done: 3 * MiB, samples: [{ at: 0, done: 0 }, { at: 10_000, done: 3 * MiB }] }, 3, 80, 10_000)];
+  t.is(bars[0]!.indexOf(']'), bars[1]!.indexOf(']'), 'bars of different figures have the same length');
+  t.is(line, 'vda  [=====>              ]   25%   1.0 GiB / 4.0 GiB    102 MiB/s  ETA 0:30');
+  t.is(line.length, 76, 'the ETA field is padded to 12, then trailing blanks are dropped');
+  t.is(renderTaskLine(task, 3, 40, 10_000), 'vda  25%  1.0 GiB / 4.0 GiB  ETA 0:30', 'too narrow for a bar: the rate goes first');
+  t.is(renderTaskLine(task, 3, 20, 10_000), 'vda  25%  ETA 0:30');
   const done = { ...task, done: 4 * GiB, finishedAt: 40_000 };
-  t.is(renderTaskLine(done, 5, 70, 50_000), 'vda    [===========]  100%  4.0 GiB / 4.0 GiB  102 MiB/s  done in 0:40');
+  t.is(renderTaskLine(done, 5, 80, 50_000), 'vda    [==================]  100%   4.0 GiB / 4.0 GiB    102 MiB/s  done in 0:40');
   const starting: ProgressTask = { ...task, done: 0, samples: [{ at: 0, done: 0 }] };
-  t.regex(renderTaskLine(starting, 3, 80, 0), /\[> +\] +0% {2}0 B \/ 4\.0 GiB {2}- {2}ETA -$/);
+  t.regex(renderTaskLine(starting, 3, 80, 0), /\[> +\] +0% +0 B \/ 4\.0 GiB +- {2}ETA -$/);
   const fraction: ProgressTask = { label: 'merge vda.0003.inc.qcow2', unit: 'fraction', done: 0.5, total: 1, startedAt: 0, finishedAt: null, samples: [] };
-  t.is(renderTaskLine(fraction, 10, 60, 20_000), 'merge vda~  [===============>              ]   50%  ETA 0:20');
+  t.is(renderTaskLine(fraction, 10, 60, 20_000), 'merge vda~  [=============>            ]   50%  ETA 0:20');
 });
 
 test('durations', (t) => {
@@ -77,7 +79,7 @@ test('the board redraws one line per disk in place, throttled, with notices abov
   t.is(terminal.writes.length, drawn + 1);
   t.deepEqual(
     terminal.screen().map((line) => line.replace(/\[[=> ]+\]/, '[bar]')),
-    ['vda  [bar]   20%  20 MiB / 100 MiB  10 MiB/s  ETA 0:08', 'vdb  [bar]    0%  0 B / 50 MiB  -  ETA -'],
+    ['vda  [bar]   20%    20 MiB / 100 MiB     10 MiB/s  ETA 0:08', 'vdb  [bar]    0%       0 B / 50 MiB             -  ETA -'],
   );
 
   now = 2500;
@@ -89,8 +91,8 @@ test('the board redraws one line per disk in place, throttled, with notices abov
   const screen = terminal.screen().map((line) => line.replace(/\[[=> ]+\]/, '[bar]'));
   t.deepEqual(screen, [
     'bitmap of checkpoint lvb-0002 is gone: taking a full backup',
-    'vda  [bar]   20%  20 MiB / 100 MiB  10 MiB/s  ETA 0:08',
-    'vdb  [bar]  100%  50 MiB / 50 MiB  7.1 MiB/s  done in 0:07',
+    'vda  [bar]   20%    20 MiB / 100 MiB     10 MiB/s  ETA 0:08',
+    'vdb  [bar]  100%    50 MiB / 50 MiB     7.1 MiB/s  done in 0:07',
   ]);
   t.true(terminal.writes.join('').split('\n').every((line) => line.replace(/\u001b\[\d*[AJK]|\r/g, '').length < terminal.columns));
 });
