@@ -1,6 +1,11 @@
+import { lendReceived, returnReceived } from './slabs.js';
+
 /**
  * Bytes received from a socket, kept as the chunks they arrived in so payloads can be
- * handed on as views instead of being concatenated.
+ * handed on as views instead of being concatenated. A chunk is borrowed from its slab
+ * while queued, so the slab is not reused under bytes not parsed yet; what `read` and
+ * `view` return is valid until the caller returns to the event loop, unless it keeps
+ * or borrows it itself (see slabs.ts).
  */
 export class ByteQueue {
   private chunks: Buffer[] = [];
@@ -9,6 +14,7 @@ export class ByteQueue {
 
   push(chunk: Buffer): void {
     if (chunk.length === 0) return;
+    lendReceived(chunk);
     this.chunks.push(chunk);
     this.length += chunk.length;
   }
@@ -59,7 +65,7 @@ export class ByteQueue {
     while (left > 0) left -= this.view(left).length;
   }
 
-  /** Removes and returns every chunk left. */
+  /** Removes and returns every chunk left; they stay borrowed, now by the caller. */
   drain(): Buffer[] {
     const rest = this.chunks;
     if (rest[0] !== undefined && this.headOffset > 0) rest[0] = rest[0].subarray(this.headOffset);
@@ -76,6 +82,7 @@ export class ByteQueue {
     if (this.headOffset === first.length) {
       this.chunks.shift();
       this.headOffset = 0;
+      returnReceived(first);
     }
     return out;
   }

@@ -213,6 +213,7 @@ export class NbdClient implements ChunkSource {
     this.checkRange(offset, length);
     const target = Buffer.allocUnsafe(length);
     const sink: ReadSink = {
+      holds: 'call',
       data(at, bytes) {
         bytes.copy(target, at - offset);
       },

@@ -1,5 +1,7 @@
 import type { Duplex } from 'node:stream';
 import { ByteQueue } from './byte-queue.js';
+import { keepReceived, lendReceived } from './slabs.js';
+import { slabReaderOf } from './transport.js';
 import { abortReason, NbdConnectionError, NbdError, NbdProtocolError } from './errors.js';
 import type { ExportInfo } from './handshake.js';
 import {
@@ -23,6 +25,12 @@ export interface ReadSink {
   data(offset: number, bytes: Buffer): void;
   /** A range the server reported as reading as zeroes. */
   hole(offset: number, length: number): void;
+  /**
+   * How long `bytes` are held once `data()` returns: 'keep' (the default) as long as the
+   * sink likes; 'call' not at all (the sink copies them); 'lend' until the sink hands
+   * them to `returnReceived()`. Receive memory is reused only after 'call' and 'lend'.
+   */
+  readonly holds?: 'keep' | 'call' | 'lend';
 }
 
 /** Called once per BLOCK_STATUS chunk with the raw (length, flags) descriptor pairs. */
@@ -88,6 +96,8 @@ export class Connection {
     this.socket = socket;
     this.info = info;
     for (const chunk of leftover) this.queue.push(chunk);
+    // Past the handshake, every holder of received bytes says how long it holds them.
+    slabReaderOf(socket)?.startRecycling();
     socket.on('data', this.onData);
     socket.on('error', this.onError);
     socket.on('end', this.onClose);
@@ -249,7 +259,12 @@ export class Connection {
           if (queue.length === 0) return;
           const bytes = queue.view(state.remaining);
           state.request.covered += bytes.length;
-          state.request.sink?.data(state.offset, bytes);
+          const sink = state.request.sink;
+          if (sink) {
+            if (sink.holds === 'lend') lendReceived(bytes);
+            else if (sink.holds !== 'call') keepReceived(bytes);
+            sink.data(state.offset, bytes);
+          }
           state.offset += bytes.length;
           state.remaining -= bytes.length;
           if (state.remaining === 0) this.endChunk(state.request, state.done);

@@ -2,36 +2,16 @@ import { connect as netConnect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ByteQueue } from './byte-queue.js';
 import { abortReason, NbdConnectionError } from './errors.js';
+import { slabReader, type SlabReader } from './slabs.js';
 
 /** Where the server listens: a unix socket `path`, or TCP `host` + `port`. */
 export type Endpoint = { path: string; host?: undefined; port?: undefined } | { host: string; port: number; path?: undefined };
 
-/** Reads land in slabs this large; a read never gets less than `MIN_READ_ROOM`. */
-const SLAB_SIZE = 1024 * 1024;
-const MIN_READ_ROOM = 64 * 1024;
+const readers = new WeakMap<Duplex, SlabReader>();
 
-/**
- * Lets the kernel write received bytes into large slabs handed out piece by piece, so
- * each read is as large as the socket allows and no read allocates. Every piece stays
- * valid for as long as someone holds it: a slab is never reused, only dropped.
- */
-function slabReader(emit: (chunk: Buffer) => void): { buffer: () => Uint8Array; callback: (nread: number, buf: Uint8Array) => boolean } {
-  let slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-  let used = 0;
-  return {
-    buffer() {
-      if (SLAB_SIZE - used < MIN_READ_ROOM) {
-        slab = Buffer.allocUnsafeSlow(SLAB_SIZE);
-        used = 0;
-      }
-      return slab.subarray(used);
-    },
-    callback(nread, buf) {
-      used += nread;
-      emit(Buffer.from(buf.buffer, buf.byteOffset, nread));
-      return true;
-    },
-  };
+/** The slab reader behind a socket opened with `slabReads`, if any. */
+export function slabReaderOf(socket: Duplex): SlabReader | undefined {
+  return readers.get(socket);
 }
 
 /**
@@ -45,7 +25,8 @@ export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabReads =
       return;
     }
     let socket: Socket | undefined;
-    const onread = slabReads ? { onread: slabReader((chunk) => socket!.emit('data', chunk)) } : {};
+    const reader = slabReads ? slabReader((chunk) => socket!.emit('data', chunk)) : undefined;
+    const onread = reader ? { onread: { buffer: reader.buffer, callback: reader.callback } } : {};
     socket =
       endpoint.path !== undefined
         ? netConnect({ path: endpoint.path, ...onread })
@@ -55,6 +36,7 @@ export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabReads =
       settle(abortReason(signal!));
     };
     const opened = socket;
+    if (reader) readers.set(opened, reader);
     const settle = (error?: Error): void => {
       signal?.removeEventListener('abort', onAbort);
       opened.off('error', settle);

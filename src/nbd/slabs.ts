@@ -1,0 +1,106 @@
+/**
+ * Receive memory: large slabs the kernel reads into, handed on piece by piece as views.
+ *
+ * Fresh memory costs page faults and garbage collections on every megabyte read, so a
+ * slab is reused once nothing can see it any more: the reader has moved on to another
+ * slab, every piece lent out was given back, and no piece went to a holder allowed to
+ * keep it. A slab that fails any of these is simply dropped for the GC, as before.
+ * Pieces are tracked through the ArrayBuffer they view, so plain Buffers flow everywhere.
+ */
+
+/** Reads land in slabs this large; a read never gets less than `MIN_READ_ROOM`. */
+const SLAB_SIZE = 1024 * 1024;
+const MIN_READ_ROOM = 64 * 1024;
+/** Free slabs a reader keeps for reuse; more would only hold memory idle. */
+const POOL_LIMIT = 4;
+
+interface Slab {
+  readonly memory: Buffer;
+  readonly pool: Slab[];
+  /** Pieces lent out and not yet given back. */
+  lent: number;
+  /** Some piece went to a holder that may keep it forever. */
+  kept: boolean;
+  /** The reader still writes into it. */
+  active: boolean;
+}
+
+/**
+ * Names a slab's ArrayBuffer's record. A property rather than a WeakMap: WeakMap keys
+ * survive minor collections, which kept dropped slabs in memory far longer.
+ */
+const SLAB = Symbol('nbd receive slab');
+type Tagged = ArrayBufferLike & { [SLAB]?: Slab };
+
+function slabOf(bytes: Uint8Array): Slab | undefined {
+  return (bytes.buffer as Tagged)[SLAB];
+}
+
+function recycle(slab: Slab): void {
+  if (slab.active || slab.kept || slab.lent > 0 || slab.pool.length >= POOL_LIMIT) return;
+  slab.pool.push(slab);
+}
+
+/** `bytes` may be held forever: its slab is never reused. */
+export function keepReceived(bytes: Uint8Array): void {
+  const slab = slabOf(bytes);
+  if (slab) slab.kept = true;
+}
+
+/** `bytes` is held until `returnReceived(bytes)`. */
+export function lendReceived(bytes: Uint8Array): void {
+  const slab = slabOf(bytes);
+  if (slab) slab.lent++;
+}
+
+/** Gives back what `lendReceived` lent; the memory may be overwritten from now on. */
+export function returnReceived(bytes: Uint8Array): void {
+  const slab = slabOf(bytes);
+  if (!slab) return;
+  slab.lent--;
+  recycle(slab);
+}
+
+export interface SlabReader {
+  /** Where the next read lands (net.Socket's `onread.buffer`). */
+  buffer(): Uint8Array;
+  /** net.Socket's `onread.callback`. */
+  callback(nread: number, buf: Uint8Array): boolean;
+  /**
+   * From now on slabs may be reused. Until then (the handshake, whose parser holds
+   * on to what it reads) every slab counts as kept.
+   */
+  startRecycling(): void;
+}
+
+export function slabReader(emit: (chunk: Buffer) => void): SlabReader {
+  const pool: Slab[] = [];
+  let recycling = false;
+  const fresh = (): Slab => {
+    const slab: Slab = { memory: Buffer.allocUnsafeSlow(SLAB_SIZE), pool, lent: 0, kept: !recycling, active: true };
+    (slab.memory.buffer as Tagged)[SLAB] = slab;
+    return slab;
+  };
+  let slab = fresh();
+  let used = 0;
+  return {
+    buffer() {
+      if (SLAB_SIZE - used < MIN_READ_ROOM) {
+        slab.active = false;
+        recycle(slab);
+        slab = pool.pop() ?? fresh();
+        slab.active = true;
+        used = 0;
+      }
+      return slab.memory.subarray(used);
+    },
+    callback(nread, buf) {
+      used += nread;
+      emit(Buffer.from(buf.buffer, buf.byteOffset, nread));
+      return true;
+    },
+    startRecycling() {
+      recycling = true;
+    },
+  };
+}

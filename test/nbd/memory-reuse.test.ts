@@ -1,0 +1,60 @@
+// Receive memory is reused only where no holder can still see it: chunks kept by a
+// default stream stay intact, and a `reuseMemory` stream reads correct bytes while
+// cycling through a few slabs instead of allocating one per megabyte.
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import test, { type ExecutionContext } from 'ava';
+import { NbdClient, type ReadChunk } from '../../src/nbd/index.js';
+import { startQemuNbd, tempDir } from './helpers.js';
+
+const MiB = 1024 * 1024;
+const SIZE = 48 * MiB;
+
+async function serveRandom(t: ExecutionContext): Promise<{ socket: string; expected: Buffer }> {
+  const dir = await tempDir(t);
+  const expected = randomBytes(SIZE);
+  const image = join(dir, 'random.raw');
+  await writeFile(image, expected);
+  const socket = join(dir, 'nbd.sock');
+  await startQemuNbd(t, { path: socket }, ['--read-only', '-f', 'raw', image]);
+  return { socket, expected };
+}
+
+test('chunks kept by a default stream are never overwritten', async (t) => {
+  const { socket, expected } = await serveRandom(t);
+  const client = await NbdClient.connect({ path: socket, requestSize: 256 * 1024 });
+  t.teardown(() => client.close());
+  const kept: ReadChunk[] = [];
+  for await (const chunk of client.chunks()) kept.push(chunk);
+  // Reads made after the stream share the connections' receive memory.
+  t.true((await client.read(0, SIZE)).equals(expected));
+  const rebuilt = Buffer.concat(kept.map((chunk) => (chunk.kind === 'data' ? chunk.data : Buffer.alloc(chunk.length))));
+  t.true(rebuilt.equals(expected));
+});
+
+test('a reuseMemory stream reads the right bytes from a few recycled slabs', async (t) => {
+  const { socket, expected } = await serveRandom(t);
+  const client = await NbdClient.connect({ path: socket });
+  t.teardown(() => client.close());
+  await client.ready();
+  for (let pass = 0; pass < 2; pass++) {
+    const memory = new Set<ArrayBufferLike>();
+    let next = 0;
+    for await (const chunk of client.chunks({ reuseMemory: true })) {
+      t.is(chunk.offset, next);
+      next += chunk.length;
+      if (chunk.kind !== 'data') continue;
+      memory.add(chunk.data.buffer);
+      if (!chunk.data.equals(expected.subarray(chunk.offset, chunk.offset + chunk.length))) {
+        t.fail(`pass ${pass}: wrong bytes at ${chunk.offset}+${chunk.length}`);
+        return;
+      }
+    }
+    t.is(next, SIZE);
+    // Fresh memory would take one 1 MiB slab per MiB read.
+    t.true(memory.size < SIZE / MiB / 2, `${memory.size} distinct slabs for ${SIZE / MiB} MiB`);
+  }
+  // Plain reads on the same connections are unaffected.
+  t.true((await client.read(5 * MiB + 3, 3 * MiB)).equals(expected.subarray(5 * MiB + 3, 8 * MiB + 3)));
+});
