@@ -17,6 +17,7 @@ import type { BlockJobPayload } from '../events.js';
 import { NbdClient } from '../nbd/index.js';
 import { parseDomainXml, type BackupSpec, type CheckpointSpec, type DomainSummary } from '../xml/index.js';
 import { BackupSet } from './backup-set.js';
+import { assertChainIntact } from './chain-check.js';
 import { sha256File } from './checksum.js';
 import { selectDisks, type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
@@ -157,6 +158,10 @@ async function planLevel(
   const parent = wanted === 'inc' ? set.latest() : set.lastFull();
   if (parent === null) return refuse(set.latest() === null ? 'the set has no backup yet' : 'the set has no full backup');
   if (!disks.some((disk) => disk.tracksChanges)) return refuse('no disk can track changes (none is qcow2)');
+  // A damaged chain is reported, never built upon (nor silently replaced by a full).
+  for (const disk of disks) {
+    if (parent.disks.some((d) => d.target === disk.target)) await assertChainIntact(set, set.chainFor(disk.target, parent.id));
+  }
   const usable = await checkpointUsable(set, parent, domain, emit);
   if (usable !== true) return refuse(usable);
   return {

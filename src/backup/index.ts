@@ -26,3 +26,5 @@ export { restore, type RestoreOptions, type RestoreResult, type RestoredDisk } f
 export { verify, type VerifyOptions, type VerifyReport, type VerifyProblem, type VerifyProblemKind, type VerifiedFile } from './verify.js';
 export { listBackups, formatListTable, formatListJson, formatBytes, type ListResult, type ListRow, type ListDisk } from './list.js';
 export { prune, planPrune, type PruneOptions, type PruneResult, type PruneHooks, type PruneProgress, type PrunePlan } from './prune.js';
+export { runBackup, CHECKPOINT_PREFIX } from './engine.js';
+export { BackupError, type BackupErrorCode, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
