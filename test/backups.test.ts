@@ -193,7 +193,10 @@ test('failed backup starts reject with libvirt codes and leave no job or file be
   t.truthy(second?.codeName);
   t.regex(second?.message ?? '', /job|lock/i);
   t.false(existsSync(target));
+  // abortJob() asks; the job is gone once its completion event arrived.
+  const ended = vm.domain.waitForJob({ timeoutMs: 60_000 });
   await vm.domain.abortJob();
+  await ended;
   t.is((await vm.domain.getJobInfo()).type, JobType.NONE);
   t.deepEqual(await vm.domain.listAllCheckpoints(), []);
   const leftovers = await tryRun('sh', ['-c', `ls ${IMAGE_DIR} | grep -c ${vm.name}`]);
