@@ -1,15 +1,9 @@
-import { execFile } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { randomBytes } from 'node:crypto';
-import { promisify } from 'node:util';
-import { DOMParser, XMLSerializer } from '@xmldom/xmldom';
 
-const run = promisify(execFile);
-const URI = 'qemu:///system';
-const IMAGE_DIR = '/var/lib/libvirt/images';
+import { CheckpointCreateFlags, CheckpointXMLFlags, type Connection, JobType } from '../../../src/index.js';
+import { connectSystem, createThrowawayDomain, guestWrite } from '../../helpers/daemon.js';
 
 /**
  * The libvirt calls the XML tests need, in one place so that they can move
@@ -39,20 +33,11 @@ export interface LiveDomain {
   dispose(): Promise<void>;
 }
 
-async function virsh(...args: string[]): Promise<string> {
-  try {
-    const { stdout } = await run('virsh', ['-c', URI, ...args], { maxBuffer: 16 * 1024 * 1024 });
-    return stdout;
-  } catch (error) {
-    const failure = error as { stderr?: string; message: string };
-    throw new Error(`virsh ${args.join(' ')} failed: ${failure.stderr?.trim() || failure.message}`);
-  }
-}
-
 /** Whether the daemon answers; the reason when it does not. */
 export async function probeDaemon(): Promise<string | undefined> {
   try {
-    await virsh('version');
+    const conn = await connectSystem();
+    await conn.close();
     return undefined;
   } catch (error) {
     return error instanceof Error ? error.message : String(error);
@@ -64,94 +49,47 @@ export interface DiskPlan {
   format: 'qcow2' | 'raw';
 }
 
-const DOMAIN_TEMPLATE = `<domain type="kvm"><name/><memory unit="MiB">64</memory><vcpu>1</vcpu><os><type arch="x86_64">hvm</type></os><devices/></domain>`;
-
-/** Domain XML for a throwaway guest, built through the DOM like everything else here. */
-function domainDefinition(name: string, disks: ReadonlyArray<DiskPlan & { path: string }>): string {
-  const document = new DOMParser().parseFromString(DOMAIN_TEMPLATE, 'text/xml');
-  const root = document.documentElement!;
-  // Without /dev/kvm QEMU still runs the guest, just emulated.
-  root.setAttribute('type', existsSync('/dev/kvm') ? 'kvm' : 'qemu');
-  root.getElementsByTagName('name').item(0)!.appendChild(document.createTextNode(name));
-  const devices = root.getElementsByTagName('devices').item(0)!;
-  for (const disk of disks) {
-    const element = document.createElement('disk');
-    element.setAttribute('type', 'file');
-    element.setAttribute('device', 'disk');
-    const driver = document.createElement('driver');
-    driver.setAttribute('name', 'qemu');
-    driver.setAttribute('type', disk.format);
-    const source = document.createElement('source');
-    source.setAttribute('file', disk.path);
-    const target = document.createElement('target');
-    target.setAttribute('dev', disk.dev);
-    target.setAttribute('bus', 'virtio');
-    element.appendChild(driver);
-    element.appendChild(source);
-    element.appendChild(target);
-    devices.appendChild(element);
-  }
-  return new XMLSerializer().serializeToString(document);
-}
-
-/** Starts a transient domain with the given disks (64 MiB images); names are unique per call. */
+/** Starts a domain with the given disks (64 MiB images, named vda, vdb... in order) through our binding. */
 export async function startLiveDomain(disks: readonly DiskPlan[]): Promise<LiveDomain> {
-  const name = `lvb-xml-${randomBytes(5).toString('hex')}`;
-  const workDir = await mkdtemp(join(tmpdir(), `${name}-`));
-  const images = disks.map((disk) => ({ ...disk, path: join(IMAGE_DIR, `${name}-${disk.dev}.${disk.format}`) }));
-  let started = false;
-  let fileCounter = 0;
-  const writeTemp = async (xml: string): Promise<string> => {
-    const file = join(workDir, `doc-${fileCounter++}.xml`);
-    await writeFile(file, xml);
-    return file;
-  };
-  const dispose = async (): Promise<void> => {
-    if (started) {
-      await virsh('domjobabort', name).catch(() => undefined);
-      await virsh('destroy', name).catch(() => undefined);
-    }
-    await Promise.all(images.map((image) => rm(image.path, { force: true })));
-    await rm(workDir, { recursive: true, force: true });
-  };
+  disks.forEach((disk, i) => {
+    if (disk.dev !== `vd${String.fromCharCode(97 + i)}`) throw new Error(`disks must be vda, vdb... in order, got ${disk.dev}`);
+  });
+  const conn: Connection = await connectSystem();
+  let vm;
   try {
-    for (const image of images) await run('qemu-img', ['create', '-q', '-f', image.format, image.path, '64M']);
-    await virsh('create', await writeTemp(domainDefinition(name, images)));
-    started = true;
+    vm = await createThrowawayDomain(conn, 'xml', disks.map((disk) => ({ format: disk.format, sizeMiB: 64 })));
   } catch (error) {
-    await dispose();
+    await conn.close();
     throw error;
   }
+  const { domain } = vm;
+  const workDir = await mkdtemp(join(tmpdir(), `${vm.name}-`));
   return {
-    name,
+    name: vm.name,
     workDir,
-    domainXml: () => virsh('dumpxml', name),
+    domainXml: () => domain.getXMLDesc(),
     createCheckpoint: async (xml, options = {}) => {
-      await virsh('checkpoint-create', name, await writeTemp(xml), ...(options.redefine === true ? ['--redefine'] : []));
+      await domain.createCheckpoint(xml, options.redefine === true ? CheckpointCreateFlags.REDEFINE : 0);
     },
-    checkpointXml: (checkpoint, options = {}) => virsh('checkpoint-dumpxml', name, checkpoint, ...(options.size === true ? ['--size'] : [])),
-    backupBegin: async (backupXml, checkpointXml) => {
-      const files = [await writeTemp(backupXml)];
-      if (checkpointXml !== undefined) files.push(await writeTemp(checkpointXml));
-      await virsh('backup-begin', name, ...files);
-    },
-    backupXml: () => virsh('backup-dumpxml', name),
-    abortJob: async () => {
-      await virsh('domjobabort', name);
-    },
+    checkpointXml: async (checkpoint, options = {}) =>
+      (await domain.lookupCheckpointByName(checkpoint)).getXMLDesc(options.size === true ? CheckpointXMLFlags.SIZE : 0),
+    backupBegin: (backupXml, checkpointXml) => domain.backupBegin(backupXml, checkpointXml ?? null),
+    backupXml: () => domain.backupGetXMLDesc(),
+    abortJob: () => domain.abortJob(),
     waitForJobEnd: async (timeoutMs = 30_000) => {
       const deadline = Date.now() + timeoutMs;
       while (Date.now() < deadline) {
-        const info = await virsh('domjobinfo', name);
-        if (/Job type:\s+None/.test(info)) return;
-        await new Promise((resolve) => setTimeout(resolve, 100));
+        if ((await domain.getJobInfo()).type === JobType.NONE) return;
+        await new Promise((resolve) => setTimeout(resolve, 50));
       }
-      throw new Error(`job on ${name} still running after ${timeoutMs} ms`);
+      throw new Error(`job on ${vm.name} still running after ${timeoutMs} ms`);
     },
-    guestWrite: async (diskIndex, offset, length) => {
-      const command = `qemu-io -d /machine/peripheral/virtio-disk${diskIndex}/virtio-backend "write -P 0xab ${offset} ${length}"`;
-      await virsh('qemu-monitor-command', name, '--hmp', command);
+    guestWrite: (diskIndex, offset, length) => guestWrite(domain, diskIndex, 0xab, offset, length),
+    dispose: async () => {
+      await domain.abortJob().catch(() => undefined);
+      await vm.cleanup();
+      await rm(workDir, { recursive: true, force: true });
+      await conn.close();
     },
-    dispose,
   };
 }
