@@ -1,15 +1,8 @@
 import type { BackupSet } from './backup-set.js';
-import type { BackupLevel, BackupTransport } from './manifest.js';
+import type { BackupLevel, BackupTransport, DiskRecord } from './manifest.js';
 
-export interface ListDisk {
-  target: string;
-  level: BackupLevel;
-  file: string;
-  backingFile: string | null;
-  virtualSize: number;
-  fileSize: number;
-  dataBytes: number;
-}
+/** What `list` shows of a disk: its record without the checksum and source format. */
+export type ListDisk = Pick<DiskRecord, 'target' | 'level' | 'file' | 'backingFile' | 'virtualSize' | 'fileSize' | 'dataBytes'>;
 
 export interface ListRow {
   id: string;

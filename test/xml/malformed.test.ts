@@ -85,8 +85,10 @@ test('any corruption of a valid document gives a result or an XmlParseError, nev
 });
 
 test('arbitrary strings never crash the parsers', (t) => {
+  let parsed = 0;
   fc.assert(
     fc.property(fc.string({ unit: 'binary', maxLength: 200 }), (input) => {
+      parsed++;
       for (const parse of Object.values(parsers)) {
         try {
           parse(input);
@@ -97,5 +99,5 @@ test('arbitrary strings never crash the parsers', (t) => {
     }),
     { numRuns: 1000 },
   );
-  t.pass();
+  t.is(parsed, 1000);
 });
