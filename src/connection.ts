@@ -103,7 +103,7 @@ export class Connection {
     return this.#events.ready();
   }
 
-  /** Keepalive for remote drivers (see `ConnectOptions.keepAlive`); false where the driver has none. */
+  /** Keepalive for remote drivers (see `ConnectOptions.keepAlive`); in-process drivers reject with `VIR_ERR_NO_SUPPORT`. */
   async setKeepAlive(interval: number, count: number): Promise<boolean> {
     return this.#native.setKeepAlive(interval, count);
   }

@@ -30,7 +30,7 @@ export interface NativeConnection {
   deregisterDomainEvent(callbackId: number): Promise<void>;
   registerCloseCallback(callback: (reason: number) => void): Promise<void>;
   unregisterCloseCallback(): Promise<void>;
-  /** Resolves false when the driver has no keepalive (in-process drivers). */
+  /** Resolves false when libvirt says keepalive does not apply (virConnectSetKeepAlive returned 1). */
   setKeepAlive(intervalSeconds: number, count: number): Promise<boolean>;
 }
 
