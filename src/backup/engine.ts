@@ -1,7 +1,7 @@
 // The backup engine: one run of `libvirt-backup backup`. It decides the level,
 // makes libvirt create the next checkpoint atomically with the backup, moves
-// the data (pull: our NBD client reads libvirt's export and writes qcow2 files
-// through qemu-nbd; push: libvirt writes them and we rebase), and commits the
+// the data (pull: our NBD client reads libvirt's export and our one-pass writer
+// makes the qcow2 files; push: libvirt writes them and we rebase), and commits the
 // result to the set. Any failure or abort ends the libvirt job, removes this
 // run's files and its checkpoint, and leaves manifest.json as it was.
 import { mkdtemp, rm, stat } from 'node:fs/promises';
@@ -14,7 +14,7 @@ import { BlockJobStatus, BlockJobType, CheckpointCreateFlags, CheckpointXMLFlags
 import type { Domain } from '../domain.js';
 import { LibvirtError } from '../errors.js';
 import type { BlockJobPayload } from '../events.js';
-import { NbdClient } from '../nbd/index.js';
+import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient } from '../nbd/index.js';
 import { parseDomainXml, type BackupSpec, type CheckpointSpec, type DomainSummary } from '../xml/index.js';
 import { BackupSet } from './backup-set.js';
 import { assertChainIntact } from './chain-check.js';
@@ -22,15 +22,15 @@ import { sha256File } from './checksum.js';
 import { selectDisks, type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
 import type { BackupLevel, BackupRecord, DiskRecord } from './manifest.js';
-import { qemuImgCreate, qemuImgInfo, qemuImgMap, qemuImgRebaseUnsafe } from './qemu-img.js';
-import { openQcowWriter, type QcowWriter } from './qemu-nbd-writer.js';
+import { qemuImgInfo, qemuImgMap, qemuImgRebaseUnsafe } from './qemu-img.js';
+import { CLUSTER_SIZE, clusterRuns } from './qcow2-layout.js';
+import { writeQcow2 } from './qcow2-writer.js';
 
 export * from './engine-types.js';
 
 /** Checkpoints this tool creates start with this; others on the domain are left alone. */
 export const CHECKPOINT_PREFIX = 'lvb-';
 const SOCKET_DIR_PREFIX = 'lvb-backup-';
-const WRITE_BYTES_IN_FLIGHT = 64 * 2 ** 20;
 const PROGRESS_INTERVAL_MS = 200;
 
 /** libvirt refused the parent checkpoint when the job started; nothing was created. */
@@ -48,6 +48,8 @@ interface DiskPlan extends SelectedDisk {
   backingFile: string | null;
   virtualSize: number;
   dataBytes: number;
+  /** Set when this run wrote the file itself and hashed it on the way. */
+  written?: { fileSize: number; sha256: string };
 }
 
 export async function runBackup(options: BackupOptions): Promise<BackupResult> {
@@ -343,7 +345,9 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
     const records: DiskRecord[] = await Promise.all(
       disks.map(async (disk): Promise<DiskRecord> => {
         const path = set.pathOf(disk.file);
-        const [size, sha256] = await Promise.all([stat(path).then((s) => s.size), sha256File(path, signal ? { signal } : {})]);
+        const [size, sha256] = disk.written
+          ? [disk.written.fileSize, disk.written.sha256]
+          : await Promise.all([stat(path).then((s) => s.size), sha256File(path, signal ? { signal } : {})]);
         return {
           target: disk.target,
           sourceFormat: disk.format,
@@ -454,59 +458,56 @@ async function pullDisk(
     metaContexts: dirtyContext ? ['base:allocation', dirtyContext] : ['base:allocation'],
     ...(signal ? { signal } : {}),
   });
-  let writer: QcowWriter | undefined;
   try {
     disk.virtualSize = source.size;
-    const path = set.pathOf(disk.file);
-    await qemuImgCreate(path, {
-      format: 'qcow2',
-      size: source.size,
-      ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
-    });
-    writer = await openQcowWriter(path);
-    const out = writer.client;
-    const pending = new Set<Promise<void>>();
-    let bytesInFlight = 0;
-    let failure: unknown;
-    const track = (promise: Promise<void>, bytes: number) => {
-      bytesInFlight += bytes;
-      const tracked = promise.then(
-        () => undefined,
-        (error: unknown) => {
-          failure ??= error;
-        },
-      ).finally(() => {
-        bytesInFlight -= bytes;
-        pending.delete(tracked);
-      });
-      pending.add(tracked);
-    };
-    let lastProgress = 0;
-    const total = source.size;
-    for await (const chunk of source.chunks({ ...(dirtyContext ? { context: dirtyContext } : {}), ...(signal ? { signal } : {}) })) {
-      if (failure !== undefined) throw failure;
-      if (chunk.kind === 'data') {
-        track(out.write(chunk.offset, chunk.data, signal ? { signal } : {}), chunk.length);
-        disk.dataBytes += chunk.length;
-      } else if (disk.backingFile !== null) {
-        // Over a backing file a hole must be written as zeroes, or old data shows through.
-        track(out.writeZeroes(chunk.offset, chunk.length, signal ? { signal } : {}), 0);
+    // The clusters this file stores: what changed (incremental), or what is
+    // allocated and not zero (full). Everything else reads from the backing file,
+    // or as zeroes.
+    const stored: Array<{ offset: number; length: number }> = [];
+    if (dirtyContext) {
+      for await (const extent of source.extents(dirtyContext, undefined, signal ? { signal } : {})) {
+        if (extent.flags & DirtyBitmapFlags.DIRTY) stored.push(extent);
       }
-      while (bytesInFlight > WRITE_BYTES_IN_FLIGHT && pending.size > 0) await Promise.race(pending);
-      const now = Date.now();
-      if (now - lastProgress >= PROGRESS_INTERVAL_MS) {
-        lastProgress = now;
-        emit({ type: 'progress', target: disk.target, bytesDone: chunk.offset + chunk.length, bytesTotal: total });
+    } else {
+      for await (const extent of source.extents(BASE_ALLOCATION, undefined, signal ? { signal } : {})) {
+        if (!(extent.flags & AllocationFlags.ZERO)) stored.push(extent);
       }
     }
-    await Promise.all(pending);
-    if (failure !== undefined) throw failure;
+    const runs = clusterRuns(stored);
+    // Whole clusters are read, so a cluster only partly dirty still gets its
+    // current bytes, never zeroes standing in for data the backing file has.
+    const chunks = (async function* () {
+      for (const run of runs) {
+        const offset = run.start * CLUSTER_SIZE;
+        const length = Math.min(run.count * CLUSTER_SIZE, source.size - offset);
+        yield* source.chunks({ range: { offset, length }, ...(signal ? { signal } : {}) });
+      }
+    })();
+    let lastProgress = 0;
+    const total = source.size;
+    const written = await writeQcow2(
+      set.pathOf(disk.file),
+      {
+        virtualSize: source.size,
+        runs,
+        ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
+      },
+      chunks,
+      {
+        ...(signal ? { signal } : {}),
+        onProgress: (guestOffset) => {
+          const now = Date.now();
+          if (now - lastProgress < PROGRESS_INTERVAL_MS) return;
+          lastProgress = now;
+          emit({ type: 'progress', target: disk.target, bytesDone: guestOffset, bytesTotal: total });
+        },
+      },
+    );
+    disk.dataBytes = written.dataBytes;
+    disk.written = { fileSize: written.fileSize, sha256: written.sha256 };
     emit({ type: 'progress', target: disk.target, bytesDone: total, bytesTotal: total });
-    await writer.finish();
-    writer = undefined;
     emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
   } finally {
-    await writer?.kill();
     await source.close();
   }
 }
