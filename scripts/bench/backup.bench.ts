@@ -20,13 +20,21 @@ function sh(command: string, args: string[]): string {
   return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, stdio: ['ignore', 'pipe', 'pipe'] });
 }
 
+// Each timed step starts with no dirty pages left by the previous one: the
+// kernel's write-back of an earlier step would otherwise throttle the next.
+function settle(): void {
+  execFileSync('sync');
+}
+
 function timed<T>(fn: () => T): { value: T; seconds: number } {
+  settle();
   const start = performance.now();
   const value = fn();
   return { value, seconds: (performance.now() - start) / 1000 };
 }
 
 async function timedAsync<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
+  settle();
   const start = performance.now();
   const value = await fn();
   return { value, seconds: (performance.now() - start) / 1000 };

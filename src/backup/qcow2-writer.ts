@@ -1,11 +1,11 @@
 // Writes a backup file in one sequential pass: qcow2 metadata first (see
 // qcow2-layout), then the guest data of each stored cluster as it streams in
 // from the NBD export, hashing every byte on the way so no second read is needed.
-import { createHash } from 'node:crypto';
 import { open } from 'node:fs/promises';
 
 import type { ReadChunk } from '../nbd/index.js';
 import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2LayoutInput } from './qcow2-layout.js';
+import { TailHasher } from './tail-hasher.js';
 
 export interface Qcow2WriteResult {
   fileSize: number;
@@ -16,6 +16,7 @@ export interface Qcow2WriteResult {
 
 const ZEROES = Buffer.alloc(CLUSTER_SIZE * 16);
 const FLUSH_BYTES = 8 * 2 ** 20;
+const WRITES_IN_FLIGHT = 4;
 
 /**
  * Writes `path` (which must not exist) holding the clusters `input.runs`, filled
@@ -29,22 +30,38 @@ export async function writeQcow2(
   options: { signal?: AbortSignal; onProgress?: (guestOffset: number) => void } = {},
 ): Promise<Qcow2WriteResult> {
   const layout = planQcow2(input);
-  const hash = createHash('sha256');
   const file = await open(path, 'wx');
+  const hasher = new TailHasher(path);
+  let hashed = false;
   let written = 0;
   let dataBytes = 0;
   let pending: Buffer[] = [];
   let pendingBytes = 0;
-  // Small pieces are gathered into one write: fewer system calls, same order.
+  // Positioned writes run a few at a time (the thread pool copies them into the
+  // page cache in parallel); the hasher follows the prefix that has landed.
+  const inFlight: Array<{ end: number; done: Promise<unknown> }> = [];
+  let issued = 0;
+  const settleOldest = async () => {
+    const oldest = inFlight.shift()!;
+    await oldest.done;
+    hasher.advance(oldest.end);
+  };
   const flush = async () => {
     if (pendingBytes === 0) return;
     const pieces = pending;
+    const position = issued;
+    const length = pendingBytes;
+    issued += length;
     pending = [];
     pendingBytes = 0;
-    await file.writev(pieces);
+    const done = file.writev(pieces, position).then(({ bytesWritten }) => {
+      if (bytesWritten !== length) throw new Error(`short write to ${path}: ${bytesWritten} of ${length} bytes at ${position}`);
+    });
+    done.catch(() => undefined);
+    inFlight.push({ end: issued, done });
+    while (inFlight.length > WRITES_IN_FLIGHT) await settleOldest();
   };
   const emit = async (bytes: Buffer) => {
-    hash.update(bytes);
     pending.push(bytes);
     pendingBytes += bytes.length;
     written += bytes.length;
@@ -89,10 +106,15 @@ export async function writeQcow2(
     }
     while (runIndex < runs.length) await finishRun();
     await flush();
+    while (inFlight.length > 0) await settleOldest();
     if (written !== layout.fileSize) throw new Error(`wrote ${written} bytes, the layout needs ${layout.fileSize}`);
     await file.sync();
+    const sha256 = await hasher.finish(written);
+    hashed = true;
+    return { fileSize: written, sha256, dataBytes };
   } finally {
+    await Promise.allSettled(inFlight.map((write) => write.done));
     await file.close();
+    if (!hashed) await hasher.abort();
   }
-  return { fileSize: written, sha256: hash.digest('hex'), dataBytes };
 }
