@@ -108,3 +108,36 @@ test('backup: bad input gives a clear message, a non-zero exit, and changes noth
   t.regex(corrupt.stderr, /manifest\.json/);
   t.is(await readFile(join(dest, 'manifest.json'), 'utf8'), '{"format":');
 });
+
+test('backup: a run killed outright is detected and cleaned up by the next run', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const m = await mirroredDomain(t, conn, 'cli-crash', [{ sizeMiB: 768 }]);
+  const dest = join(m.dir, 'set');
+  await m.write(0, 0x61, '0', '4M');
+  t.is((await runCli(['backup', m.vm.name, '--dest', dest])).code, 0);
+  const files = (await readdir(dest)).sort();
+  await m.write(0, 0x62, '0', '640M');
+
+  const cli = startCli(['backup', m.vm.name, '--dest', dest, '--level', 'full', '--json']);
+  await cli.waitForLine((line) => line.includes('"type":"progress"'));
+  cli.child.kill('SIGKILL');
+  await cli.done;
+  // What a crash leaves: libvirt's pull job still running, a journal and partial files.
+  t.not((await m.vm.domain.getJobInfo()).type, JobType.NONE);
+  t.true((await readdir(dest)).includes('.in-progress.json'));
+
+  await m.snapshot('after');
+  const next = await runCli(['backup', m.vm.name, '--dest', dest, '--json']);
+  t.is(next.code, 0, next.stderr);
+  const notices = jsonLines(next.stdout).filter((e) => e.type === 'notice').map((e) => String(e.message));
+  t.true(notices.some((n) => n.includes('left behind by an interrupted run')), notices.join('\n'));
+  t.true(notices.some((n) => n.startsWith('cleaned up after an interrupted run')), notices.join('\n'));
+  const set = await BackupSet.open(dest);
+  t.deepEqual(set.backups.map((b) => b.level), ['full', 'inc']);
+  t.deepEqual((await readdir(dest)).sort(), [...files, ...set.backups[1]!.disks.map((d) => d.file)].sort());
+  const out = join(m.dir, 'restored');
+  await mkdir(out);
+  const restored = await restore(set, { to: out, format: 'raw' });
+  t.true(await imagesIdentical(restored.disks[0]!.path, 'raw', m.referenceAt('after', 0), 'raw'));
+});
