@@ -70,12 +70,7 @@ template <typename T>
 Napi::Value CheckpointWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                                   std::function<bool(virDomainCheckpointPtr, T&)> work,
                                   std::function<Napi::Value(Napi::Env, T&)> convert) {
-  Napi::Env env = info.Env();
-  if (state_->closed || ptr_ == nullptr) return RejectedPromise(env, ClosedConnectionError(operation));
-  virDomainCheckpointPtr cp = ptr_;
-  return LibvirtWorker<T>::Run(
-      env, info.This().As<Napi::Object>(), operation, HeldReference(cp),
-      [cp, work = std::move(work)](T& out) { return work(cp, out); }, std::move(convert));
+  return QueueCall<T>(info, state_, ptr_, operation, std::move(work), std::move(convert));
 }
 
 Napi::Value CheckpointWrap::GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }

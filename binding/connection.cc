@@ -85,12 +85,7 @@ template <typename T>
 Napi::Value ConnectionWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                                   std::function<bool(virConnectPtr, T&)> work,
                                   std::function<Napi::Value(Napi::Env, T&)> convert) {
-  Napi::Env env = info.Env();
-  if (state_->closed) return RejectedPromise(env, ClosedConnectionError(operation));
-  virConnectPtr conn = state_->ptr;
-  return LibvirtWorker<T>::Run(
-      env, info.This().As<Napi::Object>(), operation, HeldReference(conn),
-      [conn, work = std::move(work)](T& out) { return work(conn, out); }, std::move(convert));
+  return QueueCall<T>(info, state_, state_->ptr, operation, std::move(work), std::move(convert));
 }
 
 namespace {

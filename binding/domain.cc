@@ -95,12 +95,7 @@ template <typename T>
 Napi::Value DomainWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                               std::function<bool(virDomainPtr, T&)> work,
                               std::function<Napi::Value(Napi::Env, T&)> convert) {
-  Napi::Env env = info.Env();
-  if (state_->closed || ptr_ == nullptr) return RejectedPromise(env, ClosedConnectionError(operation));
-  virDomainPtr dom = ptr_;
-  return LibvirtWorker<T>::Run(
-      env, info.This().As<Napi::Object>(), operation, HeldReference(dom),
-      [dom, work = std::move(work)](T& out) { return work(dom, out); }, std::move(convert));
+  return QueueCall<T>(info, state_, ptr_, operation, std::move(work), std::move(convert));
 }
 
 Napi::Value DomainWrap::AsyncStatus(const Napi::CallbackInfo& info, const char* operation,

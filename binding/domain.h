@@ -23,9 +23,7 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   ~DomainWrap() override;
 
   void ReleaseForClose() override;
-  virDomainPtr ptr() const { return ptr_; }
   const ConnectionStatePtr& state() const { return state_; }
-  Napi::Object connection() { return connection_.Value(); }
 
  private:
   Napi::Value GetName(const Napi::CallbackInfo& info);

@@ -88,6 +88,14 @@ class LibvirtWorker final : public Napi::AsyncWorker {
   LibvirtErrorInfo error_;
 };
 
+// Queues `work` on `handle` (a connection, domain or checkpoint pointer) with a
+// reference held for the call, or rejects at once when the connection is closed.
+// The one entry point every wrapped class's methods go through.
+template <typename T, typename Handle>
+Napi::Value QueueCall(const Napi::CallbackInfo& info, const ConnectionStatePtr& state, Handle handle,
+                      const char* operation, std::function<bool(Handle, T&)> work,
+                      std::function<Napi::Value(Napi::Env, T&)> convert);
+
 // A promise already rejected with a LibvirtError (e.g. the connection is closed).
 inline Napi::Promise RejectedPromise(Napi::Env env, const LibvirtErrorInfo& info) {
   auto deferred = Napi::Promise::Deferred::New(env);
@@ -102,6 +110,17 @@ inline bool TakeCString(char* str, std::string& out) {
   out.assign(str);
   free(str);
   return true;
+}
+
+template <typename T, typename Handle>
+Napi::Value QueueCall(const Napi::CallbackInfo& info, const ConnectionStatePtr& state, Handle handle,
+                      const char* operation, std::function<bool(Handle, T&)> work,
+                      std::function<Napi::Value(Napi::Env, T&)> convert) {
+  Napi::Env env = info.Env();
+  if (state->closed || handle == nullptr) return RejectedPromise(env, ClosedConnectionError(operation));
+  return LibvirtWorker<T>::Run(
+      env, info.This().As<Napi::Object>(), operation, HeldReference(handle),
+      [handle, work = std::move(work)](T& out) { return work(handle, out); }, std::move(convert));
 }
 
 }  // namespace lvb

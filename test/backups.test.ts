@@ -7,18 +7,7 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import {
-  BlockJobStatus,
-  BlockJobType,
-  type Connection,
-  type Domain,
-  JobOperation,
-  JobStatsFlags,
-  JobType,
-  LibvirtError,
-  type BlockJobPayload,
-  type JobStats,
-} from '../src/index.js';
+import { BlockJobStatus, JobOperation, JobStatsFlags, JobType, LibvirtError } from '../src/index.js';
 import type { BackupSpec, CheckpointSpec } from '../src/xml/index.js';
 import { connectSystem, createThrowawayDomain, guestWrite, IMAGE_DIR, uniqueName } from './helpers/daemon.js';
 import { recordEvents } from './helpers/events.js';

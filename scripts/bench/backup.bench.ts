@@ -2,7 +2,7 @@
 // virtnbdbackup/virtnbdrestore and nbdcopy measured in the same run:
 // full backup, incremental after 32 MiB of writes, restore of the latest point.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -108,7 +108,6 @@ try {
   console.log(`stored: ours ${(dirBytes(dest) / 2 ** 20).toFixed(0)} MiB, virtnbdbackup ${(dirBytes(peerDir) / 2 ** 20).toFixed(0)} MiB`);
   console.log(`incremental read ${incRead} bytes for ${dirtyBytes} dirty bytes (bitmap granularity ${granularity}): ${incRead <= Math.ceil(dirtyBytes / granularity) * granularity ? 'met' : 'MISSED'}`);
   console.log(`targets: full >= 3x faster than virtnbdbackup (${peerFull.seconds / oursFull.seconds >= 3 ? 'met' : 'MISSED'}), full within 1.3x of nbdcopy-to-file (${oursFull.seconds / nbdcopyFile.seconds <= 1.3 ? 'met' : 'MISSED'})`);
-  void statSync;
 } finally {
   await ours.domain.abortJob().catch(() => undefined);
   await ours.cleanup();
