@@ -11,7 +11,9 @@
         "binding/domain.cc",
         "binding/checkpoint.cc",
         "binding/events.cc",
-        "binding/typed_params.cc"
+        "binding/typed_params.cc",
+        "binding/writeback.cc",
+        "binding/xxh128.cc"
       ],
       "variables": {
         "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)"

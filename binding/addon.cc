@@ -9,6 +9,8 @@
 #include "errors.h"
 #include "event_loop.h"
 #include "typed_params.h"
+#include "writeback.h"
+#include "xxh128.h"
 
 namespace lvb {
 
@@ -70,6 +72,9 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("typedParamsRoundTrip", Napi::Function::New(env, TypedParamsRoundTrip, "typedParamsRoundTrip"));
   exports.Set("getLibraryVersion", Napi::Function::New(env, GetLibraryVersion, "getLibraryVersion"));
+  exports.Set("Xxh128", InitXxh128(env));
+  exports.Set("startWriteback", Napi::Function::New(env, StartWriteback, "startWriteback"));
+  exports.Set("finishWriteback", Napi::Function::New(env, FinishWriteback, "finishWriteback"));
   return exports;
 }
 

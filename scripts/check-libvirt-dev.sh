@@ -17,4 +17,9 @@ if ! pkg-config --atleast-version="$MIN" libvirt; then
   echo "libvirt-backup: libvirt $(pkg-config --modversion libvirt) is too old; checkpoints and backups need libvirt >= $MIN." >&2
   exit 1
 fi
+# Backup checksums are XXH3-128, compiled in from xxhash's header (no library at run time).
+if ! printf '#include <xxhash.h>\n' | ${CXX:-c++} -E -x c++ - >/dev/null 2>&1; then
+  echo "libvirt-backup: xxhash.h not found. Install xxHash's development files (Debian/Ubuntu: apt-get install libxxhash-dev; Fedora: dnf install xxhash-devel)." >&2
+  exit 1
+fi
 echo ok

@@ -103,6 +103,17 @@ export interface NativeAddon {
   Connection: abstract new () => NativeConnection;
   Domain: abstract new () => NativeDomain;
   Checkpoint: abstract new () => NativeCheckpoint;
+  /** XXH3-128 of the bytes passed to `update()`, in order; `digest()` once, as `xxhsum -H2` prints it. */
+  Xxh128: new () => NativeXxh128;
+  /** sync_file_range(SYNC_FILE_RANGE_WRITE) on a worker thread. */
+  startWriteback(fd: number, offset: number, length: number): Promise<void>;
+  /** Waits for the range's write-back; `evict` then drops its pages from the page cache. */
+  finishWriteback(fd: number, offset: number, length: number, evict: boolean): Promise<void>;
+}
+
+export interface NativeXxh128 {
+  update(bytes: Uint8Array): void;
+  digest(): string;
 }
 
 function loadAddon(): NativeAddon {

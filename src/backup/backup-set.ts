@@ -1,7 +1,7 @@
 import { mkdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
-import { sha256File } from './checksum.js';
+import { fileChecksumMatches } from './checksum.js';
 import { BackupSetError, describeFsError, errnoCode, throwIfAborted } from './errors.js';
 import {
   MANIFEST_FILE,
@@ -256,7 +256,7 @@ export class BackupSet {
 
   /**
    * Appends a completed backup to the manifest. Every file is checked first (present, size,
-   * sha256, qcow2 header backing pointer and virtual size) so the manifest only ever names
+   * checksum, qcow2 header backing pointer and virtual size) so the manifest only ever names
    * files that are complete and are what it says they are.
    */
   async commitBackup(record: BackupRecord, options: CommitOptions = {}): Promise<void> {
@@ -295,11 +295,11 @@ export class BackupSet {
     }
     if (info.virtualSize !== disk.virtualSize) throw mismatch(`virtual size is ${info.virtualSize}, the record says ${disk.virtualSize}`);
     if (options.verifyChecksums === false) return;
-    const sha256 = await sha256File(path, {
+    const { matches, actual } = await fileChecksumMatches(path, disk.checksum, {
       signal: options.signal,
       onProgress: (bytesHashed) => options.onProgress?.({ file: disk.file, bytesHashed, fileSize: disk.fileSize }),
     });
-    if (sha256 !== disk.sha256) throw mismatch(`sha256 is ${sha256}, the record says ${disk.sha256}`);
+    if (!matches) throw mismatch(`checksum is ${actual}, the record says ${disk.checksum}`);
   }
 
   /**

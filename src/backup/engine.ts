@@ -18,7 +18,7 @@ import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient } from '.
 import { parseDomainXml, type BackupSpec, type CheckpointSpec, type DomainSummary } from '../xml/index.js';
 import { BackupSet } from './backup-set.js';
 import { assertChainIntact } from './chain-check.js';
-import { sha256File } from './checksum.js';
+import { checksumFile } from './checksum.js';
 import { selectDisks, type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
 import type { BackupLevel, BackupRecord, DiskRecord } from './manifest.js';
@@ -49,7 +49,7 @@ interface DiskPlan extends SelectedDisk {
   virtualSize: number;
   dataBytes: number;
   /** Set when this run wrote the file itself and hashed it on the way. */
-  written?: { fileSize: number; sha256: string };
+  written?: { fileSize: number; checksum: string };
 }
 
 export async function runBackup(options: BackupOptions): Promise<BackupResult> {
@@ -345,9 +345,9 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
     const records: DiskRecord[] = await Promise.all(
       disks.map(async (disk): Promise<DiskRecord> => {
         const path = set.pathOf(disk.file);
-        const [size, sha256] = disk.written
-          ? [disk.written.fileSize, disk.written.sha256]
-          : await Promise.all([stat(path).then((s) => s.size), sha256File(path, signal ? { signal } : {})]);
+        const [size, checksum] = disk.written
+          ? [disk.written.fileSize, disk.written.checksum]
+          : await Promise.all([stat(path).then((s) => s.size), checksumFile(path, undefined, signal ? { signal } : {})]);
         return {
           target: disk.target,
           sourceFormat: disk.format,
@@ -357,7 +357,7 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
           virtualSize: disk.virtualSize,
           fileSize: size,
           dataBytes: disk.dataBytes,
-          sha256,
+          checksum,
         };
       }),
     );
@@ -480,7 +480,7 @@ async function pullDisk(
       for (const run of runs) {
         const offset = run.start * CLUSTER_SIZE;
         const length = Math.min(run.count * CLUSTER_SIZE, source.size - offset);
-        yield* source.chunks({ range: { offset, length }, ...(signal ? { signal } : {}) });
+        yield* source.chunks({ range: { offset, length }, reuseMemory: 'until-release', ...(signal ? { signal } : {}) });
       }
     })();
     let lastProgress = 0;
@@ -504,7 +504,7 @@ async function pullDisk(
       },
     );
     disk.dataBytes = written.dataBytes;
-    disk.written = { fileSize: written.fileSize, sha256: written.sha256 };
+    disk.written = { fileSize: written.fileSize, checksum: written.checksum };
     emit({ type: 'progress', target: disk.target, bytesDone: total, bytesTotal: total });
     emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
   } finally {

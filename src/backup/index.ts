@@ -15,7 +15,7 @@ export {
   type ManifestDomain,
 } from './manifest.js';
 export { writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
-export { sha256File, type ChecksumOptions } from './checksum.js';
+export { checksumFile, createChecksum, DEFAULT_CHECKSUM_ALGORITHM, type Checksum, type ChecksumAlgorithm, type ChecksumOptions } from './checksum.js';
 export { BackupSet, type ChainLink, type CommitOptions } from './backup-set.js';
 export { LOCK_FILE } from './set-lock.js';
 export { JOURNAL_FILE, BackupRun, type RunJournalState } from './run-journal.js';

@@ -1,3 +1,4 @@
+import { CHECKSUM_PATTERN } from './checksum.js';
 import { BackupSetError } from './errors.js';
 
 /**
@@ -9,8 +10,12 @@ import { BackupSetError } from './errors.js';
 
 export const MANIFEST_FILE = 'manifest.json';
 export const MANIFEST_FORMAT = 'libvirt-backup-set';
-/** Bump when a reader of the previous version would misread the new content. */
-export const MANIFEST_VERSION = 1;
+/**
+ * Bump when a reader of the previous version would misread the new content.
+ * 2: disks carry `checksum` (`xxh128:...` or `sha256:...`) instead of version 1's `sha256`.
+ * Version 1 manifests are read (their checksums become `sha256:...`) and written back as 2.
+ */
+export const MANIFEST_VERSION = 2;
 
 export type BackupLevel = 'full' | 'inc' | 'diff';
 export type BackupTransport = 'pull' | 'push';
@@ -47,8 +52,8 @@ export interface DiskRecord {
   fileSize: number;
   /** Bytes of guest data actually copied by this backup. */
   dataBytes: number;
-  /** sha256 of the file's bytes, lowercase hex. */
-  sha256: string;
+  /** Checksum of the file's bytes: `xxh128:<32 hex>` (as `xxhsum -H2` prints it) or `sha256:<64 hex>`. */
+  checksum: string;
 }
 
 export interface BackupRecord {
@@ -93,7 +98,7 @@ const SHA256_PATTERN = /^[0-9a-f]{64}$/;
 const TARGET_PATTERN = /^[A-Za-z0-9_-]+$/;
 const ISO_TIME_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
 
-/** Raised with the path of the first field that is wrong, e.g. `backups[2].disks[0].sha256`. */
+/** Raised with the path of the first field that is wrong, e.g. `backups[2].disks[0].checksum`. */
 class FieldError extends Error {
   constructor(
     readonly fieldPath: string,
@@ -192,8 +197,9 @@ function validateDomain(value: Json): ManifestDomain {
   };
 }
 
-function validateDisk(value: Json, at: string): DiskRecord {
-  const disk = object(value, at, ['target', 'sourceFormat', 'level', 'file', 'backingFile', 'virtualSize', 'fileSize', 'dataBytes', 'sha256']);
+function validateDisk(value: Json, at: string, version: number): DiskRecord {
+  const checksumKey = version === 1 ? 'sha256' : 'checksum';
+  const disk = object(value, at, ['target', 'sourceFormat', 'level', 'file', 'backingFile', 'virtualSize', 'fileSize', 'dataBytes', checksumKey]);
   const result: DiskRecord = {
     target: string(disk, at, 'target', (target) => (TARGET_PATTERN.test(target) ? undefined : 'must be a disk target name like vda (letters, digits, _ and -)')),
     sourceFormat: string(disk, at, 'sourceFormat', nonEmpty),
@@ -203,7 +209,10 @@ function validateDisk(value: Json, at: string): DiskRecord {
     virtualSize: size(disk, at, 'virtualSize'),
     fileSize: size(disk, at, 'fileSize'),
     dataBytes: size(disk, at, 'dataBytes'),
-    sha256: string(disk, at, 'sha256', (sha) => (SHA256_PATTERN.test(sha) ? undefined : 'must be 64 hex characters (lowercase)')),
+    checksum:
+      version === 1
+        ? `sha256:${string(disk, at, 'sha256', (sha) => (SHA256_PATTERN.test(sha) ? undefined : 'must be 64 hex characters (lowercase)'))}`
+        : string(disk, at, 'checksum', (sum) => (CHECKSUM_PATTERN.test(sum) ? undefined : 'must be xxh128: and 32 lowercase hex digits, or sha256: and 64')),
   };
   if (result.level === 'full' && result.backingFile !== null) throw new FieldError(`${at}.backingFile`, 'must be null for a full disk image');
   if (result.level !== 'full' && result.backingFile === null) throw new FieldError(`${at}.backingFile`, `must name the backing file of an ${result.level} disk image`);
@@ -211,7 +220,7 @@ function validateDisk(value: Json, at: string): DiskRecord {
   return result;
 }
 
-function validateBackup(value: Json, at: string): BackupRecord {
+function validateBackup(value: Json, at: string, version: number): BackupRecord {
   const backup = object(value, at, ['id', 'level', 'transport', 'startedAt', 'completedAt', 'checkpoint', 'checkpointXml', 'parent', 'mergedFrom', 'disks']);
   const record: BackupRecord = {
     id: string(backup, at, 'id', idProblem),
@@ -241,7 +250,7 @@ function validateBackup(value: Json, at: string): BackupRecord {
   const targets = new Set<string>();
   disks.forEach((disk: Json, index) => {
     const diskAt = `${at}.disks[${index}]`;
-    const parsed = validateDisk(disk, diskAt);
+    const parsed = validateDisk(disk, diskAt, version);
     if (targets.has(parsed.target)) throw new FieldError(`${diskAt}.target`, `duplicate target '${parsed.target}'`);
     targets.add(parsed.target);
     if (parsed.level !== 'full' && parsed.level !== record.level) {
@@ -301,7 +310,7 @@ function validateManifest(value: Json): Manifest {
   const domain = validateDomain(field(top, '', 'domain'));
   const backups = field(top, '', 'backups');
   if (!Array.isArray(backups)) throw new FieldError('backups', `must be an array, found ${describe(backups)}`);
-  const records = backups.map((backup: Json, index) => validateBackup(backup, `backups[${index}]`));
+  const records = backups.map((backup: Json, index) => validateBackup(backup, `backups[${index}]`, version));
   validateRelations(records);
   return { format: MANIFEST_FORMAT, version: MANIFEST_VERSION, domain, backups: records };
 }

@@ -2,7 +2,7 @@ import { constants as fsConstants } from 'node:fs';
 import { copyFile, rename, stat, unlink } from 'node:fs/promises';
 import type { BackupSet } from './backup-set.js';
 import { fsyncDirectory, fsyncFile } from './atomic-file.js';
-import { sha256File } from './checksum.js';
+import { checksumFile } from './checksum.js';
 import { BackupSetError, throwIfAborted } from './errors.js';
 import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord, type Manifest } from './manifest.js';
 import { qemuImgConvert, qemuImgMap, qemuImgRebaseSafe, qemuImgRebaseUnsafe } from './qemu-img.js';
@@ -201,7 +201,7 @@ export function planPrune(manifest: Manifest, keep: number): PrunePlan {
 
 interface FileFacts {
   fileSize: number;
-  sha256: string;
+  checksum: string;
 }
 
 /** The manifest after the plan, given the new facts about files that changed. */
@@ -217,12 +217,12 @@ function applyPlan(manifest: Manifest, plan: PrunePlan, facts: Map<string, FileF
         const merge = isMerged ? mergesByTarget.get(disk.target) : undefined;
         if (merge) {
           const fact = facts.get(merge.newFile)!;
-          return { ...disk, level: merge.level, file: merge.newFile, backingFile: merge.backingFile, fileSize: fact.fileSize, sha256: fact.sha256, dataBytes: fact.dataBytes ?? disk.dataBytes };
+          return { ...disk, level: merge.level, file: merge.newFile, backingFile: merge.backingFile, fileSize: fact.fileSize, checksum: fact.checksum, dataBytes: fact.dataBytes ?? disk.dataBytes };
         }
         const rebase = rebases.get(disk.file);
         if (rebase) {
           const fact = facts.get(disk.file)!;
-          return { ...disk, backingFile: rebase.to, fileSize: fact.fileSize, sha256: fact.sha256 };
+          return { ...disk, backingFile: rebase.to, fileSize: fact.fileSize, checksum: fact.checksum };
         }
         return disk;
       });
@@ -244,8 +244,8 @@ function obsoleteCheckpoints(before: Manifest, after: Manifest): string[] {
 async function factsOf(set: BackupSet, file: string, options: Pick<PruneOptions, 'onProgress'>): Promise<FileFacts> {
   const path = set.pathOf(file);
   const { size } = await stat(path);
-  const sha256 = await sha256File(path, { onProgress: (bytes) => options.onProgress?.({ step: 'checksum', file, fraction: size === 0 ? 1 : bytes / size }) });
-  return { fileSize: size, sha256 };
+  const checksum = await checksumFile(path, undefined, { onProgress: (bytes) => options.onProgress?.({ step: 'checksum', file, fraction: size === 0 ? 1 : bytes / size }) });
+  return { fileSize: size, checksum };
 }
 
 /** Bytes of guest data stored in the file itself (not in its backing files). */

@@ -1,15 +1,18 @@
 // Writes a backup file in one sequential pass: qcow2 metadata first (see
 // qcow2-layout), then the guest data of each stored cluster as it streams in
-// from the NBD export, hashing every byte on the way so no second read is needed.
+// from the NBD export. Every byte is checksummed in memory on the way, so nothing
+// is read back, and written ranges go to the disk while the copy runs.
 import { open } from 'node:fs/promises';
 
 import type { ReadChunk } from '../nbd/index.js';
+import { createChecksum } from './checksum.js';
+import { FileWriteback } from './file-writeback.js';
 import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2LayoutInput } from './qcow2-layout.js';
-import { TailHasher } from './tail-hasher.js';
 
 export interface Qcow2WriteResult {
   fileSize: number;
-  sha256: string;
+  /** `xxh128:...` of the whole file, as stored in the manifest. */
+  checksum: string;
   /** Guest bytes that came from the export as data (not holes, not padding). */
   dataBytes: number;
 }
@@ -21,7 +24,8 @@ const WRITES_IN_FLIGHT = 4;
 /**
  * Writes `path` (which must not exist) holding the clusters `input.runs`, filled
  * from `chunks`: data chunks in offset order covering (parts of) those runs;
- * anything inside a run that no data chunk covers is written as zeroes.
+ * anything inside a run that no data chunk covers is written as zeroes. A chunk's
+ * `release()`, if it has one, is called once its bytes are written.
  */
 export async function writeQcow2(
   path: string,
@@ -31,35 +35,38 @@ export async function writeQcow2(
 ): Promise<Qcow2WriteResult> {
   const layout = planQcow2(input);
   const file = await open(path, 'wx');
-  const hasher = new TailHasher(path);
-  let hashed = false;
+  const writeback = new FileWriteback(file.fd);
+  const checksum = createChecksum();
   let written = 0;
   let dataBytes = 0;
   let pending: Buffer[] = [];
   let pendingBytes = 0;
+  // Receive memory of the pending pieces, given back once their write has landed.
+  let pendingReleases: Array<() => void> = [];
   // Positioned writes run a few at a time (the thread pool copies them into the
-  // page cache in parallel); the hasher follows the prefix that has landed.
-  const inFlight: Array<{ end: number; done: Promise<unknown> }> = [];
+  // page cache in parallel).
+  const inFlight: Array<Promise<unknown>> = [];
   let issued = 0;
-  const settleOldest = async () => {
-    const oldest = inFlight.shift()!;
-    await oldest.done;
-    hasher.advance(oldest.end);
-  };
   const flush = async () => {
     if (pendingBytes === 0) return;
     const pieces = pending;
+    const releases = pendingReleases;
     const position = issued;
     const length = pendingBytes;
     issued += length;
     pending = [];
     pendingBytes = 0;
+    pendingReleases = [];
+    // In file order, on this thread: the checksum never needs the bytes back.
+    for (const piece of pieces) checksum.update(piece);
     const done = file.writev(pieces, position).then(({ bytesWritten }) => {
+      for (const release of releases) release();
       if (bytesWritten !== length) throw new Error(`short write to ${path}: ${bytesWritten} of ${length} bytes at ${position}`);
+      writeback.landed(position, length);
     });
     done.catch(() => undefined);
-    inFlight.push({ end: issued, done });
-    while (inFlight.length > WRITES_IN_FLIGHT) await settleOldest();
+    inFlight.push(done);
+    while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
   };
   const emit = async (bytes: Buffer) => {
     pending.push(bytes);
@@ -95,7 +102,8 @@ export async function writeQcow2(
         if (offset < Math.max(cursor, runStart)) throw new Error(`data at guest offset ${offset} arrived out of order`);
         await zeroes(offset - cursor);
         const take = Math.min(data.length, runEnd() - offset);
-        // Chunks from a default (non-reusing) stream stay valid: no copy needed.
+        // The chunk's memory stays ours until its release (if any) runs after the write.
+        if (take === data.length && chunk.release) pendingReleases.push(chunk.release);
         await emit(data.subarray(0, take));
         dataBytes += take;
         offset += take;
@@ -106,15 +114,14 @@ export async function writeQcow2(
     }
     while (runIndex < runs.length) await finishRun();
     await flush();
-    while (inFlight.length > 0) await settleOldest();
+    while (inFlight.length > 0) await inFlight.shift();
     if (written !== layout.fileSize) throw new Error(`wrote ${written} bytes, the layout needs ${layout.fileSize}`);
+    await writeback.drain();
     await file.sync();
-    const sha256 = await hasher.finish(written);
-    hashed = true;
-    return { fileSize: written, sha256, dataBytes };
+    return { fileSize: written, checksum: checksum.digest(), dataBytes };
   } finally {
-    await Promise.allSettled(inFlight.map((write) => write.done));
+    await Promise.allSettled(inFlight);
+    await writeback.drain().catch(() => undefined);
     await file.close();
-    if (!hashed) await hasher.abort();
   }
 }

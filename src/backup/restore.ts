@@ -4,7 +4,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { BackupSet, ChainLink } from './backup-set.js';
 import { fsyncDirectory, fsyncFile } from './atomic-file.js';
 import { assertChainIntact } from './chain-check.js';
-import { sha256File } from './checksum.js';
+import { fileChecksumMatches } from './checksum.js';
 import { BackupSetError, errnoCode, throwIfAborted } from './errors.js';
 import { qemuImgConvert } from './qemu-img.js';
 
@@ -19,7 +19,7 @@ export interface RestoreOptions {
   /** Replace existing output files; otherwise their presence is an error. */
   overwrite?: boolean;
   /**
-   * Also compare every chain file's sha256 with the manifest before converting (reads the
+   * Also compare every chain file's checksum with the manifest before converting (reads the
    * chain twice; `verify` does the same for the whole set).
    */
   checksums?: boolean;
@@ -97,9 +97,9 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
 
 async function assertChecksums(chain: readonly ChainLink[], signal: AbortSignal | undefined): Promise<void> {
   for (const link of chain) {
-    const sha256 = await sha256File(link.path, { signal });
-    if (sha256 !== link.disk.sha256) {
-      throw new BackupSetError('CHAIN_BROKEN', `${link.disk.file}: sha256 is ${sha256}, the manifest says ${link.disk.sha256}; the file is damaged`, { path: link.path });
+    const { matches, actual } = await fileChecksumMatches(link.path, link.disk.checksum, signal ? { signal } : {});
+    if (!matches) {
+      throw new BackupSetError('CHAIN_BROKEN', `${link.disk.file}: checksum is ${actual}, the manifest says ${link.disk.checksum}; the file is damaged`, { path: link.path });
     }
   }
 }

@@ -1,6 +1,6 @@
 import { readdir, stat } from 'node:fs/promises';
 import type { BackupSet } from './backup-set.js';
-import { sha256File } from './checksum.js';
+import { fileChecksumMatches } from './checksum.js';
 import { errnoCode, throwIfAborted, isBackupSetError } from './errors.js';
 import { MANIFEST_FILE } from './manifest.js';
 import { qemuImgCheck, qemuImgInfo } from './qemu-img.js';
@@ -43,14 +43,14 @@ export interface VerifyReport {
 }
 
 export interface VerifyOptions {
-  /** Re-read every file and compare its sha256 (default true; false checks structure only). */
+  /** Re-read every file and compare its checksum (default true; false checks structure only). */
   checksums?: boolean;
   signal?: AbortSignal;
   onProgress?: (progress: { file: string; index: number; total: number; bytesHashed?: number }) => void;
 }
 
 /**
- * Re-reads the set and compares it with the manifest: each file's presence, size, sha256,
+ * Re-reads the set and compares it with the manifest: each file's presence, size, checksum,
  * qcow2 consistency and backing pointer; plus files in the directory that the manifest does
  * not name. Reads only; never changes the set.
  */
@@ -81,11 +81,11 @@ export async function verify(set: BackupSet, options: VerifyOptions = {}): Promi
       if (size !== undefined) {
         if (size !== disk.fileSize) report('error', 'size-mismatch', `size is ${size} bytes, the manifest says ${disk.fileSize}`);
         if (options.checksums !== false) {
-          const sha256 = await sha256File(path, {
+          const { matches, actual } = await fileChecksumMatches(path, disk.checksum, {
             signal: options.signal,
             onProgress: (bytesHashed) => options.onProgress?.({ file: disk.file, index: index - 1, total, bytesHashed }),
           });
-          if (sha256 !== disk.sha256) report('error', 'checksum-mismatch', `sha256 is ${sha256}, the manifest says ${disk.sha256}`);
+          if (!matches) report('error', 'checksum-mismatch', `checksum is ${actual}, the manifest says ${disk.checksum}`);
         }
         await checkImage(path, disk.backingFile, disk.virtualSize, report, options.signal);
       }

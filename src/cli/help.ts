@@ -42,7 +42,7 @@ Options:
   verify: `Usage: libvirt-backup verify DIR [options]
 
 Re-reads every file of the set and checks it against the manifest: presence, size,
-sha256, qcow2 consistency, backing file, and that every chain is complete. Reads only.
+checksum, qcow2 consistency, backing file, and that every chain is complete. Reads only.
 Exits with 3 when problems are found.
 
 Options:

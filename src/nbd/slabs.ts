@@ -11,8 +11,11 @@
 /** Reads land in slabs this large; a read never gets less than `MIN_READ_ROOM`. */
 const SLAB_SIZE = 1024 * 1024;
 const MIN_READ_ROOM = 64 * 1024;
-/** Free slabs a reader keeps for reuse; more would only hold memory idle. */
-const POOL_LIMIT = 4;
+/**
+ * Free slabs a reader keeps for reuse. A consumer that keeps writes in flight holds tens
+ * of slabs at once; keeping that many idle only retains memory the peak already used.
+ */
+const POOL_LIMIT = 64;
 
 interface Slab {
   readonly memory: Buffer;

@@ -5,7 +5,17 @@ import { returnReceived } from './slabs.js';
 
 /** A piece of the export: bytes read, or a range known to read as zeroes (never sent). */
 export type ReadChunk =
-  | { kind: 'data'; offset: number; length: number; data: Buffer }
+  | {
+      kind: 'data';
+      offset: number;
+      length: number;
+      data: Buffer;
+      /**
+       * Present with `reuseMemory: 'until-release'`: gives `data`'s memory back for
+       * reuse. Call it exactly once, when nothing reads `data` any more.
+       */
+      release?: () => void;
+    }
   | { kind: 'hole'; offset: number; length: number };
 
 export interface ReadStreamOptions {
@@ -22,11 +32,13 @@ export interface ReadStreamOptions {
   /** Bytes read ahead while earlier chunks wait for the consumer. */
   readAhead?: number;
   /**
-   * Reuse receive memory: a data chunk's `data` is then valid only until the next chunk
-   * is asked for (copy what must outlive that). Saves the page faults and garbage
-   * collections that fresh memory for every megabyte costs. Off by default.
+   * Reuse receive memory, which saves the page faults and garbage collections that fresh
+   * memory for every megabyte costs. `true`: a data chunk's `data` is valid only until
+   * the next chunk is asked for (copy what must outlive that). `'until-release'`: valid
+   * until the consumer calls the chunk's `release()`, for consumers that keep a few
+   * chunks in flight (positioned file writes). Off by default: `data` stays valid.
    */
-  reuseMemory?: boolean;
+  reuseMemory?: boolean | 'until-release';
   signal?: AbortSignal;
 }
 
@@ -77,6 +89,15 @@ async function* plan(source: ChunkSource, range: ByteRange, options: ReadStreamO
   }
 }
 
+function releaseOnce(data: Buffer): () => void {
+  let released = false;
+  return () => {
+    if (released) throw new Error('a read chunk was released twice');
+    released = true;
+    returnReceived(data);
+  };
+}
+
 function startRead(source: ChunkSource, offset: number, length: number, signal: AbortSignal | undefined, lend: boolean): InFlightRead {
   const pieces: ReadChunk[] = [];
   const flight: InFlightRead = { length, done: Promise.resolve(), pieces, outOfOrder: false };
@@ -113,7 +134,8 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
   }
   const readAhead = Math.max(options.readAhead ?? source.maxBytesInFlight, source.requestSize);
   const signal = options.signal;
-  const reuse = options.reuseMemory === true;
+  const reuse = options.reuseMemory === true || options.reuseMemory === 'until-release';
+  const releasedByConsumer = options.reuseMemory === 'until-release';
   const queue: Array<InFlightRead | ReadChunk> = [];
   let queuedBytes = 0;
   const segments = plan(source, range, options);
@@ -161,6 +183,10 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
       await fill();
       if (head.outOfOrder) head.pieces.sort((a, b) => a.offset - b.offset);
       for (const piece of head.pieces) {
+        if (releasedByConsumer && piece.kind === 'data') {
+          yield { ...piece, release: releaseOnce(piece.data) };
+          continue;
+        }
         yield piece;
         // The consumer asked for the next chunk: it is done with this one's memory.
         if (reuse && piece.kind === 'data') returnReceived(piece.data);

@@ -126,11 +126,11 @@ test('commit refuses a record that does not match its files, leaving the manifes
     parent: '0001',
     checkpoint: 'cp-2',
     checkpointXml: null,
-    disks: [{ ...base.disks[0]!, level: 'inc' as const, file, backingFile: 'vda.0001.full.qcow2', fileSize: size, dataBytes: 0, sha256: '0'.repeat(64) }],
+    disks: [{ ...base.disks[0]!, level: 'inc' as const, file, backingFile: 'vda.0001.full.qcow2', fileSize: size, dataBytes: 0, checksum: `xxh128:${'0'.repeat(32)}` }],
   };
   const wrongSha = await t.throwsAsync(set.commitBackup(record), { instanceOf: BackupSetError });
   t.is(wrongSha?.code, 'RECORD_INVALID');
-  t.regex(wrongSha!.message, /^vda\.0002\.inc\.qcow2: sha256 is [0-9a-f]{64}, the record says 0{64}$/);
+  t.regex(wrongSha!.message, /^vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the record says xxh128:0{32}$/);
   const wrongSize = await t.throwsAsync(set.commitBackup({ ...record, disks: [{ ...record.disks[0]!, fileSize: 1 }] }), { instanceOf: BackupSetError });
   t.regex(wrongSize!.message, /file is \d+ bytes, the record says 1/);
   const badField = await t.throwsAsync(set.commitBackup({ ...record, parent: null }), { instanceOf: BackupSetError });

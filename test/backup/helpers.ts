@@ -5,7 +5,7 @@ import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ExecutionContext } from 'ava';
 import { BackupSet } from '../../src/backup/backup-set.js';
-import { sha256File } from '../../src/backup/checksum.js';
+import { checksumFile } from '../../src/backup/checksum.js';
 import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord } from '../../src/backup/manifest.js';
 
 const exec = promisify(execFile);
@@ -142,7 +142,7 @@ export class SetBuilder {
         virtualSize: disk.size,
         fileSize: (await stat(path)).size,
         dataBytes,
-        sha256: await sha256File(path),
+        checksum: await checksumFile(path),
       });
       await exec('cp', ['--sparse=always', this.referencePath(disk.target), this.referenceAt(disk.target, id)]);
       this.writesSinceBackup.set(disk.target, []);

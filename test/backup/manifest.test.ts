@@ -7,7 +7,7 @@ import { BackupSetError } from '../../src/backup/errors.js';
 import { parseManifest, serializeManifest, type Manifest } from '../../src/backup/manifest.js';
 import { DOMAIN, tempDir } from './helpers.js';
 
-const SHA = 'a'.repeat(64);
+const CHECKSUM = `xxh128:${'a'.repeat(32)}`;
 
 function validManifest(): Manifest {
   const disk = (id: string, level: 'full' | 'inc' | 'diff', backingFile: string | null) => ({
@@ -19,7 +19,7 @@ function validManifest(): Manifest {
     virtualSize: 4194304,
     fileSize: 200704,
     dataBytes: 1048576,
-    sha256: SHA,
+    checksum: CHECKSUM,
   });
   const backup = (id: string, level: 'full' | 'inc' | 'diff', parent: string | null, backingFile: string | null) => ({
     id,
@@ -34,7 +34,7 @@ function validManifest(): Manifest {
   });
   return {
     format: 'libvirt-backup-set',
-    version: 1,
+    version: 2,
     domain: { ...DOMAIN },
     backups: [
       backup('0001', 'full', null, null),
@@ -70,8 +70,8 @@ test('corrupt JSON names the file', (t) => {
 test('a foreign file and a newer version are refused clearly', (t) => {
   t.is(parseMutated((m) => (m.format = 'something-else')), `MANIFEST_INVALID manifest.json: format: must be 'libvirt-backup-set', found string "something-else": not a libvirt-backup set manifest`);
   t.is(
-    parseMutated((m) => (m.version = 2)),
-    'MANIFEST_TOO_NEW manifest.json: format version 2 was written by a newer libvirt-backup (this one reads up to version 1); upgrade libvirt-backup to use this set',
+    parseMutated((m) => (m.version = 3)),
+    'MANIFEST_TOO_NEW manifest.json: format version 3 was written by a newer libvirt-backup (this one reads up to version 2); upgrade libvirt-backup to use this set',
   );
   t.is(parseMutated((m) => (m.version = '1')), 'MANIFEST_INVALID manifest.json: version: must be a positive integer, found string "1"');
   t.regex(parseMutated((m) => (m.backups = 'x')), /backups: must be an array/);
@@ -89,7 +89,10 @@ test('a foreign file and a newer version are refused clearly', (t) => {
 });
 
 const fieldCases: Array<[string, (manifest: any) => void, string]> = [
-  ['sha256 too short', (m) => (m.backups[2].disks[0].sha256 = 'abc'), 'backups[2].disks[0].sha256: must be 64 hex characters (lowercase)'],
+  ['checksum too short', (m) => (m.backups[2].disks[0].checksum = 'xxh128:abc'), 'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64'],
+  ['checksum without algorithm', (m) => (m.backups[2].disks[0].checksum = 'a'.repeat(32)), 'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64'],
+  ['unknown checksum algorithm', (m) => (m.backups[2].disks[0].checksum = `md5:${'a'.repeat(32)}`), 'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64'],
+  ['version 1 field in version 2', (m) => (m.backups[0].disks[0].sha256 = 'a'.repeat(64)), 'backups[0].disks[0].sha256: unknown field'],
   ['missing field', (m) => delete m.backups[1].completedAt, 'backups[1].completedAt: is missing'],
   ['unknown field', (m) => (m.backups[0].disks[0].color = 'red'), 'backups[0].disks[0].color: unknown field'],
   ['bad level', (m) => (m.backups[1].level = 'incremental'), `backups[1].level: must be one of 'full', 'inc', 'diff', found string "incremental"`],
@@ -117,6 +120,28 @@ const fieldCases: Array<[string, (manifest: any) => void, string]> = [
   ['orphan checkpoint xml', (m) => (m.backups[0].checkpoint = null), 'backups[0].checkpointXml: must be null when checkpoint is null'],
   ['empty disks', (m) => (m.backups[0].disks = []), 'backups[0].disks: must be a non-empty array'],
 ];
+
+test('a version 1 manifest (sha256 checksums) is read and written back as version 2', (t) => {
+  const v1: any = validManifest();
+  v1.version = 1;
+  for (const backup of v1.backups) {
+    for (const disk of backup.disks) {
+      delete disk.checksum;
+      disk.sha256 = 'b'.repeat(64);
+    }
+  }
+  const parsed = parseManifest(JSON.stringify(v1), 'manifest.json');
+  t.is(parsed.version, 2);
+  t.deepEqual(parsed.backups.map((b) => b.disks[0]!.checksum), Array(3).fill(`sha256:${'b'.repeat(64)}`));
+  t.deepEqual(parseManifest(serializeManifest(parsed), 'manifest.json'), parsed);
+  // Version 1 disks must carry sha256, not version 2's field.
+  const mixed: any = JSON.parse(JSON.stringify(v1));
+  mixed.backups[1].disks[0].checksum = CHECKSUM;
+  t.throws(() => parseManifest(JSON.stringify(mixed), 'manifest.json'), { message: 'manifest.json: backups[1].disks[0].checksum: unknown field' });
+  const bad: any = JSON.parse(JSON.stringify(v1));
+  bad.backups[0].disks[0].sha256 = 'abc';
+  t.throws(() => parseManifest(JSON.stringify(bad), 'manifest.json'), { message: 'manifest.json: backups[0].disks[0].sha256: must be 64 hex characters (lowercase)' });
+});
 
 for (const [name, mutate, expected] of fieldCases) {
   test(`invalid field: ${name}`, (t) => {

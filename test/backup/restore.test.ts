@@ -103,6 +103,6 @@ test('restore with checksums refuses a damaged file', async (t) => {
   const out = await tempDir(t, 'restore-');
   const error = await t.throwsAsync(restore(set, { to: out, format: 'raw', checksums: true }), { instanceOf: BackupSetError });
   t.is(error?.code, 'CHAIN_BROKEN');
-  t.regex(error!.message, /^vda\.0001\.full\.qcow2: sha256 is [0-9a-f]{64}, the manifest says [0-9a-f]{64}; the file is damaged$/);
+  t.regex(error!.message, /^vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/);
   t.deepEqual(await readdir(out), []);
 });

@@ -45,7 +45,7 @@ test('a flipped byte is a checksum mismatch on that file only', async (t) => {
   t.false(report.ok);
   const found = errors(report);
   t.is(found.length, 1, found.join('\n'));
-  t.regex(found[0]!, /^checksum-mismatch vda\.0002\.inc\.qcow2: sha256 is [0-9a-f]{64}, the manifest says [0-9a-f]{64}$/);
+  t.regex(found[0]!, /^checksum-mismatch vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}$/);
   t.deepEqual(report.files.filter((file) => !file.ok).map((file) => file.file), ['vda.0002.inc.qcow2']);
 });
 

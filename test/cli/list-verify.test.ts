@@ -47,7 +47,7 @@ test('verify of a sound set exits 0; a damaged file exits 3 and is named', async
 
   const bad = await runCli(['verify', builder.dir]);
   t.is(bad.code, 3);
-  t.regex(bad.stdout, /^error +vda\.0002\.inc\.qcow2: sha256 is [0-9a-f]{64}, the manifest says [0-9a-f]{64}$/m);
+  t.regex(bad.stdout, /^error +vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}$/m);
   t.regex(bad.stdout, /3 files of 3 backups checked, \d+ errors?/);
   t.notRegex(bad.stdout, /vda\.0001\.full\.qcow2:/);
 

@@ -58,3 +58,40 @@ test('a reuseMemory stream reads the right bytes from a few recycled slabs', asy
   // Plain reads on the same connections are unaffected.
   t.true((await client.read(5 * MiB + 3, 3 * MiB)).equals(expected.subarray(5 * MiB + 3, 8 * MiB + 3)));
 });
+
+test('an until-release stream keeps each chunk intact until it is released, then reuses it', async (t) => {
+  const { socket, expected } = await serveRandom(t);
+  const client = await NbdClient.connect({ path: socket });
+  t.teardown(() => client.close());
+  await client.ready();
+  const held: Array<Extract<ReadChunk, { kind: 'data' }>> = [];
+  const memory = new Set<ArrayBufferLike>();
+  let first: (typeof held)[number] | undefined;
+  let next = 0;
+  for await (const chunk of client.chunks({ reuseMemory: 'until-release' })) {
+    t.is(chunk.offset, next);
+    next += chunk.length;
+    if (chunk.kind !== 'data') continue;
+    if (typeof chunk.release !== 'function') return t.fail('a data chunk without release()');
+    first ??= chunk;
+    memory.add(chunk.data.buffer);
+    held.push(chunk);
+    // Hold 16 MiB at a time, like a writer with writes in flight, and check what was held.
+    const heldBytes = held.reduce((sum, c) => sum + c.length, 0);
+    if (heldBytes >= 16 * MiB) {
+      for (const c of held) {
+        if (!c.data.equals(expected.subarray(c.offset, c.offset + c.length))) return t.fail(`held chunk at ${c.offset} was overwritten`);
+        c.release!();
+      }
+      held.length = 0;
+    }
+  }
+  for (const c of held) {
+    t.true(c.data.equals(expected.subarray(c.offset, c.offset + c.length)));
+    c.release!();
+  }
+  t.is(next, SIZE);
+  // Released memory came back into use: fewer slabs than one per MiB read.
+  t.true(memory.size < SIZE / MiB, `${memory.size} distinct slabs for ${SIZE / MiB} MiB`);
+  t.throws(() => first!.release!(), { message: 'a read chunk was released twice' });
+});
