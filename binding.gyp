@@ -12,7 +12,7 @@
         "binding/checkpoint.cc",
         "binding/events.cc",
         "binding/typed_params.cc",
-        "binding/writeback.cc",
+        "binding/file_writer.cc",
         "binding/xxh128.cc"
       ],
       "variables": {

@@ -8,8 +8,8 @@
 #include "domain.h"
 #include "errors.h"
 #include "event_loop.h"
+#include "file_writer.h"
 #include "typed_params.h"
-#include "writeback.h"
 #include "xxh128.h"
 
 namespace lvb {
@@ -73,8 +73,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("typedParamsRoundTrip", Napi::Function::New(env, TypedParamsRoundTrip, "typedParamsRoundTrip"));
   exports.Set("getLibraryVersion", Napi::Function::New(env, GetLibraryVersion, "getLibraryVersion"));
   exports.Set("Xxh128", InitXxh128(env));
-  exports.Set("startWriteback", Napi::Function::New(env, StartWriteback, "startWriteback"));
-  exports.Set("finishWriteback", Napi::Function::New(env, FinishWriteback, "finishWriteback"));
+  exports.Set("FileWriter", InitFileWriter(env));
   return exports;
 }
 

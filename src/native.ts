@@ -105,10 +105,15 @@ export interface NativeAddon {
   Checkpoint: abstract new () => NativeCheckpoint;
   /** XXH3-128 of the bytes passed to `update()`, in order; `digest()` once, as `xxhsum -H2` prints it. */
   Xxh128: new () => NativeXxh128;
-  /** sync_file_range(SYNC_FILE_RANGE_WRITE) on a worker thread. */
-  startWriteback(fd: number, offset: number, length: number): Promise<void>;
-  /** Waits for the range's write-back; `evict` then drops its pages from the page cache. */
-  finishWriteback(fd: number, offset: number, length: number, evict: boolean): Promise<void>;
+  /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
+  FileWriter: new (fd: number) => NativeFileWriter;
+}
+
+export interface NativeFileWriter {
+  /** pwritev of `buffers` at `position`; they must not change until the promise settles. */
+  write(buffers: readonly Uint8Array[], position: number): Promise<void>;
+  /** After every write settled: waits for write-back, fsyncs, resolves with the XXH3-128 (32 hex digits). */
+  finish(): Promise<string>;
 }
 
 export interface NativeXxh128 {

@@ -1,12 +1,12 @@
 // Writes a backup file in one sequential pass: qcow2 metadata first (see
 // qcow2-layout), then the guest data of each stored cluster as it streams in
-// from the NBD export. Every byte is checksummed in memory on the way, so nothing
-// is read back, and written ranges go to the disk while the copy runs.
+// from the NBD export. The native FileWriter checksums every byte in memory on
+// its worker threads, so nothing is read back, and sends written ranges to the
+// disk while the copy runs.
 import { open } from 'node:fs/promises';
 
 import type { ReadChunk } from '../nbd/index.js';
-import { createChecksum } from './checksum.js';
-import { FileWriteback } from './file-writeback.js';
+import { addon } from '../native.js';
 import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2LayoutInput } from './qcow2-layout.js';
 
 export interface Qcow2WriteResult {
@@ -35,16 +35,14 @@ export async function writeQcow2(
 ): Promise<Qcow2WriteResult> {
   const layout = planQcow2(input);
   const file = await open(path, 'wx');
-  const writeback = new FileWriteback(file.fd);
-  const checksum = createChecksum();
+  const writer = new addon.FileWriter(file.fd);
   let written = 0;
   let dataBytes = 0;
   let pending: Buffer[] = [];
   let pendingBytes = 0;
   // Receive memory of the pending pieces, given back once their write has landed.
   let pendingReleases: Array<() => void> = [];
-  // Positioned writes run a few at a time (the thread pool copies them into the
-  // page cache in parallel).
+  // Positioned writes run a few at a time on the thread pool.
   const inFlight: Array<Promise<unknown>> = [];
   let issued = 0;
   const flush = async () => {
@@ -57,13 +55,14 @@ export async function writeQcow2(
     pending = [];
     pendingBytes = 0;
     pendingReleases = [];
-    // In file order, on this thread: the checksum never needs the bytes back.
-    for (const piece of pieces) checksum.update(piece);
-    const done = file.writev(pieces, position).then(({ bytesWritten }) => {
-      for (const release of releases) release();
-      if (bytesWritten !== length) throw new Error(`short write to ${path}: ${bytesWritten} of ${length} bytes at ${position}`);
-      writeback.landed(position, length);
-    });
+    const done = writer.write(pieces, position).then(
+      () => {
+        for (const release of releases) release();
+      },
+      (error: NodeJS.ErrnoException) => {
+        throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${path}: ${error.message}`, { cause: error }), { code: error.code });
+      },
+    );
     done.catch(() => undefined);
     inFlight.push(done);
     while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
@@ -116,12 +115,10 @@ export async function writeQcow2(
     await flush();
     while (inFlight.length > 0) await inFlight.shift();
     if (written !== layout.fileSize) throw new Error(`wrote ${written} bytes, the layout needs ${layout.fileSize}`);
-    await writeback.drain();
-    await file.sync();
-    return { fileSize: written, checksum: checksum.digest(), dataBytes };
+    const checksum = `xxh128:${await writer.finish()}`;
+    return { fileSize: written, checksum, dataBytes };
   } finally {
     await Promise.allSettled(inFlight);
-    await writeback.drain().catch(() => undefined);
     await file.close();
   }
 }

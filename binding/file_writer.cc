@@ -1,0 +1,348 @@
+#include "file_writer.h"
+
+#define XXH_INLINE_ALL
+#include <fcntl.h>
+#include <limits.h>
+#include <sys/uio.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <condition_variable>
+#include <cstring>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "errors.h"
+#include "handles.h"
+
+namespace lvb {
+
+namespace {
+
+// Bytes sent to the disk but not yet waited for: the disk works on these while the
+// copy goes on; older ranges are waited for and evicted.
+constexpr off64_t kWritebackWindow = 64LL << 20;
+
+struct Failure {
+  int error = 0;
+  const char* syscall = "";
+};
+
+struct Range {
+  off64_t offset;
+  off64_t length;
+};
+
+// Shared by the wrapper and every write in flight.
+struct WriterState {
+  int fd = -1;
+
+  std::mutex hashMutex;
+  std::condition_variable hashTurn;
+  XXH3_state_t* hash = nullptr;
+  uint64_t nextToHash = 0;  // sequence number of the write whose bytes are hashed next
+  uint64_t issued = 0;      // sequence numbers handed out (JS thread only)
+  uint64_t writesInFlight = 0;  // JS thread only
+  bool digested = false;        // JS thread only
+
+  std::mutex writebackMutex;
+  bool writebackEnabled = true;
+  std::deque<Range> started;
+  off64_t startedBytes = 0;
+  Failure failure;  // the first failure of any write or write-back
+
+  ~WriterState() { XXH3_freeState(hash); }
+
+  void Fail(int error, const char* syscall) {
+    std::lock_guard<std::mutex> lock(writebackMutex);
+    if (failure.error == 0) failure = {error, syscall};
+  }
+};
+
+using StatePtr = std::shared_ptr<WriterState>;
+
+bool WritebackUnsupported(int error) {
+  return error == EINVAL || error == ENOSYS || error == EOPNOTSUPP || error == ESPIPE;
+}
+
+// Waits for the range's write-back and drops its pages from the page cache.
+void FinishRange(WriterState& state, const Range& range) {
+  if (sync_file_range(state.fd, range.offset, range.length,
+                      SYNC_FILE_RANGE_WAIT_BEFORE | SYNC_FILE_RANGE_WRITE | SYNC_FILE_RANGE_WAIT_AFTER) != 0) {
+    if (!WritebackUnsupported(errno)) state.Fail(errno, "sync_file_range");
+    return;
+  }
+  int rc = posix_fadvise(state.fd, range.offset, range.length, POSIX_FADV_DONTNEED);
+  if (rc != 0 && !WritebackUnsupported(rc)) state.Fail(rc, "posix_fadvise");
+}
+
+Napi::Error ErrnoError(Napi::Env env, const Failure& failure) {
+  Napi::Error error = Napi::Error::New(env, std::string(failure.syscall) + ": " + std::strerror(failure.error));
+  const char* name = strerrorname_np(failure.error);
+  error.Set("code", Napi::String::New(env, name != nullptr ? name : "UNKNOWN"));
+  error.Set("errno", Napi::Number::New(env, failure.error));
+  error.Set("syscall", Napi::String::New(env, failure.syscall));
+  return error;
+}
+
+// Base for the writer's async operations: resolve with a value, or reject with an
+// errno error; never throws out of a completion callback.
+class WriterWorker : public Napi::AsyncWorker {
+ public:
+  Napi::Promise Promise() { return deferred_.Promise(); }
+
+ protected:
+  WriterWorker(Napi::Env env, Napi::Object owner, const char* name, StatePtr state)
+      : Napi::AsyncWorker(env, name),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        owner_(Napi::Persistent(owner)),
+        state_(std::move(state)) {}
+
+  virtual Napi::Value Result(Napi::Env env) { return env.Undefined(); }
+  // Runs on the JS thread when the operation is over, whatever its outcome.
+  virtual void Settled() {}
+
+  void OnOK() override {
+    Settled();
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    try {
+      if (failure_.error != 0) {
+        deferred_.Reject(ErrnoError(env, failure_).Value());
+      } else {
+        deferred_.Resolve(Result(env));
+      }
+    } catch (const Napi::Error&) {
+    }
+  }
+
+  void OnError(const Napi::Error& e) override {
+    Settled();
+    try {
+      deferred_.Reject(e.Value());
+    } catch (const Napi::Error&) {
+    }
+  }
+
+  Napi::Promise::Deferred deferred_;
+  Napi::ObjectReference owner_;  // the FileWriter stays alive while it works
+  StatePtr state_;
+  Failure failure_;
+};
+
+class WriteWorker final : public WriterWorker {
+ public:
+  WriteWorker(Napi::Env env, Napi::Object owner, StatePtr state, off64_t position, std::vector<Napi::ObjectReference> held,
+              std::vector<iovec> pieces)
+      : WriterWorker(env, owner, "FileWriter.write", std::move(state)),
+        position_(position),
+        held_(std::move(held)),
+        pieces_(std::move(pieces)) {
+    for (const iovec& piece : pieces_) length_ += static_cast<off64_t>(piece.iov_len);
+    // Taken last: every write that has a sequence number is queued, so none waits forever.
+    sequence_ = state_->issued++;
+    state_->writesInFlight++;
+  }
+
+ protected:
+  void Settled() override { state_->writesInFlight--; }
+
+  void Execute() override {
+    WriterState& state = *state_;
+    {
+      // Hash in issue order: writes run concurrently, the checksum must not.
+      std::unique_lock<std::mutex> lock(state.hashMutex);
+      state.hashTurn.wait(lock, [&] { return state.nextToHash == sequence_; });
+      for (const iovec& piece : pieces_) XXH3_128bits_update(state.hash, piece.iov_base, piece.iov_len);
+      state.nextToHash++;
+    }
+    state.hashTurn.notify_all();
+
+    std::vector<iovec> left = pieces_;
+    size_t first = 0;
+    off64_t position = position_;
+    while (first < left.size()) {
+      int count = static_cast<int>(std::min<size_t>(left.size() - first, IOV_MAX));
+      ssize_t written = pwritev64(state.fd, &left[first], count, position);
+      if (written < 0) {
+        if (errno == EINTR) continue;
+        failure_ = {errno, "pwritev"};
+        state.Fail(errno, "pwritev");
+        return;
+      }
+      position += written;
+      // Skip what was written; a short write resumes inside a piece.
+      while (written > 0 && first < left.size()) {
+        size_t take = std::min<size_t>(static_cast<size_t>(written), left[first].iov_len);
+        left[first].iov_base = static_cast<uint8_t*>(left[first].iov_base) + take;
+        left[first].iov_len -= take;
+        written -= static_cast<ssize_t>(take);
+        if (left[first].iov_len == 0) first++;
+      }
+    }
+    StartWriteback();
+  }
+
+ private:
+  void StartWriteback() {
+    WriterState& state = *state_;
+    {
+      std::lock_guard<std::mutex> lock(state.writebackMutex);
+      if (!state.writebackEnabled || length_ == 0) return;
+    }
+    if (sync_file_range(state.fd, position_, length_, SYNC_FILE_RANGE_WRITE) != 0) {
+      int error = errno;
+      std::lock_guard<std::mutex> lock(state.writebackMutex);
+      // A file system that cannot do this leaves durability to the final fsync.
+      if (WritebackUnsupported(error)) {
+        state.writebackEnabled = false;
+      } else if (state.failure.error == 0) {
+        state.failure = {error, "sync_file_range"};
+      }
+      return;
+    }
+    std::vector<Range> due;
+    {
+      std::lock_guard<std::mutex> lock(state.writebackMutex);
+      state.started.push_back({position_, length_});
+      state.startedBytes += length_;
+      while (state.startedBytes > kWritebackWindow) {
+        due.push_back(state.started.front());
+        state.startedBytes -= state.started.front().length;
+        state.started.pop_front();
+      }
+    }
+    for (const Range& range : due) FinishRange(state, range);
+  }
+
+  uint64_t sequence_ = 0;
+  off64_t position_;
+  off64_t length_ = 0;
+  std::vector<Napi::ObjectReference> held_;
+  std::vector<iovec> pieces_;
+};
+
+class FinishWorker final : public WriterWorker {
+ public:
+  FinishWorker(Napi::Env env, Napi::Object owner, StatePtr state) : WriterWorker(env, owner, "FileWriter.finish", std::move(state)) {}
+
+ protected:
+  void Execute() override {
+    WriterState& state = *state_;
+    std::deque<Range> rest;
+    {
+      std::lock_guard<std::mutex> lock(state.writebackMutex);
+      rest.swap(state.started);
+      state.startedBytes = 0;
+    }
+    for (const Range& range : rest) FinishRange(state, range);
+    {
+      std::lock_guard<std::mutex> lock(state.writebackMutex);
+      // A write-back failure may not show in fsync any more: report it from here.
+      if (state.failure.error != 0) {
+        failure_ = state.failure;
+        return;
+      }
+    }
+    if (fsync(state.fd) != 0) {
+      failure_ = {errno, "fsync"};
+      return;
+    }
+    XXH128_canonical_t canonical;
+    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(state.hash));
+    static const char kHex[] = "0123456789abcdef";
+    for (unsigned char byte : canonical.digest) {
+      digest_.push_back(kHex[byte >> 4]);
+      digest_.push_back(kHex[byte & 15]);
+    }
+  }
+
+  Napi::Value Result(Napi::Env env) override { return Napi::String::New(env, digest_); }
+
+ private:
+  std::string digest_;
+};
+
+class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
+ public:
+  static constexpr const char* kClassName = "FileWriter";
+  static constexpr napi_type_tag kTypeTag = {0x2b8e41f07c9d5a36ULL, 0xd4a17e0359b26c81ULL};
+
+  explicit FileWriterWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<FileWriterWrap>(info) {
+    Napi::Env env = info.Env();
+    if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(env, "The \"fd\" argument must be a number");
+    double fd = info[0].As<Napi::Number>().DoubleValue();
+    if (!(fd >= 0) || fd > INT_MAX || fd != static_cast<double>(static_cast<int>(fd))) {
+      ThrowTypeError(env, "The \"fd\" argument must be a non-negative integer");
+    }
+    state_ = std::make_shared<WriterState>();
+    state_->fd = static_cast<int>(fd);
+    state_->hash = XXH3_createState();
+    if (state_->hash == nullptr || XXH3_128bits_reset(state_->hash) != XXH_OK) {
+      throw Napi::Error::New(env, "FileWriter: out of memory");
+    }
+    info.This().As<Napi::Object>().TypeTag(&kTypeTag);
+  }
+
+  // write(buffers: Uint8Array[], position: number): Promise<void>
+  Napi::Value Write(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (state_->digested) throw Napi::Error::New(env, "FileWriter: write() after finish()");
+    if (info.Length() < 1 || !info[0].IsArray()) ThrowTypeError(env, "The \"buffers\" argument must be an array of Uint8Arrays");
+    if (info.Length() < 2 || !info[1].IsNumber()) ThrowTypeError(env, "The \"position\" argument must be a number");
+    double position = info[1].As<Napi::Number>().DoubleValue();
+    if (!(position >= 0) || position > 9007199254740991.0 || position != static_cast<double>(static_cast<int64_t>(position))) {
+      ThrowTypeError(env, "The \"position\" argument must be a non-negative integer");
+    }
+    auto buffers = info[0].As<Napi::Array>();
+    // Checked before a sequence number is taken: a refused call must leave no gap in the order.
+    for (uint32_t i = 0; i < buffers.Length(); i++) {
+      if (!buffers.Get(i).IsTypedArray()) ThrowTypeError(env, "The \"buffers\" argument must be an array of Uint8Arrays");
+    }
+    std::vector<Napi::ObjectReference> held;
+    std::vector<iovec> pieces;
+    held.reserve(buffers.Length());
+    for (uint32_t i = 0; i < buffers.Length(); i++) {
+      auto array = buffers.Get(i).As<Napi::TypedArray>();
+      auto* data = static_cast<uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset();
+      held.push_back(Napi::Persistent(array.As<Napi::Object>()));
+      if (array.ByteLength() > 0) pieces.push_back({data, array.ByteLength()});
+    }
+    auto* worker = new WriteWorker(env, info.This().As<Napi::Object>(), state_, static_cast<off64_t>(position), std::move(held),
+                                   std::move(pieces));
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
+  }
+
+  // finish(): Promise<string>, once every write has settled: waits for the write-back,
+  // fsyncs, and resolves with the XXH3-128 of all bytes written (32 hex digits).
+  Napi::Value Finish(const Napi::CallbackInfo& info) {
+    if (state_->digested) throw Napi::Error::New(info.Env(), "FileWriter: finish() called twice");
+    if (state_->writesInFlight > 0) throw Napi::Error::New(info.Env(), "FileWriter: finish() while writes are in flight");
+    state_->digested = true;
+    auto* worker = new FinishWorker(info.Env(), info.This().As<Napi::Object>(), state_);
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;
+  }
+
+ private:
+  StatePtr state_;
+};
+
+}  // namespace
+
+Napi::Function InitFileWriter(Napi::Env env) {
+  return DefineCheckedClass<FileWriterWrap>(env, {
+      MethodProperty<FileWriterWrap, &FileWriterWrap::Write>(env, "write"),
+      MethodProperty<FileWriterWrap, &FileWriterWrap::Finish>(env, "finish"),
+  });
+}
+
+}  // namespace lvb
