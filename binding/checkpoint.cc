@@ -28,7 +28,8 @@ Napi::Function CheckpointWrap::Init(Napi::Env env) {
 Napi::Object CheckpointWrap::Wrap(Napi::Env env, Napi::Object domain, virDomainCheckpointPtr cp) {
   DomainWrap* dom = DomainWrap::Unwrap(domain);
   if (dom->state()->closed) {
-    virDomainCheckpointFree(cp);
+    // Possibly the connection's last reference: freeing it may reach the daemon.
+    ReleaseInBackground([cp] { virDomainCheckpointFree(cp); });
     throw MakeLibvirtError(env, ClosedConnectionError("virDomainCheckpointLookup"));
   }
   AddonData* data = env.GetInstanceData<AddonData>();
@@ -145,7 +146,7 @@ Napi::Value WrapCheckpointList(Napi::Env env, Napi::Object domain, std::vector<v
     try {
       result.Set(i, CheckpointWrap::Wrap(env, domain, owned));
     } catch (...) {
-      for (size_t j = i + 1; j < list.size(); j++) virDomainCheckpointFree(list[j]);
+      for (size_t j = i + 1; j < list.size(); j++) ReleaseInBackground([cp = list[j]] { virDomainCheckpointFree(cp); });
       list.clear();
       throw;
     }

@@ -233,7 +233,7 @@ Napi::Value ConnectionWrap::ListAllDomains(const Napi::CallbackInfo& info) {
           try {
             result.Set(i, DomainWrap::Wrap(env, selfRef->Value(), owned));
           } catch (...) {
-            for (size_t j = i + 1; j < doms.size(); j++) virDomainFree(doms[j]);
+            for (size_t j = i + 1; j < doms.size(); j++) ReleaseInBackground([dom = doms[j]] { virDomainFree(dom); });
             doms.clear();
             throw;
           }

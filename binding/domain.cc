@@ -47,7 +47,8 @@ Napi::Function DomainWrap::Init(Napi::Env env) {
 Napi::Object DomainWrap::Wrap(Napi::Env env, Napi::Object connection, virDomainPtr dom) {
   ConnectionWrap* conn = ConnectionWrap::Unwrap(connection);
   if (conn->state()->closed) {
-    virDomainFree(dom);
+    // Possibly the connection's last reference: freeing it may reach the daemon.
+    ReleaseInBackground([dom] { virDomainFree(dom); });
     throw MakeLibvirtError(env, ClosedConnectionError("virDomainLookup"));
   }
   AddonData* data = env.GetInstanceData<AddonData>();

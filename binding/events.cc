@@ -62,7 +62,7 @@ void CallJs(Napi::Env env, Napi::Function callback, EventContext* context, Event
   std::unique_ptr<EventData> owned(data);
   if (env == nullptr || data == nullptr) {
     // Teardown: the function is being finalized with events still queued.
-    if (data != nullptr && data->dom != nullptr) virDomainFree(data->dom);
+    if (data != nullptr && data->dom != nullptr) ReleaseInBackground([dom = data->dom] { virDomainFree(dom); });
     return;
   }
   if (data->eventId == -1) {

@@ -1,11 +1,9 @@
 #include "file_writer.h"
 
-#define XXH_INLINE_ALL
 #include <fcntl.h>
 #include <limits.h>
 #include <sys/uio.h>
 #include <unistd.h>
-#include <xxhash.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -19,6 +17,7 @@
 
 #include "errors.h"
 #include "handles.h"
+#include "xxh128.h"
 
 namespace lvb {
 
@@ -44,7 +43,7 @@ struct WriterState {
 
   std::mutex hashMutex;
   std::condition_variable hashTurn;
-  XXH3_state_t* hash = nullptr;
+  Xxh128State hash;
   uint64_t nextToHash = 0;  // sequence number of the write whose bytes are hashed next
   uint64_t issued = 0;      // sequence numbers handed out (JS thread only)
   uint64_t writesInFlight = 0;  // JS thread only
@@ -55,8 +54,6 @@ struct WriterState {
   std::deque<Range> started;
   off64_t startedBytes = 0;
   Failure failure;  // the first failure of any write or write-back
-
-  ~WriterState() { XXH3_freeState(hash); }
 
   void Fail(int error, const char* syscall) {
     std::lock_guard<std::mutex> lock(writebackMutex);
@@ -158,7 +155,7 @@ class WriteWorker final : public WriterWorker {
       // Hash in issue order: writes run concurrently, the checksum must not.
       std::unique_lock<std::mutex> lock(state.hashMutex);
       state.hashTurn.wait(lock, [&] { return state.nextToHash == sequence_; });
-      for (const iovec& piece : pieces_) XXH3_128bits_update(state.hash, piece.iov_base, piece.iov_len);
+      for (const iovec& piece : pieces_) state.hash.Update(piece.iov_base, piece.iov_len);
       state.nextToHash++;
     }
     state.hashTurn.notify_all();
@@ -253,13 +250,7 @@ class FinishWorker final : public WriterWorker {
       failure_ = {errno, "fsync"};
       return;
     }
-    XXH128_canonical_t canonical;
-    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(state.hash));
-    static const char kHex[] = "0123456789abcdef";
-    for (unsigned char byte : canonical.digest) {
-      digest_.push_back(kHex[byte >> 4]);
-      digest_.push_back(kHex[byte & 15]);
-    }
+    digest_ = state.hash.HexDigest();
   }
 
   Napi::Value Result(Napi::Env env) override { return Napi::String::New(env, digest_); }
@@ -282,10 +273,6 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
     }
     state_ = std::make_shared<WriterState>();
     state_->fd = static_cast<int>(fd);
-    state_->hash = XXH3_createState();
-    if (state_->hash == nullptr || XXH3_128bits_reset(state_->hash) != XXH_OK) {
-      throw Napi::Error::New(env, "FileWriter: out of memory");
-    }
     info.This().As<Napi::Object>().TypeTag(&kTypeTag);
   }
 

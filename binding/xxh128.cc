@@ -3,12 +3,37 @@
 #define XXH_INLINE_ALL
 #include <xxhash.h>
 
+#include <new>
 #include <string>
 
 #include "errors.h"
 #include "handles.h"
 
 namespace lvb {
+
+Xxh128State::Xxh128State() : state_(XXH3_createState()) {
+  if (state_ == nullptr) throw std::bad_alloc();
+  XXH3_128bits_reset(static_cast<XXH3_state_t*>(state_));
+}
+
+Xxh128State::~Xxh128State() { XXH3_freeState(static_cast<XXH3_state_t*>(state_)); }
+
+void Xxh128State::Update(const void* data, size_t length) {
+  XXH3_128bits_update(static_cast<XXH3_state_t*>(state_), data, length);
+}
+
+std::string Xxh128State::HexDigest() const {
+  XXH128_canonical_t canonical;
+  XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(static_cast<const XXH3_state_t*>(state_)));
+  static const char kHex[] = "0123456789abcdef";
+  std::string hex;
+  hex.reserve(32);
+  for (unsigned char byte : canonical.digest) {
+    hex.push_back(kHex[byte >> 4]);
+    hex.push_back(kHex[byte & 15]);
+  }
+  return hex;
+}
 
 namespace {
 
@@ -19,14 +44,8 @@ class Xxh128Wrap : public Napi::ObjectWrap<Xxh128Wrap> {
 
   explicit Xxh128Wrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Xxh128Wrap>(info) {
     if (!info.IsConstructCall()) ThrowTypeError(info.Env(), "Class constructor Xxh128 cannot be invoked without 'new'");
-    state_ = XXH3_createState();
-    if (state_ == nullptr || XXH3_128bits_reset(state_) != XXH_OK) {
-      throw Napi::Error::New(info.Env(), "xxh128: out of memory");
-    }
     info.This().As<Napi::Object>().TypeTag(&kTypeTag);
   }
-
-  ~Xxh128Wrap() override { XXH3_freeState(state_); }
 
   // update(bytes: ArrayBufferView): hashes the bytes, in call order.
   Napi::Value Update(const Napi::CallbackInfo& info) {
@@ -35,8 +54,7 @@ class Xxh128Wrap : public Napi::ObjectWrap<Xxh128Wrap> {
     }
     if (finished_) throw Napi::Error::New(info.Env(), "xxh128: update() after digest()");
     auto array = info[0].As<Napi::TypedArray>();
-    const auto* data = static_cast<const uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset();
-    XXH3_128bits_update(state_, data, array.ByteLength());
+    state_.Update(static_cast<const uint8_t*>(array.ArrayBuffer().Data()) + array.ByteOffset(), array.ByteLength());
     return info.Env().Undefined();
   }
 
@@ -44,20 +62,11 @@ class Xxh128Wrap : public Napi::ObjectWrap<Xxh128Wrap> {
   Napi::Value Digest(const Napi::CallbackInfo& info) {
     if (finished_) throw Napi::Error::New(info.Env(), "xxh128: digest() called twice");
     finished_ = true;
-    XXH128_canonical_t canonical;
-    XXH128_canonicalFromHash(&canonical, XXH3_128bits_digest(state_));
-    static const char kHex[] = "0123456789abcdef";
-    std::string hex;
-    hex.reserve(32);
-    for (unsigned char byte : canonical.digest) {
-      hex.push_back(kHex[byte >> 4]);
-      hex.push_back(kHex[byte & 15]);
-    }
-    return Napi::String::New(info.Env(), hex);
+    return Napi::String::New(info.Env(), state_.HexDigest());
   }
 
  private:
-  XXH3_state_t* state_ = nullptr;
+  Xxh128State state_;
   bool finished_ = false;
 };
 

@@ -1,7 +1,7 @@
 import { ConnectFlags } from './constants.js';
 import { Domain } from './domain.js';
 import { EventHub, type ConnectionEventName, type ConnectionEvents } from './events.js';
-import { addon, type NativeConnection } from './native.js';
+import { nativeAddon, type NativeConnection } from './native.js';
 import { parseDomainCapabilities } from './xml/index.js';
 
 export interface ConnectOptions {
@@ -43,7 +43,7 @@ export async function connect(uri?: string, options: ConnectOptions = {}): Promi
     throw new TypeError('The "uri" argument must be a string');
   }
   const flags = (options.flags ?? 0) | (options.readOnly === true ? ConnectFlags.RO : 0);
-  const native = await addon.open(uri ?? null, flags);
+  const native = await nativeAddon().open(uri ?? null, flags);
   const connection = new Connection(native);
   if (options.keepAlive) {
     try {

@@ -36,11 +36,6 @@ export class Domain {
     this.#native = native;
   }
 
-  /** @internal */
-  get native(): NativeDomain {
-    return this.#native;
-  }
-
   /** The domain's name (known locally, no daemon round trip). */
   get name(): string {
     return this.#native.getName();

@@ -13,9 +13,9 @@ export * from './constants.js';
 export { decodeVersion, formatVersion } from './version.js';
 export type { VersionParts } from './version.js';
 
-import { addon } from './native.js';
+import { nativeAddon } from './native.js';
 
 /** The version of the libvirt library loaded in this process (no daemon involved). */
 export function getLibraryVersion(): number {
-  return addon.getLibraryVersion();
+  return nativeAddon().getLibraryVersion();
 }

@@ -137,5 +137,16 @@ function loadAddon(): NativeAddon {
   }
 }
 
-export const addon: NativeAddon = loadAddon();
-addon.setErrorClass(LibvirtError);
+let loaded: NativeAddon | undefined;
+
+/**
+ * The addon, loaded on first use: `list` never needs it, and commands that only
+ * checksum files load it (and libvirt with it) only when they do.
+ */
+export function nativeAddon(): NativeAddon {
+  if (loaded === undefined) {
+    loaded = loadAddon();
+    loaded.setErrorClass(LibvirtError);
+  }
+  return loaded;
+}

@@ -1,8 +1,10 @@
 // Wrong arguments and wrong receivers are TypeErrors raised before libvirt is called.
 import test from 'ava';
 
-import { addon } from '../src/native.js';
+import { nativeAddon } from '../src/native.js';
 import { connect, Domain } from '../src/index.js';
+
+const addon = nativeAddon();
 
 test('wrong argument types reject with TypeError before libvirt is called', async (t) => {
   const conn = await connect('test:///default');

@@ -1,7 +1,9 @@
 import test from 'ava';
 
 import { TypedParameterType } from '../src/index.js';
-import { addon } from '../src/native.js';
+import { nativeAddon } from '../src/native.js';
+
+const addon = nativeAddon();
 
 test('typed parameters survive JS -> libvirt -> JS for every type', (t) => {
   const out = addon.typedParamsRoundTrip({

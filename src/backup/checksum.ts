@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { addon } from '../native.js';
+import { nativeAddon } from '../native.js';
 import { abortedError, throwIfAborted } from './errors.js';
 
 /**
@@ -26,7 +26,7 @@ export interface Checksum {
 
 export function createChecksum(algorithm: ChecksumAlgorithm = DEFAULT_CHECKSUM_ALGORITHM): Checksum {
   if (algorithm === 'xxh128') {
-    const hash = new addon.Xxh128();
+    const hash = new (nativeAddon().Xxh128)();
     return { update: (bytes) => hash.update(bytes), digest: () => `xxh128:${hash.digest()}` };
   }
   if (algorithm === 'sha256') {

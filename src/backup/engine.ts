@@ -22,7 +22,7 @@ import { checksumFile } from './checksum.js';
 import { selectDisks, type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
 import type { BackupLevel, BackupRecord, DiskRecord } from './manifest.js';
-import { qemuImgInfo, qemuImgMap, qemuImgRebaseUnsafe } from './qemu-img.js';
+import { qemuImgInfo, qemuImgOwnDataBytes, qemuImgRebaseUnsafe } from './qemu-img.js';
 import { CLUSTER_SIZE, clusterRuns } from './qcow2-layout.js';
 import { writeQcow2 } from './qcow2-writer.js';
 
@@ -323,18 +323,13 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
       await domain.waitForJob({ timeoutMs: 120_000 });
       jobRunning = false;
     } else {
-      const aborted = new Promise<never>((_, reject) => signal?.addEventListener('abort', () => reject(signal.reason), { once: true }));
-      aborted.catch(() => undefined);
-      await Promise.race([domain.waitForJob({ timeoutMs: 24 * 3600_000, ...(signal ? { signal } : {}) }), aborted]);
+      await domain.waitForJob({ timeoutMs: 24 * 3600_000, ...(signal ? { signal } : {}) });
       jobRunning = false;
       await waitForTargetsReleased(blockJobs, disks.map((d) => d.target));
       for (const disk of disks) {
         if (disk.backingFile !== null) await qemuImgRebaseUnsafe(set.pathOf(disk.file), disk.backingFile, { signal });
         disk.virtualSize = (await qemuImgInfo(set.pathOf(disk.file))).virtualSize;
-        // Guest data this file holds itself (not its backing file's, not qcow2 metadata).
-        disk.dataBytes = (await qemuImgMap(set.pathOf(disk.file), { format: 'qcow2' }))
-          .filter((extent) => extent.depth === 0 && extent.data)
-          .reduce((sum, extent) => sum + extent.length, 0);
+        disk.dataBytes = await qemuImgOwnDataBytes(set.pathOf(disk.file));
         emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
       }
     }

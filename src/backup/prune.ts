@@ -5,7 +5,7 @@ import { fsyncDirectory, fsyncFile } from './atomic-file.js';
 import { checksumFile } from './checksum.js';
 import { BackupSetError, throwIfAborted } from './errors.js';
 import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord, type Manifest } from './manifest.js';
-import { qemuImgConvert, qemuImgMap, qemuImgRebaseSafe, qemuImgRebaseUnsafe } from './qemu-img.js';
+import { qemuImgConvert, qemuImgOwnDataBytes, qemuImgRebaseSafe, qemuImgRebaseUnsafe } from './qemu-img.js';
 import { removeJournal, removeUnreferencedFiles, writeJournal, type PlannedRebase, type RunJournalState } from './run-journal.js';
 import { currentOwner } from './process-liveness.js';
 
@@ -248,12 +248,6 @@ async function factsOf(set: BackupSet, file: string, options: Pick<PruneOptions,
   return { fileSize: size, checksum };
 }
 
-/** Bytes of guest data stored in the file itself (not in its backing files). */
-async function ownDataBytes(path: string): Promise<number> {
-  const extents = await qemuImgMap(path, { format: 'qcow2' });
-  return extents.filter((extent) => extent.depth === 0 && extent.data).reduce((sum, extent) => sum + extent.length, 0);
-}
-
 async function buildMergedFile(set: BackupSet, merge: MergeStep, options: PruneOptions): Promise<void> {
   const temporary = set.pathOf(merge.temporaryFile);
   await unlink(temporary).catch(() => undefined);
@@ -304,7 +298,7 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
   try {
     for (const merge of plan.merges) {
       await buildMergedFile(set, merge, options);
-      facts.set(merge.newFile, { ...(await factsOf(set, merge.newFile, options)), dataBytes: await ownDataBytes(set.pathOf(merge.newFile)) });
+      facts.set(merge.newFile, { ...(await factsOf(set, merge.newFile, options)), dataBytes: await qemuImgOwnDataBytes(set.pathOf(merge.newFile)) });
       throwIfAborted(options.signal);
     }
     await options.hooks?.afterMerge?.();
@@ -367,7 +361,7 @@ export async function resumeInterruptedPrune(set: BackupSet, journal: RunJournal
   }
   const facts = new Map<string, FileFacts & { dataBytes?: number }>();
   for (const merge of plan.merges) {
-    facts.set(merge.newFile, { ...(await factsOf(set, merge.newFile, {})), dataBytes: await ownDataBytes(set.pathOf(merge.newFile)) });
+    facts.set(merge.newFile, { ...(await factsOf(set, merge.newFile, {})), dataBytes: await qemuImgOwnDataBytes(set.pathOf(merge.newFile)) });
   }
   return finishPrune(set, plan, before, facts, {});
 }

@@ -6,7 +6,7 @@
 import { open } from 'node:fs/promises';
 
 import type { ReadChunk } from '../nbd/index.js';
-import { addon } from '../native.js';
+import { nativeAddon } from '../native.js';
 import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2LayoutInput } from './qcow2-layout.js';
 
 export interface Qcow2WriteResult {
@@ -35,7 +35,7 @@ export async function writeQcow2(
 ): Promise<Qcow2WriteResult> {
   const layout = planQcow2(input);
   const file = await open(path, 'wx');
-  const writer = new addon.FileWriter(file.fd);
+  const writer = new (nativeAddon().FileWriter)(file.fd);
   let written = 0;
   let dataBytes = 0;
   let pending: Buffer[] = [];

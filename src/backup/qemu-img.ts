@@ -312,3 +312,9 @@ function formatOptions(options: Record<string, string>): string {
     .map(([key, value]) => `${key}=${value.replaceAll(',', ',,')}`)
     .join(',');
 }
+
+/** Bytes of guest data stored in a qcow2 file itself (not in its backing files, not metadata). */
+export async function qemuImgOwnDataBytes(path: string, options: QemuImgOptions = {}): Promise<number> {
+  const extents = await qemuImgMap(path, { ...options, format: 'qcow2' });
+  return extents.filter((extent) => extent.depth === 0 && extent.data).reduce((sum, extent) => sum + extent.length, 0);
+}

@@ -179,13 +179,12 @@ export class BackupRun {
     return removed;
   }
 
-  /** Called once the manifest references the run's backup: leftovers go, then the journal. */
-  async finish(): Promise<string[]> {
-    if (this.finished) return [];
-    const removed = await removeUnreferencedFiles(this.dir, this.state.creates, this.referencedFiles());
-    await removeJournal(this.dir);
-    this.finished = true;
-    return removed;
+  /**
+   * Called once the manifest references the run's backup: leftovers go, then the journal.
+   * The same as `abort()`: what the manifest references is exactly what stays.
+   */
+  finish(): Promise<string[]> {
+    return this.abort();
   }
 
   private assertActive(): void {

@@ -9,7 +9,7 @@ import { commandHelp, overallHelp } from './help.js';
 import { PROGRAM, createOutput, type OutputStreams } from './output.js';
 import { SignalAbort } from './signals.js';
 
-/** Loaded on demand: `list`, `verify` and `restore` never load the libvirt addon. */
+/** Loaded on demand: `list` never loads the libvirt addon; `verify` and `restore` load it only to checksum files. */
 async function runCommand(args: CommandArgs, context: CommandContext): Promise<number> {
   switch (args.command) {
     case 'backup':

@@ -106,15 +106,6 @@ export class Connection {
     if (this.queue.length > 0) this.parse();
   }
 
-  get inFlight(): number {
-    return this.pending.size;
-  }
-
-  /** Why the connection died, if it did. */
-  get error(): Error | undefined {
-    return this.failure;
-  }
-
   onFailure(listener: (error: Error) => void): void {
     this.failureListeners.push(listener);
   }

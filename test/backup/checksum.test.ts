@@ -7,8 +7,10 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { checksumAlgorithm, checksumFile, createChecksum, fileChecksumMatches } from '../../src/backup/checksum.js';
-import { addon } from '../../src/native.js';
+import { nativeAddon } from '../../src/native.js';
 import { run } from '../helpers/process.js';
+
+const addon = nativeAddon();
 
 test('xxh128 of files of many sizes equals xxhsum -H2, in one update or many', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'lvb-checksum-'));

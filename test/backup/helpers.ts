@@ -65,7 +65,6 @@ export class SetBuilder {
   private readonly referencesDir: string;
   private readonly writesSinceBackup = new Map<string, Write[]>();
   private readonly writesSinceFull = new Map<string, Write[]>();
-  private checkpointCounter = 0;
 
   private constructor(
     readonly root: string,
@@ -118,7 +117,7 @@ export class SetBuilder {
       const parentDisk = parent?.disks.find((candidate) => candidate.target === disk.target);
       return { disk, diskLevel: parentDisk ? diskLevel : 'full', parentDisk };
     });
-    const run = await set.beginRun(plans.map(({ disk, diskLevel }) => backupFileName(disk.target, id, diskLevel)));
+    await set.beginRun(plans.map(({ disk, diskLevel }) => backupFileName(disk.target, id, diskLevel)));
     const records: DiskRecord[] = [];
     for (const { disk, diskLevel, parentDisk } of plans) {
       const file = backupFileName(disk.target, id, diskLevel);
@@ -148,7 +147,6 @@ export class SetBuilder {
       this.writesSinceBackup.set(disk.target, []);
       if (level === 'full') this.writesSinceFull.set(disk.target, []);
     }
-    this.checkpointCounter += 1;
     const record: BackupRecord = {
       id,
       level,
@@ -161,7 +159,6 @@ export class SetBuilder {
       disks: records,
     };
     await set.commitBackup(record);
-    void run;
     return record;
   }
 
