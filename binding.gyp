@@ -5,6 +5,7 @@
       "sources": [
         "binding/addon.cc",
         "binding/event_loop.cc",
+        "binding/call_dispatcher.cc",
         "binding/errors.cc",
         "binding/handles.cc",
         "binding/connection.cc",

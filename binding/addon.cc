@@ -3,6 +3,10 @@
 #include <libvirt/libvirt.h>
 #include <libvirt/virterror.h>
 
+#include <cstring>
+#include <string>
+
+#include "call_dispatcher.h"
 #include "checkpoint.h"
 #include "connection.h"
 #include "domain.h"
@@ -50,13 +54,46 @@ Napi::Value TypedParamsRoundTrip(const Napi::CallbackInfo& info) {
   return TypedParamsToJS(info.Env(), copied);
 }
 
+Napi::Object CallTuningToJS(Napi::Env env, const CallTuning& tuning) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("maxThreads", tuning.maxThreads);
+  out.Set("busyPollMicroseconds", tuning.busyPollMicroseconds);
+  return out;
+}
+
+Napi::Value GetCallTuningJS(const Napi::CallbackInfo& info) { return CallTuningToJS(info.Env(), GetCallTuning()); }
+
+// Range checks live in the TypeScript wrapper; this only refuses what would
+// break the dispatcher.
+Napi::Value SetCallTuningJS(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsObject()) ThrowTypeError(env, "The \"tuning\" argument must be an object");
+  Napi::Object in = info[0].As<Napi::Object>();
+  CallTuning tuning = GetCallTuning();
+  auto read = [&](const char* key, int& out, int min) {
+    Napi::Value value = in.Get(key);
+    if (value.IsUndefined()) return;
+    if (!value.IsNumber() || value.As<Napi::Number>().Int32Value() < min) {
+      ThrowTypeError(env, std::string("The \"") + key + "\" setting must be an integer >= " + std::to_string(min));
+    }
+    out = value.As<Napi::Number>().Int32Value();
+  };
+  read("maxThreads", tuning.maxThreads, 1);
+  read("busyPollMicroseconds", tuning.busyPollMicroseconds, 0);
+  SetCallTuning(tuning);
+  return CallTuningToJS(env, tuning);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   if (virInitialize() < 0) throw MakeLibvirtError(env, CaptureLastError("virInitialize"));
   virSetErrorFunc(nullptr, SilenceLibvirtErrors);
-  if (!EnsureEventLoop()) throw MakeLibvirtError(env, CaptureLastError("virEventRegisterDefaultImpl"));
+  if (int error = EnsureEventLoop(); error != 0) {
+    throw Napi::Error::New(env, std::string("Cannot start the libvirt event loop: ") + std::strerror(error));
+  }
 
   auto* data = new AddonData();
   env.SetInstanceData<AddonData>(data);
+  data->calls = InitCallDispatcher(env);
 
   Napi::Function connection = ConnectionWrap::Init(env);
   Napi::Function domain = DomainWrap::Init(env);
@@ -72,6 +109,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("typedParamsRoundTrip", Napi::Function::New(env, TypedParamsRoundTrip, "typedParamsRoundTrip"));
   exports.Set("getLibraryVersion", Napi::Function::New(env, GetLibraryVersion, "getLibraryVersion"));
+  exports.Set("getCallTuning", Napi::Function::New(env, GetCallTuningJS, "getCallTuning"));
+  exports.Set("setCallTuning", Napi::Function::New(env, SetCallTuningJS, "setCallTuning"));
   exports.Set("Xxh128", InitXxh128(env));
   exports.Set("FileWriter", InitFileWriter(env));
   return exports;

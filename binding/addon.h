@@ -4,6 +4,10 @@
 
 #include <napi.h>
 
+#include <memory>
+
+#include "call_dispatcher.h"
+
 namespace lvb {
 
 struct AddonData {
@@ -11,6 +15,7 @@ struct AddonData {
   Napi::FunctionReference connectionClass;
   Napi::FunctionReference domainClass;
   Napi::FunctionReference checkpointClass;
+  std::shared_ptr<CallCompletions> calls;
 };
 
 }  // namespace lvb

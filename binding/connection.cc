@@ -65,8 +65,8 @@ Napi::Value ConnectionWrap::Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::optional<std::string> uri = OptionalStringArg(info, 0, "uri");
   unsigned int flags = FlagsArg(info, 1);
-  return LibvirtWorker<virConnectPtr>::Run(
-      env, Napi::Object::New(env), "virConnectOpenAuth", HeldReference(),
+  return LibvirtCall<virConnectPtr>::Run(
+      env, Napi::Object::New(env), nullptr, "virConnectOpenAuth", HeldReference(),
       [uri, flags](virConnectPtr& out) {
         // No auth callbacks: a prompt on the daemon's behalf would block a worker
         // thread on stdin. Servers that need credentials fail with libvirt's message.
@@ -130,8 +130,8 @@ Napi::Value ConnectionWrap::Close(const Napi::CallbackInfo& info) {
   // The wrapper's own reference is moved into the worker, which drops it off the
   // JS thread; calls still in flight hold theirs, so the daemon connection ends
   // when the last of them finishes.
-  return LibvirtWorker<int>::Run(
-      env, info.This().As<Napi::Object>(), "virConnectClose", HeldReference(),
+  return LibvirtCall<int>::Run(
+      env, info.This().As<Napi::Object>(), nullptr, "virConnectClose", HeldReference(),
       [conn](int& remaining) {
         remaining = virConnectClose(conn);
         return remaining >= 0;

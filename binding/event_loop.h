@@ -1,4 +1,5 @@
-// libvirt's default event loop, run on one native thread for the whole process.
+// The process's libvirt event loop: our own implementation (see event_loop.cc for
+// why not libvirt's default one), run on one native thread for the whole process.
 // It must be registered before the first connection opens: the remote driver
 // uses it for keepalive, and domain events are dispatched from it.
 #pragma once
@@ -6,7 +7,7 @@
 namespace lvb {
 
 // Idempotent and thread-safe: every environment that loads the addon calls it.
-// Returns false (with libvirt's last error set) if registration failed.
-bool EnsureEventLoop();
+// Returns 0, or the errno that kept the loop from starting.
+int EnsureEventLoop();
 
 }  // namespace lvb

@@ -1,5 +1,6 @@
 #include "handles.h"
 
+#include <pthread.h>
 #include <cmath>
 #include <condition_variable>
 #include <deque>
@@ -21,7 +22,10 @@ class ReleaseThread {
       if (!started_) {
         started_ = true;
         // Detached: it only ever drops references, and the process may exit at any time.
-        std::thread([this] { Loop(); }).detach();
+        std::thread([this] {
+      pthread_setname_np(pthread_self(), "lvb-release");
+      Loop();
+    }).detach();
       }
     }
     wake_.notify_one();

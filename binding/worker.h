@@ -1,76 +1,78 @@
-// One async libvirt call: `work` runs on a libuv worker thread and must not touch
-// JS; `convert` builds the JS result on the JS thread. A false return from `work`
+// One async libvirt call: `work` runs on a call thread (call_dispatcher.h) and
+// must not touch JS; `convert` builds the JS result on the JS thread. A false return from `work`
 // means libvirt failed, and the thread's last error is captured right there.
 #pragma once
 
 #include <napi.h>
 
+#include <exception>
 #include <functional>
+#include <memory>
+#include <string>
 #include <utility>
 #include <vector>
 
+#include "addon.h"
+#include "call_dispatcher.h"
 #include "errors.h"
 #include "handles.h"
 
 namespace lvb {
 
 template <typename T>
-class LibvirtWorker final : public Napi::AsyncWorker {
+class LibvirtCall final : public PendingCall {
  public:
   using Work = std::function<bool(T&)>;
   using Convert = std::function<Napi::Value(Napi::Env, T&)>;
 
   // `owner` is the JS object the call was made on: kept alive until the call ends.
-  static Napi::Promise Run(Napi::Env env, Napi::Object owner, const char* operation,
+  // `lane` is the connection's state (nullptr for calls that have none yet).
+  static Napi::Promise Run(Napi::Env env, Napi::Object owner, const void* lane, const char* operation,
                            HeldReference held, Work work, Convert convert) {
-    auto* worker = new LibvirtWorker(env, owner, operation, std::move(held), std::move(work),
-                                     std::move(convert));
-    Napi::Promise promise = worker->deferred_.Promise();
-    worker->Queue();
+    std::unique_ptr<LibvirtCall> call(new LibvirtCall(env, owner, operation, std::move(held), std::move(work),
+                                                      std::move(convert)));
+    Napi::Promise promise = call->deferred_.Promise();
+    SubmitCall(env.GetInstanceData<AddonData>()->calls, lane, std::move(call));
     return promise;
   }
 
- protected:
   void Execute() override {
-    ok_ = work_(result_);
-    if (!ok_) error_ = CaptureLastError(operation_);
+    try {
+      ok_ = work_(result_);
+      if (!ok_) error_ = CaptureLastError(operation_);
+    } catch (const std::exception& e) {
+      ok_ = false;
+      failure_ = e.what();
+    }
     // Dropping the reference here keeps a possible final virConnectClose (a daemon
     // round trip) off the JS thread.
     held_.Release();
   }
 
-  void OnOK() override {
-    Napi::Env env = Env();
-    Napi::HandleScope scope(env);
+  void Complete(Napi::Env env) override {
     // While a worker thread's environment is torn down, any JS call may fail:
     // there is nobody left to tell, so such failures are dropped, never thrown
     // out of the completion callback.
     try {
-      if (!ok_) {
+      if (!failure_.empty()) {
+        deferred_.Reject(Napi::Error::New(env, std::string(operation_) + ": " + failure_).Value());
+      } else if (!ok_) {
         deferred_.Reject(MakeLibvirtError(env, error_).Value());
-        return;
+      } else {
+        try {
+          deferred_.Resolve(convert_(env, result_));
+        } catch (const Napi::Error& e) {
+          deferred_.Reject(e.Value());
+        }
       }
-      try {
-        deferred_.Resolve(convert_(env, result_));
-      } catch (const Napi::Error& e) {
-        deferred_.Reject(e.Value());
-      }
-    } catch (const Napi::Error&) {
-    }
-  }
-
-  void OnError(const Napi::Error& e) override {
-    try {
-      deferred_.Reject(e.Value());
     } catch (const Napi::Error&) {
     }
   }
 
  private:
-  LibvirtWorker(Napi::Env env, Napi::Object owner, const char* operation, HeldReference held, Work work,
-                Convert convert)
-      : Napi::AsyncWorker(env, operation),
-        deferred_(Napi::Promise::Deferred::New(env)),
+  LibvirtCall(Napi::Env env, Napi::Object owner, const char* operation, HeldReference held, Work work,
+              Convert convert)
+      : deferred_(Napi::Promise::Deferred::New(env)),
         owner_(Napi::Persistent(owner)),
         operation_(operation),
         held_(std::move(held)),
@@ -86,6 +88,7 @@ class LibvirtWorker final : public Napi::AsyncWorker {
   T result_{};
   bool ok_ = false;
   LibvirtErrorInfo error_;
+  std::string failure_;  // a C++ exception thrown by `work`
 };
 
 // Queues `work` on `handle` (a connection, domain or checkpoint pointer) with a
@@ -118,8 +121,8 @@ Napi::Value QueueCall(const Napi::CallbackInfo& info, const ConnectionStatePtr& 
                       std::function<Napi::Value(Napi::Env, T&)> convert) {
   Napi::Env env = info.Env();
   if (state->closed || handle == nullptr) return RejectedPromise(env, ClosedConnectionError(operation));
-  return LibvirtWorker<T>::Run(
-      env, info.This().As<Napi::Object>(), operation, HeldReference(handle),
+  return LibvirtCall<T>::Run(
+      env, info.This().As<Napi::Object>(), state.get(), operation, HeldReference(handle),
       [handle, work = std::move(work)](T& out) { return work(handle, out); }, std::move(convert));
 }
 

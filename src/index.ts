@@ -11,6 +11,8 @@ export { LibvirtError } from './errors.js';
 export type { LibvirtErrorInfo } from './errors.js';
 export * from './constants.js';
 export { decodeVersion, formatVersion } from './version.js';
+export { configureCalls, getCallTuning } from './call-tuning.js';
+export type { CallTuning } from './call-tuning.js';
 export type { VersionParts } from './version.js';
 
 import { nativeAddon } from './native.js';

@@ -98,6 +98,9 @@ export interface NativeAddon {
   open(uri: string | null, flags: number): Promise<NativeConnection>;
   setErrorClass(errorClass: typeof LibvirtError): void;
   getLibraryVersion(): number;
+  getCallTuning(): NativeCallTuning;
+  /** Unset fields keep their value; returns the settings now in force. */
+  setCallTuning(tuning: Partial<NativeCallTuning>): NativeCallTuning;
   /** Test hook: JS -> libvirt typed parameters -> JS. Values may be `{ type, value }`. */
   typedParamsRoundTrip(params: Record<string, unknown>): TypedParameters;
   Connection: abstract new () => NativeConnection;
@@ -107,6 +110,11 @@ export interface NativeAddon {
   Xxh128: new () => NativeXxh128;
   /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
   FileWriter: new (fd: number) => NativeFileWriter;
+}
+
+export interface NativeCallTuning {
+  maxThreads: number;
+  busyPollMicroseconds: number;
 }
 
 export interface NativeFileWriter {

@@ -1,0 +1,453 @@
+#include "call_dispatcher.h"
+
+#include <pthread.h>
+#include <node_api.h>
+#include <uv.h>
+
+#include <sched.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <mutex>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+namespace lvb {
+
+// Why the polling: a libvirt round trip here is 100-150 µs, and a thread that
+// sleeps between calls has to be woken for each one. Waking a sleeping thread
+// costs tens of microseconds (far more on virtual machines, where an idle vCPU
+// halts), and a call through a pool costs two such wake-ups on top of the
+// round trip: one to start the worker, one to get the result back to the JS
+// thread. So an idle call thread keeps looking for work for a short while
+// before it sleeps (one thread at a time), and the JS thread, while it has
+// calls in flight, keeps its loop turning (a uv_idle handle: timers and I/O
+// still run) instead of sleeping until the result is signalled. Both stop
+// after busyPollMicroseconds without activity, so a long call costs at most
+// that much spinning, and setting it to 0 restores plain sleeping.
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::atomic<int> maxThreadsSetting{CallTuning{}.maxThreads};
+std::atomic<int> busyPollSetting{CallTuning{}.busyPollMicroseconds};
+
+
+
+}  // namespace
+
+// The JS-thread side of one environment: finished calls wait here until the
+// environment's loop picks them up.
+class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
+ public:
+  explicit CallCompletions(napi_env env) : env_(env) {}
+
+  void Start() {
+    uv_loop_t* loop = nullptr;
+    napi_get_uv_event_loop(env_, &loop);
+    uv_async_init(loop, &signal_, [](uv_async_t* handle) {
+      static_cast<CallCompletions*>(handle->data)->Drain();
+    });
+    signal_.data = this;
+    uv_unref(reinterpret_cast<uv_handle_t*>(&signal_));
+    uv_idle_init(loop, &poll_);
+    poll_.data = this;
+    napi_value resource = nullptr;
+    napi_value name = nullptr;
+    napi_create_object(env_, &resource);
+    napi_create_string_utf8(env_, "libvirt-backup:call", NAPI_AUTO_LENGTH, &name);
+    napi_async_init(env_, resource, name, &context_);
+    // Held by the environment until its cleanup hook has closed both handles.
+    self_ = shared_from_this();
+    napi_add_async_cleanup_hook(env_, [](napi_async_cleanup_hook_handle hook, void* arg) {
+      static_cast<CallCompletions*>(arg)->Shutdown(hook);
+    }, this, nullptr);
+  }
+
+  // JS thread.
+  void Submitted() {
+    if (inFlight_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(&signal_));
+    lastActivity_ = Clock::now();
+    if (!polling_.load(std::memory_order_relaxed) && busyPollSetting.load(std::memory_order_relaxed) > 0) {
+      polling_.store(true);
+      uv_idle_start(&poll_, [](uv_idle_t* handle) { static_cast<CallCompletions*>(handle->data)->Poll(); });
+    }
+  }
+
+  // Call thread. Returns false once the environment is gone: the call is then
+  // left alone, since freeing it would touch the dead environment's handles.
+  bool Finished(std::unique_ptr<PendingCall> call) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (closed_) {
+        call.release();
+        return false;
+      }
+      done_.push_back(std::move(call));
+      doneCount_.fetch_add(1);
+      // While the JS thread polls it will see the call without being signalled.
+      // polling_ is cleared before the JS thread's last look (seq_cst on both
+      // sides), so a call is never stranded between the two. Sent under the
+      // lock so the handle cannot be closed meanwhile.
+      if (!polling_.load()) uv_async_send(&signal_);
+    }
+    return true;
+  }
+
+ private:
+  void Poll() {
+    if (doneCount_.load() > 0) {
+      Drain();
+      return;
+    }
+    auto window = std::chrono::microseconds(busyPollSetting.load(std::memory_order_relaxed));
+    if (inFlight_ == 0 || Clock::now() - lastActivity_ > window) {
+      uv_idle_stop(&poll_);
+      polling_.store(false);
+      if (doneCount_.load() > 0) Drain();
+      return;
+    }
+    // Lets a thread this one waits for run if it shares the core.
+    sched_yield();
+  }
+
+  void Drain() {
+    std::vector<std::unique_ptr<PendingCall>> ready;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      ready.swap(done_);
+      doneCount_.store(0);
+    }
+    if (ready.empty()) return;
+    lastActivity_ = Clock::now();
+    inFlight_ -= static_cast<int>(ready.size());
+    if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&signal_));
+    Napi::Env env(env_);
+    Napi::HandleScope handles(env);
+    // Microtasks (the awaiting code) run when this scope closes, as after any
+    // callback from native code into JS.
+    napi_callback_scope scope = nullptr;
+    napi_open_callback_scope(env_, nullptr, context_, &scope);
+    for (auto& call : ready) {
+      Napi::HandleScope callScope(env);
+      call->Complete(env);
+      call.reset();
+    }
+    napi_close_callback_scope(env_, scope);
+  }
+
+  void Shutdown(napi_async_cleanup_hook_handle hook) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      closed_ = true;
+      for (auto& call : done_) call.release();
+      done_.clear();
+    }
+    hook_ = hook;
+    napi_async_destroy(env_, context_);
+    uv_idle_stop(&poll_);
+    uv_close(reinterpret_cast<uv_handle_t*>(&poll_), nullptr);
+    // Handles close in order, so the async's callback is the last one to run.
+    uv_close(reinterpret_cast<uv_handle_t*>(&signal_), [](uv_handle_t* handle) {
+      auto* self = static_cast<CallCompletions*>(handle->data);
+      napi_remove_async_cleanup_hook(self->hook_);
+      self->self_.reset();
+    });
+  }
+
+  napi_env env_;
+  uv_async_t signal_{};
+  uv_idle_t poll_{};
+  napi_async_cleanup_hook_handle hook_ = nullptr;
+  napi_async_context context_ = nullptr;
+  std::shared_ptr<CallCompletions> self_;
+  std::mutex mutex_;
+  bool closed_ = false;
+  std::vector<std::unique_ptr<PendingCall>> done_;
+  std::atomic<int> doneCount_{0};
+  std::atomic<bool> polling_{false};
+  // JS thread only.
+  int inFlight_ = 0;
+  Clock::time_point lastActivity_{};
+};
+
+namespace {
+
+struct QueuedCall {
+  std::unique_ptr<PendingCall> call;
+  std::shared_ptr<CallCompletions> completions;
+  const void* lane;
+};
+
+// At most kLaneWidth quick calls of one connection run at once; a call that
+// has run longer than kSlowCall no longer counts. Why: libvirt's client sends
+// all of a connection's calls over one socket, and every extra thread on it
+// costs about four thread wake-ups per call (the pipe that interrupts the
+// thread doing the I/O, the condition variable it signals back, and their
+// returns). Sixteen threads on one connection were slower than two; two keep
+// the daemon busy with one call while the reply to the other travels, and a
+// thread that finishes a call moves straight to the connection's next one.
+// A slow or hung call still holds up the rest of its connection for at most
+// kSlowCall.
+constexpr size_t kLaneWidth = 2;
+constexpr auto kSlowCall = std::chrono::microseconds(1000);
+
+// The call threads, shared by every environment of the process. Threads are
+// started on demand, up to maxThreads, and never exit: an idle one sleeps.
+class CallThreads {
+ public:
+  void Submit(QueuedCall queued) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    const void* lane = queued.lane;
+    queue_.push_back(std::move(queued));
+    changes_.fetch_add(1);
+    Clock::time_point now = Clock::now();
+    if (lane != nullptr) {
+      Clock::time_point readyAt;
+      size_t ahead = QueuedCount(lane, queue_.size() - 1);
+      size_t slots = FreeSlots(lane, now, readyAt);
+      if (ahead >= slots) {
+        // The first blocked call of a connection needs someone to notice when a
+        // running call turns slow; calls further back get their turn arranged
+        // when the ones ahead start (PopLocked).
+        if (ahead == slots) EnsureTimekeeper(readyAt);
+        return;
+      }
+    }
+    WakeForEligible();
+  }
+
+ private:
+  struct Running {
+    uint64_t id;
+    Clock::time_point start;
+  };
+
+  void Loop() {
+    bool justFinished = false;
+    for (;;) {
+      uint64_t id = 0;
+      QueuedCall next = Take(id, justFinished);
+      justFinished = true;
+      next.call->Execute();
+      const void* lane = next.lane;
+      next.completions->Finished(std::move(next.call));
+      next.completions.reset();
+      if (lane != nullptr) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        auto it = lanes_.find(lane);
+        auto& running = it->second;
+        for (size_t i = 0; i < running.size(); i++) {
+          if (running[i].id == id) {
+            running[i] = running.back();
+            running.pop_back();
+            break;
+          }
+        }
+        if (running.empty()) lanes_.erase(it);
+        changes_.fetch_add(1);
+      }
+    }
+  }
+
+  // `justFinished`: the thread comes straight from a call. Only such a thread
+  // polls for the next one, and it takes over from any thread already polling:
+  // the one that ran last is the one most likely still on a core.
+  QueuedCall Take(uint64_t& id, bool justFinished) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    bool mayPoll = justFinished;
+    for (;;) {
+      Clock::time_point now = Clock::now();
+      Clock::time_point nextReady = Clock::time_point::max();
+      size_t index = FindEligible(now, nextReady);
+      if (index != kNone) return PopLocked(index, now, id);
+      int pollMicroseconds = busyPollSetting.load(std::memory_order_relaxed);
+      if (mayPoll && pollMicroseconds > 0) {
+        mayPoll = false;
+        uint64_t turn = pollTurn_.fetch_add(1) + 1;  // an earlier poller sees this and stops
+        if (spinners_ == 0) spinners_ = 1;
+        uint64_t seen = changes_.load();
+        lock.unlock();
+        auto deadline = Clock::now() + std::chrono::microseconds(pollMicroseconds);
+        // sched_yield rather than a pause instruction: with two cores, the
+        // thread this one waits for may need the very core it spins on.
+        while (changes_.load() == seen && pollTurn_.load() == turn && Clock::now() < deadline) sched_yield();
+        lock.lock();
+        if (pollTurn_.load() == turn) {
+          spinners_ = 0;
+          claimedSpinners_ = 0;
+        }
+        continue;
+      }
+      if (nextReady != Clock::time_point::max() && !timekeeper_) {
+        // Someone has to notice when a connection's running call turns slow.
+        timekeeper_ = true;
+        timerDeadline_ = nextReady;
+        timer_.wait_until(lock, nextReady);
+        timekeeper_ = false;
+        timerDeadline_ = Clock::time_point::max();
+        continue;
+      }
+      sleepers_++;
+      wake_.wait(lock, [this] { return signals_ > 0; });
+      signals_--;
+    }
+  }
+
+  static constexpr size_t kNone = static_cast<size_t>(-1);
+
+  // The first queued call that may start now: any call without a lane, or one
+  // of the first queued calls of a lane with quick-call slots free. `nextReady`
+  // gets the earliest moment a blocked lane frees a slot.
+  size_t FindEligible(Clock::time_point now, Clock::time_point& nextReady) {
+    seenLanes_.clear();
+    for (size_t i = 0; i < queue_.size(); i++) {
+      const void* lane = queue_[i].lane;
+      if (lane == nullptr) return i;
+      SeenLane* seen = nullptr;
+      for (SeenLane& other : seenLanes_) {
+        if (other.lane == lane) seen = &other;
+      }
+      if (seen == nullptr) {
+        Clock::time_point readyAt;
+        seenLanes_.push_back({lane, FreeSlots(lane, now, readyAt), 0});
+        seen = &seenLanes_.back();
+        if (seen->slots == 0 && readyAt < nextReady) nextReady = readyAt;
+      }
+      if (seen->queued++ < seen->slots) return i;
+    }
+    return kNone;
+  }
+
+  size_t QueuedCount(const void* lane, size_t end) const {
+    size_t count = 0;
+    for (size_t i = 0; i < end; i++) count += queue_[i].lane == lane ? 1 : 0;
+    return count;
+  }
+
+  // How many more calls the lane may start now; when none, `readyAt` is when
+  // its oldest quick call turns slow and frees a slot.
+  size_t FreeSlots(const void* lane, Clock::time_point now, Clock::time_point& readyAt) const {
+    auto it = lanes_.find(lane);
+    if (it == lanes_.end()) return kLaneWidth;
+    size_t quick = 0;
+    Clock::time_point oldestQuick = Clock::time_point::max();
+    for (const Running& running : it->second) {
+      if (now - running.start < kSlowCall) {
+        quick++;
+        oldestQuick = std::min(oldestQuick, running.start);
+      }
+    }
+    if (quick < kLaneWidth) return kLaneWidth - quick;
+    readyAt = oldestQuick + kSlowCall;
+    return 0;
+  }
+
+  QueuedCall PopLocked(size_t index, Clock::time_point now, uint64_t& id) {
+    QueuedCall next = std::move(queue_[index]);
+    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(index));
+    if (next.lane != nullptr) {
+      id = ++nextRunId_;
+      lanes_[next.lane].push_back({id, now});
+      // The lane's next queued call may start now, or once a slot frees up.
+      if (QueuedCount(next.lane, queue_.size()) > 0) {
+        Clock::time_point readyAt;
+        if (FreeSlots(next.lane, now, readyAt) > 0) {
+          WakeForEligible();
+        } else {
+          EnsureTimekeeper(readyAt);
+        }
+      }
+    }
+    return next;
+  }
+
+  // A call may start now: the polling thread takes it if it has not been
+  // counted on already, else a thread is woken or started.
+  void WakeForEligible() {
+    if (claimedSpinners_ < spinners_) {
+      claimedSpinners_++;
+      return;
+    }
+    WakeOrStart();
+  }
+
+  void EnsureTimekeeper(Clock::time_point readyAt) {
+    if (timekeeper_) {
+      if (readyAt < timerDeadline_) timer_.notify_one();
+      return;
+    }
+    WakeOrStart();
+  }
+
+  void WakeOrStart() {
+    if (sleepers_ > 0) {
+      sleepers_--;
+      signals_++;
+      wake_.notify_one();
+    } else if (threads_ < maxThreadsSetting.load()) {
+      threads_++;
+      // Detached: it may be inside a libvirt call when the process exits.
+      std::thread([this] {
+      pthread_setname_np(pthread_self(), "lvb-call");
+      Loop();
+    }).detach();
+    }
+  }
+
+  std::mutex mutex_;
+  std::condition_variable wake_;
+  std::condition_variable timer_;
+  std::deque<QueuedCall> queue_;
+  std::unordered_map<const void*, std::vector<Running>> lanes_;
+  struct SeenLane {
+    const void* lane;
+    size_t slots;
+    size_t queued;
+  };
+  std::vector<SeenLane> seenLanes_;
+  std::atomic<uint64_t> changes_{0};   // queue or lane changes, watched by the poller
+  std::atomic<uint64_t> pollTurn_{0};  // bumped by each thread that starts polling
+  uint64_t nextRunId_ = 0;
+  int threads_ = 0;
+  int spinners_ = 0;         // 0 or 1: the thread polling for work
+  int claimedSpinners_ = 0;  // pollers a new call already counts on
+  int sleepers_ = 0;         // sleeping and not yet signalled
+  int signals_ = 0;          // wake-ups sent and not yet consumed
+  bool timekeeper_ = false;
+  Clock::time_point timerDeadline_ = Clock::time_point::max();
+};
+
+// Leaked on purpose: detached threads use it until the process exits.
+CallThreads& TheCallThreads() {
+  static CallThreads* instance = new CallThreads();
+  return *instance;
+}
+
+}  // namespace
+
+std::shared_ptr<CallCompletions> InitCallDispatcher(Napi::Env env) {
+  auto completions = std::make_shared<CallCompletions>(env);
+  completions->Start();
+  return completions;
+}
+
+void SubmitCall(const std::shared_ptr<CallCompletions>& completions, const void* lane,
+                std::unique_ptr<PendingCall> call) {
+  completions->Submitted();
+  TheCallThreads().Submit(QueuedCall{std::move(call), completions, lane});
+}
+
+CallTuning GetCallTuning() { return CallTuning{maxThreadsSetting.load(), busyPollSetting.load()}; }
+
+void SetCallTuning(const CallTuning& tuning) {
+  maxThreadsSetting.store(tuning.maxThreads);
+  busyPollSetting.store(tuning.busyPollMicroseconds);
+}
+
+}  // namespace lvb
