@@ -161,15 +161,20 @@ export class Connection {
   private async closeGracefully(): Promise<void> {
     if (this.pending.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     if (this.failure) return;
-    const closed = new Promise<void>((resolve) => {
+    // NBD_CMD_DISC has no reply and nothing may follow it, so the socket is done
+    // once the request is out: waiting for the server to hang up as well would
+    // only add a round trip per connection.
+    const sent = new Promise<void>((resolve) => {
       if (this.socket.destroyed) resolve();
       else this.socket.once('close', () => resolve());
     });
     this.send(Command.DISC, 0, 0, 0, 0, undefined);
-    this.socket.end();
+    // Out now: a header batch waiting for the next tick would meet an ended socket.
+    this.flushHeaders();
+    this.socket.end(() => this.socket.destroy());
     const timer = setTimeout(() => this.socket.destroy(), 5000);
     timer.unref();
-    await closed;
+    await sent;
     clearTimeout(timer);
     this.fail(new NbdConnectionError('the connection was closed'));
   }

@@ -217,3 +217,24 @@ test('block status that makes no progress is a protocol error', async (t) => {
   );
   await client.close();
 });
+
+test('close() says NBD_CMD_DISC and does not wait for the server to hang up', async (t) => {
+  const seen: string[] = [];
+  const { path } = await startFakeServer(t, {
+    onRequest: (request, reply) => {
+      seen.push(`request ${request.type}`);
+      if (request.type === READ) answerReadWell(request, reply);
+    },
+    onDisconnect: () => seen.push('disc'),
+    // Like a slow server, this one never closes its end after DISC.
+    stayAfterDisconnect: true,
+  });
+  const client = await NbdClient.connect({ path, connections: 1 });
+  t.is((await client.read(0, 4096)).length, 4096);
+  const started = performance.now();
+  await client.close();
+  t.true(performance.now() - started < 2000, 'close() returned without waiting for the server');
+  for (let i = 0; i < 100 && !seen.includes('disc'); i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.deepEqual(seen, [`request ${READ}`, 'disc']);
+  await t.throwsAsync(client.read(0, 4096), { instanceOf: NbdConnectionError });
+});

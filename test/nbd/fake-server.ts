@@ -34,6 +34,10 @@ export interface FakeServerOptions {
   silent?: boolean;
   greeting?: Buffer;
   onRequest?: (request: FakeRequest, reply: ReplyWriter) => void;
+  /** Told when NBD_CMD_DISC arrives. */
+  onDisconnect?: () => void;
+  /** Keep the socket open after NBD_CMD_DISC instead of hanging up. */
+  stayAfterDisconnect?: boolean;
 }
 
 export class ReplyWriter {
@@ -179,7 +183,8 @@ async function serve(socket: Socket, options: FakeServerOptions): Promise<void> 
     };
     if (request.type === 1) request.payload = await reader.read(request.length);
     if (request.type === 2) {
-      socket.end();
+      options.onDisconnect?.();
+      if (!options.stayAfterDisconnect) socket.end();
       return;
     }
     options.onRequest?.(request, writer);
