@@ -1,10 +1,9 @@
 #include "call_dispatcher.h"
 
-#include <pthread.h>
 #include <node_api.h>
-#include <uv.h>
-
+#include <pthread.h>
 #include <sched.h>
+#include <uv.h>
 
 #include <atomic>
 #include <chrono>
@@ -36,8 +35,6 @@ using Clock = std::chrono::steady_clock;
 
 std::atomic<int> maxThreadsSetting{CallTuning{}.maxThreads};
 std::atomic<int> busyPollSetting{CallTuning{}.busyPollMicroseconds};
-
-
 
 }  // namespace
 

@@ -1,6 +1,7 @@
 #include "handles.h"
 
 #include <pthread.h>
+
 #include <cmath>
 #include <condition_variable>
 #include <deque>
