@@ -109,7 +109,12 @@ class EpollLoop {
     handle.callback = callback;
     handle.opaque = opaque;
     handle.free = free;
-    ApplyInterest(watch, handle, events);
+    if (!ApplyInterest(watch, handle, events)) {
+      // Nothing was registered, so libvirt gets the failure and frees its side.
+      close(copy);
+      handles_.erase(watch);
+      return -1;
+    }
     return watch;
   }
 
@@ -179,25 +184,30 @@ class EpollLoop {
   // Caller holds mutex_. Interest 0 takes the descriptor out of epoll entirely:
   // epoll reports errors and hang-ups even with an empty mask, and a watch
   // libvirt disabled must not wake the loop.
-  void ApplyInterest(int watch, Handle& handle, int events) {
+  // False when epoll refused the descriptor for good (libvirt is told at add).
+  bool ApplyInterest(int watch, Handle& handle, int events) {
     handle.events = events;
     if (handle.alwaysReady) {
       if (events != 0) Wake();
-      return;
+      return true;
     }
     if (events == 0) {
       if (handle.registered) epoll_ctl(epoll_, EPOLL_CTL_DEL, handle.epollFd, nullptr);
       handle.registered = false;
-      return;
+      return true;
     }
     epoll_event event{ToEpoll(events), {.u64 = static_cast<uint64_t>(watch)}};
     if (epoll_ctl(epoll_, handle.registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, handle.epollFd, &event) == 0) {
       handle.registered = true;
-    } else if (errno == EPERM) {
+      return true;
+    }
+    if (errno == EPERM) {
       // poll(2) reports regular files as always ready; keep that contract.
       handle.alwaysReady = true;
       Wake();
+      return true;
     }
+    return false;
   }
 
   void SetFrequency(Timeout& timeout, int frequencyMs) {
