@@ -26,6 +26,10 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
 test('a call stuck on a frozen QEMU does not hold up other calls on the same connection', async (t) => {
   const conn = await connectSystem();
   const vm = await createThrowawayDomain(conn, 'stuck-call');
+  t.teardown(async () => {
+    await vm.cleanup();
+    await conn.close();
+  });
   const pid = await qemuPid(vm.name);
   let settled = 0;
   let stuck: Array<Promise<string>> = [];
@@ -64,13 +68,15 @@ test('a call stuck on a frozen QEMU does not hold up other calls on the same con
     const reply = JSON.parse(text) as { return: { running: boolean } };
     t.true(reply.return.running);
   }
-  await vm.cleanup();
-  await conn.close();
 });
 
 test('a call still running when its worker thread is terminated is dropped without harm', async (t) => {
   const conn = await connectSystem();
   const vm = await createThrowawayDomain(conn, 'stuck-worker');
+  t.teardown(async () => {
+    await vm.cleanup();
+    await conn.close();
+  });
   const pid = await qemuPid(vm.name);
   const tsxApi = import.meta.resolve('tsx/esm/api');
   const fixture = new URL('./fixtures/worker-stuck-call.ts', import.meta.url).href;
@@ -104,8 +110,6 @@ test('a call still running when its worker thread is terminated is dropped witho
   await sleep(500);
   for (let i = 0; i < 20; i++) t.regex(await vm.domain.getXMLDesc(), /<domain/);
   t.true(JSON.parse(await vm.domain.qemuMonitorCommand('{"execute":"query-status"}')).return.running);
-  await vm.cleanup();
-  await conn.close();
 });
 
 test('configureCalls changes the tuning and refuses bad settings by name', async (t) => {
