@@ -232,24 +232,26 @@ class CallThreads {
       QueuedCall next = Take(id, justFinished);
       justFinished = true;
       next.call->Execute();
-      const void* lane = next.lane;
       next.completions->Finished(std::move(next.call));
       next.completions.reset();
-      if (lane != nullptr) {
-        std::lock_guard<std::mutex> lock(mutex_);
-        auto it = lanes_.find(lane);
-        auto& running = it->second;
-        for (size_t i = 0; i < running.size(); i++) {
-          if (running[i].id == id) {
-            running[i] = running.back();
-            running.pop_back();
-            break;
-          }
-        }
-        if (running.empty()) lanes_.erase(it);
-        changes_.fetch_add(1);
+      if (next.lane != nullptr) EndRun(next.lane, id);
+    }
+  }
+
+  // The call `id` on `lane` is over: its slot frees up.
+  void EndRun(const void* lane, uint64_t id) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = lanes_.find(lane);
+    std::vector<Running>& running = it->second;
+    for (size_t i = 0; i < running.size(); i++) {
+      if (running[i].id == id) {
+        running[i] = running.back();
+        running.pop_back();
+        break;
       }
     }
+    if (running.empty()) lanes_.erase(it);
+    changes_.fetch_add(1);
   }
 
   // `justFinished`: the thread comes straight from a call. Only such a thread

@@ -249,12 +249,9 @@ class EpollLoop {
     std::vector<epoll_event> events(64);
     std::vector<ReadyHandle> ready;
     std::vector<int> dueTimeouts;
+    // An enabled watch on a regular file is always ready, so the loop must not block.
+    bool pollOnly = false;
     for (;;) {
-      bool pollOnly;
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        pollOnly = HasReadyRegularFile();
-      }
       int count = epoll_wait(epoll_, events.data(), static_cast<int>(events.size()), pollOnly ? 0 : -1);
       if (count < 0 && errno != EINTR) continue;
       ready.clear();
@@ -272,9 +269,11 @@ class EpollLoop {
             ready.push_back({static_cast<int>(key), FromEpoll(events[i].events)});
           }
         }
+        size_t fromEpoll = ready.size();
         for (const auto& [watch, handle] : handles_) {
           if (handle.alwaysReady && !handle.deleted && handle.events != 0) ready.push_back({watch, handle.events});
         }
+        pollOnly = ready.size() > fromEpoll;
         int64_t now = NowNs();
         for (const auto& [id, timeout] : timeouts_) {
           if (!timeout.deleted && timeout.frequencyMs >= 0 && timeout.dueNs <= now) dueTimeouts.push_back(id);
@@ -283,19 +282,8 @@ class EpollLoop {
       // Callbacks run unlocked: they may add, update or remove watches and timeouts.
       for (int id : dueTimeouts) DispatchTimeout(id);
       for (const ReadyHandle& item : ready) DispatchHandle(item);
-      {
-        std::lock_guard<std::mutex> lock(mutex_);
-        ArmTimer();
-      }
-      Cleanup();
+      FinishIteration();
     }
-  }
-
-  bool HasReadyRegularFile() const {
-    for (const auto& [watch, handle] : handles_) {
-      if (handle.alwaysReady && !handle.deleted && handle.events != 0) return true;
-    }
-    return false;
   }
 
   void DispatchTimeout(int id) {
@@ -306,8 +294,9 @@ class EpollLoop {
       auto it = timeouts_.find(id);
       if (it == timeouts_.end() || it->second.deleted || it->second.frequencyMs < 0) return;
       Timeout& timeout = it->second;
-      if (timeout.dueNs > NowNs()) return;  // re-armed later by another thread meanwhile
-      timeout.dueNs = NowNs() + static_cast<int64_t>(timeout.frequencyMs) * 1000000;
+      int64_t now = NowNs();
+      if (timeout.dueNs > now) return;  // re-armed later by another thread meanwhile
+      timeout.dueNs = now + static_cast<int64_t>(timeout.frequencyMs) * 1000000;
       callback = timeout.callback;
       opaque = timeout.opaque;
     }
@@ -334,32 +323,32 @@ class EpollLoop {
     callback(item.watch, fd, events, opaque);
   }
 
-  // Free callbacks run here, on the loop thread after dispatching, never inside
-  // a remove call: libvirt may hold locks there that the callback takes.
-  void Cleanup() {
+  // Re-arms the timer for the timeouts just run, then calls the free callbacks
+  // of what was removed: here, on the loop thread after dispatching, never
+  // inside a remove call, where libvirt may hold locks the callback takes.
+  void FinishIteration() {
     std::vector<std::pair<virFreeCallback, void*>> frees;
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      ArmTimer();
       if (!cleanupPending_) return;
       cleanupPending_ = false;
-      for (auto it = handles_.begin(); it != handles_.end();) {
-        if (it->second.deleted) {
-          if (it->second.free) frees.emplace_back(it->second.free, it->second.opaque);
-          it = handles_.erase(it);
-        } else {
-          ++it;
-        }
-      }
-      for (auto it = timeouts_.begin(); it != timeouts_.end();) {
-        if (it->second.deleted) {
-          if (it->second.free) frees.emplace_back(it->second.free, it->second.opaque);
-          it = timeouts_.erase(it);
-        } else {
-          ++it;
-        }
-      }
+      TakeDeleted(handles_, frees);
+      TakeDeleted(timeouts_, frees);
     }
     for (auto& [free, opaque] : frees) free(opaque);
+  }
+
+  template <typename Entries>
+  static void TakeDeleted(Entries& entries, std::vector<std::pair<virFreeCallback, void*>>& frees) {
+    for (auto it = entries.begin(); it != entries.end();) {
+      if (!it->second.deleted) {
+        ++it;
+        continue;
+      }
+      if (it->second.free) frees.emplace_back(it->second.free, it->second.opaque);
+      it = entries.erase(it);
+    }
   }
 
   std::mutex mutex_;

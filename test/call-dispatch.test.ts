@@ -3,17 +3,25 @@
 // of its connection, and a call that outlives its worker thread's environment
 // is dropped without harm.
 import { readFile } from 'node:fs/promises';
-import { Worker } from 'node:worker_threads';
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import { configureCalls, connect, getCallTuning } from '../src/index.js';
-import { connectSystem, createThrowawayDomain, SYSTEM_URI } from './helpers/daemon.js';
+import { connectSystem, createThrowawayDomain, SYSTEM_URI, type ThrowawayDomain } from './helpers/daemon.js';
+import { startTsWorker } from './helpers/workers.js';
 
 const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
-async function qemuPid(domainName: string): Promise<number> {
-  return Number((await readFile(`/run/libvirt/qemu/${domainName}.pid`, 'utf8')).trim());
+/** A running throwaway domain, removed when the test ends, and its QEMU's pid. */
+async function domainWithQemuPid(t: ExecutionContext, label: string): Promise<{ vm: ThrowawayDomain; pid: number }> {
+  const conn = await connectSystem();
+  const vm = await createThrowawayDomain(conn, label);
+  t.teardown(async () => {
+    await vm.cleanup();
+    await conn.close();
+  });
+  const pid = Number((await readFile(`/run/libvirt/qemu/${vm.name}.pid`, 'utf8')).trim());
+  return { vm, pid };
 }
 
 function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
@@ -24,13 +32,7 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
 }
 
 test('a call stuck on a frozen QEMU does not hold up other calls on the same connection', async (t) => {
-  const conn = await connectSystem();
-  const vm = await createThrowawayDomain(conn, 'stuck-call');
-  t.teardown(async () => {
-    await vm.cleanup();
-    await conn.close();
-  });
-  const pid = await qemuPid(vm.name);
+  const { vm, pid } = await domainWithQemuPid(t, 'stuck-call');
   let settled = 0;
   let stuck: Array<Promise<string>> = [];
   try {
@@ -71,34 +73,22 @@ test('a call stuck on a frozen QEMU does not hold up other calls on the same con
 });
 
 test('a call still running when its worker thread is terminated is dropped without harm', async (t) => {
-  const conn = await connectSystem();
-  const vm = await createThrowawayDomain(conn, 'stuck-worker');
-  t.teardown(async () => {
-    await vm.cleanup();
-    await conn.close();
-  });
-  const pid = await qemuPid(vm.name);
-  const tsxApi = import.meta.resolve('tsx/esm/api');
-  const fixture = new URL('./fixtures/worker-stuck-call.ts', import.meta.url).href;
-  const bootstrap = `import(${JSON.stringify(tsxApi)}).then((api) => api.tsImport(${JSON.stringify(fixture)}, ${JSON.stringify(import.meta.url)}))`;
+  const { vm, pid } = await domainWithQemuPid(t, 'stuck-worker');
   process.kill(pid, 'SIGSTOP');
   try {
-    const worker = new Worker(bootstrap, { eval: true, workerData: { uri: SYSTEM_URI, domainName: vm.name } });
+    const worker = startTsWorker(new URL('./fixtures/worker-stuck-call.ts', import.meta.url), {
+      uri: SYSTEM_URI,
+      domainName: vm.name,
+    });
     const messages: string[] = [];
-    worker.on('message', (message: string) => messages.push(message));
-    await within(
-      new Promise<void>((resolve, reject) => {
-        worker.once('error', reject);
-        const check = setInterval(() => {
-          if (messages.includes('started')) {
-            clearInterval(check);
-            resolve();
-          }
-        }, 10);
-      }),
-      30_000,
-      'the worker starting its call',
-    );
+    const started = new Promise<void>((resolve, reject) => {
+      worker.once('error', reject);
+      worker.on('message', (message: string) => {
+        messages.push(message);
+        if (message === 'started') resolve();
+      });
+    });
+    await within(started, 30_000, 'the worker starting its call');
     await sleep(200);
     t.is(await worker.terminate(), 1);
     t.deepEqual(messages, ['started']);

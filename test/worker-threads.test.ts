@@ -1,17 +1,13 @@
-import { Worker } from 'node:worker_threads';
+import type { Worker } from 'node:worker_threads';
 
 import test from 'ava';
 
 import { connect } from '../src/index.js';
 import { SYSTEM_URI } from './helpers/daemon.js';
+import { startTsWorker } from './helpers/workers.js';
 
-// Worker entry points do not go through tsx's loader hooks on Node 20: start
-// each worker with a small script that loads the TypeScript fixture through tsx's API.
 function startWorker(workerData: { uri: string; rounds: number }): Worker {
-  const tsxApi = import.meta.resolve('tsx/esm/api');
-  const fixture = new URL('./fixtures/worker-connect.ts', import.meta.url).href;
-  const bootstrap = `import(${JSON.stringify(tsxApi)}).then((api) => api.tsImport(${JSON.stringify(fixture)}, ${JSON.stringify(import.meta.url)}))`;
-  return new Worker(bootstrap, { eval: true, workerData });
+  return startTsWorker(new URL('./fixtures/worker-connect.ts', import.meta.url), workerData);
 }
 
 function runWorker(uri: string, rounds: number): Promise<{ version: number; count: number }> {
