@@ -3,14 +3,13 @@
 // of its connection, and a call that outlives its worker thread's environment
 // is dropped without harm.
 import { readFile } from 'node:fs/promises';
+import { setTimeout as sleep } from 'node:timers/promises';
 
 import test, { type ExecutionContext } from 'ava';
 
 import { configureCalls, connect, getCallTuning } from '../src/index.js';
 import { connectSystem, createThrowawayDomain, SYSTEM_URI, type ThrowawayDomain } from './helpers/daemon.js';
 import { startTsWorker } from './helpers/workers.js';
-
-const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 /** A running throwaway domain, removed when the test ends, and its QEMU's pid. */
 async function domainWithQemuPid(t: ExecutionContext, label: string): Promise<{ vm: ThrowawayDomain; pid: number }> {
