@@ -298,18 +298,27 @@ export class NbdClient implements ChunkSource {
     this.checkRange(offset, length);
     const end = offset + length;
     const merger = new ExtentMerger();
+    const ask = (at: number): Promise<Extent[]> => {
+      const reply = this.blockStatus(context, at, Math.min(end - at, TWO_GIB), options.signal);
+      // Observed when awaited; a consumer that stops early leaves it unobserved.
+      reply.catch(() => {});
+      return reply;
+    };
     let position = offset;
-    while (position < end) {
-      const extents = await this.blockStatus(context, position, Math.min(end - position, TWO_GIB), options.signal);
+    let next = position < end ? ask(position) : undefined;
+    while (next) {
+      const extents = await next;
       const last = extents.at(-1);
       if (!last || extents[0]!.offset !== position) {
         throw new NbdProtocolError(`NBD protocol violation: block status for "${context}" at ${position} made no progress`);
       }
+      position = last.offset + last.length;
+      // The next answer travels while the consumer works through this one.
+      next = position < end ? ask(position) : undefined;
       for (const extent of extents) {
         const finished = merger.add(extent);
         if (finished) yield finished;
       }
-      position = last.offset + last.length;
     }
     const finished = merger.flush();
     if (finished) yield finished;

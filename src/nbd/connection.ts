@@ -164,18 +164,21 @@ export class Connection {
     // NBD_CMD_DISC has no reply and nothing may follow it, so the socket is done
     // once the request is out: waiting for the server to hang up as well would
     // only add a round trip per connection.
-    const sent = new Promise<void>((resolve) => {
-      if (this.socket.destroyed) resolve();
-      else this.socket.once('close', () => resolve());
-    });
     this.send(Command.DISC, 0, 0, 0, 0, undefined);
     // Out now: a header batch waiting for the next tick would meet an ended socket.
     this.flushHeaders();
-    this.socket.end(() => this.socket.destroy());
-    const timer = setTimeout(() => this.socket.destroy(), 5000);
-    timer.unref();
-    await sent;
-    clearTimeout(timer);
+    if (this.socket.writableLength > 0) {
+      // Still queued in Node (a slow peer, or TLS): wait until it reaches the kernel.
+      const flushed = new Promise<void>((resolve) => {
+        this.socket.once('close', () => resolve());
+        this.socket.end(() => this.socket.destroy());
+      });
+      const timer = setTimeout(() => this.socket.destroy(), 5000);
+      timer.unref();
+      await flushed;
+      clearTimeout(timer);
+    }
+    // The request sits in the kernel's send buffer, which survives the close.
     this.fail(new NbdConnectionError('the connection was closed'));
   }
 

@@ -204,6 +204,31 @@ test('block status is asked again until the range is covered, and runs are merge
   await client.close();
 });
 
+test('the next block status is on its way while the consumer works through the current answer', async (t) => {
+  const size = 1024 * 1024;
+  const step = 64 * 1024;
+  const requested: number[] = [];
+  const { path } = await startFakeServer(t, {
+    size,
+    onRequest: (request, reply) => {
+      if (request.type !== BLOCK_STATUS) return reply.simple(request.cookie, 22);
+      requested.push(request.offset);
+      // One descriptor per answer, flags alternating so that no two runs merge.
+      reply.blockStatus(request.cookie, DONE, CONTEXT_ID, [[step, (request.offset / step) % 2]]);
+    },
+  });
+  const client = await NbdClient.connect({ path, connections: 1 });
+  const extents = client.extents(CONTEXT_NAME);
+  t.deepEqual((await extents.next()).value, { offset: 0, length: step, flags: 0 });
+  // The first extent is only handed on once the second answer arrived (runs merge),
+  // and by then the third question is already out.
+  await new Promise((resolve) => setTimeout(resolve, 50));
+  t.deepEqual(requested, [0, step, 2 * step]);
+  // Stopping early leaves the question in flight unobserved: no unhandled rejection, and close() waits for it.
+  await extents.return(undefined);
+  await client.close();
+});
+
 test('block status that makes no progress is a protocol error', async (t) => {
   const { path } = await startFakeServer(t, {
     onRequest: (request, reply) => reply.chunk(request.cookie, DONE, REPLY.NONE, Buffer.alloc(0)),
