@@ -5,6 +5,7 @@ import { decodeDescriptors, ExtentMerger, type ByteRange, type Extent } from './
 import { negotiate, OptionPhase, type BlockSizeLimits, type ExportInfo, type ExportListing } from './handshake.js';
 import { BASE_ALLOCATION, Command, CommandFlags, Option, TransmissionFlags } from './protocol.js';
 import { RequestScheduler } from './scheduler.js';
+import { SlabPool } from './slabs.js';
 import { readChunks, type ChunkSource, type ReadChunk, type ReadStreamOptions } from './stream.js';
 import type { NbdTlsOptions } from './tls.js';
 import { openSocket, type Endpoint } from './transport.js';
@@ -93,8 +94,13 @@ async function openOptionPhase(address: ServerAddress): Promise<OptionPhase> {
   }
 }
 
-async function openConnection(endpoint: Endpoint, options: ConnectOptions, signal: AbortSignal | undefined): Promise<Connection> {
-  const socket = await openSocket(endpoint, signal, options.tls === undefined);
+async function openConnection(
+  endpoint: Endpoint,
+  options: ConnectOptions,
+  signal: AbortSignal | undefined,
+  slabs: SlabPool,
+): Promise<Connection> {
+  const socket = await openSocket(endpoint, signal, options.tls === undefined ? slabs : undefined);
   const onAbort = (): void => {
     socket.destroy(abortReason(signal!));
   };
@@ -135,11 +141,14 @@ export class NbdClient implements ChunkSource {
   readonly metaContexts: readonly string[];
 
   private readonly scheduler: RequestScheduler;
+  /** Receive memory shared by all connections. */
+  private readonly slabs: SlabPool;
   private readonly extraConnections = new AbortController();
   private joining: Promise<void> = Promise.resolve();
   private closed: Promise<void> | undefined;
 
-  private constructor(first: Connection, options: ConnectOptions) {
+  private constructor(first: Connection, options: ConnectOptions, slabs: SlabPool) {
+    this.slabs = slabs;
     const info: ExportInfo = first.info;
     this.size = info.size;
     this.flags = info.flags;
@@ -157,8 +166,9 @@ export class NbdClient implements ChunkSource {
   /** Connects, negotiates and enters transmission. More connections join in the background. */
   static async connect(options: ConnectOptions): Promise<NbdClient> {
     const endpoint = endpointOf(options);
-    const first = await openConnection(endpoint, options, options.signal);
-    const client = new NbdClient(first, options);
+    const slabs = new SlabPool();
+    const first = await openConnection(endpoint, options, options.signal, slabs);
+    const client = new NbdClient(first, options, slabs);
     const wanted = client.canMultiConn ? Math.max(1, options.connections ?? DEFAULT_CONNECTIONS) : 1;
     if (wanted > 1) client.joining = client.addConnections(endpoint, options, wanted - 1);
     return client;
@@ -402,7 +412,7 @@ export class NbdClient implements ChunkSource {
 
   private async addConnections(endpoint: Endpoint, options: ConnectOptions, count: number): Promise<void> {
     const signal = AbortSignal.any([this.extraConnections.signal, AbortSignal.timeout(EXTRA_CONNECTION_TIMEOUT_MS)]);
-    const opened = await Promise.allSettled(Array.from({ length: count }, () => openConnection(endpoint, options, signal)));
+    const opened = await Promise.allSettled(Array.from({ length: count }, () => openConnection(endpoint, options, signal, this.slabs)));
     for (const result of opened) {
       if (result.status !== 'fulfilled') continue;
       const connection = result.value;

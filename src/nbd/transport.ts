@@ -2,7 +2,7 @@ import { connect as netConnect, type Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ByteQueue } from './byte-queue.js';
 import { abortReason, NbdConnectionError } from './errors.js';
-import { slabReader, type SlabReader } from './slabs.js';
+import { slabReader, type SlabPool, type SlabReader } from './slabs.js';
 
 /** Where the server listens: a unix socket `path`, or TCP `host` + `port`. */
 export type Endpoint = { path: string; host?: undefined; port?: undefined } | { host: string; port: number; path?: undefined };
@@ -15,17 +15,18 @@ export function slabReaderOf(socket: Duplex): SlabReader | undefined {
 }
 
 /**
- * `slabReads` swaps Node's per-read allocation for `slabReader`; received bytes still
- * arrive as 'data' events. It must stay off for sockets that TLS will take over.
+ * With `slabs`, reads land in that pool's memory (see `slabReader`) instead of Node's
+ * per-read allocation; received bytes still arrive as 'data' events. Sockets that TLS
+ * will take over must go without.
  */
-export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabReads = false): Promise<Socket> {
+export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabs?: SlabPool): Promise<Socket> {
   return new Promise((resolve, reject) => {
     if (signal?.aborted) {
       reject(abortReason(signal));
       return;
     }
     let socket: Socket | undefined;
-    const reader = slabReads ? slabReader((chunk) => socket!.emit('data', chunk)) : undefined;
+    const reader = slabs ? slabReader(slabs, (chunk) => socket!.emit('data', chunk)) : undefined;
     const onread = reader ? { onread: { buffer: reader.buffer, callback: reader.callback } } : {};
     socket =
       endpoint.path !== undefined
