@@ -23,15 +23,21 @@ const cacheDir = resolve(dirname(here), '../../.bench/nbd');
 
 /** Our side of one measurement, alone in its process so its peak RSS is ours. */
 async function childRead(socket: string, reuseMemory: boolean): Promise<void> {
+  const faults = (): number => process.resourceUsage().minorPageFault;
   const started = performance.now();
+  const faultsBefore = faults();
   const tuning = JSON.parse(process.env.NBD_BENCH_CLIENT_OPTIONS ?? '{}') as Record<string, number>;
   // Reading starts on the first connection while the others join, as a caller would.
   const client = await NbdClient.connect({ path: socket, ...tuning });
+  const connected = performance.now();
   let bytes = 0;
   for await (const chunk of client.chunks({ reuseMemory })) bytes += chunk.length;
+  const read = performance.now();
   await client.close();
-  const seconds = (performance.now() - started) / 1000;
-  process.stdout.write(JSON.stringify({ bytes, seconds, maxRssKiB: process.resourceUsage().maxRSS, connections: 0 }) + '\n');
+  const closed = performance.now();
+  const phases: Phases = { connectMs: connected - started, readMs: read - connected, closeMs: closed - read, pageFaults: faults() - faultsBefore };
+  const seconds = (closed - started) / 1000;
+  process.stdout.write(JSON.stringify({ bytes, seconds, maxRssKiB: process.resourceUsage().maxRSS, phases }) + '\n');
 }
 
 function sh(command: string, args: string[], input?: 'inherit'): void {
@@ -71,36 +77,50 @@ async function waitForSocket(path: string, server: ChildProcess): Promise<void> 
   throw new Error('qemu-nbd did not start');
 }
 
+interface Phases {
+  connectMs: number;
+  readMs: number;
+  closeMs: number;
+  /** Minor page faults from connect to close: first touches of fresh memory. */
+  pageFaults: number;
+}
+
 interface Measure {
   seconds: number;
   maxRssKiB: number | undefined;
+  phases?: Phases;
 }
 
-function timeNbdcopy(socket: string): Measure {
-  const uri = `nbd+unix:///?socket=${socket}`;
-  const withTime = existsSync('/usr/bin/time');
+/** nbdcopy's peak RSS, from an untimed run under GNU time (undefined without it). */
+function nbdcopyPeakRssKiB(socket: string): number | undefined {
+  if (!existsSync('/usr/bin/time')) return undefined;
+  const result = spawnSync('/usr/bin/time', ['-f', '%M', 'nbdcopy', `nbd+unix:///?socket=${socket}`, 'null:'], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`nbdcopy failed: ${result.stderr}`);
+  const rss = Number(result.stderr.trim().split('\n').at(-1));
+  return Number.isFinite(rss) ? rss : undefined;
+}
+
+// Timed without a wrapper: GNU time's own fork and exec would count against nbdcopy.
+function timeNbdcopy(socket: string, maxRssKiB: number | undefined): Measure {
   const started = performance.now();
-  const result = withTime
-    ? spawnSync('/usr/bin/time', ['-f', '%M', 'nbdcopy', uri, 'null:'], { encoding: 'utf8' })
-    : spawnSync('nbdcopy', [uri, 'null:'], { encoding: 'utf8' });
+  const result = spawnSync('nbdcopy', [`nbd+unix:///?socket=${socket}`, 'null:'], { encoding: 'utf8' });
   const seconds = (performance.now() - started) / 1000;
   if (result.status !== 0) throw new Error(`nbdcopy failed: ${result.stderr}`);
-  const rss = withTime ? Number(result.stderr.trim().split('\n').at(-1)) : NaN;
-  return { seconds, maxRssKiB: Number.isFinite(rss) ? rss : undefined };
+  return { seconds, maxRssKiB };
 }
 
 function timeOurs(socket: string, size: number, reuseMemory: boolean): Measure {
   const args = ['--import=tsx', here, '--child', socket, reuseMemory ? 'reuse' : 'keep'];
   const result = spawnSync(process.execPath, args, { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`client read failed: ${result.stderr}`);
-  const measured = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as { bytes: number; seconds: number; maxRssKiB: number };
+  const measured = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as Measure & { bytes: number };
   if (measured.bytes !== size) throw new Error(`client read ${measured.bytes} bytes of ${size}`);
   return measured;
 }
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
-async function benchImage(label: string, image: string, work: string): Promise<string[]> {
+async function benchImage(label: string, image: string, work: string): Promise<{ rows: string[]; phases: string }> {
   const socket = join(work, `${label.replace(/\W+/g, '-')}.sock`);
   const server = spawn('qemu-nbd', ['--read-only', '--persistent', '--shared=8', '-k', socket, '-f', 'qcow2', image], {
     stdio: 'ignore',
@@ -112,11 +132,11 @@ async function benchImage(label: string, image: string, work: string): Promise<s
     const multiConn = probe.canMultiConn;
     await probe.close();
     // One untimed pass of each warms the page cache and the server.
-    timeNbdcopy(socket);
+    const nbdcopyRss = nbdcopyPeakRssKiB(socket);
     timeOurs(socket, size, true);
     timeOurs(socket, size, false);
     const readers = [
-      { name: 'nbdcopy → null:', time: () => timeNbdcopy(socket), runs: [] as Measure[] },
+      { name: 'nbdcopy → null:', time: () => timeNbdcopy(socket, nbdcopyRss), runs: [] as Measure[] },
       { name: `ours, chunks({ reuseMemory: true })`, time: () => timeOurs(socket, size, true), runs: [] as Measure[] },
       { name: `ours, chunks() (keeps every chunk)`, time: () => timeOurs(socket, size, false), runs: [] as Measure[] },
     ];
@@ -129,7 +149,7 @@ async function benchImage(label: string, image: string, work: string): Promise<s
       const known = values.map((m) => m.maxRssKiB).filter((v): v is number => v !== undefined);
       return known.length ? Math.max(...known) / 1024 : undefined;
     };
-    return readers.map((reader, index) => {
+    const rows = readers.map((reader, index) => {
       const seconds = median(reader.runs.map((m) => m.seconds));
       const ratio = reference / seconds;
       const peak = peakMiB(reader.runs);
@@ -140,6 +160,10 @@ async function benchImage(label: string, image: string, work: string): Promise<s
         peak === undefined ? 'n/a' : `${peak.toFixed(0)} MiB`
       } | ${met} |`;
     });
+    const timed = readers[1]!.runs.map((m) => m.phases!);
+    const phase = (key: keyof Phases): string => median(timed.map((p) => p[key])).toFixed(key === 'pageFaults' ? 0 : 1);
+    const phases = `${label}, ours with reuseMemory (medians): connect ${phase('connectMs')} ms, read ${phase('readMs')} ms, close ${phase('closeMs')} ms, ${phase('pageFaults')} page faults`;
+    return { rows, phases };
   } finally {
     server.kill('SIGTERM');
     await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
@@ -157,14 +181,16 @@ async function main(): Promise<void> {
   if (!existsSync(sparseImage)) makeSparseImage(sparseImage);
   const work = mkdtempSync(join(tmpdir(), 'nbd-bench-'));
   try {
+    const results = [await benchImage('2 GiB random', randomImage, work), await benchImage('8 GiB sparse', sparseImage, work)];
     const rows = [
       `| export | reader | median of ${RUNS} | runs (s) | MB/s | ratio vs nbdcopy | peak RSS | target met |`,
       '| --- | --- | --- | --- | --- | --- | --- | --- |',
-      ...(await benchImage('2 GiB random', randomImage, work)),
-      ...(await benchImage('8 GiB sparse', sparseImage, work)),
+      ...results.flatMap((result) => result.rows),
     ];
     console.log(rows.join('\n'));
-    console.log("\nTimes include connecting; ours exclude Node start-up, nbdcopy's include its process start.");
+    console.log('');
+    for (const result of results) console.log(result.phases);
+    console.log("\nTimes include connecting; ours exclude Node start-up, nbdcopy's include its process start (nbdcopy's peak RSS is from one untimed run).");
     console.log(`Target: ratio >= ${TARGET_RATIO.toFixed(2)} and peak RSS < ${TARGET_RSS_MIB} MiB (peak: the largest of the runs).`);
   } finally {
     rmSync(work, { recursive: true, force: true });
