@@ -105,6 +105,9 @@ export function slabReader(pool: SlabPool, emit: (chunk: Buffer) => void): SlabR
         recycle(slab);
         slab = pool.free.pop() ?? fresh();
         slab.active = true;
+        // The pool is shared: a connection still in its handshake may draw a slab
+        // another one gave back, and what the handshake reads must never be reused.
+        if (!recycling) slab.kept = true;
         used = 0;
       }
       return slab.memory.subarray(used);
