@@ -1,4 +1,4 @@
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import {
   NbdClient,
   NbdConnectionError,
@@ -172,23 +172,35 @@ test('servers without NBD_OPT_GO are entered with NBD_OPT_EXPORT_NAME', async (t
   await client.close();
 });
 
-test('block status is asked again until the range is covered, and runs are merged', async (t) => {
-  // The server answers at most two 64 KiB descriptors per request, alternating flags.
-  const size = 1024 * 1024;
-  const step = 64 * 1024;
-  const flagsAt = (offset: number): number => (Math.floor(offset / (3 * step)) % 2 === 0 ? 0 : 3);
+/** A server that answers only BLOCK_STATUS, with `answer`'s descriptors; `requested` lists the offsets asked for. */
+async function blockStatusServer(
+  t: ExecutionContext,
+  size: number,
+  answer: (request: { offset: number; length: number }) => Array<[number, number]>,
+): Promise<{ path: string; requested: number[] }> {
   const requested: number[] = [];
   const { path } = await startFakeServer(t, {
     size,
     onRequest: (request, reply) => {
       if (request.type !== BLOCK_STATUS) return reply.simple(request.cookie, 22);
       requested.push(request.offset);
-      const extents: Array<[number, number]> = [];
-      for (let at = request.offset; at < request.offset + request.length && extents.length < 2; at += step) {
-        extents.push([step, flagsAt(at)]);
-      }
-      reply.blockStatus(request.cookie, DONE, CONTEXT_ID, extents);
+      reply.blockStatus(request.cookie, DONE, CONTEXT_ID, answer(request));
     },
+  });
+  return { path, requested };
+}
+
+test('block status is asked again until the range is covered, and runs are merged', async (t) => {
+  // The server answers at most two 64 KiB descriptors per request, alternating flags.
+  const size = 1024 * 1024;
+  const step = 64 * 1024;
+  const flagsAt = (offset: number): number => (Math.floor(offset / (3 * step)) % 2 === 0 ? 0 : 3);
+  const { path, requested } = await blockStatusServer(t, size, (request) => {
+    const extents: Array<[number, number]> = [];
+    for (let at = request.offset; at < request.offset + request.length && extents.length < 2; at += step) {
+      extents.push([step, flagsAt(at)]);
+    }
+    return extents;
   });
   const client = await NbdClient.connect({ path });
   const extents: Extent[] = [];
@@ -207,16 +219,8 @@ test('block status is asked again until the range is covered, and runs are merge
 test('the next block status is on its way while the consumer works through the current answer', async (t) => {
   const size = 1024 * 1024;
   const step = 64 * 1024;
-  const requested: number[] = [];
-  const { path } = await startFakeServer(t, {
-    size,
-    onRequest: (request, reply) => {
-      if (request.type !== BLOCK_STATUS) return reply.simple(request.cookie, 22);
-      requested.push(request.offset);
-      // One descriptor per answer, flags alternating so that no two runs merge.
-      reply.blockStatus(request.cookie, DONE, CONTEXT_ID, [[step, (request.offset / step) % 2]]);
-    },
-  });
+  // One descriptor per answer, flags alternating so that no two runs merge.
+  const { path, requested } = await blockStatusServer(t, size, (request) => [[step, (request.offset / step) % 2]]);
   const client = await NbdClient.connect({ path, connections: 1 });
   const extents = client.extents(CONTEXT_NAME);
   t.deepEqual((await extents.next()).value, { offset: 0, length: step, flags: 0 });
