@@ -25,6 +25,8 @@ export type BackupSetErrorCode =
   | 'CHAIN_BROKEN'
   /** A backup record offered for commit is inconsistent with the set or with its files. */
   | 'RECORD_INVALID'
+  /** A file's bytes do not match the checksum the manifest recorded: it is damaged. */
+  | 'CHECKSUM_MISMATCH'
   /** The requested backup id or disk target is not in the set. */
   | 'NOT_FOUND'
   /** An output file exists and overwriting was not requested. */

@@ -20,6 +20,9 @@ const BACKUP_EXIT: Record<BackupErrorCode, number> = {
   NO_DISKS: ExitCode.USAGE,
   CHAIN_UNUSABLE: ExitCode.USAGE,
   DOMAIN_BUSY: ExitCode.FAILED,
+  NO_SPACE: ExitCode.FAILED,
+  DOMAIN_STOPPED: ExitCode.FAILED,
+  DAEMON_LOST: ExitCode.FAILED,
   JOB_FAILED: ExitCode.FAILED,
   ABORTED: ExitCode.FAILED,
 };
@@ -36,6 +39,7 @@ const SET_EXIT: Record<BackupSetErrorCode, number> = {
   FOREIGN_DOMAIN: ExitCode.USAGE,
   CHAIN_BROKEN: ExitCode.USAGE,
   RECORD_INVALID: ExitCode.FAILED,
+  CHECKSUM_MISMATCH: ExitCode.PROBLEMS_FOUND,
   NOT_FOUND: ExitCode.USAGE,
   OUTPUT_EXISTS: ExitCode.USAGE,
   INVALID_ARGUMENT: ExitCode.USAGE,
