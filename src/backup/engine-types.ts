@@ -60,6 +60,12 @@ export type BackupErrorCode =
   | 'NO_DISKS'
   | 'CHAIN_UNUSABLE'
   | 'DOMAIN_BUSY'
+  /** The destination (or scratch) file system cannot hold what the run may still write; the job was ended before the guest could be refused a write. */
+  | 'NO_SPACE'
+  /** The domain stopped while its backup ran. */
+  | 'DOMAIN_STOPPED'
+  /** The connection to libvirtd was lost while the backup ran. */
+  | 'DAEMON_LOST'
   | 'JOB_FAILED'
   | 'ABORTED';
 
