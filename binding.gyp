@@ -13,6 +13,7 @@
         "binding/checkpoint.cc",
         "binding/events.cc",
         "binding/typed_params.cc",
+        "binding/file_lock.cc",
         "binding/file_writer.cc",
         "binding/xxh128.cc"
       ],

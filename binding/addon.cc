@@ -12,6 +12,7 @@
 #include "domain.h"
 #include "errors.h"
 #include "event_loop.h"
+#include "file_lock.h"
 #include "file_writer.h"
 #include "typed_params.h"
 #include "xxh128.h"
@@ -113,6 +114,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setCallTuning", Napi::Function::New(env, SetCallTuningJS, "setCallTuning"));
   exports.Set("Xxh128", InitXxh128(env));
   exports.Set("FileWriter", InitFileWriter(env));
+  exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
   return exports;
 }
 

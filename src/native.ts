@@ -110,6 +110,8 @@ export interface NativeAddon {
   Xxh128: new () => NativeXxh128;
   /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
   FileWriter: new (fd: number) => NativeFileWriter;
+  /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
+  tryLockFile(fd: number): boolean;
 }
 
 export interface NativeCallTuning {

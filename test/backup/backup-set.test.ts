@@ -1,7 +1,10 @@
 import test from 'ava';
 import { chmod, mkdir, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import { BackupSet } from '../../src/backup/backup-set.js';
 import { BackupSetError } from '../../src/backup/errors.js';
 import { JOURNAL_FILE } from '../../src/backup/run-journal.js';
@@ -71,20 +74,57 @@ test('a second writer is refused with the holder named; the lock is released on 
   t.false(await fileExists(join(dir, LOCK_FILE)));
 });
 
-test('a lock left by a dead process is taken over; one from another host is not', async (t) => {
+test('a lock whose holder died is free at once, whatever its file says; a live holder in another process is refused', async (t) => {
   const root = await tempDir(t);
   const dir = join(root, 'set');
   await (await BackupSet.create(dir, DOMAIN)).close();
-  await writeFile(join(dir, LOCK_FILE), JSON.stringify({ pid: deadPid(), hostname: hostname(), startedAt: '2024-01-01T00:00:00.000Z' }));
-  const set = await BackupSet.openForWrite(dir);
-  const lock = JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8'));
-  t.is(lock.pid, process.pid);
-  await set.close();
+  // What a run killed outright leaves: a lock file nobody holds (here one naming another host, or empty).
+  for (const content of [JSON.stringify({ pid: 4242, hostname: 'elsewhere.example', startedAt: '2024-01-01T00:00:00.000Z' }), '']) {
+    await writeFile(join(dir, LOCK_FILE), content);
+    const set = await BackupSet.openForWrite(dir);
+    t.is(JSON.parse(await readFile(join(dir, LOCK_FILE), 'utf8')).pid, process.pid);
+    await set.close();
+  }
 
-  await writeFile(join(dir, LOCK_FILE), JSON.stringify({ pid: 4242, hostname: 'elsewhere.example', startedAt: '2024-01-01T00:00:00.000Z' }));
+  const holder = spawn(process.execPath, ['--import=tsx', fileURLToPath(new URL('./lock-holder-child.ts', import.meta.url)), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => holder.kill('SIGKILL'));
+  await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
   const error = await t.throwsAsync(BackupSet.openForWrite(dir), { instanceOf: BackupSetError });
   t.is(error?.code, 'SET_LOCKED');
-  t.regex(error!.message, /pid 4242 on elsewhere\.example, since 2024-01-01T00:00:00\.000Z/);
+  t.regex(error!.message, new RegExp(`locked by another run \\(pid ${holder.pid} on ${hostname()}, since `));
+  const exited = new Promise((resolve) => holder.once('exit', resolve));
+  holder.kill('SIGKILL');
+  await exited;
+  const set = await BackupSet.openForWrite(dir);
+  t.true(set.writable, 'the kernel released the dead holder\'s lock');
+  await set.close();
+});
+
+test('two processes racing for a lock whose holder died: exactly one wins, 100 times', async (t) => {
+  const root = await tempDir(t);
+  const dir = join(root, 'set');
+  await (await BackupSet.create(dir, DOMAIN)).close();
+  const racerPath = fileURLToPath(new URL('./lock-racer-child.ts', import.meta.url));
+  const racers = [0, 1].map(() => {
+    const child = spawn(process.execPath, ['--import=tsx', racerPath, dir], { stdio: ['pipe', 'pipe', 'inherit'] });
+    t.teardown(() => child.kill('SIGKILL'));
+    const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
+    return {
+      async ask(command: string): Promise<string> {
+        child.stdin!.write(`${command}\n`);
+        const next = await lines.next();
+        if (next.done) throw new Error('racer exited');
+        return next.value;
+      },
+    };
+  });
+  for (let round = 0; round < 100; round += 1) {
+    // The file a holder killed outright leaves behind, naming a process that is gone.
+    await writeFile(join(dir, LOCK_FILE), JSON.stringify({ pid: deadPid(), hostname: hostname(), startedAt: new Date().toISOString() }));
+    const answers = await Promise.all(racers.map((racer) => racer.ask('try')));
+    t.is(answers.filter((answer) => answer === 'won').length, 1, `round ${round}: ${answers.join(', ')}`);
+    await Promise.all(racers.map((racer) => racer.ask('release')));
+  }
 });
 
 test('chain helpers: next id, levels, parents, file names', async (t) => {
