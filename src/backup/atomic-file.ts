@@ -3,6 +3,7 @@ import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 export interface AtomicWriteOptions {
+  /** Default 0600: a set's files describe (or hold) a VM's disks. Applied whatever the umask. */
   mode?: number;
   /**
    * Runs after the temporary file is complete and synced, right before it replaces the
@@ -23,8 +24,10 @@ export async function writeFileAtomic(path: string, data: string | Uint8Array, o
   const temporaryPath = join(directory, `.${basename(path)}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`);
   let renamed = false;
   try {
-    const handle = await open(temporaryPath, 'wx', options.mode ?? 0o644);
+    const mode = options.mode ?? 0o600;
+    const handle = await open(temporaryPath, 'wx', mode);
     try {
+      await handle.chmod(mode);
       await handle.writeFile(data);
       await handle.sync();
     } finally {

@@ -1,4 +1,4 @@
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { chmod, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
 import { fileChecksumMatches } from './checksum.js';
@@ -64,18 +64,30 @@ export class BackupSet {
     this.state = manifest;
   }
 
-  /** Creates a new, empty set (the directory may exist but must not hold a manifest). */
+  /**
+   * Creates a new, empty set in a directory that does not exist yet or is empty. A
+   * directory holding anything else is refused: it may be a set whose manifest was lost
+   * (its backups must not silently become orphans of a new, empty set) or not a backup
+   * directory at all.
+   */
   static async create(dir: string, domain: ManifestDomain): Promise<BackupSet> {
     const absolute = resolve(dir);
     const manifest = assertValidManifest(
       { format: MANIFEST_FORMAT, version: MANIFEST_VERSION, domain: { ...domain, uuid: canonicalUuid(domain.uuid) }, backups: [] },
       'new manifest',
     );
+    let created: string | undefined;
     try {
-      await mkdir(absolute, { recursive: true });
+      created = await mkdir(absolute, { recursive: true, mode: 0o700 });
     } catch (error) {
       throw new BackupSetError('SET_IO', `cannot create backup set directory ${absolute}: ${describeFsError(error)}`, { path: absolute, cause: error });
     }
+    if (await exists(join(absolute, MANIFEST_FILE))) {
+      throw new BackupSetError('SET_EXISTS', `${absolute} already holds a backup set (${MANIFEST_FILE} exists)`, { path: join(absolute, MANIFEST_FILE) });
+    }
+    await assertEmptyForNewSet(absolute);
+    // Only a directory this run made is narrowed; an existing one keeps the mode its owner chose.
+    if (created !== undefined) await chmod(absolute, 0o700).catch(() => undefined);
     const lock = await SetLock.acquire(absolute);
     try {
       const manifestPath = join(absolute, MANIFEST_FILE);
@@ -241,7 +253,7 @@ export class BackupSet {
    * Starts a backup run: writes the in-progress journal listing `files` (basenames) before
    * any of them exists. Refuses names already present, so a run never overwrites anything.
    */
-  async beginRun(files: readonly string[]): Promise<BackupRun> {
+  async beginRun(files: readonly string[], details: { checkpoint?: string } = {}): Promise<BackupRun> {
     this.assertWritable();
     if (this.run?.active) throw new BackupSetError('RUN_IN_PROGRESS', `a backup run on ${this.dir} is already in progress in this process`);
     for (const file of files) {
@@ -250,7 +262,7 @@ export class BackupSet {
         throw new BackupSetError('RECORD_INVALID', `${this.pathOf(file)} already exists: ${owner}`, { path: this.pathOf(file) });
       }
     }
-    this.run = await BackupRun.begin(this.dir, files, () => this.referencedFiles());
+    this.run = await BackupRun.begin(this.dir, files, () => this.referencedFiles(), details);
     return this.run;
   }
 
@@ -343,6 +355,29 @@ async function exists(path: string): Promise<boolean> {
     if (errnoCode(error) === 'ENOENT') return false;
     throw new BackupSetError('SET_IO', `cannot access ${path}: ${describeFsError(error)}`, { path, cause: error });
   }
+}
+
+/** Names a fresh file system may hold that say nothing about backups. */
+const IGNORABLE_IN_NEW_SET = new Set(['lost+found']);
+
+async function assertEmptyForNewSet(dir: string): Promise<void> {
+  let entries: string[];
+  try {
+    entries = (await readdir(dir)).filter((entry) => !IGNORABLE_IN_NEW_SET.has(entry));
+  } catch (error) {
+    throw new BackupSetError('SET_IO', `cannot read ${dir}: ${describeFsError(error)}`, { path: dir, cause: error });
+  }
+  if (entries.length === 0) return;
+  const setFiles = entries.filter((entry) => /\.(?:full|inc|diff)\.qcow2$/.test(entry) || entry.startsWith('.in-progress') || entry === '.lock');
+  const shown = (list: string[]) => `${list.slice(0, 3).join(', ')}${list.length > 3 ? `, and ${list.length - 3} more` : ''}`;
+  if (setFiles.length > 0) {
+    throw new BackupSetError(
+      'NOT_A_SET',
+      `${dir} holds backup files (${shown(setFiles)}) but no ${MANIFEST_FILE}: it looks like a set whose manifest was lost; refusing to start a new set over it (restore ${MANIFEST_FILE} from a copy, or move the files away)`,
+      { path: dir },
+    );
+  }
+  throw new BackupSetError('NOT_A_SET', `${dir} is not a backup set (no ${MANIFEST_FILE}) and is not empty (${shown(entries)}); a new set needs a new or empty directory`, { path: dir });
 }
 
 async function readManifestFile(dir: string): Promise<Manifest> {

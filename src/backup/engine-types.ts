@@ -24,6 +24,19 @@ export interface BackupOptions {
   onEvent?: (event: BackupEvent) => void;
   /** Disks copied at once (pull). Default 2. */
   concurrency?: number;
+  /**
+   * Directory for the pull job's scratch files (default: the set directory). While the job
+   * runs, QEMU saves there the old content of every cluster the guest overwrites; it may
+   * need up to the data the disks hold. The run keeps that much free (see SpaceGuard).
+   */
+  scratchDir?: string;
+  /** Called between steps; tests use them to inject faults at a precise point. */
+  hooks?: BackupHooks;
+}
+
+export interface BackupHooks {
+  /** After libvirt started the job (and the space check passed), before data moves. */
+  afterJobStart?: () => void | Promise<void>;
 }
 
 export type BackupEvent =

@@ -1,8 +1,9 @@
 import { constants as fsConstants } from 'node:fs';
 import { copyFile, rename, stat, unlink } from 'node:fs/promises';
-import type { BackupSet } from './backup-set.js';
+import type { BackupSet, ChainLink } from './backup-set.js';
+import { assertChainIntact } from './chain-check.js';
 import { fsyncDirectory, fsyncFile } from './atomic-file.js';
-import { checksumFile } from './checksum.js';
+import { checksumFile, fileChecksumMatches } from './checksum.js';
 import { BackupSetError, throwIfAborted } from './errors.js';
 import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord, type Manifest } from './manifest.js';
 import { qemuImgConvert, qemuImgOwnDataBytes, qemuImgRebaseSafe, qemuImgRebaseUnsafe } from './qemu-img.js';
@@ -52,7 +53,8 @@ export interface PruneHooks {
 }
 
 export interface PruneProgress {
-  step: 'merge' | 'rebase' | 'checksum' | 'delete';
+  /** `check`: reading a file prune depends on, to compare it with its checksum first. */
+  step: 'check' | 'merge' | 'rebase' | 'checksum' | 'delete';
   file: string;
   /** 0..1 within the file, when known. */
   fraction?: number;
@@ -293,6 +295,8 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
     }
   }
 
+  await assertInputsIntact(set, plan, options);
+
   await writeJournal(set.dir, journalFor(plan, 'merging'));
   const facts = new Map<string, FileFacts & { dataBytes?: number }>();
   try {
@@ -319,6 +323,39 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
       error.message += ` (the prune was interrupted after its new files were complete; opening ${set.dir} for writing again finishes it)`;
     }
     throw error;
+  }
+}
+
+/**
+ * Every file prune reads or re-stamps must match its checksum first: a merged file gets a
+ * fresh checksum, and so does a rebased one, so a damaged byte let through here would come
+ * out certified as good, with the original, the only evidence, deleted.
+ */
+async function assertInputsIntact(set: BackupSet, plan: PrunePlan, options: PruneOptions): Promise<void> {
+  const links = new Map<string, ChainLink>();
+  if (plan.mergeInto !== null) {
+    for (const merge of plan.merges) {
+      for (const link of set.chainFor(merge.target, plan.mergeInto.id)) links.set(link.disk.file, link);
+    }
+  }
+  for (const rebase of plan.rebases) {
+    for (const link of set.chainFor(rebase.target, rebase.backupId)) if (link.disk.file === rebase.file) links.set(link.disk.file, link);
+  }
+  const chain = [...links.values()];
+  await assertChainIntact(set, chain, { signal: options.signal });
+  for (const link of chain) {
+    throwIfAborted(options.signal);
+    const { matches, actual } = await fileChecksumMatches(link.path, link.disk.checksum, {
+      signal: options.signal,
+      onProgress: (bytes) => options.onProgress?.({ step: 'check', file: link.disk.file, fraction: link.disk.fileSize === 0 ? 1 : bytes / link.disk.fileSize }),
+    });
+    if (!matches) {
+      throw new BackupSetError(
+        'CHECKSUM_MISMATCH',
+        `cannot prune: ${link.disk.file} is damaged (checksum ${actual}, the manifest says ${link.disk.checksum}); prune would fold it into a file with a fresh checksum. Nothing was changed; run verify`,
+        { path: link.path },
+      );
+    }
   }
 }
 

@@ -34,7 +34,12 @@ export async function writeQcow2(
   options: { signal?: AbortSignal; onProgress?: (guestOffset: number) => void } = {},
 ): Promise<Qcow2WriteResult> {
   const layout = planQcow2(input);
-  const file = await open(path, 'wx');
+  // A backup file is a copy of a VM's disk: private whatever the umask.
+  const file = await open(path, 'wx', 0o600);
+  await file.chmod(0o600).catch(async (error: unknown) => {
+    await file.close();
+    throw error;
+  });
   const writer = new (nativeAddon().FileWriter)(file.fd);
   let written = 0;
   let dataBytes = 0;

@@ -2,6 +2,7 @@ import { hostname } from 'node:os';
 import type { BackupSet } from './backup-set.js';
 import { BackupSetError } from './errors.js';
 import { describeOwner, ownerMayBeAlive } from './process-liveness.js';
+import { addPendingCheckpoint } from './pending-checkpoints.js';
 import { resumeInterruptedPrune } from './prune.js';
 import { readJournal, removeJournal, removeUnreferencedFiles, type RunJournalState } from './run-journal.js';
 
@@ -12,6 +13,8 @@ export interface RecoveryReport {
   removedFiles: string[];
   /** True when an interrupted prune was finished rather than undone. */
   completedPrune: boolean;
+  /** The checkpoint the interrupted backup had created, now listed for deletion from libvirt. */
+  leftoverCheckpoint?: string;
 }
 
 /**
@@ -36,7 +39,11 @@ export async function recoverInterruptedRun(set: BackupSet): Promise<RecoveryRep
     const result = await resumeInterruptedPrune(set, journal);
     return { run, removedFiles: result.deletedFiles, completedPrune: true };
   }
+  // Handed on before the journal goes, so the name survives whatever happens next.
+  const checkpoint = journal.kind === 'backup' ? journal.checkpoint : undefined;
+  const leftover = checkpoint !== undefined && !set.backups.some((backup) => backup.checkpoint === checkpoint) ? checkpoint : undefined;
+  if (leftover !== undefined) await addPendingCheckpoint(set.dir, leftover, `left by an interrupted backup run (pid ${journal.pid}, started ${journal.startedAt})`);
   const removedFiles = await removeUnreferencedFiles(set.dir, [...journal.creates, ...journal.deletes], referenced);
   await removeJournal(set.dir);
-  return { run, removedFiles, completedPrune: false };
+  return { run, removedFiles, completedPrune: false, ...(leftover !== undefined ? { leftoverCheckpoint: leftover } : {}) };
 }

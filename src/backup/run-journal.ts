@@ -38,6 +38,11 @@ export interface RunJournalState extends ProcessOwner {
   /** Files the run means to delete once the manifest no longer references them. */
   deletes: string[];
   phase?: PrunePhase;
+  /**
+   * The checkpoint a backup run has libvirt create with its job, recorded before the job
+   * starts: if the run dies, recovery hands it on to be deleted (see pending-checkpoints).
+   */
+  checkpoint?: string;
   /** The `keep` the prune was started with, so recovery can recompute the same plan. */
   keep?: number;
   rebases?: PlannedRebase[];
@@ -81,6 +86,11 @@ export async function readJournal(dir: string): Promise<RunJournalState | null> 
     return value as string[];
   };
   const state: RunJournalState = { ...owner, kind, creates: names('creates'), deletes: names('deletes') };
+  const checkpoint = record['checkpoint'];
+  if (checkpoint !== undefined) {
+    if (typeof checkpoint !== 'string' || checkpoint === '') throw invalid('checkpoint must be a checkpoint name');
+    state.checkpoint = checkpoint;
+  }
   if (kind === 'prune') {
     const phase = record['phase'];
     if (phase !== 'merging' && phase !== 'switching' && phase !== 'deleting') throw invalid(`unknown prune phase ${JSON.stringify(phase)}`);
@@ -149,8 +159,13 @@ export class BackupRun {
     private readonly referencedFiles: () => ReadonlySet<string>,
   ) {}
 
-  static async begin(dir: string, files: readonly string[], referencedFiles: () => ReadonlySet<string>): Promise<BackupRun> {
-    const state: RunJournalState = { ...currentOwner(), kind: 'backup', creates: [...files], deletes: [] };
+  static async begin(
+    dir: string,
+    files: readonly string[],
+    referencedFiles: () => ReadonlySet<string>,
+    details: { checkpoint?: string } = {},
+  ): Promise<BackupRun> {
+    const state: RunJournalState = { ...currentOwner(), kind: 'backup', creates: [...files], deletes: [], ...details };
     await writeJournal(dir, state);
     return new BackupRun(dir, state, referencedFiles);
   }

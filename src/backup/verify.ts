@@ -4,6 +4,7 @@ import { fileChecksumMatches } from './checksum.js';
 import { errnoCode, throwIfAborted, isBackupSetError } from './errors.js';
 import { MANIFEST_FILE } from './manifest.js';
 import { qemuImgCheck, qemuImgInfo } from './qemu-img.js';
+import { PENDING_CHECKPOINTS_FILE, readPendingCheckpoints } from './pending-checkpoints.js';
 import { JOURNAL_FILE } from './run-journal.js';
 
 export type VerifyProblemKind =
@@ -16,7 +17,8 @@ export type VerifyProblemKind =
   | 'backing-missing'
   | 'virtual-size-mismatch'
   | 'orphan-file'
-  | 'interrupted-run';
+  | 'interrupted-run'
+  | 'pending-checkpoints';
 
 export interface VerifyProblem {
   /** Errors make the set (or some restore points) unreliable; warnings do not. */
@@ -156,6 +158,16 @@ async function setLevelWarnings(set: BackupSet): Promise<VerifyProblem[]> {
   const entries = await readdir(set.dir);
   for (const entry of entries.sort()) {
     if (entry === MANIFEST_FILE) continue;
+    if (entry === PENDING_CHECKPOINTS_FILE) {
+      const pending = await readPendingCheckpoints(set.dir).catch(() => []);
+      warnings.push({
+        severity: 'warning',
+        kind: 'pending-checkpoints',
+        file: entry,
+        message: `${entry}: checkpoint${pending.length === 1 ? '' : 's'} ${pending.map((item) => item.name).join(', ') || '(unreadable list)'} left in libvirt by interrupted runs; the next backup deletes ${pending.length === 1 ? 'it' : 'them'}`,
+      });
+      continue;
+    }
     if (entry === JOURNAL_FILE) {
       const run = set.interruptedRun;
       warnings.push({
