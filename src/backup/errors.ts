@@ -92,7 +92,29 @@ export function describeFsError(error: unknown): string {
       return 'not a directory';
     case 'EISDIR':
       return 'is a directory';
+    case 'ENAMETOOLONG':
+      return 'file name too long';
+    case 'ELOOP':
+      return 'too many levels of symbolic links';
+    case 'EIO':
+      return 'input/output error';
+    case 'EDQUOT':
+      return 'disk quota exceeded';
+    case 'EBUSY':
+      return 'device or resource busy';
+    case 'EMFILE':
+    case 'ENFILE':
+      return 'too many open files';
     default:
-      return error instanceof Error ? error.message : String(error);
+      return withoutNodeDecoration(error);
   }
+}
+
+/**
+ * Node words system errors as `ENOTSUP: operation not supported on socket, open '/path'`:
+ * callers already name the path, so keep only the description between code and syscall.
+ */
+function withoutNodeDecoration(error: unknown): string {
+  const message = error instanceof Error ? error.message : String(error);
+  return /^E[A-Z0-9]+: (.+?)(?:, \w+ '.*')?$/s.exec(message)?.[1] ?? message;
 }

@@ -265,15 +265,34 @@ export async function qemuImgCheck(path: string, options: QemuImgOptions & { for
       : path;
   const args = ['check', '--output=json', ...(format === 'qcow2' ? [] : ['-f', format]), target];
   // 2 = corruptions found, 3 = leaks only; both still print the JSON report.
-  const { stdout, stderr, exitCode } = await run(args, { ...options, okExitCodes: [0, 1, 2, 3] });
+  const { stdout, stderr: rawStderr, exitCode } = await run(args, { ...options, okExitCodes: [0, 1, 2, 3] });
+  // qemu-img names the image by the json: target it was given; people know it by its path.
+  const stderr = rawStderr.replaceAll(target, path).trim();
   if (exitCode === 1 && stdout.trim() === '') {
-    return { clean: false, corruptions: 0, leaks: 0, checkErrors: 1, stderr: stderr.trim() };
+    return { clean: false, corruptions: 0, leaks: 0, checkErrors: 1, stderr };
   }
   const report = parseJson(stdout, args) as Record<string, unknown>;
   const corruptions = Number(report['corruptions'] ?? 0);
   const leaks = Number(report['leaks'] ?? 0);
   const checkErrors = Number(report['check-errors'] ?? 0);
-  return { clean: corruptions === 0 && checkErrors === 0 && exitCode !== 1, corruptions, leaks, checkErrors, stderr: stderr.trim() };
+  return { clean: corruptions === 0 && checkErrors === 0 && exitCode !== 1, corruptions, leaks, checkErrors, stderr };
+}
+
+/**
+ * The line of qemu-img's output that says what is wrong, for a one-line report, and how
+ * many other lines there were. `check` prints a line per damaged cluster (hundreds for a
+ * truncated file) after any leak lines, so the first error line is the one to show; the
+ * `qemu-img:` prefix and the "Could not open '<path>'" a caller already names are dropped.
+ */
+export function summariseQemuImgOutput(text: string, path?: string): { line: string; more: number } {
+  const lines = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
+  const chosen = lines.find((line) => /^ERROR\b/.test(line)) ?? lines[0] ?? '';
+  let line = chosen.replace(/(^|: )qemu-img: /g, '$1').replace(/^ERROR:?\s*/, '');
+  if (path !== undefined) line = line.replace(`Could not open '${path}': `, '');
+  return { line, more: Math.max(0, lines.length - 1) };
 }
 
 /** Guest-visible equality of two images (backing chains followed). */

@@ -1,9 +1,9 @@
 import { readdir, stat } from 'node:fs/promises';
 import type { BackupSet } from './backup-set.js';
 import { fileChecksumMatches } from './checksum.js';
-import { errnoCode, throwIfAborted, isBackupSetError } from './errors.js';
+import { describeFsError, errnoCode, throwIfAborted, isBackupSetError } from './errors.js';
 import { MANIFEST_FILE } from './manifest.js';
-import { qemuImgCheck, qemuImgInfo } from './qemu-img.js';
+import { qemuImgCheck, qemuImgInfo, summariseQemuImgOutput } from './qemu-img.js';
 import { PENDING_CHECKPOINTS_FILE, readPendingCheckpoints } from './pending-checkpoints.js';
 import { JOURNAL_FILE } from './run-journal.js';
 
@@ -28,7 +28,10 @@ export interface VerifyProblem {
   file: string;
   backupId?: string;
   target?: string;
+  /** One line; a long qemu-img report is cut to its first line there and kept whole in `detail`. */
   message: string;
+  /** Everything qemu-img printed about the file, when `message` only has its first line. */
+  detail?: string;
 }
 
 export interface VerifiedFile {
@@ -69,8 +72,8 @@ export async function verify(set: BackupSet, options: VerifyOptions = {}): Promi
       options.onProgress?.({ file: disk.file, index, total });
       index += 1;
       const found: VerifyProblem[] = [];
-      const report = (severity: VerifyProblem['severity'], kind: VerifyProblemKind, message: string): void => {
-        found.push({ severity, kind, file: disk.file, backupId: backup.id, target: disk.target, message: `${disk.file}: ${message}` });
+      const report: ProblemSink = (severity, kind, message, detail) => {
+        found.push({ severity, kind, file: disk.file, backupId: backup.id, target: disk.target, message: `${disk.file}: ${message}`, ...(detail === undefined ? {} : { detail }) });
       };
       const path = set.pathOf(disk.file);
       let size: number | undefined;
@@ -78,10 +81,12 @@ export async function verify(set: BackupSet, options: VerifyOptions = {}): Promi
         size = (await stat(path)).size;
         present.add(disk.file);
       } catch (error) {
-        report('error', 'missing', errnoCode(error) === 'ENOENT' ? `missing (backup ${backup.id}, disk ${disk.target})` : `cannot be read: ${String(error)}`);
+        report('error', 'missing', errnoCode(error) === 'ENOENT' ? `missing (backup ${backup.id}, disk ${disk.target})` : `cannot be read: ${describeFsError(error)}`);
       }
       if (size !== undefined) {
-        if (size !== disk.fileSize) report('error', 'size-mismatch', `size is ${size} bytes, the manifest says ${disk.fileSize}`);
+        // Said first and plainly: a short file explains the checksum and qemu-img errors after it.
+        if (size < disk.fileSize) report('error', 'size-mismatch', `truncated: size is ${size} bytes, the manifest says ${disk.fileSize}`);
+        else if (size !== disk.fileSize) report('error', 'size-mismatch', `size is ${size} bytes, the manifest says ${disk.fileSize}`);
         if (options.checksums !== false) {
           const { matches, actual } = await fileChecksumMatches(path, disk.checksum, {
             signal: options.signal,
@@ -119,7 +124,7 @@ async function checkImage(
   path: string,
   expectedBacking: string | null,
   expectedVirtualSize: number,
-  report: (severity: VerifyProblem['severity'], kind: VerifyProblemKind, message: string) => void,
+  report: ProblemSink,
   signal: AbortSignal | undefined,
 ): Promise<void> {
   let info;
@@ -127,7 +132,8 @@ async function checkImage(
     info = await qemuImgInfo(path, { signal });
   } catch (error) {
     if (!isBackupSetError(error, 'QEMU_IMG_FAILED')) throw error;
-    report('error', 'image-corrupt', `not a readable image: ${error.message}`);
+    const { line, more } = summariseQemuImgOutput(error.message, path);
+    report('error', 'image-corrupt', `not a readable image: ${line}${moreLines(more, 'qemu-img info')}`, more > 0 ? error.message : undefined);
     return;
   }
   if (info.format !== 'qcow2') {
@@ -144,11 +150,24 @@ async function checkImage(
   if (info.virtualSize !== expectedVirtualSize) report('error', 'virtual-size-mismatch', `virtual size is ${info.virtualSize}, the manifest says ${expectedVirtualSize}`);
   const check = await qemuImgCheck(path, { signal });
   if (!check.clean) {
-    const detail = check.stderr || `${check.corruptions} corruptions, ${check.checkErrors} check errors`;
-    report('error', 'image-corrupt', `qemu-img check failed: ${detail}`);
+    // One line per damaged cluster: hundreds for a truncated file. The first says what kind of damage.
+    const { line, more } = summariseQemuImgOutput(check.stderr, path);
+    const counts = [plural(check.corruptions, 'corruption'), plural(check.checkErrors, 'check error')].filter((count) => !count.startsWith('0 ')).join(' and ');
+    const found = `qemu-img check found ${counts || 'damage'}`;
+    report('error', 'image-corrupt', line === '' ? found : `${found}: ${line}${moreLines(more, 'qemu-img check')}`, more > 0 ? check.stderr : undefined);
   } else if (info.corrupt) {
     report('error', 'image-corrupt', 'qcow2 header is marked corrupt');
   }
+}
+
+type ProblemSink = (severity: VerifyProblem['severity'], kind: VerifyProblemKind, message: string, detail?: string) => void;
+
+function plural(count: number, noun: string): string {
+  return `${count} ${noun}${count === 1 ? '' : 's'}`;
+}
+
+function moreLines(count: number, source: string): string {
+  return count === 0 ? '' : ` (${plural(count, 'more line')} from ${source})`;
 }
 
 /** Qcow2 files no backup names, and a run that did not finish: worth knowing, not fatal. */

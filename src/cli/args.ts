@@ -2,6 +2,7 @@ import { parseArgs, type ParseArgsConfig } from 'node:util';
 import type { RequestedLevel } from '../backup/engine-types.js';
 import type { BackupTransport } from '../backup/manifest.js';
 import { COMMAND_NAMES, isCommandName, type CommandName } from './help.js';
+import { closestMatch } from './suggest.js';
 
 export const DEFAULT_URI = 'qemu:///system';
 
@@ -93,6 +94,18 @@ const OPTIONS: Record<CommandName, Options> = {
   prune: { keep: { type: 'string' }, connect: { type: 'string' }, json, help },
 };
 
+/**
+ * Options that take a whole number, with the smallest value each allows. They are
+ * parsed and checked in one place so every one refuses `-1`, `1.5`, `abc` or an empty
+ * value with the same message.
+ */
+const NUMERIC_OPTIONS: Partial<Record<CommandName, Record<string, { min: number }>>> = {
+  prune: { keep: { min: 1 } },
+};
+
+/** Names people reach for from other tools, and the option that does that here. */
+const OPTION_SYNONYMS: Record<string, string> = { uri: 'connect', url: 'connect', 'connect-uri': 'connect' };
+
 const POSITIONAL: Record<CommandName, string> = { backup: 'DOMAIN', restore: 'DIR', verify: 'DIR', list: 'DIR', prune: 'DIR' };
 
 export function parseCommandLine(argv: readonly string[]): Invocation {
@@ -103,12 +116,20 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
   if (first === 'help') {
     const topic = rest[0];
     if (topic === undefined) return { command: 'help', topic: undefined };
-    if (!isCommandName(topic)) throw new UsageError(`unknown command '${topic}' (commands: ${COMMAND_NAMES.join(', ')})`);
+    if (!isCommandName(topic)) throw new UsageError(unknownCommand(topic));
     return { command: 'help', topic };
   }
-  if (first.startsWith('-')) throw new UsageError(`unknown option '${first}'; options go after the command (${COMMAND_NAMES.join(', ')})`);
-  if (!isCommandName(first)) throw new UsageError(`unknown command '${first}' (commands: ${COMMAND_NAMES.join(', ')})`);
+  if (first.startsWith('-')) {
+    const meant = closestMatch(first, ['--help', '--version']);
+    throw new UsageError(`unknown option '${first}'${meant === undefined ? `; options go after the command (${COMMAND_NAMES.join(', ')})` : `; did you mean '${meant}'?`}`);
+  }
+  if (!isCommandName(first)) throw new UsageError(unknownCommand(first));
   return parseCommand(first, rest);
+}
+
+function unknownCommand(word: string): string {
+  const meant = closestMatch(word, COMMAND_NAMES);
+  return meant === undefined ? `unknown command '${word}' (commands: ${COMMAND_NAMES.join(', ')})` : `unknown command '${word}'; did you mean '${meant}'?`;
 }
 
 function parseCommand(command: CommandName, args: readonly string[]): Invocation {
@@ -150,8 +171,11 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
     case 'verify':
     case 'list':
       return { command, dir: subject, json: jsonOutput };
-    case 'prune':
-      return { command, dir: subject, keep: keepCount(required(values, 'keep', command), command), uri: optionalString(values, 'connect', command) ?? DEFAULT_URI, json: jsonOutput };
+    case 'prune': {
+      const keep = wholeNumber(values, 'keep', command);
+      if (keep === undefined) throw new UsageError(`option '--keep' is required`, command);
+      return { command, dir: subject, keep, uri: optionalString(values, 'connect', command) ?? DEFAULT_URI, json: jsonOutput };
+    }
   }
 }
 
@@ -159,28 +183,68 @@ type Values = Record<string, string | boolean | Array<string | boolean> | undefi
 
 function parseStrict(command: CommandName, args: readonly string[]): { values: Values; positionals: string[] } {
   try {
-    const { values, positionals } = parseArgs({ args: [...args], options: OPTIONS[command], strict: true, allowPositionals: true });
+    const { values, positionals } = parseArgs({ args: attachNegativeNumbers(command, args), options: OPTIONS[command], strict: true, allowPositionals: true });
     return { values: values as Values, positionals };
   } catch (error) {
-    throw new UsageError(describeParseError(error), command);
+    throw new UsageError(describeParseError(error, command), command);
   }
 }
 
+/**
+ * node:util takes the `-1` of `--keep -1` for an option and reports the value as missing.
+ * No option here looks like a negative number, so it is the value, and the range check
+ * can then say what is wrong with it.
+ */
+function attachNegativeNumbers(command: CommandName, args: readonly string[]): string[] {
+  const numeric = NUMERIC_OPTIONS[command] ?? {};
+  const attached: string[] = [];
+  for (let index = 0; index < args.length; index += 1) {
+    const arg = args[index]!;
+    if (arg === '--') {
+      attached.push(...args.slice(index));
+      break;
+    }
+    const next = args[index + 1];
+    if (arg.startsWith('--') && Object.hasOwn(numeric, arg.slice(2)) && next !== undefined && /^-\.?\d/.test(next)) {
+      attached.push(`${arg}=${next}`);
+      index += 1;
+    } else {
+      attached.push(arg);
+    }
+  }
+  return attached;
+}
+
 /** node:util's messages are long and generic; say which option and what is wrong. */
-function describeParseError(error: unknown): string {
+function describeParseError(error: unknown, command: CommandName): string {
   const message = error instanceof Error ? error.message : String(error);
   const code = typeof error === 'object' && error !== null && 'code' in error ? (error as { code: unknown }).code : undefined;
   const option = /'(-{1,2}[^' ]+)/.exec(message)?.[1];
   switch (code) {
     case 'ERR_PARSE_ARGS_UNKNOWN_OPTION':
-      return `unknown option '${option ?? message}'`;
+      return option === undefined ? message : unknownOption(option, command);
     case 'ERR_PARSE_ARGS_INVALID_OPTION_VALUE':
-      if (/argument missing|ambiguous/.test(message)) return `option '${option}' needs a value`;
+      if (/ambiguous/.test(message)) return `option '${option}' needs a value; a value that starts with '-' is written ${option}=-VALUE`;
+      if (/argument missing/.test(message)) return `option '${option}' needs a value`;
       if (/does not take an argument/.test(message)) return `option '${option}' does not take a value`;
       return message;
     default:
       return message;
   }
+}
+
+/** Points at the option that was probably meant: a near spelling, a synonym, or another command's. */
+function unknownOption(option: string, command: CommandName): string {
+  const unknown = `unknown option '${option}'`;
+  if (!option.startsWith('--')) return unknown;
+  const name = option.slice(2).split('=')[0]!;
+  const known = Object.keys(OPTIONS[command]);
+  const synonym = OPTION_SYNONYMS[name];
+  const meant = synonym !== undefined && known.includes(synonym) ? synonym : closestMatch(name, known);
+  if (meant !== undefined) return `${unknown}; did you mean '--${meant}'?`;
+  const owners = COMMAND_NAMES.filter((other) => Object.hasOwn(OPTIONS[other], name));
+  if (owners.length > 0) return `${unknown}: ${command} does not take it (${owners.join(', ')} ${owners.length === 1 ? 'does' : 'do'})`;
+  return unknown;
 }
 
 function optionalString(values: Values, option: string, command: CommandName): string | undefined {
@@ -205,12 +269,17 @@ function oneOf<const T extends string>(values: Values, option: string, allowed: 
   return value as T;
 }
 
-function keepCount(text: string, command: CommandName): number {
-  const keep = /^\d+$/.test(text) ? Number(text) : Number.NaN;
-  if (!Number.isSafeInteger(keep) || keep < 1) {
-    throw new UsageError(`option '--keep' must be a whole number of at least 1 (the newest backup is always kept), got '${text}'`, command);
-  }
-  return keep;
+/** A numeric option's value (see NUMERIC_OPTIONS), or undefined when it was not given. */
+function wholeNumber(values: Values, option: string, command: CommandName): number | undefined {
+  const value = values[option];
+  if (value === undefined) return undefined;
+  const { min } = NUMERIC_OPTIONS[command]![option]!;
+  const text = typeof value === 'string' ? value : '';
+  const number = /^\d+$/.test(text) ? Number(text) : Number.NaN;
+  if (Number.isSafeInteger(number) && number >= min) return number;
+  const shown = text === '' ? 'nothing' : /^\S+$/.test(text) ? text : `'${text}'`;
+  const limit = number > Number.MAX_SAFE_INTEGER ? ` and at most ${Number.MAX_SAFE_INTEGER}` : '';
+  throw new UsageError(`--${option} must be a whole number of at least ${min}${limit}, got ${shown}`, command);
 }
 
 /** `--disk vda --disk vdb` and `--disk vda,vdb` both work; duplicates are refused. */

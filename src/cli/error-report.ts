@@ -1,15 +1,21 @@
 import { BackupError, type BackupErrorCode } from '../backup/engine-types.js';
-import { BackupSetError, errnoCode, type BackupSetErrorCode } from '../backup/errors.js';
+import { BackupSetError, describeFsError, errnoCode, type BackupSetErrorCode } from '../backup/errors.js';
 import { LibvirtError } from '../errors.js';
-import { UsageError } from './args.js';
+import { UsageError, type CommandArgs } from './args.js';
 import { ExitCode } from './exit-codes.js';
 
 /** What the user sees when a command fails: one line, a stable code for scripts, an exit code. */
 export interface ErrorReport {
   exitCode: number;
-  /** `USAGE`, a `BackupError`/`BackupSetError` code, a libvirt `VIR_ERR_*` name, or `INTERNAL`. */
+  /**
+   * `USAGE`, a `BackupError`/`BackupSetError` code, a `CliError` code (`UNSUPPORTED`, ...),
+   * a libvirt `VIR_ERR_*` name, an errno name, or `INTERNAL`.
+   */
   code: string;
+  /** One line: the first line of a longer text, with how many lines were left out. */
   message: string;
+  /** The whole text when `message` leaves lines out (a libvirt or qemu-img dump); for `--json`. */
+  detail?: string;
 }
 
 const BACKUP_EXIT: Record<BackupErrorCode, number> = {
@@ -48,10 +54,18 @@ const SET_EXIT: Record<BackupSetErrorCode, number> = {
 };
 
 /** Errno codes that mean "the path given is wrong for this", as opposed to a failing device. */
-const BAD_PATH_ERRNO = new Set(['EACCES', 'EPERM', 'EROFS', 'ENOTDIR', 'EISDIR', 'ENOENT']);
+const BAD_PATH_ERRNO = new Set(['EACCES', 'EPERM', 'EROFS', 'ENOTDIR', 'EISDIR', 'ENOENT', 'ENAMETOOLONG', 'ELOOP']);
 
 /** libvirt errors about what the user named rather than about the daemon or the job. */
-const LIBVIRT_BAD_INPUT = new Set(['VIR_ERR_NO_DOMAIN', 'VIR_ERR_NO_DOMAIN_CHECKPOINT', 'VIR_ERR_INVALID_ARG', 'VIR_ERR_NO_SUPPORT', 'VIR_ERR_OPERATION_UNSUPPORTED']);
+const LIBVIRT_BAD_INPUT = new Set([
+  'VIR_ERR_NO_DOMAIN',
+  'VIR_ERR_NO_DOMAIN_CHECKPOINT',
+  'VIR_ERR_INVALID_ARG',
+  'VIR_ERR_NO_SUPPORT',
+  'VIR_ERR_OPERATION_UNSUPPORTED',
+  // No driver accepts the URI: a misspelt --connect.
+  'VIR_ERR_NO_CONNECT',
+]);
 
 /** A failure the CLI itself detects, with the code and exit code it calls for. */
 export class CliError extends Error {
@@ -67,7 +81,18 @@ export class CliError extends Error {
   }
 }
 
-export function reportFor(error: unknown): ErrorReport {
+/**
+ * `operation` names what the command was doing (`backup of domain 'vm1'`), so that a
+ * libvirt error, which only says what libvirt found wrong, says what failed too.
+ */
+export function reportFor(error: unknown, operation?: string): ErrorReport {
+  const report = fullReportFor(error, operation);
+  const { line, more } = firstLine(report.message);
+  if (more === 0) return { ...report, message: line };
+  return { ...report, message: `${line} (${more} more line${more === 1 ? '' : 's'} in --json output)`, detail: report.detail ?? report.message };
+}
+
+function fullReportFor(error: unknown, operation: string | undefined): ErrorReport {
   if (error instanceof CliError) return { exitCode: error.exitCode, code: error.code, message: error.message };
   if (error instanceof UsageError) {
     const hint = error.command ? ` (see 'libvirt-backup ${error.command} --help')` : ` (see 'libvirt-backup --help')`;
@@ -80,13 +105,55 @@ export function reportFor(error: unknown): ErrorReport {
   }
   if (error instanceof BackupError) return { exitCode: BACKUP_EXIT[error.code] ?? ExitCode.FAILED, code: error.code, message: error.message };
   if (error instanceof LibvirtError) {
-    return { exitCode: LIBVIRT_BAD_INPUT.has(error.codeName) ? ExitCode.USAGE : ExitCode.FAILED, code: error.codeName, message: `libvirt: ${error.message}` };
+    return {
+      exitCode: LIBVIRT_BAD_INPUT.has(error.codeName) ? ExitCode.USAGE : ExitCode.FAILED,
+      code: error.codeName,
+      message: operation === undefined ? `libvirt: ${error.message}` : `${operation} failed in libvirt: ${error.message}`,
+    };
   }
-  const errno = errnoCode(error);
-  if (errno !== undefined && error instanceof Error) {
-    return { exitCode: BAD_PATH_ERRNO.has(errno) ? ExitCode.USAGE : ExitCode.FAILED, code: errno, message: error.message };
+  if (isSystemError(error)) {
+    const path = typeof error.path === 'string' ? error.path : undefined;
+    return {
+      exitCode: BAD_PATH_ERRNO.has(error.code) ? ExitCode.USAGE : ExitCode.FAILED,
+      code: error.code,
+      message: `${path ?? `${error.syscall} failed`}: ${describeFsError(error)}`,
+    };
   }
+  const code = errnoCode(error);
+  if (code !== undefined && error instanceof Error) return { exitCode: ExitCode.FAILED, code, message: error.message };
   return { exitCode: ExitCode.FAILED, code: 'INTERNAL', message: error instanceof Error ? error.message : String(error) };
+}
+
+/**
+ * Node's own errors from a system call. Other errors carry string codes too (an NBD
+ * server's `EIO`): those are about the far end, never about a path the user gave.
+ */
+function isSystemError(error: unknown): error is Error & { code: string; syscall: string; path?: unknown } {
+  return error instanceof Error && errnoCode(error) !== undefined && typeof (error as { syscall?: unknown }).syscall === 'string';
+}
+
+function firstLine(text: string): { line: string; more: number } {
+  const lines = text
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
+  return { line: lines[0] ?? '', more: Math.max(0, lines.length - 1) };
+}
+
+/** What a command does, for messages that would otherwise not say what failed. */
+export function operationOf(args: CommandArgs): string {
+  switch (args.command) {
+    case 'backup':
+      return `backup of domain '${args.domain}'`;
+    case 'prune':
+      return `prune of ${args.dir}`;
+    case 'restore':
+      return `restore from ${args.dir}`;
+    case 'verify':
+      return `verify of ${args.dir}`;
+    case 'list':
+      return `list of ${args.dir}`;
+  }
 }
 
 /** Message text stays on one line: scripts grep stderr, and log lines must not split. */

@@ -11,9 +11,9 @@ export const ExitCode = {
   USAGE: 2,
   /** `verify` ran to the end and found problems in the set. */
   PROBLEMS_FOUND: 3,
-  /** Interrupted by SIGINT (128 + 2); this run's partial files were removed. */
+  /** Interrupted by SIGINT (128 + 2); what the command had begun to write was removed. */
   INTERRUPTED: 130,
-  /** Stopped by SIGTERM (128 + 15); this run's partial files were removed. */
+  /** Stopped by SIGTERM (128 + 15); the same cleanup as SIGINT. */
   TERMINATED: 143,
 } as const;
 
@@ -27,7 +27,10 @@ export const EXIT_CODES_HELP = `Exit codes:
   0    success
   1    the operation failed (libvirt job, qemu-img, I/O error, set locked by another run)
   2    usage error or bad input (unknown domain, unwritable destination, corrupt manifest,
-       set of another domain, missing backing file...); nothing in the set changed
+       set of another domain, missing backing file, a URI that cannot take backups...);
+       nothing in the set changed
   3    verify found problems (they are listed)
-  130  interrupted by SIGINT; partial files of this run removed, manifest unchanged
-  143  stopped by SIGTERM; same cleanup as 130`;
+  130  interrupted by SIGINT: backup and prune remove the partial files of the run and
+       leave the manifest unchanged, restore removes its partial output, verify and
+       list change nothing
+  143  stopped by SIGTERM; same as 130`;

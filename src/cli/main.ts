@@ -3,11 +3,11 @@ import { readFileSync, realpathSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
 import { parseCommandLine, type CommandArgs, type Invocation } from './args.js';
 import type { CommandContext } from './commands/context.js';
-import { debugEnabled, oneLine, reportFor, type ErrorReport } from './error-report.js';
+import { debugEnabled, oneLine, operationOf, reportFor, type ErrorReport } from './error-report.js';
 import { ExitCode } from './exit-codes.js';
 import { commandHelp, overallHelp } from './help.js';
 import { PROGRAM, createOutput, type OutputStreams } from './output.js';
-import { SignalAbort } from './signals.js';
+import { SignalAbort, interruptionWording } from './signals.js';
 
 /** Loaded on demand: `list` never loads the libvirt addon; `verify` and `restore` load it only to checksum files. */
 async function runCommand(args: CommandArgs, context: CommandContext): Promise<number> {
@@ -47,12 +47,11 @@ export async function main(argv: readonly string[], streams: OutputStreams = { s
   const args = invocation;
   const output = createOutput(args.json, streams);
   const signals = new SignalAbort({
-    onAbort: (signal) =>
-      output.event({ type: 'notice', message: `${signal} received: stopping and removing the partial files of this run (send it again to exit without waiting for that)` }),
-    onForcedExit: (_signal, inMs) =>
+    onAbort: (signal) => output.event({ type: 'notice', message: interruptionWording(args.command, signal).stopping }),
+    onForcedExit: (signal, inMs) =>
       output.event({
         type: 'notice',
-        message: `exiting ${inMs > 0 ? `in ${Math.ceil(inMs / 1000)} s` : 'now'}, before the cleanup is done: partial files may remain (the next backup or prune of the set removes them); manifest.json is intact`,
+        message: `exiting ${inMs > 0 ? `in ${Math.ceil(inMs / 1000)} s` : 'now'}, before the cleanup is done: ${interruptionWording(args.command, signal).unfinishedCleanup}`,
       }),
   });
   try {
@@ -65,12 +64,8 @@ export async function main(argv: readonly string[], streams: OutputStreams = { s
     // terminal's Ctrl-C too) is the interruption, and the exit code says so.
     const report: ErrorReport =
       interruptedBy === null
-        ? reportFor(error)
-        : {
-            exitCode: signals.exitCode!,
-            code: 'INTERRUPTED',
-            message: `interrupted by ${interruptedBy}: the partial files of this ${args.command} were removed and the backup set is unchanged`,
-          };
+        ? reportFor(error, operationOf(args))
+        : { exitCode: signals.exitCode!, code: 'INTERRUPTED', message: interruptionWording(args.command, interruptedBy).outcome };
     output.error(report, error);
     return report.exitCode;
   } finally {

@@ -1,4 +1,5 @@
 import { exitCodeForSignal } from './exit-codes.js';
+import type { CommandName } from './help.js';
 
 const HANDLED_SIGNALS = ['SIGINT', 'SIGTERM'] as const;
 
@@ -22,8 +23,9 @@ export interface SignalAbortOptions {
 
 /**
  * Turns SIGINT/SIGTERM into an abort of the running command. The first signal aborts:
- * the command stops its job, removes this run's files and returns, and the process exits
- * with 128 + signal number. A further signal exits without waiting for that cleanup, but
+ * the command undoes what it started (a backup or prune ends its job and removes this
+ * run's files, a restore its partial output; verify and list have nothing to undo) and
+ * returns, and the process exits with 128 + signal number. A further signal exits without waiting for that cleanup, but
  * never before the cleanup has had `graceMs` to run. Even a forced exit cannot leave a
  * half-written manifest (it is replaced by rename) and the set's journal lets the next
  * write-open remove what is left.
@@ -86,5 +88,41 @@ export class SignalAbort {
     // Unref'd: a cleanup that finishes first ends the process normally, with the same code.
     this.#forcedExit = setTimeout(() => exit(code), remaining);
     this.#forcedExit.unref();
+  }
+}
+
+/** What a signal does to each command, in words that fit it: verify and list write nothing. */
+export interface InterruptionWording {
+  /** Said on the first signal, while the command stops. */
+  stopping: string;
+  /** The final error, once the command has stopped: what was undone and what is intact. */
+  outcome: string;
+  /** Said when a further signal will end the process before the cleanup is done. */
+  unfinishedCleanup: string;
+}
+
+export function interruptionWording(command: CommandName, signal: NodeJS.Signals): InterruptionWording {
+  const again = '(send it again to exit without waiting for that)';
+  switch (command) {
+    case 'backup':
+    case 'prune':
+      return {
+        stopping: `${signal} received: stopping the ${command} and removing the partial files of this run ${again}`,
+        outcome: `interrupted by ${signal}: the partial files of this ${command} were removed and manifest.json is unchanged`,
+        unfinishedCleanup: 'partial files may remain (the next backup or prune of the set removes them); manifest.json is intact',
+      };
+    case 'restore':
+      return {
+        stopping: `${signal} received: stopping the restore and removing its partial output ${again}`,
+        outcome: `interrupted by ${signal}: the partial output of this restore was removed; the backup set was only read`,
+        unfinishedCleanup: 'a partial output file (*.partial-*) may remain next to the --to path; the backup set was only read',
+      };
+    case 'verify':
+    case 'list':
+      return {
+        stopping: `${signal} received: stopping the ${command}; it changes nothing`,
+        outcome: `interrupted by ${signal}: the ${command} stopped before the end; nothing was changed`,
+        unfinishedCleanup: 'nothing was changed',
+      };
   }
 }

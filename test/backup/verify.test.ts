@@ -57,7 +57,7 @@ test('a truncated file is reported with its size, checksum and image damage', as
   const report = await verify(await BackupSet.open(builder.dir));
   t.false(report.ok);
   const found = errors(report);
-  t.true(found.includes(`size-mismatch vda.0001.full.qcow2: size is 196608 bytes, the manifest says ${before}`), found.join('\n'));
+  t.true(found.includes(`size-mismatch vda.0001.full.qcow2: truncated: size is 196608 bytes, the manifest says ${before}`), found.join('\n'));
   t.true(found.some((problem) => problem.startsWith('checksum-mismatch vda.0001.full.qcow2')));
   t.true(found.every((problem) => problem.includes('vda.0001.full.qcow2')), found.join('\n'));
 });

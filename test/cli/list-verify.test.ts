@@ -1,7 +1,7 @@
 import test from 'ava';
-import { open, readFile, readdir, writeFile } from 'node:fs/promises';
+import { open, readFile, readdir, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { TWO_DISKS, buildSet } from '../backup/helpers.js';
+import { MiB, ONE_DISK, SetBuilder, TWO_DISKS, buildSet } from '../backup/helpers.js';
 import { jsonLines, runCli } from './helpers.js';
 
 test('list prints the chain as a table, and as JSON with --json', async (t) => {
@@ -82,4 +82,33 @@ test('a corrupt manifest: exit 2 with a clear message, and the set is left as it
 
   const debug = await runCli(['list', builder.dir], { LIBVIRT_BACKUP_DEBUG: '1' });
   t.regex(debug.stderr, /\n\s+at /, 'stack trace when debugging');
+});
+
+test('verify of a truncated file: said first, then one line per problem, qemu-img report whole only in --json', async (t) => {
+  const builder = await SetBuilder.create(t, ONE_DISK);
+  // Every cluster allocated and the file cut in half: the metadata survives and names
+  // dozens of clusters past the end, one qemu-img check line each.
+  await builder.guestWrite('vda', { pattern: 0x5c, offset: 0, length: 4 * MiB });
+  const record = await builder.backup('full');
+  const file = record.disks[0]!.file;
+  await truncate(join(builder.dir, file), 2 * MiB);
+
+  const run = await runCli(['verify', builder.dir]);
+  t.is(run.code, 3, run.stderr);
+  const lines = run.stdout.trimEnd().split('\n');
+  t.is(lines[0], `error    ${file}: truncated: size is ${2 * MiB} bytes, the manifest says ${record.disks[0]!.fileSize}`);
+  t.regex(lines[1]!, new RegExp(`^error    ${file.replace(/\./g, '\\.')}: checksum is `));
+  const qemuImgLine = lines.find((line) => line.includes('qemu-img check'));
+  t.regex(qemuImgLine ?? '', /: qemu-img check found \d+ corruptions: counting reference for region exceeding the end of the file by one cluster or more: offset 0x[0-9a-f]+ size 0x[0-9a-f]+ \((\d+) more lines from qemu-img check\)$/);
+  const more = Number(/\((\d+) more lines/.exec(qemuImgLine ?? '')?.[1]);
+  t.true(more > 20, `qemu-img check printed ${more + 1} lines`);
+  t.is(lines.length, 4, run.stdout);
+  t.regex(lines.at(-1)!, /1 file of 1 backup checked, 3 errors$/);
+
+  const json = await runCli(['verify', builder.dir, '--json']);
+  const result = jsonLines(json.stdout).at(-1) as { problems: Array<{ kind: string; message: string; detail?: string }> };
+  const corrupt = result.problems.find((problem) => problem.kind === 'image-corrupt');
+  t.is(corrupt?.message, qemuImgLine?.replace(/^error {4}/, ''));
+  t.is(corrupt?.detail?.split('\n').length, more + 1, 'every line of qemu-img check kept in detail');
+  t.false(corrupt?.detail?.includes('json:'), 'the image is named by its path, not the json: target qemu-img was given');
 });

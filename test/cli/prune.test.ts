@@ -52,7 +52,7 @@ test('prune that cannot reach libvirt fails before touching the set', async (t) 
   const manifest = await readFile(join(builder.dir, 'manifest.json'));
   const run = await runCli(['prune', builder.dir, '--keep', '1', '--connect', 'qemu+unix:///system?socket=/nonexistent/libvirt-sock']);
   t.is(run.code, 1);
-  t.regex(run.stderr, /^libvirt-backup: libvirt: [^\n]*\n$/);
+  t.regex(run.stderr, /^libvirt-backup: cannot connect to qemu\+unix:\/\/\/system\?socket=\/nonexistent\/libvirt-sock: [^\n]*\n$/);
   t.deepEqual(await readdir(builder.dir), before);
   t.deepEqual(await readFile(join(builder.dir, 'manifest.json')), manifest);
 });

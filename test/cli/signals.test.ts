@@ -1,6 +1,10 @@
 import test from 'ava';
 import { EventEmitter } from 'node:events';
-import { SignalAbort } from '../../src/cli/signals.js';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { SignalAbort, interruptionWording } from '../../src/cli/signals.js';
+import { buildSet, tempDir } from '../backup/helpers.js';
+import { jsonLines, startCli } from './helpers.js';
 
 function harness(graceMs: number) {
   const emitter = new EventEmitter();
@@ -53,4 +57,37 @@ test('a cleanup that ends within the grace cancels the forced exit', async (t) =
   signals.dispose();
   await new Promise((resolve) => setTimeout(resolve, 200));
   t.deepEqual(exits, []);
+});
+
+test('the interruption is worded for the command: verify and list never claim to have removed anything', (t) => {
+  for (const command of ['verify', 'list'] as const) {
+    const wording = interruptionWording(command, 'SIGINT');
+    t.is(wording.outcome, `interrupted by SIGINT: the ${command} stopped before the end; nothing was changed`);
+    for (const text of Object.values(wording)) t.notRegex(text, /remov|partial|manifest/, `${command}: ${text}`);
+  }
+  for (const command of ['backup', 'prune'] as const) {
+    t.is(interruptionWording(command, 'SIGTERM').outcome, `interrupted by SIGTERM: the partial files of this ${command} were removed and manifest.json is unchanged`);
+  }
+  const restore = interruptionWording('restore', 'SIGINT');
+  t.regex(restore.outcome, /partial output of this restore was removed/);
+  t.notRegex(restore.outcome, /manifest/);
+});
+
+test('an interrupted verify exits 130 and says nothing was changed', async (t) => {
+  const builder = await buildSet(t, ['full']);
+  // A qemu-img that never answers holds verify in its image check until the signal comes.
+  const bin = await tempDir(t, 'slow-qemu-img-');
+  const slowQemuImg = join(bin, 'qemu-img');
+  await writeFile(slowQemuImg, '#!/bin/sh\nexec sleep 60\n', { mode: 0o755 });
+  const cli = startCli(['verify', builder.dir, '--json'], { LIBVIRT_BACKUP_QEMU_IMG: slowQemuImg });
+  await cli.waitForLine((line) => line.includes('"type":"progress"'));
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  cli.child.kill('SIGINT');
+  const run = await cli.done;
+  t.is(run.code, 130, run.stderr);
+  const lines = jsonLines(run.stdout);
+  t.like(lines.at(-1), { type: 'error', code: 'INTERRUPTED', message: 'interrupted by SIGINT: the verify stopped before the end; nothing was changed', exitCode: 130 });
+  const notices = lines.filter((line) => line['type'] === 'notice').map((line) => String(line['message']));
+  t.deepEqual(notices, ['SIGINT received: stopping the verify; it changes nothing']);
+  t.notRegex(run.stderr, /remov/);
 });

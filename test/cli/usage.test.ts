@@ -5,12 +5,12 @@ import { runCli } from './helpers.js';
 test('usage errors exit 2 with a one-line message naming the culprit', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [[], /a command is required/],
-    [['frobnicate', 'x'], /unknown command 'frobnicate'/],
+    [['frobnicate', 'x'], /unknown command 'frobnicate' \(commands: backup, restore, verify, list, prune\)/],
     [['list', '/tmp', '--colour'], /unknown option '--colour'.*list --help/],
     [['restore', '/tmp'], /option '--to' is required/],
     [['restore', '/tmp', '--to'], /option '--to' needs a value/],
     [['restore', '/tmp', '--to', 'out', '--format', 'vmdk'], /option '--format' must be one of qcow2, raw, got 'vmdk'/],
-    [['prune', '/tmp', '--keep', '0'], /option '--keep' must be a whole number of at least 1.*got '0'/],
+    [['prune', '/tmp', '--keep', '0'], /--keep must be a whole number of at least 1, got 0 /],
     [['prune', '/tmp'], /option '--keep' is required/],
     [['verify'], /DIR is required/],
     [['verify', 'a', 'b'], /unexpected argument 'b'/],
@@ -69,4 +69,51 @@ test('parsed options of each command', (t) => {
   for (const bad of [['prune', 's', '--keep', '1.5'], ['prune', 's', '--keep', '-1'], ['backup', 'vm', '--dest', 'd', '--disk', 'vda,vda'], ['list', 's', '--json=yes']]) {
     t.throws(() => parseCommandLine(bad), { instanceOf: UsageError }, bad.join(' '));
   }
+});
+
+test('a numeric option takes a negative number as its value, and refuses it with the rule', async (t) => {
+  const cases: Array<[string[], string]> = [
+    [['--keep', '-1'], 'got -1'],
+    [['--keep=-1'], 'got -1'],
+    [['--keep', '-0.5'], 'got -0.5'],
+    [['--keep', '1.5'], 'got 1.5'],
+    [['--keep', 'abc'], 'got abc'],
+    [['--keep', '1 2'], "got '1 2'"],
+    [['--keep='], 'got nothing'],
+    [['--keep', '0'], 'got 0'],
+  ];
+  for (const [option, got] of cases) {
+    const error = t.throws(() => parseCommandLine(['prune', 'set', ...option]), { instanceOf: UsageError }, option.join(' '));
+    t.is(error?.message, `--keep must be a whole number of at least 1, ${got}`, option.join(' '));
+  }
+  t.regex(t.throws(() => parseCommandLine(['prune', 'set', '--keep', '99999999999999999999']))!.message, /at most 9007199254740991, got 99999999999999999999$/);
+  t.is(t.throws(() => parseCommandLine(['prune', 'set', '--keep']))?.message, "option '--keep' needs a value");
+  t.deepEqual(parseCommandLine(['prune', 'set', '--keep', '007']), { command: 'prune', dir: 'set', keep: 7, uri: 'qemu:///system', json: false });
+  // A negative number is a value only for numeric options; elsewhere '-x' still reads as a missing value.
+  t.regex(t.throws(() => parseCommandLine(['backup', 'vm', '--dest', '-1']))!.message, /option '--dest' needs a value; a value that starts with '-' is written --dest=-VALUE/);
+
+  const run = await runCli(['prune', '/tmp', '--keep', '-1']);
+  t.is(run.code, 2);
+  t.is(run.stderr, "libvirt-backup: --keep must be a whole number of at least 1, got -1 (see 'libvirt-backup prune --help')\n");
+});
+
+test('a mistyped command or option gets a suggestion', async (t) => {
+  const cases: Array<[string[], string]> = [
+    [['bakup'], "unknown command 'bakup'; did you mean 'backup'?"],
+    [['verfiy', 'set'], "unknown command 'verfiy'; did you mean 'verify'?"],
+    [['help', 'prnue'], "unknown command 'prnue'; did you mean 'prune'?"],
+    [['--verison'], "unknown option '--verison'; did you mean '--version'?"],
+    [['list', 'set', '--jsn'], "unknown option '--jsn'; did you mean '--json'?"],
+    [['backup', 'vm', '--dset', 'd'], "unknown option '--dset'; did you mean '--dest'?"],
+    [['backup', 'vm', '--dest', 'd', '--uri', 'test:///default'], "unknown option '--uri'; did you mean '--connect'?"],
+    [['list', 'set', '--keep', '3'], "unknown option '--keep': list does not take it (prune does)"],
+    [['list', 'set', '--colour'], "unknown option '--colour'"],
+  ];
+  for (const [args, message] of cases) t.is(t.throws(() => parseCommandLine(args), { instanceOf: UsageError })?.message, message, args.join(' '));
+  t.regex(t.throws(() => parseCommandLine(['restore-it']))!.message, /^unknown command 'restore-it' \(commands: /, 'nothing close: the list instead');
+
+  const run = await runCli(['bakup', 'vm1', '--dest', '/tmp/x']);
+  t.is(run.code, 2);
+  t.is(run.stdout, '');
+  t.is(run.stderr, "libvirt-backup: unknown command 'bakup'; did you mean 'backup'? (see 'libvirt-backup --help')\n");
 });

@@ -3,22 +3,29 @@ import type { BackupResult } from '../../backup/engine-types.js';
 import { formatBytes } from '../../backup/list.js';
 import type { BackupArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
+import { assertBackupsPossible, openConnection } from '../libvirt-connection.js';
 import { formatDuration } from '../progress.js';
 import type { CommandContext } from './context.js';
 
 export async function backupCommand(args: BackupArgs, { output, signal }: CommandContext): Promise<number> {
-  const result = await runBackup({
-    domain: args.domain,
-    dest: args.dest,
-    level: args.level,
-    transport: args.transport,
-    disks: args.disks,
-    uri: args.uri,
-    signal,
-    onEvent: (event) => output.event(event),
-  });
-  output.result('backup', summary(args, result), result);
-  return ExitCode.OK;
+  const connection = await openConnection(args.uri);
+  try {
+    await assertBackupsPossible(connection, args.uri);
+    const result = await runBackup({
+      domain: args.domain,
+      dest: args.dest,
+      level: args.level,
+      transport: args.transport,
+      disks: args.disks,
+      connection,
+      signal,
+      onEvent: (event) => output.event(event),
+    });
+    output.result('backup', summary(args, result), result);
+    return ExitCode.OK;
+  } finally {
+    await connection.close().catch(() => undefined);
+  }
 }
 
 function summary(args: BackupArgs, result: BackupResult): string {

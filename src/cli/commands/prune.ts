@@ -6,6 +6,7 @@ import { LibvirtError } from '../../errors.js';
 import type { PruneArgs } from '../args.js';
 import { CliError } from '../error-report.js';
 import { ExitCode } from '../exit-codes.js';
+import { openConnection } from '../libvirt-connection.js';
 import type { CommandOutput } from '../output.js';
 import type { CommandContext } from './context.js';
 
@@ -24,8 +25,7 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
     reportRecovery(set, output);
     // Reach libvirt before touching files: a wrong URI or a stopped daemon must fail
     // with the set unchanged, not after old backups are gone.
-    const { connect } = await import('../../index.js');
-    connection = await connect(args.uri);
+    connection = await openConnection(args.uri);
     const domain = await findDomain(connection, set);
     if (domain === null) {
       output.event({
