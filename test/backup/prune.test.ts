@@ -1,6 +1,6 @@
 import test, { type ExecutionContext } from 'ava';
 import { execFile } from 'node:child_process';
-import { readFile, readdir } from 'node:fs/promises';
+import { readFile, readdir, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { BackupSet } from '../../src/backup/backup-set.js';
@@ -259,3 +259,47 @@ for (const point of crashPoints) {
     await assertRestorable(t, builder);
   });
 }
+
+/** The set's files and manifest, byte for byte, to prove a refusal changed nothing. */
+async function snapshotSet(dir: string): Promise<Map<string, Buffer>> {
+  const files = new Map<string, Buffer>();
+  for (const name of (await readdir(dir)).sort()) if (name !== '.lock') files.set(name, await readFile(join(dir, name)));
+  return files;
+}
+
+for (const damage of ['a flipped byte', 'a truncation'] as const) {
+  for (const where of ['the file merged into the kept backup', 'a kept file prune re-stamps'] as const) {
+    test(`prune refuses ${damage} in ${where}: nothing changes and verify still reports it`, async (t) => {
+      const builder = await buildSet(t, ['full', 'inc', 'inc', 'inc']);
+      // keep 2: 0001..0002 fold into 0003's file, and 0004's header is pointed at it.
+      const victim = where === 'the file merged into the kept backup' ? 'vda.0001.full.qcow2' : 'vda.0004.inc.qcow2';
+      const path = join(builder.dir, victim);
+      const bytes = await readFile(path);
+      if (damage === 'a flipped byte') {
+        const at = bytes.length - 1000;
+        bytes[at] = bytes[at]! ^ 0x01;
+        await writeFile(path, bytes);
+      } else {
+        await truncate(path, bytes.length - 65536);
+      }
+      const before = await snapshotSet(builder.dir);
+      const error = await t.throwsAsync(prune(builder.set, { keep: 2 }), { instanceOf: BackupSetError });
+      t.is(error?.code, 'CHECKSUM_MISMATCH', error?.message);
+      t.regex(error!.message, new RegExp(`cannot prune: ${victim.replaceAll('.', '\\.')} is damaged .* Nothing was changed`));
+      t.deepEqual(await snapshotSet(builder.dir), before);
+      const report = await verify(await BackupSet.open(builder.dir));
+      t.false(report.ok);
+      t.true(report.problems.some((problem) => problem.file === victim && problem.kind === 'checksum-mismatch'));
+    });
+  }
+}
+
+test('prune with a file missing from the chain it merges names the file, and changes nothing', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc', 'inc']);
+  await unlink(join(builder.dir, 'vda.0001.full.qcow2'));
+  const before = await snapshotSet(builder.dir);
+  const error = await t.throwsAsync(prune(builder.set, { keep: 1 }), { instanceOf: BackupSetError });
+  t.is(error?.code, 'CHAIN_BROKEN');
+  t.regex(error!.message, /vda\.0002\.inc\.qcow2: backing file vda\.0001\.full\.qcow2 is missing/);
+  t.deepEqual(await snapshotSet(builder.dir), before);
+});
