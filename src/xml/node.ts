@@ -1,4 +1,5 @@
 import { DOMImplementation, DOMParser, XMLSerializer, type Document, type Element, type Node } from '@xmldom/xmldom';
+import { hasCharactersOutsideXml, unreadableMarkup } from './characters.js';
 import { XmlParseError } from './errors.js';
 
 /**
@@ -18,17 +19,6 @@ const TEXT_NODE = 3;
 const CDATA_SECTION_NODE = 4;
 
 /**
- * Characters XML 1.0 cannot carry even as character references. A string
- * holding one can never round-trip, so both directions refuse it.
- */
-// eslint-disable-next-line no-control-regex
-const CHARACTERS_OUTSIDE_XML = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/u;
-
-export function hasCharactersOutsideXml(value: string): boolean {
-  return CHARACTERS_OUTSIDE_XML.test(value);
-}
-
-/**
  * XML 1.0 line-end handling only: xmldom's default follows XML 1.1 and would
  * turn U+0085, U+2028 and U+2029 into newlines, silently changing names.
  */
@@ -36,34 +26,52 @@ function normalizeXml10LineEndings(source: string): string {
   return source.replace(/\r\n?/g, '\n');
 }
 
-/** Parses a whole document and returns its root, which must be named `rootName`. */
-export function parseDocument(xml: unknown, rootName: string): Element {
-  if (typeof xml !== 'string') {
-    throw new XmlParseError('', `expected an XML string, got ${describeType(xml)}`);
-  }
+/** Error messages quote the document; a hostile one must not make them huge. */
+const LONGEST_PARSER_MESSAGE = 300;
+
+/**
+ * Runs xmldom on a string that passed our own character checks, turning
+ * every complaint into an `XmlParseError`.
+ *
+ * Warnings are well-formedness violations (unquoted attributes and the
+ * like); a lenient read would guess at the meaning. The one exception is
+ * xmldom's note that the text holds U+FFFD: that is a valid character (a
+ * description may hold it, and the builders write it), so refusing it would
+ * make our own output unreadable.
+ */
+function parseWithXmldom(source: string, locator: boolean): Document {
+  // A byte order mark is not part of the document (Buffer#toString keeps it; TextDecoder would not).
+  const xml = source.startsWith('\uFEFF') ? source.slice(1) : source;
   if (hasCharactersOutsideXml(xml)) {
     throw new XmlParseError('', 'not well-formed XML: contains characters XML does not allow (binary data?)');
   }
-  let document: Document;
+  const unreadable = unreadableMarkup(xml);
+  if (unreadable !== undefined) throw new XmlParseError('', unreadable);
   try {
-    document = new DOMParser({
-      locator: true,
+    return new DOMParser({
+      locator,
       normalizeLineEndings: normalizeXml10LineEndings,
-      // Warnings from xmldom are well-formedness violations (unquoted
-      // attributes and the like); a lenient read would guess at the meaning.
       onError: (level, message) => {
+        if (level === 'warning' && message.includes('Unicode replacement character')) return;
         throw new Error(`${level}: ${message}`);
       },
     }).parseFromString(xml, 'text/xml');
   } catch (error) {
     throw new XmlParseError('', `not well-formed XML: ${cleanParserMessage(error)}`, { cause: error });
   }
-  const root = document.documentElement;
+}
+
+/** Parses a whole document and returns its root, which must be named `rootName`. */
+export function parseDocument(xml: unknown, rootName: string): Element {
+  if (typeof xml !== 'string') {
+    throw new XmlParseError('', `expected an XML string, got ${describeType(xml)}`);
+  }
+  const root = parseWithXmldom(xml, true).documentElement;
   if (root === null || root === undefined) {
     throw new XmlParseError('', 'not well-formed XML: missing root element');
   }
   if (root.nodeName !== rootName) {
-    throw new XmlParseError('', `expected root element <${rootName}>, got <${root.nodeName}>`);
+    throw new XmlParseError('', `expected root element <${rootName}>, got <${shorten(root.nodeName)}>`);
   }
   return root;
 }
@@ -73,7 +81,11 @@ function cleanParserMessage(error: unknown): string {
   const firstLine = raw.split('\n')[0] ?? raw;
   const reported = /^Reporting \w+ "(.*)" caused /s.exec(firstLine);
   const message = (reported?.[1] ?? firstLine).trim();
-  return message.replace(/^\[xmldom \w+\]\s*/, '').replace(/^(warning|error|fatalError): /, '');
+  return shorten(message.replace(/^\[xmldom \w+\]\s*/, '').replace(/^(warning|error|fatalError): /, ''));
+}
+
+function shorten(text: string): string {
+  return text.length <= LONGEST_PARSER_MESSAGE ? text : `${text.slice(0, LONGEST_PARSER_MESSAGE)}... (${text.length} characters)`;
 }
 
 function describeType(value: unknown): string {
@@ -282,19 +294,7 @@ export class DocumentWriter {
 
 /** Parses a string that must hold exactly one element (an `XmlExtra` entry, an embedded domain). */
 export function parseStandaloneElement(xml: string): Element {
-  if (hasCharactersOutsideXml(xml)) throw new XmlParseError('', 'contains characters XML does not allow');
-  let document: Document;
-  try {
-    document = new DOMParser({
-      normalizeLineEndings: normalizeXml10LineEndings,
-      onError: (_level, message) => {
-        throw new Error(message);
-      },
-    }).parseFromString(xml, 'text/xml');
-  } catch (error) {
-    throw new XmlParseError('', `not well-formed XML: ${cleanParserMessage(error)}`, { cause: error });
-  }
-  const root = document.documentElement;
+  const root = parseWithXmldom(xml, false).documentElement;
   if (root === null || root === undefined) throw new XmlParseError('', 'not well-formed XML: missing root element');
   return root;
 }

@@ -1,5 +1,6 @@
 import { XmlValidationError, type ValidationIssue } from './errors.js';
-import { hasCharactersOutsideXml, parseStandaloneElement, type XmlExtra } from './node.js';
+import { hasCharactersOutsideXml } from './characters.js';
+import { parseStandaloneElement, type XmlExtra } from './node.js';
 
 /**
  * Rules shared by the checkpoint and backup validators. Each check records

@@ -2,7 +2,7 @@ import test from 'ava';
 import fc from 'fast-check';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import { parseBackupXml, parseCheckpointXml, parseDomainXml, XmlParseError } from '../../src/xml/index.js';
+import { buildCheckpointXml, parseBackupXml, parseCheckpointXml, parseDomainXml, XmlParseError } from '../../src/xml/index.js';
 
 const fixture = readFileSync(fileURLToPath(new URL('./fixtures/backup/tests-pull-encrypted.xml', import.meta.url)), 'utf8');
 const parsers = { parseBackupXml, parseCheckpointXml, parseDomainXml };
@@ -60,6 +60,54 @@ test('values our types cannot hold name the field', (t) => {
     parseError(() => parseBackupXml('<domainbackup mode="pull"><server transport="unix"/></domainbackup>')).message,
     'server.socket: missing',
   );
+});
+
+test('character references to characters XML does not allow are refused, not decoded into other characters', (t) => {
+  const description = (reference: string) => `<domaincheckpoint><description>${reference}</description></domaincheckpoint>`;
+  for (const reference of ['&#0;', '&#x1F;', '&#xD800;', '&#xFFFE;', '&#x110000;', '&#67174400;', '&#99999999999999999999;']) {
+    t.regex(parseError(() => parseCheckpointXml(description(reference))).message, /^not well-formed XML: character reference &#.*; names a character XML does not allow$/, reference);
+  }
+  t.regex(parseError(() => parseCheckpointXml('<domaincheckpoint><disks><disk name="vda" bitmap="a&#1;b"/></disks></domaincheckpoint>')).message, /&#1;/, 'in attributes too');
+  t.is(parseCheckpointXml(description('&#x10FFFF;&#9;&#65;&#x1F642;&#0000065;')).description, '\u{10FFFF}\tA\u{1F642}A');
+  t.is(parseCheckpointXml(description('<![CDATA[&#0;]]>')).description, '&#0;', 'CDATA holds no references');
+  t.deepEqual(parseCheckpointXml('<!-- &#0; --><?pi &#0;?><domaincheckpoint/>'), {}, 'nor do comments and processing instructions');
+});
+
+test('DOCTYPE and entity declarations are refused: nothing is expanded, nothing is fetched', (t) => {
+  const laughs = `<!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol1 "&lol;&lol;&lol;&lol;&lol;&lol;&lol;&lol;">]><domaincheckpoint><name>&lol1;</name></domaincheckpoint>`;
+  const external = '<!DOCTYPE x [<!ENTITY xxe SYSTEM "file:///etc/hostname">]><domaincheckpoint><name>&xxe;</name></domaincheckpoint>';
+  const refused = /^<!DOCTYPE> declarations are refused: libvirt never writes them, and entities are never expanded$/;
+  t.regex(parseError(() => parseCheckpointXml(laughs)).message, refused);
+  t.regex(parseError(() => parseCheckpointXml(external)).message, refused);
+  t.regex(parseError(() => parseBackupXml('<?xml version="1.0"?>\n<!DOCTYPE domainbackup SYSTEM "domainbackup.dtd"><domainbackup/>')).message, refused);
+  t.regex(parseError(() => parseDomainXml('<domain><!ENTITY x "y"></domain>')).message, /^<!ENTITY> declarations are refused/);
+});
+
+test('U+FFFD is an ordinary character: what the builder writes, the parser reads', (t) => {
+  const spec = { name: 'c1', description: 'broken \uFFFD decoding upstream' };
+  t.deepEqual(parseCheckpointXml(buildCheckpointXml(spec)), spec);
+});
+
+test('invalid UTF-8 ends in a typed error or a value holding U+FFFD', (t) => {
+  const bytes = Buffer.from('<domaincheckpoint><description>caf\u00e9</description></domaincheckpoint>');
+  const lead = bytes.indexOf(0xc3);
+  const truncatedSequence = Buffer.concat([bytes.subarray(0, lead + 1), bytes.subarray(lead + 2)]);
+  t.is(parseCheckpointXml(truncatedSequence.toString('utf8')).description, 'caf\uFFFD');
+  t.regex(parseError(() => parseCheckpointXml(Buffer.from([0xc3, 0x28, 0x3c, 0x61, 0x2f, 0x3e]).toString('utf8'))).message, /^not well-formed XML/);
+  t.regex(parseError(() => parseCheckpointXml(Buffer.from([0xff, 0xfe, 0x3c, 0x00, 0x61, 0x00]).toString('utf8'))).message, /^not well-formed XML/, 'UTF-16 read as UTF-8');
+});
+
+test('a leading byte order mark is not part of the document', (t) => {
+  t.deepEqual(parseCheckpointXml('\uFEFF<domaincheckpoint><name>c1</name></domaincheckpoint>'), { name: 'c1' });
+  t.regex(parseError(() => parseCheckpointXml('\uFEFF\uFEFF<domaincheckpoint/>')).message, /^not well-formed XML/, 'only one, and only first');
+});
+
+test('error messages stay short whatever the document', (t) => {
+  const open = parseError(() => parseCheckpointXml(`<domaincheckpoint>${'<a>'.repeat(100_000)}`));
+  t.true(open.message.length < 400, `${open.message.length} characters`);
+  t.regex(open.message, /^not well-formed XML: unclosed xml tag\(s\): domaincheckpoint, a, a/);
+  const root = parseError(() => parseCheckpointXml(`<${'x'.repeat(100_000)}/>`));
+  t.true(root.message.length < 400, `${root.message.length} characters`);
 });
 
 test('any corruption of a valid document gives a result or an XmlParseError, never anything else', (t) => {

@@ -15,7 +15,7 @@ import type {
 } from '../../../src/xml/index.js';
 
 /** Characters that break naive XML templates, and some that only break naive encoders. */
-const TRICKY = ['&', '<', '>', '"', "'", ']]>', '&amp;', 'é', 'ß', '日本', '🙂', '\u2028', '\u0085', ' '];
+const TRICKY = ['&', '<', '>', '"', "'", ']]>', '&amp;', 'é', 'ß', '日本', '🙂', '\u2028', '\u0085', '\uFFFD', ' '];
 const PLAIN = 'abcXYZ0189_-.'.split('');
 
 function textOf(extra: readonly string[], minLength = 1): fc.Arbitrary<string> {

@@ -1,0 +1,96 @@
+// What the backup set on disk looks like from outside: manifest.json as bytes and
+// as parsed by the product's own validator, and every other entry of the directory.
+import { readdir, readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
+import { isDeepStrictEqual } from 'node:util';
+
+import { parseManifest, type BackupRecord, type Manifest } from '../../src/backup/index.js';
+
+export interface ManifestSnapshot {
+  /** null when there is no manifest.json yet. */
+  bytes: Buffer | null;
+  manifest: Manifest | null;
+  /** Why the bytes are not a valid manifest, if they are not. */
+  invalid?: string;
+}
+
+export async function readManifest(setDir: string): Promise<ManifestSnapshot> {
+  let bytes: Buffer;
+  try {
+    bytes = await readFile(join(setDir, 'manifest.json'));
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === 'ENOENT') return { bytes: null, manifest: null };
+    throw error;
+  }
+  try {
+    return { bytes, manifest: parseManifest(bytes.toString('utf8')) };
+  } catch (error) {
+    return { bytes, manifest: null, invalid: (error as Error).message };
+  }
+}
+
+export type ManifestChange =
+  | { kind: 'unchanged' }
+  | { kind: 'one-more'; added: BackupRecord }
+  | { kind: 'wrong'; why: string };
+
+/**
+ * "The old manifest or a complete new one": byte-identical, or valid with every old
+ * backup unchanged and exactly one backup more. (Whether its files are complete is
+ * what `verify` checks.)
+ */
+export function manifestChange(before: ManifestSnapshot, after: ManifestSnapshot): ManifestChange {
+  if (before.bytes !== null && after.bytes !== null && before.bytes.equals(after.bytes)) return { kind: 'unchanged' };
+  if (before.bytes === null && after.bytes === null) return { kind: 'unchanged' };
+  if (after.manifest === null) return { kind: 'wrong', why: after.bytes === null ? 'manifest.json disappeared' : `manifest.json is not valid: ${after.invalid}` };
+  const old = before.manifest?.backups ?? [];
+  const now = after.manifest.backups;
+  // A set created by this run starts with no backups; that counts as the old state.
+  if (now.length === old.length && isDeepStrictEqual(now, old)) return { kind: 'unchanged' };
+  if (now.length !== old.length + 1) return { kind: 'wrong', why: `${now.length} backups, before ${old.length}` };
+  for (const [index, record] of old.entries()) {
+    if (!isDeepStrictEqual(now[index], record)) return { kind: 'wrong', why: `backup ${record.id} changed` };
+  }
+  return { kind: 'one-more', added: now.at(-1)! };
+}
+
+export function referencedFiles(manifest: Manifest | null): Set<string> {
+  return new Set((manifest?.backups ?? []).flatMap((backup) => backup.disks.map((disk) => disk.file)));
+}
+
+export function checkpointsNamed(manifest: Manifest | null): Set<string> {
+  return new Set((manifest?.backups ?? []).map((backup) => backup.checkpoint).filter((name): name is string => name !== null));
+}
+
+/** State that a set keeps between runs on purpose, and when it is fine to find it. */
+const PERSISTENT_ENTRIES: Record<string, (path: string) => Promise<boolean>> = {
+  // Checkpoints a run could not delete yet; after a successful run with the domain
+  // running there must be none left to delete.
+  '.pending-checkpoints.json': async (path) => {
+    const listed = (JSON.parse(await readFile(path, 'utf8')) as { checkpoints?: unknown[] }).checkpoints;
+    return Array.isArray(listed) && listed.length === 0;
+  },
+};
+
+/** Entries of the set directory other than manifest.json and the files it references. */
+export async function unexpectedEntries(setDir: string, manifest: Manifest | null): Promise<string[]> {
+  const referenced = referencedFiles(manifest);
+  const unexpected: string[] = [];
+  for (const entry of (await readdir(setDir)).sort()) {
+    if (entry === 'manifest.json' || referenced.has(entry)) continue;
+    const persistent = PERSISTENT_ENTRIES[entry];
+    if (persistent && (await persistent(join(setDir, entry)).catch(() => false))) continue;
+    unexpected.push(entry);
+  }
+  return unexpected;
+}
+
+/** Permission bits of every file the manifest references. */
+export async function fileModes(setDir: string, manifest: Manifest | null): Promise<Map<string, number>> {
+  const modes = new Map<string, number>();
+  for (const file of referencedFiles(manifest)) {
+    const info = await stat(join(setDir, file)).catch(() => undefined);
+    if (info) modes.set(file, info.mode & 0o7777);
+  }
+  return modes;
+}
