@@ -26,6 +26,8 @@ export interface BackupArgs {
   level: RequestedLevel;
   transport: BackupTransport;
   disks: string[] | undefined;
+  /** Directory for the pull job's scratch files; default the set directory. */
+  scratchDir: string | undefined;
   uri: string;
   json: boolean;
 }
@@ -76,6 +78,7 @@ const OPTIONS: Record<CommandName, Options> = {
     level: { type: 'string' },
     transport: { type: 'string' },
     disk: { type: 'string', multiple: true },
+    'scratch-dir': { type: 'string' },
     connect: { type: 'string' },
     json,
     help,
@@ -154,6 +157,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         level: oneOf(values, 'level', ['auto', 'full', 'inc', 'diff'] as const, 'auto', command),
         transport: oneOf(values, 'transport', ['pull', 'push'] as const, 'pull', command),
         disks: diskList(values['disk'], command),
+        scratchDir: optionalString(values, 'scratch-dir', command),
         uri: optionalString(values, 'connect', command) ?? DEFAULT_URI,
         json: jsonOutput,
       };

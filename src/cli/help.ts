@@ -19,6 +19,10 @@ Options:
   --level auto|full|inc|diff default auto
   --transport pull|push      pull: read the disks over NBD (default); push: libvirt writes the files
   --disk TARGET              back up only this disk (vda); repeat or separate with commas
+  --scratch-dir DIR          pull: where QEMU keeps the old content of clusters the guest
+                             overwrites during the backup (default: DIR of --dest). It may
+                             need up to the data the disks hold; the run keeps that much
+                             free and ends the job before it could run out (NO_SPACE)
   --connect URI              libvirt URI (default qemu:///system)
   --json                     one JSON object per line per event, then a result or error object
   -h, --help                 this help

@@ -105,19 +105,21 @@ test('a pull backup whose scratch could outgrow the free space is refused before
   const m = await mirroredDomain(t, conn, 'flt-nospace', [{ sizeMiB: 64 }]);
   await m.write(0, 0x31, '0', '48M');
   const dest = join(fs, 'set');
-  const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn }));
-  t.is((error as { code?: string }).code, 'NO_SPACE', error?.message);
-  t.regex(error!.message, /of scratch for guest writes during the backup and .* of backup data/);
+  const refused = await runCli(['backup', m.vm.name, '--dest', dest, '--json']);
+  t.is(refused.code, 1, refused.stderr);
+  const error = jsonLines(refused.stdout).at(-1)!;
+  t.is(error['code'], 'NO_SPACE', refused.stdout);
+  t.regex(String(error['message']), /of scratch for guest writes during the backup and .* of backup data/);
   t.deepEqual((await readdir(dest)).sort(), ['manifest.json']);
   t.deepEqual(await checkpointNames(m.vm.domain), []);
 
-  // With the scratch on a file system that has room, the same backup works.
+  // With the scratch on another file system that has room, the same backup fits.
   const scratch = await mkdtemp(join(m.dir, 'scratch-'));
   t.teardown(() => rm(scratch, { recursive: true, force: true }));
-  const bigger = join(m.dir, 'set');
-  const done = await runBackup({ domain: m.vm.name, dest: bigger, connection: conn, scratchDir: scratch });
-  t.is(done.level, 'full');
+  const done = await runCli(['backup', m.vm.name, '--dest', dest, '--scratch-dir', scratch]);
+  t.is(done.code, 0, done.stderr);
   t.deepEqual(await readdir(scratch), [], 'scratch files removed');
+  t.is((await BackupSet.open(dest)).backups.length, 1);
 });
 
 test('a second backup of the same domain, into another set, is refused while the first runs; the first completes', async (t) => {

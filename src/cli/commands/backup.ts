@@ -17,6 +17,7 @@ export async function backupCommand(args: BackupArgs, { output, signal }: Comman
       level: args.level,
       transport: args.transport,
       disks: args.disks,
+      ...(args.scratchDir !== undefined ? { scratchDir: args.scratchDir } : {}),
       connection,
       signal,
       onEvent: (event) => output.event(event),
