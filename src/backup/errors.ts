@@ -21,8 +21,10 @@ export type BackupSetErrorCode =
   | 'RUN_IN_PROGRESS'
   /** The set belongs to a different domain. */
   | 'FOREIGN_DOMAIN'
-  /** A file of a chain is missing, or its backing pointer disagrees with the manifest. */
+  /** A file of a chain is missing, unreadable as qcow2, or its backing pointer disagrees with the manifest. */
   | 'CHAIN_BROKEN'
+  /** A qcow2 image uses a feature our reader does not handle (encryption, external data file, ...). */
+  | 'IMAGE_UNSUPPORTED'
   /** A backup record offered for commit is inconsistent with the set or with its files. */
   | 'RECORD_INVALID'
   /** A file's bytes do not match the checksum the manifest recorded: it is damaged. */

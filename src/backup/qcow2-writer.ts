@@ -3,11 +3,11 @@
 // from the NBD export. The native FileWriter checksums every byte in memory on
 // its worker threads, so nothing is read back, and sends written ranges to the
 // disk while the copy runs.
-import { open } from 'node:fs/promises';
+import { open, type FileHandle } from 'node:fs/promises';
 
 import type { ReadChunk } from '../nbd/index.js';
-import { nativeAddon } from '../native.js';
-import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2LayoutInput } from './qcow2-layout.js';
+import { nativeAddon, type NativeFileWriter } from '../native.js';
+import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2Layout, type Qcow2LayoutInput } from './qcow2-layout.js';
 
 export interface Qcow2WriteResult {
   fileSize: number;
@@ -125,5 +125,127 @@ export async function writeQcow2(
   } finally {
     await Promise.allSettled(inFlight);
     await file.close();
+  }
+}
+
+/**
+ * A qcow2 file with writeQcow2's layout whose guest data arrives in any order: for
+ * sources read in their own order rather than the guest's (a restore streams each
+ * chain file front to back). The metadata is written up front and the file sized to
+ * the layout; each data write then lands where the layout puts its guest offset.
+ * Bytes of a stored cluster that are never written read as zeroes (the file is sparse).
+ */
+export class Qcow2PositionedWriter {
+  readonly layout: Qcow2Layout;
+  readonly #writer: NativeFileWriter;
+  /** First guest cluster of each run, ascending, and the host cluster it lands in. */
+  readonly #runStart: Float64Array;
+  readonly #runEnd: Float64Array;
+  readonly #runHostCluster: Float64Array;
+
+  private constructor(layout: Qcow2Layout, writer: NativeFileWriter) {
+    this.layout = layout;
+    this.#writer = writer;
+    const runs = layout.input.runs;
+    this.#runStart = new Float64Array(runs.length);
+    this.#runEnd = new Float64Array(runs.length);
+    this.#runHostCluster = new Float64Array(runs.length);
+    let host = layout.dataOffset / CLUSTER_SIZE;
+    runs.forEach((run, index) => {
+      this.#runStart[index] = run.start;
+      this.#runEnd[index] = run.start + run.count;
+      this.#runHostCluster[index] = host;
+      host += run.count;
+    });
+  }
+
+  /** Sizes `file` (empty, opened for writing) for `input` and writes its metadata. */
+  static async create(file: FileHandle, input: Qcow2LayoutInput, options: { signal?: AbortSignal } = {}): Promise<Qcow2PositionedWriter> {
+    const layout = planQcow2(input);
+    await file.truncate(layout.fileSize);
+    const writer = new (nativeAddon().FileWriter)(file.fd);
+    const self = new Qcow2PositionedWriter(layout, writer);
+    const inFlight: Array<Promise<void>> = [];
+    let position = 0;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const flush = async () => {
+      if (pendingBytes === 0) return;
+      const write = writer.write(pending, position);
+      write.catch(() => undefined);
+      inFlight.push(write);
+      position += pendingBytes;
+      pending = [];
+      pendingBytes = 0;
+      while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
+    };
+    try {
+      for (const cluster of metadataClusters(layout)) {
+        options.signal?.throwIfAborted();
+        pending.push(cluster);
+        pendingBytes += cluster.length;
+        if (pendingBytes >= FLUSH_BYTES) await flush();
+      }
+      await flush();
+      while (inFlight.length > 0) await inFlight.shift();
+    } finally {
+      await Promise.allSettled(inFlight);
+    }
+    return self;
+  }
+
+  /**
+   * Writes guest bytes at `guestOffset`, which must lie in clusters the layout stores.
+   * The buffers must not change until the promise settles.
+   */
+  write(buffers: readonly Uint8Array[], guestOffset: number): Promise<void> {
+    try {
+      return this.#write(buffers, guestOffset);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #write(buffers: readonly Uint8Array[], guestOffset: number): Promise<void> {
+    // Split at run ends first, so a range outside the layout fails before anything is written.
+    const segments: Array<{ pieces: Uint8Array[]; hostOffset: number }> = [];
+    let offset = guestOffset;
+    let room = 0; // bytes left in the current run
+    for (let buffer of buffers) {
+      while (buffer.length > 0) {
+        if (room === 0) {
+          const run = this.#runOf(offset);
+          const hostCluster = this.#runHostCluster[run]! + Math.floor(offset / CLUSTER_SIZE) - this.#runStart[run]!;
+          segments.push({ pieces: [], hostOffset: hostCluster * CLUSTER_SIZE + (offset % CLUSTER_SIZE) });
+          room = this.#runEnd[run]! * CLUSTER_SIZE - offset;
+        }
+        const take = Math.min(room, buffer.length);
+        segments.at(-1)!.pieces.push(take === buffer.length ? buffer : buffer.subarray(0, take));
+        buffer = buffer.subarray(take);
+        offset += take;
+        room -= take;
+      }
+    }
+    if (segments.length === 1) return this.#writer.write(segments[0]!.pieces, segments[0]!.hostOffset);
+    return Promise.all(segments.map(({ pieces, hostOffset }) => this.#writer.write(pieces, hostOffset))).then(() => undefined);
+  }
+
+  /** After every write has settled: waits for write-back and fsyncs. */
+  async finish(): Promise<{ fileSize: number }> {
+    await this.#writer.finish();
+    return { fileSize: this.layout.fileSize };
+  }
+
+  #runOf(guestOffset: number): number {
+    const cluster = Math.floor(guestOffset / CLUSTER_SIZE);
+    let low = 0;
+    let high = this.#runStart.length - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      if (this.#runStart[middle]! <= cluster) low = middle + 1;
+      else high = middle - 1;
+    }
+    if (high < 0 || cluster >= this.#runEnd[high]!) throw new Error(`guest offset ${guestOffset} lies outside the clusters this image stores`);
+    return high;
   }
 }

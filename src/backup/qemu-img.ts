@@ -1,4 +1,6 @@
 import { execFile, spawn } from 'node:child_process';
+import { accessSync, constants as fsConstants } from 'node:fs';
+import { join } from 'node:path';
 import { BackupSetError, abortedError, errnoCode, throwIfAborted } from './errors.js';
 
 /**
@@ -172,6 +174,11 @@ export interface ConvertOptions extends QemuImgOptions {
   options?: Record<string, string>;
   /** Fraction 0..1, from qemu-img's `-p` output. */
   onProgress?: (fraction: number) => void;
+  /**
+   * Have the kernel kill qemu-img if this process dies without stopping it (SIGKILL,
+   * a crash): through `setpriv --pdeathsig` where util-linux provides it.
+   */
+  dieWithParent?: boolean;
 }
 
 /**
@@ -202,11 +209,34 @@ export function qemuImgRebaseSafe(
   return runWithProgress(['rebase', '-p', '-f', 'qcow2', '-F', options.backingFormat ?? 'qcow2', '-b', backingFile, path], options);
 }
 
+let setprivPath: string | null | undefined;
+
+/** util-linux's setpriv, if installed: it can set the parent-death signal Node cannot. */
+function setpriv(): string | null {
+  if (setprivPath === undefined) {
+    setprivPath = null;
+    for (const directory of (process.env['PATH'] ?? '/usr/bin:/bin').split(':')) {
+      const candidate = join(directory || '.', 'setpriv');
+      try {
+        accessSync(candidate, fsConstants.X_OK);
+        setprivPath = candidate;
+        break;
+      } catch {
+        // not here
+      }
+    }
+  }
+  return setprivPath;
+}
+
 /** Spawned rather than execFile'd so `-p` progress can be read as it is printed. */
-function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?: (fraction: number) => void }): Promise<void> {
+function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?: (fraction: number) => void; dieWithParent?: boolean }): Promise<void> {
   throwIfAborted(options.signal);
+  const wrapper = options.dieWithParent ? setpriv() : null;
+  // setpriv sets PR_SET_PDEATHSIG and execs qemu-img in the same process, so killing the child still kills qemu-img.
+  const [command, commandArgs] = wrapper === null ? [qemuImgCommand(), args] : [wrapper, ['--pdeathsig', 'KILL', '--', qemuImgCommand(), ...args]];
   return new Promise((resolve, reject) => {
-    const child = spawn(qemuImgCommand(), args, {
+    const child = spawn(command, commandArgs, {
       signal: options.signal,
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, LC_ALL: 'C' },
@@ -232,6 +262,7 @@ function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?
     child.on('close', (code, signalName) => {
       if (options.signal?.aborted) reject(abortedError(options.signal));
       else if (code === 0) resolve();
+      else if (wrapper !== null && code === 127 && /failed to execute/.test(stderr)) reject(qemuImgError(args, Object.assign(new Error(stderr.trim()), { code: 'ENOENT' }), stderr));
       else reject(qemuImgError(args, new Error(`exited with ${code ?? signalName}`), stderr));
     });
   });

@@ -92,7 +92,7 @@ test('an aborted restore leaves no partial output', async (t) => {
   t.deepEqual(await readdir(out), []);
 });
 
-test('restore with checksums refuses a damaged file', async (t) => {
+test('restore refuses a damaged file by default, and with the deprecated checksums option', async (t) => {
   const builder = await buildSet(t, ['full', 'inc']);
   const path = join(builder.dir, 'vda.0001.full.qcow2');
   const handle = await open(path, 'r+');
@@ -101,8 +101,10 @@ test('restore with checksums refuses a damaged file', async (t) => {
   await handle.close();
   const set = await BackupSet.open(builder.dir);
   const out = await tempDir(t, 'restore-');
-  const error = await t.throwsAsync(restore(set, { to: out, format: 'raw', checksums: true }), { instanceOf: BackupSetError });
-  t.is(error?.code, 'CHAIN_BROKEN');
-  t.regex(error!.message, /^vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/);
-  t.deepEqual(await readdir(out), []);
+  for (const options of [{}, { checksums: true }, { checksums: true, verifyChecksums: false }]) {
+    const error = await t.throwsAsync(restore(set, { to: out, format: 'raw', ...options }), { instanceOf: BackupSetError });
+    t.is(error?.code, 'CHECKSUM_MISMATCH');
+    t.regex(error!.message, /^vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/);
+    t.deepEqual(await readdir(out), []);
+  }
 });
