@@ -1,5 +1,5 @@
 import { chmod, mkdir, readdir, readFile, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 import { writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
 import { fileChecksumMatches } from './checksum.js';
 import { BackupSetError, describeFsError, errnoCode, throwIfAborted } from './errors.js';
@@ -78,7 +78,7 @@ export class BackupSet {
     );
     let created: string | undefined;
     try {
-      created = await mkdir(absolute, { recursive: true, mode: 0o700 });
+      created = await makeDirectories(absolute);
     } catch (error) {
       throw new BackupSetError('SET_IO', `cannot create backup set directory ${absolute}: ${describeFsError(error)}`, { path: absolute, cause: error });
     }
@@ -355,6 +355,35 @@ async function exists(path: string): Promise<boolean> {
     if (errnoCode(error) === 'ENOENT') return false;
     throw new BackupSetError('SET_IO', `cannot access ${path}: ${describeFsError(error)}`, { path, cause: error });
   }
+}
+
+/**
+ * `mkdir -p` one level at a time: Node's recursive mkdir reports ENOENT where a plain
+ * mkdir says EROFS or EACCES, and the user must be told the real reason. Returns the
+ * first directory created, if any.
+ */
+async function makeDirectories(path: string): Promise<string | undefined> {
+  const missing: string[] = [];
+  for (let current = path; ; current = dirname(current)) {
+    const info = await stat(current).catch((error: unknown) => {
+      if (errnoCode(error) === 'ENOENT') return undefined;
+      throw error;
+    });
+    if (info !== undefined) {
+      if (!info.isDirectory()) throw Object.assign(new Error(`${current} is not a directory`), { code: 'ENOTDIR' });
+      break;
+    }
+    missing.unshift(current);
+    if (dirname(current) === current) break;
+  }
+  for (const directory of missing) {
+    try {
+      await mkdir(directory, { mode: 0o700 });
+    } catch (error) {
+      if (errnoCode(error) !== 'EEXIST') throw error;
+    }
+  }
+  return missing[0];
 }
 
 /** Names a fresh file system may hold that say nothing about backups. */

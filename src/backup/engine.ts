@@ -84,11 +84,17 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
   const conn = options.connection ?? (await connect(options.uri ?? 'qemu:///system'));
   try {
     const domain = await lookupDomain(conn, options.domain);
-    await conn.assertBackupSupport();
+    try {
+      await conn.assertBackupSupport();
+    } catch (error) {
+      if (error instanceof LibvirtError) throw error;
+      throw new BackupError('UNSUPPORTED', error instanceof Error ? error.message : String(error), { cause: error });
+    }
     const { state } = await domain.getState();
     if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
       throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`);
     }
+    if (requested === 'inc' || requested === 'diff') await assertSetExists(options.dest, requested);
     const summary = parseDomainXml(await domain.getXMLDesc());
     const selection = selectDisks(summary, options.disks);
     for (const skipped of selection.skipped) emit({ type: 'notice', message: `skipping ${skipped.target}: ${skipped.reason}` });
@@ -131,6 +137,13 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
   } finally {
     if (ownConnection) await conn.close();
   }
+}
+
+/** An incremental or differential needs a set to start from; refused before anything is created. */
+async function assertSetExists(dest: string, level: 'inc' | 'diff'): Promise<void> {
+  const manifest = join(resolve(dest), 'manifest.json');
+  if (await stat(manifest).then(() => true, () => false)) return;
+  throw new BackupError('CHAIN_UNUSABLE', `cannot take ${level === 'inc' ? 'an incremental' : 'a differential'} backup: ${resolve(dest)} holds no backup set yet; take a full (or auto) backup first`);
 }
 
 async function checkScratchDir(dir: string, transport: 'pull' | 'push'): Promise<string> {

@@ -38,10 +38,9 @@ test('backup into an existing directory on a read-only file system', async (t) =
   assertReadOnlyReport(t, await runCli(['backup', vm.name, '--dest', readOnly]), readOnly, 'backup');
 });
 
-// Fails until BackupSet.create (src/backup/backup-set.ts) creates the set directory without
-// `mkdir(..., { recursive: true })`: Node's recursive mkdir turns EROFS into ENOENT
-// (nodejs/node#47098), which is where "no such file or directory" came from.
-test.failing('backup into a new set directory on a read-only file system', async (t) => {
+// Node's recursive mkdir turns EROFS into ENOENT (nodejs/node#47098): that is where
+// "no such file or directory" came from, until the set directory was made one level at a time.
+test('backup into a new set directory on a read-only file system', async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());
   const vm = await createThrowawayDomain(conn, 'cli-ro-new');
