@@ -19,8 +19,10 @@ import {
   childPath,
   forbid,
   libvirtVersionOf,
+  type InputTarget,
   type LibvirtVersionOptions,
 } from './validate.js';
+import { BACKUP_DISK_INDEX_SOURCE, BACKUP_OUTPUT_ONLY, outputOnlyRule } from './output-only.js';
 
 export type YesNo = 'yes' | 'no';
 export type BackupDiskMode = 'full' | 'incremental';
@@ -96,7 +98,10 @@ interface BackupDiskCommon {
   /** Checkpoint this disk's incremental backup starts from; not with backupmode 'full'. */
   incremental?: string;
   driver?: BackupDriver;
-  /** Output only: set by libvirt in `backupGetXMLDesc`, not part of the input schema. */
+  /**
+   * Output only: the node index libvirt reports in `backupGetXMLDesc`. The
+   * parser reads it; the builder refuses it, as virDomainBackupBegin would.
+   */
   index?: number;
   extra?: XmlExtra;
 }
@@ -164,7 +169,8 @@ export type BackupSpec = PushBackupSpec | PullBackupSpec;
 const ROOT_ATTRIBUTES = ['mode'];
 const ROOT_ELEMENTS = ['incremental', 'server', 'disks'];
 const SERVER_ATTRIBUTES = ['transport', 'tls', 'name', 'port', 'socket', 'fdgroup'];
-const DISK_ATTRIBUTES = ['name', 'backup', 'type', 'backupmode', 'incremental', 'exportname', 'exportbitmap', 'index'];
+// `index` is missing on purpose: it is output-only, and kept content gets that refusal.
+const DISK_ATTRIBUTES = ['name', 'backup', 'type', 'backupmode', 'incremental', 'exportname', 'exportbitmap'];
 const DISK_ELEMENTS = ['driver', 'target', 'scratch'];
 
 /** libvirt's storageFormat: what a push target may be written as. */
@@ -178,22 +184,24 @@ const FD_TRANSPORT_SINCE = 11_003_000;
 /** Every rule `spec` breaks, empty when it is valid. */
 export function backupSpecIssues(spec: unknown, options?: LibvirtVersionOptions): ValidationIssue[] {
   const issues = new Issues();
-  const version = libvirtVersionOf(options, issues);
+  const target: InputTarget = { call: 'virDomainBackupBegin', version: libvirtVersionOf(options, issues) };
   if (!checkObject(spec, '', ['mode', 'incremental', 'server', 'disks', 'extra'], issues)) return issues.list;
   if (!checkEnum(spec.mode, 'mode', ['push', 'pull'], issues)) return issues.list;
   const mode = spec.mode;
   if (spec.incremental !== undefined) checkString(spec.incremental, 'incremental', issues, { ...CHECKPOINT_NAME, isText: true });
   if (mode === 'pull') {
     if (spec.server === undefined) issues.add('server', 'required in pull mode');
-    else checkServer(spec.server, 'server', version, issues);
+    else checkServer(spec.server, 'server', target, issues);
   } else {
     forbid(spec, 'server', '', 'only allowed in pull mode', issues);
   }
   if (spec.disks !== undefined && checkArray(spec.disks, 'disks', issues, 'must list at least one disk (omit it to back up every disk)')) {
-    spec.disks.forEach((disk, index) => checkDisk(disk, `disks[${index}]`, mode, version, issues));
+    spec.disks.forEach((disk, index) => checkDisk(disk, `disks[${index}]`, mode, target, issues));
     checkNoDuplicateNames(spec.disks, 'disks', issues);
   }
-  if (spec.extra !== undefined) checkExtra(spec.extra, 'extra', ROOT_ATTRIBUTES, ROOT_ELEMENTS, issues);
+  if (spec.extra !== undefined) {
+    checkExtra(spec.extra, 'extra', { target, modeledAttributes: ROOT_ATTRIBUTES, modeledElements: ROOT_ELEMENTS, outputOnly: BACKUP_OUTPUT_ONLY.root }, issues);
+  }
   return issues.list;
 }
 
@@ -204,7 +212,7 @@ export function validateBackupSpec(spec: unknown, options?: LibvirtVersionOption
   issues.throwIfAny();
 }
 
-function checkServer(server: unknown, path: string, version: number, issues: Issues): void {
+function checkServer(server: unknown, path: string, target: InputTarget, issues: Issues): void {
   if (!checkObject(server, path, ['transport', 'tls', 'name', 'port', 'socket', 'fdgroup', 'extra'], issues)) return;
   const transport = server.transport ?? 'tcp';
   if (!checkEnum(transport, childPath(path, 'transport'), ['tcp', 'unix', 'fd'], issues)) return;
@@ -223,17 +231,17 @@ function checkServer(server: unknown, path: string, version: number, issues: Iss
     forbid(server, 'port', path, notWith, issues);
     forbid(server, 'fdgroup', path, notWith, issues);
   } else {
-    if (version < FD_TRANSPORT_SINCE) issues.add(childPath(path, 'transport'), "'fd' needs libvirt >= 11.3");
+    if (target.version < FD_TRANSPORT_SINCE) issues.add(childPath(path, 'transport'), "'fd' needs libvirt >= 11.3");
     if (server.fdgroup === undefined) issues.add(childPath(path, 'fdgroup'), "required with transport 'fd'");
     else checkString(server.fdgroup, childPath(path, 'fdgroup'), issues);
     forbid(server, 'name', path, notWith, issues);
     forbid(server, 'port', path, notWith, issues);
     forbid(server, 'socket', path, notWith, issues);
   }
-  if (server.extra !== undefined) checkExtra(server.extra, childPath(path, 'extra'), SERVER_ATTRIBUTES, [], issues);
+  if (server.extra !== undefined) checkExtra(server.extra, childPath(path, 'extra'), { target, modeledAttributes: SERVER_ATTRIBUTES }, issues);
 }
 
-function checkDisk(disk: unknown, path: string, mode: 'push' | 'pull', version: number, issues: Issues): void {
+function checkDisk(disk: unknown, path: string, mode: 'push' | 'pull', target: InputTarget, issues: Issues): void {
   const keys = ['name', 'backup', 'type', 'backupmode', 'incremental', 'driver', 'index', 'extra', 'target', 'scratch', 'exportname', 'exportbitmap'];
   if (!checkObject(disk, path, keys, issues)) return;
   const at = (key: string): string => childPath(path, key);
@@ -246,7 +254,7 @@ function checkDisk(disk: unknown, path: string, mode: 'push' | 'pull', version: 
     if (disk.backupmode === 'full') issues.add(at('incremental'), "not allowed with backupmode 'full'");
     else checkString(disk.incremental, at('incremental'), issues, CHECKPOINT_NAME);
   }
-  if (disk.index !== undefined) checkUnsigned(disk.index, at('index'), issues, UNSIGNED_INT_MAX);
+  if (disk.index !== undefined) issues.add(at('index'), outputOnlyRule(BACKUP_DISK_INDEX_SOURCE, target.call));
 
   const storageKey = mode === 'push' ? 'target' : 'scratch';
   const otherMode = mode === 'push' ? 'pull' : 'push';
@@ -264,7 +272,7 @@ function checkDisk(disk: unknown, path: string, mode: 'push' | 'pull', version: 
   } else {
     const storage = disk[storageKey];
     if (mode === 'push') {
-      if (disk.type === undefined && version < PUSH_TYPE_OPTIONAL_SINCE) {
+      if (disk.type === undefined && target.version < PUSH_TYPE_OPTIONAL_SINCE) {
         issues.add(at('type'), "push disks need type 'file' or 'block' on libvirt < 11");
       }
     } else {
@@ -275,23 +283,25 @@ function checkDisk(disk: unknown, path: string, mode: 'push' | 'pull', version: 
       if (disk.type === 'block' && storage === undefined) issues.add(at('scratch'), "required with type 'block'");
       if (disk.driver !== undefined && storage === undefined) issues.add(at('driver'), 'only allowed together with scratch');
     }
-    if (storage !== undefined) checkStorage(storage, at(storageKey), disk.type === 'block' ? 'block' : 'file', disk.type === undefined, issues);
-    if (disk.driver !== undefined) checkDriver(disk.driver, at('driver'), mode, issues);
+    if (storage !== undefined) checkStorage(storage, at(storageKey), disk.type === 'block' ? 'block' : 'file', disk.type === undefined, target, issues);
+    if (disk.driver !== undefined) checkDriver(disk.driver, at('driver'), mode, target, issues);
   }
-  if (disk.extra !== undefined) checkExtra(disk.extra, at('extra'), DISK_ATTRIBUTES, DISK_ELEMENTS, issues);
+  if (disk.extra !== undefined) {
+    checkExtra(disk.extra, at('extra'), { target, modeledAttributes: DISK_ATTRIBUTES, modeledElements: DISK_ELEMENTS, outputOnly: BACKUP_OUTPUT_ONLY.disk }, issues);
+  }
 }
 
-function checkDriver(driver: unknown, path: string, mode: 'push' | 'pull', issues: Issues): void {
+function checkDriver(driver: unknown, path: string, mode: 'push' | 'pull', target: InputTarget, issues: Issues): void {
   if (!checkObject(driver, path, ['type', 'extra'], issues)) return;
   const typePath = childPath(path, 'type');
   if (driver.type === undefined) issues.add(typePath, 'required');
   else if (mode === 'pull') {
     if (driver.type !== 'qcow2') issues.add(typePath, "pull scratch must be 'qcow2'");
   } else checkEnum(driver.type, typePath, STORAGE_FORMATS, issues);
-  if (driver.extra !== undefined) checkExtra(driver.extra, childPath(path, 'extra'), ['type'], [], issues);
+  if (driver.extra !== undefined) checkExtra(driver.extra, childPath(path, 'extra'), { target, modeledAttributes: ['type'] }, issues);
 }
 
-function checkStorage(storage: unknown, path: string, type: BackupDiskType, typeOmitted: boolean, issues: Issues): void {
+function checkStorage(storage: unknown, path: string, type: BackupDiskType, typeOmitted: boolean, target: InputTarget, issues: Issues): void {
   if (!checkObject(storage, path, ['file', 'dev', 'seclabels', 'encryption', 'extra'], issues)) return;
   const wanted = type === 'block' ? 'dev' : 'file';
   const unwanted = type === 'block' ? 'file' : 'dev';
@@ -304,13 +314,16 @@ function checkStorage(storage: unknown, path: string, type: BackupDiskType, type
     checkAbsolutePath(storage[wanted], childPath(path, wanted), issues);
   }
   if (storage.seclabels !== undefined && checkArray(storage.seclabels, childPath(path, 'seclabels'), issues)) {
-    storage.seclabels.forEach((label, index) => checkSeclabel(label, `${childPath(path, 'seclabels')}[${index}]`, issues));
+    storage.seclabels.forEach((label, index) => checkSeclabel(label, `${childPath(path, 'seclabels')}[${index}]`, target, issues));
   }
-  if (storage.encryption !== undefined) checkEncryption(storage.encryption, childPath(path, 'encryption'), issues);
-  if (storage.extra !== undefined) checkExtra(storage.extra, childPath(path, 'extra'), ['file', 'dev'], ['seclabel', 'encryption'], issues);
+  if (storage.encryption !== undefined) checkEncryption(storage.encryption, childPath(path, 'encryption'), target, issues);
+  if (storage.extra !== undefined) {
+    const rules = { target, modeledAttributes: ['file', 'dev'], modeledElements: ['seclabel', 'encryption'], outputOnly: BACKUP_OUTPUT_ONLY.storage };
+    checkExtra(storage.extra, childPath(path, 'extra'), rules, issues);
+  }
 }
 
-function checkSeclabel(label: unknown, path: string, issues: Issues): void {
+function checkSeclabel(label: unknown, path: string, target: InputTarget, issues: Issues): void {
   if (!checkObject(label, path, ['model', 'relabel', 'labelskip', 'label', 'extra'], issues)) return;
   const at = (key: string): string => childPath(path, key);
   if (label.model !== undefined) checkString(label.model, at('model'), issues);
@@ -327,16 +340,18 @@ function checkSeclabel(label: unknown, path: string, issues: Issues): void {
   } else {
     checkString(label.label, at('label'), issues, { isText: true });
   }
-  if (label.extra !== undefined) checkExtra(label.extra, at('extra'), ['model', 'relabel', 'labelskip'], ['label'], issues);
+  if (label.extra !== undefined) {
+    checkExtra(label.extra, at('extra'), { target, modeledAttributes: ['model', 'relabel', 'labelskip'], modeledElements: ['label'] }, issues);
+  }
 }
 
-function checkEncryption(encryption: unknown, path: string, issues: Issues): void {
+function checkEncryption(encryption: unknown, path: string, target: InputTarget, issues: Issues): void {
   if (!checkObject(encryption, path, ['format', 'engine', 'secret', 'cipher', 'ivgen', 'extra'], issues)) return;
   const at = (key: string): string => childPath(path, key);
   checkEnum(encryption.format, at('format'), ['luks'], issues);
   if (encryption.engine !== undefined) checkEnum(encryption.engine, at('engine'), ['qemu'], issues);
   if (encryption.secret === undefined) issues.add(at('secret'), 'required');
-  else checkSecret(encryption.secret, at('secret'), issues);
+  else checkSecret(encryption.secret, at('secret'), target, issues);
   if ((encryption.cipher === undefined) !== (encryption.ivgen === undefined)) {
     issues.add(at(encryption.cipher === undefined ? 'cipher' : 'ivgen'), 'cipher and ivgen go together');
   }
@@ -350,18 +365,20 @@ function checkEncryption(encryption: unknown, path: string, issues: Issues): voi
     }
     if (cipher.mode !== undefined) checkString(cipher.mode, childPath(cipherPath, 'mode'), issues);
     if (cipher.hash !== undefined) checkString(cipher.hash, childPath(cipherPath, 'hash'), issues);
-    if (cipher.extra !== undefined) checkExtra(cipher.extra, childPath(cipherPath, 'extra'), ['name', 'size', 'mode', 'hash'], [], issues);
+    if (cipher.extra !== undefined) checkExtra(cipher.extra, childPath(cipherPath, 'extra'), { target, modeledAttributes: ['name', 'size', 'mode', 'hash'] }, issues);
   }
   if (encryption.ivgen !== undefined && checkObject(encryption.ivgen, at('ivgen'), ['name', 'hash', 'extra'], issues)) {
     const ivgen = encryption.ivgen;
     checkString(ivgen.name, childPath(at('ivgen'), 'name'), issues);
     if (ivgen.hash !== undefined) checkString(ivgen.hash, childPath(at('ivgen'), 'hash'), issues);
-    if (ivgen.extra !== undefined) checkExtra(ivgen.extra, childPath(at('ivgen'), 'extra'), ['name', 'hash'], [], issues);
+    if (ivgen.extra !== undefined) checkExtra(ivgen.extra, childPath(at('ivgen'), 'extra'), { target, modeledAttributes: ['name', 'hash'] }, issues);
   }
-  if (encryption.extra !== undefined) checkExtra(encryption.extra, at('extra'), ['format', 'engine'], ['secret', 'cipher', 'ivgen'], issues);
+  if (encryption.extra !== undefined) {
+    checkExtra(encryption.extra, at('extra'), { target, modeledAttributes: ['format', 'engine'], modeledElements: ['secret', 'cipher', 'ivgen'] }, issues);
+  }
 }
 
-function checkSecret(secret: unknown, path: string, issues: Issues): void {
+function checkSecret(secret: unknown, path: string, target: InputTarget, issues: Issues): void {
   if (!checkObject(secret, path, ['type', 'uuid', 'usage', 'extra'], issues)) return;
   checkEnum(secret.type, childPath(path, 'type'), ['passphrase'], issues);
   if ((secret.uuid === undefined) === (secret.usage === undefined)) {
@@ -369,7 +386,7 @@ function checkSecret(secret: unknown, path: string, issues: Issues): void {
   }
   if (secret.uuid !== undefined) checkUuid(secret.uuid, childPath(path, 'uuid'), issues);
   if (secret.usage !== undefined) checkString(secret.usage, childPath(path, 'usage'), issues);
-  if (secret.extra !== undefined) checkExtra(secret.extra, childPath(path, 'extra'), ['type', 'uuid', 'usage'], [], issues);
+  if (secret.extra !== undefined) checkExtra(secret.extra, childPath(path, 'extra'), { target, modeledAttributes: ['type', 'uuid', 'usage'] }, issues);
 }
 
 export interface BuildBackupOptions extends LibvirtVersionOptions {}

@@ -1,6 +1,7 @@
 import type { Element } from '@xmldom/xmldom';
 import { XmlParseError } from './errors.js';
 import { diskBitmapSupport, parseDomainXml, readDomain, type BitmapSupportOptions, type DomainSummary } from './domain.js';
+import { findStrayText } from './domain-shape.js';
 import { DocumentWriter, ElementReader, parseDocument, type XmlExtra } from './node.js';
 import {
   CHECKPOINT_NAME,
@@ -16,9 +17,11 @@ import {
   childPath,
   forbid,
   libvirtVersionOf,
+  type InputTarget,
   type LibvirtVersionOptions,
 } from './validate.js';
 import type { ValidationIssue } from './errors.js';
+import { CHECKPOINT_OUTPUT_ONLY } from './output-only.js';
 
 /** One disk of a checkpoint that tracks changes in a bitmap (the default). */
 export interface CheckpointBitmapDisk {
@@ -44,6 +47,7 @@ export type CheckpointDisk = CheckpointBitmapDisk | CheckpointExcludedDisk;
 /**
  * `<domaincheckpoint>`. On creation only name, description and disks are
  * used; libvirt fills in the rest, which matters again when redefining.
+ * `checkpointSpecIssues` with `redefine` says which of the two a spec is for.
  */
 export interface CheckpointSpec {
   name?: string;
@@ -63,34 +67,61 @@ const CHECKPOINT_ELEMENTS = ['name', 'description', 'creationTime', 'parent', 'd
 const DISK_ATTRIBUTES = ['name', 'checkpoint', 'bitmap', 'size'];
 const ABSOLUTE_DISK_PATH = /^(\/|[a-zA-Z]:\\)[^\r\n]+$/;
 
+export interface CheckpointBuildOptions extends LibvirtVersionOptions {
+  /**
+   * What the XML is for: `true` for virDomainCheckpointCreateXML with
+   * REDEFINE (then libvirt needs name and creationTime), `false` for a new
+   * checkpoint, from that call without REDEFINE or from virDomainBackupBegin
+   * (then creationTime, parent, domain and disk sizes are refused: libvirt
+   * would silently ignore them). Left out, only the schema's rules apply,
+   * which allow both.
+   */
+  redefine?: boolean;
+}
+
+/** libvirt fills these in on creation and reads them back only when redefining. */
+const SET_BY_LIBVIRT = ['creationTime', 'parent', 'domain'] as const;
+
 /** Every rule `spec` breaks, empty when it is valid. */
-export function checkpointSpecIssues(spec: unknown, options?: LibvirtVersionOptions): ValidationIssue[] {
+export function checkpointSpecIssues(spec: unknown, options?: CheckpointBuildOptions): ValidationIssue[] {
   const issues = new Issues();
-  libvirtVersionOf(options, issues);
+  const target: InputTarget = { call: 'virDomainCheckpointCreateXML', version: libvirtVersionOf(options, issues) };
+  if (options?.redefine !== undefined && typeof options.redefine !== 'boolean') issues.add('options.redefine', 'must be true or false');
   if (!checkObject(spec, '', ['name', 'description', 'creationTime', 'parent', 'disks', 'domain', 'extra'], issues)) {
     return issues.list;
+  }
+  if (options?.redefine === true) {
+    // libvirt's own checks on a redefinition, beyond its schema.
+    if (spec.name === undefined) issues.add('name', 'required with REDEFINE: libvirt refuses a redefined checkpoint without a name');
+    if (spec.creationTime === undefined) issues.add('creationTime', 'required with REDEFINE: libvirt refuses a redefined checkpoint without it');
+  } else if (options?.redefine === false) {
+    for (const key of SET_BY_LIBVIRT) {
+      forbid(spec, key, '', 'set by libvirt when it creates the checkpoint; give it only with REDEFINE (libvirt ignores it otherwise)', issues);
+    }
   }
   if (spec.name !== undefined) checkString(spec.name, 'name', issues, { ...CHECKPOINT_NAME, isText: true });
   if (spec.description !== undefined) checkString(spec.description, 'description', issues, { allowEmpty: true, isText: true });
   if (spec.creationTime !== undefined) checkUnsigned(spec.creationTime, 'creationTime', issues);
   if (spec.parent !== undefined) checkString(spec.parent, 'parent', issues, { ...CHECKPOINT_NAME, isText: true });
   if (spec.disks !== undefined && checkArray(spec.disks, 'disks', issues, 'must list at least one disk (omit it to checkpoint every disk)')) {
-    spec.disks.forEach((disk, index) => checkDisk(disk, `disks[${index}]`, issues));
+    spec.disks.forEach((disk, index) => checkDisk(disk, `disks[${index}]`, target, options?.redefine === false, issues));
     checkNoDuplicateNames(spec.disks, 'disks', issues);
   }
   if (spec.domain !== undefined) checkDomain(spec.domain, 'domain', issues);
-  if (spec.extra !== undefined) checkExtra(spec.extra, 'extra', [], CHECKPOINT_ELEMENTS, issues);
+  if (spec.extra !== undefined) {
+    checkExtra(spec.extra, 'extra', { target, modeledElements: CHECKPOINT_ELEMENTS, outputOnly: CHECKPOINT_OUTPUT_ONLY.root }, issues);
+  }
   return issues.list;
 }
 
 /** Throws an `XmlValidationError` naming the first broken rule. */
-export function validateCheckpointSpec(spec: unknown, options?: LibvirtVersionOptions): asserts spec is CheckpointSpec {
+export function validateCheckpointSpec(spec: unknown, options?: CheckpointBuildOptions): asserts spec is CheckpointSpec {
   const issues = new Issues();
   issues.list.push(...checkpointSpecIssues(spec, options));
   issues.throwIfAny();
 }
 
-function checkDisk(disk: unknown, path: string, issues: Issues): void {
+function checkDisk(disk: unknown, path: string, target: InputTarget, creating: boolean, issues: Issues): void {
   if (!checkObject(disk, path, ['name', 'checkpoint', 'bitmap', 'size', 'extra'], issues)) return;
   const namePath = childPath(path, 'name');
   if (checkString(disk.name, namePath, issues) && !DISK_TARGET.pattern.test(disk.name) && !ABSOLUTE_DISK_PATH.test(disk.name)) {
@@ -102,9 +133,13 @@ function checkDisk(disk: unknown, path: string, issues: Issues): void {
     forbid(disk, 'size', path, "not allowed with checkpoint 'no'", issues);
   } else {
     if (disk.bitmap !== undefined) checkString(disk.bitmap, childPath(path, 'bitmap'), issues);
-    if (disk.size !== undefined) checkUnsigned(disk.size, childPath(path, 'size'), issues);
+    if (disk.size !== undefined && creating) {
+      issues.add(childPath(path, 'size'), 'output-only (getXMLDesc with the SIZE flag reports it); libvirt ignores it on creation');
+    } else if (disk.size !== undefined) {
+      checkUnsigned(disk.size, childPath(path, 'size'), issues);
+    }
   }
-  if (disk.extra !== undefined) checkExtra(disk.extra, childPath(path, 'extra'), DISK_ATTRIBUTES, [], issues);
+  if (disk.extra !== undefined) checkExtra(disk.extra, childPath(path, 'extra'), { target, modeledAttributes: DISK_ATTRIBUTES }, issues);
 }
 
 /**
@@ -118,7 +153,12 @@ function checkDomain(domain: unknown, path: string, issues: Issues): void {
   if (!checkString(domain.xml, xmlPath, issues)) return;
   let parsed: DomainSummary;
   try {
-    parsed = parseDomainXml(domain.xml);
+    const root = parseDocument(domain.xml, 'domain');
+    parsed = readDomain(root, '');
+    const stray = findStrayText(root);
+    if (stray !== undefined) {
+      issues.add(xmlPath, `text '${stray.text}' beside child elements in ${stray.where}: libvirt's domain schema has no room for it`);
+    }
   } catch (error) {
     issues.add(xmlPath, error instanceof XmlParseError ? `not a domain definition: ${error.message}` : 'not a domain definition');
     return;
@@ -141,7 +181,7 @@ function sameData(a: unknown, b: unknown): boolean {
 }
 
 /** Builds `<domaincheckpoint>` XML, after validating `spec`. */
-export function buildCheckpointXml(spec: CheckpointSpec, options?: LibvirtVersionOptions): string {
+export function buildCheckpointXml(spec: CheckpointSpec, options?: CheckpointBuildOptions): string {
   validateCheckpointSpec(spec, options);
   return writeCheckpointXml(spec);
 }

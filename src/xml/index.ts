@@ -5,7 +5,7 @@
  */
 export { XmlParseError, XmlValidationError, type ValidationIssue } from './errors.js';
 export type { XmlExtra } from './node.js';
-export { DEFAULT_LIBVIRT_VERSION, type LibvirtVersionOptions } from './validate.js';
+export { DEFAULT_LIBVIRT_VERSION, NEWEST_MODELED_LIBVIRT_VERSION, type LibvirtVersionOptions } from './validate.js';
 export {
   buildCheckpointXml,
   checkpointDisksFor,
@@ -13,6 +13,7 @@ export {
   parseCheckpointXml,
   validateCheckpointSpec,
   type CheckpointBitmapDisk,
+  type CheckpointBuildOptions,
   type CheckpointDisk,
   type CheckpointExcludedDisk,
   type CheckpointSpec,

@@ -1,6 +1,7 @@
 import { XmlValidationError, type ValidationIssue } from './errors.js';
 import { hasCharactersOutsideXml } from './characters.js';
 import { parseStandaloneElement, type XmlExtra } from './node.js';
+import { outputOnlyRule, type InputCall, type OutputOnlyNames } from './output-only.js';
 
 /**
  * Rules shared by the checkpoint and backup validators. Each check records
@@ -34,6 +35,29 @@ export interface LibvirtVersionOptions {
 }
 
 export const DEFAULT_LIBVIRT_VERSION = 9_000_000;
+
+/**
+ * The newest libvirt whose backup and checkpoint input schemas the
+ * validators model (11.3 added `transport='fd'`). Those schemas, like every
+ * older one, are closed: content this library does not model cannot
+ * validate there, so kept `extra` content is refused for them. For a newer
+ * target it is passed on, and libvirt judges it.
+ */
+export const NEWEST_MODELED_LIBVIRT_VERSION = 11_003_000;
+
+/** `9.0`, `11.3`, `9.0.1`: a numeric libvirt version as people write it. */
+export function formatLibvirtVersion(version: number): string {
+  const major = Math.floor(version / 1_000_000);
+  const minor = Math.floor(version / 1_000) % 1_000;
+  const micro = version % 1_000;
+  return micro === 0 ? `${major}.${minor}` : `${major}.${minor}.${micro}`;
+}
+
+/** Where a built document goes: the libvirt call and the version answering it. */
+export interface InputTarget {
+  readonly call: InputCall;
+  readonly version: number;
+}
 
 export function libvirtVersionOf(options: LibvirtVersionOptions | undefined, issues: Issues): number {
   const version = options?.libvirtVersion;
@@ -198,18 +222,24 @@ export function checkHostName(value: unknown, path: string, issues: Issues): val
 
 const XML_NAME = /^[A-Za-z_][A-Za-z0-9_.-]*(:[A-Za-z_][A-Za-z0-9_.-]*)?$/;
 
+/** What the `extra` of one element may hold. */
+export interface ExtraRules {
+  readonly target: InputTarget;
+  /** Names the typed fields write; kept content must not write them twice. */
+  readonly modeledAttributes?: readonly string[];
+  readonly modeledElements?: readonly string[];
+  /** Names libvirt writes only in output; refused whatever the version. */
+  readonly outputOnly?: OutputOnlyNames;
+}
+
 /**
  * Checks kept content: attribute names must be XML names that the typed
- * fields do not already write, and each element must be one well-formed
- * element that is not a modeled child (which would then appear twice).
+ * fields do not already write, each element must be one well-formed element
+ * that is not a modeled child (which would then appear twice), nothing may be
+ * output-only, and nothing unmodeled may go to a libvirt whose schema is
+ * known to have no room for it.
  */
-export function checkExtra(
-  value: unknown,
-  path: string,
-  modeledAttributes: readonly string[],
-  modeledElements: readonly string[],
-  issues: Issues,
-): value is XmlExtra {
+export function checkExtra(value: unknown, path: string, rules: ExtraRules, issues: Issues): value is XmlExtra {
   if (!checkObject(value, path, ['attributes', 'elements'], issues)) return false;
   const extra = value as { attributes?: unknown; elements?: unknown };
   if (extra.attributes !== undefined) {
@@ -221,10 +251,10 @@ export function checkExtra(
         const attributePath = childPath(attributesPath, name);
         if (!XML_NAME.test(name) || name === 'xmlns') {
           issues.add(attributePath, 'is not a usable XML attribute name');
-        } else if (modeledAttributes.includes(name)) {
+        } else if (rules.modeledAttributes?.includes(name) === true) {
           issues.add(attributePath, 'is a modeled attribute; set the typed field instead');
-        } else {
-          checkString(attributeValue, attributePath, issues, { allowEmpty: true });
+        } else if (checkString(attributeValue, attributePath, issues, { allowEmpty: true })) {
+          checkUnmodeled(name, 'attribute', rules.outputOnly?.attributes, attributePath, rules.target, issues);
         }
       }
     }
@@ -235,18 +265,43 @@ export function checkExtra(
       extra.elements.forEach((xml, index) => {
         const elementPath = `${elementsPath}[${index}]`;
         if (!checkString(xml, elementPath, issues)) return;
+        let name: string;
         try {
-          const element = parseStandaloneElement(xml);
-          if (modeledElements.includes(element.nodeName)) {
-            issues.add(elementPath, `<${element.nodeName}> is modeled; set the typed field instead`);
-          }
+          name = parseStandaloneElement(xml).nodeName;
         } catch (error) {
           issues.add(elementPath, error instanceof Error ? error.message : 'is not well-formed XML');
+          return;
+        }
+        if (rules.modeledElements?.includes(name) === true) {
+          issues.add(elementPath, `<${name}> is modeled; set the typed field instead`);
+        } else {
+          checkUnmodeled(name, 'element', rules.outputOnly?.elements, elementPath, rules.target, issues);
         }
       });
     }
   }
   return true;
+}
+
+function checkUnmodeled(
+  name: string,
+  kind: 'attribute' | 'element',
+  outputOnly: Readonly<Record<string, string>> | undefined,
+  path: string,
+  target: InputTarget,
+  issues: Issues,
+): void {
+  const source = outputOnly !== undefined && Object.hasOwn(outputOnly, name) ? outputOnly[name] : undefined;
+  if (source !== undefined) {
+    issues.add(path, `${kind === 'element' ? `<${name}> is ` : ''}${outputOnlyRule(source, target.call)}`);
+  } else if (target.version <= NEWEST_MODELED_LIBVIRT_VERSION) {
+    const shown = kind === 'element' ? `<${name}>` : `'${name}'`;
+    issues.add(
+      path,
+      `${kind} ${shown} is not in libvirt ${formatLibvirtVersion(target.version)}'s schema for ${target.call} input ` +
+        `(unmodeled content is passed on only to libvirt newer than ${formatLibvirtVersion(NEWEST_MODELED_LIBVIRT_VERSION)})`,
+    );
+  }
 }
 
 /** Reports a key whose value is set although the rule forbids it in this context. */

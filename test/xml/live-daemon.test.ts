@@ -10,8 +10,11 @@ import {
   parseBackupXml,
   parseCheckpointXml,
   parseDomainXml,
+  XmlValidationError,
   type BackupSpec,
 } from '../../src/xml/index.js';
+import { writeBackupXml } from '../../src/xml/backup.js';
+import { writeCheckpointXml } from '../../src/xml/checkpoint.js';
 import { probeDaemon, startLiveDomain, type LiveDomain } from './helpers/live-domain.js';
 
 const run = promisify(execFile);
@@ -82,7 +85,7 @@ live('createCheckpoint accepts built XML; getXMLDesc parses into bitmap names an
 live('a checkpoint read back, rebuilt and redefined is unchanged', async (t) => {
   const original = await the().checkpointXml(FIRST);
   const spec = parseCheckpointXml(original);
-  await the().createCheckpoint(buildCheckpointXml(spec), { redefine: true });
+  await the().createCheckpoint(buildCheckpointXml(spec, { redefine: true }), { redefine: true });
   t.deepEqual(parseCheckpointXml(await the().checkpointXml(FIRST)), spec);
 });
 
@@ -111,8 +114,9 @@ live('backupBegin accepts a built pull backup; backupGetXMLDesc parses into what
     t.like(vdc, { name: 'vdc', backup: 'no' });
     t.is(typeof vda?.index, 'number');
     t.is(vda?.scratch?.file, join(the().workDir, 'vda.scratch'));
-    // What libvirt reports can be rebuilt as is (the output-only index included).
-    t.deepEqual(parseBackupXml(buildBackupXml(running)), running);
+    // What libvirt reports is read back whole, and the output-only index is not sent back.
+    t.deepEqual(parseBackupXml(writeBackupXml(running)), running);
+    t.throws(() => buildBackupXml(running), { instanceOf: XmlValidationError, message: /^disks\[0\]\.index: output-only/ });
   } finally {
     await the().abortJob();
     await the().waitForJobEnd();
@@ -143,4 +147,65 @@ live('backupBegin accepts a built push backup, and the target is written', async
   const info = JSON.parse(stdout) as { format: string; 'virtual-size': number };
   t.is(info.format, 'qcow2');
   t.is(info['virtual-size'], 64 * 1024 * 1024);
+});
+
+const SCHEMA_REFUSAL = /failed to validate against schema/;
+
+/** Runs a call that must fail; if libvirt accepted it after all, `undo` cleans up before the test fails. */
+async function refusal(call: () => Promise<void>, undo: () => Promise<void>): Promise<string> {
+  try {
+    await call();
+  } catch (error) {
+    return error instanceof Error ? error.message : String(error);
+  }
+  await undo();
+  return 'libvirt accepted it';
+}
+
+live('libvirt itself refuses the output-only constructs the builders refuse', async (t) => {
+  const scratch = (disk: string) => ({ file: join(the().workDir, `${disk}.refused.scratch`) });
+  const pull: BackupSpec = {
+    mode: 'pull',
+    server: { transport: 'unix', socket: join(the().workDir, 'refused.sock') },
+    disks: [
+      { name: 'vda', type: 'file', scratch: scratch('vda') },
+      { name: 'vdb', backup: 'no' },
+      { name: 'vdc', backup: 'no' },
+    ],
+  };
+  t.notThrows(() => buildBackupXml(pull), 'the spec itself is valid input');
+  const stopJob = async () => {
+    await the().abortJob();
+    await the().waitForJobEnd();
+  };
+  const variants: Record<string, BackupSpec> = {
+    'disk index': { ...pull, disks: [{ ...pull.disks![0]!, index: 3 }, ...pull.disks!.slice(1)] } as BackupSpec,
+    'disk state': { ...pull, disks: [{ ...pull.disks![0]!, extra: { attributes: { state: 'running' } } }, ...pull.disks!.slice(1)] } as BackupSpec,
+    privateData: { ...pull, extra: { elements: ["<privateData><objects><TLSx509 alias='x'/></objects></privateData>"] } },
+  };
+  for (const [construct, spec] of Object.entries(variants)) {
+    t.throws(() => buildBackupXml(spec), { instanceOf: XmlValidationError, message: /output-only/ }, `${construct}: our builder refuses it`);
+    t.regex(await refusal(() => the().backupBegin(writeBackupXml(spec)), stopJob), SCHEMA_REFUSAL, `${construct}: libvirt refuses it too`);
+  }
+
+  const active = { name: 'lvb-active', extra: { elements: ['<active>1</active>'] } };
+  t.throws(() => buildCheckpointXml(active), { instanceOf: XmlValidationError, message: /<active> is output-only/ });
+  t.regex(await refusal(() => the().createCheckpoint(writeCheckpointXml(active)), async () => undefined), SCHEMA_REFUSAL);
+});
+
+live('beyond its schema, libvirt needs a redefinition to carry creationTime, and ignores it on a new checkpoint', async (t) => {
+  const redefinition = { name: 'lvb-no-time', disks: [{ name: 'vda' }, { name: 'vdb' }, { name: 'vdc', checkpoint: 'no' as const }] };
+  t.throws(() => buildCheckpointXml(redefinition, { redefine: true }), { instanceOf: XmlValidationError, message: /^creationTime: required with REDEFINE/ });
+  t.regex(
+    await refusal(() => the().createCheckpoint(writeCheckpointXml(redefinition), { redefine: true }), async () => undefined),
+    /missing creationTime/,
+  );
+
+  // Runs last: the checkpoint it leaves would become the parent of later ones.
+  const withOutputFields = { ...redefinition, name: 'lvb-ignored', creationTime: 1, parent: 'no-such-checkpoint' };
+  t.throws(() => buildCheckpointXml(withOutputFields, { redefine: false }), { instanceOf: XmlValidationError, message: /^creationTime: set by libvirt/ });
+  await the().createCheckpoint(writeCheckpointXml(withOutputFields));
+  const created = parseCheckpointXml(await the().checkpointXml('lvb-ignored'));
+  t.not(created.creationTime, 1, 'libvirt set its own creation time');
+  t.not(created.parent, 'no-such-checkpoint', 'and its own parent');
 });

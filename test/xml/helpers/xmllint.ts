@@ -10,6 +10,18 @@ export const SCHEMA_DIR = '/usr/share/libvirt/schemas';
 export const CHECKPOINT_SCHEMA = `${SCHEMA_DIR}/domaincheckpoint.rng`;
 export const BACKUP_SCHEMA = `${SCHEMA_DIR}/domainbackup.rng`;
 
+/**
+ * The libvirt version the installed schemas belong to (they ship with the
+ * library), so that documents are built for the version they are checked
+ * against.
+ */
+export async function installedSchemaVersion(): Promise<number> {
+  const { stdout } = await run('pkg-config', ['--modversion', 'libvirt']);
+  const match = /^(\d+)\.(\d+)\.(\d+)/.exec(stdout.trim());
+  if (match === null) throw new Error(`cannot read libvirt's version from pkg-config: ${stdout}`);
+  return Number(match[1]) * 1_000_000 + Number(match[2]) * 1_000 + Number(match[3]);
+}
+
 export interface XmllintVerdict {
   valid: boolean;
   /** xmllint's complaints about this document, if any. */
