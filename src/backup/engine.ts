@@ -23,7 +23,8 @@ import { DomainLock, type DomainRunRecord } from './domain-lock.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
 import { errnoCode } from './errors.js';
 import { parseManifest, type BackupLevel, type BackupRecord, type DiskRecord } from './manifest.js';
-import { addPendingCheckpoint, readPendingCheckpoints, removePendingCheckpoints } from './pending-checkpoints.js';
+import { addPendingCheckpoint } from './pending-checkpoints.js';
+import { deleteCheckpointIfPresent, deletePendingCheckpoints, findCheckpoint } from './leftover-checkpoints.js';
 import { qemuImgInfo, qemuImgOwnDataBytes, qemuImgRebaseUnsafe } from './qemu-img.js';
 import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from './qcow2-layout.js';
 import { writeQcow2 } from './qcow2-writer.js';
@@ -113,7 +114,7 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
         if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {
           emit({ type: 'notice', message: `cleaned up after an interrupted run: removed ${set.recovery.removedFiles.join(', ')}` });
         }
-        await deletePendingCheckpoints(set, domain, emit);
+        await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
         const plan = await planLevel(set, requested, domain, selection.disks, emit, signal);
         const context: ExecuteContext = {
           conn, domain, summary, set, plan, selection: selection.disks, transport, signal, emit, started, notices,
@@ -251,35 +252,6 @@ async function cleanUpAfterInterruptedRun(domain: Domain, interrupted: DomainRun
   }
 }
 
-async function deleteCheckpointIfPresent(domain: Domain, name: string): Promise<'deleted' | 'absent'> {
-  const checkpoint = await findCheckpoint(domain, name);
-  if (checkpoint === undefined) return 'absent';
-  try {
-    await checkpoint.delete();
-    return 'deleted';
-  } catch (error) {
-    if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_NO_DOMAIN_CHECKPOINT') return 'absent';
-    throw error;
-  }
-}
-
-/** Deletes the checkpoints interrupted runs of this set left in libvirt (see pending-checkpoints). */
-async function deletePendingCheckpoints(set: BackupSet, domain: Domain, emit: (event: BackupEvent) => void): Promise<void> {
-  const pending = await readPendingCheckpoints(set.dir);
-  if (pending.length === 0) return;
-  const done: string[] = [];
-  for (const entry of pending) {
-    // A name the manifest took in is a restore point's, never a leftover.
-    if (!set.backups.some((backup) => backup.checkpoint === entry.name)) {
-      if ((await deleteCheckpointIfPresent(domain, entry.name)) === 'deleted') {
-        emit({ type: 'notice', message: `deleted checkpoint ${entry.name} ${entry.reason}` });
-      }
-    }
-    done.push(entry.name);
-  }
-  await removePendingCheckpoints(set.dir, done);
-}
-
 async function planLevel(
   set: BackupSet,
   requested: RequestedLevel,
@@ -360,15 +332,6 @@ async function checkpointUsable(
     throw error;
   }
   return true;
-}
-
-async function findCheckpoint(domain: Domain, name: string): Promise<Checkpoint | undefined> {
-  try {
-    return await domain.lookupCheckpointByName(name);
-  } catch (error) {
-    if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_NO_DOMAIN_CHECKPOINT') return undefined;
-    throw error;
-  }
 }
 
 interface ExecuteContext {

@@ -183,7 +183,7 @@ async function setLevelWarnings(set: BackupSet): Promise<VerifyProblem[]> {
         severity: 'warning',
         kind: 'pending-checkpoints',
         file: entry,
-        message: `${entry}: checkpoint${pending.length === 1 ? '' : 's'} ${pending.map((item) => item.name).join(', ') || '(unreadable list)'} left in libvirt by interrupted runs; the next backup deletes ${pending.length === 1 ? 'it' : 'them'}`,
+        message: `${entry}: checkpoint${pending.length === 1 ? '' : 's'} ${pending.map((item) => `${item.name} (${item.reason})`).join(', ') || '(unreadable list)'} still in libvirt though no backup needs ${pending.length === 1 ? 'it' : 'them'}; the next backup deletes ${pending.length === 1 ? 'it' : 'them'}`,
       });
       continue;
     }

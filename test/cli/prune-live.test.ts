@@ -53,3 +53,31 @@ test('prune --keep 2 deletes the checkpoints that no longer serve; kept points r
   const restored = await restore(await BackupSet.open(dest), { to: out, format: 'raw' });
   t.true(await imagesIdentical(restored.disks[0]!.path, 'raw', m.referenceAt(next.backupId, 0), 'raw'));
 });
+
+test('prune of a shut-off domain keeps the obsolete checkpoints for the next backup, which deletes them', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const m = await mirroredDomain(t, conn, 'cli-prune-off', [{ sizeMiB: 16 }]);
+  const dest = join(m.dir, 'set');
+  for (const [i, pattern] of [0x11, 0x22, 0x33].entries()) {
+    await m.write(0, pattern, `${i}M`, '64k');
+    await runBackup({ domain: m.vm.name, dest, connection: conn });
+  }
+  await m.vm.domain.destroy();
+  const pruned = await runCli(['prune', dest, '--keep', '1', '--json']);
+  t.is(pruned.code, 0, pruned.stderr);
+  const notices = jsonLines(pruned.stdout).filter((e) => e.type === 'notice').map((e) => String(e['message']));
+  t.true(notices.some((n) => /is shut off: libvirt cannot delete checkpoints .* the next backup deletes them/.test(n)), notices.join('\n'));
+  const verified = await runCli(['verify', dest]);
+  t.is(verified.code, 0, verified.stdout);
+  t.regex(verified.stdout, /made obsolete by prune while the domain was shut off\) still in libvirt though no backup needs them; the next backup deletes them/);
+
+  await m.vm.domain.start();
+  await m.write(0, 0x44, '4M', '64k');
+  const next = await runBackup({ domain: m.vm.name, dest, connection: conn });
+  t.is(next.level, 'inc');
+  const set = await BackupSet.open(dest);
+  const named = set.backups.map((b) => b.checkpoint).filter((c): c is string => c !== null);
+  const inLibvirt = (await m.vm.domain.listAllCheckpoints()).map((c) => c.name).sort();
+  t.deepEqual(inLibvirt, [...new Set(named)].sort(), 'libvirt holds exactly what the set names');
+});

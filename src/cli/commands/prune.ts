@@ -1,4 +1,6 @@
 import { BackupSet } from '../../backup/backup-set.js';
+import { deletePendingCheckpoints } from '../../backup/leftover-checkpoints.js';
+import { addPendingCheckpoint } from '../../backup/pending-checkpoints.js';
 import { prune, type PruneResult } from '../../backup/prune.js';
 import type { Connection } from '../../connection.js';
 import type { Domain } from '../../domain.js';
@@ -16,6 +18,8 @@ interface CheckpointOutcome {
   alreadyGone: string[];
   /** Not deleted because the domain no longer exists. */
   orphaned: string[];
+  /** Left for the next backup because the domain is shut off. */
+  deferred?: string[];
 }
 
 export async function pruneCommand(args: PruneArgs, { output, signal }: CommandContext): Promise<number> {
@@ -38,13 +42,24 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
       signal,
       onProgress: ({ step, file, fraction }) => output.event({ type: 'step', step, file, ...(fraction === undefined ? {} : { fraction }) }),
     });
-    const checkpoints = await deleteCheckpoints(domain, result.obsoleteCheckpoints, output);
+    // libvirt deletes checkpoints of running domains only; a stopped one's wait in the set.
+    const running = domain !== null && (await domain.isActive());
+    if (running) await deletePendingCheckpoints(set, domain, (message) => output.event({ type: 'notice', message }));
+    const checkpoints = running || domain === null ? await deleteCheckpoints(domain, result.obsoleteCheckpoints, output) : await deferCheckpoints(set, result.obsoleteCheckpoints, output);
     output.result('prune', summary(set, result, checkpoints), { dir: set.dir, ...result, checkpoints });
     return ExitCode.OK;
   } finally {
     await set.close();
     await connection?.close().catch(() => undefined);
   }
+}
+
+async function deferCheckpoints(set: BackupSet, names: string[], output: CommandOutput): Promise<CheckpointOutcome> {
+  for (const name of names) await addPendingCheckpoint(set.dir, name, 'made obsolete by prune while the domain was shut off');
+  if (names.length > 0) {
+    output.event({ type: 'notice', message: `domain '${set.domain.name}' is shut off: libvirt cannot delete checkpoints ${names.join(', ')} now; the next backup deletes them` });
+  }
+  return { deleted: [], alreadyGone: [], orphaned: [], deferred: names };
 }
 
 async function findDomain(connection: Connection, set: BackupSet): Promise<Domain | null> {
@@ -103,6 +118,7 @@ function summary(set: BackupSet, result: PruneResult, checkpoints: CheckpointOut
     lines.push(`  deleted ${result.deletedFiles.length} file${result.deletedFiles.length === 1 ? '' : 's'}`);
   }
   if (checkpoints.deleted.length > 0) lines.push(`  deleted checkpoint${checkpoints.deleted.length === 1 ? '' : 's'} ${checkpoints.deleted.join(', ')}`);
+  if ((checkpoints.deferred?.length ?? 0) > 0) lines.push(`  checkpoints to delete at the next backup (domain shut off): ${checkpoints.deferred!.join(', ')}`);
   if (checkpoints.orphaned.length > 0) lines.push(`  checkpoints not deleted (domain gone): ${checkpoints.orphaned.join(', ')}`);
   return lines.join('\n');
 }
