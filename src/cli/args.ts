@@ -40,6 +40,8 @@ export interface RestoreArgs {
   disk: string | undefined;
   format: 'qcow2' | 'raw';
   overwrite: boolean;
+  /** False with --no-verify: damaged chain files are restored anyway. */
+  verify: boolean;
   json: boolean;
 }
 
@@ -89,6 +91,7 @@ const OPTIONS: Record<CommandName, Options> = {
     disk: { type: 'string' },
     format: { type: 'string' },
     overwrite: { type: 'boolean' },
+    'no-verify': { type: 'boolean' },
     json,
     help,
   },
@@ -170,6 +173,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         disk: optionalString(values, 'disk', command),
         format: oneOf(values, 'format', ['qcow2', 'raw'] as const, 'qcow2', command),
         overwrite: values['overwrite'] === true,
+        verify: values['no-verify'] !== true,
         json: jsonOutput,
       };
     case 'verify':

@@ -33,7 +33,12 @@ left exactly as it was.`,
 
 Writes a standalone image (no backing file) of each disk as it was at one backup.
 PATH is a file when one disk is restored, or an existing directory that receives
-TARGET.FORMAT per disk. Outputs appear only when complete.
+TARGET.FORMAT per disk. Outputs appear only when complete, with mode 0600.
+
+Every file of the chain is read once, and checked against the checksum and size in
+the manifest in that same read: a damaged file stops the restore (exit 3) and
+nothing is written. Partial outputs left by a restore that was killed are removed
+by the next restore into the same directory.
 
 Options:
   --to PATH                  output file or directory (required)
@@ -41,6 +46,8 @@ Options:
   --disk TARGET              restore only this disk
   --format qcow2|raw         output format (default qcow2)
   --overwrite                replace existing output files
+  --no-verify                restore even from damaged files (salvage): mismatches are
+                             reported as notices, unreadable files go through qemu-img
   --json                     JSON lines instead of human output
   -h, --help                 this help`,
   verify: `Usage: libvirt-backup verify DIR [options]

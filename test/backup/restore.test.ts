@@ -1,10 +1,11 @@
 import test from 'ava';
-import { open, readdir, rm } from 'node:fs/promises';
+import { open, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
+import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { BackupSet } from '../../src/backup/backup-set.js';
 import { restore } from '../../src/backup/restore.js';
 import { BackupSetError } from '../../src/backup/errors.js';
-import { TWO_DISKS, buildSet, imagesEqual, qemuImg, tempDir } from './helpers.js';
+import { TWO_DISKS, buildSet, deadPid, imagesEqual, qemuImg, tempDir } from './helpers.js';
 
 test('restore at every point equals the reference, qcow2 and raw, two disks', async (t) => {
   const builder = await buildSet(t, ['full', 'inc', 'inc', 'diff', 'inc'], TWO_DISKS);
@@ -107,4 +108,105 @@ test('restore refuses a damaged file by default, and with the deprecated checksu
     t.regex(error!.message, /^vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/);
     t.deepEqual(await readdir(out), []);
   }
+});
+
+/** Where qemu-img says the file keeps its first data cluster, and its first L2 table (from the header). */
+async function dataAndTableOffsets(path: string): Promise<{ data: number; l2: number }> {
+  const map = JSON.parse(await qemuImg('map', '--output=json', path)) as Array<{ depth: number; data: boolean; offset?: number }>;
+  const data = map.find((extent) => extent.depth === 0 && extent.data && extent.offset !== undefined)!.offset!;
+  const bytes = await readFile(path);
+  const l1 = Number(bytes.readBigUInt64BE(40));
+  const l2 = Number(bytes.readBigUInt64BE(l1) & 0x00fffffffffffe00n);
+  return { data, l2 };
+}
+
+async function flipByte(path: string, at: number, mask = 0xff): Promise<void> {
+  const handle = await open(path, 'r+');
+  const byte = Buffer.alloc(1);
+  await handle.read(byte, 0, 1, at);
+  byte[0]! ^= mask;
+  await handle.write(byte, 0, 1, at);
+  await handle.close();
+}
+
+test('damage in a data cluster, in an L2 table, or a truncation fails with the checksum and leaves nothing', async (t) => {
+  const damages: Array<[string, (path: string) => Promise<void>, RegExp]> = [
+    ['data byte', async (path) => flipByte(path, (await dataAndTableOffsets(path)).data + 4242), /^vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/],
+    // Bit 16 of the first entry: the cluster now points 64 KiB away.
+    ['L2 entry', async (path) => flipByte(path, (await dataAndTableOffsets(path)).l2 + 5, 0x01), /^vda\.0002\.inc\.qcow2: checksum is .*; the file is damaged$/],
+    ['truncation', async (path) => truncate(path, (await stat(path)).size - 70_000), /^vda\.0002\.inc\.qcow2: the file is \d+ bytes with checksum xxh128:[0-9a-f]{32}, the manifest says \d+ bytes with xxh128:[0-9a-f]{32}; the file is damaged$/],
+  ];
+  for (const [label, damage, message] of damages) {
+    const builder = await buildSet(t, ['full', 'inc']);
+    await damage(join(builder.dir, 'vda.0002.inc.qcow2'));
+    const set = await BackupSet.open(builder.dir);
+    for (const format of ['raw', 'qcow2'] as const) {
+      const out = await tempDir(t, 'restore-');
+      const error = await t.throwsAsync(restore(set, { to: out, format }), { instanceOf: BackupSetError }, label);
+      t.is(error?.code, 'CHECKSUM_MISMATCH', label);
+      t.regex(error!.message, message, label);
+      t.deepEqual(await readdir(out), [], `${label}: no output, no temporary`);
+    }
+    if (label !== 'data byte') continue;
+    // Salvage: the damaged chain restores, the damage says so, and only the flipped byte differs.
+    const out = await tempDir(t, 'restore-');
+    const notices: string[] = [];
+    const result = await restore(set, { to: out, format: 'raw', verifyChecksums: false, onNotice: (notice) => notices.push(notice) });
+    t.is(result.disks[0]!.method, 'one-pass');
+    t.deepEqual(result.notices, notices);
+    t.is(notices.length, 1);
+    t.regex(notices[0]!, /^vda\.0002\.inc\.qcow2: checksum is .*; the file is damaged; restored anyway because checksum verification is off$/);
+    const restored = await readFile(join(out, 'vda.raw'));
+    const reference = await readFile(builder.referenceAt('vda', '0002'));
+    let differing = 0;
+    for (let index = 0; index < reference.length; index++) if (restored[index] !== reference[index]) differing++;
+    t.is(differing, 1, 'exactly the flipped byte differs');
+  }
+});
+
+test('each chain file is read once: bytes read equal the chain size, metadata aside', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc', 'inc']);
+  const set = await BackupSet.open(builder.dir);
+  const chain = set.chainFor('vda');
+  const chainBytes = chain.reduce((sum, link) => sum + link.disk.fileSize, 0);
+  for (const format of ['raw', 'qcow2'] as const) {
+    const out = await tempDir(t, 'restore-');
+    const result = await restore(set, { to: out, format });
+    const disk = result.disks[0]!;
+    t.is(disk.method, 'one-pass');
+    t.is(disk.bytesRead, chainBytes, 'the sequential pass reads every byte of every file exactly once');
+    // Headers and mapping tables: a header cluster, one L1 cluster and one L2 table per file here.
+    t.true(disk.metadataBytesRead <= chain.length * 3 * 65536 + 1024, `metadata read: ${disk.metadataBytesRead}`);
+    t.true(await imagesEqual(disk.path, builder.referenceAt('vda', '0003')));
+  }
+});
+
+test('restored images are created with the mode asked for, 0600 by default', async (t) => {
+  const builder = await buildSet(t, ['full']);
+  const set = await BackupSet.open(builder.dir);
+  const out = await tempDir(t, 'restore-');
+  await restore(set, { to: join(out, 'private.qcow2'), format: 'qcow2' });
+  t.is((await stat(join(out, 'private.qcow2'))).mode & 0o7777, 0o600);
+  await restore(set, { to: join(out, 'shared.raw'), format: 'raw', mode: 0o640 });
+  t.is((await stat(join(out, 'shared.raw'))).mode & 0o7777, 0o640);
+  const error = await t.throwsAsync(restore(set, { to: join(out, 'bad.raw'), format: 'raw', mode: 0o10000 }), { instanceOf: BackupSetError });
+  t.is(error?.code, 'INVALID_ARGUMENT');
+});
+
+test('partial outputs of restores that died are removed and reported; live, foreign and ownerless ones stay', async (t) => {
+  const builder = await buildSet(t, ['full']);
+  const set = await BackupSet.open(builder.dir);
+  const out = await tempDir(t, 'restore-');
+  const dead = `.vda.raw.partial-${hostname()}-${deadPid()}-0badc0de`;
+  const live = `.vda.raw.partial-${hostname()}-${process.pid}-1234abcd`;
+  const foreign = `.vda.raw.partial-elsewhere.example-${deadPid()}-5678abcd`;
+  const ownerless = '.vda.raw.partial-9abcdef0';
+  for (const name of [dead, live, foreign, ownerless]) await writeFile(join(out, name), Buffer.alloc(8192, 1));
+  const notices: string[] = [];
+  const result = await restore(set, { to: out, format: 'raw', onNotice: (notice) => notices.push(notice) });
+  t.deepEqual(result.notices, notices);
+  t.is(notices.length, 2);
+  t.regex(notices[0]!, new RegExp(`^removed ${join(out, dead).replaceAll('.', '\\.')} \\(8\\.0 KiB\\): the partial vda\\.raw of a restore \\(pid \\d+\\) that did not finish$`));
+  t.regex(notices[1]!, /^left .*\.vda\.raw\.partial-9abcdef0 in place: a partial output of an older version/);
+  t.deepEqual((await readdir(out)).sort(), [foreign, live, ownerless, 'vda.raw'].sort());
 });

@@ -1,8 +1,13 @@
 import test from 'ava';
-import { readFile, readdir, rm } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { open, readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { MiB, SetBuilder, TWO_DISKS, buildSet, imagesEqual, qemuImg, tempDir } from '../backup/helpers.js';
-import { jsonLines, runCli, startCli } from './helpers.js';
+import { REPO_ROOT, jsonLines, runCli, startCli } from './helpers.js';
+
+const CLI_MAIN = fileURLToPath(new URL('../../src/cli/main.ts', import.meta.url));
 
 test('restore at each point equals the reference, in qcow2 and raw', async (t) => {
   const builder = await buildSet(t, ['full', 'inc', 'diff', 'inc'], TWO_DISKS);
@@ -76,4 +81,104 @@ test('SIGINT during a long restore exits 130 and leaves no partial output', asyn
   t.true(lines.some((line) => line['type'] === 'notice' && /SIGINT received/.test(String(line['message']))));
   t.regex(run.stderr, /^libvirt-backup: interrupted by SIGINT/m);
   t.deepEqual(await readdir(out), [], 'no output and no partial file');
+});
+
+test('a damaged chain file: exit 3 and nothing written; --no-verify restores it with a notice', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc']);
+  const damaged = join(builder.dir, 'vda.0001.full.qcow2');
+  const map = JSON.parse(await qemuImg('map', '--output=json', damaged)) as Array<{ data: boolean; offset?: number }>;
+  const at = map.find((extent) => extent.data && extent.offset !== undefined)!.offset! + 1000;
+  const handle = await open(damaged, 'r+');
+  await handle.write(Buffer.from([0x5a]), 0, 1, at);
+  await handle.close();
+  const out = await tempDir(t, 'cli-restore-');
+  const run = await runCli(['restore', builder.dir, '--to', out, '--format', 'raw', '--json']);
+  t.is(run.code, 3, run.stderr);
+  t.like(jsonLines(run.stdout).at(-1), { type: 'error', code: 'CHECKSUM_MISMATCH', exitCode: 3 });
+  t.regex(run.stderr, /^libvirt-backup: vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged\n$/);
+  t.deepEqual(await readdir(out), []);
+
+  const salvage = await runCli(['restore', builder.dir, '--to', out, '--format', 'raw', '--no-verify']);
+  t.is(salvage.code, 0, salvage.stderr);
+  t.regex(salvage.stderr, /^vda\.0001\.full\.qcow2: checksum is .*; the file is damaged; restored anyway because checksum verification is off$/m);
+  t.deepEqual(await readdir(out), ['vda.raw']);
+  t.false(await imagesEqual(join(out, 'vda.raw'), builder.referenceAt('vda', '0002')), 'the damage is in the output, as asked');
+});
+
+test('the chain is read once, by our own reader: no qemu-img needed', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc', 'diff'], TWO_DISKS);
+  const out = await tempDir(t, 'cli-restore-');
+  const run = await runCli(['restore', builder.dir, '--to', out, '--json'], { LIBVIRT_BACKUP_QEMU_IMG: '/nonexistent/qemu-img' });
+  t.is(run.code, 0, run.stderr);
+  const result = jsonLines(run.stdout).at(-1)!;
+  const disks = result['disks'] as Array<{ target: string; method: string; bytesRead: number; chain: string[] }>;
+  for (const disk of disks) {
+    const chainBytes = builder.set.chainFor(disk.target, '0003').reduce((sum, link) => sum + link.disk.fileSize, 0);
+    t.is(disk.method, 'one-pass');
+    t.is(disk.bytesRead, chainBytes, `${disk.target}: every byte of ${disk.chain.join(', ')} read once`);
+    t.true(await imagesEqual(join(out, `${disk.target}.qcow2`), builder.referenceAt(disk.target, '0003')));
+  }
+});
+
+/** Runs the CLI under a shell that sets the umask first. */
+function runWithUmask(umask: string, args: readonly string[]): Promise<{ code: number | null; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn('sh', ['-c', 'umask "$1"; shift; exec "$@"', 'sh', umask, process.execPath, '--import=tsx', CLI_MAIN, ...args], {
+      cwd: REPO_ROOT,
+      stdio: ['ignore', 'ignore', 'pipe'],
+    });
+    let stderr = '';
+    child.stderr.setEncoding('utf8').on('data', (text: string) => (stderr += text));
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, stderr }));
+  });
+}
+
+test('restored images are 0600 whatever the umask', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc']);
+  for (const umask of ['000', '022', '077']) {
+    for (const format of ['qcow2', 'raw'] as const) {
+      const out = await tempDir(t, 'cli-restore-');
+      const run = await runWithUmask(umask, ['restore', builder.dir, '--to', out, '--format', format]);
+      t.is(run.code, 0, run.stderr);
+      t.is((await stat(join(out, `vda.${format}`))).mode & 0o7777, 0o600, `umask ${umask}, ${format}`);
+    }
+  }
+});
+
+/** qemu-img processes whose command line names `path`. */
+async function qemuImgProcessesFor(path: string): Promise<string[]> {
+  const found: string[] = [];
+  for (const pid of await readdir('/proc')) {
+    if (!/^\d+$/.test(pid)) continue;
+    const commandLine = await readFile(`/proc/${pid}/cmdline`, 'utf8').catch(() => '');
+    if (commandLine.includes('qemu-img') && commandLine.includes(path)) found.push(commandLine.replaceAll('\0', ' '));
+  }
+  return found;
+}
+
+test('SIGKILL mid-restore leaves a partial; the next restore removes it, says so and succeeds', async (t) => {
+  const size = 512 * MiB;
+  const builder = await SetBuilder.create(t, [{ target: 'vda', sourceFormat: 'qcow2', size }]);
+  const reference = await open(builder.referencePath('vda'), 'r+');
+  for (let offset = 0; offset < size; offset += 16 * MiB) await reference.write(randomBytes(16 * MiB), 0, 16 * MiB, offset);
+  await reference.close();
+  await builder.backup('full');
+  const out = await tempDir(t, 'cli-restore-');
+
+  const cli = startCli(['restore', builder.dir, '--to', out, '--format', 'raw', '--json']);
+  await cli.waitForLine((line) => line.includes('"type":"progress"'));
+  cli.child.kill('SIGKILL');
+  const killed = await cli.done;
+  t.is(killed.signal, 'SIGKILL', 'killed before it finished');
+  const left = await readdir(out);
+  t.is(left.length, 1);
+  t.regex(left[0]!, new RegExp(`^\\.vda\\.raw\\.partial-.+-${cli.child.pid}-[0-9a-f]{8}$`));
+
+  const again = await runCli(['restore', builder.dir, '--to', out, '--format', 'raw']);
+  t.is(again.code, 0, again.stderr);
+  t.regex(again.stderr, new RegExp(`^removed ${out}/\\.vda\\.raw\\.partial-\\S+ \\(\\d.*\\): the partial vda\\.raw of a restore \\(pid ${cli.child.pid}\\) that did not finish$`, 'm'));
+  t.deepEqual(await readdir(out), ['vda.raw']);
+  t.true(await imagesEqual(join(out, 'vda.raw'), builder.referenceAt('vda', '0001')));
+  t.deepEqual(await qemuImgProcessesFor(out), [], 'no qemu-img left running');
 });

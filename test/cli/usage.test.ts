@@ -62,8 +62,10 @@ test('parsed options of each command', (t) => {
     disk: 'vda',
     format: 'raw',
     overwrite: false,
+    verify: true,
     json: false,
   });
+  t.like(parseCommandLine(['restore', 'set', '--to', 'out', '--no-verify']), { command: 'restore', verify: false });
   t.deepEqual(parseCommandLine(['prune', 'set', '--keep', '3', '--connect', 'test:///default']), { command: 'prune', dir: 'set', keep: 3, uri: 'test:///default', json: false });
   t.deepEqual(parseCommandLine(['verify', 'set', '--help']), { command: 'help', topic: 'verify' });
   for (const bad of [['prune', 's', '--keep', '1.5'], ['prune', 's', '--keep', '-1'], ['backup', 'vm', '--dest', 'd', '--disk', 'vda,vda'], ['list', 's', '--json=yes']]) {

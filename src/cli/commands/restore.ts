@@ -23,7 +23,9 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
     disk: args.disk,
     format: args.format,
     overwrite: args.overwrite,
+    verifyChecksums: args.verify,
     signal,
+    onNotice: (message) => output.event({ type: 'notice', message }),
     onProgress: ({ target, fraction }) => {
       const bytesTotal = sizes.get(target) ?? 0;
       output.event({ type: 'progress', target, bytesDone: Math.round(fraction * bytesTotal), bytesTotal });
@@ -32,7 +34,7 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
   const width = Math.max(...result.disks.map((disk) => disk.target.length));
   const text = [
     `restored backup ${result.backupId} of ${set.domain.name} as ${args.format}:`,
-    ...result.disks.map((disk) => `  ${disk.target.padEnd(width)}  ${disk.path}  (chain ${disk.chain.join(', ')})`),
+    ...result.disks.map((disk) => `  ${disk.target.padEnd(width)}  ${disk.path}  (chain ${disk.chain.join(', ')}${disk.method === 'qemu-img' ? '; converted by qemu-img' : ''})`),
   ].join('\n');
   output.result('restore', text, result);
   return ExitCode.OK;
