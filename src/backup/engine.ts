@@ -12,6 +12,7 @@ import { connect, type Connection } from '../connection.js';
 import { BlockJobStatus, BlockJobType, CheckpointCreateFlags, CheckpointXMLFlags, DomainState, JobType } from '../constants.js';
 import type { Domain } from '../domain.js';
 import { LibvirtError } from '../errors.js';
+import { JobFailedError } from '../jobs.js';
 import type { BlockJobPayload } from '../events.js';
 import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient } from '../nbd/index.js';
 import { parseDomainXml, type BackupSpec, type CheckpointSpec, type DomainSummary } from '../xml/index.js';
@@ -536,6 +537,11 @@ async function execute(context: ExecuteContext): Promise<BackupResult> {
     if (error instanceof LibvirtError && jobRunning) {
       throw new BackupError('JOB_FAILED', `backup job on ${domain.name} failed: ${error.message}`, { cause: error });
     }
+    // What libvirt said about the job (failed, cancelled by someone else) or that it never ended.
+    if (error instanceof JobFailedError) throw new BackupError('JOB_FAILED', error.message, { cause: error });
+    if (error instanceof Error && error.name === 'TimeoutError') {
+      throw new BackupError('JOB_FAILED', `backup job on ${domain.name} did not end in time: ${error.message}`, { cause: error });
+    }
     throw error;
   } finally {
     guard?.stop();
@@ -751,8 +757,11 @@ async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: Ab
       }
     }
   })();
+  // Progress follows the data to copy (known from block status), not the disk's size:
+  // a 2 GiB disk holding 1 GiB shows 1 GiB to go, at the rate data really moves.
   let lastProgress = 0;
-  const total = source.size;
+  let copied = 0;
+  const total = runs.reduce((sum, run) => sum + Math.min(run.count * CLUSTER_SIZE, source.size - run.start * CLUSTER_SIZE), 0);
   const written = await writeQcow2(
     set.pathOf(disk.file),
     {
@@ -763,11 +772,12 @@ async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: Ab
     chunks,
     {
       signal,
-      onProgress: (guestOffset) => {
+      onProgress: () => {
+        copied = entry.written;
         const now = Date.now();
         if (now - lastProgress < PROGRESS_INTERVAL_MS) return;
         lastProgress = now;
-        emit({ type: 'progress', target: disk.target, bytesDone: guestOffset, bytesTotal: total });
+        emit({ type: 'progress', target: disk.target, bytesDone: Math.min(copied, total), bytesTotal: total });
       },
     },
   );
