@@ -4,7 +4,7 @@
 // makes the qcow2 files; push: libvirt writes them and we rebase), and commits the
 // result to the set. Any failure or abort ends the libvirt job, removes this
 // run's files and its checkpoint, and leaves manifest.json as it was.
-import { mkdtemp, rm, stat, unlink } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 
 import type { Checkpoint } from '../checkpoint.js';
@@ -238,12 +238,14 @@ async function cleanUpAfterInterruptedRun(domain: Domain, interrupted: DomainRun
   const checkpoint = interrupted.checkpoint;
   if (checkpoint === undefined) return;
   // Only a checkpoint no manifest took in is a leftover.
-  const manifestText = await import('node:fs/promises').then(({ readFile }) => readFile(join(interrupted.set, 'manifest.json'), 'utf8')).catch(() => null);
+  const manifestPath = join(interrupted.set, 'manifest.json');
+  const manifestText = await readFile(manifestPath, 'utf8').catch(() => null);
   if (manifestText !== null) {
-    let referenced = true;
+    let referenced: boolean;
     try {
-      referenced = parseManifest(manifestText, join(interrupted.set, 'manifest.json')).backups.some((backup) => backup.checkpoint === checkpoint);
+      referenced = parseManifest(manifestText, manifestPath).backups.some((backup) => backup.checkpoint === checkpoint);
     } catch {
+      // A manifest we cannot read might name it: leave the checkpoint alone.
       referenced = true;
     }
     if (referenced) return;
@@ -369,7 +371,7 @@ interface OpenedExport {
 }
 
 async function execute(context: ExecuteContext): Promise<BackupResult> {
-  const { conn, domain, summary, set, plan, selection, transport, signal, emit } = context;
+  const { conn, domain, set, plan, selection, transport, signal, emit } = context;
   const backupId = set.nextId();
   const checkpointName = `${CHECKPOINT_PREFIX}${backupId}-${Date.now().toString(36)}`;
   const startedAt = new Date().toISOString();

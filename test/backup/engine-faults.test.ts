@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, readFile, readdir, rm, stat, unlink, writeFile } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import { BackupSet, restore } from '../../src/backup/index.js';
 import { runBackup } from '../../src/backup/engine.js';
@@ -19,7 +19,7 @@ import { imagesIdentical, mirroredDomain } from './engine-helpers.js';
 
 const MiB = 2 ** 20;
 
-async function smallFileSystem(t: import('ava').ExecutionContext, sizeMiB: number): Promise<string> {
+async function smallFileSystem(t: ExecutionContext, sizeMiB: number): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'lvb-tmpfs-'));
   await run('mount', ['-t', 'tmpfs', '-o', `size=${sizeMiB}m,mode=0700`, 'tmpfs', dir]);
   t.teardown(async () => {
