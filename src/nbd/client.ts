@@ -1,10 +1,12 @@
+import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
 import { Connection, type ReadSink } from './connection.js';
-import { abortReason, NbdConnectionError, NbdError, NbdProtocolError } from './errors.js';
+import { abortReason, NbdConnectionError, NbdError, NbdProtocolError, NbdTimeoutError } from './errors.js';
 import { decodeDescriptors, ExtentMerger, type ByteRange, type Extent } from './extents.js';
 import { negotiate, OptionPhase, type BlockSizeLimits, type ExportInfo, type ExportListing } from './handshake.js';
 import { BASE_ALLOCATION, Command, CommandFlags, Option, TransmissionFlags } from './protocol.js';
 import { RequestScheduler } from './scheduler.js';
+import { shareSignal } from './shared-signal.js';
 import { SlabPool } from './slabs.js';
 import { readChunks, type ChunkSource, type ReadChunk, type ReadStreamOptions } from './stream.js';
 import type { NbdTlsOptions } from './tls.js';
@@ -15,6 +17,14 @@ interface CommonOptions {
   tls?: NbdTlsOptions;
   /** Aborts connecting (and the handshake). */
   signal?: AbortSignal;
+  /**
+   * Milliseconds a server may leave the client waiting (default 120000): connecting and
+   * the whole handshake must finish within it, and once connected, a connection whose
+   * server sends nothing for this long while requests wait fails with NbdTimeoutError
+   * (every request on it rejects). 0 or Infinity waits forever. A slow but live server is
+   * not cut off: any reply bytes restart the clock. Per-call `signal`s bound a single call.
+   */
+  stallTimeout?: number;
 }
 
 export type ServerAddress = ({ path: string } | { host: string; port: number }) & CommonOptions;
@@ -60,6 +70,13 @@ const DEFAULT_MAX_BYTES_IN_FLIGHT = 4 * 1024 * 1024;
 const DEFAULT_REQUEST_SIZE = 1024 * 1024;
 /** Extra connections that cannot finish their handshake by then are given up. */
 const EXTRA_CONNECTION_TIMEOUT_MS = 10_000;
+/**
+ * Long enough for a flush of a large write-back cache or zeroing a large range on slow
+ * storage, short enough that a hung server fails a nightly backup instead of stopping it.
+ */
+const DEFAULT_STALL_TIMEOUT_MS = 120_000;
+/** Extents taken from one block status answer; the rest is asked for again. */
+const MAX_EXTENTS_PER_ANSWER = 65_536;
 
 function endpointOf(address: ServerAddress): Endpoint {
   if ('path' in address && typeof address.path === 'string') return { path: address.path };
@@ -77,35 +94,68 @@ function alignDown(value: number, alignment: number): number {
   return value - (value % alignment);
 }
 
-async function openOptionPhase(address: ServerAddress): Promise<OptionPhase> {
-  const endpoint = endpointOf(address);
-  const socket = await openSocket(endpoint, address.signal);
-  const onAbort = (): void => {
-    socket.destroy(abortReason(address.signal!));
-  };
-  address.signal?.addEventListener('abort', onAbort, { once: true });
+function stallTimeoutOf(options: CommonOptions): number {
+  const timeout = options.stallTimeout ?? DEFAULT_STALL_TIMEOUT_MS;
+  if (typeof timeout !== 'number' || Number.isNaN(timeout) || timeout < 0) {
+    throw new TypeError(`stallTimeout must be a non-negative number of milliseconds, not ${String(timeout)}`);
+  }
+  return timeout === 0 ? Number.POSITIVE_INFINITY : timeout;
+}
+
+/**
+ * Runs `handshake` on a fresh socket within the caller's signal and the stall timeout;
+ * the socket is destroyed unless the handshake succeeds.
+ */
+async function handshakeOn<T>(
+  endpoint: Endpoint,
+  options: CommonOptions,
+  signal: AbortSignal | undefined,
+  slabs: SlabPool | undefined,
+  handshake: (socket: Socket) => Promise<T>,
+): Promise<T> {
+  const timeout = stallTimeoutOf(options);
+  const deadline = new AbortController();
+  const timer = Number.isFinite(timeout)
+    ? setTimeout(() => deadline.abort(new NbdTimeoutError(`the NBD server did not finish the handshake within ${timeout} ms (stallTimeout)`)), timeout)
+    : undefined;
+  timer?.unref();
+  const bounded = signal ? AbortSignal.any([signal, deadline.signal]) : deadline.signal;
   try {
-    return await OptionPhase.open(socket, address.tls, tlsDefaultName(endpoint));
-  } catch (error) {
-    socket.destroy();
-    throw error;
+    const socket = await openSocket(endpoint, bounded, slabs);
+    const onAbort = (): void => {
+      socket.destroy(abortReason(bounded));
+    };
+    bounded.addEventListener('abort', onAbort, { once: true });
+    try {
+      return await handshake(socket);
+    } catch (error) {
+      socket.destroy();
+      // What the socket reports after an abort is a consequence; the reason is the news.
+      throw bounded.aborted ? abortReason(bounded) : error;
+    } finally {
+      bounded.removeEventListener('abort', onAbort);
+    }
   } finally {
-    address.signal?.removeEventListener('abort', onAbort);
+    clearTimeout(timer);
   }
 }
 
-async function openConnection(
-  endpoint: Endpoint,
-  options: ConnectOptions,
-  signal: AbortSignal | undefined,
-  slabs: SlabPool,
-): Promise<Connection> {
-  const socket = await openSocket(endpoint, signal, options.tls === undefined ? slabs : undefined);
-  const onAbort = (): void => {
-    socket.destroy(abortReason(signal!));
-  };
-  signal?.addEventListener('abort', onAbort, { once: true });
-  try {
+/** Opens an option phase, asks what `ask` asks, and leaves with NBD_OPT_ABORT: all within the bounds. */
+async function askServer<T>(address: ServerAddress, ask: (phase: OptionPhase) => Promise<T>): Promise<T> {
+  const endpoint = endpointOf(address);
+  return handshakeOn(endpoint, address, address.signal, undefined, async (socket) => {
+    const phase = await OptionPhase.open(socket, address.tls, tlsDefaultName(endpoint));
+    try {
+      return await ask(phase);
+    } finally {
+      phase.abort();
+    }
+  });
+}
+
+function openConnection(endpoint: Endpoint, options: ConnectOptions, signal: AbortSignal | undefined, slabs: SlabPool): Promise<Connection> {
+  const slabReads = options.tls === undefined ? slabs : undefined;
+  return handshakeOn(endpoint, options, signal, slabReads, async (socket) => {
     const negotiated = await negotiate(socket, {
       exportName: options.exportName ?? '',
       metaContexts: options.metaContexts ?? [BASE_ALLOCATION],
@@ -113,13 +163,12 @@ async function openConnection(
       tls: options.tls,
       tlsDefaultName: tlsDefaultName(endpoint),
     });
-    return new Connection(negotiated.socket, negotiated.info, negotiated.leftover);
-  } catch (error) {
-    socket.destroy();
-    throw error;
-  } finally {
-    signal?.removeEventListener('abort', onAbort);
-  }
+    const connection = new Connection(negotiated.socket, negotiated.info, negotiated.leftover, { stallTimeout: stallTimeoutOf(options) });
+    // Bytes that came with the end of the handshake may already have broken it.
+    const failed = connection.failed;
+    if (failed) throw failed;
+    return connection;
+  });
 }
 
 /**
@@ -166,6 +215,7 @@ export class NbdClient implements ChunkSource {
   /** Connects, negotiates and enters transmission. More connections join in the background. */
   static async connect(options: ConnectOptions): Promise<NbdClient> {
     const endpoint = endpointOf(options);
+    stallTimeoutOf(options);
     const slabs = new SlabPool();
     const first = await openConnection(endpoint, options, options.signal, slabs);
     const client = new NbdClient(first, options, slabs);
@@ -175,24 +225,16 @@ export class NbdClient implements ChunkSource {
   }
 
   /** Export names and descriptions, from NBD_OPT_LIST. */
-  static async listExports(address: ServerAddress): Promise<ExportListing[]> {
-    const phase = await openOptionPhase(address);
-    try {
-      return await phase.listExports();
-    } finally {
-      phase.abort();
-    }
+  static listExports(address: ServerAddress): Promise<ExportListing[]> {
+    return askServer(address, (phase) => phase.listExports());
   }
 
   /** Meta contexts the server offers for an export (all of them without `queries`). */
-  static async listMetaContexts(address: ServerAddress & { exportName?: string; queries?: readonly string[] }): Promise<string[]> {
-    const phase = await openOptionPhase(address);
-    try {
+  static listMetaContexts(address: ServerAddress & { exportName?: string; queries?: readonly string[] }): Promise<string[]> {
+    return askServer(address, async (phase) => {
       const contexts = await phase.metaContexts(Option.LIST_META_CONTEXT, address.exportName ?? '', address.queries ?? []);
       return contexts.map((context) => context.name);
-    } finally {
-      phase.abort();
-    }
+    });
   }
 
   get readOnly(): boolean {
@@ -231,11 +273,16 @@ export class NbdClient implements ChunkSource {
         target.fill(0, at - offset, at - offset + size);
       },
     };
-    const requests: Promise<void>[] = [];
-    for (let at = offset; at < offset + length; at += this.requestSize) {
-      requests.push(this.readRequest(at, Math.min(this.requestSize, offset + length - at), sink, options.signal));
+    const shared = shareSignal(options.signal);
+    try {
+      const requests: Promise<void>[] = [];
+      for (let at = offset; at < offset + length; at += this.requestSize) {
+        requests.push(this.readRequest(at, Math.min(this.requestSize, offset + length - at), sink, shared.signal));
+      }
+      await settleAll(requests);
+    } finally {
+      shared.release();
     }
-    await settleAll(requests);
     return target;
   }
 
@@ -259,12 +306,17 @@ export class NbdClient implements ChunkSource {
     this.checkWritable('NBD_CMD_WRITE');
     this.checkRange(offset, data.length);
     const flags = this.fuaFlag(options);
-    const requests: Promise<void>[] = [];
-    for (let at = 0; at < data.length; at += this.requestSize) {
-      const payload = data.subarray(at, Math.min(at + this.requestSize, data.length));
-      requests.push(this.issue(Command.WRITE, offset + at, payload.length, payload.length, withSignal({ flags, payload }, options)));
+    const shared = shareSignal(options.signal);
+    try {
+      const requests: Promise<void>[] = [];
+      for (let at = 0; at < data.length; at += this.requestSize) {
+        const payload = data.subarray(at, Math.min(at + this.requestSize, data.length));
+        requests.push(this.issue(Command.WRITE, offset + at, payload.length, payload.length, withSignal({ flags, payload }, shared)));
+      }
+      await settleAll(requests);
+    } finally {
+      shared.release();
     }
-    await settleAll(requests);
   }
 
   /** Makes a range read as zeroes, punching holes unless `noHole`. */
@@ -354,7 +406,7 @@ export class NbdClient implements ChunkSource {
         ...(signal ? { signal } : {}),
         blockStatus: (contextId, descriptors) => {
           if (connection.info.metaContexts.get(contextId) === context) {
-            extents = decodeDescriptors(descriptors, offset, offset + length);
+            extents = decodeDescriptors(descriptors, offset, offset + length, MAX_EXTENTS_PER_ANSWER);
           }
         },
       });
@@ -389,11 +441,16 @@ export class NbdClient implements ChunkSource {
   ): Promise<void> {
     // Not a payload, so only the 32-bit length field limits it.
     const step = alignDown(TWO_GIB / 2, this.blockSize.minimum);
-    const requests: Promise<void>[] = [];
-    for (let at = offset; at < offset + length; at += step) {
-      requests.push(this.issue(command, at, Math.min(step, offset + length - at), 0, withSignal({ flags }, options)));
+    const shared = shareSignal(options.signal);
+    try {
+      const requests: Promise<void>[] = [];
+      for (let at = offset; at < offset + length; at += step) {
+        requests.push(this.issue(command, at, Math.min(step, offset + length - at), 0, withSignal({ flags }, shared)));
+      }
+      await settleAll(requests);
+    } finally {
+      shared.release();
     }
-    await settleAll(requests);
   }
 
   private fuaFlag(options: WriteOptions): number {
@@ -416,8 +473,9 @@ export class NbdClient implements ChunkSource {
     for (const result of opened) {
       if (result.status !== 'fulfilled') continue;
       const connection = result.value;
-      // A connection to a different export would corrupt reads; a closing client wants none.
-      if (connection.info.size !== this.size || this.extraConnections.signal.aborted) {
+      // A connection to a different export would corrupt reads, one that negotiated
+      // otherwise would answer differently; a closing client wants none.
+      if (!this.agreesWith(connection.info) || this.extraConnections.signal.aborted) {
         connection.destroy();
         continue;
       }
@@ -425,12 +483,22 @@ export class NbdClient implements ChunkSource {
     }
   }
 
+  private agreesWith(info: ExportInfo): boolean {
+    const contexts = [...info.metaContexts.values()];
+    return (
+      info.size === this.size &&
+      info.structuredReplies === this.structuredReplies &&
+      contexts.length === this.metaContexts.length &&
+      contexts.every((name) => this.metaContexts.includes(name))
+    );
+  }
+
   toString(): string {
     return `NbdClient(${this.exportName || '(default export)'})`;
   }
 }
 
-function withSignal<T extends object>(options: T, from: RequestSignalOption): T & { signal?: AbortSignal } {
+function withSignal<T extends object>(options: T, from: { signal?: AbortSignal | undefined }): T & { signal?: AbortSignal } {
   return from.signal ? { ...options, signal: from.signal } : options;
 }
 

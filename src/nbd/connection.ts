@@ -2,11 +2,13 @@ import type { Duplex } from 'node:stream';
 import { ByteQueue } from './byte-queue.js';
 import { keepReceived, lendReceived } from './slabs.js';
 import { slabReaderOf } from './transport.js';
-import { abortReason, NbdConnectionError, NbdError, NbdProtocolError } from './errors.js';
+import { abortReason, NbdConnectionError, NbdError, NbdProtocolError, NbdTimeoutError } from './errors.js';
 import type { ExportInfo } from './handshake.js';
+import { ReadCoverage } from './read-coverage.js';
 import {
   Command,
   type CommandCode,
+  MAX_ERROR_CHUNK,
   MAX_REPLY_CHUNK,
   nameOf,
   REQUEST_HEADER_SIZE,
@@ -33,7 +35,10 @@ export interface ReadSink {
   readonly holds?: 'keep' | 'call' | 'lend';
 }
 
-/** Called once per BLOCK_STATUS chunk with the raw (length, flags) descriptor pairs. */
+/**
+ * Called once per BLOCK_STATUS chunk with the raw (length, flags) descriptor pairs, for a
+ * context id the handshake agreed on; every descriptor's length is non-zero.
+ */
 export type BlockStatusSink = (contextId: number, descriptors: Buffer) => void;
 
 export interface RequestOptions {
@@ -44,6 +49,14 @@ export interface RequestOptions {
   signal?: AbortSignal;
 }
 
+export interface ConnectionOptions {
+  /**
+   * Milliseconds the server may send nothing while requests wait for it before the
+   * connection is failed with NbdTimeoutError; 0 or Infinity waits forever.
+   */
+  stallTimeout?: number;
+}
+
 interface PendingRequest {
   cookie: number;
   command: CommandCode;
@@ -51,9 +64,12 @@ interface PendingRequest {
   length: number;
   sink: ReadSink | undefined;
   blockStatus: BlockStatusSink | undefined;
-  error: NbdError | undefined;
-  /** READ bytes accounted for by data and hole replies, to catch a server leaving gaps. */
-  covered: number;
+  /** The server's error reply, or what a sink threw. */
+  error: Error | undefined;
+  /** READ bytes described by data and hole replies, to catch gaps and overlaps. */
+  coverage: ReadCoverage | undefined;
+  /** Meta context ids a BLOCK_STATUS reply has answered for: each may answer once. */
+  answeredContexts: Set<number> | undefined;
   /** Settled early (aborted): the reply is still parsed, then dropped. */
   abandoned: boolean;
   resolve(): void;
@@ -89,12 +105,19 @@ export class Connection {
   private batchUsed = 0;
   private flushScheduled = false;
   private closing: Promise<void> | undefined;
+  /** Woken when no request is left that a caller still waits for. */
   private idleWaiters: Array<() => void> = [];
   private readonly failureListeners: Array<(error: Error) => void> = [];
+  private readonly stallTimeout: number;
+  private stallTimer: NodeJS.Timeout | undefined;
+  /** When the server last sent anything, or requests started waiting (performance.now()). */
+  private lastHeard = 0;
 
-  constructor(socket: Duplex, info: ExportInfo, leftover: Buffer[] = []) {
+  constructor(socket: Duplex, info: ExportInfo, leftover: Buffer[] = [], options: ConnectionOptions = {}) {
     this.socket = socket;
     this.info = info;
+    const stallTimeout = options.stallTimeout ?? 0;
+    this.stallTimeout = stallTimeout > 0 && Number.isFinite(stallTimeout) ? stallTimeout : 0;
     for (const chunk of leftover) this.queue.push(chunk);
     // Past the handshake, every holder of received bytes says how long it holds them.
     slabReaderOf(socket)?.startRecycling();
@@ -106,8 +129,15 @@ export class Connection {
     if (this.queue.length > 0) this.parse();
   }
 
+  /** Called once when the connection fails; at once if it already has. */
   onFailure(listener: (error: Error) => void): void {
-    this.failureListeners.push(listener);
+    if (this.failure) listener(this.failure);
+    else this.failureListeners.push(listener);
+  }
+
+  /** Why the connection is unusable, once it is. */
+  get failed(): Error | undefined {
+    return this.failure;
   }
 
   request(command: CommandCode, offset: number, length: number, options: RequestOptions = {}): Promise<void> {
@@ -125,7 +155,8 @@ export class Connection {
         sink: options.sink,
         blockStatus: options.blockStatus,
         error: undefined,
-        covered: 0,
+        coverage: command === Command.READ ? new ReadCoverage() : undefined,
+        answeredContexts: undefined,
         abandoned: false,
         resolve,
         reject,
@@ -138,10 +169,13 @@ export class Connection {
           request.sink = undefined;
           request.blockStatus = undefined;
           reject(abortReason(signal));
+          // close() waits only for requests someone still waits for.
+          this.wakeIdleWaiters();
         };
         signal.addEventListener('abort', onAbort, { once: true });
         request.detachSignal = () => signal.removeEventListener('abort', onAbort);
       }
+      if (this.pending.size === 0) this.startStallClock();
       this.pending.set(cookie, request);
       this.send(command, options.flags ?? 0, cookie, offset, length, options.payload);
     });
@@ -159,7 +193,9 @@ export class Connection {
   }
 
   private async closeGracefully(): Promise<void> {
-    if (this.pending.size > 0) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
+    // Requests whose callers gave up (aborted) are not waited for: the server may never
+    // answer them. It must still finish them before it honours NBD_CMD_DISC.
+    if (this.hasAwaitedRequests()) await new Promise<void>((resolve) => this.idleWaiters.push(resolve));
     if (this.failure) return;
     // NBD_CMD_DISC has no reply and nothing may follow it, so the socket is done
     // once the request is out: waiting for the server to hang up as well would
@@ -224,8 +260,35 @@ export class Connection {
 
   private readonly onData = (chunk: Buffer): void => {
     if (this.failure) return;
+    if (this.stallTimer) this.lastHeard = performance.now();
     this.queue.push(chunk);
     this.parse();
+  };
+
+  private startStallClock(): void {
+    if (this.stallTimeout === 0) return;
+    this.lastHeard = performance.now();
+    if (!this.stallTimer) this.armStallTimer(this.stallTimeout);
+  }
+
+  private armStallTimer(delay: number): void {
+    this.stallTimer = setTimeout(this.checkStall, delay);
+    // The socket keeps the process alive while requests wait; the timer need not.
+    this.stallTimer.unref();
+  }
+
+  private readonly checkStall = (): void => {
+    this.stallTimer = undefined;
+    if (this.failure || this.pending.size === 0) return;
+    const silent = performance.now() - this.lastHeard;
+    if (silent < this.stallTimeout) {
+      this.armStallTimer(this.stallTimeout - silent);
+      return;
+    }
+    const waiting = this.pending.size;
+    this.fail(
+      new NbdTimeoutError(`the server sent nothing for ${Math.round(silent)} ms while ${waiting} request${waiting === 1 ? '' : 's'} waited (stallTimeout)`),
+    );
   };
 
   private readonly onError = (error: Error): void => {
@@ -257,12 +320,15 @@ export class Connection {
         case 'payload': {
           if (queue.length === 0) return;
           const bytes = queue.view(state.remaining);
-          state.request.covered += bytes.length;
           const sink = state.request.sink;
           if (sink) {
             if (sink.holds === 'lend') lendReceived(bytes);
             else if (sink.holds !== 'call') keepReceived(bytes);
-            sink.data(state.offset, bytes);
+            try {
+              sink.data(state.offset, bytes);
+            } catch (error) {
+              this.sinkFailed(state.request, error);
+            }
           }
           state.offset += bytes.length;
           state.remaining -= bytes.length;
@@ -277,8 +343,8 @@ export class Connection {
             this.violation(`NBD_REPLY_TYPE_OFFSET_DATA at ${offset}+${dataLength} lies outside the request ${request.offset}+${request.length}`);
             break;
           }
-          if (dataLength === 0) this.endChunk(request, state.done);
-          else this.state = { kind: 'payload', request, offset, remaining: dataLength, done: state.done };
+          if (!this.cover(request, offset, dataLength, 'NBD_REPLY_TYPE_OFFSET_DATA')) break;
+          this.state = { kind: 'payload', request, offset, remaining: dataLength, done: state.done };
           break;
         }
         case 'chunk': {
@@ -308,6 +374,7 @@ export class Connection {
       request.error = new NbdError(errno, commandName(request.command));
       this.complete(request);
     } else if (request.command === Command.READ && request.length > 0) {
+      if (!this.cover(request, request.offset, request.length, 'simple reply')) return;
       this.state = { kind: 'payload', request, offset: request.offset, remaining: request.length, done: true };
     } else {
       this.complete(request);
@@ -330,7 +397,8 @@ export class Connection {
         return this.complete(request);
       case ReplyType.OFFSET_DATA:
         if (request.command !== Command.READ) return this.violation(`unexpected ${what()}`);
-        if (length < 8) return this.violation(`${what()} too short`);
+        // At least one byte of data: an empty chunk describes nothing.
+        if (length < 9) return this.violation(`${what()} too short`);
         if (length - 8 > request.length) {
           return this.violation(`${what()} carries ${length - 8} bytes but ${request.length} were requested`);
         }
@@ -346,9 +414,11 @@ export class Connection {
         break;
       case ReplyType.ERROR:
         if (length < 6) return this.violation(`${what()} too short`);
+        if (length > MAX_ERROR_CHUNK) return this.violation(`${what()} of ${length} bytes is longer than any error message`);
         break;
       case ReplyType.ERROR_OFFSET:
         if (length < 14) return this.violation(`${what()} too short`);
+        if (length > MAX_ERROR_CHUNK) return this.violation(`${what()} of ${length} bytes is longer than any error message`);
         break;
       default:
         return this.violation(`unknown reply type ${type} to ${commandName(request.command)}`);
@@ -361,16 +431,37 @@ export class Connection {
       case ReplyType.OFFSET_HOLE: {
         const offset = readOffset(body, 0);
         const size = body.readUInt32BE(8);
+        if (size === 0) return this.violation('NBD_REPLY_TYPE_OFFSET_HOLE of zero bytes');
         if (offset < request.offset || offset + size > request.offset + request.length) {
           return this.violation(`NBD_REPLY_TYPE_OFFSET_HOLE at ${offset}+${size} lies outside the request ${request.offset}+${request.length}`);
         }
-        request.covered += size;
-        request.sink?.hole(offset, size);
+        if (!this.cover(request, offset, size, 'NBD_REPLY_TYPE_OFFSET_HOLE')) return;
+        const sink = request.sink;
+        try {
+          sink?.hole(offset, size);
+        } catch (error) {
+          this.sinkFailed(request, error);
+        }
         return;
       }
-      case ReplyType.BLOCK_STATUS:
-        request.blockStatus?.(body.readUInt32BE(0), body.subarray(4));
+      case ReplyType.BLOCK_STATUS: {
+        const contextId = body.readUInt32BE(0);
+        if (!this.info.metaContexts.has(contextId)) {
+          return this.violation(`block status for meta context id ${contextId}, which the handshake never agreed on`);
+        }
+        const answered = (request.answeredContexts ??= new Set());
+        if (answered.has(contextId)) return this.violation(`a second block status reply for meta context id ${contextId}`);
+        answered.add(contextId);
+        for (let at = 4; at < body.length; at += 8) {
+          if (body.readUInt32BE(at) === 0) return this.violation('a block status descriptor of length zero');
+        }
+        try {
+          request.blockStatus?.(contextId, body.subarray(4));
+        } catch (error) {
+          this.sinkFailed(request, error);
+        }
         return;
+      }
       case ReplyType.ERROR:
       case ReplyType.ERROR_OFFSET: {
         const errno = body.readUInt32BE(0);
@@ -380,10 +471,34 @@ export class Connection {
         const message = body.toString('utf8', 6, 6 + messageLength);
         const offset = extra ? readOffset(body, 6 + messageLength) : undefined;
         if (errno === 0) return this.violation('error reply chunk with errno 0');
+        if (offset !== undefined && (offset < request.offset || offset >= request.offset + request.length)) {
+          return this.violation(`error at offset ${offset}, outside the request ${request.offset}+${request.length}`);
+        }
         request.error ??= new NbdError(errno, commandName(request.command), message, offset);
         return;
       }
     }
+  }
+
+  /** Records content for a READ; false (and the connection failed) when the server repeats itself. */
+  private cover(request: PendingRequest, offset: number, length: number, what: string): boolean {
+    const problem = request.coverage?.add(offset, length);
+    if (problem === 'overlap') {
+      this.violation(`${what} at ${offset}+${length} overlaps content already sent for the READ at ${request.offset}+${request.length}`);
+      return false;
+    }
+    if (problem === 'scattered') {
+      this.violation(`the READ at ${request.offset}+${request.length} was answered in too many separate pieces`);
+      return false;
+    }
+    return true;
+  }
+
+  /** A sink that throws fails its own request, not the connection: replies still parse. */
+  private sinkFailed(request: PendingRequest, error: unknown): void {
+    request.error ??= error instanceof Error ? error : new Error(String(error));
+    request.sink = undefined;
+    request.blockStatus = undefined;
   }
 
   private endChunk(request: PendingRequest, done: boolean): void {
@@ -393,8 +508,9 @@ export class Connection {
 
   private complete(request: PendingRequest): void {
     this.state = HEADER;
-    if (request.command === Command.READ && !request.error && request.covered !== request.length) {
-      return this.violation(`READ of ${request.length} bytes at ${request.offset} answered with ${request.covered} bytes`);
+    const covered = request.coverage?.covered ?? 0;
+    if (request.command === Command.READ && !request.error && covered !== request.length) {
+      return this.violation(`READ of ${request.length} bytes at ${request.offset} answered with ${covered} bytes`);
     }
     this.pending.delete(request.cookie);
     request.detachSignal?.();
@@ -402,11 +518,19 @@ export class Connection {
       if (request.error) request.reject(request.error);
       else request.resolve();
     }
-    if (this.pending.size === 0 && this.idleWaiters.length > 0) {
-      const waiters = this.idleWaiters;
-      this.idleWaiters = [];
-      for (const wake of waiters) wake();
-    }
+    this.wakeIdleWaiters();
+  }
+
+  private hasAwaitedRequests(): boolean {
+    for (const request of this.pending.values()) if (!request.abandoned) return true;
+    return false;
+  }
+
+  private wakeIdleWaiters(): void {
+    if (this.idleWaiters.length === 0 || this.hasAwaitedRequests()) return;
+    const waiters = this.idleWaiters;
+    this.idleWaiters = [];
+    for (const wake of waiters) wake();
   }
 
   private violation(message: string): void {
@@ -416,6 +540,8 @@ export class Connection {
   private fail(error: Error): void {
     if (this.failure) return;
     this.failure = error;
+    clearTimeout(this.stallTimer);
+    this.stallTimer = undefined;
     this.state = HEADER;
     this.queue.drain();
     this.socket.off('data', this.onData);

@@ -43,6 +43,16 @@ export class NbdProtocolError extends Error {
   readonly code = 'NBD_PROTOCOL_ERROR';
 }
 
+/**
+ * The server stayed silent longer than the client's `stallTimeout` while the client
+ * waited for it (during the handshake, or with requests outstanding); the connection
+ * has been closed.
+ */
+export class NbdTimeoutError extends Error {
+  override name = 'NbdTimeoutError';
+  readonly code = 'NBD_TIMEOUT';
+}
+
 /** The connection is gone (closed by either side, or a socket error). */
 export class NbdConnectionError extends Error {
   override name = 'NbdConnectionError';

@@ -35,11 +35,14 @@ export class ExtentMerger {
   }
 }
 
-/** Decodes (length, flags) pairs starting at `offset`, clipped to `end`. */
-export function decodeDescriptors(descriptors: Buffer, offset: number, end: number): Extent[] {
+/**
+ * Decodes (length, flags) pairs starting at `offset`, clipped to `end`, at most `limit`
+ * of them: a caller that needs more asks again from where they stop.
+ */
+export function decodeDescriptors(descriptors: Buffer, offset: number, end: number, limit = Number.POSITIVE_INFINITY): Extent[] {
   const extents: Extent[] = [];
   let at = offset;
-  for (let i = 0; i + 8 <= descriptors.length && at < end; i += 8) {
+  for (let i = 0; i + 8 <= descriptors.length && at < end && extents.length < limit; i += 8) {
     const length = Math.min(descriptors.readUInt32BE(i), end - at);
     if (length === 0) break;
     extents.push({ offset: at, length, flags: descriptors.readUInt32BE(i + 4) });

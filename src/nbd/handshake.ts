@@ -5,10 +5,14 @@ import {
   IHAVEOPT,
   Info,
   isOptionReplyError,
+  MAX_MINIMUM_BLOCK_SIZE,
+  MAX_OPTION_REPLIES,
+  MAX_OPTION_REPLIES_BYTES,
   MAX_OPTION_REPLY,
   MAX_PAYLOAD,
   nameOf,
   NBDMAGIC,
+  NO_MAXIMUM_BLOCK_SIZE,
   OLDSTYLE_MAGIC,
   Option,
   OPTION_REPLY_MAGIC,
@@ -75,6 +79,8 @@ function readU64(buf: Buffer, offset: number): number {
 export class OptionPhase {
   private reader: HandshakeReader;
   private noZeroes = false;
+  /** Replies (and their bytes) received for the option sent last. */
+  private replies = { count: 0, bytes: 0 };
 
   private constructor(public socket: Duplex) {
     this.reader = new HandshakeReader(socket);
@@ -117,6 +123,7 @@ export class OptionPhase {
     header.writeBigUInt64BE(IHAVEOPT, 0);
     header.writeUInt32BE(option, 8);
     header.writeUInt32BE(data.length, 12);
+    this.replies = { count: 0, bytes: 0 };
     this.socket.write(data.length ? Buffer.concat([header, data]) : header);
   }
 
@@ -130,6 +137,11 @@ export class OptionPhase {
     const type = header.readUInt32BE(12);
     const length = header.readUInt32BE(16);
     if (length > MAX_OPTION_REPLY) throw new NbdProtocolError(`option reply of ${length} bytes is too large`);
+    this.replies.count++;
+    this.replies.bytes += header.length + length;
+    if (this.replies.count > MAX_OPTION_REPLIES || this.replies.bytes > MAX_OPTION_REPLIES_BYTES) {
+      throw new NbdProtocolError(`the server does not stop answering ${optionName(option)}`);
+    }
     const data = length ? await this.reader.read(length) : Buffer.alloc(0);
     return { type, data };
   }
@@ -162,7 +174,12 @@ export class OptionPhase {
       const reply = await this.reply(option);
       if (reply.type === OptionReply.ACK) return contexts;
       if (reply.type === OptionReply.META_CONTEXT && reply.data.length >= 4) {
-        contexts.push({ id: reply.data.readUInt32BE(0), name: reply.data.toString('utf8', 4) });
+        const id = reply.data.readUInt32BE(0);
+        // Ids key block status replies; LIST leaves them all 0, so only SET is checked.
+        if (option === Option.SET_META_CONTEXT && contexts.some((context) => context.id === id)) {
+          throw new NbdProtocolError(`the server gave meta context id ${id} to two contexts`);
+        }
+        contexts.push({ id, name: reply.data.toString('utf8', 4) });
         continue;
       }
       if (reply.type === OptionReply.ERR_UNSUP) return contexts;
@@ -188,11 +205,7 @@ export class OptionPhase {
           size = readU64(reply.data, 2);
           flags = reply.data.readUInt16BE(10);
         } else if (info === Info.BLOCK_SIZE && reply.data.length >= 14) {
-          blockSize = {
-            minimum: reply.data.readUInt32BE(2),
-            preferred: reply.data.readUInt32BE(6),
-            maximum: reply.data.readUInt32BE(10),
-          };
+          blockSize = checkBlockSize(reply.data.readUInt32BE(2), reply.data.readUInt32BE(6), reply.data.readUInt32BE(10));
         }
         continue;
       }
@@ -242,9 +255,20 @@ export class OptionPhase {
 
   /** Leaves politely; the server's acknowledgement is not worth waiting for. */
   abort(): void {
+    const socket = this.socket;
+    if (socket.destroyed) return;
     this.send(Option.ABORT);
     this.reader.detach();
-    this.socket.end();
+    // A write may still fail (the server hung up first): that changes nothing now.
+    socket.on('error', () => {});
+    // Once the option is out the socket is done; a server that never hangs up must
+    // not keep it open.
+    const giveUp = setTimeout(() => socket.destroy(), ABORT_FLUSH_TIMEOUT_MS);
+    giveUp.unref();
+    socket.end(() => {
+      clearTimeout(giveUp);
+      socket.destroy();
+    });
   }
 
   /** Hands the socket and any early bytes to the transmission phase. */
@@ -254,12 +278,34 @@ export class OptionPhase {
   }
 }
 
+/** How long ABORT may take to leave before the socket is dropped anyway. */
+const ABORT_FLUSH_TIMEOUT_MS = 5000;
+
+const isPowerOfTwo = (value: number): boolean => value > 0 && (value & (value - 1)) === 0;
+
+/**
+ * NBD_INFO_BLOCK_SIZE as the INFO extension allows it: a power-of-two minimum of at
+ * most 64 KiB, a power-of-two preferred size no smaller, and a maximum no smaller than
+ * the minimum. Anything else would have us split requests by nonsense.
+ */
+function checkBlockSize(minimum: number, preferred: number, maximum: number): BlockSizeLimits {
+  if (!isPowerOfTwo(minimum) || minimum > MAX_MINIMUM_BLOCK_SIZE) {
+    throw new NbdProtocolError(`the server's minimum block size ${minimum} is not a power of two up to 64 KiB`);
+  }
+  if (!isPowerOfTwo(preferred) || preferred < minimum) {
+    throw new NbdProtocolError(`the server's preferred block size ${preferred} is not a power of two at least its minimum ${minimum}`);
+  }
+  if (maximum < minimum) throw new NbdProtocolError(`the server's maximum block size ${maximum} is below its minimum ${minimum}`);
+  return { minimum, preferred, maximum };
+}
+
 function normaliseBlockSize(limits: BlockSizeLimits | undefined, size: number): BlockSizeLimits {
-  const minimum = limits?.minimum || 1;
-  const preferred = Math.max(limits?.preferred || 4096, minimum);
+  const minimum = limits?.minimum ?? 1;
+  const preferred = Math.min(Math.max(limits?.preferred ?? 4096, minimum), MAX_PAYLOAD);
+  const stated = limits === undefined || limits.maximum === NO_MAXIMUM_BLOCK_SIZE ? undefined : limits.maximum;
   // Without a stated maximum the spec promises 32 MiB (or the whole export if smaller).
-  let maximum = Math.min(limits?.maximum || MAX_PAYLOAD, MAX_PAYLOAD);
-  if (!limits?.maximum && size > 0) maximum = Math.min(maximum, Math.max(size, minimum));
+  let maximum = Math.min(stated ?? MAX_PAYLOAD, MAX_PAYLOAD);
+  if (stated === undefined && size > 0) maximum = Math.min(maximum, Math.max(size, minimum));
   return { minimum, preferred, maximum };
 }
 

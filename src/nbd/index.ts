@@ -6,7 +6,7 @@ export type {
   WriteOptions,
   WriteZeroesOptions,
 } from './client.js';
-export { NbdError, NbdOptionError, NbdProtocolError, NbdConnectionError } from './errors.js';
+export { NbdError, NbdOptionError, NbdProtocolError, NbdConnectionError, NbdTimeoutError } from './errors.js';
 export type { Extent, ByteRange } from './extents.js';
 export type { ReadChunk, ReadStreamOptions } from './stream.js';
 export type { ReadSink } from './connection.js';

@@ -20,6 +20,18 @@ export const MAX_PAYLOAD = 32 * 1024 * 1024;
 export const MAX_REPLY_CHUNK = MAX_PAYLOAD + 4096;
 /** Option replies carry names and descriptions of at most a few KiB each. */
 export const MAX_OPTION_REPLY = 1024 * 1024;
+/**
+ * What all the replies to one option may add up to. Lists (exports, meta contexts) are
+ * the longest answers; a server that keeps answering is not allowed to fill our memory.
+ */
+export const MAX_OPTION_REPLIES = 65_536;
+export const MAX_OPTION_REPLIES_BYTES = 16 * 1024 * 1024;
+/** An error chunk: errno, a message of at most 64 KiB (its length is 16 bits), an offset. */
+export const MAX_ERROR_CHUNK = 4 + 2 + 0xffff + 8;
+/** The minimum block size a server may state: a power of two up to 64 KiB. */
+export const MAX_MINIMUM_BLOCK_SIZE = 64 * 1024;
+/** A maximum block size of all ones means the server sets no limit of its own. */
+export const NO_MAXIMUM_BLOCK_SIZE = 0xffffffff;
 
 export const HandshakeFlags = {
   FIXED_NEWSTYLE: 1 << 0,

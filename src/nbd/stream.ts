@@ -1,6 +1,7 @@
 import type { ReadSink } from './connection.js';
 import type { ByteRange, Extent } from './extents.js';
 import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags } from './protocol.js';
+import { shareSignal } from './shared-signal.js';
 import { returnReceived } from './slabs.js';
 
 /** A piece of the export: bytes read, or a range known to read as zeroes (never sent). */
@@ -129,16 +130,18 @@ function startRead(source: ChunkSource, offset: number, length: number, signal: 
  */
 export async function* readChunks(source: ChunkSource, options: ReadStreamOptions = {}): AsyncGenerator<ReadChunk> {
   const range = options.range ?? { offset: 0, length: source.size };
-  if (range.offset < 0 || range.length < 0 || range.offset + range.length > source.size) {
+  const { offset, length } = range;
+  if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > source.size) {
     throw new RangeError(`range ${range.offset}+${range.length} lies outside the export (${source.size} bytes)`);
   }
   const readAhead = Math.max(options.readAhead ?? source.maxBytesInFlight, source.requestSize);
-  const signal = options.signal;
+  const shared = shareSignal(options.signal);
+  const signal = shared.signal;
   const reuse = options.reuseMemory === true || options.reuseMemory === 'until-release';
   const releasedByConsumer = options.reuseMemory === 'until-release';
   const queue: Array<InFlightRead | ReadChunk> = [];
   let queuedBytes = 0;
-  const segments = plan(source, range, options);
+  const segments = plan(source, range, signal ? { ...options, signal } : options);
   let pendingSegment: Segment | undefined;
   let segmentsDone = false;
 
@@ -193,6 +196,7 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
       }
     }
   } finally {
+    shared.release();
     await segments.return(undefined);
   }
 }
