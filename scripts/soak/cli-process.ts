@@ -31,6 +31,8 @@ export interface CliOutcome {
   /** The final `error` line, if there was one. */
   error: CliEvent | undefined;
   durationMs: number;
+  /** When each type of event first came, in ms after the start. */
+  firstSeen: ReadonlyMap<string, number>;
   /** Killed by the soak because it ran longer than its limit. */
   hung: boolean;
 }
@@ -44,6 +46,8 @@ export interface StartOptions {
 export class CliProcess {
   readonly events: CliEvent[] = [];
   readonly startedAt = Date.now();
+  /** When each type of event first came, in ms after the start. */
+  readonly firstSeen = new Map<string, number>();
   readonly done: Promise<CliOutcome>;
   readonly pid: number;
   #exited = false;
@@ -104,6 +108,7 @@ export class CliProcess {
           result: this.events.findLast((event) => event.type === 'result'),
           error: this.events.findLast((event) => event.type === 'error'),
           durationMs: Date.now() - this.startedAt,
+          firstSeen: this.firstSeen,
           hung,
         });
       });
@@ -124,6 +129,7 @@ export class CliProcess {
       event = { type: '__not-json', line };
     }
     this.events.push(event);
+    if (!this.firstSeen.has(event.type)) this.firstSeen.set(event.type, Date.now() - this.startedAt);
     for (const listener of this.#listeners) listener(event);
   }
 

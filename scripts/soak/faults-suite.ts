@@ -1,5 +1,306 @@
-import type { SuiteContext } from './suite-context.js';
+// The fault-injection suite: a loop of backups (full, inc, diff, auto; pull and push)
+// of a domain whose disks are written between runs, each run struck by one fault at a
+// random moment. After each faulted run: the manifest is the old one or has exactly
+// one complete backup more, verify passes, and what the command promised to clean up
+// at once is clean. Then a plain backup must work, after which nothing at all may be
+// left over (job, checkpoint, socket, temporary file, process), and every new point
+// restores equal to its reference.
+import { readdir } from 'node:fs/promises';
+import { join } from 'node:path';
 
-export async function runFaultsSuite(_context: SuiteContext, _settings: { runs: number; kinds: string[] | undefined }): Promise<void> {
-  throw new Error('the faults suite is not written yet');
+import type { BackupRecord, BackupTransport } from '../../src/backup/index.js';
+import { BackupPoints } from './backup-points.js';
+import { CliProcess, describeOutcome, runCli, type CliOutcome } from './cli-process.js';
+import { LoopExt4 } from './destination-fs.js';
+import { FAULT_KINDS, type FaultKind, type FaultScene, type Injection } from './faults/index.js';
+import { RunTimings } from './faults/trigger.js';
+import { planWrites } from './guest-writes.js';
+import { checkFileModes, checkNothingLeft, checkVerify, CheckLog, FileOrigins, ReportedLeftovers, type SoakScene } from './invariants.js';
+import { LibvirtLink } from './libvirt-link.js';
+import { MirroredDomain } from './mirrored-domain.js';
+import { PhaseTimer } from './phase-timer.js';
+import { PrivateLibvirtd } from './private-libvirtd.js';
+import { formatBytes } from './report.js';
+import { restoreMatchesReference } from './restore-check.js';
+import { Rng } from './seeded-random.js';
+import { addedBackups, manifestChange, readManifest, type ManifestSnapshot } from './set-state.js';
+import { makeDirs, reportFailures, tooManyFailures, type SuiteContext } from './suite-context.js';
+import { createWriteSources } from './write-sources.js';
+
+export interface FaultsSettings {
+  runs: number;
+  /** Only these kinds (default: all). */
+  kinds: string[] | undefined;
+}
+
+const UMASKS = [0o022, 0o077, 0o002, 0o027] as const;
+const LEVELS = ['full', 'inc', 'diff', 'auto'] as const;
+/** Far beyond what a backup of these small disks takes: past it, the command hangs. */
+const FAULTED_TIMEOUT_MS = 180_000;
+const BACKUP_TIMEOUT_MS = 300_000;
+const DESTINATION_MIB = 1024;
+/** A prune keeps the destination from filling up by itself over many runs. */
+const PRUNE_ABOVE_USED = 0.45;
+const REFERENCE_WINDOW = 8;
+
+const octal = (mode: number) => mode.toString(8).padStart(3, '0');
+
+export async function runFaultsSuite(context: SuiteContext, settings: FaultsSettings): Promise<void> {
+  const { report, seed } = context;
+  const kinds = selectKinds(settings.kinds);
+  const setup = Rng.derive(seed, 'setup');
+  const sizesMiB = [setup.int(64, 128), setup.int(64, 128)];
+  const dirs = await makeDirs(context.workDir, ['daemon', 'refs', 'restore', 'sources', 'other-set']);
+  context.say(`faults: ${kinds.map((kind) => kind.name).join(', ')}; disks ${sizesMiB.map((size) => `${size} MiB`).join(', ')}; the set on a ${DESTINATION_MIB} MiB loop-mounted ext4`);
+
+  const daemon = await PrivateLibvirtd.start(dirs['daemon']!);
+  let destination: LoopExt4 | undefined;
+  let domain: MirroredDomain | undefined;
+  const link = new LibvirtLink();
+  try {
+    destination = await LoopExt4.create(join(context.workDir, 'destination.ext4'), join(context.workDir, 'destination'), DESTINATION_MIB);
+    const sources = await createWriteSources(dirs['sources']!, seed, 3);
+    domain = await MirroredDomain.create(link, { label: 'soak-faults', sizesMiB, virtualization: context.virtualization, referenceDir: dirs['refs']!, sources });
+    const setDir = join(destination.mountPoint, 'set');
+    const vm = domain;
+    const faultScene: FaultScene = {
+      domain: vm,
+      link,
+      daemon,
+      destination,
+      setDir,
+      otherSetDir: dirs['other-set']!,
+      cli: context.cli,
+      backupArgs: (dest, level, transport) => ['backup', vm.name, '--dest', dest, '--level', level, '--transport', transport, '--json'],
+    };
+    const scene: SoakScene = {
+      uri: link.uri,
+      domainName: vm.name,
+      setDir,
+      otherSetDirs: () => [faultScene.otherSetDir],
+      cli: context.cli,
+      imageDir: { path: daemon.imageDir, allowed: vm.disks.map((disk) => disk.image.split('/').at(-1)!) },
+      reported: new ReportedLeftovers(),
+    };
+    const state: RunState = { points: new BackupPoints(vm, REFERENCE_WINDOW), origins: new FileOrigins(), timings: new RunTimings() };
+
+    // A first full backup, so that inc and diff have a chain to start from.
+    await vm.apply(planWrites(Rng.derive(seed, 'baseline'), vm.disks, sources.length));
+    await vm.snapshot('r0');
+    const baseline = new CheckLog();
+    await plainBackup(context, faultScene, scene, state, 'r0', 'full', 'pull', Rng.derive(seed, 'baseline'), baseline);
+    reportFailures(context, baseline, 'baseline full backup');
+
+    for (let runNumber = 1; runNumber <= settings.runs && !tooManyFailures(context); runNumber += 1) {
+      const round = Math.floor((runNumber - 1) / kinds.length);
+      const order = shuffled(kinds, Rng.derive(seed, 'order', round));
+      const kind = order[(runNumber - 1) % kinds.length]!;
+      await faultedRun(context, faultScene, scene, state, kind, runNumber, sources.length);
+      report.runs += 1;
+    }
+
+    const log = new CheckLog();
+    await checkVerify(scene, log, 'clean');
+    const ids = ((await readManifest(setDir)).manifest?.backups ?? []).map((backup) => backup.id);
+    for (const point of state.points.withReference(ids)) await restoreMatchesReference(scene, vm, point, 'raw', dirs['restore']!, log, report);
+    reportFailures(context, log, 'end of the suite');
+  } finally {
+    await domain?.cleanup().catch((error: unknown) => context.say(`cleanup of the domain failed: ${String(error)}`));
+    await link.drop();
+    await destination?.unmount();
+    await daemon.stop();
+  }
+}
+
+interface RunState {
+  points: BackupPoints;
+  origins: FileOrigins;
+  timings: RunTimings;
+}
+
+function selectKinds(names: string[] | undefined): FaultKind[] {
+  if (names === undefined) return [...FAULT_KINDS];
+  const unknown = names.filter((name) => !FAULT_KINDS.some((kind) => kind.name === name));
+  if (unknown.length > 0) throw new Error(`unknown fault kind ${unknown.join(', ')} (kinds: ${FAULT_KINDS.map((kind) => kind.name).join(', ')})`);
+  return FAULT_KINDS.filter((kind) => names.includes(kind.name));
+}
+
+/** Every kind once per round, in an order of its own each round. */
+function shuffled<T>(items: readonly T[], rng: Rng): T[] {
+  const copy = [...items];
+  for (let i = copy.length - 1; i > 0; i -= 1) {
+    const j = rng.int(0, i);
+    [copy[i], copy[j]] = [copy[j]!, copy[i]!];
+  }
+  return copy;
+}
+
+function ended(outcome: CliOutcome): string {
+  return outcome.hung ? 'hung (killed by the soak)' : outcome.signal !== null ? `killed by ${outcome.signal}` : `exit ${outcome.code}${outcome.error ? ` (${String(outcome.error['code'])}: ${String(outcome.error['message'])})` : ''}`;
+}
+
+async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: SoakScene, state: RunState, kind: FaultKind, runNumber: number, sourceCount: number): Promise<void> {
+  const { report } = context;
+  const rng = Rng.derive(context.seed, 'run', runNumber);
+  const timer = new PhaseTimer();
+  const domain = faultScene.domain;
+  const log = new CheckLog();
+
+  const writes = planWrites(rng, domain.disks, sourceCount, 4);
+  await domain.apply(writes);
+  report.guestWrites += writes.length;
+  report.guestBytesWritten += writes.reduce((sum, write) => sum + write.length, 0);
+  const snapshot = `r${runNumber}`;
+  await domain.snapshot(snapshot);
+  timer.mark('writes');
+
+  const drawnLevel = rng.pick(LEVELS);
+  const transport: BackupTransport = rng.pick(kind.transports);
+  const umask = rng.pick(UMASKS);
+  const planned = kind.plan(rng, state.timings);
+  const level = planned.level ?? drawnLevel;
+  const fault = `${kind.name}: ${kind.describe(planned)}; ${level}/${transport} backup, umask ${octal(umask)}`;
+  const where = `run ${runNumber}`;
+
+  const before = await readManifest(scene.setDir);
+  const entriesBefore = (await readdir(scene.setDir)).sort().join('/');
+  await kind.prepare?.(faultScene, planned);
+  const cli = new CliProcess(context.cli, faultScene.backupArgs(scene.setDir, level, transport), { umask, timeoutMs: FAULTED_TIMEOUT_MS });
+  const injectionDone = kind.inject(faultScene, planned, cli);
+  const outcome = await cli.done;
+  let injection: Injection;
+  try {
+    injection = await injectionDone;
+  } catch (error) {
+    throw new Error(`injecting ${fault} failed: ${(error as Error).message}`, { cause: error });
+  }
+  const others = await Promise.all((injection.others ?? []).map(async (other) => ({ dest: other.dest, outcome: await other.outcome })));
+  report.backups += 1 + others.length;
+  for (const other of others) injection.detail += ` (${ended(other.outcome)})`;
+  report.countFault(kind.name, injection.landed);
+  const after = await readManifest(scene.setDir);
+  const setUnchanged = (await readdir(scene.setDir)).sort().join('/') === entriesBefore && manifestChange(before, after).kind === 'unchanged';
+  await kind.repair(faultScene, planned, injection, log);
+  timer.mark('faulted backup');
+
+  // Right after the faulted run.
+  const expected = kind.expectedExit(outcome, injection, setUnchanged);
+  log.record('cli-exit', expected === null ? null : { expected, actual: ended(outcome), output: describeOutcome(outcome) });
+  for (const other of others) {
+    const harmless = (other.outcome.code === 0 && other.outcome.result !== undefined) || (other.outcome.code === 1 && other.outcome.error !== undefined);
+    log.record('second-backup-fails-cleanly', harmless ? null : { expected: 'the second backup exits 0, or 1 with an error line', actual: ended(other.outcome), output: describeOutcome(other.outcome) });
+  }
+  const sameSetSuccesses = others.filter((other) => other.dest === scene.setDir && other.outcome.code === 0).length;
+  const added = checkManifest(log, before, after, outcome, sameSetSuccesses);
+  for (const record of added) {
+    state.points.add(record.id, snapshot);
+    for (const disk of record.disks) state.origins.set(disk.file, `backup ${record.id}, ${record.transport}, faulted run ${runNumber}`);
+  }
+  if (!planned.nextAtOnce) {
+    await checkVerify(scene, log, 'warnings-allowed');
+    const handledItself = outcome.signal === null && !outcome.hung;
+    if (handledItself) await checkNothingLeft(scene, log, { ...kind.immediateCleanup, processGraceMs: 3000 });
+  }
+  const faultedFailures = reportFailures(context, log, `${where}, right after the faulted backup`, fault);
+  timer.mark('checks');
+
+  // The next plain backup must work and leave nothing behind, whatever the fault left.
+  const recoveryLevel = rng.pick(LEVELS);
+  const recovery = await plainBackup(context, faultScene, scene, state, snapshot, recoveryLevel, rng.pick(['pull', 'push'] as const), rng, log, added.map((record) => record.id));
+  const recoveryFailures = reportFailures(context, log, `${where}, the backup after the fault`, fault);
+  timer.mark('next backup');
+
+  await pruneIfFull(context, faultScene, scene, state, rng, runNumber);
+  const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
+  await state.points.trim(ids);
+  if (runNumber % 5 === 0) {
+    const wrong = await domain.modelMismatches();
+    log.record('model-in-step', wrong.length === 0 ? null : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') });
+    reportFailures(context, log, where, fault);
+  }
+  const failed = faultedFailures + recoveryFailures;
+  context.say(
+    `run ${runNumber}/${report.settings['runs']}: ${fault} -> ${ended(outcome)}${injection.landed ? '' : ' (fault came after the end)'}, ${injection.detail}; ` +
+      `${added.length > 0 ? `kept ${added.map((record) => record.id).join(', ')}; ` : ''}next ${recoveryLevel}: ${recovery}${failed > 0 ? `; ${failed} FAILED` : ''} [${timer}]`,
+  );
+}
+
+/**
+ * The manifest after a faulted run: the old one byte for byte, or the old backups
+ * unchanged plus complete new ones: one per command that succeeded on this set, and
+ * possibly one more if the command was killed (it may have died right after its commit).
+ */
+function checkManifest(log: CheckLog, before: ManifestSnapshot, after: ManifestSnapshot, outcome: CliOutcome, otherSuccesses: number): BackupRecord[] {
+  const succeeded = (outcome.code === 0 ? 1 : 0) + otherSuccesses;
+  const mayHaveCommitted = outcome.signal !== null || outcome.hung ? 1 : 0;
+  const result = addedBackups(before, after);
+  const count = 'added' in result ? result.added.length : -1;
+  const ok = count >= succeeded && count <= succeeded + mayHaveCommitted;
+  const expected = succeeded + mayHaveCommitted === 0 ? 'the old manifest, byte for byte' : `the old backups unchanged plus ${succeeded}${mayHaveCommitted ? ` or ${succeeded + 1}` : ''} new`;
+  log.record('manifest-old-or-complete-new', ok ? null : { expected, actual: 'wrong' in result ? result.wrong : `${count} new backup(s)`, output: describeOutcome(outcome) });
+  return ok && 'added' in result ? result.added : [];
+}
+
+/**
+ * A backup without a fault, then every "nothing left" check, the file modes, and a
+ * restore of each new point (and of `alsoRestore`, points the faulted run kept).
+ */
+async function plainBackup(
+  context: SuiteContext,
+  faultScene: FaultScene,
+  scene: SoakScene,
+  state: RunState,
+  snapshot: string,
+  level: string,
+  transport: BackupTransport,
+  rng: Rng,
+  log: CheckLog,
+  alsoRestore: readonly string[] = [],
+): Promise<string> {
+  const umask = rng.pick(UMASKS);
+  const before = await readManifest(scene.setDir);
+  const outcome = await runCli(context.cli, faultScene.backupArgs(scene.setDir, level, transport), { umask, timeoutMs: BACKUP_TIMEOUT_MS });
+  context.report.backups += 1;
+  const change = manifestChange(before, await readManifest(scene.setDir));
+  const works = outcome.code === 0 && outcome.result !== undefined && change.kind === 'one-more';
+  log.record(
+    'next-backup-works',
+    works ? null : { expected: `a ${level}/${transport} backup exits 0 and adds one backup`, actual: `${ended(outcome)}, manifest ${change.kind === 'wrong' ? change.why : change.kind}`, output: describeOutcome(outcome) },
+  );
+  const restoreIds = [...alsoRestore];
+  let summary = `${level}/${transport} ${ended(outcome)}`;
+  if (works && change.kind === 'one-more') {
+    const added = change.added;
+    state.points.add(added.id, snapshot);
+    for (const disk of added.disks) state.origins.set(disk.file, `backup ${added.id}, ${transport}, umask ${octal(umask)}`);
+    state.timings.learn(outcome.durationMs, outcome.firstSeen.get('start'));
+    restoreIds.push(added.id);
+    summary = `${added.id} ${added.level}/${transport} (${formatBytes(added.disks.reduce((sum, disk) => sum + disk.dataBytes, 0))})`;
+  }
+  await checkVerify(scene, log, 'clean');
+  await checkNothingLeft(scene, log, { libvirt: true, files: true });
+  await checkFileModes(scene, log, state.origins);
+  for (const id of restoreIds) {
+    const [point] = state.points.withReference([id]);
+    if (point) await restoreMatchesReference(scene, faultScene.domain, point, rng.pick(['raw', 'qcow2'] as const), join(context.workDir, 'restore'), log, context.report);
+  }
+  return summary;
+}
+
+async function pruneIfFull(context: SuiteContext, faultScene: FaultScene, scene: SoakScene, state: RunState, rng: Rng, runNumber: number): Promise<void> {
+  const { freeBytes, totalBytes } = await faultScene.destination.usage();
+  if (1 - freeBytes / totalBytes < PRUNE_ABOVE_USED) return;
+  const log = new CheckLog();
+  const keep = rng.int(1, 3);
+  const outcome = await runCli(context.cli, ['prune', scene.setDir, '--keep', String(keep), '--json'], { umask: rng.pick(UMASKS), timeoutMs: BACKUP_TIMEOUT_MS });
+  context.report.prunes += 1;
+  log.record('prune-works', outcome.code === 0 ? null : { expected: `prune --keep ${keep} exits 0`, actual: ended(outcome), output: describeOutcome(outcome) });
+  for (const backup of (await readManifest(scene.setDir)).manifest?.backups ?? []) {
+    for (const disk of backup.disks) state.origins.set(disk.file, `prune after run ${runNumber}`);
+  }
+  await checkVerify(scene, log, 'clean');
+  await checkNothingLeft(scene, log, { libvirt: true, files: true });
+  const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
+  for (const point of state.points.withReference(ids)) await restoreMatchesReference(scene, faultScene.domain, point, 'raw', join(context.workDir, 'restore'), log, context.report);
+  reportFailures(context, log, `after run ${runNumber}, prune --keep ${keep}`);
 }

@@ -1,5 +1,8 @@
 // The promises checked after every run. Each check has a stable name (the report
-// counts failures by it) and says what it expected and what it found.
+// counts failures by it) and says what it expected and what it found. A leftover
+// with an identity (a checkpoint, a file, a process) is reported once, when it is
+// first seen, not again at every later check while it stays: the report counts
+// problems, not echoes.
 import { readdir } from 'node:fs/promises';
 
 import { describeOutcome, runCli, type CliEnvironment } from './cli-process.js';
@@ -14,6 +17,20 @@ export interface CheckFailure {
   output?: string;
 }
 
+/** Leftovers already reported, per check. */
+export class ReportedLeftovers {
+  readonly #seen = new Map<string, Set<string>>();
+
+  /** The items not reported before for `check`; they count as reported from now on. */
+  fresh(check: string, items: readonly string[]): string[] {
+    const seen = this.#seen.get(check) ?? new Set<string>();
+    this.#seen.set(check, seen);
+    const fresh = items.filter((item) => !seen.has(item));
+    for (const item of fresh) seen.add(item);
+    return fresh;
+  }
+}
+
 /** Where a suite's runs leave traces. */
 export interface SoakScene {
   uri: string;
@@ -24,6 +41,7 @@ export interface SoakScene {
   cli: CliEnvironment;
   /** A directory that must hold only the domain's disk images (the private daemon's image dir). */
   imageDir?: { path: string; allowed: readonly string[] };
+  reported: ReportedLeftovers;
 }
 
 /** Collects the checks a step ran and those that failed. */
@@ -35,6 +53,12 @@ export class CheckLog {
     this.checked.push(check);
     if (failure !== null) this.failures.push({ check, ...failure });
     return failure === null;
+  }
+
+  /** A failure for the leftovers among `items` not reported before. */
+  recordLeftovers(scene: SoakScene, check: string, expected: string, items: readonly string[], describe = (fresh: string[]) => fresh.join(', ')): void {
+    const fresh = scene.reported.fresh(check, items);
+    this.record(check, fresh.length === 0 ? null : { expected, actual: describe(fresh) });
   }
 }
 
@@ -63,25 +87,22 @@ export async function checkNoStrayCheckpoint(scene: SoakScene, log: CheckLog): P
   for (const dir of [scene.setDir, ...scene.otherSetDirs()]) for (const name of checkpointsNamed((await readManifest(dir)).manifest)) known.add(name);
   const onDomain = await domainCheckpoints(scene.uri, scene.domainName);
   const strays = onDomain.filter((name) => name.startsWith('lvb-') && !known.has(name));
-  log.record(
-    'no-stray-checkpoint',
-    strays.length === 0 ? null : { expected: 'every lvb- checkpoint of the domain is named by a backup of the set', actual: `not in any manifest: ${strays.join(', ')} (domain has ${onDomain.join(', ')})` },
-  );
+  log.recordLeftovers(scene, 'no-stray-checkpoint', 'every lvb- checkpoint of the domain is named by a backup of a set', strays, (fresh) => `not in any manifest: ${fresh.join(', ')} (domain has ${onDomain.join(', ')})`);
 }
 
 export async function checkNoTempLeftovers(scene: SoakScene, log: CheckLog): Promise<void> {
   const temp = (await entriesUnder(scene.cli.tmpDir)).map((entry) => `${scene.cli.tmpDir}/${entry.path} (${entry.kind})`);
   // Lock files in the run directory are meant to stay; sockets and socket directories are not.
   const run = (await entriesUnder(scene.cli.runDir)).filter((entry) => entry.kind !== 'file').map((entry) => `${scene.cli.runDir}/${entry.path} (${entry.kind})`);
-  const images = scene.imageDir ? (await readdir(scene.imageDir.path)).filter((name) => !scene.imageDir!.allowed.includes(name)).map((name) => `${scene.imageDir!.path}/${name}`) : [];
-  const leftovers = [...temp, ...run, ...images];
-  log.record('no-temp-leftovers', leftovers.length === 0 ? null : { expected: 'no socket, socket directory, scratch or temporary file left', actual: leftovers.join(', ') });
+  const imageDir = scene.imageDir;
+  const images = imageDir ? (await readdir(imageDir.path)).filter((name) => !imageDir.allowed.includes(name)).map((name) => `${imageDir.path}/${name}`) : [];
+  log.recordLeftovers(scene, 'no-temp-leftovers', 'no socket, socket directory, scratch or temporary file left', [...temp, ...run, ...images]);
 }
 
 export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog): Promise<void> {
   const { manifest } = await readManifest(scene.setDir);
   const extra = await unexpectedEntries(scene.setDir, manifest);
-  log.record('set-holds-only-backups', extra.length === 0 ? null : { expected: 'the set directory holds manifest.json and the files it names', actual: `also: ${extra.join(', ')}` });
+  log.recordLeftovers(scene, 'set-holds-only-backups', 'the set directory holds manifest.json and the files it names', extra, (fresh) => `also: ${fresh.join(', ')}`);
 }
 
 /** Processes may take a moment to go after the command exits; `graceMs` waits for that. */
@@ -93,17 +114,12 @@ export async function checkNoStrayProcess(scene: SoakScene, log: CheckLog, grace
     await new Promise((resolve) => setTimeout(resolve, 100));
     uses = await processesUsing(paths);
   }
-  log.record(
-    'no-stray-process',
-    uses.length === 0 ? null : { expected: 'no process left using the set or the run directories', actual: uses.map((use) => `pid ${use.pid} (${use.command}): ${use.why}`).join('; ') },
-  );
+  log.recordLeftovers(scene, 'no-stray-process', 'no process left using the set or the run directories', uses.map((use) => `pid ${use.pid} (${use.command}): ${use.why}`));
 }
 
 /** Which run wrote each file, so a mode that differs can be traced to its umask and transport. */
 export class FileOrigins {
   readonly #origins = new Map<string, string>();
-  /** Files whose odd mode was already reported. */
-  readonly reported = new Set<string>();
 
   set(file: string, origin: string): void {
     if (!this.#origins.has(file)) this.#origins.set(file, origin);
@@ -117,23 +133,22 @@ export class FileOrigins {
 
 /**
  * A backup set's files should not depend on the umask or the transport of the run that
- * wrote them: each file whose mode differs from the oldest file's is reported, once.
+ * wrote them. Each mode other than the oldest file's is reported once, with the files
+ * that have it (one defect, not one failure per file).
  */
 export async function checkFileModes(scene: SoakScene, log: CheckLog, origins: FileOrigins): Promise<void> {
   const { manifest } = await readManifest(scene.setDir);
   const modes = [...(await fileModes(scene.setDir, manifest))];
   const octal = (mode: number) => mode.toString(8).padStart(4, '0');
   const [first] = modes;
-  const odd = modes.filter(([file, mode]) => first !== undefined && mode !== first[1] && !origins.reported.has(file));
-  for (const [file] of odd) origins.reported.add(file);
-  log.record(
+  if (first === undefined) return;
+  const odd = [...new Set(modes.filter(([, mode]) => mode !== first[1]).map(([, mode]) => octal(mode)))];
+  log.recordLeftovers(
+    scene,
     'file-modes-consistent',
-    odd.length === 0
-      ? null
-      : {
-          expected: `every backup file has the same mode whatever the umask or transport of its run; the oldest, ${origins.describe(first![0])}, has ${octal(first![1])}`,
-          actual: odd.map(([file, mode]) => `${origins.describe(file)} has ${octal(mode)}`).join(', '),
-        },
+    `every backup file has the same mode whatever the umask or transport of its run; the oldest, ${origins.describe(first[0])}, has ${octal(first[1])}`,
+    odd,
+    (fresh) => fresh.map((mode) => `${mode}: ${modes.filter(([, m]) => octal(m) === mode).map(([file]) => origins.describe(file)).join(', ')}`).join('; '),
   );
 }
 
@@ -143,10 +158,7 @@ export async function checkNothingLeft(scene: SoakScene, log: CheckLog, options:
     await checkNoJob(scene, log);
     await checkNoStrayCheckpoint(scene, log);
   }
-  if (options.files) {
-    await checkSetHoldsOnlyBackups(scene, log);
-  }
+  if (options.files) await checkSetHoldsOnlyBackups(scene, log);
   await checkNoTempLeftovers(scene, log);
   await checkNoStrayProcess(scene, log, options.processGraceMs);
 }
-

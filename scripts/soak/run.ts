@@ -15,6 +15,7 @@ import { parseArgs } from 'node:util';
 
 import type { CliBuild } from './cli-process.js';
 import { ensureCompiled } from './compiled-cli.js';
+import { currentMountNamespace, OUTER_NAMESPACE_VARIABLE, sweepStaleDaemons } from './private-libvirtd.js';
 import { runCyclesSuite } from './cycles-suite.js';
 import { SoakReport, type SuiteName } from './report.js';
 import { freshSeed, parseSeed } from './seeded-random.js';
@@ -22,8 +23,8 @@ import { makeDirs, type SuiteContext } from './suite-context.js';
 
 const REPO_ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const SUITES: readonly SuiteName[] = ['cycles', 'faults'];
-/** Set in the copy of this runner that runs inside its own mount namespace. */
-const NAMESPACE_MARK = 'LIBVIRT_BACKUP_SOAK_NAMESPACE';
+/** On disk, not tmpfs: backups and references of a long soak take gigabytes. */
+const WORK_PARENT = '/var/tmp';
 
 function usage(message: string): never {
   process.stderr.write(`${message}\nusage: npm run soak -- cycles [--cycles N] [--prune-every N] | faults [--runs N] [--kinds a,b]  [--seed S] [--json] [--emulate] [--from-sources] [--keep-work] [--max-failures N]\n`);
@@ -72,10 +73,10 @@ try {
 
 // The faults suite kills libvirtd and mounts file systems: it does both to a libvirtd
 // of its own, in a mount namespace of its own, so nothing else on the host is touched.
-if (suite === 'faults' && process.env[NAMESPACE_MARK] !== '1') {
+if (suite === 'faults' && process.env[OUTER_NAMESPACE_VARIABLE] === undefined) {
   const child = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2), '--seed', String(seed)], {
     stdio: 'inherit',
-    env: { ...process.env, [NAMESPACE_MARK]: '1' },
+    env: { ...process.env, [OUTER_NAMESPACE_VARIABLE]: await currentMountNamespace() },
   });
   process.exit(child.status ?? 1);
 }
@@ -92,7 +93,8 @@ const report = new SoakReport(suite, seed, settings);
 
 say(`soak ${suite}: seed ${seed}`);
 if (build === 'lib') await ensureCompiled(REPO_ROOT, say);
-const workDir = await mkdtemp(join('/var/tmp', `lvb-soak-${suite}-${process.pid}-`));
+await sweepStaleDaemons(WORK_PARENT, say);
+const workDir = await mkdtemp(join(WORK_PARENT, `lvb-soak-${suite}-${process.pid}-`));
 const dirs = await makeDirs(workDir, ['cli-tmp', 'cli-run']);
 const context: SuiteContext = {
   seed,

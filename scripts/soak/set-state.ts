@@ -35,23 +35,29 @@ export type ManifestChange =
   | { kind: 'wrong'; why: string };
 
 /**
- * "The old manifest or a complete new one": byte-identical, or valid with every old
- * backup unchanged and exactly one backup more. (Whether its files are complete is
- * what `verify` checks.)
+ * The backups `after` has beyond `before`, provided every old backup is still there
+ * unchanged; otherwise why not. (Whether their files are complete is what `verify` checks.)
  */
-export function manifestChange(before: ManifestSnapshot, after: ManifestSnapshot): ManifestChange {
-  if (before.bytes !== null && after.bytes !== null && before.bytes.equals(after.bytes)) return { kind: 'unchanged' };
-  if (before.bytes === null && after.bytes === null) return { kind: 'unchanged' };
-  if (after.manifest === null) return { kind: 'wrong', why: after.bytes === null ? 'manifest.json disappeared' : `manifest.json is not valid: ${after.invalid}` };
+export function addedBackups(before: ManifestSnapshot, after: ManifestSnapshot): { added: BackupRecord[] } | { wrong: string } {
+  if (before.bytes !== null && after.bytes !== null && before.bytes.equals(after.bytes)) return { added: [] };
+  if (after.bytes === null) return before.bytes === null ? { added: [] } : { wrong: 'manifest.json disappeared' };
+  if (after.manifest === null) return { wrong: `manifest.json is not valid: ${after.invalid}` };
   const old = before.manifest?.backups ?? [];
   const now = after.manifest.backups;
-  // A set created by this run starts with no backups; that counts as the old state.
-  if (now.length === old.length && isDeepStrictEqual(now, old)) return { kind: 'unchanged' };
-  if (now.length !== old.length + 1) return { kind: 'wrong', why: `${now.length} backups, before ${old.length}` };
+  if (now.length < old.length) return { wrong: `${now.length} backups, before ${old.length}` };
   for (const [index, record] of old.entries()) {
-    if (!isDeepStrictEqual(now[index], record)) return { kind: 'wrong', why: `backup ${record.id} changed` };
+    if (!isDeepStrictEqual(now[index], record)) return { wrong: `backup ${record.id} changed` };
   }
-  return { kind: 'one-more', added: now.at(-1)! };
+  return { added: now.slice(old.length) };
+}
+
+/** "The old manifest or a complete new one", for a run that adds at most one backup. */
+export function manifestChange(before: ManifestSnapshot, after: ManifestSnapshot): ManifestChange {
+  const result = addedBackups(before, after);
+  if ('wrong' in result) return { kind: 'wrong', why: result.wrong };
+  if (result.added.length === 0) return { kind: 'unchanged' };
+  if (result.added.length > 1) return { kind: 'wrong', why: `${result.added.length} backups added` };
+  return { kind: 'one-more', added: result.added[0]! };
 }
 
 export function referencedFiles(manifest: Manifest | null): Set<string> {
