@@ -25,15 +25,11 @@ Napi::Function CheckpointWrap::Init(Napi::Env env) {
                                     });
 }
 
-Napi::Object CheckpointWrap::Wrap(Napi::Env env, Napi::Object domain, virDomainCheckpointPtr cp) {
+Napi::Object CheckpointWrap::Wrap(Napi::Env env, Napi::Object domain, OwnedCheckpoint cp) {
   DomainWrap* dom = DomainWrap::Unwrap(domain);
-  if (dom->state()->closed) {
-    // Possibly the connection's last reference: freeing it may reach the daemon.
-    ReleaseInBackground([cp] { virDomainCheckpointFree(cp); });
-    throw MakeLibvirtError(env, ClosedConnectionError("virDomainCheckpointLookup"));
-  }
+  if (dom->state()->closed) throw MakeLibvirtError(env, ClosedConnectionError("virDomainCheckpointLookup"));
   AddonData* data = env.GetInstanceData<AddonData>();
-  return data->checkpointClass.New({Napi::External<virDomainCheckpoint>::New(env, cp), domain});
+  return data->checkpointClass.New({OwnerArgument(env, cp), domain});
 }
 
 CheckpointWrap::CheckpointWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<CheckpointWrap>(info) {
@@ -41,37 +37,28 @@ CheckpointWrap::CheckpointWrap(const Napi::CallbackInfo& info) : Napi::ObjectWra
       !info[1].As<Napi::Object>().CheckTypeTag(&DomainWrap::kTypeTag)) {
     throw Napi::TypeError::New(info.Env(), "Illegal constructor: checkpoints come from a Domain");
   }
-  ptr_ = info[0].As<Napi::External<virDomainCheckpoint>>().Data();
   Napi::Object domain = info[1].As<Napi::Object>();
   state_ = DomainWrap::Unwrap(domain)->state();
   domain_ = Napi::Persistent(domain);
+  ptr_ = std::move(*info[0].As<Napi::External<OwnedCheckpoint>>().Data());
   state_->children.insert(this);
-  const char* name = virDomainCheckpointGetName(ptr_);
+  const char* name = virDomainCheckpointGetName(ptr_.get());
   if (name != nullptr) name_ = name;
   info.This().As<Napi::Object>().TypeTag(&kTypeTag);
 }
 
-CheckpointWrap::~CheckpointWrap() {
-  state_->children.erase(this);
-  if (ptr_ != nullptr) {
-    virDomainCheckpointPtr cp = ptr_;
-    ptr_ = nullptr;
-    ReleaseInBackground([cp] { virDomainCheckpointFree(cp); });
-  }
-}
+// ptr_'s owner hands the reference to the release thread: it may be the
+// connection's last.
+CheckpointWrap::~CheckpointWrap() { state_->children.erase(this); }
 
-void CheckpointWrap::ReleaseForClose() {
-  if (ptr_ != nullptr) {
-    virDomainCheckpointFree(ptr_);
-    ptr_ = nullptr;
-  }
-}
+// The connection still holds its own reference here, so this one is not the last.
+void CheckpointWrap::ReleaseForClose() { ReleaseHere(ptr_); }
 
 template <typename T>
 Napi::Value CheckpointWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                                   std::function<bool(virDomainCheckpointPtr, T&)> work,
-                                  std::function<Napi::Value(Napi::Env, T&)> convert) {
-  return QueueCall<T>(info, state_, ptr_, operation, std::move(work), std::move(convert));
+                                  std::function<Napi::Value(Napi::Env, T)> convert) {
+  return QueueCall<T>(info, state_, ptr_.get(), operation, std::move(work), std::move(convert));
 }
 
 Napi::Value CheckpointWrap::GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
@@ -85,17 +72,17 @@ Napi::Value CheckpointWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
       [flags](virDomainCheckpointPtr cp, std::string& out) {
         return TakeCString(virDomainCheckpointGetXMLDesc(cp, flags), out);
       },
-      [](Napi::Env env, std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 // Resolves null for a root checkpoint: libvirt reports "no parent" as an error,
 // but for callers it is an answer, not a failure.
 Napi::Value CheckpointWrap::GetParent(const Napi::CallbackInfo& info) {
   auto domainRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(domain_.Value()));
-  return Async<virDomainCheckpointPtr>(
+  return Async<OwnedCheckpoint>(
       info, "virDomainCheckpointGetParent",
-      [](virDomainCheckpointPtr cp, virDomainCheckpointPtr& out) {
-        out = virDomainCheckpointGetParent(cp, 0);
+      [](virDomainCheckpointPtr cp, OwnedCheckpoint& out) {
+        out.reset(virDomainCheckpointGetParent(cp, 0));
         if (out != nullptr) return true;
         virErrorPtr err = virGetLastError();
         if (err != nullptr && err->code == VIR_ERR_NO_DOMAIN_CHECKPOINT) {
@@ -104,29 +91,26 @@ Napi::Value CheckpointWrap::GetParent(const Napi::CallbackInfo& info) {
         }
         return false;
       },
-      [domainRef](Napi::Env env, virDomainCheckpointPtr& parent) -> Napi::Value {
+      [domainRef](Napi::Env env, OwnedCheckpoint parent) -> Napi::Value {
         if (parent == nullptr) return env.Null();
-        virDomainCheckpointPtr owned = parent;
-        parent = nullptr;
-        return CheckpointWrap::Wrap(env, domainRef->Value(), owned);
+        return CheckpointWrap::Wrap(env, domainRef->Value(), std::move(parent));
       });
 }
 
 Napi::Value CheckpointWrap::ListAllChildren(const Napi::CallbackInfo& info) {
   unsigned int flags = FlagsArg(info, 0);
   auto domainRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(domain_.Value()));
-  return Async<std::vector<virDomainCheckpointPtr>>(
+  return Async<std::vector<OwnedCheckpoint>>(
       info, "virDomainCheckpointListAllChildren",
-      [flags](virDomainCheckpointPtr cp, std::vector<virDomainCheckpointPtr>& out) {
+      [flags](virDomainCheckpointPtr cp, std::vector<OwnedCheckpoint>& out) {
         virDomainCheckpointPtr* children = nullptr;
         int count = virDomainCheckpointListAllChildren(cp, &children, flags);
         if (count < 0) return false;
-        out.assign(children, children + count);
-        free(children);
+        out = AdoptList(children, count);
         return true;
       },
-      [domainRef](Napi::Env env, std::vector<virDomainCheckpointPtr>& list) -> Napi::Value {
-        return WrapCheckpointList(env, domainRef->Value(), list);
+      [domainRef](Napi::Env env, std::vector<OwnedCheckpoint> list) -> Napi::Value {
+        return WrapCheckpointList(env, domainRef->Value(), std::move(list));
       });
 }
 
@@ -135,23 +119,12 @@ Napi::Value CheckpointWrap::Delete(const Napi::CallbackInfo& info) {
   return Async<int>(
       info, "virDomainCheckpointDelete",
       [flags](virDomainCheckpointPtr cp, int&) { return virDomainCheckpointDelete(cp, flags) == 0; },
-      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+      [](Napi::Env env, int) -> Napi::Value { return env.Undefined(); });
 }
 
-Napi::Value WrapCheckpointList(Napi::Env env, Napi::Object domain, std::vector<virDomainCheckpointPtr>& list) {
+Napi::Value WrapCheckpointList(Napi::Env env, Napi::Object domain, std::vector<OwnedCheckpoint> list) {
   Napi::Array result = Napi::Array::New(env, list.size());
-  for (size_t i = 0; i < list.size(); i++) {
-    virDomainCheckpointPtr owned = list[i];
-    list[i] = nullptr;
-    try {
-      result.Set(i, CheckpointWrap::Wrap(env, domain, owned));
-    } catch (...) {
-      for (size_t j = i + 1; j < list.size(); j++) ReleaseInBackground([cp = list[j]] { virDomainCheckpointFree(cp); });
-      list.clear();
-      throw;
-    }
-  }
-  list.clear();
+  for (size_t i = 0; i < list.size(); i++) result.Set(i, CheckpointWrap::Wrap(env, domain, std::move(list[i])));
   return result;
 }
 

@@ -4,6 +4,7 @@
 #include <napi.h>
 
 #include <string>
+#include <vector>
 
 #include "handles.h"
 
@@ -15,9 +16,9 @@ class CheckpointWrap : public Napi::ObjectWrap<CheckpointWrap>, public ChildHand
   static const napi_type_tag kTypeTag;
 
   static Napi::Function Init(Napi::Env env);
-  // Wraps `cp` (ownership taken) as a child of the JS Domain `domain`; frees it
-  // and throws if the connection was closed meanwhile.
-  static Napi::Object Wrap(Napi::Env env, Napi::Object domain, virDomainCheckpointPtr cp);
+  // Wraps `cp` as a child of the JS Domain `domain`; throws if the connection was
+  // closed meanwhile (and `cp`'s owner frees it).
+  static Napi::Object Wrap(Napi::Env env, Napi::Object domain, OwnedCheckpoint cp);
 
   explicit CheckpointWrap(const Napi::CallbackInfo& info);
   ~CheckpointWrap() override;
@@ -35,15 +36,16 @@ class CheckpointWrap : public Napi::ObjectWrap<CheckpointWrap>, public ChildHand
   template <typename T>
   Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
                     std::function<bool(virDomainCheckpointPtr, T&)> work,
-                    std::function<Napi::Value(Napi::Env, T&)> convert);
+                    std::function<Napi::Value(Napi::Env, T)> convert);
 
-  virDomainCheckpointPtr ptr_ = nullptr;
+  OwnedCheckpoint ptr_;
   ConnectionStatePtr state_;
   Napi::ObjectReference domain_;
   std::string name_;
 };
 
-// Wraps a list of checkpoints as children of `domain`; frees what it cannot wrap.
-Napi::Value WrapCheckpointList(Napi::Env env, Napi::Object domain, std::vector<virDomainCheckpointPtr>& list);
+// Wraps a list of checkpoints as children of `domain`; what it cannot wrap, the
+// owners left in `list` free.
+Napi::Value WrapCheckpointList(Napi::Env env, Napi::Object domain, std::vector<OwnedCheckpoint> list);
 
 }  // namespace lvb

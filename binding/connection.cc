@@ -7,7 +7,7 @@
 #include "addon.h"
 #include "domain.h"
 #include "errors.h"
-#include "events.h"
+#include "event_channel.h"
 #include "worker.h"
 
 namespace lvb {
@@ -32,6 +32,7 @@ Napi::Function ConnectionWrap::Init(Napi::Env env) {
                          MethodProperty<W, &W::LookupDomainByUUID>(env, "lookupDomainByUUID"),
                          MethodProperty<W, &W::DefineDomain>(env, "defineDomain"),
                          MethodProperty<W, &W::CreateDomain>(env, "createDomain"),
+                         MethodProperty<W, &W::SetEventHandler>(env, "setEventHandler"),
                          MethodProperty<W, &W::RegisterDomainEvent>(env, "registerDomainEvent"),
                          MethodProperty<W, &W::DeregisterDomainEvent>(env, "deregisterDomainEvent"),
                          MethodProperty<W, &W::RegisterCloseCallback>(env, "registerCloseCallback"),
@@ -42,59 +43,60 @@ Napi::Function ConnectionWrap::Init(Napi::Env env) {
 
 ConnectionWrap::ConnectionWrap(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<ConnectionWrap>(info), state_(std::make_shared<ConnectionState>()) {
-  // Only Open() constructs connections: it passes the handle as an External, which
-  // JS code cannot forge.
+  // Only Open() constructs connections: it passes the owner of the handle as an
+  // External, which JS code cannot forge.
   if (info.Length() < 1 || !info[0].IsExternal()) {
     throw Napi::TypeError::New(info.Env(), "Illegal constructor: use connect()");
   }
-  state_->ptr = info[0].As<Napi::External<virConnect>>().Data();
+  state_->conn = std::move(*info[0].As<Napi::External<OwnedConnection>>().Data());
   info.This().As<Napi::Object>().TypeTag(&kTypeTag);
 }
 
 ConnectionWrap::~ConnectionWrap() {
-  if (state_->closed || state_->ptr == nullptr) return;
+  // The connection's own reference goes to the release thread with state_->conn.
+  if (!state_->closed) MarkClosed();
+}
+
+void ConnectionWrap::MarkClosed() {
   state_->closed = true;
   for (ChildHandle* child : state_->children) child->ReleaseForClose();
   state_->children.clear();
-  virConnectPtr conn = state_->ptr;
-  state_->ptr = nullptr;
-  ReleaseInBackground([conn] { virConnectClose(conn); });
 }
 
 Napi::Value ConnectionWrap::Open(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   std::optional<std::string> uri = OptionalStringArg(info, 0, "uri");
   unsigned int flags = FlagsArg(info, 1);
-  return LibvirtCall<virConnectPtr>::Run(
+  return LibvirtCall<OwnedConnection>::Run(
       env, Napi::Object::New(env), nullptr, "virConnectOpenAuth", HeldReference(),
-      [uri, flags](virConnectPtr& out) {
+      [uri, flags](OwnedConnection& out) {
         // No auth callbacks: a prompt on the daemon's behalf would block a worker
         // thread on stdin. Servers that need credentials fail with libvirt's message.
-        out = virConnectOpenAuth(uri ? uri->c_str() : nullptr, nullptr, flags);
+        out.reset(virConnectOpenAuth(uri ? uri->c_str() : nullptr, nullptr, flags));
         return out != nullptr;
       },
-      [](Napi::Env env, virConnectPtr& conn) -> Napi::Value {
+      [](Napi::Env env, OwnedConnection conn) -> Napi::Value {
         AddonData* data = env.GetInstanceData<AddonData>();
-        Napi::Value wrapped = data->connectionClass.New({Napi::External<virConnect>::New(env, conn)});
-        conn = nullptr;
-        return wrapped;
+        return data->connectionClass.New({OwnerArgument(env, conn)});
       });
 }
 
 template <typename T>
 Napi::Value ConnectionWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                                   std::function<bool(virConnectPtr, T&)> work,
-                                  std::function<Napi::Value(Napi::Env, T&)> convert) {
-  return QueueCall<T>(info, state_, state_->ptr, operation, std::move(work), std::move(convert));
+                                  std::function<Napi::Value(Napi::Env, T)> convert) {
+  return QueueCall<T>(info, state_, state_->conn.get(), operation, std::move(work), std::move(convert));
 }
 
 namespace {
 
-Napi::Value StringResult(Napi::Env env, std::string& value) { return Napi::String::New(env, value); }
+Napi::Value StringResult(Napi::Env env, std::string value) { return Napi::String::New(env, value); }
 
-Napi::Value NumberResult(Napi::Env env, unsigned long& value) {
+Napi::Value NumberResult(Napi::Env env, unsigned long value) {
   return Napi::Number::New(env, static_cast<double>(value));
 }
+
+Napi::Value UndefinedResult(Napi::Env env, int) { return env.Undefined(); }
 
 }  // namespace
 
@@ -102,41 +104,64 @@ Napi::Value ConnectionWrap::AsyncDomain(const Napi::CallbackInfo& info, const ch
                                         std::function<virDomainPtr(virConnectPtr)> work) {
   Napi::Object self = info.This().As<Napi::Object>();
   auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(self));
-  return Async<virDomainPtr>(
+  return Async<OwnedDomain>(
       info, operation,
-      [work = std::move(work)](virConnectPtr conn, virDomainPtr& out) {
-        out = work(conn);
+      [work = std::move(work)](virConnectPtr conn, OwnedDomain& out) {
+        out.reset(work(conn));
         return out != nullptr;
       },
-      [selfRef](Napi::Env env, virDomainPtr& dom) -> Napi::Value {
-        virDomainPtr owned = dom;
-        dom = nullptr;
-        return DomainWrap::Wrap(env, selfRef->Value(), owned);
+      [selfRef](Napi::Env env, OwnedDomain dom) -> Napi::Value {
+        return DomainWrap::Wrap(env, selfRef->Value(), std::move(dom));
       });
 }
 
+namespace {
+
+// What close() removes from libvirt before the connection's own reference goes:
+// filled on the JS thread once no call is in flight, read by the close's work.
+struct RegistrationsToRemove {
+  std::vector<int> domainCallbackIds;
+  bool closeCallback = false;
+};
+
+}  // namespace
+
+// Calls on the connection and its children reject from here on; calls already in
+// flight run to their end, and only then are the event registrations removed and
+// the connection's own reference dropped (the promise settles after all of that).
 Napi::Value ConnectionWrap::Close(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  auto deferred = Napi::Promise::Deferred::New(env);
   if (state_->closed) {
+    auto deferred = Napi::Promise::Deferred::New(env);
     deferred.Resolve(env.Undefined());
     return deferred.Promise();
   }
-  state_->closed = true;
-  for (ChildHandle* child : state_->children) child->ReleaseForClose();
-  state_->children.clear();
-  virConnectPtr conn = state_->ptr;
-  state_->ptr = nullptr;
-  // The wrapper's own reference is moved into the worker, which drops it off the
-  // JS thread; calls still in flight hold theirs, so the daemon connection ends
-  // when the last of them finishes.
-  return LibvirtCall<int>::Run(
-      env, info.This().As<Napi::Object>(), nullptr, "virConnectClose", HeldReference(),
-      [conn](int& remaining) {
-        remaining = virConnectClose(conn);
-        return remaining >= 0;
+  virConnectPtr conn = state_->conn.get();
+  HeldReference ownReference(std::move(state_->conn));
+  MarkClosed();
+  auto toRemove = std::make_shared<RegistrationsToRemove>();
+  auto pending = std::make_shared<std::unique_ptr<LibvirtCall<int>>>(LibvirtCall<int>::Prepare(
+      env, info.This().As<Napi::Object>(), "virConnectClose", std::move(ownReference),
+      [conn, toRemove](int&) {
+        // Failures here change nothing: the connection goes anyway.
+        for (int callbackId : toRemove->domainCallbackIds) virConnectDomainEventDeregisterAny(conn, callbackId);
+        if (toRemove->closeCallback) virConnectUnregisterCloseCallback(conn, OnConnectionClosed);
+        virResetLastError();
+        return true;
       },
-      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+      [this](Napi::Env env, int) -> Napi::Value {
+        if (events_) events_->Shutdown();
+        return env.Undefined();
+      }));
+  Napi::Promise promise = (*pending)->Promise();
+  state_->WhenIdle([this, env, toRemove, pending] {
+    if (events_) {
+      toRemove->domainCallbackIds = events_->domainCallbackIds();
+      toRemove->closeCallback = events_->closeCallbackRegistered();
+    }
+    LibvirtCall<int>::Submit(env, nullptr, std::move(*pending));
+  });
+  return promise;
 }
 
 Napi::Value ConnectionWrap::GetLibVersion(const Napi::CallbackInfo& info) {
@@ -204,7 +229,7 @@ Napi::Value ConnectionWrap::IsAlive(const Napi::CallbackInfo& info) {
         out = virConnectIsAlive(conn);
         return out >= 0;
       },
-      [](Napi::Env env, int& alive) -> Napi::Value { return Napi::Boolean::New(env, alive == 1); });
+      [](Napi::Env env, int alive) -> Napi::Value { return Napi::Boolean::New(env, alive == 1); });
 }
 
 Napi::Value ConnectionWrap::IsClosed(const Napi::CallbackInfo& info) {
@@ -215,30 +240,22 @@ Napi::Value ConnectionWrap::ListAllDomains(const Napi::CallbackInfo& info) {
   unsigned int flags = FlagsArg(info, 0);
   Napi::Object self = info.This().As<Napi::Object>();
   auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(self));
-  return Async<std::vector<virDomainPtr>>(
+  return Async<std::vector<OwnedDomain>>(
       info, "virConnectListAllDomains",
-      [flags](virConnectPtr conn, std::vector<virDomainPtr>& out) {
+      [flags](virConnectPtr conn, std::vector<OwnedDomain>& out) {
         virDomainPtr* doms = nullptr;
         int count = virConnectListAllDomains(conn, &doms, flags);
         if (count < 0) return false;
-        out.assign(doms, doms + count);
-        free(doms);
+        out = AdoptList(doms, count);
         return true;
       },
-      [selfRef](Napi::Env env, std::vector<virDomainPtr>& doms) -> Napi::Value {
+      [selfRef](Napi::Env env, std::vector<OwnedDomain> doms) -> Napi::Value {
+        // If one cannot be wrapped (the connection was closed meanwhile), the
+        // owners left in `doms` free the rest.
         Napi::Array result = Napi::Array::New(env, doms.size());
         for (size_t i = 0; i < doms.size(); i++) {
-          virDomainPtr owned = doms[i];
-          doms[i] = nullptr;
-          try {
-            result.Set(i, DomainWrap::Wrap(env, selfRef->Value(), owned));
-          } catch (...) {
-            for (size_t j = i + 1; j < doms.size(); j++) ReleaseInBackground([dom = doms[j]] { virDomainFree(dom); });
-            doms.clear();
-            throw;
-          }
+          result.Set(i, DomainWrap::Wrap(env, selfRef->Value(), std::move(doms[i])));
         }
-        doms.clear();
         return result;
       });
 }
@@ -270,77 +287,110 @@ Napi::Value ConnectionWrap::CreateDomain(const Napi::CallbackInfo& info) {
                      [xml, flags](virConnectPtr conn) { return virDomainCreateXML(conn, xml.c_str(), flags); });
 }
 
+EventChannel& ConnectionWrap::Events(Napi::Env env) {
+  if (!events_) ThrowTypeError(env, "setEventHandler() must be called before registering events");
+  return *events_;
+}
+
+// setEventHandler(handler(event)): once per connection, before any registration.
+Napi::Value ConnectionWrap::SetEventHandler(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 1 || !info[0].IsFunction()) ThrowTypeError(env, "The \"handler\" argument must be a function");
+  if (events_) ThrowTypeError(env, "this connection already has an event handler");
+  events_ = std::make_unique<EventChannel>(env, info.This().As<Napi::Object>(), info[0].As<Napi::Function>());
+  return env.Undefined();
+}
+
 namespace {
 
-// A registration handed to libvirt: on failure libvirt never calls the free
-// callback, so it is freed here.
-struct PendingRegistration {
-  EventRegistration* registration = nullptr;
+// A registration's outcome. Failure is carried as data rather than a false
+// return so that the JS-thread side learns of it and stops counting it.
+struct RegistrationOutcome {
   int callbackId = -1;
+  std::optional<LibvirtErrorInfo> error;
 };
 
 }  // namespace
 
-// registerDomainEvent(eventId, callback(domain, payload)) -> Promise<callbackId>
+// registerDomainEvent(eventId) -> Promise<callbackId>; events go to the handler.
 Napi::Value ConnectionWrap::RegisterDomainEvent(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(env, "The \"eventId\" argument must be a number");
   int eventId = info[0].As<Napi::Number>().Int32Value();
-  if (info.Length() < 2 || !info[1].IsFunction()) ThrowTypeError(env, "The \"callback\" argument must be a function");
   virConnectDomainEventGenericCallback callback = DomainEventCallbackFor(eventId);
   if (callback == nullptr) ThrowTypeError(env, "unsupported domain event id " + std::to_string(eventId));
   if (state_->closed) return RejectedPromise(env, ClosedConnectionError("virConnectDomainEventRegisterAny"));
-  EventRegistration* registration =
-      NewDomainEventRegistration(env, info.This().As<Napi::Object>(), eventId, info[1].As<Napi::Function>());
-  return Async<PendingRegistration>(
+  EventChannel& events = Events(env);
+  std::shared_ptr<EventSink> sink = events.sink();
+  events.RegistrationStarted();
+  return Async<RegistrationOutcome>(
       info, "virConnectDomainEventRegisterAny",
-      [eventId, callback, registration](virConnectPtr conn, PendingRegistration& out) {
-        out.registration = registration;
+      [eventId, callback, sink](virConnectPtr conn, RegistrationOutcome& out) {
+        auto registration = std::make_unique<EventRegistration>(EventRegistration{sink});
         out.callbackId =
-            virConnectDomainEventRegisterAny(conn, nullptr, eventId, callback, registration, FreeEventRegistration);
+            virConnectDomainEventRegisterAny(conn, nullptr, eventId, callback, registration.get(), FreeEventRegistration);
         if (out.callbackId < 0) {
-          FreeEventRegistration(registration);
-          return false;
+          out.error = CaptureLastError("virConnectDomainEventRegisterAny");
+        } else {
+          registration.release();  // libvirt's now, until it calls FreeEventRegistration
         }
         return true;
       },
-      [](Napi::Env env, PendingRegistration& done) -> Napi::Value { return Napi::Number::New(env, done.callbackId); });
+      [this](Napi::Env env, RegistrationOutcome outcome) -> Napi::Value {
+        if (outcome.error) {
+          events_->RegistrationFailed();
+          throw MakeLibvirtError(env, *outcome.error);
+        }
+        events_->DomainEventRegistered(outcome.callbackId);
+        return Napi::Number::New(env, outcome.callbackId);
+      });
 }
 
 Napi::Value ConnectionWrap::DeregisterDomainEvent(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(env, "The \"callbackId\" argument must be a number");
   int callbackId = info[0].As<Napi::Number>().Int32Value();
+  if (events_ && !state_->closed) events_->DomainEventDeregistered(callbackId);
   return Async<int>(
       info, "virConnectDomainEventDeregisterAny",
       [callbackId](virConnectPtr conn, int&) { return virConnectDomainEventDeregisterAny(conn, callbackId) == 0; },
-      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+      UndefinedResult);
 }
 
-// registerCloseCallback(callback(reason)) -> Promise<void>
+// registerCloseCallback() -> Promise<void>; the close event goes to the handler.
 Napi::Value ConnectionWrap::RegisterCloseCallback(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
-  if (info.Length() < 1 || !info[0].IsFunction()) ThrowTypeError(env, "The \"callback\" argument must be a function");
   if (state_->closed) return RejectedPromise(env, ClosedConnectionError("virConnectRegisterCloseCallback"));
-  EventRegistration* registration =
-      NewCloseRegistration(env, info.This().As<Napi::Object>(), info[0].As<Napi::Function>());
-  return Async<int>(
+  EventChannel& events = Events(env);
+  std::shared_ptr<EventSink> sink = events.sink();
+  events.RegistrationStarted();
+  return Async<RegistrationOutcome>(
       info, "virConnectRegisterCloseCallback",
-      [registration](virConnectPtr conn, int&) {
-        if (virConnectRegisterCloseCallback(conn, OnConnectionClosed, registration, FreeEventRegistration) < 0) {
-          FreeEventRegistration(registration);
-          return false;
+      [sink](virConnectPtr conn, RegistrationOutcome& out) {
+        auto registration = std::make_unique<EventRegistration>(EventRegistration{sink});
+        if (virConnectRegisterCloseCallback(conn, OnConnectionClosed, registration.get(), FreeEventRegistration) < 0) {
+          out.error = CaptureLastError("virConnectRegisterCloseCallback");
+        } else {
+          registration.release();  // libvirt's now, until it calls FreeEventRegistration
         }
         return true;
       },
-      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+      [this](Napi::Env env, RegistrationOutcome outcome) -> Napi::Value {
+        if (outcome.error) {
+          events_->RegistrationFailed();
+          throw MakeLibvirtError(env, *outcome.error);
+        }
+        events_->CloseCallbackRegistered();
+        return env.Undefined();
+      });
 }
 
 Napi::Value ConnectionWrap::UnregisterCloseCallback(const Napi::CallbackInfo& info) {
+  if (events_ && !state_->closed) events_->CloseCallbackUnregistered();
   return Async<int>(
       info, "virConnectUnregisterCloseCallback",
       [](virConnectPtr conn, int&) { return virConnectUnregisterCloseCallback(conn, OnConnectionClosed) == 0; },
-      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+      UndefinedResult);
 }
 
 // setKeepAlive(intervalSeconds, count): interval <= 0 disables keepalive.
@@ -357,7 +407,7 @@ Napi::Value ConnectionWrap::SetKeepAlive(const Napi::CallbackInfo& info) {
         out = virConnectSetKeepAlive(conn, interval, count);
         return out >= 0;
       },
-      [](Napi::Env env, int& result) -> Napi::Value {
+      [](Napi::Env env, int result) -> Napi::Value {
         // 1: the driver has no keepalive (e.g. a local, in-process driver).
         return Napi::Boolean::New(env, result == 0);
       });

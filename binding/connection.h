@@ -3,6 +3,9 @@
 #include <libvirt/libvirt.h>
 #include <napi.h>
 
+#include <memory>
+
+#include "event_channel.h"
 #include "handles.h"
 
 namespace lvb {
@@ -36,6 +39,7 @@ class ConnectionWrap : public Napi::ObjectWrap<ConnectionWrap> {
   Napi::Value LookupDomainByUUID(const Napi::CallbackInfo& info);
   Napi::Value DefineDomain(const Napi::CallbackInfo& info);
   Napi::Value CreateDomain(const Napi::CallbackInfo& info);
+  Napi::Value SetEventHandler(const Napi::CallbackInfo& info);
   Napi::Value RegisterDomainEvent(const Napi::CallbackInfo& info);
   Napi::Value DeregisterDomainEvent(const Napi::CallbackInfo& info);
   Napi::Value RegisterCloseCallback(const Napi::CallbackInfo& info);
@@ -46,12 +50,17 @@ class ConnectionWrap : public Napi::ObjectWrap<ConnectionWrap> {
   template <typename T>
   Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
                     std::function<bool(virConnectPtr, T&)> work,
-                    std::function<Napi::Value(Napi::Env, T&)> convert);
+                    std::function<Napi::Value(Napi::Env, T)> convert);
   // Async call whose result is one domain handle, wrapped as a child of this connection.
   Napi::Value AsyncDomain(const Napi::CallbackInfo& info, const char* operation,
                           std::function<virDomainPtr(virConnectPtr)> work);
+  // The channel events go through; throws unless setEventHandler() made it.
+  EventChannel& Events(Napi::Env env);
+  // Marks the connection closed and drops its children's references (JS thread).
+  void MarkClosed();
 
   ConnectionStatePtr state_;
+  std::unique_ptr<EventChannel> events_;
 };
 
 }  // namespace lvb

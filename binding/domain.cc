@@ -44,15 +44,11 @@ Napi::Function DomainWrap::Init(Napi::Env env) {
                      });
 }
 
-Napi::Object DomainWrap::Wrap(Napi::Env env, Napi::Object connection, virDomainPtr dom) {
+Napi::Object DomainWrap::Wrap(Napi::Env env, Napi::Object connection, OwnedDomain dom) {
   ConnectionWrap* conn = ConnectionWrap::Unwrap(connection);
-  if (conn->state()->closed) {
-    // Possibly the connection's last reference: freeing it may reach the daemon.
-    ReleaseInBackground([dom] { virDomainFree(dom); });
-    throw MakeLibvirtError(env, ClosedConnectionError("virDomainLookup"));
-  }
+  if (conn->state()->closed) throw MakeLibvirtError(env, ClosedConnectionError("virDomainLookup"));
   AddonData* data = env.GetInstanceData<AddonData>();
-  return data->domainClass.New({Napi::External<virDomain>::New(env, dom), connection});
+  return data->domainClass.New({OwnerArgument(env, dom), connection});
 }
 
 DomainWrap::DomainWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<DomainWrap>(info) {
@@ -60,50 +56,39 @@ DomainWrap::DomainWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Domain
       !info[1].As<Napi::Object>().CheckTypeTag(&ConnectionWrap::kTypeTag)) {
     throw Napi::TypeError::New(info.Env(), "Illegal constructor: domains come from a Connection");
   }
-  ptr_ = info[0].As<Napi::External<virDomain>>().Data();
   Napi::Object connection = info[1].As<Napi::Object>();
   state_ = ConnectionWrap::Unwrap(connection)->state();
   // The child keeps its connection's JS object alive, and with it the state and
   // any event listeners registered there.
   connection_ = Napi::Persistent(connection);
+  ptr_ = std::move(*info[0].As<Napi::External<OwnedDomain>>().Data());
   state_->children.insert(this);
-  const char* name = virDomainGetName(ptr_);
+  const char* name = virDomainGetName(ptr_.get());
   if (name != nullptr) name_ = name;
   std::array<char, VIR_UUID_STRING_BUFLEN> uuid{};
-  if (virDomainGetUUIDString(ptr_, uuid.data()) == 0) uuid_ = uuid.data();
+  if (virDomainGetUUIDString(ptr_.get(), uuid.data()) == 0) uuid_ = uuid.data();
   info.This().As<Napi::Object>().TypeTag(&kTypeTag);
 }
 
-DomainWrap::~DomainWrap() {
-  state_->children.erase(this);
-  if (ptr_ != nullptr) {
-    virDomainPtr dom = ptr_;
-    ptr_ = nullptr;
-    // Dropping the last domain reference may drop the last connection reference,
-    // which talks to the daemon: never on the JS thread.
-    ReleaseInBackground([dom] { virDomainFree(dom); });
-  }
-}
+// ptr_'s owner hands the reference to the release thread: it may be the
+// connection's last.
+DomainWrap::~DomainWrap() { state_->children.erase(this); }
 
-void DomainWrap::ReleaseForClose() {
-  if (ptr_ != nullptr) {
-    virDomainFree(ptr_);  // the connection wrapper still holds its own reference here
-    ptr_ = nullptr;
-  }
-}
+// The connection still holds its own reference here, so this one is not the last.
+void DomainWrap::ReleaseForClose() { ReleaseHere(ptr_); }
 
 template <typename T>
 Napi::Value DomainWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                               std::function<bool(virDomainPtr, T&)> work,
-                              std::function<Napi::Value(Napi::Env, T&)> convert) {
-  return QueueCall<T>(info, state_, ptr_, operation, std::move(work), std::move(convert));
+                              std::function<Napi::Value(Napi::Env, T)> convert) {
+  return QueueCall<T>(info, state_, ptr_.get(), operation, std::move(work), std::move(convert));
 }
 
 Napi::Value DomainWrap::AsyncStatus(const Napi::CallbackInfo& info, const char* operation,
                                     std::function<int(virDomainPtr)> work) {
   return Async<int>(
       info, operation, [work = std::move(work)](virDomainPtr dom, int&) { return work(dom) >= 0; },
-      [](Napi::Env env, int&) -> Napi::Value { return env.Undefined(); });
+      [](Napi::Env env, int) -> Napi::Value { return env.Undefined(); });
 }
 
 Napi::Value DomainWrap::GetName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), name_); }
@@ -117,7 +102,7 @@ Napi::Value DomainWrap::GetId(const Napi::CallbackInfo& info) {
         out = virDomainGetID(dom);
         return true;  // (unsigned)-1 means "not running", not a failure
       },
-      [](Napi::Env env, unsigned int& id) -> Napi::Value {
+      [](Napi::Env env, unsigned int id) -> Napi::Value {
         return id == static_cast<unsigned int>(-1) ? env.Null() : Napi::Number::New(env, id);
       });
 }
@@ -127,14 +112,14 @@ Napi::Value DomainWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virDomainGetXMLDesc",
       [flags](virDomainPtr dom, std::string& out) { return TakeCString(virDomainGetXMLDesc(dom, flags), out); },
-      [](Napi::Env env, std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 Napi::Value DomainWrap::GetState(const Napi::CallbackInfo& info) {
   return Async<std::array<int, 2>>(
       info, "virDomainGetState",
       [](virDomainPtr dom, std::array<int, 2>& out) { return virDomainGetState(dom, &out[0], &out[1], 0) == 0; },
-      [](Napi::Env env, std::array<int, 2>& state) -> Napi::Value {
+      [](Napi::Env env, std::array<int, 2> state) -> Napi::Value {
         Napi::Object result = Napi::Object::New(env);
         result.Set("state", state[0]);
         result.Set("reason", state[1]);
@@ -149,7 +134,7 @@ Napi::Value DomainWrap::IsActive(const Napi::CallbackInfo& info) {
         out = virDomainIsActive(dom);
         return out >= 0;
       },
-      [](Napi::Env env, int& active) -> Napi::Value { return Napi::Boolean::New(env, active == 1); });
+      [](Napi::Env env, int active) -> Napi::Value { return Napi::Boolean::New(env, active == 1); });
 }
 
 Napi::Value DomainWrap::IsPersistent(const Napi::CallbackInfo& info) {
@@ -159,7 +144,7 @@ Napi::Value DomainWrap::IsPersistent(const Napi::CallbackInfo& info) {
         out = virDomainIsPersistent(dom);
         return out >= 0;
       },
-      [](Napi::Env env, int& persistent) -> Napi::Value { return Napi::Boolean::New(env, persistent == 1); });
+      [](Napi::Env env, int persistent) -> Napi::Value { return Napi::Boolean::New(env, persistent == 1); });
 }
 
 Napi::Value DomainWrap::Start(const Napi::CallbackInfo& info) {
@@ -198,57 +183,52 @@ Napi::Value DomainWrap::QemuMonitorCommand(const Napi::CallbackInfo& info) {
         if (reply != nullptr) TakeCString(reply, out);
         return true;
       },
-      [](Napi::Env env, std::string& reply) -> Napi::Value { return Napi::String::New(env, reply); });
+      [](Napi::Env env, std::string reply) -> Napi::Value { return Napi::String::New(env, reply); });
 }
 
 Napi::Value DomainWrap::CreateCheckpoint(const Napi::CallbackInfo& info) {
   std::string xml = StringArg(info, 0, "xml");
   unsigned int flags = FlagsArg(info, 1);
   auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info.This().As<Napi::Object>()));
-  return Async<virDomainCheckpointPtr>(
+  return Async<OwnedCheckpoint>(
       info, "virDomainCheckpointCreateXML",
-      [xml, flags](virDomainPtr dom, virDomainCheckpointPtr& out) {
-        out = virDomainCheckpointCreateXML(dom, xml.c_str(), flags);
+      [xml, flags](virDomainPtr dom, OwnedCheckpoint& out) {
+        out.reset(virDomainCheckpointCreateXML(dom, xml.c_str(), flags));
         return out != nullptr;
       },
-      [selfRef](Napi::Env env, virDomainCheckpointPtr& cp) -> Napi::Value {
-        virDomainCheckpointPtr owned = cp;
-        cp = nullptr;
-        return CheckpointWrap::Wrap(env, selfRef->Value(), owned);
+      [selfRef](Napi::Env env, OwnedCheckpoint cp) -> Napi::Value {
+        return CheckpointWrap::Wrap(env, selfRef->Value(), std::move(cp));
       });
 }
 
 Napi::Value DomainWrap::ListAllCheckpoints(const Napi::CallbackInfo& info) {
   unsigned int flags = FlagsArg(info, 0);
   auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info.This().As<Napi::Object>()));
-  return Async<std::vector<virDomainCheckpointPtr>>(
+  return Async<std::vector<OwnedCheckpoint>>(
       info, "virDomainListAllCheckpoints",
-      [flags](virDomainPtr dom, std::vector<virDomainCheckpointPtr>& out) {
+      [flags](virDomainPtr dom, std::vector<OwnedCheckpoint>& out) {
         virDomainCheckpointPtr* list = nullptr;
         int count = virDomainListAllCheckpoints(dom, &list, flags);
         if (count < 0) return false;
-        out.assign(list, list + count);
-        free(list);
+        out = AdoptList(list, count);
         return true;
       },
-      [selfRef](Napi::Env env, std::vector<virDomainCheckpointPtr>& list) -> Napi::Value {
-        return WrapCheckpointList(env, selfRef->Value(), list);
+      [selfRef](Napi::Env env, std::vector<OwnedCheckpoint> list) -> Napi::Value {
+        return WrapCheckpointList(env, selfRef->Value(), std::move(list));
       });
 }
 
 Napi::Value DomainWrap::LookupCheckpointByName(const Napi::CallbackInfo& info) {
   std::string name = StringArg(info, 0, "name");
   auto selfRef = std::make_shared<Napi::ObjectReference>(Napi::Persistent(info.This().As<Napi::Object>()));
-  return Async<virDomainCheckpointPtr>(
+  return Async<OwnedCheckpoint>(
       info, "virDomainCheckpointLookupByName",
-      [name](virDomainPtr dom, virDomainCheckpointPtr& out) {
-        out = virDomainCheckpointLookupByName(dom, name.c_str(), 0);
+      [name](virDomainPtr dom, OwnedCheckpoint& out) {
+        out.reset(virDomainCheckpointLookupByName(dom, name.c_str(), 0));
         return out != nullptr;
       },
-      [selfRef](Napi::Env env, virDomainCheckpointPtr& cp) -> Napi::Value {
-        virDomainCheckpointPtr owned = cp;
-        cp = nullptr;
-        return CheckpointWrap::Wrap(env, selfRef->Value(), owned);
+      [selfRef](Napi::Env env, OwnedCheckpoint cp) -> Napi::Value {
+        return CheckpointWrap::Wrap(env, selfRef->Value(), std::move(cp));
       });
 }
 
@@ -267,7 +247,7 @@ Napi::Value DomainWrap::BackupGetXMLDesc(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virDomainBackupGetXMLDesc",
       [flags](virDomainPtr dom, std::string& out) { return TakeCString(virDomainBackupGetXMLDesc(dom, flags), out); },
-      [](Napi::Env env, std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 // virDomainAbortJob rather than virDomainAbortJobFlags (8.5): a binary built here
@@ -280,7 +260,7 @@ Napi::Value DomainWrap::GetJobInfo(const Napi::CallbackInfo& info) {
   return Async<virDomainJobInfo>(
       info, "virDomainGetJobInfo",
       [](virDomainPtr dom, virDomainJobInfo& out) { return virDomainGetJobInfo(dom, &out) == 0; },
-      [](Napi::Env env, virDomainJobInfo& job) -> Napi::Value {
+      [](Napi::Env env, virDomainJobInfo job) -> Napi::Value {
         Napi::Object result = Napi::Object::New(env);
         auto num = [&env](unsigned long long v) { return Napi::Number::New(env, static_cast<double>(v)); };
         result.Set("type", job.type);
@@ -316,7 +296,7 @@ Napi::Value DomainWrap::GetJobStats(const Napi::CallbackInfo& info) {
         virTypedParamsFree(params, count);
         return true;
       },
-      [](Napi::Env env, JobStats& stats) -> Napi::Value {
+      [](Napi::Env env, JobStats stats) -> Napi::Value {
         Napi::Object result = Napi::Object::New(env);
         result.Set("type", stats.type);
         result.Set("params", TypedParamsToJS(env, stats.params));

@@ -15,9 +15,9 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   static const napi_type_tag kTypeTag;
 
   static Napi::Function Init(Napi::Env env);
-  // Wraps `dom` (ownership taken) as a child of `connection`. If the connection
-  // was closed meanwhile, frees `dom` and throws.
-  static Napi::Object Wrap(Napi::Env env, Napi::Object connection, virDomainPtr dom);
+  // Wraps `dom` as a child of `connection`. If the connection was closed
+  // meanwhile, throws (and `dom`'s owner frees it).
+  static Napi::Object Wrap(Napi::Env env, Napi::Object connection, OwnedDomain dom);
 
   explicit DomainWrap(const Napi::CallbackInfo& info);
   ~DomainWrap() override;
@@ -50,12 +50,12 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   template <typename T>
   Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
                     std::function<bool(virDomainPtr, T&)> work,
-                    std::function<Napi::Value(Napi::Env, T&)> convert);
+                    std::function<Napi::Value(Napi::Env, T)> convert);
   // Async call that returns an int status (>= 0 is success) and resolves undefined.
   Napi::Value AsyncStatus(const Napi::CallbackInfo& info, const char* operation,
                           std::function<int(virDomainPtr)> work);
 
-  virDomainPtr ptr_ = nullptr;
+  OwnedDomain ptr_;
   ConnectionStatePtr state_;
   Napi::ObjectReference connection_;
   std::string name_;

@@ -6,6 +6,7 @@ namespace lvb {
 
 LibvirtErrorInfo CaptureLastError(const char* operation) {
   LibvirtErrorInfo info;
+  info.operation = operation;
   virErrorPtr err = virGetLastError();
   if (err == nullptr || err->code == VIR_ERR_OK) {
     // Some calls fail without setting an error (e.g. an argument check in a driver
@@ -31,6 +32,7 @@ LibvirtErrorInfo CaptureLastError(const char* operation) {
 
 LibvirtErrorInfo ClosedConnectionError(const char* operation) {
   LibvirtErrorInfo info;
+  info.operation = operation;
   info.code = VIR_ERR_INVALID_CONN;
   info.domain = VIR_FROM_NONE;
   info.level = VIR_ERR_ERROR;
@@ -38,12 +40,24 @@ LibvirtErrorInfo ClosedConnectionError(const char* operation) {
   return info;
 }
 
+namespace {
+
+// libvirt's messages rarely say which call failed ("Domain not found: ..."), and
+// the same message can come from several calls: name it unless it is there.
+std::string MessageNamingOperation(const LibvirtErrorInfo& info) {
+  if (info.operation.empty() || info.message.find(info.operation) != std::string::npos) return info.message;
+  return info.message + " (" + info.operation + ")";
+}
+
+}  // namespace
+
 Napi::Error MakeLibvirtError(Napi::Env env, const LibvirtErrorInfo& info) {
   Napi::Object props = Napi::Object::New(env);
   props.Set("code", info.code);
   props.Set("domain", info.domain);
   props.Set("level", info.level);
-  props.Set("message", info.message);
+  props.Set("message", MessageNamingOperation(info));
+  props.Set("operation", info.operation.empty() ? env.Null() : Napi::Value(Napi::String::New(env, info.operation)));
   props.Set("str1", info.str1 ? Napi::Value(Napi::String::New(env, *info.str1)) : env.Null());
   props.Set("str2", info.str2 ? Napi::Value(Napi::String::New(env, *info.str2)) : env.Null());
   props.Set("str3", info.str3 ? Napi::Value(Napi::String::New(env, *info.str3)) : env.Null());
@@ -57,12 +71,29 @@ Napi::Error MakeLibvirtError(Napi::Env env, const LibvirtErrorInfo& info) {
   }
   // The TS layer has not registered its class (addon used directly): a plain
   // Error still carries every field.
-  Napi::Error error = Napi::Error::New(env, info.message);
+  Napi::Error error = Napi::Error::New(env, MessageNamingOperation(info));
   Napi::Object obj = error.Value();
-  for (const auto& key : {"code", "domain", "level", "str1", "str2", "str3", "int1", "int2"}) {
+  for (const auto& key : {"code", "domain", "level", "operation", "str1", "str2", "str3", "int1", "int2"}) {
     obj.Set(key, props.Get(key));
   }
   return error;
+}
+
+Napi::ObjectReference CaptureCallSite(Napi::Env env) {
+  // V8 records the frames when the Error is made and formats them only when
+  // `stack` is read, which happens for failed calls only.
+  return Napi::Persistent(Napi::Error::New(env, "").Value());
+}
+
+void AttachCallSite(Napi::Env env, Napi::Value error, const Napi::ObjectReference& callSite) {
+  if (!error.IsObject() || callSite.IsEmpty()) return;
+  Napi::Value siteStack = callSite.Value().Get("stack");
+  if (!siteStack.IsString()) return;
+  std::string frames = siteStack.As<Napi::String>().Utf8Value();
+  size_t firstFrame = frames.find("\n");
+  if (firstFrame == std::string::npos) return;
+  std::string header = error.ToString().Utf8Value();
+  error.As<Napi::Object>().Set("stack", header + frames.substr(firstFrame));
 }
 
 void ThrowTypeError(Napi::Env env, const std::string& message) {

@@ -14,9 +14,11 @@ namespace lvb {
 
 struct LibvirtErrorInfo {
   int code = 0;
-  int domain = 0;
+  int domain = 0;  // libvirt's name for the error's source (VIR_FROM_*), not a VM
   int level = 0;
   std::string message;
+  // The libvirt function that failed (virDomainLookupByName).
+  std::string operation;
   std::optional<std::string> str1;
   std::optional<std::string> str2;
   std::optional<std::string> str3;
@@ -32,6 +34,14 @@ LibvirtErrorInfo CaptureLastError(const char* operation);
 LibvirtErrorInfo ClosedConnectionError(const char* operation);
 
 Napi::Error MakeLibvirtError(Napi::Env env, const LibvirtErrorInfo& info);
+
+// An Error created on the JS thread when an async call is made: its stack holds
+// the caller's frames, which the error a failed call rejects with lacks (it is
+// created later, from the event loop).
+Napi::ObjectReference CaptureCallSite(Napi::Env env);
+
+// Gives `error` the frames of `callSite` under its own "Name: message" line.
+void AttachCallSite(Napi::Env env, Napi::Value error, const Napi::ObjectReference& callSite);
 
 // Throws a TypeError naming the argument; used before anything reaches libvirt.
 [[noreturn]] void ThrowTypeError(Napi::Env env, const std::string& message);

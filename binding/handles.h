@@ -3,18 +3,18 @@
 // A connection's state is shared by the Connection wrapper and every child it
 // produced. close() marks it closed and drops each child's libvirt reference, so
 // the daemon connection really ends; work already queued holds references of its
-// own and finishes safely. Releases that could reach the daemon never run on the
-// JS thread: they go to one background thread.
+// own, and close() waits for it before dropping the connection's own reference.
 #pragma once
 
 #include <libvirt/libvirt.h>
 #include <napi.h>
 
 #include <functional>
-#include <memory>
 #include <optional>
 #include <string>
 #include <unordered_set>
+
+#include "owned.h"
 
 namespace lvb {
 
@@ -26,35 +26,46 @@ class ChildHandle {
 };
 
 struct ConnectionState {
-  virConnectPtr ptr = nullptr;
+  OwnedConnection conn;  // empty once closed
   bool closed = false;
   std::unordered_set<ChildHandle*> children;
+
+  // JS thread. Calls queued on the connection or on its children that have not
+  // completed yet; close() starts its own work only once there are none.
+  void CallStarted() { callsInFlight_++; }
+  void CallEnded();
+  // Runs `next` once no call is in flight (at once when none is).
+  void WhenIdle(std::function<void()> next);
+  int callsInFlight() const { return callsInFlight_; }
+
+ private:
+  int callsInFlight_ = 0;
+  std::function<void()> whenIdle_;
 };
 
 using ConnectionStatePtr = std::shared_ptr<ConnectionState>;
 
-// Runs `release` on the background release thread (started on first use).
-void ReleaseInBackground(std::function<void()> release);
-
 // A libvirt reference taken on the JS thread for the duration of one async call,
-// dropped on the worker thread when the call is done.
+// dropped on the call thread when the call is done (Release). If the work never
+// ran (environment teardown), the owners hand it to the release thread instead.
 class HeldReference {
  public:
   HeldReference() = default;
-  explicit HeldReference(virConnectPtr conn);
-  explicit HeldReference(virDomainPtr dom);
-  explicit HeldReference(virDomainCheckpointPtr cp);
-  HeldReference(HeldReference&& other) noexcept;
-  HeldReference& operator=(HeldReference&& other) noexcept;
-  HeldReference(const HeldReference&) = delete;
-  HeldReference& operator=(const HeldReference&) = delete;
-  ~HeldReference();
-  void Release();
+  explicit HeldReference(virConnectPtr conn) : conn_(ShareReference(conn)) {}
+  explicit HeldReference(virDomainPtr dom) : dom_(ShareReference(dom)) {}
+  explicit HeldReference(virDomainCheckpointPtr cp) : cp_(ShareReference(cp)) {}
+  explicit HeldReference(OwnedConnection conn) : conn_(std::move(conn)) {}
+
+  void Release() {
+    ReleaseHere(cp_);
+    ReleaseHere(dom_);
+    ReleaseHere(conn_);
+  }
 
  private:
-  virConnectPtr conn_ = nullptr;
-  virDomainPtr dom_ = nullptr;
-  virDomainCheckpointPtr cp_ = nullptr;
+  OwnedConnection conn_;
+  OwnedDomain dom_;
+  OwnedCheckpoint cp_;
 };
 
 // Method trampoline: checks that `this` really is a W (type tag) before
@@ -88,6 +99,14 @@ Napi::Function DefineCheckedClass(Napi::Env env, const std::initializer_list<Nap
   Napi::Function ctor = W::DefineClass(env, W::kClassName, {});
   ctor.Get("prototype").template As<Napi::Object>().DefineProperties(methods);
   return ctor;
+}
+
+// Wrapped classes are constructed from C++ only, with the owner of their
+// handle passed as an External (which JS code cannot forge). The constructor
+// moves the handle out; if construction fails first, the owner still frees it.
+template <typename Object>
+Napi::External<Owned<Object>> OwnerArgument(Napi::Env env, Owned<Object>& owner) {
+  return Napi::External<Owned<Object>>::New(env, &owner);
 }
 
 // Argument readers: each throws a TypeError that names the argument.

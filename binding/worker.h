@@ -1,6 +1,7 @@
 // One async libvirt call: `work` runs on a call thread (call_dispatcher.h) and
-// must not touch JS; `convert` builds the JS result on the JS thread. A false return from `work`
-// means libvirt failed, and the thread's last error is captured right there.
+// must not touch JS; `convert` receives the result (with the owners of any
+// handles in it) on the JS thread and builds the JS value. A false return from
+// `work` means libvirt failed, and the thread's last error is captured right there.
 #pragma once
 
 #include <napi.h>
@@ -23,18 +24,35 @@ template <typename T>
 class LibvirtCall final : public PendingCall {
  public:
   using Work = std::function<bool(T&)>;
-  using Convert = std::function<Napi::Value(Napi::Env, T&)>;
+  using Convert = std::function<Napi::Value(Napi::Env, T)>;
 
-  // `owner` is the JS object the call was made on: kept alive until the call ends.
-  // `lane` is the connection's state (nullptr for calls that have none yet).
-  static Napi::Promise Run(Napi::Env env, Napi::Object owner, const void* lane, const char* operation,
-                           HeldReference held, Work work, Convert convert) {
+  // JS thread. `owner` is the JS object the call was made on: kept alive until the
+  // call ends. The caller's stack is recorded here, for the error if it fails.
+  // `counted`: the connection whose calls in flight this one counts among.
+  static std::unique_ptr<LibvirtCall> Prepare(Napi::Env env, Napi::Object owner, const char* operation,
+                                              HeldReference held, Work work, Convert convert,
+                                              ConnectionStatePtr counted = nullptr) {
     std::unique_ptr<LibvirtCall> call(new LibvirtCall(env, owner, operation, std::move(held), std::move(work),
-                                                      std::move(convert)));
-    Napi::Promise promise = call->deferred_.Promise();
+                                                      std::move(convert), std::move(counted)));
+    if (call->counted_) call->counted_->CallStarted();
+    return call;
+  }
+
+  // JS thread. `lane` is the connection's state (nullptr for calls that have none).
+  static void Submit(Napi::Env env, const void* lane, std::unique_ptr<LibvirtCall> call) {
     SubmitCall(env.GetInstanceData<AddonData>()->calls, lane, std::move(call));
+  }
+
+  static Napi::Promise Run(Napi::Env env, Napi::Object owner, const void* lane, const char* operation,
+                           HeldReference held, Work work, Convert convert, ConnectionStatePtr counted = nullptr) {
+    std::unique_ptr<LibvirtCall> call =
+        Prepare(env, owner, operation, std::move(held), std::move(work), std::move(convert), std::move(counted));
+    Napi::Promise promise = call->Promise();
+    Submit(env, lane, std::move(call));
     return promise;
   }
+
+  Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
     try {
@@ -55,49 +73,51 @@ class LibvirtCall final : public PendingCall {
     // out of the completion callback.
     try {
       if (!failure_.empty()) {
-        deferred_.Reject(Napi::Error::New(env, std::string(operation_) + ": " + failure_).Value());
+        Reject(env, Napi::Error::New(env, std::string(operation_) + ": " + failure_).Value());
       } else if (!ok_) {
-        deferred_.Reject(MakeLibvirtError(env, error_).Value());
+        Reject(env, MakeLibvirtError(env, error_).Value());
       } else {
         try {
-          deferred_.Resolve(convert_(env, result_));
+          deferred_.Resolve(convert_(env, std::move(result_)));
         } catch (const Napi::Error& e) {
-          deferred_.Reject(e.Value());
+          Reject(env, e.Value());
         }
       }
     } catch (const Napi::Error&) {
     }
+    if (counted_) counted_->CallEnded();
   }
 
  private:
   LibvirtCall(Napi::Env env, Napi::Object owner, const char* operation, HeldReference held, Work work,
-              Convert convert)
+              Convert convert, ConnectionStatePtr counted)
       : deferred_(Napi::Promise::Deferred::New(env)),
         owner_(Napi::Persistent(owner)),
+        callSite_(CaptureCallSite(env)),
         operation_(operation),
         held_(std::move(held)),
         work_(std::move(work)),
-        convert_(std::move(convert)) {}
+        convert_(std::move(convert)),
+        counted_(std::move(counted)) {}
+
+  void Reject(Napi::Env env, Napi::Value error) {
+    AttachCallSite(env, error, callSite_);
+    deferred_.Reject(error);
+  }
 
   Napi::Promise::Deferred deferred_;
   Napi::ObjectReference owner_;
+  Napi::ObjectReference callSite_;
   const char* operation_;
   HeldReference held_;
   Work work_;
   Convert convert_;
+  ConnectionStatePtr counted_;
   T result_{};
   bool ok_ = false;
   LibvirtErrorInfo error_;
   std::string failure_;  // a C++ exception thrown by `work`
 };
-
-// Queues `work` on `handle` (a connection, domain or checkpoint pointer) with a
-// reference held for the call, or rejects at once when the connection is closed.
-// The one entry point every wrapped class's methods go through.
-template <typename T, typename Handle>
-Napi::Value QueueCall(const Napi::CallbackInfo& info, const ConnectionStatePtr& state, Handle handle,
-                      const char* operation, std::function<bool(Handle, T&)> work,
-                      std::function<Napi::Value(Napi::Env, T&)> convert);
 
 // A promise already rejected with a LibvirtError (e.g. the connection is closed).
 inline Napi::Promise RejectedPromise(Napi::Env env, const LibvirtErrorInfo& info) {
@@ -115,15 +135,18 @@ inline bool TakeCString(char* str, std::string& out) {
   return true;
 }
 
+// Queues `work` on `handle` (a connection, domain or checkpoint pointer) with a
+// reference held for the call, or rejects at once when the connection is closed.
+// The one entry point every wrapped class's methods go through.
 template <typename T, typename Handle>
 Napi::Value QueueCall(const Napi::CallbackInfo& info, const ConnectionStatePtr& state, Handle handle,
                       const char* operation, std::function<bool(Handle, T&)> work,
-                      std::function<Napi::Value(Napi::Env, T&)> convert) {
+                      std::function<Napi::Value(Napi::Env, T)> convert) {
   Napi::Env env = info.Env();
   if (state->closed || handle == nullptr) return RejectedPromise(env, ClosedConnectionError(operation));
   return LibvirtCall<T>::Run(
       env, info.This().As<Napi::Object>(), state.get(), operation, HeldReference(handle),
-      [handle, work = std::move(work)](T& out) { return work(handle, out); }, std::move(convert));
+      [handle, work = std::move(work)](T& out) { return work(handle, out); }, std::move(convert), state);
 }
 
 }  // namespace lvb

@@ -1,6 +1,8 @@
+import { EventEmitter } from 'node:events';
+
 import { ConnectFlags } from './constants.js';
 import { Domain } from './domain.js';
-import { EventHub, type ConnectionEventName, type ConnectionEvents } from './events.js';
+import { EventRegistrations, isEventKind, type ConnectionEventMap, type EventKind } from './events.js';
 import { nativeAddon, type NativeConnection } from './native.js';
 import { parseDomainCapabilities } from './xml/index.js';
 
@@ -56,51 +58,80 @@ export async function connect(uri?: string, options: ConnectOptions = {}): Promi
   return connection;
 }
 
+/** Event names an EventEmitter itself uses, or that `events.on()` listens to. */
+const EMITTER_EVENTS = new Set<string | symbol>(['newListener', 'removeListener', 'registration-error', 'error']);
+
 /**
  * A connection to a libvirt driver. Every method that may reach the daemon runs
  * off the JS thread and returns a Promise; concurrent calls run concurrently.
  * After `close()`, every call on it and on its domains rejects with
  * `VIR_ERR_INVALID_CONN`.
+ *
+ * Events: a Node.js `EventEmitter` (`on`, `once`, `off`, `events.on(conn, ...)`
+ * and `events.once(conn, ...)` all work). The libvirt registration of a kind is
+ * made when its first listener is added (await `eventsReady()` to know it is in
+ * place) and removed with its last. While one is registered the process stays
+ * alive, like with a socket; with none, nothing here keeps it alive. Events of
+ * all kinds arrive in the order libvirt sent them. There is no limit on the
+ * number of listeners (`waitForJob()` adds one per waiting call).
  */
-export class Connection {
+export class Connection extends EventEmitter<ConnectionEventMap> {
   readonly #native: NativeConnection;
-  readonly #events: EventHub;
+  readonly #registrations: EventRegistrations;
+  readonly #trackListener = (name: string | symbol): void => {
+    if (isEventKind(name)) this.#registrations.sync(name);
+    else if (!EMITTER_EVENTS.has(name)) throw new TypeError(`unknown event "${String(name)}"`);
+  };
+  readonly #untrackListener = (name: string | symbol): void => {
+    if (isEventKind(name)) this.#registrations.sync(name);
+  };
+  #closing: Promise<void> | undefined;
   #libVersion: Promise<number> | undefined;
 
   /** @internal Use `connect()`. */
   constructor(native: NativeConnection) {
+    super();
+    this.setMaxListeners(0);
     this.#native = native;
-    this.#events = new EventHub(native, (domain) => new Domain(this, domain));
+    this.#registrations = new EventRegistrations({
+      native,
+      listenerCount: (kind) => this.listenerCount(kind),
+      emit: (name, ...args) => {
+        (this as EventEmitter).emit(name, ...args);
+      },
+      wrapDomain: (domain) => new Domain(this, domain),
+    });
+    // Registrations follow the listeners through the emitter's own events.
+    const emitter = this as EventEmitter;
+    emitter.on('newListener', this.#trackListener);
+    emitter.on('removeListener', this.#untrackListener);
+  }
+
+  /** Removes listeners like EventEmitter's, but keeps the ones registrations follow. */
+  override removeAllListeners(event?: keyof ConnectionEventMap | 'newListener' | 'removeListener'): this {
+    const emitter = this as EventEmitter;
+    const names = event === undefined ? emitter.eventNames() : [event];
+    for (const name of names) {
+      if (name === 'newListener' || name === 'removeListener') {
+        const ours = name === 'newListener' ? this.#trackListener : this.#untrackListener;
+        for (const listener of emitter.listeners(name)) {
+          if (listener !== ours) emitter.off(name, listener as (...args: unknown[]) => void);
+        }
+      } else {
+        super.removeAllListeners(name as keyof ConnectionEventMap);
+      }
+    }
+    return this;
   }
 
   /**
-   * Listens for an event. The libvirt registration is made when the first
-   * listener of a kind is added (await `eventsReady()` to know it is in place) and
-   * removed with the last one. While a listener is registered, the process stays
-   * alive, like with a socket; with none, nothing here keeps it alive.
+   * Resolves once libvirt has the registrations for `kinds` (default: every kind
+   * that has had listeners) queued so far; rejects with the failure of a kind
+   * whose registration failed while it has listeners. Each caller gets the
+   * outcome of the kinds it asks about, however many ask.
    */
-  on<E extends ConnectionEventName>(event: E, listener: ConnectionEvents[E]): this {
-    this.#events.add(event, listener, false);
-    return this;
-  }
-
-  once<E extends ConnectionEventName>(event: E, listener: ConnectionEvents[E]): this {
-    this.#events.add(event, listener, true);
-    return this;
-  }
-
-  off<E extends ConnectionEventName>(event: E, listener: ConnectionEvents[E]): this {
-    this.#events.remove(event, listener);
-    return this;
-  }
-
-  listenerCount(event: ConnectionEventName): number {
-    return this.#events.listenerCount(event);
-  }
-
-  /** Resolves once libvirt has every event registration asked for so far; rejects if one failed. */
-  async eventsReady(): Promise<void> {
-    return this.#events.ready();
+  async eventsReady(...kinds: EventKind[]): Promise<void> {
+    return this.#registrations.ready(kinds.length > 0 ? kinds : this.#registrations.knownKinds());
   }
 
   /** Keepalive for remote drivers (see `ConnectOptions.keepAlive`); in-process drivers reject with `VIR_ERR_NO_SUPPORT`. */
@@ -108,10 +139,27 @@ export class Connection {
     return this.#native.setKeepAlive(interval, count);
   }
 
-  /** libvirt's version on the daemon side, fetched once per connection. */
+  /**
+   * libvirt's version on the daemon side, encoded as major * 1e6 + minor * 1e3 +
+   * release. Asked once per connection; a failure is not kept, so the next call
+   * asks again.
+   */
+  getLibVersion(): Promise<number> {
+    let pending = this.#libVersion;
+    if (pending === undefined) {
+      pending = this.#native.getLibVersion();
+      this.#libVersion = pending;
+      const asked = pending;
+      asked.catch(() => {
+        if (this.#libVersion === asked) this.#libVersion = undefined;
+      });
+    }
+    return pending;
+  }
+
+  /** @deprecated Use `getLibVersion()`, which now caches the same way. */
   libVersion(): Promise<number> {
-    this.#libVersion ??= this.#native.getLibVersion();
-    return this.#libVersion;
+    return this.getLibVersion();
   }
 
   /**
@@ -124,7 +172,7 @@ export class Connection {
     if (uri.startsWith('test:')) {
       return { checkpoints: true, backups: false, reason: "libvirt's test driver implements checkpoints but not backups" };
     }
-    const version = await this.libVersion();
+    const version = await this.getLibVersion();
     if (version < 6_000_000) {
       return { checkpoints: version >= 5_006_000, backups: false, reason: `libvirt ${version} is older than 6.0.0` };
     }
@@ -150,28 +198,21 @@ export class Connection {
     }
   }
 
-  /** True once `close()` was called. */
+  /** True from the moment `close()` is called. */
   get closed(): boolean {
-    return this.#native.isClosed();
+    return this.#closing !== undefined || this.#native.isClosed();
   }
 
   /**
-   * Closes the connection. Domain handles obtained from it are released at once;
-   * calls already in flight finish first, then the daemon connection ends.
-   * Closing twice is harmless.
+   * Closes the connection. From the moment it is called, new calls on the
+   * connection and on its domains and checkpoints reject; calls already in
+   * flight run to their end, then libvirt's event registrations are removed and
+   * the daemon connection ends, and only then does the promise resolve. Every
+   * call returns the same promise. Listeners stay attached but receive nothing.
    */
-  async close(): Promise<void> {
-    if (this.#native.isClosed()) return;
-    // Drop our registrations first so their thread-safe functions are released
-    // and nothing keeps the process alive after close().
-    this.#events.removeAll();
-    await this.#events.ready().catch(() => undefined);
-    return this.#native.close();
-  }
-
-  /** libvirt's version on the daemon side, encoded as major * 1e6 + minor * 1e3 + release. */
-  async getLibVersion(): Promise<number> {
-    return this.#native.getLibVersion();
+  close(): Promise<void> {
+    this.#closing ??= this.#native.close();
+    return this.#closing;
   }
 
   /** The hypervisor's version (e.g. QEMU's), encoded like `getLibVersion()`. */

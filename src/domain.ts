@@ -126,7 +126,7 @@ export class Domain {
    */
   async backupBegin(backup: string | BackupSpec, checkpoint?: string | CheckpointSpec | null, flags = 0): Promise<void> {
     const backupXml =
-      typeof backup === 'string' ? backup : buildBackupXml(backup, { libvirtVersion: await this.connection.libVersion() });
+      typeof backup === 'string' ? backup : buildBackupXml(backup, { libvirtVersion: await this.connection.getLibVersion() });
     const checkpointXml = checkpoint === undefined || checkpoint === null ? null : await this.#checkpointXml(checkpoint);
     return this.#native.backupBegin(backupXml, checkpointXml, flags);
   }
@@ -225,7 +225,7 @@ export class Domain {
         }
       };
       connection
-        .eventsReady()
+        .eventsReady('job-completed')
         .then(() => (settled ? undefined : checkEnded(1)))
         .catch((error: unknown) => finish({ error }));
     });
@@ -233,6 +233,6 @@ export class Domain {
 
   async #checkpointXml(checkpoint: string | CheckpointSpec): Promise<string> {
     if (typeof checkpoint === 'string') return checkpoint;
-    return buildCheckpointXml(checkpoint, { libvirtVersion: await this.connection.libVersion() });
+    return buildCheckpointXml(checkpoint, { libvirtVersion: await this.connection.getLibVersion() });
   }
 }

@@ -1,10 +1,11 @@
-// Connection events: libvirt registrations made when the first listener of a
-// kind is added and removed with the last, serialised per kind so quick on/off
-// sequences never leave a registration behind or register twice.
+// Connection events: what they carry, and the libvirt registrations behind them.
+// A registration is made when the first listener of a kind is added and removed
+// with the last; each kind's registrations and removals run one after another,
+// so quick on/off sequences never leave one behind or register twice.
 import { BlockJobStatus, BlockJobType, CloseReason, DomainEventID, LifecycleEvent } from './constants.js';
 import type { Domain } from './domain.js';
 import { toJobStats, type JobStats } from './jobs.js';
-import type { NativeConnection, NativeDomain, NativeEventPayload } from './native.js';
+import type { NativeConnection, NativeDomain, NativeEvent } from './native.js';
 
 export interface LifecyclePayload {
   event: LifecycleEvent;
@@ -19,168 +20,175 @@ export interface BlockJobPayload {
   status: BlockJobStatus;
 }
 
-export interface ConnectionEvents {
-  lifecycle: (domain: Domain, payload: LifecyclePayload) => void;
-  'job-completed': (domain: Domain, payload: JobStats) => void;
-  'block-job': (domain: Domain, payload: BlockJobPayload) => void;
-  reboot: (domain: Domain) => void;
+/** The events that stand for a libvirt registration (made with their first listener). */
+export type EventKind = 'lifecycle' | 'job-completed' | 'block-job' | 'reboot' | 'close';
+
+export const EVENT_KINDS: readonly EventKind[] = ['lifecycle', 'job-completed', 'block-job', 'reboot', 'close'];
+
+/** A connection's events and the arguments their listeners receive. */
+export interface ConnectionEventMap {
+  lifecycle: [domain: Domain, payload: LifecyclePayload];
+  'job-completed': [domain: Domain, stats: JobStats];
+  'block-job': [domain: Domain, payload: BlockJobPayload];
+  reboot: [domain: Domain];
   /** The connection to the daemon closed by itself (not by `close()`). */
-  close: (reason: CloseReason) => void;
-  /** A libvirt registration for one of the other events failed. */
-  error: (error: Error) => void;
+  close: [reason: CloseReason];
+  /**
+   * libvirt refused the registration (or removal) for `kind`. Listeners of that
+   * kind get nothing until a registration succeeds: adding another listener of
+   * the kind tries again. Never an unhandled `'error'`.
+   */
+  'registration-error': [error: Error, kind: EventKind];
+  /**
+   * Never emitted (a failed registration is `'registration-error'`); listened to
+   * by `events.on()` and `events.once()`, which is why it is accepted.
+   */
+  error: [error: Error];
 }
 
-export type ConnectionEventName = keyof ConnectionEvents;
+export type ConnectionEventName = keyof ConnectionEventMap;
 
-const DOMAIN_EVENT_IDS: Partial<Record<ConnectionEventName, DomainEventID>> = {
+/** Listener signatures per event name. */
+export type ConnectionEvents = { [E in ConnectionEventName]: (...args: ConnectionEventMap[E]) => void };
+
+const DOMAIN_EVENT_IDS: Record<Exclude<EventKind, 'close'>, DomainEventID> = {
   lifecycle: DomainEventID.LIFECYCLE,
   'job-completed': DomainEventID.JOB_COMPLETED,
   'block-job': DomainEventID.BLOCK_JOB_2,
   reboot: DomainEventID.REBOOT,
 };
 
-type AnyListener = (...args: never[]) => void;
-
-interface Kind {
-  listeners: Array<{ listener: AnyListener; once: boolean }>;
-  /** Resolves when the last queued register/deregister has run. */
-  queue: Promise<void>;
-  callbackId: number | null;
-  closeRegistered: boolean;
+export function isEventKind(name: unknown): name is EventKind {
+  return typeof name === 'string' && (EVENT_KINDS as readonly string[]).includes(name);
 }
 
-export class EventHub {
-  readonly #native: NativeConnection;
-  readonly #wrapDomain: (native: NativeDomain) => Domain;
-  readonly #kinds = new Map<ConnectionEventName, Kind>();
-  #failures: Error[] = [];
+type Emit = <E extends ConnectionEventName>(name: E, ...args: ConnectionEventMap[E]) => void;
 
-  constructor(native: NativeConnection, wrapDomain: (native: NativeDomain) => Domain) {
-    this.#native = native;
-    this.#wrapDomain = wrapDomain;
+interface KindState {
+  /** Settles when the last queued registration or removal has run. */
+  queue: Promise<void>;
+  registered: boolean;
+  callbackId: number | null;
+  /** Why the latest registration failed, while it stands. */
+  failure: Error | undefined;
+}
+
+export interface EventRegistrationsHost {
+  native: NativeConnection;
+  listenerCount(kind: EventKind): number;
+  emit: Emit;
+  wrapDomain(native: NativeDomain): Domain;
+}
+
+/** Keeps libvirt's registrations of one connection in line with its listeners. */
+export class EventRegistrations {
+  readonly #host: EventRegistrationsHost;
+  readonly #kinds = new Map<EventKind, KindState>();
+  #handlerSet = false;
+
+  constructor(host: EventRegistrationsHost) {
+    this.#host = host;
   }
 
-  add(name: ConnectionEventName, listener: AnyListener, once: boolean): void {
-    if (typeof listener !== 'function') throw new TypeError('The "listener" argument must be a function');
-    if (name !== 'error' && name !== 'close' && DOMAIN_EVENT_IDS[name] === undefined) {
-      throw new TypeError(`unknown event "${String(name)}"`);
-    }
-    const kind = this.#kind(name);
-    kind.listeners.push({ listener, once });
-    if (kind.listeners.length === 1 && name !== 'error') this.#sync(name, kind);
+  /** Queues whatever brings `kind`'s registration in line with its listener count. */
+  sync(kind: EventKind): void {
+    const state = this.#state(kind);
+    state.queue = state.queue.then(() => this.#apply(kind, state));
   }
 
-  remove(name: ConnectionEventName, listener: AnyListener): void {
-    const kind = this.#kinds.get(name);
-    if (!kind) return;
-    const index = kind.listeners.findIndex((entry) => entry.listener === listener);
-    if (index === -1) return;
-    kind.listeners.splice(index, 1);
-    if (kind.listeners.length === 0 && name !== 'error') this.#sync(name, kind);
-  }
-
-  removeAll(): void {
-    for (const [name, kind] of this.#kinds) {
-      if (kind.listeners.length === 0) continue;
-      kind.listeners = [];
-      if (name !== 'error') this.#sync(name, kind);
-    }
-  }
-
-  listenerCount(name: ConnectionEventName): number {
-    return this.#kinds.get(name)?.listeners.length ?? 0;
-  }
-
-  /** Waits for pending libvirt registrations; rejects with the first that failed. */
-  async ready(): Promise<void> {
-    await Promise.all([...this.#kinds.values()].map((kind) => kind.queue));
-    const failure = this.#failures.shift();
-    if (failure) {
-      this.#failures = [];
-      throw failure;
+  /**
+   * Waits for the registrations and removals queued so far for `kinds`; rejects
+   * with the failure of the first of them whose registration failed and still has
+   * listeners. Every caller gets the outcome of the kinds it asked about.
+   */
+  async ready(kinds: readonly EventKind[]): Promise<void> {
+    const states = kinds.map((kind) => this.#kinds.get(kind));
+    await Promise.all(states.map((state) => state?.queue));
+    for (const [index, kind] of kinds.entries()) {
+      const failure = states[index]?.failure;
+      if (failure !== undefined && this.#host.listenerCount(kind) > 0) throw failure;
     }
   }
 
-  #kind(name: ConnectionEventName): Kind {
-    let kind = this.#kinds.get(name);
-    if (!kind) {
-      kind = { listeners: [], queue: Promise.resolve(), callbackId: null, closeRegistered: false };
-      this.#kinds.set(name, kind);
-    }
-    return kind;
+  /** The kinds with a registration, pending or done, or a failed one. */
+  knownKinds(): EventKind[] {
+    return [...this.#kinds.keys()];
   }
 
-  /** Queues whatever brings libvirt's registration in line with the listener count. */
-  #sync(name: ConnectionEventName, kind: Kind): void {
-    kind.queue = kind.queue.then(async () => {
-      const wanted = kind.listeners.length > 0;
-      try {
-        if (name === 'close') await this.#syncClose(kind, wanted);
-        else await this.#syncDomainEvent(name, kind, wanted);
-      } catch (error) {
-        this.#fail(error as Error);
+  #state(kind: EventKind): KindState {
+    let state = this.#kinds.get(kind);
+    if (state === undefined) {
+      state = { queue: Promise.resolve(), registered: false, callbackId: null, failure: undefined };
+      this.#kinds.set(kind, state);
+    }
+    return state;
+  }
+
+  async #apply(kind: EventKind, state: KindState): Promise<void> {
+    const { native } = this.#host;
+    if (native.isClosed()) {
+      // close() removed libvirt's side of every registration.
+      state.registered = false;
+      state.callbackId = null;
+      state.failure = undefined;
+      return;
+    }
+    const wanted = this.#host.listenerCount(kind) > 0;
+    if (wanted === state.registered) {
+      if (!wanted) state.failure = undefined;
+      return;
+    }
+    try {
+      if (wanted) {
+        this.#ensureHandler();
+        if (kind === 'close') await native.registerCloseCallback();
+        else state.callbackId = await native.registerDomainEvent(DOMAIN_EVENT_IDS[kind]);
+        state.registered = true;
+        state.failure = undefined;
+      } else {
+        const callbackId = state.callbackId;
+        state.registered = false;
+        state.callbackId = null;
+        state.failure = undefined;
+        if (kind === 'close') await native.unregisterCloseCallback();
+        else await native.deregisterDomainEvent(callbackId!);
       }
-    });
-  }
-
-  async #syncDomainEvent(name: ConnectionEventName, kind: Kind, wanted: boolean): Promise<void> {
-    if (wanted && kind.callbackId === null) {
-      kind.callbackId = await this.#native.registerDomainEvent(DOMAIN_EVENT_IDS[name]!, (domain, payload) =>
-        this.#dispatchDomainEvent(name, domain, payload),
-      );
-    } else if (!wanted && kind.callbackId !== null) {
-      const id = kind.callbackId;
-      kind.callbackId = null;
-      if (!this.#native.isClosed()) await this.#native.deregisterDomainEvent(id);
+    } catch (error) {
+      if (native.isClosed()) return;
+      const failure = error instanceof Error ? error : new Error(String(error));
+      if (wanted) state.failure = failure;
+      this.#host.emit('registration-error', failure, kind);
     }
   }
 
-  async #syncClose(kind: Kind, wanted: boolean): Promise<void> {
-    if (wanted && !kind.closeRegistered) {
-      await this.#native.registerCloseCallback((reason) => this.#emit('close', [reason as CloseReason]));
-      kind.closeRegistered = true;
-    } else if (!wanted && kind.closeRegistered) {
-      kind.closeRegistered = false;
-      if (!this.#native.isClosed()) await this.#native.unregisterCloseCallback();
-    }
+  #ensureHandler(): void {
+    if (this.#handlerSet) return;
+    this.#host.native.setEventHandler((event) => this.#deliver(event));
+    this.#handlerSet = true;
   }
 
-  #dispatchDomainEvent(name: ConnectionEventName, native: NativeDomain, payload: NativeEventPayload): void {
-    const domain = this.#wrapDomain(native);
-    switch (name) {
+  #deliver(event: NativeEvent): void {
+    const { emit, wrapDomain } = this.#host;
+    switch (event.kind) {
       case 'lifecycle':
-        this.#emit(name, [domain, { event: payload.event as LifecycleEvent, detail: payload.detail ?? 0 }]);
+        emit('lifecycle', wrapDomain(event.domain), { event: event.event as LifecycleEvent, detail: event.detail });
         break;
       case 'job-completed':
-        this.#emit(name, [domain, toJobStats(payload.params ?? {})]);
+        emit('job-completed', wrapDomain(event.domain), toJobStats(event.params));
         break;
       case 'block-job':
-        this.#emit(name, [
-          domain,
-          { disk: payload.disk ?? '', type: payload.type as BlockJobType, status: payload.status as BlockJobStatus },
-        ]);
+        emit('block-job', wrapDomain(event.domain), {
+          disk: event.disk,
+          type: event.type as BlockJobType,
+          status: event.status as BlockJobStatus,
+        });
         break;
       case 'reboot':
-        this.#emit(name, [domain]);
+        emit('reboot', wrapDomain(event.domain));
         break;
-      default:
+      case 'close':
+        emit('close', event.reason as CloseReason);
         break;
     }
-  }
-
-  #emit(name: ConnectionEventName, args: unknown[]): void {
-    const kind = this.#kinds.get(name);
-    if (!kind || kind.listeners.length === 0) return;
-    // A snapshot: listeners added or removed by a listener take effect next time.
-    const current = [...kind.listeners];
-    for (const entry of current) {
-      if (entry.once) this.remove(name, entry.listener);
-      (entry.listener as (...a: unknown[]) => void)(...args);
-    }
-  }
-
-  #fail(error: Error): void {
-    this.#failures.push(error);
-    this.#emit('error', [error]);
   }
 }

@@ -6,7 +6,7 @@ export type { DomainStateInfo, QemuMonitorCommandOptions, WaitForJobOptions } fr
 export { Checkpoint } from './checkpoint.js';
 export { JobFailedError } from './jobs.js';
 export type { JobInfo, JobStats, TypedParameters, TypedParameterValue } from './jobs.js';
-export type { BlockJobPayload, ConnectionEventName, ConnectionEvents, LifecyclePayload } from './events.js';
+export type { BlockJobPayload, ConnectionEventMap, ConnectionEventName, ConnectionEvents, EventKind, LifecyclePayload } from './events.js';
 export { LibvirtError } from './errors.js';
 export type { LibvirtErrorInfo } from './errors.js';
 export * from './constants.js';

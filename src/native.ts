@@ -26,9 +26,16 @@ export interface NativeConnection {
   lookupDomainByUUID(uuid: string): Promise<NativeDomain>;
   defineDomain(xml: string, flags: number): Promise<NativeDomain>;
   createDomain(xml: string, flags: number): Promise<NativeDomain>;
-  registerDomainEvent(eventId: number, callback: (domain: NativeDomain, payload: NativeEventPayload) => void): Promise<number>;
+  /**
+   * Once per connection, before any registration: every event of every kind
+   * registered on this connection reaches `handler`, in the order libvirt
+   * dispatched them (one channel per connection).
+   */
+  setEventHandler(handler: (event: NativeEvent) => void): void;
+  /** Resolves with libvirt's callback id. */
+  registerDomainEvent(eventId: number): Promise<number>;
   deregisterDomainEvent(callbackId: number): Promise<void>;
-  registerCloseCallback(callback: (reason: number) => void): Promise<void>;
+  registerCloseCallback(): Promise<void>;
   unregisterCloseCallback(): Promise<void>;
   /** Resolves false when libvirt says keepalive does not apply (virConnectSetKeepAlive returned 1). */
   setKeepAlive(intervalSeconds: number, count: number): Promise<boolean>;
@@ -37,15 +44,13 @@ export interface NativeConnection {
 export type TypedParameterValue = number | bigint | boolean | string | Array<number | bigint | boolean | string>;
 export type TypedParameters = Record<string, TypedParameterValue>;
 
-/** Fields present depend on the event id the callback was registered for. */
-export interface NativeEventPayload {
-  event?: number;
-  detail?: number;
-  disk?: string;
-  type?: number;
-  status?: number;
-  params?: TypedParameters;
-}
+/** One event from a connection's channel, by kind. */
+export type NativeEvent =
+  | { kind: 'lifecycle'; domain: NativeDomain; event: number; detail: number }
+  | { kind: 'block-job'; domain: NativeDomain; disk: string; type: number; status: number }
+  | { kind: 'job-completed'; domain: NativeDomain; params: TypedParameters }
+  | { kind: 'reboot'; domain: NativeDomain }
+  | { kind: 'close'; reason: number };
 
 export interface NativeJobInfo {
   type: number;
@@ -131,8 +136,22 @@ export interface NativeXxh128 {
   digest(): string;
 }
 
+/**
+ * Testing aid: a path to a `.node` file to load instead of the addon
+ * node-gyp-build finds (e.g. the sanitizer build, `npm run test:asan`).
+ */
+export const ADDON_PATH_VARIABLE = 'LIBVIRT_BACKUP_ADDON_PATH';
+
 function loadAddon(): NativeAddon {
   const require = createRequire(import.meta.url);
+  const override = process.env[ADDON_PATH_VARIABLE];
+  if (override !== undefined && override !== '') {
+    try {
+      return require(override) as NativeAddon;
+    } catch (cause) {
+      throw new Error(`libvirt-backup: cannot load the addon named by ${ADDON_PATH_VARIABLE} (${override})`, { cause });
+    }
+  }
   const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
   const packageRoot = fileURLToPath(new URL('..', import.meta.url));
   try {
