@@ -2,8 +2,8 @@
 // that into what a single front-to-back read of each file must copy where. The
 // topmost layer that has a range allocated (data, compressed or zero-flagged) answers
 // for it; unallocated ranges fall through to the layer below; what no layer answers
-// for reads as zeroes. A backing file smaller than the image reads as zeroes past its
-// end, as QEMU reads it.
+// for reads as zeroes. A backing file smaller than its overlay reads as zeroes past its
+// end, as QEMU reads it, whatever the layers below it hold there.
 import { CLUSTER_SIZE as OUTPUT_CLUSTER_SIZE, type ClusterRun } from './qcow2-layout.js';
 import { EXTENT_COMPRESSED, EXTENT_DATA, EXTENT_ZERO, type Qcow2Image } from './qcow2-reader.js';
 
@@ -137,9 +137,11 @@ export function planChainCopy(images: readonly Qcow2Image[], chunkBytes: number)
   const winners: Winners[] = new Array<Winners>(images.length);
   let claimed = new RangeList();
   let dataRanges = new RangeList();
+  // A layer is seen through every layer above it, so only up to the smallest of their sizes.
+  let limit = virtualSize;
   for (let layer = images.length - 1; layer >= 0; layer--) {
     const { header, extents } = images[layer]!;
-    const limit = Math.min(header.virtualSize, virtualSize);
+    limit = Math.min(limit, header.virtualSize);
     const own = new RangeList();
     const won = new Winners();
     const dataHere = new RangeList();

@@ -133,6 +133,10 @@ const INCOMPATIBLE_EXTERNAL_DATA = 2;
 const INCOMPATIBLE_COMPRESSION_TYPE = 3;
 const INCOMPATIBLE_EXTENDED_L2 = 4;
 
+const AUTOCLEAR_RAW_EXTERNAL_DATA = 1n << 1n;
+/** QEMU's limit on the refcount table. */
+const MAX_REFCOUNT_TABLE_BYTES = 8 * 2 ** 20;
+
 const COMPRESSION_TYPES: Record<number, string> = { 0: 'zlib', 1: 'zstd' };
 
 const TWO_32 = 2 ** 32;
@@ -180,6 +184,7 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
 
   let headerLength = V2_HEADER_LENGTH;
   let incompatible = 0n;
+  let autoclear = 0n;
   let compressionType = 0;
   if (version === 3) {
     if (fileSize < V3_HEADER_LENGTH) throw malformed(name, `the file is ${fileSize} bytes, too short for a version 3 header`);
@@ -188,6 +193,7 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
       throw malformed(name, `header_length ${headerLength} is not a multiple of 8 between ${V3_HEADER_LENGTH} and the cluster size ${clusterSize}`);
     }
     incompatible = fixed.readBigUInt64BE(72);
+    autoclear = fixed.readBigUInt64BE(88);
     const refcountOrder = fixed.readUInt32BE(96);
     if (refcountOrder > 6) throw malformed(name, `refcount_order ${refcountOrder} is above the maximum of 6`);
   }
@@ -197,8 +203,10 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
     compressionType = headerCluster[V3_HEADER_LENGTH]!;
   }
 
-  const virtualSize = readU64(fixed, 24);
-  if (virtualSize === null) throw unsupported(name, 'virtual size above 8 PiB is not supported');
+  const sizeField = readU64(fixed, 24);
+  if (sizeField === null) throw unsupported(name, 'virtual size above 8 PiB is not supported');
+  // QEMU sees whole 512-byte sectors only, and so does everything that reads the image through it.
+  const virtualSize = sizeField - (sizeField % 512);
   const cryptMethod = fixed.readUInt32BE(32);
   const l1Entries = fixed.readUInt32BE(36);
   const l1Offset = readU64(fixed, 40);
@@ -218,6 +226,22 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   }
 
   const { backingFormat, featureNames } = parseExtensions(headerCluster, headerLength, extensionsEnd, fileSize, name);
+
+  // Refcounts play no part in reading, but an image whose refcount structures QEMU
+  // would refuse to open is not one to trust either.
+  const refcountTableOffset = readU64(fixed, 48);
+  const refcountTableClusters = fixed.readUInt32BE(56);
+  if (refcountTableClusters === 0) throw malformed(name, 'the image has no refcount table');
+  if (refcountTableClusters > MAX_REFCOUNT_TABLE_BYTES / clusterSize) throw malformed(name, `a refcount table of ${refcountTableClusters} clusters is larger than the ${MAX_REFCOUNT_TABLE_BYTES} bytes QEMU allows`);
+  if (refcountTableOffset === null || refcountTableOffset % clusterSize !== 0) throw malformed(name, `refcount table offset ${fixed.readBigUInt64BE(48)} is not cluster aligned`);
+  // Internal snapshots are never in a backup set; qemu-img handles images that have them.
+  const snapshots = fixed.readUInt32BE(60);
+  const snapshotsOffset = readU64(fixed, 64);
+  if (snapshotsOffset === null || snapshotsOffset % clusterSize !== 0) throw malformed(name, `snapshot table offset ${fixed.readBigUInt64BE(64)} is not cluster aligned`);
+  if (snapshots !== 0) throw unsupported(name, `the image holds ${snapshots} internal snapshot${snapshots === 1 ? '' : 's'}`);
+  if ((autoclear & AUTOCLEAR_RAW_EXTERNAL_DATA) !== 0n && (incompatible & (1n << BigInt(INCOMPATIBLE_EXTERNAL_DATA))) === 0n) {
+    throw malformed(name, 'the raw external data bit is set without an external data file');
+  }
 
   if (l1Offset === null || l1Offset % clusterSize !== 0) throw malformed(name, `L1 table offset ${fixed.readBigUInt64BE(40)} is not cluster aligned`);
   if (l1Entries > MAX_L1_ENTRIES) throw unsupported(name, `L1 table of ${l1Entries} entries is larger than the ${MAX_L1_ENTRIES} QEMU supports`);
@@ -247,13 +271,14 @@ function parseExtensions(
   const featureNames = new Map<number, string>();
   let at = start;
   // Each pass moves at least 8 bytes forward inside one cluster: the loop is bounded.
-  while (end - at >= 8) {
-    if (at + 8 > headerCluster.length) throw malformed(name, `the file ends inside its header extensions (${fileSize} bytes)`);
+  while (at < end) {
+    const dataStart = at + 8;
+    if (dataStart > end) throw malformed(name, `header extension at ${at} runs past the header area`);
+    if (dataStart > headerCluster.length) throw malformed(name, `the file ends inside its header extensions (${fileSize} bytes)`);
     const type = headerCluster.readUInt32BE(at);
     const length = headerCluster.readUInt32BE(at + 4);
-    if (type === EXTENSION_END) break;
-    const dataStart = at + 8;
     if (length > end - dataStart) throw malformed(name, `header extension 0x${type.toString(16)} of ${length} bytes runs past the header area`);
+    if (type === EXTENSION_END) break;
     if (dataStart + length > headerCluster.length) throw malformed(name, `the file ends inside its header extensions (${fileSize} bytes)`);
     if (type === EXTENSION_BACKING_FORMAT) backingFormat = headerCluster.toString('utf8', dataStart, dataStart + length);
     if (type === EXTENSION_FEATURE_NAMES) {
@@ -347,6 +372,7 @@ export async function readQcow2Image(source: ByteSource, name: string, options: 
       const hostOffset = (entryHigh & 0x00ffffff) * TWO_32 + ((entryLow & 0xfffffe00) >>> 0);
       if (hostOffset % clusterSize !== 0) throw malformed(name, `cluster of guest offset ${guestOffset} at ${hostOffset} is not cluster aligned`);
       if ((entryLow & 1) !== 0) {
+        if (header.version === 2) throw malformed(name, `L2 entry of guest offset ${guestOffset} has the zero flag, which version 2 images do not have`);
         // Reads as zeroes, whatever it may have preallocated.
         extents.push(EXTENT_ZERO, guestOffset, length);
         continue;

@@ -4,6 +4,7 @@ import { execFile } from 'node:child_process';
 import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
+import fc from 'fast-check';
 import { restoreChain, type ChainFile, type ChainRestoreOptions, type ChainRestoreReport } from '../../src/backup/chain-restore.js';
 import { checksumFile } from '../../src/backup/checksum.js';
 
@@ -88,4 +89,15 @@ export async function qemuImgCheckClean(path: string): Promise<{ clean: boolean;
 
 export async function imageInfo(path: string): Promise<Record<string, unknown>> {
   return JSON.parse(await qemuImg('info', '--output=json', '-U', path)) as Record<string, unknown>;
+}
+
+/** fc.assert, with the failing case's own error in the message (fast-check keeps it as the cause, which ava does not print). */
+export async function assertProperty<T>(property: fc.IAsyncProperty<T>, parameters: fc.Parameters<T>): Promise<void> {
+  try {
+    await fc.assert(property, parameters);
+  } catch (error) {
+    const cause = error instanceof Error ? error.cause : undefined;
+    if (cause === undefined) throw error;
+    throw new Error(`${(error as Error).message}\ncaused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`);
+  }
 }

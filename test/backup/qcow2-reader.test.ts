@@ -133,6 +133,23 @@ test('three layers with different cluster sizes, a base smaller than the top, ze
   await assertRestoresLikeQemu(t, [base, middle, top], dir);
 });
 
+test('a backing file smaller than its overlay hides what the layers below it hold past its end', async (t) => {
+  const dir = await tempDir(t, 'reader-');
+  const base = join(dir, 'base.qcow2');
+  await createImage({ path: base, size: 2 * MiB });
+  await qemuIo(base, ['write -P 0x91 0 2M']);
+  const middle = join(dir, 'middle.qcow2');
+  await createImage({ path: middle, size: MiB, backing: base, options: { cluster_size: '4096' } });
+  await qemuIo(middle, ['write -P 0x92 64k 64k']);
+  const top = join(dir, 'top.qcow2');
+  await createImage({ path: top, size: 2 * MiB, backing: middle });
+  await qemuIo(top, ['write -P 0x93 1536k 64k']);
+  await assertRestoresLikeQemu(t, [base, middle, top], dir);
+  const restored = await readFile(join(dir, 'restored.raw'));
+  t.is(restored[MiB + 100], 0, 'past the middle layer: zeroes, not the base');
+  t.is(restored[1536 * KiB], 0x93);
+});
+
 /** Rewrites bytes of the header of a copy of `path`. */
 async function patched(path: string, copy: string, patches: Array<{ at: number; bytes: number[] }>): Promise<string> {
   const bytes = await readFile(path);
@@ -161,6 +178,14 @@ test('refuses what it does not read, naming the feature', async (t) => {
     ['unknown bit', patched(plain, join(dir, 'unknown.qcow2'), [{ at: 77, bytes: [0x02] }]), /incompatible feature bit 17 unknown/],
     ['version 4', patched(plain, join(dir, 'v4.qcow2'), [{ at: 7, bytes: [4] }]), /version 4 is not supported/],
     ['4 MiB clusters', patched(plain, join(dir, 'huge.qcow2'), [{ at: 23, bytes: [22] }]), /larger than the 2 MiB/],
+    [
+      'internal snapshot',
+      patched(plain, join(dir, 'snapshot-source.qcow2'), []).then(async (path) => {
+        await qemuImg('snapshot', '-c', 'before', path);
+        return path;
+      }),
+      /holds 1 internal snapshot/,
+    ],
   ];
   for (const [label, pathPromise, message] of cases) {
     const path = await pathPromise;
@@ -192,6 +217,9 @@ test('malformed headers and tables end in CHAIN_BROKEN, naming what is wrong', a
     ['L2 reserved bits', [{ at: l2 + 7, bytes: [0x02] }], /reserved bits set/],
     ['backing name too long', [{ at: 8, bytes: [0, 0, 0, 0, 0, 0, 0, 0x70] }, { at: 16, bytes: [0, 0, 0x10, 0] }], /backing file name of 4096 bytes is too long/],
     ['header length', [{ at: 103, bytes: [0x65] }], /header_length 101/],
+    ['no refcount table', [{ at: 56, bytes: [0, 0, 0, 0] }], /has no refcount table/],
+    ['snapshot table unaligned', [{ at: 71, bytes: [0x10] }], /snapshot table offset 16 is not cluster aligned/],
+    ['extension past the header area', [{ at: 116, bytes: [0, 1, 0, 0] }], /header extension 0x[0-9a-f]+ of 65536 bytes runs past the header area/],
   ];
   for (const [label, patches, message] of cases) {
     const path = await patched(plain, join(dir, `${label.replaceAll(' ', '-')}.qcow2`), patches);
@@ -206,6 +234,16 @@ test('malformed headers and tables end in CHAIN_BROKEN, naming what is wrong', a
     const error = await t.throwsAsync(readImage(path), { instanceOf: BackupSetError }, `truncated at ${length}`);
     t.is(error?.code, 'CHAIN_BROKEN');
   }
+  // Version 2 has no zero flag; QEMU calls such an entry corruption.
+  const v2 = join(dir, 'v2.qcow2');
+  await createImage({ path: v2, size: MiB, options: { compat: '0.10' } });
+  await qemuIo(v2, ['write -P 0x13 0 64k']);
+  const v2Bytes = await readFile(v2);
+  const v2Table = Number(v2Bytes.readBigUInt64BE(Number(v2Bytes.readBigUInt64BE(40))) & 0x00fffffffffffe00n);
+  v2Bytes[v2Table + 7]! |= 1;
+  await writeFile(v2, v2Bytes);
+  const zeroFlag = await t.throwsAsync(readImage(v2), { instanceOf: BackupSetError });
+  t.regex(zeroFlag!.message, /has the zero flag, which version 2 images do not have/);
   // Two L1 entries naming one L2 table would map the same entries twice: refused.
   const bigger = join(dir, 'bigger.qcow2');
   await createImage({ path: bigger, size: 1024 * MiB });
