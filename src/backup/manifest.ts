@@ -91,11 +91,17 @@ export interface Manifest {
 
 const BACKUP_LEVELS: readonly BackupLevel[] = ['full', 'inc', 'diff'];
 const TRANSPORTS: readonly BackupTransport[] = ['pull', 'push'];
-const ID_PATTERN = /^\d{4,}$/;
+/** Twenty digits outlast any schedule, and keep BigInt() of an id cheap (a million digits take most of a second). */
+const ID_PATTERN = /^\d{4,20}$/;
 const UUID_PATTERN = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const SHA256_PATTERN = /^[0-9a-f]{64}$/;
 /** Targets become part of file names; libvirt's are like vda, sdb, hdc. */
-const TARGET_PATTERN = /^[A-Za-z0-9_-]+$/;
+const TARGET_PATTERN = /^[A-Za-z0-9_-]{1,64}$/;
+/** Longest file name Linux file systems take (NAME_MAX), in bytes. */
+const MAX_FILE_NAME_BYTES = 255;
+/** Values quoted in messages are cut to this many characters: a message names, it does not copy. */
+const MAX_QUOTED = 60;
+const PLAIN_KEY = /^[A-Za-z_$][\w$]*$/;
 const ISO_TIME_PATTERN = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d+)?(Z|[+-]\d{2}:\d{2})$/;
 
 /** Raised with the path of the first field that is wrong, e.g. `backups[2].disks[0].checksum`. */
@@ -110,9 +116,14 @@ class FieldError extends Error {
 
 type Json = unknown;
 
+function quote(text: string): string {
+  return JSON.stringify(text.length > MAX_QUOTED ? `${text.slice(0, MAX_QUOTED)}…` : text);
+}
+
 function describe(value: Json): string {
   if (value === null) return 'null';
   if (Array.isArray(value)) return 'an array';
+  if (typeof value === 'string') return `string ${quote(value)}`;
   return typeof value === 'object' ? 'an object' : `${typeof value} ${JSON.stringify(value)}`;
 }
 
@@ -126,12 +137,15 @@ function object(value: Json, at: string, allowed: readonly string[]): Record<str
   return value as Record<string, Json>;
 }
 
+/** `backups[0].disks`; a key that is not a plain name is quoted, so the path stays readable: `backups[0]["a b"]`. */
 function join(at: string, key: string): string {
+  if (!PLAIN_KEY.test(key)) return `${at}[${quote(key)}]`;
   return at === '' ? key : `${at}.${key}`;
 }
 
 function field(record: Record<string, Json>, at: string, key: string): Json {
-  if (!(key in record)) throw new FieldError(join(at, key), 'is missing');
+  // Own properties only: whatever Object.prototype carries is not in the file.
+  if (!Object.hasOwn(record, key)) throw new FieldError(join(at, key), 'is missing');
   return record[key];
 }
 
@@ -157,7 +171,8 @@ function size(record: Record<string, Json>, at: string, key: string): number {
   if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0) {
     throw new FieldError(join(at, key), `must be a non-negative integer, found ${describe(value)}`);
   }
-  return value;
+  // -0 (which JSON can spell) would be written back as 0.
+  return value === 0 ? 0 : value;
 }
 
 function oneOf<T extends string>(record: Record<string, Json>, at: string, key: string, choices: readonly T[]): T {
@@ -170,12 +185,18 @@ function oneOf<T extends string>(record: Record<string, Json>, at: string, key: 
 
 const nonEmpty = (value: string): string | undefined => (value === '' ? 'must not be empty' : undefined);
 
-/** A plain name inside the set directory: never a path that could point elsewhere. */
+/**
+ * A plain name inside the set directory: never a path that could point elsewhere, never
+ * one of our hidden temporaries (they start with a dot), nothing a terminal or a log
+ * line would mangle, and short enough for the file system.
+ */
 export function fileNameProblem(value: string): string | undefined {
   if (value === '' || value === '.' || value === '..') return 'must be a file name';
   if (value.includes('/') || value.includes('\\') || value.includes('\0')) return 'must be a file name in the set directory, not a path';
+  if (/[\u0001-\u001f\u007f]/.test(value)) return 'must not contain control characters';
   if (value.startsWith('.')) return 'must not start with a dot';
   if (!value.endsWith('.qcow2')) return "must end with '.qcow2'";
+  if (Buffer.byteLength(value, 'utf8') > MAX_FILE_NAME_BYTES) return `must be at most ${MAX_FILE_NAME_BYTES} bytes long`;
   return undefined;
 }
 
@@ -184,7 +205,7 @@ function isoTime(value: string): string | undefined {
 }
 
 export function idProblem(value: string): string | undefined {
-  return ID_PATTERN.test(value) ? undefined : "must be a zero-padded number of at least 4 digits, like '0001'";
+  return ID_PATTERN.test(value) ? undefined : "must be a zero-padded number of 4 to 20 digits, like '0001'";
 }
 
 function validateDomain(value: Json): ManifestDomain {
@@ -201,7 +222,7 @@ function validateDisk(value: Json, at: string, version: number): DiskRecord {
   const checksumKey = version === 1 ? 'sha256' : 'checksum';
   const disk = object(value, at, ['target', 'sourceFormat', 'level', 'file', 'backingFile', 'virtualSize', 'fileSize', 'dataBytes', checksumKey]);
   const result: DiskRecord = {
-    target: string(disk, at, 'target', (target) => (TARGET_PATTERN.test(target) ? undefined : 'must be a disk target name like vda (letters, digits, _ and -)')),
+    target: string(disk, at, 'target', (target) => (TARGET_PATTERN.test(target) ? undefined : 'must be a disk target name like vda (up to 64 letters, digits, _ and -)')),
     sourceFormat: string(disk, at, 'sourceFormat', nonEmpty),
     level: oneOf(disk, at, 'level', BACKUP_LEVELS),
     file: string(disk, at, 'file', fileNameProblem),
@@ -233,7 +254,7 @@ function validateBackup(value: Json, at: string, version: number): BackupRecord 
     parent: nullableString(backup, at, 'parent', idProblem),
     disks: [],
   };
-  if ('mergedFrom' in backup) {
+  if (Object.hasOwn(backup, 'mergedFrom')) {
     const merged = backup['mergedFrom'];
     if (!Array.isArray(merged) || merged.length === 0) throw new FieldError(`${at}.mergedFrom`, 'must be a non-empty array of backup ids when present');
     record.mergedFrom = merged.map((id: Json, index) => {

@@ -97,13 +97,13 @@ const fieldCases: Array<[string, (manifest: any) => void, string]> = [
   ['unknown field', (m) => (m.backups[0].disks[0].color = 'red'), 'backups[0].disks[0].color: unknown field'],
   ['bad level', (m) => (m.backups[1].level = 'incremental'), `backups[1].level: must be one of 'full', 'inc', 'diff', found string "incremental"`],
   ['bad transport', (m) => (m.backups[0].transport = 'carrier-pigeon'), `backups[0].transport: must be one of 'pull', 'push', found string "carrier-pigeon"`],
-  ['bad id', (m) => (m.backups[0].id = '1'), `backups[0].id: must be a zero-padded number of at least 4 digits, like '0001'`],
+  ['bad id', (m) => (m.backups[0].id = '1'), `backups[0].id: must be a zero-padded number of 4 to 20 digits, like '0001'`],
   ['bad time', (m) => (m.backups[0].startedAt = 'yesterday'), 'backups[0].startedAt: must be an ISO 8601 time like 2024-05-01T02:00:00.000Z'],
   ['time order', (m) => (m.backups[0].completedAt = '2024-05-01T01:00:00.000Z'), 'backups[0].completedAt: must not be before startedAt'],
   ['negative size', (m) => (m.backups[0].disks[0].fileSize = -1), 'backups[0].disks[0].fileSize: must be a non-negative integer, found number -1'],
   ['fractional size', (m) => (m.backups[0].disks[0].virtualSize = 1.5), 'backups[0].disks[0].virtualSize: must be a non-negative integer, found number 1.5'],
   ['path as file', (m) => (m.backups[0].disks[0].file = '../etc/passwd.qcow2'), 'backups[0].disks[0].file: must be a file name in the set directory, not a path'],
-  ['bad target', (m) => (m.backups[0].disks[0].target = 'vd a'), 'backups[0].disks[0].target: must be a disk target name like vda (letters, digits, _ and -)'],
+  ['bad target', (m) => (m.backups[0].disks[0].target = 'vd a'), 'backups[0].disks[0].target: must be a disk target name like vda (up to 64 letters, digits, _ and -)'],
   ['uuid', (m) => (m.domain.uuid = 'not-a-uuid'), 'domain.uuid: must be a lowercase UUID like 4dea22b3-1d52-d8f3-2516-782e98ab3fa0'],
   ['empty name', (m) => (m.domain.name = ''), 'domain.name: must not be empty'],
   ['full with parent', (m) => (m.backups[0].parent = '0002'), 'backups[0].parent: must be null for a full backup'],
@@ -119,7 +119,32 @@ const fieldCases: Array<[string, (manifest: any) => void, string]> = [
   ['disk level mismatch', (m) => (m.backups[1].disks[0].level = 'diff'), `backups[1].disks[0].level: must be 'full' or the backup's level 'inc'`],
   ['orphan checkpoint xml', (m) => (m.backups[0].checkpoint = null), 'backups[0].checkpointXml: must be null when checkpoint is null'],
   ['empty disks', (m) => (m.backups[0].disks = []), 'backups[0].disks: must be a non-empty array'],
+  ['newline in a file name', (m) => (m.backups[0].disks[0].file = 'vda\n.qcow2'), 'backups[0].disks[0].file: must not contain control characters'],
+  ['escape sequence in a backing file', (m) => (m.backups[1].disks[0].backingFile = '\u001b[2J.qcow2'), 'backups[1].disks[0].backingFile: must not contain control characters'],
+  ['hidden temporary as file', (m) => (m.backups[0].disks[0].file = '.vda.0001.full.qcow2'), 'backups[0].disks[0].file: must not start with a dot'],
+  ['file name longer than NAME_MAX', (m) => (m.backups[0].disks[0].file = `${'x'.repeat(250)}.qcow2`), 'backups[0].disks[0].file: must be at most 255 bytes long'],
+  ['id of 21 digits', (m) => (m.backups[0].id = '1'.repeat(21)), `backups[0].id: must be a zero-padded number of 4 to 20 digits, like '0001'`],
+  ['unknown key that is no plain name', (m) => (m.backups[0]['a b\n'] = 1), 'backups[0]["a b\\n"]: unknown field'],
+  ['long value quoted in part', (m) => (m.backups[0].level = 'z'.repeat(10_000)), `backups[0].level: must be one of 'full', 'inc', 'diff', found string "${'z'.repeat(60)}…"`],
 ];
+
+test('-0, which JSON can spell, reads as 0 so a write and a read keep the manifest', (t) => {
+  const text = JSON.stringify(validManifest()).replace('"fileSize":200704', '"fileSize":-0');
+  const parsed = parseManifest(text);
+  t.true(Object.is(parsed.backups[0]!.disks[0]!.fileSize, 0));
+  t.deepEqual(parseManifest(serializeManifest(parsed)), parsed);
+});
+
+test('a manifest field found only on Object.prototype is still missing', (t) => {
+  const manifest: any = validManifest();
+  delete manifest.backups[0].disks[0].checksum;
+  Object.defineProperty(Object.prototype, 'checksum', { value: CHECKSUM, configurable: true });
+  try {
+    t.throws(() => parseManifest(JSON.stringify(manifest)), { message: 'manifest.json: backups[0].disks[0].checksum: is missing' });
+  } finally {
+    delete (Object.prototype as Record<string, unknown>)['checksum'];
+  }
+});
 
 test('a version 1 manifest (sha256 checksums) is read and written back as version 2', (t) => {
   const v1: any = validManifest();
