@@ -1,4 +1,5 @@
 import type { Element } from '@xmldom/xmldom';
+import { quote } from './errors.js';
 import { ElementReader, parseDocument, serializeElement, textContent } from './node.js';
 
 /** A host of a network disk source (`<source protocol=...><host .../>`). */
@@ -183,20 +184,20 @@ export interface BitmapSupportOptions {
 /** Whether one domain disk can take a checkpoint bitmap: it must be a writable qcow2 disk. */
 export function diskBitmapSupport(disk: DomainDisk, options: BitmapSupportOptions = {}): BitmapSupport {
   const device = disk.device ?? 'disk';
-  if (device !== 'disk' && device !== 'lun') return { supported: false, reason: `device '${device}' holds no guest data to track` };
+  if (device !== 'disk' && device !== 'lun') return { supported: false, reason: `device ${quote(device)} holds no guest data to track` };
   if (disk.target?.dev === undefined) return { supported: false, reason: 'disk has no target dev to name it by' };
   if (disk.readonly) return { supported: false, reason: 'disk is read-only' };
   if (disk.source === undefined && disk.type !== 'network') return { supported: false, reason: 'disk has no source' };
   const type = disk.type ?? 'file';
-  if (TYPES_WITHOUT_QCOW2.has(type)) return { supported: false, reason: `disk type '${type}' cannot carry qcow2 bitmaps` };
+  if (TYPES_WITHOUT_QCOW2.has(type)) return { supported: false, reason: `disk type ${quote(type)} cannot carry qcow2 bitmaps` };
   if (type === 'network') {
     const protocol = disk.source?.protocol ?? 'unknown';
-    if (READ_ONLY_PROTOCOLS.has(protocol)) return { supported: false, reason: `network protocol '${protocol}' is read-only` };
-    if (options.allowNetwork !== true) return { supported: false, reason: `network disks (protocol '${protocol}') are not enabled for bitmaps` };
+    if (READ_ONLY_PROTOCOLS.has(protocol)) return { supported: false, reason: `network protocol ${quote(protocol)} is read-only` };
+    if (options.allowNetwork !== true) return { supported: false, reason: `network disks (protocol ${quote(protocol)}) are not enabled for bitmaps` };
   }
   const format = disk.driver?.type;
   if (format !== 'qcow2') {
-    return { supported: false, reason: format === undefined ? 'disk format is not declared (libvirt assumes raw)' : `format '${format}' cannot store bitmaps; qcow2 is required` };
+    return { supported: false, reason: format === undefined ? 'disk format is not declared (libvirt assumes raw)' : `format ${quote(format)} cannot store bitmaps; qcow2 is required` };
   }
   return { supported: true };
 }

@@ -25,6 +25,16 @@ export interface ValidationIssue {
   readonly rule: string;
 }
 
+const LONGEST_QUOTED = 60;
+
+/**
+ * A value from a document or spec, quoted for a message. Values can be any
+ * length, and a message that repeats a megabyte of input helps nobody.
+ */
+export function quote(value: string): string {
+  return value.length <= LONGEST_QUOTED ? `'${value}'` : `'${value.slice(0, LONGEST_QUOTED)}...' (${value.length} characters)`;
+}
+
 export function formatIssue(issue: ValidationIssue): string {
   return issue.path === '' ? issue.rule : `${issue.path}: ${issue.rule}`;
 }

@@ -1,6 +1,6 @@
 import { DOMImplementation, DOMParser, XMLSerializer, type Document, type Element, type Node } from '@xmldom/xmldom';
 import { hasCharactersOutsideXml, unreadableMarkup } from './characters.js';
-import { XmlParseError } from './errors.js';
+import { XmlParseError, quote } from './errors.js';
 
 /**
  * Content of an element that this version does not model: unknown attributes
@@ -96,7 +96,18 @@ function describeType(value: unknown): string {
 
 /** Serialises one element on its own, so it can be kept as a string. */
 export function serializeElement(element: Element): string {
-  return new XMLSerializer().serializeToString(element);
+  return serializeFaithfully(element);
+}
+
+/**
+ * xmldom writes a carriage return in text as is, and every XML reader turns
+ * it into a line feed, so a value read from `&#13;` would change on its way
+ * back. After parsing, a raw CR can only come from such text (attributes get
+ * `&#13;` from xmldom; comments and CDATA had theirs normalised), so writing
+ * each one as a reference is exact.
+ */
+function serializeFaithfully(node: Node): string {
+  return new XMLSerializer().serializeToString(node).replace(/\r/g, '&#13;');
 }
 
 export function childElements(element: Element): Element[] {
@@ -144,7 +155,7 @@ export class ElementReader {
     const value = this.attribute(name);
     if (value === undefined) return undefined;
     if (!(allowed as readonly string[]).includes(value)) {
-      throw new XmlParseError(this.fieldPath(name), `unknown value '${value}', expected ${allowed.map((v) => `'${v}'`).join(' or ')}`);
+      throw new XmlParseError(this.fieldPath(name), `unknown value ${quote(value)}, expected ${allowed.map((v) => `'${v}'`).join(' or ')}`);
     }
     return value as T;
   }
@@ -189,7 +200,8 @@ export class ElementReader {
     for (let i = 0; i < attributeList.length; i++) {
       const attribute = attributeList.item(i);
       if (attribute === null || this.usedAttributes.has(attribute.name)) continue;
-      attributes[attribute.name] = attribute.value;
+      // Defined, not assigned: an attribute named __proto__ would otherwise set the prototype and vanish.
+      Object.defineProperty(attributes, attribute.name, { value: attribute.value, enumerable: true, writable: true, configurable: true });
       hasAttributes = true;
     }
     const elements = childElements(this.element)
@@ -205,11 +217,11 @@ export class ElementReader {
 
 function parseUnsigned(text: string, path: string): number {
   if (!/^[0-9]+$/.test(text)) {
-    throw new XmlParseError(path, `must be a non-negative integer, got '${text}'`);
+    throw new XmlParseError(path, `must be a non-negative integer, got ${quote(text)}`);
   }
   const value = Number(text);
   if (!Number.isSafeInteger(value)) {
-    throw new XmlParseError(path, `${text} is larger than ${Number.MAX_SAFE_INTEGER}, which this library cannot represent exactly`);
+    throw new XmlParseError(path, `${quote(text)} is larger than ${Number.MAX_SAFE_INTEGER}, which this library cannot represent exactly`);
   }
   return value;
 }
@@ -225,13 +237,18 @@ export type AttributeList = ReadonlyArray<readonly [string, string | number | un
 export class DocumentWriter {
   readonly document: Document;
   readonly root: Element;
-  private readonly verbatim = new Set<Node>();
+  /** How deep each element we created sits; imported (verbatim) elements are not in it. */
+  private readonly depths = new Map<Element, number>();
+  /** Elements given indented children, which need a closing line break before their end tag. */
+  private readonly indented: Element[] = [];
+  private closed = false;
 
   constructor(rootName: string) {
     this.document = new DOMImplementation().createDocument(null, rootName, null);
     const root = this.document.documentElement;
     if (root === null) throw new Error(`cannot create <${rootName}>`);
     this.root = root;
+    this.depths.set(root, 0);
   }
 
   setAttributes(element: Element, attributes: AttributeList): void {
@@ -243,7 +260,8 @@ export class DocumentWriter {
   element(parent: Element, name: string, attributes: AttributeList = []): Element {
     const element = this.document.createElement(name);
     this.setAttributes(element, attributes);
-    parent.appendChild(element);
+    this.appendIndented(parent, element);
+    this.depths.set(element, this.depthOf(parent) + 1);
     return element;
   }
 
@@ -254,11 +272,10 @@ export class DocumentWriter {
     return element;
   }
 
-  /** Imports a standalone XML element string, kept exactly as given. */
+  /** Imports a standalone XML element string, kept exactly as given (nothing inside it is indented). */
   importElement(parent: Element, xml: string): Element {
     const imported = this.document.importNode(parseStandaloneElement(xml), true) as Element;
-    parent.appendChild(imported);
-    this.verbatim.add(imported);
+    this.appendIndented(parent, imported);
     return imported;
   }
 
@@ -272,25 +289,33 @@ export class DocumentWriter {
 
   /** The document as text, indented two spaces per level like libvirt's own output. */
   serialize(): string {
-    this.indent(this.root, 0);
-    return `${new XMLSerializer().serializeToString(this.root)}\n`;
+    if (!this.closed) {
+      for (const element of this.indented) element.appendChild(this.document.createTextNode(`\n${INDENT.repeat(this.depthOf(element))}`));
+      this.closed = true;
+    }
+    return `${serializeFaithfully(this.root)}\n`;
   }
 
-  private indent(element: Element, depth: number): void {
-    if (this.verbatim.has(element)) return;
-    const children = Array.from({ length: element.childNodes.length }, (_, i) => element.childNodes.item(i)).filter(
-      (node): node is Node => node !== null,
-    );
-    const elements = children.filter((node) => node.nodeType === ELEMENT_NODE);
-    if (elements.length === 0 || elements.length !== children.length) return;
-    const pad = '  ';
-    for (const child of elements) {
-      element.insertBefore(this.document.createTextNode(`\n${pad.repeat(depth + 1)}`), child);
-      this.indent(child as Element, depth + 1);
-    }
-    element.appendChild(this.document.createTextNode(`\n${pad.repeat(depth)}`));
+  /**
+   * Indents as elements are added: inserting line breaks afterwards costs
+   * xmldom time proportional to the number of siblings per insertion, which
+   * made large documents quadratic.
+   */
+  private appendIndented(parent: Element, child: Node): void {
+    if (this.closed) throw new Error('the document was already serialised');
+    if (parent.lastChild === null) this.indented.push(parent);
+    parent.appendChild(this.document.createTextNode(`\n${INDENT.repeat(this.depthOf(parent) + 1)}`));
+    parent.appendChild(child);
+  }
+
+  private depthOf(element: Element): number {
+    const depth = this.depths.get(element);
+    if (depth === undefined) throw new Error(`<${element.nodeName}> was not created by this writer`);
+    return depth;
   }
 }
+
+const INDENT = '  ';
 
 /** Parses a string that must hold exactly one element (an `XmlExtra` entry, an embedded domain). */
 export function parseStandaloneElement(xml: string): Element {

@@ -1,4 +1,4 @@
-import { XmlValidationError, type ValidationIssue } from './errors.js';
+import { XmlValidationError, quote, type ValidationIssue } from './errors.js';
 import { hasCharactersOutsideXml } from './characters.js';
 import { parseStandaloneElement, type XmlExtra } from './node.js';
 import { outputOnlyRule, type InputCall, type OutputOnlyNames } from './output-only.js';
@@ -295,7 +295,7 @@ function checkUnmodeled(
   if (source !== undefined) {
     issues.add(path, `${kind === 'element' ? `<${name}> is ` : ''}${outputOnlyRule(source, target.call)}`);
   } else if (target.version <= NEWEST_MODELED_LIBVIRT_VERSION) {
-    const shown = kind === 'element' ? `<${name}>` : `'${name}'`;
+    const shown = kind === 'element' ? `<${name}>` : quote(name);
     issues.add(
       path,
       `${kind} ${shown} is not in libvirt ${formatLibvirtVersion(target.version)}'s schema for ${target.call} input ` +
@@ -315,7 +315,7 @@ export function checkNoDuplicateNames(disks: readonly unknown[], path: string, i
     if (typeof disk !== 'object' || disk === null) return;
     const name = (disk as { name?: unknown }).name;
     if (typeof name !== 'string') return;
-    if (seen.has(name)) issues.add(`${path}[${index}].name`, `'${name}' is listed twice`);
+    if (seen.has(name)) issues.add(`${path}[${index}].name`, `${quote(name)} is listed twice`);
     seen.add(name);
   });
 }
