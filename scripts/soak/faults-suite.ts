@@ -16,7 +16,9 @@ import { FAULT_KINDS, type FaultKind, type FaultScene, type Injection } from './
 import { RunTimings } from './faults/trigger.js';
 import { planWrites } from './guest-writes.js';
 import { checkFileModes, checkNothingLeft, checkVerify, CheckLog, FileOrigins, ReportedLeftovers, type SoakScene } from './invariants.js';
+import { domainJob } from './host-state.js';
 import { LibvirtLink } from './libvirt-link.js';
+import { tryRun } from '../../test/helpers/process.js';
 import { MirroredDomain } from './mirrored-domain.js';
 import { PhaseTimer } from './phase-timer.js';
 import { PrivateLibvirtd } from './private-libvirtd.js';
@@ -155,10 +157,11 @@ async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: 
   timer.mark('writes');
 
   const drawnLevel = rng.pick(LEVELS);
-  const transport: BackupTransport = rng.pick(kind.transports);
+  const drawnTransport: BackupTransport = rng.pick(kind.transports);
   const umask = rng.pick(UMASKS);
   const planned = kind.plan(rng, state.timings);
   const level = planned.level ?? drawnLevel;
+  const transport = planned.transport ?? drawnTransport;
   const fault = `${kind.name}: ${kind.describe(planned)}; ${level}/${transport} backup, umask ${octal(umask)}`;
   const where = `run ${runNumber}`;
 
@@ -210,6 +213,7 @@ async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: 
   const recoveryFailures = reportFailures(context, log, `${where}, the backup after the fault`, fault);
   timer.mark('next backup');
 
+  await settleDomainJob(scene, context);
   await pruneIfFull(context, faultScene, scene, state, rng, runNumber);
   const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
   await state.points.trim(ids);
@@ -285,6 +289,21 @@ async function plainBackup(
     if (point) await restoreMatchesReference(scene, faultScene.domain, point, rng.pick(['raw', 'qcow2'] as const), join(context.workDir, 'restore'), log, context.report);
   }
   return summary;
+}
+
+/**
+ * A job that outlived both runs has been reported; it is ended here so the next run
+ * starts from a quiet domain and reports its own problems, not this one's echoes.
+ */
+async function settleDomainJob(scene: SoakScene, context: SuiteContext): Promise<void> {
+  if ((await domainJob(scene.uri, scene.domainName)) === 'None') return;
+  await tryRun('virsh', ['-c', scene.uri, 'domjobabort', scene.domainName]);
+  const deadline = Date.now() + 60_000;
+  while ((await domainJob(scene.uri, scene.domainName)) !== 'None') {
+    if (Date.now() > deadline) throw new Error(`the job left on ${scene.domainName} does not end, even aborted; the suite cannot go on`);
+    await new Promise((resolve) => setTimeout(resolve, 200));
+  }
+  context.report.notes.push(`a job left on ${scene.domainName} after both runs was aborted`);
 }
 
 async function pruneIfFull(context: SuiteContext, faultScene: FaultScene, scene: SoakScene, state: RunState, rng: Rng, runNumber: number): Promise<void> {

@@ -45,6 +45,7 @@ export interface ProcessUse {
   pid: number;
   command: string;
   /** What ties it to the soak's directories: its arguments, or a file it has open. */
+  by: 'arguments' | 'open-file';
   why: string;
 }
 
@@ -69,7 +70,7 @@ export async function processesUsing(paths: readonly string[], exclude: readonly
     if (command === '') continue;
     const named = paths.find((path) => command.includes(path));
     if (named !== undefined) {
-      uses.push({ pid, command: command.slice(0, 300), why: `its arguments name ${named}` });
+      uses.push({ pid, command: command.slice(0, 300), by: 'arguments', why: `its arguments name ${named}` });
       continue;
     }
     let fds: string[];
@@ -82,7 +83,7 @@ export async function processesUsing(paths: readonly string[], exclude: readonly
       const target = await readlink(`/proc/${pid}/fd/${fd}`).catch(() => '');
       const held = paths.find((path) => target.startsWith(`${path}/`));
       if (held !== undefined) {
-        uses.push({ pid, command: command.slice(0, 300), why: `it holds ${target} open (fd ${fd})` });
+        uses.push({ pid, command: command.slice(0, 300), by: 'open-file', why: `it holds ${target} open (fd ${fd})` });
         break;
       }
     }

@@ -105,16 +105,22 @@ export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog):
   log.recordLeftovers(scene, 'set-holds-only-backups', 'the set directory holds manifest.json and the files it names', extra, (fresh) => `also: ${fresh.join(', ')}`);
 }
 
-/** Processes may take a moment to go after the command exits; `graceMs` waits for that. */
+/**
+ * No process left behind: a command or qemu-img of ours may take a moment to exit after
+ * the command itself (`graceMs` waits for that); a process holding a file of the set
+ * open once the runs are over (QEMU still writing a push target) is reported at once.
+ */
 export async function checkNoStrayProcess(scene: SoakScene, log: CheckLog, graceMs = 2000): Promise<void> {
   const paths = [scene.setDir, ...scene.otherSetDirs(), scene.cli.tmpDir, scene.cli.runDir];
+  const first = await processesUsing(paths);
+  const holders = first.filter((use) => use.by === 'open-file');
   const deadline = Date.now() + graceMs;
-  let uses = await processesUsing(paths);
-  while (uses.length > 0 && Date.now() < deadline) {
+  let named = first.filter((use) => use.by === 'arguments');
+  while (named.length > 0 && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 100));
-    uses = await processesUsing(paths);
+    named = (await processesUsing(paths)).filter((use) => use.by === 'arguments');
   }
-  log.recordLeftovers(scene, 'no-stray-process', 'no process left using the set or the run directories', uses.map((use) => `pid ${use.pid} (${use.command}): ${use.why}`));
+  log.recordLeftovers(scene, 'no-stray-process', 'no process left using the set or the run directories', [...holders, ...named].map((use) => `pid ${use.pid} (${use.command}): ${use.why}`));
 }
 
 /** Which run wrote each file, so a mode that differs can be traced to its umask and transport. */

@@ -30,8 +30,9 @@ export interface PlannedFault {
   variant: string;
   /** Numbers the variant needs (bytes to leave free...). */
   amount?: number;
-  /** The backup level the fault needs, when it needs one (a long job to overlap with). */
+  /** The backup level and transport the fault needs, when it needs them (a long push job to strike). */
   level?: 'full';
+  transport?: BackupTransport;
   /**
    * The next backup starts at once, without the checks in between: as a supervisor that
    * restarts a killed job would, while what the killed run started may still be running.
