@@ -2,9 +2,10 @@
 // size the manifest recorded in the same read that copies it. The metadata (headers,
 // L1 and L2 tables) is read first with small positioned reads; then each file is read
 // once, front to back, and its data lands in the output as the read passes it.
-import { open, unlink, type FileHandle } from 'node:fs/promises';
-import { planChainCopy } from './chain-copy-plan.js';
-import { CHUNK_BYTES, ReadBufferPool, streamChainFile, type StreamedFile } from './chain-stream.js';
+import { chmod, open, unlink, type FileHandle } from 'node:fs/promises';
+import { fsyncFile } from './atomic-file.js';
+import { planChainCopy, type FileCopyPieces } from './chain-copy-plan.js';
+import { CHUNK_BYTES, ReadBufferPool, streamChainFile, type GuestWriter, type StreamedFile } from './chain-stream.js';
 import { checksumAlgorithm } from './checksum.js';
 import { BackupSetError, describeFsError, errnoCode, isBackupSetError, throwIfAborted } from './errors.js';
 import { qemuImgConvert, qemuImgInfo } from './qemu-img.js';
@@ -130,8 +131,9 @@ export class OpenedChain {
     const pool = new ReadBufferPool(CHUNK_BYTES);
     const totalBytes = this.sizes.reduce((sum, size) => sum + size, 0);
     let bytesStreamed = 0;
-    const stream = (index: number, plan: Parameters<typeof streamChainFile>[3], sink: Parameters<typeof streamChainFile>[4], progressScale = 1): Promise<StreamedFile> =>
-      streamChainFile(this.handles[index]!, this.sizes[index]!, checksumAlgorithm(this.files[index]!.checksum), plan, sink, pool, {
+    // Progress is the share of the chain's bytes read; `progressScale` leaves room for a conversion after.
+    const stream = (index: number, pieces: FileCopyPieces | null, sink: GuestWriter | null, progressScale = 1): Promise<StreamedFile> =>
+      streamChainFile(this.handles[index]!, this.sizes[index]!, checksumAlgorithm(this.files[index]!.checksum), pieces, sink, pool, {
         name: this.files[index]!.name,
         signal: options.signal,
         onRead: (bytes) => {
@@ -175,9 +177,11 @@ export class OpenedChain {
       }
       options.onNotice?.(`${this.refusal.message}; restoring this disk with qemu-img convert instead`);
       await assertQemuImgSeesChain(this.files, this.options, options.signal);
-      // qemu-img opens the existing file and keeps its mode.
+      // qemu-img opens the existing file and keeps its mode; set again below all the same.
       file = await createPrivateFile(output, options.mode ?? DEFAULT_OUTPUT_MODE);
       created = true;
+      await file.close();
+      file = null;
       const done = verify ? convertShare : 0;
       await qemuImgConvert(this.files.at(-1)!.path, output, {
         sourceFormat: 'qcow2',
@@ -186,8 +190,8 @@ export class OpenedChain {
         dieWithParent: true,
         onProgress: (fraction) => options.onProgress?.(done + fraction * (1 - done)),
       });
-      await file.chmod(options.mode ?? DEFAULT_OUTPUT_MODE);
-      await file.sync();
+      await chmod(output, options.mode ?? DEFAULT_OUTPUT_MODE);
+      await fsyncFile(output);
       return { method: 'qemu-img', bytesStreamed, metadataBytesRead: this.#metadataBytesRead };
     } catch (error) {
       if (created) await unlink(output).catch(() => undefined);

@@ -1,9 +1,11 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { open, readFile, readdir, rm, stat } from 'node:fs/promises';
+import { open, readFile, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { checksumFile } from '../../src/backup/checksum.js';
 import { MiB, SetBuilder, TWO_DISKS, buildSet, imagesEqual, qemuImg, tempDir } from '../backup/helpers.js';
 import { REPO_ROOT, jsonLines, runCli, startCli } from './helpers.js';
 
@@ -181,4 +183,48 @@ test('SIGKILL mid-restore leaves a partial; the next restore removes it, says so
   t.deepEqual(await readdir(out), ['vda.raw']);
   t.true(await imagesEqual(join(out, 'vda.raw'), builder.referenceAt('vda', '0001')));
   t.deepEqual(await qemuImgProcessesFor(out), [], 'no qemu-img left running');
+});
+
+test('SIGKILL during a qemu-img fallback takes qemu-img down too; the next restore cleans up', async (t) => {
+  const size = 512 * MiB;
+  const builder = await SetBuilder.create(t, [{ target: 'vda', sourceFormat: 'qcow2', size }]);
+  const reference = await open(builder.referencePath('vda'), 'r+');
+  for (let offset = 0; offset < size; offset += 16 * MiB) await reference.write(randomBytes(16 * MiB), 0, 16 * MiB, offset);
+  await reference.close();
+  await builder.backup('full');
+  // Rewritten with extended L2 entries, which our reader leaves to qemu-img; the manifest follows.
+  const file = join(builder.dir, 'vda.0001.full.qcow2');
+  await qemuImg('convert', '-f', 'qcow2', '-O', 'qcow2', '-o', 'extended_l2=on', file, `${file}.new`);
+  await rename(`${file}.new`, file);
+  const manifestPath = join(builder.dir, 'manifest.json');
+  const manifest = JSON.parse(await readFile(manifestPath, 'utf8')) as { backups: Array<{ disks: Array<{ checksum: string; fileSize: number }> }> };
+  manifest.backups[0]!.disks[0]!.checksum = await checksumFile(file);
+  manifest.backups[0]!.disks[0]!.fileSize = (await stat(file)).size;
+  await writeFile(manifestPath, JSON.stringify(manifest, null, 2));
+  const out = await tempDir(t, 'cli-restore-');
+
+  const cli = startCli(['restore', builder.dir, '--to', out, '--format', 'qcow2', '--json']);
+  await cli.waitForLine((line) => line.includes('"type":"notice"') && line.includes('qemu-img convert instead'));
+  let running: string[] = [];
+  for (let wait = 0; wait < 500 && running.length === 0; wait++) {
+    running = await qemuImgProcessesFor(out);
+    if (running.length === 0) await sleep(20);
+  }
+  t.is(running.length, 1, 'qemu-img is converting');
+  cli.child.kill('SIGKILL');
+  t.is((await cli.done).signal, 'SIGKILL');
+  // The kernel sends it SIGKILL when its parent dies (setpriv --pdeathsig); a write of
+  // progress to its closed stdout would end it too, but only once it prints.
+  for (let wait = 0; wait < 100 && running.length > 0; wait++) {
+    await sleep(20);
+    running = await qemuImgProcessesFor(out);
+  }
+  t.deepEqual(running, [], 'qemu-img died with the restore');
+
+  const again = await runCli(['restore', builder.dir, '--to', out, '--format', 'qcow2']);
+  t.is(again.code, 0, again.stderr);
+  t.regex(again.stderr, new RegExp(`^removed ${out}/\\.vda\\.qcow2\\.partial-\\S+ .*\\(pid ${cli.child.pid}\\)`, 'm'));
+  t.regex(again.stdout, /converted by qemu-img/);
+  t.deepEqual(await readdir(out), ['vda.qcow2']);
+  t.true(await imagesEqual(join(out, 'vda.qcow2'), builder.referenceAt('vda', '0001')));
 });
