@@ -179,3 +179,83 @@ export function nativeAddon(): NativeAddon {
   }
   return loaded;
 }
+
+/**
+ * Every export of the addon and every method on its classes' prototypes, as
+ * declared above. `satisfies` makes each list name exactly the declared members,
+ * and test/native-surface.test.ts compares the lists with what the loaded addon
+ * really has, so the declarations and the addon cannot drift apart.
+ */
+export const NATIVE_SURFACE = {
+  exports: {
+    open: true,
+    setErrorClass: true,
+    getLibraryVersion: true,
+    getCallTuning: true,
+    setCallTuning: true,
+    typedParamsRoundTrip: true,
+    Connection: true,
+    Domain: true,
+    Checkpoint: true,
+    Xxh128: true,
+    FileWriter: true,
+    tryLockFile: true,
+  } satisfies Record<keyof NativeAddon, true>,
+  Connection: {
+    close: true,
+    isClosed: true,
+    getLibVersion: true,
+    getVersion: true,
+    getHostname: true,
+    getURI: true,
+    getCapabilities: true,
+    getDomainCapabilities: true,
+    isAlive: true,
+    listAllDomains: true,
+    lookupDomainByName: true,
+    lookupDomainByUUID: true,
+    defineDomain: true,
+    createDomain: true,
+    setEventHandler: true,
+    registerDomainEvent: true,
+    deregisterDomainEvent: true,
+    registerCloseCallback: true,
+    unregisterCloseCallback: true,
+    setKeepAlive: true,
+  } satisfies Record<keyof NativeConnection, true>,
+  Domain: {
+    getName: true,
+    getUUIDString: true,
+    getId: true,
+    getXMLDesc: true,
+    getState: true,
+    isActive: true,
+    isPersistent: true,
+    start: true,
+    shutdown: true,
+    destroy: true,
+    undefine: true,
+    qemuMonitorCommand: true,
+    createCheckpoint: true,
+    listAllCheckpoints: true,
+    lookupCheckpointByName: true,
+    backupBegin: true,
+    backupGetXMLDesc: true,
+    abortJob: true,
+    getJobInfo: true,
+    getJobStats: true,
+  } satisfies Record<keyof NativeDomain, true>,
+  Checkpoint: {
+    getName: true,
+    getDomain: true,
+    getXMLDesc: true,
+    getParent: true,
+    listAllChildren: true,
+    delete: true,
+  } satisfies Record<keyof NativeCheckpoint, true>,
+  Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
+  FileWriter: { write: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
+};
+
+/** The classes the addon exports, by name. */
+export type NativeClassName = Exclude<keyof typeof NATIVE_SURFACE, 'exports'>;
