@@ -6,6 +6,7 @@
         "binding/addon.cc",
         "binding/event_loop.cc",
         "binding/call_dispatcher.cc",
+        "binding/call_policy_probe.cc",
         "binding/errors.cc",
         "binding/release_thread.cc",
         "binding/handles.cc",

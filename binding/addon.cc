@@ -7,6 +7,7 @@
 #include <string>
 
 #include "call_dispatcher.h"
+#include "call_policy_probe.h"
 #include "checkpoint.h"
 #include "connection.h"
 #include "domain.h"
@@ -115,6 +116,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("Xxh128", InitXxh128(env));
   exports.Set("FileWriter", InitFileWriter(env));
   exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
+  exports.Set("CallPolicyProbe", InitCallPolicyProbe(env));
   return exports;
 }
 

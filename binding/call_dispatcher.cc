@@ -8,12 +8,14 @@
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
-#include <deque>
 #include <mutex>
+#include <optional>
 #include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
+
+#include "call_policy.h"
 
 namespace lvb {
 
@@ -178,93 +180,64 @@ namespace {
 struct QueuedCall {
   std::unique_ptr<PendingCall> call;
   std::shared_ptr<CallCompletions> completions;
-  const void* lane;
 };
 
-// At most kLaneWidth quick calls of one connection run at once; a call that
-// has run longer than kSlowCall no longer counts. Why: libvirt's client sends
-// all of a connection's calls over one socket, and every extra thread on it
-// costs about four thread wake-ups per call (the pipe that interrupts the
-// thread doing the I/O, the condition variable it signals back, and their
-// returns). Sixteen threads on one connection were slower than two; two keep
-// the daemon busy with one call while the reply to the other travels, and a
-// thread that finishes a call moves straight to the connection's next one.
-// A slow or hung call still holds up the rest of its connection for at most
-// kSlowCall.
-constexpr size_t kLaneWidth = 2;
-constexpr auto kSlowCall = std::chrono::microseconds(1000);
+using Policy = CallPolicy<QueuedCall>;
 
 // The call threads, shared by every environment of the process. Threads are
 // started on demand, up to maxThreads, and never exit: an idle one sleeps.
+// Which call starts when is the policy's business (call_policy.h); this class
+// only keeps enough threads awake for what the policy says may start.
 class CallThreads {
  public:
-  void Submit(QueuedCall queued) {
+  void Submit(QueuedCall queued, const void* lane) {
     std::lock_guard<std::mutex> lock(mutex_);
-    const void* lane = queued.lane;
-    queue_.push_back(std::move(queued));
     changes_.fetch_add(1);
-    Clock::time_point now = Clock::now();
-    if (lane != nullptr) {
-      Clock::time_point readyAt;
-      size_t ahead = QueuedCount(lane, queue_.size() - 1);
-      size_t slots = FreeSlots(lane, now, readyAt);
-      if (ahead >= slots) {
-        // The first blocked call of a connection needs someone to notice when a
-        // running call turns slow; calls further back get their turn arranged
-        // when the ones ahead start (PopLocked).
-        if (ahead == slots) EnsureTimekeeper(readyAt);
-        return;
-      }
-    }
-    WakeForEligible();
+    Arrange(policy_.Enqueue(std::move(queued), lane, Clock::now()));
   }
 
  private:
-  struct Running {
-    uint64_t id;
-    Clock::time_point start;
-  };
-
   void Loop() {
     bool justFinished = false;
     for (;;) {
-      uint64_t id = 0;
-      QueuedCall next = Take(id, justFinished);
+      Policy::Started next = Take(justFinished);
       justFinished = true;
-      next.call->Execute();
-      next.completions->Finished(std::move(next.call));
-      next.completions.reset();
-      if (next.lane != nullptr) EndRun(next.lane, id);
+      next.call.call->Execute();
+      next.call.completions->Finished(std::move(next.call.call));
+      next.call.completions.reset();
+      if (next.lane != nullptr) EndRun(next.lane, next.runId);
     }
   }
 
-  // The call `id` on `lane` is over: its slot frees up.
-  void EndRun(const void* lane, uint64_t id) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = lanes_.find(lane);
-    std::vector<Running>& running = it->second;
-    for (size_t i = 0; i < running.size(); i++) {
-      if (running[i].id == id) {
-        running[i] = running.back();
-        running.pop_back();
-        break;
-      }
+  // Caller holds mutex_. A call may start now, or once a full lane frees a slot.
+  void Arrange(const Policy::Wake& wake) {
+    if (wake.kind == Policy::Wake::kNow) {
+      WakeForEligible();
+    } else if (wake.kind == Policy::Wake::kAt) {
+      EnsureTimekeeper(wake.at);
     }
-    if (running.empty()) lanes_.erase(it);
+  }
+
+  // The call `runId` on `lane` is over: its slot frees up.
+  void EndRun(const void* lane, uint64_t runId) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    policy_.Finished(lane, runId, Clock::now());
     changes_.fetch_add(1);
   }
 
   // `justFinished`: the thread comes straight from a call. Only such a thread
   // polls for the next one, and it takes over from any thread already polling:
   // the one that ran last is the one most likely still on a core.
-  QueuedCall Take(uint64_t& id, bool justFinished) {
+  Policy::Started Take(bool justFinished) {
     std::unique_lock<std::mutex> lock(mutex_);
     bool mayPoll = justFinished;
     for (;;) {
-      Clock::time_point now = Clock::now();
-      Clock::time_point nextReady = Clock::time_point::max();
-      size_t index = FindEligible(now, nextReady);
-      if (index != kNone) return PopLocked(index, now, id);
+      Clock::time_point nextReady;
+      std::optional<Policy::Started> started = policy_.Take(Clock::now(), nextReady);
+      if (started) {
+        Arrange(started->next);
+        return std::move(*started);
+      }
       int pollMicroseconds = busyPollSetting.load(std::memory_order_relaxed);
       if (mayPoll && pollMicroseconds > 0) {
         mayPoll = false;
@@ -298,74 +271,6 @@ class CallThreads {
     }
   }
 
-  static constexpr size_t kNone = static_cast<size_t>(-1);
-
-  // The first queued call that may start now: any call without a lane, or one
-  // of the first queued calls of a lane with quick-call slots free. `nextReady`
-  // gets the earliest moment a blocked lane frees a slot.
-  size_t FindEligible(Clock::time_point now, Clock::time_point& nextReady) {
-    seenLanes_.clear();
-    for (size_t i = 0; i < queue_.size(); i++) {
-      const void* lane = queue_[i].lane;
-      if (lane == nullptr) return i;
-      SeenLane* seen = nullptr;
-      for (SeenLane& other : seenLanes_) {
-        if (other.lane == lane) seen = &other;
-      }
-      if (seen == nullptr) {
-        Clock::time_point readyAt;
-        seenLanes_.push_back({lane, FreeSlots(lane, now, readyAt), 0});
-        seen = &seenLanes_.back();
-        if (seen->slots == 0 && readyAt < nextReady) nextReady = readyAt;
-      }
-      if (seen->queued++ < seen->slots) return i;
-    }
-    return kNone;
-  }
-
-  size_t QueuedCount(const void* lane, size_t end) const {
-    size_t count = 0;
-    for (size_t i = 0; i < end; i++) count += queue_[i].lane == lane ? 1 : 0;
-    return count;
-  }
-
-  // How many more calls the lane may start now; when none, `readyAt` is when
-  // its oldest quick call turns slow and frees a slot.
-  size_t FreeSlots(const void* lane, Clock::time_point now, Clock::time_point& readyAt) const {
-    auto it = lanes_.find(lane);
-    if (it == lanes_.end()) return kLaneWidth;
-    size_t quick = 0;
-    Clock::time_point oldestQuick = Clock::time_point::max();
-    for (const Running& running : it->second) {
-      if (now - running.start < kSlowCall) {
-        quick++;
-        oldestQuick = std::min(oldestQuick, running.start);
-      }
-    }
-    if (quick < kLaneWidth) return kLaneWidth - quick;
-    readyAt = oldestQuick + kSlowCall;
-    return 0;
-  }
-
-  QueuedCall PopLocked(size_t index, Clock::time_point now, uint64_t& id) {
-    QueuedCall next = std::move(queue_[index]);
-    queue_.erase(queue_.begin() + static_cast<std::ptrdiff_t>(index));
-    if (next.lane != nullptr) {
-      id = ++nextRunId_;
-      lanes_[next.lane].push_back({id, now});
-      // The lane's next queued call may start now, or once a slot frees up.
-      if (QueuedCount(next.lane, queue_.size()) > 0) {
-        Clock::time_point readyAt;
-        if (FreeSlots(next.lane, now, readyAt) > 0) {
-          WakeForEligible();
-        } else {
-          EnsureTimekeeper(readyAt);
-        }
-      }
-    }
-    return next;
-  }
-
   // A call may start now: the polling thread takes it if it has not been
   // counted on already, else a thread is woken or started.
   void WakeForEligible() {
@@ -393,26 +298,18 @@ class CallThreads {
       threads_++;
       // Detached: it may be inside a libvirt call when the process exits.
       std::thread([this] {
-      pthread_setname_np(pthread_self(), "lvb-call");
-      Loop();
-    }).detach();
+        pthread_setname_np(pthread_self(), "lvb-call");
+        Loop();
+      }).detach();
     }
   }
 
   std::mutex mutex_;
   std::condition_variable wake_;
   std::condition_variable timer_;
-  std::deque<QueuedCall> queue_;
-  std::unordered_map<const void*, std::vector<Running>> lanes_;
-  struct SeenLane {
-    const void* lane;
-    size_t slots;
-    size_t queued;
-  };
-  std::vector<SeenLane> seenLanes_;
+  Policy policy_;
   std::atomic<uint64_t> changes_{0};   // queue or lane changes, watched by the poller
   std::atomic<uint64_t> pollTurn_{0};  // bumped by each thread that starts polling
-  uint64_t nextRunId_ = 0;
   int threads_ = 0;
   int spinners_ = 0;         // 0 or 1: the thread polling for work
   int claimedSpinners_ = 0;  // pollers a new call already counts on
@@ -439,7 +336,7 @@ std::shared_ptr<CallCompletions> InitCallDispatcher(Napi::Env env) {
 void SubmitCall(const std::shared_ptr<CallCompletions>& completions, const void* lane,
                 std::unique_ptr<PendingCall> call) {
   completions->Submitted();
-  TheCallThreads().Submit(QueuedCall{std::move(call), completions, lane});
+  TheCallThreads().Submit(QueuedCall{std::move(call), completions}, lane);
 }
 
 CallTuning GetCallTuning() { return CallTuning{maxThreadsSetting.load(), busyPollSetting.load()}; }

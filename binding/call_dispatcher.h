@@ -41,7 +41,7 @@ std::shared_ptr<CallCompletions> InitCallDispatcher(Napi::Env env);
 // If the environment is torn down first, the call still runs but is never
 // completed, nor freed: what it holds belongs to the dead environment.
 // `lane` is the connection the call uses (nullptr for none): a connection's
-// quick calls run one after another, see call_dispatcher.cc.
+// quick calls run one after another, see call_policy.h.
 void SubmitCall(const std::shared_ptr<CallCompletions>& completions, const void* lane,
                 std::unique_ptr<PendingCall> call);
 

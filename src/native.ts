@@ -117,6 +117,22 @@ export interface NativeAddon {
   FileWriter: new (fd: number) => NativeFileWriter;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
   tryLockFile(fd: number): boolean;
+  /** Test hook: the call dispatcher's policy (binding/call_policy.h) on a clock the caller sets. */
+  CallPolicyProbe: new () => NativeCallPolicyProbe;
+}
+
+/** What the dispatcher's threads should do about a call: start it, look again at `at`, or nothing yet. */
+export type NativeCallWake = { wake: 'now' } | { wake: 'at'; at: number } | { wake: 'none' };
+
+/** Calls and lanes are numbers (lane 0: none); times are microseconds on the probe's own clock. */
+export interface NativeCallPolicyProbe {
+  enqueue(call: number, lane: number, now: number): NativeCallWake;
+  /** The call to start now, if any; `nextReady` is when a full lane frees a slot. */
+  take(now: number): ({ call: number; lane: number; runId: number; next: NativeCallWake } | { call: null }) & {
+    nextReady: number | null;
+  };
+  finished(lane: number, runId: number, now: number): void;
+  queued(): number;
 }
 
 export interface NativeCallTuning {
@@ -200,6 +216,7 @@ export const NATIVE_SURFACE = {
     Xxh128: true,
     FileWriter: true,
     tryLockFile: true,
+    CallPolicyProbe: true,
   } satisfies Record<keyof NativeAddon, true>,
   Connection: {
     close: true,
@@ -255,6 +272,10 @@ export const NATIVE_SURFACE = {
   } satisfies Record<keyof NativeCheckpoint, true>,
   Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
   FileWriter: { write: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
+  CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<
+    keyof NativeCallPolicyProbe,
+    true
+  >,
 };
 
 /** The classes the addon exports, by name. */
