@@ -7,6 +7,12 @@
 //
 // Every cluster is used once (refcount 1). A cluster not listed is unallocated:
 // it reads from the backing file, or as zeroes without one.
+//
+// Inputs are checked before anything is planned, and refused with a RangeError that
+// says what is wrong: a virtual size that is not whole 512-byte sectors (qemu would
+// silently drop the rest) or too large for qemu to open, runs that are unsorted,
+// overlap, are empty or lie past the disk, and backing file names or formats qemu
+// would truncate. Adjacent runs are fine: they describe the same clusters as one.
 
 export const CLUSTER_BITS = 16;
 export const CLUSTER_SIZE = 1 << CLUSTER_BITS;
@@ -16,6 +22,18 @@ const REFCOUNTS_PER_BLOCK = (CLUSTER_SIZE * 8) / (1 << REFCOUNT_ORDER);
 const HEADER_LENGTH = 104;
 const BACKING_FORMAT_EXTENSION = 0xe2792aca;
 const COPIED = 1n << 63n;
+/** qemu counts a qcow2 image's size in 512-byte sectors. */
+const SECTOR_SIZE = 512;
+/** qemu opens L1 tables of up to 32 MiB (QCOW_MAX_L1_SIZE): 2^22 entries, each mapping one L2 table. */
+const MAX_L1_ENTRIES = 2 ** 22;
+/** Largest virtual size qemu opens with 64 KiB clusters: 2 PiB. */
+export const MAX_VIRTUAL_SIZE = MAX_L1_ENTRIES * L2_ENTRIES * CLUSTER_SIZE;
+/** ...and refcount tables of up to 8 MiB (QCOW_MAX_REFTABLE_SIZE). */
+const MAX_REFCOUNT_TABLE_CLUSTERS = (8 * 1024 * 1024) / CLUSTER_SIZE;
+/** qemu reads at most 1023 bytes of backing file name. */
+const MAX_BACKING_FILE_BYTES = 1023;
+/** ...and a backing format name shorter than 16 bytes. */
+const MAX_BACKING_FORMAT_BYTES = 15;
 
 /** A run of guest clusters `[start, start + count)` that the image stores. */
 export interface ClusterRun {
@@ -24,12 +42,13 @@ export interface ClusterRun {
 }
 
 export interface Qcow2LayoutInput {
-  /** Guest-visible size in bytes. */
+  /** Guest-visible size in bytes: whole 512-byte sectors, at most `MAX_VIRTUAL_SIZE`. */
   virtualSize: number;
-  /** Sorted, non-overlapping, non-adjacent runs of stored clusters. */
+  /** Sorted, non-overlapping runs of stored clusters (adjacent ones are fine), inside the disk. */
   runs: readonly ClusterRun[];
-  /** Backing file name as written in the header (a basename keeps a chain relocatable). */
+  /** Backing file name as written in the header (a basename keeps a chain relocatable); at most 1023 bytes, no NUL. */
   backingFile?: string;
+  /** Format of the backing file (`qcow2`, `raw`); only with `backingFile`. */
   backingFormat?: string;
 }
 
@@ -53,28 +72,71 @@ export interface Qcow2Layout {
 
 const clustersFor = (bytes: number) => Math.ceil(bytes / CLUSTER_SIZE);
 
-/** Turns byte ranges into sorted, merged cluster runs (ranges are rounded out to clusters). */
+/**
+ * Turns byte ranges in offset order into sorted, merged cluster runs: ranges are rounded
+ * out to clusters, and ranges that overlap or touch (after rounding) become one run.
+ */
 export function clusterRuns(ranges: Iterable<{ offset: number; length: number }>): ClusterRun[] {
   const runs: ClusterRun[] = [];
+  let index = 0;
   for (const { offset, length } of ranges) {
-    if (length <= 0) continue;
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new RangeError(`byte range ${index} (${offset}+${length}) must be a non-negative offset and length`);
+    }
+    index++;
+    if (length === 0) continue;
     const start = Math.floor(offset / CLUSTER_SIZE);
     const end = Math.ceil((offset + length) / CLUSTER_SIZE);
     const last = runs[runs.length - 1];
-    if (last && start < last.start) throw new Error('cluster runs must come in offset order');
+    if (last && start < last.start) throw new RangeError(`byte range ${index - 1} at ${offset} comes before cluster ${last.start}: ranges must come in offset order`);
     if (last && start <= last.start + last.count) last.count = Math.max(last.count, end - last.start);
     else runs.push({ start, count: end - start });
   }
   return runs;
 }
 
+function checkInput(input: Qcow2LayoutInput): void {
+  const { virtualSize, runs, backingFile, backingFormat } = input;
+  if (!Number.isSafeInteger(virtualSize) || virtualSize < 0 || virtualSize > MAX_VIRTUAL_SIZE) {
+    throw new RangeError(`virtual size ${virtualSize} must be a whole number of bytes from 0 to ${MAX_VIRTUAL_SIZE}`);
+  }
+  if (virtualSize % SECTOR_SIZE !== 0) {
+    throw new RangeError(`virtual size ${virtualSize} is not a multiple of 512: qemu reads a qcow2 size in whole sectors and would drop the last ${virtualSize % SECTOR_SIZE} bytes`);
+  }
+  const guestClusters = clustersFor(virtualSize);
+  let end = 0;
+  runs.forEach((run, index) => {
+    if (!Number.isSafeInteger(run.start) || !Number.isSafeInteger(run.count) || run.start < 0 || run.count < 1) {
+      throw new RangeError(`runs[${index}] (${run.start}+${run.count}) must be a first cluster and a count of at least 1`);
+    }
+    if (run.start < end) {
+      throw new RangeError(`runs[${index}] starts at cluster ${run.start}, before runs[${index - 1}] ends at ${end}: runs must be sorted and must not overlap`);
+    }
+    end = run.start + run.count;
+    if (end > guestClusters) throw new RangeError(`cluster run ${run.start}+${run.count} lies beyond the disk (${guestClusters} clusters)`);
+  });
+  if (backingFile !== undefined) {
+    const bytes = Buffer.byteLength(backingFile, 'utf8');
+    if (bytes === 0 || bytes > MAX_BACKING_FILE_BYTES || backingFile.includes('\0')) {
+      throw new RangeError(`backing file name must be 1 to ${MAX_BACKING_FILE_BYTES} bytes without NUL, not ${bytes} bytes`);
+    }
+  }
+  if (backingFormat !== undefined) {
+    if (backingFile === undefined) throw new RangeError('a backing format needs a backing file');
+    const bytes = Buffer.byteLength(backingFormat, 'utf8');
+    if (bytes === 0 || bytes > MAX_BACKING_FORMAT_BYTES || backingFormat.includes('\0')) {
+      throw new RangeError(`backing format must be 1 to ${MAX_BACKING_FORMAT_BYTES} bytes without NUL, not ${JSON.stringify(backingFormat.slice(0, 32))}`);
+    }
+  }
+}
+
 export function planQcow2(input: Qcow2LayoutInput): Qcow2Layout {
+  checkInput(input);
   const guestClusters = clustersFor(input.virtualSize);
   const l1Entries = Math.max(1, Math.ceil(guestClusters / L2_ENTRIES));
   const l2Indexes: number[] = [];
   let dataClusters = 0;
   for (const run of input.runs) {
-    if (run.start + run.count > guestClusters) throw new Error(`cluster run ${run.start}+${run.count} lies beyond the disk`);
     dataClusters += run.count;
     for (let index = Math.floor(run.start / L2_ENTRIES); index <= Math.floor((run.start + run.count - 1) / L2_ENTRIES); index++) {
       if (l2Indexes[l2Indexes.length - 1] !== index) l2Indexes.push(index);
@@ -91,6 +153,9 @@ export function planQcow2(input: Qcow2LayoutInput): Qcow2Layout {
     if (blocks === refcountBlocks && tableClusters === refcountTableClusters) break;
     refcountBlocks = blocks;
     refcountTableClusters = tableClusters;
+  }
+  if (refcountTableClusters > MAX_REFCOUNT_TABLE_CLUSTERS) {
+    throw new RangeError(`an image of ${dataClusters} data clusters needs a refcount table larger than qemu opens`);
   }
   const l1Offset = CLUSTER_SIZE;
   const refcountTableOffset = l1Offset + l1Clusters * CLUSTER_SIZE;
