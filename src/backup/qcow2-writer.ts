@@ -50,6 +50,10 @@ export async function writeQcow2(
   // Positioned writes run a few at a time on the thread pool.
   const inFlight: Array<Promise<unknown>> = [];
   let issued = 0;
+  // Writes finish in any order, but a chunk split over two batches is released with the
+  // later one: releases wait for every earlier batch, or the earlier part of the chunk
+  // could still be on its way to the file when its memory is reused.
+  let earlierWritten: Promise<unknown> = Promise.resolve();
   const flush = async () => {
     if (pendingBytes === 0) return;
     const pieces = pending;
@@ -60,14 +64,13 @@ export async function writeQcow2(
     pending = [];
     pendingBytes = 0;
     pendingReleases = [];
-    const done = writer.write(pieces, position).then(
-      () => {
-        for (const release of releases) release();
-      },
-      (error: NodeJS.ErrnoException) => {
-        throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${path}: ${error.message}`, { cause: error }), { code: error.code });
-      },
-    );
+    const written = writer.write(pieces, position).catch((error: NodeJS.ErrnoException) => {
+      throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${path}: ${error.message}`, { cause: error }), { code: error.code });
+    });
+    const done = Promise.all([written, earlierWritten]).then(() => {
+      for (const release of releases) release();
+    });
+    earlierWritten = done;
     done.catch(() => undefined);
     inFlight.push(done);
     while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
@@ -88,6 +91,8 @@ export async function writeQcow2(
     let runIndex = 0;
     // Guest offset of the next byte to write inside the current run.
     let cursor = runs.length > 0 ? runs[0]!.start * CLUSTER_SIZE : 0;
+    // Guest offset just past the last data byte written: data must not go back before it.
+    let dataEnd = 0;
     const runEnd = () => (runs[runIndex]!.start + runs[runIndex]!.count) * CLUSTER_SIZE;
     const finishRun = async () => {
       await zeroes(runEnd() - cursor);
@@ -99,11 +104,13 @@ export async function writeQcow2(
       if (chunk.kind !== 'data') continue;
       let offset = chunk.offset;
       let data = chunk.data.subarray(0, chunk.length);
+      // Nothing of an empty chunk is written: its memory is free at once.
+      if (data.length === 0) chunk.release?.();
       while (data.length > 0) {
         while (runIndex < runs.length && offset >= runEnd()) await finishRun();
-        if (runIndex >= runs.length) throw new Error(`data at guest offset ${offset} lies outside the planned clusters`);
-        const runStart = runs[runIndex]!.start * CLUSTER_SIZE;
-        if (offset < Math.max(cursor, runStart)) throw new Error(`data at guest offset ${offset} arrived out of order`);
+        const runStart = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
+        if (offset < dataEnd) throw new Error(`data at guest offset ${offset} arrived out of order`);
+        if (offset < runStart) throw new Error(`data at guest offset ${offset} lies outside the planned clusters`);
         await zeroes(offset - cursor);
         const take = Math.min(data.length, runEnd() - offset);
         // The chunk's memory stays ours until its release (if any) runs after the write.
@@ -112,6 +119,7 @@ export async function writeQcow2(
         dataBytes += take;
         offset += take;
         cursor = offset;
+        dataEnd = offset;
         data = data.subarray(take);
       }
       options.onProgress?.(offset);
