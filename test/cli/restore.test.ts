@@ -148,6 +148,19 @@ test('restored images are 0600 whatever the umask', async (t) => {
   }
 });
 
+/** The children of process `pid` whose command line is qemu-img's. */
+async function qemuImgChildrenOf(pid: number): Promise<number[]> {
+  const children: number[] = [];
+  for (const task of await readdir(`/proc/${pid}/task`).catch(() => [] as string[])) {
+    const listed = await readFile(`/proc/${pid}/task/${task}/children`, 'utf8').catch(() => '');
+    for (const child of listed.split(' ').filter((word) => word !== '')) {
+      const commandLine = await readFile(`/proc/${child}/cmdline`, 'utf8').catch(() => '');
+      if (commandLine.split('\0')[0]!.endsWith('qemu-img')) children.push(Number(child));
+    }
+  }
+  return children;
+}
+
 /** qemu-img processes whose command line names `path`. */
 async function qemuImgProcessesFor(path: string): Promise<string[]> {
   const found: string[] = [];
@@ -205,13 +218,12 @@ test('SIGKILL during a qemu-img fallback takes qemu-img down too; the next resto
 
   const cli = startCli(['restore', builder.dir, '--to', out, '--format', 'qcow2', '--json']);
   await cli.waitForLine((line) => line.includes('"type":"notice"') && line.includes('qemu-img convert instead'));
-  let running: string[] = [];
-  for (let wait = 0; wait < 500 && running.length === 0; wait++) {
-    running = await qemuImgProcessesFor(out);
-    if (running.length === 0) await sleep(20);
-  }
-  t.is(running.length, 1, 'qemu-img is converting');
+  // The first progress line of the conversion: qemu-img is running (it is our child: setpriv execs into it).
+  await cli.waitForLine((line) => line.includes('"type":"progress"') && Number(JSON.parse(line).bytesDone) > size / 2);
+  const converting = await qemuImgChildrenOf(cli.child.pid!);
+  t.is(converting.length, 1, 'qemu-img is converting');
   cli.child.kill('SIGKILL');
+  let running = converting.map(String);
   t.is((await cli.done).signal, 'SIGKILL');
   // The kernel sends it SIGKILL when its parent dies (setpriv --pdeathsig); a write of
   // progress to its closed stdout would end it too, but only once it prints.
@@ -220,6 +232,7 @@ test('SIGKILL during a qemu-img fallback takes qemu-img down too; the next resto
     running = await qemuImgProcessesFor(out);
   }
   t.deepEqual(running, [], 'qemu-img died with the restore');
+  t.false(await readFile(`/proc/${converting[0]}/cmdline`, 'utf8').then((text) => text.includes('qemu-img'), () => false), 'that process is gone');
 
   const again = await runCli(['restore', builder.dir, '--to', out, '--format', 'qcow2']);
   t.is(again.code, 0, again.stderr);
