@@ -33,7 +33,8 @@ export interface CyclesSettings {
 /** Enough references for any `--keep` a prune draws. */
 const REFERENCE_WINDOW = 6;
 const UMASKS = [0o022, 0o077, 0o002, 0o027] as const;
-const BACKUP_TIMEOUT_MS = 10 * 60_000;
+/** Backups of these small disks take seconds, even emulated and under load; one that runs for minutes hangs. */
+const BACKUP_TIMEOUT_MS = 180_000;
 
 export async function runCyclesSuite(context: SuiteContext, settings: CyclesSettings): Promise<void> {
   const { report, seed } = context;
@@ -97,7 +98,9 @@ export async function runCyclesSuite(context: SuiteContext, settings: CyclesSett
         summary += `, restored as ${format}`;
         timer.mark('restore');
       }
-      await checkNothingLeft(scene, log, { libvirt: true, files: true, processGraceMs: 1000 });
+      // A command the soak had to kill for hanging could not clean up: what it left is
+      // for the next cycle's backup to clean up, and for that cycle's checks to judge.
+      if (!outcome.hung) await checkNothingLeft(scene, log, { libvirt: true, files: true, processGraceMs: 1000 });
       await checkFileModes(scene, log, origins);
       if (cycle % settings.modelCheckEvery === 0 || cycle === settings.cycles || log.failures.some((failure) => failure.check === 'restore-equals-reference')) {
         const wrong = await domain.modelMismatches();

@@ -39,7 +39,7 @@ const UMASKS = [0o022, 0o077, 0o002, 0o027] as const;
 const LEVELS = ['full', 'inc', 'diff', 'auto'] as const;
 /** Far beyond what a backup of these small disks takes: past it, the command hangs. */
 const FAULTED_TIMEOUT_MS = 180_000;
-const BACKUP_TIMEOUT_MS = 300_000;
+const BACKUP_TIMEOUT_MS = 180_000;
 const DESTINATION_MIB = 1024;
 /** A prune keeps the destination from filling up by itself over many runs. */
 const PRUNE_ABOVE_USED = 0.45;
