@@ -9,7 +9,7 @@ export const ExitCode = {
   FAILED: 1,
   /** Usage error or bad input: nothing was attempted and nothing in the set changed. */
   USAGE: 2,
-  /** `verify` ran to the end and found problems in the set. */
+  /** `verify` found problems in the set, or a command refused a damaged file (its checksum no longer matches). */
   PROBLEMS_FOUND: 3,
   /** Interrupted by SIGINT (128 + 2); what the command had begun to write was removed. */
   INTERRUPTED: 130,
@@ -29,7 +29,8 @@ export const EXIT_CODES_HELP = `Exit codes:
   2    usage error or bad input (unknown domain, unwritable destination, corrupt manifest,
        set of another domain, missing backing file, a URI that cannot take backups...);
        nothing in the set changed
-  3    verify found problems (they are listed)
+  3    damage found: verify found problems (they are listed), or backup, restore or
+       prune refused a file whose checksum no longer matches (CHECKSUM_MISMATCH)
   130  interrupted by SIGINT: backup and prune remove the partial files of the run and
        leave the manifest unchanged, restore removes its partial output, verify and
        list change nothing

@@ -51,6 +51,7 @@ test('parsed options of each command', (t) => {
     level: 'inc',
     transport: 'pull',
     disks: ['vda', 'vdb', 'vdc'],
+    scratchDir: undefined,
     uri: 'qemu:///system',
     json: true,
   });
