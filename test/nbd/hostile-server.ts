@@ -275,7 +275,10 @@ function mutate(drafts: Draft[], mutation: Mutation, context: AnswerContext): Dr
       if (target && (target.kind === 'data' || target.kind === 'hole')) out[at] = { ...target, offset: Math.max(0, target.offset + mutation.delta) };
       return out;
     case 'resize':
-      if (target && (target.kind === 'data' || target.kind === 'hole')) out[at] = { ...target, length: Math.max(0, target.length + mutation.delta) };
+      // Holes cost nothing to claim; data is sent, so it stays near the request's size (a
+      // chunk far longer than the request is what huge-length is for, without the bytes).
+      if (target?.kind === 'hole') out[at] = { ...target, length: Math.max(0, target.length + mutation.delta) };
+      if (target?.kind === 'data') out[at] = { ...target, length: Math.max(0, Math.min(request.length + 65_536, target.length + mutation.delta)) };
       if (target?.kind === 'block-status' && target.descriptors.length > 0) {
         const descriptors = target.descriptors.map(([length, flags]): [number, number] => [length, flags]);
         descriptors[0]![0] = Math.max(0, Math.min(0xffffffff, descriptors[0]![0] + mutation.delta));
