@@ -45,7 +45,15 @@ export async function runCyclesSuite(context: SuiteContext, settings: CyclesSett
   const sources = await createWriteSources(dirs['sources']!, seed, 3);
   const link = new LibvirtLink();
   const domain = await MirroredDomain.create(link, { label: 'soak-cycles', sizesMiB, virtualization: context.virtualization, referenceDir: dirs['refs']!, sources });
-  const scene: SoakScene = { uri: link.uri, domainName: domain.name, setDir: dirs['set']!, otherSetDirs: () => [], cli: context.cli, reported: new ReportedLeftovers() };
+  const scene: SoakScene = {
+    uri: link.uri,
+    domainName: domain.name,
+    setDir: dirs['set']!,
+    otherSetDirs: () => [],
+    cli: context.cli,
+    imageDir: { path: context.daemon.imageDir, allowed: domain.disks.map((disk) => disk.image.split('/').at(-1)!) },
+    reported: new ReportedLeftovers(),
+  };
   const points = new BackupPoints(domain, REFERENCE_WINDOW);
   const origins = new FileOrigins();
   const log = new CheckLog();

@@ -21,7 +21,6 @@ import { LibvirtLink } from './libvirt-link.js';
 import { tryRun } from '../../test/helpers/process.js';
 import { MirroredDomain } from './mirrored-domain.js';
 import { PhaseTimer } from './phase-timer.js';
-import { PrivateLibvirtd } from './private-libvirtd.js';
 import { formatBytes } from './report.js';
 import { restoreMatchesReference } from './restore-check.js';
 import { Rng } from './seeded-random.js';
@@ -52,10 +51,10 @@ export async function runFaultsSuite(context: SuiteContext, settings: FaultsSett
   const kinds = selectKinds(settings.kinds);
   const setup = Rng.derive(seed, 'setup');
   const sizesMiB = [setup.int(64, 128), setup.int(64, 128)];
-  const dirs = await makeDirs(context.workDir, ['daemon', 'refs', 'restore', 'sources', 'other-set']);
+  const dirs = await makeDirs(context.workDir, ['refs', 'restore', 'sources', 'other-set']);
   context.say(`faults: ${kinds.map((kind) => kind.name).join(', ')}; disks ${sizesMiB.map((size) => `${size} MiB`).join(', ')}; the set on a ${DESTINATION_MIB} MiB loop-mounted ext4`);
 
-  const daemon = await PrivateLibvirtd.start(dirs['daemon']!);
+  const daemon = context.daemon;
   let destination: LoopExt4 | undefined;
   let domain: MirroredDomain | undefined;
   const link = new LibvirtLink();
@@ -110,7 +109,6 @@ export async function runFaultsSuite(context: SuiteContext, settings: FaultsSett
     await domain?.cleanup().catch((error: unknown) => context.say(`cleanup of the domain failed: ${String(error)}`));
     await link.drop();
     await destination?.unmount();
-    await daemon.stop();
   }
 }
 

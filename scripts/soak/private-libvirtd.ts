@@ -118,9 +118,12 @@ export class PrivateLibvirtd {
   }
 }
 
+/** Written into a work directory its runner keeps for inspection. */
+export const KEPT_MARK = 'kept-for-inspection';
+
 /**
  * Work directories of earlier soak runs whose runner died (the directory names its pid)
- * are removed; the daemons and QEMUs such a faults run started are stopped first, by the
+ * are removed, unless the runner kept one on purpose; the daemons and QEMUs such a faults run started are stopped first, by the
  * pid files they left, after checking each pid is still what it was.
  */
 export async function sweepStaleDaemons(workParent: string, say: (line: string) => void): Promise<void> {
@@ -139,6 +142,8 @@ export async function sweepStaleDaemons(workParent: string, say: (line: string) 
       process.kill(pid, 'SIGKILL');
       say(`stopped pid ${pid} (${command.slice(0, 80)}) left by a soak run that died`);
     }
-    await rm(join(workParent, entry), { recursive: true, force: true }).catch(() => undefined);
+    // A directory its runner kept on purpose (a failure to look into) stays.
+    const kept = await readFile(join(workParent, entry, KEPT_MARK), 'utf8').then(() => true, () => false);
+    if (!kept) await rm(join(workParent, entry), { recursive: true, force: true }).catch(() => undefined);
   }
 }

@@ -8,14 +8,14 @@
 // (run the command through tsx instead of lib/), --keep-work, --max-failures N,
 // cycles: --prune-every N; faults: --kinds sigkill,sigterm,...
 import { spawnSync } from 'node:child_process';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 
 import type { CliBuild } from './cli-process.js';
 import { ensureCompiled } from './compiled-cli.js';
-import { currentMountNamespace, OUTER_NAMESPACE_VARIABLE, sweepStaleDaemons } from './private-libvirtd.js';
+import { currentMountNamespace, KEPT_MARK, OUTER_NAMESPACE_VARIABLE, PrivateLibvirtd, sweepStaleDaemons } from './private-libvirtd.js';
 import { runCyclesSuite } from './cycles-suite.js';
 import { SoakReport, type SuiteName } from './report.js';
 import { freshSeed, parseSeed } from './seeded-random.js';
@@ -62,7 +62,7 @@ const { values, positionals } = (() => {
 
 const suite = positionals[0] as SuiteName | undefined;
 if (suite === undefined || !SUITES.includes(suite) || positionals.length > 1) usage(`a suite is required: ${SUITES.join(' or ')}`);
-if (process.getuid?.() !== 0) usage('the soak needs root: it drives qemu:///system, mounts file systems and starts a private libvirtd');
+if (process.getuid?.() !== 0) usage('the soak needs root: it starts a libvirtd of its own, in a mount namespace of its own, and mounts file systems');
 
 let seed: number;
 try {
@@ -71,9 +71,12 @@ try {
   usage((error as Error).message);
 }
 
-// The faults suite kills libvirtd and mounts file systems: it does both to a libvirtd
-// of its own, in a mount namespace of its own, so nothing else on the host is touched.
-if (suite === 'faults' && process.env[OUTER_NAMESPACE_VARIABLE] === undefined) {
+// Both suites run against a libvirtd of their own, in a mount namespace of their own:
+// the faults suite kills it and mounts file systems, and neither should depend on the
+// state a daemon shared with other work is in, nor disturb that work.
+if (process.env[OUTER_NAMESPACE_VARIABLE] === undefined) {
+  // Ctrl-C reaches both processes; the copy inside decides how to stop.
+  for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => undefined);
   const child = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2), '--seed', String(seed)], {
     stdio: 'inherit',
     env: { ...process.env, [OUTER_NAMESPACE_VARIABLE]: await currentMountNamespace() },
@@ -95,7 +98,8 @@ say(`soak ${suite}: seed ${seed}`);
 if (build === 'lib') await ensureCompiled(REPO_ROOT, say);
 await sweepStaleDaemons(WORK_PARENT, say);
 const workDir = await mkdtemp(join(WORK_PARENT, `lvb-soak-${suite}-${process.pid}-`));
-const dirs = await makeDirs(workDir, ['cli-tmp', 'cli-run']);
+const dirs = await makeDirs(workDir, ['cli-tmp', 'cli-run', 'daemon']);
+const daemon = await PrivateLibvirtd.start(dirs['daemon']!);
 const context: SuiteContext = {
   seed,
   report,
@@ -104,7 +108,18 @@ const context: SuiteContext = {
   virtualization: values.emulate ? 'qemu' : 'auto',
   maxFailures: positiveInteger(values['max-failures'], 'max-failures', 20),
   say,
+  stop: { requested: false },
+  daemon,
 };
+// A first signal lets the current cycle or run finish, then cleans up (the domain, the
+// private libvirtd) and reports; a second one exits at once.
+for (const signal of ['SIGINT', 'SIGTERM'] as const) {
+  process.on(signal, () => {
+    if (context.stop.requested) process.exit(130);
+    context.stop.requested = true;
+    say(`${signal}: stopping after the current step (again to exit at once)`);
+  });
+}
 
 let crashed: unknown;
 try {
@@ -116,6 +131,8 @@ try {
   }
 } catch (error) {
   crashed = error;
+} finally {
+  await daemon.stop().catch((error: unknown) => say(`stopping the private libvirtd failed: ${String(error)}`));
 }
 
 if (crashed !== undefined) {
@@ -124,6 +141,7 @@ if (crashed !== undefined) {
 }
 const failed = crashed !== undefined || report.failures.length > 0;
 if (failed || values['keep-work']) {
+  await writeFile(join(workDir, KEPT_MARK), `seed ${seed}\n`);
   say(`work directory kept: ${workDir}`);
 } else {
   await rm(workDir, { recursive: true, force: true });

@@ -5,6 +5,7 @@ import { join } from 'node:path';
 
 import type { CliEnvironment } from './cli-process.js';
 import type { CheckLog } from './invariants.js';
+import type { PrivateLibvirtd } from './private-libvirtd.js';
 import { formatFailure, type SoakReport } from './report.js';
 
 export interface SuiteContext {
@@ -18,6 +19,10 @@ export interface SuiteContext {
   maxFailures: number;
   /** Progress lines (stderr). */
   say(line: string): void;
+  /** Set on SIGINT/SIGTERM: the suite stops after the current cycle or run, cleans up and reports. */
+  stop: { requested: boolean };
+  /** The suite's own libvirtd, which qemu:///system reaches inside the suite's mount namespace. */
+  daemon: PrivateLibvirtd;
 }
 
 /** Moves a step's failed checks into the report, printing each in full; returns how many. */
@@ -34,8 +39,9 @@ export function reportFailures(context: SuiteContext, log: CheckLog, where: stri
   return count;
 }
 
+/** True when the suite should not start another cycle or run. */
 export function tooManyFailures(context: SuiteContext): boolean {
-  return context.report.failures.length >= context.maxFailures;
+  return context.report.failures.length >= context.maxFailures || context.stop.requested;
 }
 
 export async function makeDirs(root: string, names: readonly string[]): Promise<Record<string, string>> {
