@@ -68,10 +68,10 @@ export class PrivateLibvirtd {
       await mkdir(join(root, name), { recursive: true });
       await mkdir(target, { recursive: true });
     }
-    await cp('/etc/libvirt', join(root, 'etc'), { recursive: true });
-    // Domains defined in the host's libvirtd are not ours to load.
-    await rm(join(root, 'etc/qemu'), { recursive: true, force: true });
-    await mkdir(join(root, 'etc/qemu'));
+    // Domains defined in the host's libvirtd are not ours to load (and that daemon
+    // rewrites their files while we copy).
+    await cp('/etc/libvirt', join(root, 'etc'), { recursive: true, filter: (source) => source !== '/etc/libvirt/qemu' && !source.startsWith('/etc/libvirt/qemu/') });
+    await mkdir(join(root, 'etc/qemu'), { recursive: true });
     await mkdir(join(root, 'lib/images'), { recursive: true });
     await writeFile(join(root, 'etc/libvirtd.conf'), 'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n');
     // QEMU in a mount namespace of its own would keep the soak's destination file system
