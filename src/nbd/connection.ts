@@ -70,6 +70,8 @@ interface PendingRequest {
   coverage: ReadCoverage | undefined;
   /** Meta context ids a BLOCK_STATUS reply has answered for: each may answer once. */
   answeredContexts: Set<number> | undefined;
+  /** A structured chunk has come for it: the reply may not switch to a simple one. */
+  structured: boolean;
   /** Settled early (aborted): the reply is still parsed, then dropped. */
   abandoned: boolean;
   resolve(): void;
@@ -157,6 +159,7 @@ export class Connection {
         error: undefined,
         coverage: command === Command.READ ? new ReadCoverage() : undefined,
         answeredContexts: undefined,
+        structured: false,
         abandoned: false,
         resolve,
         reject,
@@ -370,6 +373,7 @@ export class Connection {
     const errno = header.readUInt32BE(4);
     const request = this.lookup(header);
     if (!request) return;
+    if (request.structured) return this.violation(`a simple reply to ${commandName(request.command)} after structured reply chunks`);
     if (errno !== 0) {
       request.error = new NbdError(errno, commandName(request.command));
       this.complete(request);
@@ -387,6 +391,7 @@ export class Connection {
     const length = header.readUInt32BE(16);
     const request = this.lookup(header);
     if (!request) return;
+    request.structured = true;
     const done = (flags & ReplyFlags.DONE) !== 0;
     if (!this.info.structuredReplies) return this.violation(`structured reply received but never negotiated`);
     const what = (): string => `${nameOf(ReplyType, type, 'NBD_REPLY_TYPE_')} reply to ${commandName(request.command)}`;

@@ -135,6 +135,19 @@ for (const [name, mutation, message] of blockStatusFaults) {
   });
 }
 
+test('a reply that starts in structured chunks and ends in a simple reply is a protocol error', async (t) => {
+  const switching = answer([{ kind: 'insert-simple', index: 1, errno: 0, payload: 'none' }], endsWithNone);
+  const server = await serve(t, plan({ replies: [switching] }));
+  const client = await NbdClient.connect({ path: server.path });
+  await t.throwsAsync(
+    (async () => {
+      for await (const extent of client.extents('base:allocation')) void extent;
+    })(),
+    { instanceOf: NbdProtocolError, message: /simple reply to NBD_CMD_BLOCK_STATUS after structured reply chunks/ },
+  );
+  await client.close();
+});
+
 const readFaults: Array<[string, Mutation, RegExp]> = [
   ['a hole of zero bytes', { kind: 'zero-length', index: 0 }, /zero bytes|too short/],
   ['an error offset outside the request', { kind: 'insert-error', index: 0, errno: 5, message: 'bad sector', messageLengthDelta: 0, offset: 'outside', done: true }, /outside the request/],
