@@ -124,8 +124,9 @@ fuzz(
 
 fuzz(
   'valid documents with elements renamed, dropped, copied, moved, inserted or nested deep',
-  fuzzRuns(300, 0.5),
-  fc.tuple(seedDocument, fc.array(structuralChange(FULL_RUN ? 20_000 : 2_000), { minLength: 1, maxLength: 3 })).map(([xml, changes]) =>
+  // Each case rebuilds its document through the DOM up to three times; the explicit nesting test goes deeper.
+  fuzzRuns(300, 0.2),
+  fc.tuple(seedDocument, fc.array(structuralChange(FULL_RUN ? 5_000 : 2_000), { minLength: 1, maxLength: 3 })).map(([xml, changes]) =>
     changes.reduce(withStructuralChange, xml),
   ),
 );
@@ -170,12 +171,12 @@ test('10,000 levels of nesting anywhere (100,000 in a full run): no stack overfl
   const startedAt = performance.now();
   const nest = (depth: number, name = 'a') => `${`<${name}>`.repeat(depth)}${`</${name}>`.repeat(depth)}`;
   for (const depth of FULL_RUN ? [10_000, 100_000] : [10_000]) {
-    judge.judge(`<domainbackup>${nest(depth)}</domainbackup>`, 10_000);
-    judge.judge(`<domainbackup><disks><disk name="vda" type="file"><target file="/t">${nest(depth)}</target></disk></disks></domainbackup>`, 10_000);
-    judge.judge(`<domaincheckpoint><domain><devices><disk><source file="/x">${nest(depth)}</source></disk></devices></domain></domaincheckpoint>`, 10_000);
-    judge.judge(`<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(depth)}${'</backingStore>'.repeat(depth)}</disk></devices></domain>`, 10_000);
-    judge.judge(`<domaincheckpoint>${nest(depth, 'domain')}</domaincheckpoint>`, 10_000);
-    judge.judge(`<domain>${nest(depth)}`, 10_000);
+    judge.judge(`<domainbackup>${nest(depth)}</domainbackup>`);
+    judge.judge(`<domainbackup><disks><disk name="vda" type="file"><target file="/t">${nest(depth)}</target></disk></disks></domainbackup>`);
+    judge.judge(`<domaincheckpoint><domain><devices><disk><source file="/x">${nest(depth)}</source></disk></devices></domain></domaincheckpoint>`);
+    judge.judge(`<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(depth)}${'</backingStore>'.repeat(depth)}</disk></devices></domain>`);
+    judge.judge(`<domaincheckpoint>${nest(depth, 'domain')}</domaincheckpoint>`);
+    judge.judge(`<domain>${nest(depth)}`);
   }
   const chain = parseDomainXml(`<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(10_000)}${'</backingStore>'.repeat(10_000)}</disk></devices></domain>`);
   t.is(chain.disks[0]?.backingStore.length, 10_000, 'a 10,000-image backing chain is read whole');
@@ -196,14 +197,14 @@ test('huge attribute values and text: linear time, nothing amplified', (t) => {
   const MiB = FULL_RUN ? 1 << 20 : 1 << 18;
   const many = FULL_RUN ? 20_000 : 4_000;
   const huge = 'x'.repeat(8 * MiB);
-  judge.judge(`<domaincheckpoint><disks><disk name="${huge}"/></disks></domaincheckpoint>`, 10_000);
-  judge.judge(`<domaincheckpoint><description>${huge}</description></domaincheckpoint>`, 10_000);
-  judge.judge(`<domainbackup future="${'&amp;'.repeat(MiB)}"/>`, 10_000);
-  judge.judge(`<domainbackup><disks>${'<disk name="vda" type="file"><target file="/x"/></disk>'.repeat(many)}</disks></domainbackup>`, 10_000);
-  judge.judge(`<domaincheckpoint ${Array.from({ length: many }, (_, index) => `a${index}="v"`).join(' ')}/>`, 10_000);
-  judge.judge(`<domaincheckpoint><description>${'&#x1F642;'.repeat(MiB / 4)}</description></domaincheckpoint>`, 10_000);
-  judge.judge(`<domaincheckpoint a="${'<'.repeat(MiB)}"/>`, 10_000);
-  judge.judge(`<domaincheckpoint>${'<!--c-->'.repeat(5 * many)}</domaincheckpoint>`, 10_000);
+  judge.judge(`<domaincheckpoint><disks><disk name="${huge}"/></disks></domaincheckpoint>`);
+  judge.judge(`<domaincheckpoint><description>${huge}</description></domaincheckpoint>`);
+  judge.judge(`<domainbackup future="${'&amp;'.repeat(MiB)}"/>`);
+  judge.judge(`<domainbackup><disks>${'<disk name="vda" type="file"><target file="/x"/></disk>'.repeat(many)}</disks></domainbackup>`);
+  judge.judge(`<domaincheckpoint ${Array.from({ length: many }, (_, index) => `a${index}="v"`).join(' ')}/>`);
+  judge.judge(`<domaincheckpoint><description>${'&#x1F642;'.repeat(MiB / 4)}</description></domaincheckpoint>`);
+  judge.judge(`<domaincheckpoint a="${'<'.repeat(MiB)}"/>`);
+  judge.judge(`<domaincheckpoint>${'<!--c-->'.repeat(5 * many)}</domaincheckpoint>`);
   report(t, 'huge values', judge, startedAt);
   t.is(judge.documents, 8);
 });
@@ -238,7 +239,7 @@ test('entity expansion and external entities: refused at once, nothing fetched',
       `<domaincheckpoint><description>&x;</description></domaincheckpoint>`,
     ];
     for (const xml of attempts) {
-      judge.judge(xml, 1_000);
+      judge.judge(xml);
       t.throws(() => parseCheckpointXml(xml), { instanceOf: XmlParseError }, xml.slice(0, 60));
     }
     // An escaped reference is text, not a second round of expansion.
