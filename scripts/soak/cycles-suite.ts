@@ -2,7 +2,6 @@
 // levels and transports chosen at random, a prune every `pruneEvery` cycles. Every
 // restore is compared byte for byte with the reference kept in step with the disks.
 import { BackupPoints } from './backup-points.js';
-import { PhaseTimer } from './phase-timer.js';
 import { describeOutcome, runCli } from './cli-process.js';
 import { planWrites } from './guest-writes.js';
 import {
@@ -16,6 +15,7 @@ import {
 } from './invariants.js';
 import { LibvirtLink } from './libvirt-link.js';
 import { MirroredDomain } from './mirrored-domain.js';
+import { PhaseTimer } from './phase-timer.js';
 import { formatBytes } from './report.js';
 import { restoreMatchesReference } from './restore-check.js';
 import { Rng } from './seeded-random.js';

@@ -9,16 +9,16 @@ import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import type { BackupRecord, BackupTransport } from '../../src/backup/index.js';
+import { tryRun } from '../../test/helpers/process.js';
 import { BackupPoints } from './backup-points.js';
 import { CliProcess, describeOutcome, runCli, type CliOutcome } from './cli-process.js';
 import { LoopExt4 } from './destination-fs.js';
 import { FAULT_KINDS, type FaultKind, type FaultScene, type Injection } from './faults/index.js';
 import { RunTimings } from './faults/trigger.js';
 import { planWrites } from './guest-writes.js';
-import { checkFileModes, checkNothingLeft, checkVerify, CheckLog, FileOrigins, ReportedLeftovers, type SoakScene } from './invariants.js';
 import { domainJob } from './host-state.js';
+import { checkFileModes, checkNothingLeft, checkVerify, CheckLog, FileOrigins, ReportedLeftovers, type SoakScene } from './invariants.js';
 import { LibvirtLink } from './libvirt-link.js';
-import { tryRun } from '../../test/helpers/process.js';
 import { MirroredDomain } from './mirrored-domain.js';
 import { PhaseTimer } from './phase-timer.js';
 import { formatBytes } from './report.js';
