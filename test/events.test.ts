@@ -17,6 +17,7 @@ import {
 } from '../src/index.js';
 import { connectSystem, createThrowawayDomain, IMAGE_DIR } from './helpers/daemon.js';
 import { openNativeWith } from './helpers/native-wrapper.js';
+import { toolEnvironment } from './helpers/process.js';
 
 test('200 lifecycle events from start/destroy cycles reach JS in order', async (t) => {
   const conn = await connect('test:///default');
@@ -260,7 +261,10 @@ test('events of different kinds reach JS in the order libvirt sent them, as virs
     await rm(target, { force: true });
   });
   // virsh, a client we did not write, records libvirt's order.
-  const virsh = spawn('virsh', ['-c', 'qemu:///system', 'event', '--domain', vm.name, '--all', '--loop'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const virsh = spawn('virsh', ['-c', 'qemu:///system', 'event', '--domain', vm.name, '--all', '--loop'], {
+    env: toolEnvironment(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let virshOutput = '';
   virsh.stdout.on('data', (chunk: Buffer) => (virshOutput += chunk.toString()));
   t.teardown(() => virsh.kill());
@@ -279,7 +283,7 @@ test('events of different kinds reach JS in the order libvirt sent them, as virs
   });
   // The domain is destroyed by another process while this thread is blocked, so
   // that every event of the backup and the destroy is waiting at once.
-  spawn('sh', ['-c', `sleep 1.5; virsh -c qemu:///system destroy ${vm.name}`], { stdio: 'ignore' });
+  spawn('sh', ['-c', `sleep 1.5; virsh -c qemu:///system destroy ${vm.name}`], { env: toolEnvironment(), stdio: 'ignore' });
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 4_000);
   const deadline = Date.now() + 20_000;
   const virshSequence = () =>

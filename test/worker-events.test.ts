@@ -1,17 +1,21 @@
 // libvirt keeps every event registration a worker thread made, and its event
 // thread goes on delivering to them after the worker's environment is gone.
+// test:///default is one driver for the whole process: the domains this thread
+// defines and undefines raise events on the workers' connections too, delivered
+// by the addon's event-loop thread, with no daemon in between.
 import { setTimeout as sleep } from 'node:timers/promises';
 import { Worker as NodeWorker, type Worker } from 'node:worker_threads';
 
 import test, { type ExecutionContext } from 'ava';
 
-import { connectSystem, SYSTEM_URI, uniqueName } from './helpers/daemon.js';
+import { connect, type Connection } from '../src/index.js';
 import { startTsWorker } from './helpers/workers.js';
 
-/** Defines and undefines a domain over and over: a lifecycle event each time, to every connection. */
-function keepEventsComing(conn: Awaited<ReturnType<typeof connectSystem>>): { stop(): Promise<number> } {
-  const name = uniqueName('worker-events');
-  const xml = `<domain type='qemu'><name>${name}</name><memory unit='MiB'>32</memory><os><type arch='x86_64'>hvm</type></os></domain>`;
+/** Defines and undefines a domain over and over: lifecycle events on every connection of the process. */
+const URI = 'test:///default';
+
+function keepEventsComing(conn: Connection, label: string): { stop(): Promise<number> } {
+  const xml = `<domain type='test'><name>lvb-${label}-${process.pid}</name><memory>65536</memory><os><type>hvm</type></os></domain>`;
   let running = true;
   let cycles = 0;
   const loop = (async () => {
@@ -47,14 +51,14 @@ function waitFor(worker: Worker, message: string): Promise<void> {
 type StartWorker = () => Worker;
 
 const startNativeWorker: StartWorker = () =>
-  new NodeWorker(new URL('./fixtures/worker-events-native.mjs', import.meta.url), { workerData: { uri: SYSTEM_URI } });
+  new NodeWorker(new URL('./fixtures/worker-events-native.mjs', import.meta.url), { workerData: { uri: URI } });
 const startTsWorkerOnEvents: StartWorker = () =>
-  startTsWorker(new URL('./fixtures/worker-events.ts', import.meta.url), { uri: SYSTEM_URI });
+  startTsWorker(new URL('./fixtures/worker-events.ts', import.meta.url), { uri: URI });
 
-async function terminateWhileEventsCome(t: ExecutionContext, start: StartWorker, rounds: number): Promise<void> {
-  const conn = await connectSystem();
+async function terminateWhileEventsCome(t: ExecutionContext, label: string, start: StartWorker, rounds: number): Promise<void> {
+  const conn = await connect(URI);
   t.teardown(() => conn.close());
-  const events = keepEventsComing(conn);
+  const events = keepEventsComing(conn, label);
   try {
     for (let round = 0; round < rounds; round++) {
       const worker = start();
@@ -73,9 +77,9 @@ async function terminateWhileEventsCome(t: ExecutionContext, start: StartWorker,
 }
 
 test('a worker registered for every event kind on the addon is terminated while events keep coming, 100 times', async (t) => {
-  await terminateWhileEventsCome(t, startNativeWorker, 100);
+  await terminateWhileEventsCome(t, 'native-worker', startNativeWorker, Number(process.env.ROUNDS ?? 100));
 });
 
 test('a worker listening to every event kind of a Connection is terminated while events keep coming', async (t) => {
-  await terminateWhileEventsCome(t, startTsWorkerOnEvents, 10);
+  await terminateWhileEventsCome(t, 'ts-worker', startTsWorkerOnEvents, 10);
 });
