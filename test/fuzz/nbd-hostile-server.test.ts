@@ -359,6 +359,8 @@ class CaseRun {
     const zeroes: JudgedExtent[] = [];
     for (const request of statuses) {
       const verdict = this.verdicts.get(request.sequence);
+      // After a framing lie nobody can say what the client read: nothing to hold it to.
+      if (verdict?.outcome === 'unknown') return true;
       const id = this.contextId(request, 'base:allocation');
       if (verdict?.outcome !== 'resolved' || id === undefined) continue;
       for (const extent of verdict.extents.get(id) ?? []) if (extent.flags & 2) zeroes.push(extent);

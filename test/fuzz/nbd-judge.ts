@@ -41,6 +41,8 @@ interface Open {
   error: boolean;
   answered: Set<number>;
   extents: Map<number, JudgedExtent[]>;
+  /** Structured chunks came for it: a simple reply may not follow. */
+  structured: boolean;
 }
 
 const key = (cookie: Buffer): string => cookie.toString('hex');
@@ -118,7 +120,7 @@ export function judgeConnection(log: ConnectionLog, structured: boolean, verdict
       const { request } = event;
       if (connection.state === 'dead') verdicts.set(request.sequence, { outcome: 'rejected', why: `sent after the connection broke: ${connection.deathCause}` });
       else if (connection.state === 'unknown') verdicts.set(request.sequence, { outcome: 'unknown' });
-      else open.set(key(request.cookie), { request, starts: [], ends: [], covered: 0, pieces: [], error: false, answered: new Set(), extents: new Map() });
+      else open.set(key(request.cookie), { request, starts: [], ends: [], covered: 0, pieces: [], error: false, answered: new Set(), extents: new Map(), structured: false });
       continue;
     }
     if (connection.state !== 'live') continue;
@@ -134,6 +136,7 @@ export function judgeConnection(log: ConnectionLog, structured: boolean, verdict
   function judgeFrame(frame: LoggedFrame): void {
     if (frame.cut !== undefined) return die('a frame cut short');
     if (frame.kind === 'garbage') {
+      if (frame.bytes.length === 0) return;
       if (frame.bytes.length < 4) return lose();
       const magic = frame.bytes.readUInt32BE(0);
       return magic === SIMPLE_MAGIC || magic === STRUCTURED_MAGIC ? lose() : die('garbage');
@@ -146,6 +149,7 @@ export function judgeConnection(log: ConnectionLog, structured: boolean, verdict
     if (!entry) return die('unknown cookie');
     const { request } = entry;
     if (frame.kind === 'simple') {
+      if (entry.structured) return die('a simple reply after structured chunks');
       const expectsPayload = frame.errno === 0 && request.type === CMD.READ && request.length > 0;
       if (frame.payload.length !== (expectsPayload ? request.length : 0)) return lose();
       if (frame.errno !== 0) {
@@ -163,6 +167,7 @@ export function judgeConnection(log: ConnectionLog, structured: boolean, verdict
       }
       return complete(entry);
     }
+    entry.structured = true;
     const done = (frame.flags & DONE_FLAG) !== 0;
     const length = frame.declaredLength;
     const framed = length === frame.body.length;
