@@ -50,7 +50,8 @@ Napi::Value TypedParamsRoundTrip(const Napi::CallbackInfo& info) {
   TypedParams params = TypedParamsFromJS(info.Env(), info[0].As<Napi::Object>());
   virTypedParameterPtr built = nullptr;
   int count = 0;
-  if (!BuildTypedParams(params, &built, &count)) throw MakeLibvirtError(info.Env(), CaptureLastError("virTypedParamsAdd"));
+  if (!BuildTypedParams(params, &built, &count))
+    throw MakeLibvirtError(info.Env(), CaptureLastError("virTypedParamsAdd"));
   TypedParams copied = CopyTypedParams(built, count);
   virTypedParamsFree(built, count);
   return TypedParamsToJS(info.Env(), copied);

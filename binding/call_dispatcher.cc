@@ -49,9 +49,7 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
   void Start() {
     uv_loop_t* loop = nullptr;
     napi_get_uv_event_loop(env_, &loop);
-    uv_async_init(loop, &signal_, [](uv_async_t* handle) {
-      static_cast<CallCompletions*>(handle->data)->Drain();
-    });
+    uv_async_init(loop, &signal_, [](uv_async_t* handle) { static_cast<CallCompletions*>(handle->data)->Drain(); });
     signal_.data = this;
     uv_unref(reinterpret_cast<uv_handle_t*>(&signal_));
     uv_idle_init(loop, &poll_);
@@ -63,9 +61,10 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
     napi_async_init(env_, resource, name, &context_);
     // Held by the environment until its cleanup hook has closed both handles.
     self_ = shared_from_this();
-    napi_add_async_cleanup_hook(env_, [](napi_async_cleanup_hook_handle hook, void* arg) {
-      static_cast<CallCompletions*>(arg)->Shutdown(hook);
-    }, this, nullptr);
+    napi_add_async_cleanup_hook(
+        env_,
+        [](napi_async_cleanup_hook_handle hook, void* arg) { static_cast<CallCompletions*>(arg)->Shutdown(hook); },
+        this, nullptr);
   }
 
   // JS thread.

@@ -14,12 +14,14 @@ using Policy = CallPolicy<double>;
 using Clock = Policy::Clock;
 
 Clock::time_point TimeArg(const Napi::CallbackInfo& info, size_t index) {
-  if (info.Length() <= index || !info[index].IsNumber()) ThrowTypeError(info.Env(), "The \"now\" argument must be a number");
+  if (info.Length() <= index || !info[index].IsNumber())
+    ThrowTypeError(info.Env(), "The \"now\" argument must be a number");
   return Clock::time_point(std::chrono::microseconds(info[index].As<Napi::Number>().Int64Value()));
 }
 
 const void* LaneArg(const Napi::CallbackInfo& info, size_t index) {
-  if (info.Length() <= index || !info[index].IsNumber()) ThrowTypeError(info.Env(), "The \"lane\" argument must be a number");
+  if (info.Length() <= index || !info[index].IsNumber())
+    ThrowTypeError(info.Env(), "The \"lane\" argument must be a number");
   return reinterpret_cast<const void*>(static_cast<uintptr_t>(info[index].As<Napi::Number>().Int64Value()));
 }
 
@@ -30,12 +32,16 @@ double Micros(Clock::time_point at) {
 Napi::Object WakeToJS(Napi::Env env, const Policy::Wake& wake) {
   Napi::Object out = Napi::Object::New(env);
   switch (wake.kind) {
-    case Policy::Wake::kNow: out.Set("wake", "now"); break;
+    case Policy::Wake::kNow:
+      out.Set("wake", "now");
+      break;
     case Policy::Wake::kAt:
       out.Set("wake", "at");
       out.Set("at", Micros(wake.at));
       break;
-    default: out.Set("wake", "none"); break;
+    default:
+      out.Set("wake", "none");
+      break;
   }
   return out;
 }
@@ -68,7 +74,9 @@ class CallPolicyProbe : public Napi::ObjectWrap<CallPolicyProbe> {
     Clock::time_point nextReady;
     auto started = policy_.Take(TimeArg(info, 0), nextReady);
     Napi::Object out = Napi::Object::New(env);
-    out.Set("nextReady", nextReady == Clock::time_point::max() ? env.Null() : Napi::Value(Napi::Number::New(env, Micros(nextReady))));
+    out.Set("nextReady", nextReady == Clock::time_point::max()
+                             ? env.Null()
+                             : Napi::Value(Napi::Number::New(env, Micros(nextReady))));
     if (!started) {
       out.Set("call", env.Null());
       return out;
@@ -83,7 +91,8 @@ class CallPolicyProbe : public Napi::ObjectWrap<CallPolicyProbe> {
   // finished(lane, runId, now)
   Napi::Value Finished(const Napi::CallbackInfo& info) {
     if (info.Length() < 2 || !info[1].IsNumber()) ThrowTypeError(info.Env(), "The \"runId\" argument must be a number");
-    policy_.Finished(LaneArg(info, 0), static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()), TimeArg(info, 2));
+    policy_.Finished(LaneArg(info, 0), static_cast<uint64_t>(info[1].As<Napi::Number>().Int64Value()),
+                     TimeArg(info, 2));
     return info.Env().Undefined();
   }
 

@@ -16,29 +16,28 @@ const napi_type_tag ConnectionWrap::kTypeTag = {0x6c766263'6f6e6e65ULL, 0x637469
 
 Napi::Function ConnectionWrap::Init(Napi::Env env) {
   using W = ConnectionWrap;
-  return DefineCheckedClass<W>(env,
-                     {
-                         MethodProperty<W, &W::Close>(env, "close"),
-                         MethodProperty<W, &W::GetLibVersion>(env, "getLibVersion"),
-                         MethodProperty<W, &W::GetVersion>(env, "getVersion"),
-                         MethodProperty<W, &W::GetHostname>(env, "getHostname"),
-                         MethodProperty<W, &W::GetURI>(env, "getURI"),
-                         MethodProperty<W, &W::GetCapabilities>(env, "getCapabilities"),
-                         MethodProperty<W, &W::GetDomainCapabilities>(env, "getDomainCapabilities"),
-                         MethodProperty<W, &W::IsAlive>(env, "isAlive"),
-                         MethodProperty<W, &W::IsClosed>(env, "isClosed"),
-                         MethodProperty<W, &W::ListAllDomains>(env, "listAllDomains"),
-                         MethodProperty<W, &W::LookupDomainByName>(env, "lookupDomainByName"),
-                         MethodProperty<W, &W::LookupDomainByUUID>(env, "lookupDomainByUUID"),
-                         MethodProperty<W, &W::DefineDomain>(env, "defineDomain"),
-                         MethodProperty<W, &W::CreateDomain>(env, "createDomain"),
-                         MethodProperty<W, &W::SetEventHandler>(env, "setEventHandler"),
-                         MethodProperty<W, &W::RegisterDomainEvent>(env, "registerDomainEvent"),
-                         MethodProperty<W, &W::DeregisterDomainEvent>(env, "deregisterDomainEvent"),
-                         MethodProperty<W, &W::RegisterCloseCallback>(env, "registerCloseCallback"),
-                         MethodProperty<W, &W::UnregisterCloseCallback>(env, "unregisterCloseCallback"),
-                         MethodProperty<W, &W::SetKeepAlive>(env, "setKeepAlive"),
-                     });
+  return DefineCheckedClass<W>(env, {
+                                        MethodProperty<W, &W::Close>(env, "close"),
+                                        MethodProperty<W, &W::GetLibVersion>(env, "getLibVersion"),
+                                        MethodProperty<W, &W::GetVersion>(env, "getVersion"),
+                                        MethodProperty<W, &W::GetHostname>(env, "getHostname"),
+                                        MethodProperty<W, &W::GetURI>(env, "getURI"),
+                                        MethodProperty<W, &W::GetCapabilities>(env, "getCapabilities"),
+                                        MethodProperty<W, &W::GetDomainCapabilities>(env, "getDomainCapabilities"),
+                                        MethodProperty<W, &W::IsAlive>(env, "isAlive"),
+                                        MethodProperty<W, &W::IsClosed>(env, "isClosed"),
+                                        MethodProperty<W, &W::ListAllDomains>(env, "listAllDomains"),
+                                        MethodProperty<W, &W::LookupDomainByName>(env, "lookupDomainByName"),
+                                        MethodProperty<W, &W::LookupDomainByUUID>(env, "lookupDomainByUUID"),
+                                        MethodProperty<W, &W::DefineDomain>(env, "defineDomain"),
+                                        MethodProperty<W, &W::CreateDomain>(env, "createDomain"),
+                                        MethodProperty<W, &W::SetEventHandler>(env, "setEventHandler"),
+                                        MethodProperty<W, &W::RegisterDomainEvent>(env, "registerDomainEvent"),
+                                        MethodProperty<W, &W::DeregisterDomainEvent>(env, "deregisterDomainEvent"),
+                                        MethodProperty<W, &W::RegisterCloseCallback>(env, "registerCloseCallback"),
+                                        MethodProperty<W, &W::UnregisterCloseCallback>(env, "unregisterCloseCallback"),
+                                        MethodProperty<W, &W::SetKeepAlive>(env, "setKeepAlive"),
+                                    });
 }
 
 ConnectionWrap::ConnectionWrap(const Napi::CallbackInfo& info)
@@ -167,29 +166,25 @@ Napi::Value ConnectionWrap::Close(const Napi::CallbackInfo& info) {
 Napi::Value ConnectionWrap::GetLibVersion(const Napi::CallbackInfo& info) {
   return Async<unsigned long>(
       info, "virConnectGetLibVersion",
-      [](virConnectPtr conn, unsigned long& out) { return virConnectGetLibVersion(conn, &out) == 0; },
-      NumberResult);
+      [](virConnectPtr conn, unsigned long& out) { return virConnectGetLibVersion(conn, &out) == 0; }, NumberResult);
 }
 
 Napi::Value ConnectionWrap::GetVersion(const Napi::CallbackInfo& info) {
   return Async<unsigned long>(
       info, "virConnectGetVersion",
-      [](virConnectPtr conn, unsigned long& out) { return virConnectGetVersion(conn, &out) == 0; },
-      NumberResult);
+      [](virConnectPtr conn, unsigned long& out) { return virConnectGetVersion(conn, &out) == 0; }, NumberResult);
 }
 
 Napi::Value ConnectionWrap::GetHostname(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virConnectGetHostname",
-      [](virConnectPtr conn, std::string& out) { return TakeCString(virConnectGetHostname(conn), out); },
-      StringResult);
+      [](virConnectPtr conn, std::string& out) { return TakeCString(virConnectGetHostname(conn), out); }, StringResult);
 }
 
 Napi::Value ConnectionWrap::GetURI(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virConnectGetURI",
-      [](virConnectPtr conn, std::string& out) { return TakeCString(virConnectGetURI(conn), out); },
-      StringResult);
+      [](virConnectPtr conn, std::string& out) { return TakeCString(virConnectGetURI(conn), out); }, StringResult);
 }
 
 Napi::Value ConnectionWrap::GetCapabilities(const Napi::CallbackInfo& info) {
@@ -210,9 +205,9 @@ Napi::Value ConnectionWrap::GetDomainCapabilities(const Napi::CallbackInfo& info
   return Async<std::string>(
       info, "virConnectGetDomainCapabilities",
       [=](virConnectPtr conn, std::string& out) {
-        return TakeCString(virConnectGetDomainCapabilities(conn, cstr(emulator), cstr(arch), cstr(machine),
-                                                           cstr(virttype), flags),
-                           out);
+        return TakeCString(
+            virConnectGetDomainCapabilities(conn, cstr(emulator), cstr(arch), cstr(machine), cstr(virttype), flags),
+            out);
       },
       StringResult);
 }
@@ -275,9 +270,8 @@ Napi::Value ConnectionWrap::LookupDomainByUUID(const Napi::CallbackInfo& info) {
 Napi::Value ConnectionWrap::DefineDomain(const Napi::CallbackInfo& info) {
   std::string xml = StringArg(info, 0, "xml");
   unsigned int flags = FlagsArg(info, 1);
-  return AsyncDomain(info, "virDomainDefineXMLFlags", [xml, flags](virConnectPtr conn) {
-    return virDomainDefineXMLFlags(conn, xml.c_str(), flags);
-  });
+  return AsyncDomain(info, "virDomainDefineXMLFlags",
+                     [xml, flags](virConnectPtr conn) { return virDomainDefineXMLFlags(conn, xml.c_str(), flags); });
 }
 
 Napi::Value ConnectionWrap::CreateDomain(const Napi::CallbackInfo& info) {
@@ -327,8 +321,8 @@ Napi::Value ConnectionWrap::RegisterDomainEvent(const Napi::CallbackInfo& info) 
       info, "virConnectDomainEventRegisterAny",
       [eventId, callback, sink](virConnectPtr conn, RegistrationOutcome& out) {
         auto registration = std::make_unique<EventRegistration>(EventRegistration{sink});
-        out.callbackId =
-            virConnectDomainEventRegisterAny(conn, nullptr, eventId, callback, registration.get(), FreeEventRegistration);
+        out.callbackId = virConnectDomainEventRegisterAny(conn, nullptr, eventId, callback, registration.get(),
+                                                          FreeEventRegistration);
         if (out.callbackId < 0) {
           out.error = CaptureLastError("virConnectDomainEventRegisterAny");
         } else {

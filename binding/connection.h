@@ -48,8 +48,7 @@ class ConnectionWrap : public Napi::ObjectWrap<ConnectionWrap> {
 
   // Queues `work` with a connection reference held, or rejects when closed.
   template <typename T>
-  Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
-                    std::function<bool(virConnectPtr, T&)> work,
+  Napi::Value Async(const Napi::CallbackInfo& info, const char* operation, std::function<bool(virConnectPtr, T&)> work,
                     std::function<Napi::Value(Napi::Env, T)> convert);
   // Async call whose result is one domain handle, wrapped as a child of this connection.
   Napi::Value AsyncDomain(const Napi::CallbackInfo& info, const char* operation,

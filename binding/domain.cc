@@ -8,9 +8,9 @@
 
 #include "addon.h"
 #include "checkpoint.h"
-#include "typed_params.h"
 #include "connection.h"
 #include "errors.h"
+#include "typed_params.h"
 #include "worker.h"
 
 namespace lvb {
@@ -19,29 +19,28 @@ const napi_type_tag DomainWrap::kTypeTag = {0x6c766264'6f6d6169ULL, 0x6e000000'0
 
 Napi::Function DomainWrap::Init(Napi::Env env) {
   using W = DomainWrap;
-  return DefineCheckedClass<W>(env,
-                     {
-                         MethodProperty<W, &W::GetName>(env, "getName"),
-                         MethodProperty<W, &W::GetUUID>(env, "getUUIDString"),
-                         MethodProperty<W, &W::GetId>(env, "getId"),
-                         MethodProperty<W, &W::GetXMLDesc>(env, "getXMLDesc"),
-                         MethodProperty<W, &W::GetState>(env, "getState"),
-                         MethodProperty<W, &W::IsActive>(env, "isActive"),
-                         MethodProperty<W, &W::IsPersistent>(env, "isPersistent"),
-                         MethodProperty<W, &W::Start>(env, "start"),
-                         MethodProperty<W, &W::Shutdown>(env, "shutdown"),
-                         MethodProperty<W, &W::Destroy>(env, "destroy"),
-                         MethodProperty<W, &W::Undefine>(env, "undefine"),
-                         MethodProperty<W, &W::QemuMonitorCommand>(env, "qemuMonitorCommand"),
-                         MethodProperty<W, &W::CreateCheckpoint>(env, "createCheckpoint"),
-                         MethodProperty<W, &W::ListAllCheckpoints>(env, "listAllCheckpoints"),
-                         MethodProperty<W, &W::LookupCheckpointByName>(env, "lookupCheckpointByName"),
-                         MethodProperty<W, &W::BackupBegin>(env, "backupBegin"),
-                         MethodProperty<W, &W::BackupGetXMLDesc>(env, "backupGetXMLDesc"),
-                         MethodProperty<W, &W::AbortJob>(env, "abortJob"),
-                         MethodProperty<W, &W::GetJobInfo>(env, "getJobInfo"),
-                         MethodProperty<W, &W::GetJobStats>(env, "getJobStats"),
-                     });
+  return DefineCheckedClass<W>(env, {
+                                        MethodProperty<W, &W::GetName>(env, "getName"),
+                                        MethodProperty<W, &W::GetUUID>(env, "getUUIDString"),
+                                        MethodProperty<W, &W::GetId>(env, "getId"),
+                                        MethodProperty<W, &W::GetXMLDesc>(env, "getXMLDesc"),
+                                        MethodProperty<W, &W::GetState>(env, "getState"),
+                                        MethodProperty<W, &W::IsActive>(env, "isActive"),
+                                        MethodProperty<W, &W::IsPersistent>(env, "isPersistent"),
+                                        MethodProperty<W, &W::Start>(env, "start"),
+                                        MethodProperty<W, &W::Shutdown>(env, "shutdown"),
+                                        MethodProperty<W, &W::Destroy>(env, "destroy"),
+                                        MethodProperty<W, &W::Undefine>(env, "undefine"),
+                                        MethodProperty<W, &W::QemuMonitorCommand>(env, "qemuMonitorCommand"),
+                                        MethodProperty<W, &W::CreateCheckpoint>(env, "createCheckpoint"),
+                                        MethodProperty<W, &W::ListAllCheckpoints>(env, "listAllCheckpoints"),
+                                        MethodProperty<W, &W::LookupCheckpointByName>(env, "lookupCheckpointByName"),
+                                        MethodProperty<W, &W::BackupBegin>(env, "backupBegin"),
+                                        MethodProperty<W, &W::BackupGetXMLDesc>(env, "backupGetXMLDesc"),
+                                        MethodProperty<W, &W::AbortJob>(env, "abortJob"),
+                                        MethodProperty<W, &W::GetJobInfo>(env, "getJobInfo"),
+                                        MethodProperty<W, &W::GetJobStats>(env, "getJobStats"),
+                                    });
 }
 
 Napi::Object DomainWrap::Wrap(Napi::Env env, Napi::Object connection, OwnedDomain dom) {

@@ -48,12 +48,10 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   Napi::Value GetJobStats(const Napi::CallbackInfo& info);
 
   template <typename T>
-  Napi::Value Async(const Napi::CallbackInfo& info, const char* operation,
-                    std::function<bool(virDomainPtr, T&)> work,
+  Napi::Value Async(const Napi::CallbackInfo& info, const char* operation, std::function<bool(virDomainPtr, T&)> work,
                     std::function<Napi::Value(Napi::Env, T)> convert);
   // Async call that returns an int status (>= 0 is success) and resolves undefined.
-  Napi::Value AsyncStatus(const Napi::CallbackInfo& info, const char* operation,
-                          std::function<int(virDomainPtr)> work);
+  Napi::Value AsyncStatus(const Napi::CallbackInfo& info, const char* operation, std::function<int(virDomainPtr)> work);
 
   OwnedDomain ptr_;
   ConnectionStatePtr state_;

@@ -96,8 +96,6 @@ void AttachCallSite(Napi::Env env, Napi::Value error, const Napi::ObjectReferenc
   error.As<Napi::Object>().Set("stack", header + frames.substr(firstFrame));
 }
 
-void ThrowTypeError(Napi::Env env, const std::string& message) {
-  throw Napi::TypeError::New(env, message);
-}
+void ThrowTypeError(Napi::Env env, const std::string& message) { throw Napi::TypeError::New(env, message); }
 
 }  // namespace lvb

@@ -16,11 +16,16 @@ enum class EventKind { Lifecycle, BlockJob, JobCompleted, Reboot, Close };
 
 const char* KindName(EventKind kind) {
   switch (kind) {
-    case EventKind::Lifecycle: return "lifecycle";
-    case EventKind::BlockJob: return "block-job";
-    case EventKind::JobCompleted: return "job-completed";
-    case EventKind::Reboot: return "reboot";
-    case EventKind::Close: return "close";
+    case EventKind::Lifecycle:
+      return "lifecycle";
+    case EventKind::BlockJob:
+      return "block-job";
+    case EventKind::JobCompleted:
+      return "job-completed";
+    case EventKind::Reboot:
+      return "reboot";
+    case EventKind::Close:
+      return "close";
   }
   return "unknown";
 }
@@ -182,9 +187,7 @@ void OnJobCompleted(virConnectPtr, virDomainPtr dom, virTypedParameterPtr params
   Deliver(opaque, std::move(record));
 }
 
-void OnReboot(virConnectPtr, virDomainPtr dom, void* opaque) {
-  Deliver(opaque, DomainEvent(EventKind::Reboot, dom));
-}
+void OnReboot(virConnectPtr, virDomainPtr dom, void* opaque) { Deliver(opaque, DomainEvent(EventKind::Reboot, dom)); }
 
 }  // namespace
 
@@ -252,11 +255,16 @@ void EventChannel::UpdateHold() {
 
 virConnectDomainEventGenericCallback DomainEventCallbackFor(int eventId) {
   switch (eventId) {
-    case VIR_DOMAIN_EVENT_ID_LIFECYCLE: return VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle);
-    case VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2: return VIR_DOMAIN_EVENT_CALLBACK(OnBlockJob);
-    case VIR_DOMAIN_EVENT_ID_JOB_COMPLETED: return VIR_DOMAIN_EVENT_CALLBACK(OnJobCompleted);
-    case VIR_DOMAIN_EVENT_ID_REBOOT: return VIR_DOMAIN_EVENT_CALLBACK(OnReboot);
-    default: return nullptr;
+    case VIR_DOMAIN_EVENT_ID_LIFECYCLE:
+      return VIR_DOMAIN_EVENT_CALLBACK(OnLifecycle);
+    case VIR_DOMAIN_EVENT_ID_BLOCK_JOB_2:
+      return VIR_DOMAIN_EVENT_CALLBACK(OnBlockJob);
+    case VIR_DOMAIN_EVENT_ID_JOB_COMPLETED:
+      return VIR_DOMAIN_EVENT_CALLBACK(OnJobCompleted);
+    case VIR_DOMAIN_EVENT_ID_REBOOT:
+      return VIR_DOMAIN_EVENT_CALLBACK(OnReboot);
+    default:
+      return nullptr;
   }
 }
 

@@ -32,8 +32,7 @@ std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* 
   return value;
 }
 
-std::optional<std::string> OptionalStringArg(const Napi::CallbackInfo& info, size_t index,
-                                             const char* name) {
+std::optional<std::string> OptionalStringArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
   if (info.Length() <= index || info[index].IsUndefined() || info[index].IsNull()) return std::nullopt;
   return StringArg(info, index, name);
 }
@@ -45,8 +44,7 @@ unsigned int FlagsArg(const Napi::CallbackInfo& info, size_t index, const char* 
   }
   double value = info[index].As<Napi::Number>().DoubleValue();
   if (!std::isfinite(value) || value < 0 || value > 4294967295.0 || std::floor(value) != value) {
-    ThrowTypeError(info.Env(), std::string("The \"") + name +
-                                   "\" argument must be an unsigned 32-bit integer, got " +
+    ThrowTypeError(info.Env(), std::string("The \"") + name + "\" argument must be an unsigned 32-bit integer, got " +
                                    std::to_string(value));
   }
   return static_cast<unsigned int>(value);

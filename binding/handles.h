@@ -75,13 +75,11 @@ template <typename W, Napi::Value (W::*Method)(const Napi::CallbackInfo&)>
 Napi::Value CallMethod(const Napi::CallbackInfo& info) {
   Napi::Value self = info.This();
   if (!self.IsObject() || !self.As<Napi::Object>().CheckTypeTag(&W::kTypeTag)) {
-    throw Napi::TypeError::New(info.Env(), std::string("Illegal invocation: receiver is not a ") +
-                                               W::kClassName);
+    throw Napi::TypeError::New(info.Env(), std::string("Illegal invocation: receiver is not a ") + W::kClassName);
   }
   W* wrap = W::Unwrap(self.As<Napi::Object>());
   if (wrap == nullptr) {
-    throw Napi::TypeError::New(info.Env(), std::string("Illegal invocation: receiver is not a ") +
-                                               W::kClassName);
+    throw Napi::TypeError::New(info.Env(), std::string("Illegal invocation: receiver is not a ") + W::kClassName);
   }
   return (wrap->*Method)(info);
 }
@@ -111,8 +109,7 @@ Napi::External<Owned<Object>> OwnerArgument(Napi::Env env, Owned<Object>& owner)
 
 // Argument readers: each throws a TypeError that names the argument.
 std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name);
-std::optional<std::string> OptionalStringArg(const Napi::CallbackInfo& info, size_t index,
-                                             const char* name);
+std::optional<std::string> OptionalStringArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 unsigned int FlagsArg(const Napi::CallbackInfo& info, size_t index, const char* name = "flags");
 
 }  // namespace lvb

@@ -89,8 +89,8 @@ class LibvirtCall final : public PendingCall {
   }
 
  private:
-  LibvirtCall(Napi::Env env, Napi::Object owner, const char* operation, HeldReference held, Work work,
-              Convert convert, ConnectionStatePtr counted)
+  LibvirtCall(Napi::Env env, Napi::Object owner, const char* operation, HeldReference held, Work work, Convert convert,
+              ConnectionStatePtr counted)
       : deferred_(Napi::Promise::Deferred::New(env)),
         owner_(Napi::Persistent(owner)),
         callSite_(CaptureCallSite(env)),
