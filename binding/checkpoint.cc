@@ -41,10 +41,12 @@ CheckpointWrap::CheckpointWrap(const Napi::CallbackInfo& info) : Napi::ObjectWra
   state_ = DomainWrap::Unwrap(domain)->state();
   domain_ = Napi::Persistent(domain);
   ptr_ = std::move(*info[0].As<Napi::External<OwnedCheckpoint>>().Data());
-  state_->children.insert(this);
   const char* name = virDomainCheckpointGetName(ptr_.get());
   if (name != nullptr) name_ = name;
   info.This().As<Napi::Object>().TypeTag(&kTypeTag);
+  // Last: a constructor that throws (any JS call may, while a worker's
+  // environment is torn down) gets no destructor to take it out of the set again.
+  state_->children.insert(this);
 }
 
 // ptr_'s owner hands the reference to the release thread: it may be the

@@ -61,12 +61,14 @@ DomainWrap::DomainWrap(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Domain
   // any event listeners registered there.
   connection_ = Napi::Persistent(connection);
   ptr_ = std::move(*info[0].As<Napi::External<OwnedDomain>>().Data());
-  state_->children.insert(this);
   const char* name = virDomainGetName(ptr_.get());
   if (name != nullptr) name_ = name;
   std::array<char, VIR_UUID_STRING_BUFLEN> uuid{};
   if (virDomainGetUUIDString(ptr_.get(), uuid.data()) == 0) uuid_ = uuid.data();
   info.This().As<Napi::Object>().TypeTag(&kTypeTag);
+  // Last: a constructor that throws (any JS call may, while a worker's
+  // environment is torn down) gets no destructor to take it out of the set again.
+  state_->children.insert(this);
 }
 
 // ptr_'s owner hands the reference to the release thread: it may be the
