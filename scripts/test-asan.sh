@@ -67,7 +67,7 @@ status=0
 # the test-driver twin of that test does not.
 LD_PRELOAD="$preload" npx ava --timeout=5m "${tests[@]}" --match='!*on the real daemon reach JS in order' 2>&1 | tee "$log" || status=$?
 
-if grep -qE 'ERROR: AddressSanitizer|UndefinedBehaviorSanitizer|runtime error:' "$log"; then
+if grep -qE 'ERROR: (Address|Leak)Sanitizer|UndefinedBehaviorSanitizer|runtime error:' "$log"; then
   echo "test:asan: the sanitizers reported errors (above)" >&2
   exit 1
 fi
