@@ -99,9 +99,9 @@ export async function checkNoTempLeftovers(scene: SoakScene, log: CheckLog): Pro
   log.recordLeftovers(scene, 'no-temp-leftovers', 'no socket, socket directory, scratch or temporary file left', [...temp, ...run, ...images]);
 }
 
-export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog): Promise<void> {
+export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog, options: { libvirtOwed?: boolean } = {}): Promise<void> {
   const { manifest } = await readManifest(scene.setDir);
-  const extra = await unexpectedEntries(scene.setDir, manifest);
+  const extra = await unexpectedEntries(scene.setDir, manifest, options);
   log.recordLeftovers(scene, 'set-holds-only-backups', 'the set directory holds manifest.json and the files it names', extra, (fresh) => `also: ${fresh.join(', ')}`);
 }
 
@@ -164,7 +164,7 @@ export async function checkNothingLeft(scene: SoakScene, log: CheckLog, options:
     await checkNoJob(scene, log);
     await checkNoStrayCheckpoint(scene, log);
   }
-  if (options.files) await checkSetHoldsOnlyBackups(scene, log);
+  if (options.files) await checkSetHoldsOnlyBackups(scene, log, { libvirtOwed: !options.libvirt });
   await checkNoTempLeftovers(scene, log);
   await checkNoStrayProcess(scene, log, options.processGraceMs);
 }

@@ -68,24 +68,34 @@ export function checkpointsNamed(manifest: Manifest | null): Set<string> {
   return new Set((manifest?.backups ?? []).map((backup) => backup.checkpoint).filter((name): name is string => name !== null));
 }
 
-/** State that a set keeps between runs on purpose, and when it is fine to find it. */
-const PERSISTENT_ENTRIES: Record<string, (path: string) => Promise<boolean>> = {
-  // Checkpoints a run could not delete yet; after a successful run with the domain
-  // running there must be none left to delete.
-  '.pending-checkpoints.json': async (path) => {
+/**
+ * State that a set keeps between runs on purpose, and when it is fine to find it.
+ * `libvirtOwed`: the run could not clean up in libvirt, so a list of checkpoints still
+ * to delete is expected.
+ */
+const PERSISTENT_ENTRIES: Record<string, (path: string, libvirtOwed: boolean) => Promise<boolean>> = {
+  // Checkpoints a run could not delete yet (libvirt unreachable, domain shut off); once a
+  // run could reach a running domain there must be none left.
+  '.pending-checkpoints.json': async (path, libvirtOwed) => {
+    if (libvirtOwed) return true;
     const listed = (JSON.parse(await readFile(path, 'utf8')) as { checkpoints?: unknown[] }).checkpoints;
     return Array.isArray(listed) && listed.length === 0;
   },
+  // A cache of when each file last matched its checksum.
+  '.verified.json': async (path) => {
+    const parsed = JSON.parse(await readFile(path, 'utf8')) as unknown;
+    return typeof parsed === 'object' && parsed !== null && !Array.isArray(parsed);
+  },
 };
 
-/** Entries of the set directory other than manifest.json and the files it references. */
-export async function unexpectedEntries(setDir: string, manifest: Manifest | null): Promise<string[]> {
+/** Entries of the set directory other than manifest.json, the files it references and the set's own persistent state. */
+export async function unexpectedEntries(setDir: string, manifest: Manifest | null, options: { libvirtOwed?: boolean } = {}): Promise<string[]> {
   const referenced = referencedFiles(manifest);
   const unexpected: string[] = [];
   for (const entry of (await readdir(setDir)).sort()) {
     if (entry === 'manifest.json' || referenced.has(entry)) continue;
     const persistent = PERSISTENT_ENTRIES[entry];
-    if (persistent && (await persistent(join(setDir, entry)).catch(() => false))) continue;
+    if (persistent && (await persistent(join(setDir, entry), options.libvirtOwed === true).catch(() => false))) continue;
     unexpected.push(entry);
   }
   return unexpected;
