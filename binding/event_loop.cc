@@ -1,5 +1,6 @@
 #include "event_loop.h"
 
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <libvirt/libvirt.h>
@@ -378,10 +379,26 @@ int RemoveTimeout(int id) { return loop->RemoveTimeout(id); }
 
 }  // namespace
 
+namespace {
+
+// The loop thread, the call threads and the release thread run this library's
+// code until the process exits. Node unloads an addon when the last environment
+// that loaded it goes away (a worker thread that was the only user ends), which
+// would pull the code from under them: pin the library for the process's life.
+void PinThisLibrary() {
+  Dl_info self{};
+  if (dladdr(reinterpret_cast<void*>(&PinThisLibrary), &self) != 0 && self.dli_fname != nullptr) {
+    dlopen(self.dli_fname, RTLD_NOW | RTLD_NOLOAD | RTLD_NODELETE);
+  }
+}
+
+}  // namespace
+
 int EnsureEventLoop() {
   static std::once_flag once;
   static int error = 0;
   std::call_once(once, [] {
+    PinThisLibrary();
     loop = new EpollLoop();
     if (!loop->Start()) {
       error = errno;

@@ -3,7 +3,9 @@
 // test:///default is one driver for the whole process: the domains this thread
 // defines and undefines raise events on the workers' connections too, delivered
 // by the addon's event-loop thread, with no daemon in between.
+import { spawn } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { fileURLToPath } from 'node:url';
 import { Worker as NodeWorker, type Worker } from 'node:worker_threads';
 
 import test, { type ExecutionContext } from 'ava';
@@ -82,4 +84,18 @@ test('a worker registered for every event kind on the addon is terminated while 
 
 test('a worker listening to every event kind of a Connection is terminated while events keep coming', async (t) => {
   await terminateWhileEventsCome(t, 'ts-worker', startTsWorkerOnEvents, 10);
+});
+
+test('a process whose only users of the addon are worker threads survives their end', async (t) => {
+  const fixture = new URL('./fixtures/worker-only-user.mjs', import.meta.url);
+  const { code, signal, output } = await new Promise<{ code: number | null; signal: string | null; output: string }>((resolve) => {
+    const child = spawn(process.execPath, [fileURLToPath(fixture)], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let output = '';
+    child.stdout.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.stderr.on('data', (chunk: Buffer) => (output += chunk.toString()));
+    child.on('exit', (code, signal) => resolve({ code, signal, output }));
+  });
+  t.is(signal, null, output);
+  t.is(code, 0, output);
+  t.regex(output, /survived/);
 });
