@@ -245,7 +245,9 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
 
   if (l1Offset === null || l1Offset % clusterSize !== 0) throw malformed(name, `L1 table offset ${fixed.readBigUInt64BE(40)} is not cluster aligned`);
   if (l1Entries > MAX_L1_ENTRIES) throw unsupported(name, `L1 table of ${l1Entries} entries is larger than the ${MAX_L1_ENTRIES} QEMU supports`);
-  const guestClusters = Math.ceil(virtualSize / clusterSize);
+  // QEMU sizes the L1 table from the header's size as written, before it drops a partial
+  // last sector: an image whose L1 only covers the rounded-down size is one it refuses.
+  const guestClusters = Math.ceil(sizeField / clusterSize);
   const l2Entries = clusterSize / 8;
   const l1Needed = Math.ceil(guestClusters / l2Entries);
   if (l1Entries < l1Needed) throw malformed(name, `the L1 table has ${l1Entries} entries, a virtual size of ${virtualSize} bytes needs ${l1Needed}`);
