@@ -101,6 +101,11 @@ export class SoakReport {
       `  failures        ${this.failures.length}${this.failures.length > 0 ? ` (${Object.entries(this.failuresByCheck()).map(([check, n]) => `${check}: ${n}`).join(', ')})` : ''}`,
       `  wall time       ${(this.wallTimeMs / 1000).toFixed(1)} s`,
     );
+    if (this.notes.length > 0) {
+      lines.push('', 'notes (not failures):');
+      for (const note of this.notes.slice(0, 20)) lines.push(`  ${note}`);
+      if (this.notes.length > 20) lines.push(`  ... and ${this.notes.length - 20} more (--json lists them all)`);
+    }
     if (this.failures.length > 0) {
       lines.push('', 'failures:');
       for (const failure of this.failures) lines.push(`  ${failure.where}${failure.fault ? ` [${failure.fault}]` : ''}: ${failure.check}: ${failure.actual}`);
