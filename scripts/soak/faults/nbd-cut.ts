@@ -8,7 +8,8 @@ export const nbdCut: FaultKind = {
   name: 'nbd-cut',
   transports: ['pull'],
   immediateCleanup: { libvirt: true, files: true },
-  plan: (rng, timings) => ({ trigger: planTrigger(rng, timings, ['start', 'progress']), variant: rng.pick(['nbd-server-stop', 'block-export-del mode=hard']) }),
+  // A full backup, so that the export is read long enough to be cut while in use.
+  plan: (rng, timings) => ({ trigger: planTrigger(rng, timings, ['start', 'progress']), level: 'full', variant: rng.pick(['nbd-server-stop', 'block-export-del mode=hard']) }),
   describe: (planned) => `NBD connection cut by QMP ${planned.variant} ${describeTrigger(planned.trigger)}`,
   async inject(scene, planned, cli) {
     if (!(await awaitTrigger(planned.trigger, cli))) return { landed: false, detail: 'the backup had ended' };
