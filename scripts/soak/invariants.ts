@@ -139,20 +139,23 @@ export class FileOrigins {
 
 /**
  * A backup set's files should not depend on the umask or the transport of the run that
- * wrote them. Each mode other than the oldest file's is reported once, with the files
- * that have it (one defect, not one failure per file).
+ * wrote them. The mode most files have is taken as the set's; each other mode is
+ * reported once, with the files that have it (one defect, not one failure per file).
  */
 export async function checkFileModes(scene: SoakScene, log: CheckLog, origins: FileOrigins): Promise<void> {
   const { manifest } = await readManifest(scene.setDir);
   const modes = [...(await fileModes(scene.setDir, manifest))];
+  if (modes.length === 0) return;
   const octal = (mode: number) => mode.toString(8).padStart(4, '0');
-  const [first] = modes;
-  if (first === undefined) return;
-  const odd = [...new Set(modes.filter(([, mode]) => mode !== first[1]).map(([, mode]) => octal(mode)))];
+  const counts = new Map<number, number>();
+  for (const [, mode] of modes) counts.set(mode, (counts.get(mode) ?? 0) + 1);
+  // Map order is first-seen order, so a tie goes to the oldest file's mode.
+  const usual = [...counts].reduce((best, entry) => (entry[1] > best[1] ? entry : best))[0];
+  const odd = [...new Set(modes.filter(([, mode]) => mode !== usual).map(([, mode]) => octal(mode)))];
   log.recordLeftovers(
     scene,
     'file-modes-consistent',
-    `every backup file has the same mode whatever the umask or transport of its run; the oldest, ${origins.describe(first[0])}, has ${octal(first[1])}`,
+    `every backup file has the same mode whatever the umask or transport of its run (${counts.get(usual)} of ${modes.length} have ${octal(usual)})`,
     odd,
     (fresh) => fresh.map((mode) => `${mode}: ${modes.filter(([, m]) => octal(m) === mode).map(([file]) => origins.describe(file)).join(', ')}`).join('; '),
   );
