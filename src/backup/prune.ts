@@ -1,5 +1,5 @@
 import { constants as fsConstants } from 'node:fs';
-import { copyFile, rename, stat, unlink } from 'node:fs/promises';
+import { chmod, copyFile, rename, stat, unlink } from 'node:fs/promises';
 import type { BackupSet, ChainLink } from './backup-set.js';
 import { assertChainIntact } from './chain-check.js';
 import { fsyncDirectory, fsyncFile } from './atomic-file.js';
@@ -262,6 +262,8 @@ async function buildMergedFile(set: BackupSet, merge: MergeStep, options: PruneO
     await copyFile(set.pathOf(merge.oldFile), temporary, fsConstants.COPYFILE_FICLONE);
     await qemuImgRebaseSafe(temporary, merge.backingFile, { signal: options.signal, onProgress });
   }
+  // qemu-img creates files by the umask; a backup file is private like every other.
+  await chmod(temporary, 0o600);
   await fsyncFile(temporary);
   await rename(temporary, set.pathOf(merge.newFile));
   await fsyncDirectory(set.dir);

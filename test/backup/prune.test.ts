@@ -303,3 +303,15 @@ test('prune with a file missing from the chain it merges names the file, and cha
   t.regex(error!.message, /vda\.0002\.inc\.qcow2: backing file vda\.0001\.full\.qcow2 is missing/);
   t.deepEqual(await snapshotSet(builder.dir), before);
 });
+
+test('the files prune merges are private like every backup file, whatever the umask', async (t) => {
+  const builder = await buildSet(t, ['full', 'inc', 'inc']);
+  const previous = process.umask(0o022);
+  try {
+    await prune(builder.set, { keep: 1 });
+  } finally {
+    process.umask(previous);
+  }
+  const { stat } = await import('node:fs/promises');
+  for (const name of await filesIn(builder.dir)) t.is((await stat(join(builder.dir, name))).mode & 0o777, 0o600, name);
+});
