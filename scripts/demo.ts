@@ -5,7 +5,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import { runBackup, type BackupEvent } from '../src/backup/engine.js';
+import { runBackup, type BackupEvent } from '../src/backup/engine/engine.js';
 import { BackupSet, formatListTable, listBackups, restore, verify } from '../src/backup/index.js';
 import { formatVersion } from '../src/index.js';
 import { connectSystem, createThrowawayDomain, guestWrite } from '../test/helpers/daemon.js';

@@ -1,4 +1,4 @@
-// Generates src/constants.ts from the installed libvirt headers, so every flag and
+// Generates src/libvirt/constants.ts from the installed libvirt headers, so every flag and
 // code we export has exactly the value the C library was built with. Run with
 // `npm run gen:constants`; a test re-runs it and fails when the committed file
 // no longer matches the headers.
@@ -141,7 +141,7 @@ export function renderConstants(headerDir = HEADER_DIR): string {
   return out.join('\n');
 }
 
-const target = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'constants.ts');
+const target = join(dirname(fileURLToPath(import.meta.url)), '..', 'src', 'libvirt', 'constants.ts');
 if (process.argv[1] === fileURLToPath(import.meta.url)) {
   writeFileSync(target, renderConstants());
   console.log(`wrote ${target}`);

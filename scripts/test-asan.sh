@@ -52,7 +52,7 @@ export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1"
 # The run must test the sanitizer build, not whatever node-gyp-build would find.
 LD_PRELOAD="$preload" node --import=tsx --input-type=module -e "
   import { readFileSync } from 'node:fs';
-  const { nativeAddon } = await import('./src/native.ts');
+  const { nativeAddon } = await import('./src/libvirt/native.ts');
   nativeAddon();
   if (!readFileSync('/proc/self/maps', 'utf8').includes(process.env.LIBVIRT_BACKUP_ADDON_PATH)) {
     console.error('test:asan: the addon was not loaded from ' + process.env.LIBVIRT_BACKUP_ADDON_PATH);

@@ -1,21 +1,21 @@
-export { connect, Connection } from './connection.js';
-export type { ConnectOptions, DomainCapabilitiesQuery } from './connection.js';
-export type { BackupSupport } from './connection.js';
-export { Domain } from './domain.js';
-export type { DomainStateInfo, QemuMonitorCommandOptions, WaitForJobOptions } from './domain.js';
-export { Checkpoint } from './checkpoint.js';
-export { JobFailedError } from './jobs.js';
-export type { JobInfo, JobStats, TypedParameters, TypedParameterValue } from './jobs.js';
-export type { BlockJobPayload, ConnectionEventMap, ConnectionEventName, ConnectionEvents, EventKind, LifecyclePayload } from './events.js';
-export { LibvirtError } from './errors.js';
-export type { LibvirtErrorInfo } from './errors.js';
-export * from './constants.js';
-export { decodeVersion, formatVersion } from './version.js';
-export { configureCalls, getCallTuning } from './call-tuning.js';
-export type { CallTuning } from './call-tuning.js';
-export type { VersionParts } from './version.js';
+export { connect, Connection } from './libvirt/connection.js';
+export type { ConnectOptions, DomainCapabilitiesQuery } from './libvirt/connection.js';
+export type { BackupSupport } from './libvirt/connection.js';
+export { Domain } from './libvirt/domain.js';
+export type { DomainStateInfo, QemuMonitorCommandOptions, WaitForJobOptions } from './libvirt/domain.js';
+export { Checkpoint } from './libvirt/checkpoint.js';
+export { JobFailedError } from './libvirt/jobs.js';
+export type { JobInfo, JobStats, TypedParameters, TypedParameterValue } from './libvirt/jobs.js';
+export type { BlockJobPayload, ConnectionEventMap, ConnectionEventName, ConnectionEvents, EventKind, LifecyclePayload } from './libvirt/events.js';
+export { LibvirtError } from './libvirt/errors.js';
+export type { LibvirtErrorInfo } from './libvirt/errors.js';
+export * from './libvirt/constants.js';
+export { decodeVersion, formatVersion } from './libvirt/version.js';
+export { configureCalls, getCallTuning } from './libvirt/call-tuning.js';
+export type { CallTuning } from './libvirt/call-tuning.js';
+export type { VersionParts } from './libvirt/version.js';
 
-import { nativeAddon } from './native.js';
+import { nativeAddon } from './libvirt/native.js';
 
 /** The version of the libvirt library loaded in this process (no daemon involved). */
 export function getLibraryVersion(): number {

@@ -8,7 +8,7 @@ import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
-import { runBackup } from '../../src/backup/engine.js';
+import { runBackup } from '../../src/backup/engine/engine.js';
 import { BackupSet, restore } from '../../src/backup/index.js';
 import { connectSystem, createThrowawayDomain, guestWrite, IMAGE_DIR } from '../../test/helpers/daemon.js';
 

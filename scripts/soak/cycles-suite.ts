@@ -16,7 +16,7 @@ import {
 import { LibvirtLink } from './libvirt-link.js';
 import { MirroredDomain } from './mirrored-domain.js';
 import { PhaseTimer } from './phase-timer.js';
-import { formatBytes } from './report.js';
+import { formatBytes } from '../../src/common/format-bytes.js';
 import { restoreMatchesReference } from './restore-check.js';
 import { Rng } from './seeded-random.js';
 import { manifestChange, readManifest } from './set-state.js';

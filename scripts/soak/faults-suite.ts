@@ -21,7 +21,7 @@ import { checkFileModes, checkNothingLeft, checkVerify, CheckLog, FileOrigins, R
 import { LibvirtLink } from './libvirt-link.js';
 import { MirroredDomain } from './mirrored-domain.js';
 import { PhaseTimer } from './phase-timer.js';
-import { formatBytes } from './report.js';
+import { formatBytes } from '../../src/common/format-bytes.js';
 import { restoreMatchesReference } from './restore-check.js';
 import { Rng } from './seeded-random.js';
 import { addedBackups, manifestChange, readManifest, type ManifestSnapshot } from './set-state.js';

@@ -1,3 +1,4 @@
+import { formatBytes } from '../../src/common/format-bytes.js';
 // What a soak run found: counts for the summary (and the README), and every
 // failure with what is needed to replay it.
 import type { CheckFailure } from './invariants.js';
@@ -125,15 +126,4 @@ export function formatFailure(suite: SuiteName, seed: number, failure: SoakFailu
     `  checked at this step: ${failure.checked.join(', ')}`,
     ...(failure.output ? [failure.output.split('\n').map((line) => `  | ${line}`).join('\n')] : []),
   ].join('\n');
-}
-
-export function formatBytes(bytes: number): string {
-  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
-  let value = bytes;
-  let unit = 0;
-  while (value >= 1024 && unit < units.length - 1) {
-    value /= 1024;
-    unit += 1;
-  }
-  return `${value.toFixed(unit === 0 ? 0 : 1)} ${units[unit]}`;
 }

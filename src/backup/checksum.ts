@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { createReadStream } from 'node:fs';
-import { nativeAddon } from '../native.js';
+import { nativeAddon } from '../libvirt/native.js';
 import { abortedError, throwIfAborted } from './errors.js';
 
 /**

@@ -1,6 +1,6 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import type { RequestedLevel } from '../backup/engine-types.js';
-import type { BackupTransport } from '../backup/manifest.js';
+import type { RequestedLevel } from '../backup/index.js';
+import type { BackupTransport } from '../backup/index.js';
 import { COMMAND_NAMES, isCommandName, type CommandName } from './help.js';
 import { closestMatch } from './suggest.js';
 

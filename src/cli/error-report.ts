@@ -1,6 +1,7 @@
-import { BackupError, type BackupErrorCode } from '../backup/engine-types.js';
-import { BackupSetError, describeFsError, errnoCode, type BackupSetErrorCode } from '../backup/errors.js';
-import { LibvirtError } from '../errors.js';
+import { BackupError, type BackupErrorCode } from '../backup/index.js';
+import { BackupSetError, type BackupSetErrorCode } from '../backup/index.js';
+import { describeFsError, errnoCode } from '../common/fs-errors.js';
+import { LibvirtError } from '../index.js';
 import { UsageError, type CommandArgs } from './args.js';
 import { ExitCode } from './exit-codes.js';
 

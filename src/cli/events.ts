@@ -1,4 +1,4 @@
-import type { BackupEvent } from '../backup/engine-types.js';
+import type { BackupEvent } from '../backup/index.js';
 
 /**
  * What commands report while they run. Backups pass the engine's events through as they

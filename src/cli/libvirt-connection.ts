@@ -1,5 +1,5 @@
-import type { Connection } from '../connection.js';
-import { LibvirtError } from '../errors.js';
+import type { Connection } from '../index.js';
+import { LibvirtError } from '../index.js';
 import { DEFAULT_URI } from './args.js';
 import { CliError } from './error-report.js';
 import { ExitCode } from './exit-codes.js';

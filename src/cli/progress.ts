@@ -1,4 +1,4 @@
-import { formatBytes } from '../backup/list.js';
+import { formatBytes } from '../common/format-bytes.js';
 
 /** Where the bars are drawn; a TTY stream in real use, a recorder in tests. */
 export interface ProgressTerminal {

@@ -5,10 +5,10 @@ import { hostname } from 'node:os';
 import { join } from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
-import { BackupSet } from '../../src/backup/backup-set.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
 import { BackupSetError } from '../../src/backup/errors.js';
-import { JOURNAL_FILE } from '../../src/backup/run-journal.js';
-import { LOCK_FILE } from '../../src/backup/set-lock.js';
+import { JOURNAL_FILE } from '../../src/backup/set/run-journal.js';
+import { LOCK_FILE } from '../../src/backup/set/set-lock.js';
 import { DOMAIN, ONE_DISK, buildSet, deadPid, fileExists, qemuImg, tempDir } from './helpers.js';
 
 test('open gives clear errors for a missing directory and a directory that is not a set', async (t) => {

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test from 'ava';
 import { checksumAlgorithm, checksumFile, createChecksum, fileChecksumMatches } from '../../src/backup/checksum.js';
-import { nativeAddon } from '../../src/native.js';
+import { nativeAddon } from '../../src/libvirt/native.js';
 import { run } from '../helpers/process.js';
 
 const addon = nativeAddon();

@@ -8,9 +8,9 @@ import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 
 import { BackupSet, restore } from '../../src/backup/index.js';
-import { runBackup } from '../../src/backup/engine.js';
-import { PENDING_CHECKPOINTS_FILE } from '../../src/backup/pending-checkpoints.js';
-import { runDirPath } from '../../src/backup/run-dir.js';
+import { runBackup } from '../../src/backup/engine/engine.js';
+import { PENDING_CHECKPOINTS_FILE } from '../../src/backup/set/pending-checkpoints.js';
+import { runDirPath } from '../../src/backup/engine/run-dir.js';
 import { JobType } from '../../src/index.js';
 import { connectSystem, guestWrite } from '../helpers/daemon.js';
 import { run } from '../helpers/process.js';

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import { runBackup, type BackupEvent } from '../../src/backup/engine.js';
+import { runBackup, type BackupEvent } from '../../src/backup/engine/engine.js';
 import { JobType } from '../../src/index.js';
 import { jsonLines, startCli } from '../cli/helpers.js';
 import { connectSystem } from '../helpers/daemon.js';

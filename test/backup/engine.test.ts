@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import test from 'ava';
 
 import { BackupSet, restore } from '../../src/backup/index.js';
-import { runBackup, type BackupEvent } from '../../src/backup/engine.js';
+import { runBackup, type BackupEvent } from '../../src/backup/engine/engine.js';
 import { CheckpointDeleteFlags, JobType } from '../../src/index.js';
 import { connectSystem } from '../helpers/daemon.js';
 import { imagesIdentical, mirroredDomain } from './engine-helpers.js';

@@ -7,7 +7,7 @@ import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { nativeAddon } from '../../src/native.js';
+import { nativeAddon } from '../../src/libvirt/native.js';
 import { run } from '../helpers/process.js';
 
 const addon = nativeAddon();

@@ -4,9 +4,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import type { ExecutionContext } from 'ava';
-import { BackupSet } from '../../src/backup/backup-set.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
 import { checksumFile } from '../../src/backup/checksum.js';
-import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord } from '../../src/backup/manifest.js';
+import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord } from '../../src/backup/set/manifest.js';
 
 const exec = promisify(execFile);
 

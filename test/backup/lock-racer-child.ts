@@ -2,7 +2,7 @@
 // answers "won" or "lost"; on "release" it lets go of a lock it won. Driven over stdin.
 import { createInterface } from 'node:readline';
 import { BackupSetError } from '../../src/backup/errors.js';
-import { SetLock } from '../../src/backup/set-lock.js';
+import { SetLock } from '../../src/backup/set/set-lock.js';
 
 const [dir] = process.argv.slice(2);
 let held: SetLock | null = null;

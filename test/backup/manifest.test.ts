@@ -1,10 +1,10 @@
 import test from 'ava';
 import { readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { writeFileAtomic } from '../../src/backup/atomic-file.js';
-import { BackupSet } from '../../src/backup/backup-set.js';
+import { writeFileAtomic } from '../../src/backup/set/atomic-file.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
 import { BackupSetError } from '../../src/backup/errors.js';
-import { parseManifest, serializeManifest, type Manifest } from '../../src/backup/manifest.js';
+import { parseManifest, serializeManifest, type Manifest } from '../../src/backup/set/manifest.js';
 import { DOMAIN, tempDir } from './helpers.js';
 
 const CHECKSUM = `xxh128:${'a'.repeat(32)}`;

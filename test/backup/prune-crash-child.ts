@@ -1,7 +1,7 @@
 // Runs a prune and kills itself with SIGKILL at the named step: a real crash, with no
 // cleanup code running, so the test can check what the next run finds.
-import { BackupSet } from '../../src/backup/backup-set.js';
-import { prune, type PruneHooks } from '../../src/backup/prune.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
+import { prune, type PruneHooks } from '../../src/backup/set/prune.js';
 
 const [dir, keep, step] = process.argv.slice(2);
 const crash = (): never => {

@@ -1,11 +1,11 @@
 import test from 'ava';
 import fc from 'fast-check';
 import { readdir } from 'node:fs/promises';
-import { BackupSet } from '../../src/backup/backup-set.js';
-import type { BackupLevel } from '../../src/backup/manifest.js';
-import { prune } from '../../src/backup/prune.js';
-import { restore } from '../../src/backup/restore.js';
-import { verify } from '../../src/backup/verify.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
+import type { BackupLevel } from '../../src/backup/set/manifest.js';
+import { prune } from '../../src/backup/set/prune.js';
+import { restore } from '../../src/backup/restore/restore.js';
+import { verify } from '../../src/backup/restore/verify.js';
 import { TWO_DISKS, buildSet, imagesEqual, tempDir } from './helpers.js';
 
 // Any chain of full/inc/diff backups, pruned to any keep: the newest `keep` points (and

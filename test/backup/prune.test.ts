@@ -3,12 +3,12 @@ import { execFile } from 'node:child_process';
 import { readFile, readdir, truncate, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { BackupSet } from '../../src/backup/backup-set.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
 import { BackupSetError } from '../../src/backup/errors.js';
-import type { BackupLevel } from '../../src/backup/manifest.js';
-import { planPrune, prune, type PruneResult } from '../../src/backup/prune.js';
-import { restore } from '../../src/backup/restore.js';
-import { verify } from '../../src/backup/verify.js';
+import type { BackupLevel } from '../../src/backup/set/manifest.js';
+import { planPrune, prune, type PruneResult } from '../../src/backup/set/prune.js';
+import { restore } from '../../src/backup/restore/restore.js';
+import { verify } from '../../src/backup/restore/verify.js';
 import { ONE_DISK, TWO_DISKS, buildSet, imagesEqual, tempDir, type DiskSpec, type SetBuilder } from './helpers.js';
 
 /** Every backup still in the set restores to exactly the guest content it was taken from. */

@@ -5,7 +5,7 @@ import { readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import fc from 'fast-check';
-import { restoreChain, type ChainFile, type ChainRestoreOptions, type ChainRestoreReport } from '../../src/backup/chain-restore.js';
+import { restoreChain, type ChainFile, type ChainRestoreOptions, type ChainRestoreReport } from '../../src/backup/restore/chain-restore.js';
 import { checksumFile } from '../../src/backup/checksum.js';
 
 const exec = promisify(execFile);

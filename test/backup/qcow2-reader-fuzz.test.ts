@@ -10,7 +10,7 @@ import { basename, join } from 'node:path';
 import { promisify } from 'node:util';
 import test, { type ExecutionContext } from 'ava';
 import fc from 'fast-check';
-import { restoreChain, type ChainFile } from '../../src/backup/chain-restore.js';
+import { restoreChain, type ChainFile } from '../../src/backup/restore/chain-restore.js';
 import { checksumFile } from '../../src/backup/checksum.js';
 import { BackupSetError } from '../../src/backup/errors.js';
 import { tempDir } from './helpers.js';

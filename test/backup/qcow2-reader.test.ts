@@ -4,9 +4,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdir, open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
-import { restoreChain } from '../../src/backup/chain-restore.js';
+import { restoreChain } from '../../src/backup/restore/chain-restore.js';
 import { BackupSetError } from '../../src/backup/errors.js';
-import { EXTENT_COMPRESSED, EXTENT_DATA, EXTENT_ZERO, bufferByteSource, readQcow2Image, type Qcow2Image } from '../../src/backup/qcow2-reader.js';
+import { EXTENT_COMPRESSED, EXTENT_DATA, EXTENT_ZERO, bufferByteSource, readQcow2Image, type Qcow2Image } from '../../src/backup/qcow2/qcow2-reader.js';
 import { tempDir } from './helpers.js';
 import {
   KiB,

@@ -5,8 +5,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import type { ReadChunk } from '../../src/nbd/index.js';
-import { CLUSTER_SIZE, clusterRuns, MAX_VIRTUAL_SIZE, planQcow2, type Qcow2LayoutInput } from '../../src/backup/qcow2-layout.js';
-import { writeQcow2 } from '../../src/backup/qcow2-writer.js';
+import { CLUSTER_SIZE, clusterRuns, MAX_VIRTUAL_SIZE, planQcow2, type Qcow2LayoutInput } from '../../src/backup/qcow2/qcow2-layout.js';
+import { writeQcow2 } from '../../src/backup/qcow2/qcow2-writer.js';
 import { tryRun } from '../helpers/process.js';
 
 const MiB = 1024 * 1024;

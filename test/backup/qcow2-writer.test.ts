@@ -7,8 +7,8 @@ import { join } from 'node:path';
 
 import test, { type ExecutionContext } from 'ava';
 
-import { clusterRuns, planQcow2, CLUSTER_SIZE } from '../../src/backup/qcow2-layout.js';
-import { writeQcow2 } from '../../src/backup/qcow2-writer.js';
+import { clusterRuns, planQcow2, CLUSTER_SIZE } from '../../src/backup/qcow2/qcow2-layout.js';
+import { writeQcow2 } from '../../src/backup/qcow2/qcow2-writer.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { run } from '../helpers/process.js';
 

@@ -2,8 +2,8 @@ import test from 'ava';
 import { open, readFile, readdir, rm, stat, truncate, writeFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { join } from 'node:path';
-import { BackupSet } from '../../src/backup/backup-set.js';
-import { restore } from '../../src/backup/restore.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
+import { restore } from '../../src/backup/restore/restore.js';
 import { BackupSetError } from '../../src/backup/errors.js';
 import { TWO_DISKS, buildSet, deadPid, imagesEqual, qemuImg, tempDir } from './helpers.js';
 

@@ -1,9 +1,9 @@
 import test from 'ava';
 import { open, rm, truncate, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { BackupSet } from '../../src/backup/backup-set.js';
-import { verify, type VerifyReport } from '../../src/backup/verify.js';
-import { formatListJson, formatListTable, listBackups } from '../../src/backup/list.js';
+import { BackupSet } from '../../src/backup/set/backup-set.js';
+import { verify, type VerifyReport } from '../../src/backup/restore/verify.js';
+import { formatListJson, formatListTable, listBackups } from '../../src/backup/restore/list.js';
 import { TWO_DISKS, buildSet, qemuImg, type SetBuilder } from './helpers.js';
 
 function errors(report: VerifyReport): string[] {

@@ -4,7 +4,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { BackupSetError } from '../../src/backup/errors.js';
 import { CliError, reportFor } from '../../src/cli/error-report.js';
-import { LibvirtError } from '../../src/errors.js';
+import { LibvirtError } from '../../src/libvirt/errors.js';
 import { buildSet } from '../backup/helpers.js';
 import { jsonLines, runCli } from './helpers.js';
 

@@ -5,7 +5,7 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import { runBackup } from '../../src/backup/engine.js';
+import { runBackup } from '../../src/backup/engine/engine.js';
 import { BackupSet, restore } from '../../src/backup/index.js';
 import { imagesIdentical, mirroredDomain } from '../backup/engine-helpers.js';
 import { connectSystem } from '../helpers/daemon.js';

@@ -8,7 +8,7 @@ import { join, resolve } from 'node:path';
 import test from 'ava';
 import fc from 'fast-check';
 import { BackupSetError } from '../../src/backup/errors.js';
-import { parseManifest, serializeManifest, type Manifest } from '../../src/backup/manifest.js';
+import { parseManifest, serializeManifest, type Manifest } from '../../src/backup/set/manifest.js';
 import { fuzzRuns, reportCases } from './fuzz-runs.js';
 
 const RUNS = fuzzRuns(3000);

@@ -5,7 +5,7 @@
  * (or nothing) about the image those clusters begin. Data clusters are not needed: the
  * L2 entries say where they go, and that is what is checked.
  */
-import type { ClusterRun, Qcow2Layout } from '../../src/backup/qcow2-layout.js';
+import type { ClusterRun, Qcow2Layout } from '../../src/backup/qcow2/qcow2-layout.js';
 
 const CLUSTER = 65536;
 const L2_ENTRIES = CLUSTER / 8;

@@ -1,4 +1,4 @@
-import { nativeAddon, NATIVE_SURFACE, type NativeConnection } from '../../src/native.js';
+import { nativeAddon, NATIVE_SURFACE, type NativeConnection } from '../../src/libvirt/native.js';
 
 /**
  * A real native connection whose methods can be replaced one by one, to make a

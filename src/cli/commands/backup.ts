@@ -1,6 +1,6 @@
-import { runBackup } from '../../backup/engine.js';
-import type { BackupResult } from '../../backup/engine-types.js';
-import { formatBytes } from '../../backup/list.js';
+import { runBackup } from '../../backup/index.js';
+import type { BackupResult } from '../../backup/index.js';
+import { formatBytes } from '../../common/format-bytes.js';
 import type { BackupArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
 import { assertBackupsPossible, openConnection } from '../libvirt-connection.js';

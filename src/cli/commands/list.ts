@@ -1,5 +1,5 @@
-import { BackupSet } from '../../backup/backup-set.js';
-import { formatListJson, formatListTable, listBackups } from '../../backup/list.js';
+import { BackupSet } from '../../backup/index.js';
+import { formatListJson, formatListTable, listBackups } from '../../backup/index.js';
 import type { ListArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
 import type { CommandContext } from './context.js';

@@ -1,10 +1,10 @@
-import { BackupSet } from '../../backup/backup-set.js';
-import { deletePendingCheckpoints } from '../../backup/leftover-checkpoints.js';
-import { addPendingCheckpoint } from '../../backup/pending-checkpoints.js';
-import { prune, type PruneResult } from '../../backup/prune.js';
-import type { Connection } from '../../connection.js';
-import type { Domain } from '../../domain.js';
-import { LibvirtError } from '../../errors.js';
+import { BackupSet } from '../../backup/index.js';
+import { deletePendingCheckpoints } from '../../backup/index.js';
+import { addPendingCheckpoint } from '../../backup/index.js';
+import { prune, type PruneResult } from '../../backup/index.js';
+import type { Connection } from '../../index.js';
+import type { Domain } from '../../index.js';
+import { LibvirtError } from '../../index.js';
 import type { PruneArgs } from '../args.js';
 import { CliError } from '../error-report.js';
 import { ExitCode } from '../exit-codes.js';

@@ -1,5 +1,5 @@
-import { BackupSet } from '../../backup/backup-set.js';
-import { restore } from '../../backup/restore.js';
+import { BackupSet } from '../../backup/index.js';
+import { restore } from '../../backup/index.js';
 import type { RestoreArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
 import type { CommandContext } from './context.js';

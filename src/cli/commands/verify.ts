@@ -1,5 +1,5 @@
-import { BackupSet } from '../../backup/backup-set.js';
-import { verify } from '../../backup/verify.js';
+import { BackupSet } from '../../backup/index.js';
+import { verify } from '../../backup/index.js';
 import type { VerifyArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
 import type { CommandContext } from './context.js';

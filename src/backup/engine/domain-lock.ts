@@ -1,0 +1,109 @@
+import { join } from 'node:path';
+import { BackupError } from './engine-types.js';
+import { BackupSetError } from '../errors.js';
+import { describeFsError } from '../../common/fs-errors.js';
+import { FileLock } from '../set/file-lock.js';
+import { currentOwner, describeOwner, parseOwner, type ProcessOwner } from '../set/process-liveness.js';
+import type { BackupTransport } from '../set/manifest.js';
+
+/** What a backup run of a domain is doing, kept up to date in the domain's lock file. */
+export interface DomainRunRecord extends ProcessOwner {
+  domain: { name: string; uuid: string };
+  /** Absolute path of the set being written. */
+  set: string;
+  transport: BackupTransport;
+  /** Directory of the NBD socket (pull). */
+  socketDir?: string;
+  /** The checkpoint libvirt creates with the job. */
+  checkpoint?: string;
+  /** Scratch files outside the set directory (the set's journal covers those inside). */
+  scratchFiles?: string[];
+}
+
+/**
+ * One backup of a domain at a time, across sets: libvirt runs one job per domain, and a
+ * second run that mistook the first's job for a leftover would end it. Held with flock in
+ * the private run directory, so a run that dies frees the domain at once, and the record
+ * it leaves tells the next run what to clean up (job, socket, scratch, checkpoint).
+ */
+export class DomainLock {
+  private constructor(
+    private readonly lock: FileLock,
+    private record: DomainRunRecord,
+    /** The record of a run of this domain that died without releasing the lock. */
+    readonly interrupted: DomainRunRecord | null,
+  ) {}
+
+  static path(runDir: string, uuid: string): string {
+    return join(runDir, `domain-${uuid.toLowerCase()}.lock`);
+  }
+
+  static async acquire(runDir: string, record: Omit<DomainRunRecord, keyof ProcessOwner>): Promise<DomainLock> {
+    const path = DomainLock.path(runDir, record.domain.uuid);
+    let taken: FileLock | { heldBy: string };
+    try {
+      taken = await FileLock.tryAcquire(path);
+    } catch (error) {
+      throw new BackupSetError('SET_IO', `cannot create the domain lock ${path}: ${describeFsError(error)}`, { path, cause: error });
+    }
+    if (!(taken instanceof FileLock)) {
+      const holder = parseRecord(taken.heldBy);
+      const who = holder ? `${describeOwner(holder)}, into ${holder.set}` : 'another process';
+      throw new BackupError('DOMAIN_BUSY', `domain ${record.domain.name} is being backed up by another run (${who}); one backup of a domain runs at a time`);
+    }
+    const full: DomainRunRecord = { ...currentOwner(), ...record };
+    const lock = new DomainLock(taken, full, parseRecord(taken.previous) ?? null);
+    await lock.save();
+    return lock;
+  }
+
+  get current(): Readonly<DomainRunRecord> {
+    return this.record;
+  }
+
+  /** Records what the run is about to create, before it creates it. */
+  async update(changes: Partial<Omit<DomainRunRecord, keyof ProcessOwner | 'domain'>>): Promise<void> {
+    this.record = { ...this.record, ...changes };
+    await this.save();
+  }
+
+  async release(): Promise<void> {
+    await this.lock.release();
+  }
+
+  private async save(): Promise<void> {
+    await this.lock.record(`${JSON.stringify(this.record)}\n`);
+  }
+}
+
+function parseRecord(text: string): DomainRunRecord | undefined {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+  const owner = parseOwner(value);
+  if (!owner) return undefined;
+  const record = value as Record<string, unknown>;
+  const domain = record['domain'] as Record<string, unknown> | undefined;
+  if (typeof domain?.['name'] !== 'string' || typeof domain['uuid'] !== 'string' || typeof record['set'] !== 'string') return undefined;
+  const transport = record['transport'] === 'push' ? 'push' : 'pull';
+  const strings = (key: string): string[] | undefined => {
+    const list = record[key];
+    return Array.isArray(list) && list.every((item) => typeof item === 'string') ? (list as string[]) : undefined;
+  };
+  const optional = (key: string): string | undefined => (typeof record[key] === 'string' ? (record[key] as string) : undefined);
+  const socketDir = optional('socketDir');
+  const checkpoint = optional('checkpoint');
+  const scratchFiles = strings('scratchFiles');
+  return {
+    ...owner,
+    domain: { name: domain['name'], uuid: domain['uuid'] },
+    set: record['set'],
+    transport,
+    ...(socketDir !== undefined ? { socketDir } : {}),
+    ...(checkpoint !== undefined ? { checkpoint } : {}),
+    ...(scratchFiles !== undefined ? { scratchFiles } : {}),
+  };
+}

@@ -1,0 +1,94 @@
+// The contract between the backup engine and its callers (the CLI, services):
+// what a run is asked to do, what it reports while it runs, and what it returns.
+import type { Connection } from '../../libvirt/connection.js';
+import type { BackupLevel, BackupTransport, DiskRecord } from '../set/manifest.js';
+
+/** What the caller asks for; `auto` picks full or incremental by itself. */
+export type RequestedLevel = 'auto' | BackupLevel;
+
+export interface BackupOptions {
+  /** Domain name or UUID. */
+  domain: string;
+  /** The backup set directory for this domain (created on first use). */
+  dest: string;
+  level?: RequestedLevel;
+  /** Default `pull`: data read with our NBD client. `push`: libvirt writes the files. */
+  transport?: BackupTransport;
+  /** Disk targets to back up (`vda`); default every disk that can be backed up. */
+  disks?: string[];
+  /** An open connection to use; otherwise `uri` is opened and closed by the run. */
+  connection?: Connection;
+  uri?: string;
+  /** Aborts the libvirt job, removes this run's files; the manifest stays as it was. */
+  signal?: AbortSignal;
+  onEvent?: (event: BackupEvent) => void;
+  /** Disks copied at once (pull). Default 2. */
+  concurrency?: number;
+  /**
+   * Directory for the pull job's scratch files (default: the set directory). While the job
+   * runs, QEMU saves there the old content of every cluster the guest overwrites; it may
+   * need up to the data the disks hold. The run keeps that much free (see SpaceGuard).
+   */
+  scratchDir?: string;
+  /** Called between steps; tests use them to inject faults at a precise point. */
+  hooks?: BackupHooks;
+}
+
+export interface BackupHooks {
+  /** After libvirt started the job (and the space check passed), before data moves. */
+  afterJobStart?: () => void | Promise<void>;
+}
+
+export type BackupEvent =
+  | {
+      type: 'start';
+      backupId: string;
+      level: BackupLevel;
+      transport: BackupTransport;
+      /** Why this level (e.g. "no usable chain", "bitmap of checkpoint X is gone"). */
+      reason: string;
+      disks: Array<{ target: string; level: BackupLevel; virtualSize: number }>;
+    }
+  /** Something the operator should know: a fallback, a redefined checkpoint, a cleanup. */
+  | { type: 'notice'; message: string }
+  | { type: 'progress'; target: string; bytesDone: number; bytesTotal: number }
+  | { type: 'disk-done'; target: string; file: string; dataBytes: number }
+  | { type: 'done'; backupId: string; level: BackupLevel; durationMs: number; dataBytes: number };
+
+export interface BackupResult {
+  backupId: string;
+  level: BackupLevel;
+  transport: BackupTransport;
+  checkpoint: string;
+  disks: DiskRecord[];
+  notices: string[];
+  durationMs: number;
+}
+
+export type BackupErrorCode =
+  | 'DOMAIN_NOT_FOUND'
+  | 'DOMAIN_NOT_RUNNING'
+  | 'UNSUPPORTED'
+  | 'INVALID_ARGUMENT'
+  | 'NO_DISKS'
+  | 'CHAIN_UNUSABLE'
+  | 'DOMAIN_BUSY'
+  /** The destination (or scratch) file system cannot hold what the run may still write; the job was ended before the guest could be refused a write. */
+  | 'NO_SPACE'
+  /** The domain stopped while its backup ran. */
+  | 'DOMAIN_STOPPED'
+  /** The connection to libvirtd was lost while the backup ran. */
+  | 'DAEMON_LOST'
+  | 'JOB_FAILED'
+  | 'ABORTED';
+
+/** A backup run that could not be done; `code` says which rule, the message says why. */
+export class BackupError extends Error {
+  readonly code: BackupErrorCode;
+
+  constructor(code: BackupErrorCode, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'BackupError';
+    this.code = code;
+  }
+}

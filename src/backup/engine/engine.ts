@@ -1,0 +1,135 @@
+// The backup engine: one run of `libvirt-backup backup`. It decides the level,
+// makes libvirt create the next checkpoint atomically with the backup, moves
+// the data (pull: our NBD client reads libvirt's export and our one-pass writer
+// makes the qcow2 files; push: libvirt writes them and we rebase), and commits the
+// result to the set. Any failure or abort ends the libvirt job, removes this
+// run's files and its checkpoint, and leaves manifest.json as it was.
+import { stat } from 'node:fs/promises';
+import { join, resolve } from 'node:path';
+
+import { connect, type Connection } from '../../libvirt/connection.js';
+import { DomainState } from '../../libvirt/constants.js';
+import type { Domain } from '../../libvirt/domain.js';
+import { LibvirtError } from '../../libvirt/errors.js';
+import { parseDomainXml } from '../../xml/index.js';
+import { BackupSet } from '../set/backup-set.js';
+import { selectDisks } from './disk-selection.js';
+import { DomainLock } from './domain-lock.js';
+import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
+import { deletePendingCheckpoints } from './leftover-checkpoints.js';
+import { ensureRunDir, sweepDeadSocketDirs } from './run-dir.js';
+import { ChainBrokenError, type ExecuteContext } from './run-context.js';
+import { planLevel } from './level-plan.js';
+import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
+import { execute } from './execute.js';
+
+
+export * from './engine-types.js';
+export { CHECKPOINT_PREFIX } from './run-context.js';
+
+export async function runBackup(options: BackupOptions): Promise<BackupResult> {
+  const started = Date.now();
+  const notices: string[] = [];
+  const emit = (event: BackupEvent) => {
+    if (event.type === 'notice') notices.push(event.message);
+    options.onEvent?.(event);
+  };
+  const signal = options.signal;
+  signal?.throwIfAborted();
+  const requested: RequestedLevel = options.level ?? 'auto';
+  if (!['auto', 'full', 'inc', 'diff'].includes(requested)) {
+    throw new BackupError('INVALID_ARGUMENT', `level must be auto, full, inc or diff, got '${String(requested)}'`);
+  }
+  const transport = options.transport ?? 'pull';
+  if (transport !== 'pull' && transport !== 'push') {
+    throw new BackupError('INVALID_ARGUMENT', `transport must be pull or push, got '${String(transport)}'`);
+  }
+  const scratchDir = options.scratchDir === undefined ? null : await checkScratchDir(options.scratchDir, transport);
+
+  const ownConnection = options.connection === undefined;
+  const conn = options.connection ?? (await connect(options.uri ?? 'qemu:///system'));
+  try {
+    const domain = await lookupDomain(conn, options.domain);
+    try {
+      await conn.assertBackupSupport();
+    } catch (error) {
+      if (error instanceof LibvirtError) throw error;
+      throw new BackupError('UNSUPPORTED', error instanceof Error ? error.message : String(error), { cause: error });
+    }
+    const { state } = await domain.getState();
+    if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
+      throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`);
+    }
+    if (requested === 'inc' || requested === 'diff') await assertSetExists(options.dest, requested);
+    const summary = parseDomainXml(await domain.getXMLDesc());
+    const selection = selectDisks(summary, options.disks);
+    for (const skipped of selection.skipped) emit({ type: 'notice', message: `skipping ${skipped.target}: ${skipped.reason}` });
+
+    const runDir = await ensureRunDir();
+    await sweepDeadSocketDirs(runDir);
+    // One run per domain, whatever the set: from here on, any backup job on the domain
+    // that libvirt-backup started belongs to a run that is gone.
+    const domainLock = await DomainLock.acquire(runDir, { domain: { name: domain.name, uuid: domain.uuid }, set: resolve(options.dest), transport });
+    try {
+      // The job first, then files: a push job may still be writing the files recovery deletes.
+      await endLeftoverJob(conn, domain, runDir, emit);
+      await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
+      const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
+      try {
+        if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {
+          emit({ type: 'notice', message: `cleaned up after an interrupted run: removed ${set.recovery.removedFiles.join(', ')}` });
+        }
+        await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
+        const plan = await planLevel(set, requested, domain, selection.disks, emit, signal);
+        const context: ExecuteContext = {
+          conn, domain, summary, set, plan, selection: selection.disks, transport, signal, emit, started, notices,
+          concurrency: options.concurrency ?? 2, runDir, domainLock, scratchDir, hooks: options.hooks ?? {},
+        };
+        try {
+          return await execute(context);
+        } catch (error) {
+          // Some broken bitmaps only show when QEMU is asked to use them.
+          if (!(error instanceof ChainBrokenError)) throw error;
+          if (requested !== 'auto') throw new BackupError('CHAIN_UNUSABLE', `cannot take ${plan.level === 'inc' ? 'an incremental' : 'a differential'} backup: ${error.message}`, { cause: error.cause });
+          emit({ type: 'notice', message: `taking a full backup: ${error.message}` });
+          return await execute({ ...context, plan: { level: 'full', parent: null, reason: error.message } });
+        }
+      } finally {
+        await set.close();
+      }
+    } finally {
+      await domainLock.release();
+    }
+  } finally {
+    if (ownConnection) await conn.close();
+  }
+}
+
+/** An incremental or differential needs a set to start from; refused before anything is created. */
+async function assertSetExists(dest: string, level: 'inc' | 'diff'): Promise<void> {
+  const manifest = join(resolve(dest), 'manifest.json');
+  if (await stat(manifest).then(() => true, () => false)) return;
+  throw new BackupError('CHAIN_UNUSABLE', `cannot take ${level === 'inc' ? 'an incremental' : 'a differential'} backup: ${resolve(dest)} holds no backup set yet; take a full (or auto) backup first`);
+}
+
+async function checkScratchDir(dir: string, transport: 'pull' | 'push'): Promise<string> {
+  if (typeof dir !== 'string' || dir === '') throw new BackupError('INVALID_ARGUMENT', 'scratchDir must be a directory path');
+  if (transport === 'push') throw new BackupError('INVALID_ARGUMENT', 'scratchDir: push backups use no scratch file (libvirt writes the backup files directly)');
+  const absolute = resolve(dir);
+  const info = await stat(absolute).catch(() => undefined);
+  if (!info?.isDirectory()) throw new BackupError('INVALID_ARGUMENT', `scratchDir: ${absolute} is not an existing directory`);
+  return absolute;
+}
+
+async function lookupDomain(conn: Connection, nameOrUuid: string): Promise<Domain> {
+  if (typeof nameOrUuid !== 'string' || nameOrUuid === '') throw new BackupError('INVALID_ARGUMENT', 'a domain name or UUID is required');
+  const isUuid = /^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$/i.test(nameOrUuid);
+  try {
+    return isUuid ? await conn.lookupDomainByUUID(nameOrUuid) : await conn.lookupDomainByName(nameOrUuid);
+  } catch (error) {
+    if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_NO_DOMAIN') {
+      throw new BackupError('DOMAIN_NOT_FOUND', `no domain named '${nameOrUuid}' on ${await conn.getURI()}`, { cause: error });
+    }
+    throw error;
+  }
+}

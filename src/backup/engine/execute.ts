@@ -1,0 +1,322 @@
+// One run, step by step: lay out its files, start the job with its checkpoint, move the data,
+// commit to the set; on any failure end the job and remove what the run created.
+import { mkdtemp, rm, stat, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+
+import { BlockJobType, DomainState } from '../../libvirt/constants.js';
+import type { Domain } from '../../libvirt/domain.js';
+import { LibvirtError } from '../../libvirt/errors.js';
+import { JobFailedError } from '../../libvirt/jobs.js';
+import type { BlockJobPayload } from '../../libvirt/events.js';
+import { BackupSet } from '../set/backup-set.js';
+import { checksumFile } from '../checksum.js';
+import { BackupError, type BackupResult } from './engine-types.js';
+import { type BackupLevel, type BackupRecord, type DiskRecord } from '../set/manifest.js';
+import { addPendingCheckpoint } from '../set/pending-checkpoints.js';
+import { deleteCheckpointIfPresent } from './leftover-checkpoints.js';
+import { qemuImgInfo, qemuImgOwnDataBytes, qemuImgRebaseUnsafe } from '../qcow2/qemu-img.js';
+import { socketDirPrefix } from './run-dir.js';
+import { SpaceGuard, type SpaceNeed } from './space-guard.js';
+import { recordVerifiedFiles } from '../set/verified-files.js';
+import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext } from './run-context.js';
+import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
+import { pullSpaceNeed, openExports, copyDisks } from './pull-transfer.js';
+import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
+import { type BackupRun } from '../set/run-journal.js';
+
+
+/** What one run creates, named before any of it exists. */
+interface RunLayout {
+  backupId: string;
+  checkpointName: string;
+  startedAt: string;
+  disks: DiskPlan[];
+  /** Pull scratch file of each disk target. */
+  scratchPaths: Map<string, string>;
+  /** Scratch files the set's journal lists (they live in the set). */
+  scratchInSet: string[];
+  /** Scratch files outside the set: the domain lock records them instead. */
+  scratchOutside: string[];
+  socketDir: string | undefined;
+}
+
+/** The state of a run that the failure and clean-up paths need to see. */
+class RunState {
+  readonly blockJobs: BlockJobPayload[] = [];
+  /** Ends the data transfer when the run must stop for a reason of its own (space). */
+  readonly stopRun = new AbortController();
+  readonly signal: AbortSignal;
+  guard: SpaceGuard | undefined;
+  jobRunning = false;
+  committed = false;
+
+  constructor(readonly context: ExecuteContext) {
+    this.signal = context.signal ? AbortSignal.any([context.signal, this.stopRun.signal]) : this.stopRun.signal;
+  }
+
+  readonly onBlockJob = (d: Domain, payload: BlockJobPayload): void => {
+    if (d.uuid === this.context.domain.uuid && payload.type === BlockJobType.BACKUP) this.blockJobs.push(payload);
+  };
+}
+
+export async function execute(context: ExecuteContext): Promise<BackupResult> {
+  const layout = await layOutRun(context);
+  const run = await beginRun(context, layout);
+  const state = new RunState(context);
+  context.conn.on('block-job', state.onBlockJob);
+  try {
+    await startJob(context, layout, state);
+    if (context.transport === 'pull') await pullData(context, layout, state);
+    else await awaitPushedData(context, layout, state);
+    context.signal?.throwIfAborted();
+    return await commitRun(context, layout, state);
+  } catch (error) {
+    throw await failRun(context, layout, state, run, error);
+  } finally {
+    state.guard?.stop();
+    context.conn.off('block-job', state.onBlockJob);
+    if (layout.socketDir !== undefined) await rm(layout.socketDir, { recursive: true, force: true });
+    // Scratch outside the set: the journal does not cover it. The job has ended by now.
+    for (const file of layout.scratchOutside) await unlink(file).catch(() => undefined);
+  }
+}
+
+/** Names everything the run will create, and plans each disk's level. */
+async function layOutRun(context: ExecuteContext): Promise<RunLayout> {
+  const { domain, set, plan, selection, transport, emit } = context;
+  const backupId = set.nextId();
+  const disks: DiskPlan[] = selection.map((disk) => {
+    const parentDisk = plan.parent?.disks.find((d) => d.target === disk.target);
+    // A disk copies whole when it cannot track changes or the parent has no copy of it.
+    const level: BackupLevel = plan.level !== 'full' && disk.tracksChanges && parentDisk !== undefined ? plan.level : 'full';
+    if (plan.level !== 'full' && level === 'full') {
+      emit({ type: 'notice', message: `${disk.target}: full copy (${disk.fullCopyReason ?? 'not in the parent backup'})` });
+    }
+    return { ...disk, level, file: BackupSet.fileName(disk.target, backupId, level), backingFile: level === 'full' ? null : parentDisk!.file, virtualSize: 0, dataBytes: 0 };
+  });
+  const scratchName = (target: string) => `.scratch-${backupId}-${target}.qcow2`;
+  const scratchPaths = new Map(
+    disks.map((disk) => [
+      disk.target,
+      context.scratchDir === null ? set.pathOf(scratchName(disk.target)) : join(context.scratchDir, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`),
+    ]),
+  );
+  const pull = transport === 'pull';
+  return {
+    backupId,
+    checkpointName: `${CHECKPOINT_PREFIX}${backupId}-${Date.now().toString(36)}`,
+    startedAt: new Date().toISOString(),
+    disks,
+    scratchPaths,
+    scratchInSet: pull && context.scratchDir === null ? disks.map((disk) => scratchName(disk.target)) : [],
+    scratchOutside: pull && context.scratchDir !== null ? [...scratchPaths.values()] : [],
+    socketDir: pull ? await mkdtemp(socketDirPrefix(context.runDir)) : undefined,
+  };
+}
+
+/** Records the run's files where the next run finds them, whatever kills this one. */
+async function beginRun(context: ExecuteContext, layout: RunLayout): Promise<BackupRun> {
+  const { checkpointName, socketDir, scratchOutside } = layout;
+  await context.domainLock.update({
+    checkpoint: checkpointName,
+    ...(socketDir !== undefined ? { socketDir } : {}),
+    ...(scratchOutside.length > 0 ? { scratchFiles: scratchOutside } : {}),
+  });
+  try {
+    return await context.set.beginRun([...layout.disks.map((disk) => disk.file), ...layout.scratchInSet], { checkpoint: checkpointName });
+  } catch (error) {
+    if (socketDir !== undefined) await rm(socketDir, { recursive: true, force: true });
+    throw error;
+  }
+}
+
+/** Starts the libvirt job, which creates the run's checkpoint atomically with it. */
+async function startJob(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
+  const { conn, domain, plan, transport, signal, emit } = context;
+  await conn.eventsReady();
+  const spec = backupSpecFor(context, layout.disks, layout.socketDir === undefined ? undefined : join(layout.socketDir, 'export.sock'), layout.scratchPaths);
+  const checkpointSpec = checkpointSpecFor(context, layout.disks, layout.checkpointName, layout.backupId);
+  signal?.throwIfAborted();
+  emit({
+    type: 'start',
+    backupId: layout.backupId,
+    level: plan.level,
+    transport,
+    reason: plan.reason,
+    disks: layout.disks.map((d) => ({ target: d.target, level: d.level, virtualSize: d.virtualSize })),
+  });
+  try {
+    await domain.backupBegin(spec, checkpointSpec);
+  } catch (error) {
+    const incremental = spec.incremental;
+    if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_CHECKPOINT_INCONSISTENT' && incremental !== undefined) {
+      throw new ChainBrokenError(`the bitmap of checkpoint ${incremental} is missing or broken (${error.message})`, { cause: error });
+    }
+    throw error;
+  }
+  state.jobRunning = true;
+}
+
+/** Watches free space for the rest of the job; running short ends the job before a guest write can fail. */
+async function guardSpace(context: ExecuteContext, state: RunState, need: () => Promise<SpaceNeed>): Promise<void> {
+  const { domain, set, transport } = context;
+  state.guard = new SpaceGuard({
+    scratchDir: transport === 'pull' ? (context.scratchDir ?? set.dir) : null,
+    outputDir: set.dir,
+    need,
+    onExhausted: (error) => {
+      // Ending the job removes copy-before-write at once; the transfer then fails.
+      domain.abortJob().catch(() => undefined);
+      state.stopRun.abort(error);
+    },
+  });
+  await state.guard.start();
+}
+
+/** Pull: reads every export into the run's qcow2 files, then ends the job. */
+async function pullData(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
+  const { domain } = context;
+  const opened = await openExports(context, layout.disks, join(layout.socketDir!, 'export.sock'), state.signal);
+  try {
+    await guardSpace(context, state, async () => pullSpaceNeed(domain, opened));
+    await context.hooks.afterJobStart?.();
+    await copyDisks(context, opened, state.signal);
+  } finally {
+    await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+  }
+  state.guard?.stop();
+  await domain.abortJob();
+  await domain.waitForJob({ timeoutMs: 120_000 });
+  state.jobRunning = false;
+}
+
+/** Push: waits for libvirt to write the files, then makes them a chain of the set. */
+async function awaitPushedData(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
+  const { domain, set, signal, emit } = context;
+  await guardSpace(context, state, async () => pushSpaceNeed(domain, layout.disks));
+  await context.hooks.afterJobStart?.();
+  await domain.waitForJob({ timeoutMs: 24 * 3600_000, signal: state.signal });
+  state.guard?.stop();
+  state.jobRunning = false;
+  await waitForTargetsReleased(state.blockJobs, layout.disks.map((d) => d.target));
+  for (const disk of layout.disks) {
+    if (disk.backingFile !== null) await qemuImgRebaseUnsafe(set.pathOf(disk.file), disk.backingFile, { signal });
+    disk.virtualSize = (await qemuImgInfo(set.pathOf(disk.file))).virtualSize;
+    disk.dataBytes = await qemuImgOwnDataBytes(set.pathOf(disk.file));
+    emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
+  }
+}
+
+/** Writes the backup into the manifest: from here on it is part of the set. */
+async function commitRun(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<BackupResult> {
+  const { domain, set, plan, transport, signal, emit } = context;
+  const checkpoint = await domain.lookupCheckpointByName(layout.checkpointName);
+  const checkpointXml = await checkpoint.getXMLDesc();
+  const records = await diskRecords(set, layout.disks, signal);
+  const record: BackupRecord = {
+    id: layout.backupId,
+    level: plan.level,
+    transport,
+    startedAt: layout.startedAt,
+    completedAt: new Date().toISOString(),
+    checkpoint: layout.checkpointName,
+    checkpointXml,
+    parent: plan.parent?.id ?? null,
+    disks: records,
+  };
+  await set.commitBackup(record, { verifyChecksums: false, ...(signal ? { signal } : {}) });
+  state.committed = true;
+  await recordVerifiedFiles(set.dir, records, set.referencedFiles());
+  const durationMs = Date.now() - context.started;
+  const dataBytes = records.reduce((sum, d) => sum + d.dataBytes, 0);
+  emit({ type: 'done', backupId: layout.backupId, level: plan.level, durationMs, dataBytes });
+  return { backupId: layout.backupId, level: plan.level, transport, checkpoint: layout.checkpointName, disks: records, notices: context.notices, durationMs };
+}
+
+/** One hashing pass per file, all files at once (they are independent); files this run wrote were hashed as they were written. */
+async function diskRecords(set: BackupSet, disks: readonly DiskPlan[], signal: AbortSignal | undefined): Promise<DiskRecord[]> {
+  return Promise.all(
+    disks.map(async (disk): Promise<DiskRecord> => {
+      const path = set.pathOf(disk.file);
+      const [size, checksum] = disk.written
+        ? [disk.written.fileSize, disk.written.checksum]
+        : await Promise.all([stat(path).then((s) => s.size), checksumFile(path, undefined, signal ? { signal } : {})]);
+      return {
+        target: disk.target,
+        sourceFormat: disk.format,
+        level: disk.level,
+        file: disk.file,
+        backingFile: disk.backingFile,
+        virtualSize: disk.virtualSize,
+        fileSize: size,
+        dataBytes: disk.dataBytes,
+        checksum,
+      };
+    }),
+  );
+}
+
+/** Ends the job, removes what the run created, and returns the error the caller should see. */
+async function failRun(context: ExecuteContext, layout: RunLayout, state: RunState, run: BackupRun, error: unknown): Promise<unknown> {
+  const { domain, signal } = context;
+  state.guard?.stop();
+  const explained = state.guard?.error ?? (await explainFailure(context, error, layout.checkpointName));
+  if (state.jobRunning) {
+    await domain.abortJob().catch(() => undefined);
+    await domain.waitForJob({ timeoutMs: 60_000 }).catch(() => undefined);
+  }
+  if (!state.committed) {
+    await run.abort().catch(() => undefined);
+    await forgetCheckpoint(context, layout.checkpointName, layout.backupId);
+  }
+  if (signal?.aborted) return new BackupError('ABORTED', `backup of ${domain.name} was interrupted; nothing was kept from it`, { cause: error });
+  if (explained !== undefined) return explained;
+  if (error instanceof ChainBrokenError) return error;
+  if (error instanceof LibvirtError && state.jobRunning) {
+    return new BackupError('JOB_FAILED', `backup job on ${domain.name} failed: ${error.message}`, { cause: error });
+  }
+  // What libvirt said about the job (failed, cancelled by someone else) or that it never ended.
+  if (error instanceof JobFailedError) return new BackupError('JOB_FAILED', error.message, { cause: error });
+  if (error instanceof Error && error.name === 'TimeoutError') {
+    return new BackupError('JOB_FAILED', `backup job on ${domain.name} did not end in time: ${error.message}`, { cause: error });
+  }
+  return error;
+}
+
+/**
+ * The checkpoint was created with the job; without the backup it serves nothing, and its
+ * bitmap costs the guest on every write. When libvirt cannot delete it now (the domain
+ * stopped, the daemon is gone), the set keeps its name for the next run.
+ */
+async function forgetCheckpoint(context: ExecuteContext, name: string, backupId: string): Promise<void> {
+  try {
+    await deleteCheckpointIfPresent(context.domain, name);
+  } catch (error) {
+    const why = error instanceof Error ? error.message : String(error);
+    await addPendingCheckpoint(context.set.dir, name, `left by backup ${backupId}, which failed (${why})`).catch(() => undefined);
+    context.emit({ type: 'notice', message: `checkpoint ${name} could not be deleted now (${why}); the next backup of this set deletes it` });
+  }
+}
+
+/** Turns a failure caused by the domain stopping or the daemon going away into words that say so. */
+async function explainFailure(context: ExecuteContext, error: unknown, checkpointName: string): Promise<BackupError | undefined> {
+  if (error instanceof BackupError) return undefined;
+  const { conn, domain } = context;
+  let state: DomainState | undefined;
+  try {
+    state = (await domain.getState()).state;
+  } catch {
+    if (!(await conn.isAlive().catch(() => false))) {
+      return new BackupError(
+        'DAEMON_LOST',
+        `lost the connection to libvirtd during backup of ${domain.name}; nothing was kept from it. The backup job and checkpoint ${checkpointName} may remain in libvirt: the next backup of this set removes them`,
+        { cause: error },
+      );
+    }
+    return undefined;
+  }
+  if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
+    return new BackupError('DOMAIN_STOPPED', `domain ${domain.name} stopped during the backup (${DomainState[state] ?? state}); nothing was kept from it`, { cause: error });
+  }
+  return undefined;
+}

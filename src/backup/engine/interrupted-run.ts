@@ -1,0 +1,107 @@
+// What a run that died left in libvirt and outside its set: its job, socket directory, scratch files and checkpoint.
+import { readFile, rm, unlink } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
+
+import { type Connection } from '../../libvirt/connection.js';
+import { JobType } from '../../libvirt/constants.js';
+import type { Domain } from '../../libvirt/domain.js';
+import { type BackupSpec } from '../../xml/index.js';
+import { type DomainRunRecord } from './domain-lock.js';
+import { BackupError, type BackupEvent } from './engine-types.js';
+import { errnoCode } from '../../common/fs-errors.js';
+import { parseManifest } from '../set/manifest.js';
+import { deleteCheckpointIfPresent } from './leftover-checkpoints.js';
+import { isSocketDirOfRunDir } from './run-dir.js';
+import { readJournal } from '../set/run-journal.js';
+
+
+/** Socket directories of versions that kept them in the temp directory. */
+const LEGACY_SOCKET_DIR_PREFIX = 'lvb-backup-';
+
+/** How long a leftover job may take to end once aborted. */
+const LEFTOVER_JOB_END_MS = 120_000;
+
+/**
+ * A backup job libvirt-backup started that is still running belongs to a run that died
+ * (the caller holds the domain lock): it is ended, and waited for, so that its files can
+ * be removed safely. Any other job on the domain is someone else's and is left alone.
+ */
+export async function endLeftoverJob(conn: Connection, domain: Domain, runDir: string, emit: (event: BackupEvent) => void): Promise<void> {
+  const job = await domain.getJobInfo();
+  if (job.type === JobType.NONE) return;
+  let spec: BackupSpec | undefined;
+  try {
+    spec = await domain.backupGetSpec();
+  } catch {
+    spec = undefined;
+  }
+  const described = spec === undefined ? undefined : await describeOurJob(spec, runDir);
+  if (described === undefined) {
+    throw new BackupError('DOMAIN_BUSY', `domain ${domain.name} already has a job running (${JobType[job.type] ?? job.type}) that libvirt-backup did not start; wait for it or abort it`);
+  }
+  const ended = new Promise<void>((resolveEnded) => {
+    const done = () => resolveEnded();
+    domain.waitForJob({ timeoutMs: LEFTOVER_JOB_END_MS }).then(done, done);
+  });
+  await conn.eventsReady();
+  await domain.abortJob().catch(() => undefined);
+  await ended;
+  if ((await domain.getJobInfo()).type !== JobType.NONE) {
+    throw new BackupError('DOMAIN_BUSY', `domain ${domain.name} still runs the ${described} left by an interrupted run after it was aborted; try again later`);
+  }
+  emit({ type: 'notice', message: `ended the ${described} left behind by an interrupted run` });
+}
+
+/** What a running backup job of ours is, or undefined when it is not ours. */
+async function describeOurJob(spec: BackupSpec, runDir: string): Promise<string | undefined> {
+  if (spec.mode === 'pull') {
+    const socket = spec.server?.transport === 'unix' ? spec.server.socket : undefined;
+    if (socket === undefined) return undefined;
+    const ours = isSocketDirOfRunDir(dirname(socket), runDir) || basename(dirname(socket)).startsWith(LEGACY_SOCKET_DIR_PREFIX);
+    return ours ? `pull backup job (${socket})` : undefined;
+  }
+  // A push job writes files a set's journal lists: that is what makes it ours.
+  const targets = (spec.disks ?? []).filter((disk) => disk.backup !== 'no').map((disk) => (disk.type === 'file' ? disk.target?.file : undefined));
+  if (targets.length === 0 || targets.some((target) => target === undefined)) return undefined;
+  for (const target of targets as string[]) {
+    const journal = await readJournal(dirname(target)).catch(() => null);
+    if (journal?.kind !== 'backup' || !journal.creates.includes(basename(target))) return undefined;
+  }
+  return `push backup job (into ${dirname(targets[0]!)})`;
+}
+
+/**
+ * What a run that died holding the domain lock left outside its set: its socket
+ * directory, scratch files kept elsewhere, and its checkpoint when its set is another
+ * one (this set's own journal hands the checkpoint on when the set is opened).
+ */
+export async function cleanUpAfterInterruptedRun(domain: Domain, interrupted: DomainRunRecord | null, emit: (event: BackupEvent) => void): Promise<void> {
+  if (interrupted === null) return;
+  if (interrupted.socketDir !== undefined) await rm(interrupted.socketDir, { recursive: true, force: true });
+  for (const file of interrupted.scratchFiles ?? []) {
+    await unlink(file).then(
+      () => emit({ type: 'notice', message: `removed the scratch file ${file} of an interrupted run` }),
+      (error: unknown) => {
+        if (errnoCode(error) !== 'ENOENT') emit({ type: 'notice', message: `could not remove the scratch file ${file} of an interrupted run: ${String(error)}` });
+      },
+    );
+  }
+  const checkpoint = interrupted.checkpoint;
+  if (checkpoint === undefined) return;
+  // Only a checkpoint no manifest took in is a leftover.
+  const manifestPath = join(interrupted.set, 'manifest.json');
+  const manifestText = await readFile(manifestPath, 'utf8').catch(() => null);
+  if (manifestText !== null) {
+    let referenced: boolean;
+    try {
+      referenced = parseManifest(manifestText, manifestPath).backups.some((backup) => backup.checkpoint === checkpoint);
+    } catch {
+      // A manifest we cannot read might name it: leave the checkpoint alone.
+      referenced = true;
+    }
+    if (referenced) return;
+  }
+  if ((await deleteCheckpointIfPresent(domain, checkpoint)) === 'deleted') {
+    emit({ type: 'notice', message: `deleted checkpoint ${checkpoint} left in libvirt by an interrupted run` });
+  }
+}

@@ -1,0 +1,163 @@
+// Pull mode: our NBD client reads each disk's export, and the one-pass writer makes its qcow2 file.
+
+import type { Domain } from '../../libvirt/domain.js';
+import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient } from '../../nbd/index.js';
+import { BackupError } from './engine-types.js';
+import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/qcow2-layout.js';
+import { writeQcow2 } from '../qcow2/qcow2-writer.js';
+import { type SpaceNeed } from './space-guard.js';
+import { type DiskPlan, type ExecuteContext } from './run-context.js';
+
+
+const PROGRESS_INTERVAL_MS = 200;
+
+/** A disk's pull export, opened, with what will be copied from it. */
+export interface OpenedExport {
+  disk: DiskPlan;
+  source: NbdClient;
+  runs: ClusterRun[];
+  /** Bytes of the backup file to be written (metadata included). */
+  fileSize: number;
+  /** Bytes of the file written so far. */
+  written: number;
+  /** Data the disk held when the job started: the most copy-before-write can put in its scratch. */
+  scratchBound: number;
+}
+
+/** Pull: what copy-before-write may still add to the scratch files, and what the backup files still receive. */
+export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExport[]): Promise<SpaceNeed> {
+  const bound = opened.reduce((sum, entry) => sum + entry.scratchBound, 0);
+  // libvirt answers job queries with "backup job data missing" while a job starts or
+  // ends: counting nothing as used then only makes the need larger.
+  const stats = await domain.getJobStats().catch(() => undefined);
+  const scratchUsed = stats?.diskTempUsed ?? 0;
+  return {
+    scratch: Math.max(0, bound - scratchUsed),
+    output: opened.reduce((sum, entry) => sum + Math.max(0, entry.fileSize - entry.written), 0),
+  };
+}
+
+/**
+ * Connects to every disk's export and works out what will be copied from it, before any
+ * data moves: the space guard needs the whole run's figures from the start.
+ */
+export async function openExports(context: ExecuteContext, disks: DiskPlan[], socket: string, signal: AbortSignal): Promise<OpenedExport[]> {
+  const spec = await context.domain.backupGetSpec();
+  const exports = new Map<string, { name: string; bitmap?: string }>();
+  if (spec.mode === 'pull') {
+    for (const d of spec.disks ?? []) {
+      if (d.backup === 'no') continue;
+      exports.set(d.name, { name: d.exportname ?? d.name, ...(d.exportbitmap !== undefined ? { bitmap: d.exportbitmap } : {}) });
+    }
+  }
+  const opened: OpenedExport[] = [];
+  try {
+    for (const disk of disks) opened.push(await openExport(disk, socket, exports.get(disk.target) ?? { name: disk.target }, signal));
+  } catch (error) {
+    await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+    throw error;
+  }
+  return opened;
+}
+
+async function openExport(disk: DiskPlan, socket: string, exported: { name: string; bitmap?: string }, signal: AbortSignal): Promise<OpenedExport> {
+  const dirtyContext = disk.level !== 'full' && exported.bitmap !== undefined ? `qemu:dirty-bitmap:${exported.bitmap}` : undefined;
+  if (disk.level !== 'full' && dirtyContext === undefined) {
+    throw new BackupError('JOB_FAILED', `libvirt exported ${disk.target} without a dirty bitmap for an ${disk.level} backup`);
+  }
+  const source = await NbdClient.connect({
+    path: socket,
+    exportName: exported.name,
+    metaContexts: dirtyContext ? ['base:allocation', dirtyContext] : ['base:allocation'],
+    signal,
+  });
+  try {
+    disk.virtualSize = source.size;
+    // Data the disk holds (allocated, not reading as zeroes): what a full copies, and
+    // the most copy-before-write can ever put in the scratch, whatever the level.
+    const allocated: Array<{ offset: number; length: number }> = [];
+    for await (const extent of source.extents(BASE_ALLOCATION, undefined, { signal })) {
+      if (!(extent.flags & AllocationFlags.ZERO)) allocated.push(extent);
+    }
+    // The clusters this file stores: what changed (incremental), or what is allocated
+    // and not zero (full). Everything else reads from the backing file, or as zeroes.
+    let stored = allocated;
+    if (dirtyContext) {
+      stored = [];
+      for await (const extent of source.extents(dirtyContext, undefined, { signal })) {
+        if (extent.flags & DirtyBitmapFlags.DIRTY) stored.push(extent);
+      }
+    }
+    const runs = clusterRuns(stored);
+    const scratchBound = clusterRuns(allocated).reduce((sum, run) => sum + run.count * CLUSTER_SIZE, 0);
+    const fileSize = planQcow2({ virtualSize: source.size, runs, ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}) }).fileSize;
+    return { disk, source, runs, fileSize, written: 0, scratchBound };
+  } catch (error) {
+    await source.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+export async function copyDisks(context: ExecuteContext, opened: OpenedExport[], signal: AbortSignal): Promise<void> {
+  const queue = [...opened];
+  const failures: unknown[] = [];
+  const worker = async () => {
+    while (queue.length > 0 && failures.length === 0) {
+      const entry = queue.shift()!;
+      try {
+        await copyDisk(context, entry, signal);
+      } catch (error) {
+        failures.push(error);
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, Math.min(context.concurrency, opened.length)) }, worker));
+  if (failures.length > 0) throw failures[0];
+  signal.throwIfAborted();
+}
+
+async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: AbortSignal): Promise<void> {
+  const { set, emit } = context;
+  const { disk, source, runs } = entry;
+  // Whole clusters are read, so a cluster only partly dirty still gets its current
+  // bytes, never zeroes standing in for data the backing file has.
+  const chunks = (async function* () {
+    for (const run of runs) {
+      const offset = run.start * CLUSTER_SIZE;
+      const length = Math.min(run.count * CLUSTER_SIZE, source.size - offset);
+      for await (const chunk of source.chunks({ range: { offset, length }, reuseMemory: 'until-release', signal })) {
+        if (chunk.kind === 'data') entry.written += chunk.length;
+        yield chunk;
+      }
+    }
+  })();
+  // Progress follows the data to copy (known from block status), not the disk's size:
+  // a 2 GiB disk holding 1 GiB shows 1 GiB to go, at the rate data really moves.
+  let lastProgress = 0;
+  let copied = 0;
+  const total = runs.reduce((sum, run) => sum + Math.min(run.count * CLUSTER_SIZE, source.size - run.start * CLUSTER_SIZE), 0);
+  const written = await writeQcow2(
+    set.pathOf(disk.file),
+    {
+      virtualSize: source.size,
+      runs,
+      ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
+    },
+    chunks,
+    {
+      signal,
+      onProgress: () => {
+        copied = entry.written;
+        const now = Date.now();
+        if (now - lastProgress < PROGRESS_INTERVAL_MS) return;
+        lastProgress = now;
+        emit({ type: 'progress', target: disk.target, bytesDone: Math.min(copied, total), bytesTotal: total });
+      },
+    },
+  );
+  entry.written = entry.fileSize;
+  disk.dataBytes = written.dataBytes;
+  disk.written = { fileSize: written.fileSize, checksum: written.checksum };
+  emit({ type: 'progress', target: disk.target, bytesDone: total, bytesTotal: total });
+  emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
+}

@@ -1,0 +1,259 @@
+// Writes a backup file in one sequential pass: qcow2 metadata first (see
+// qcow2-layout), then the guest data of each stored cluster as it streams in
+// from the NBD export. The native FileWriter checksums every byte in memory on
+// its worker threads, so nothing is read back, and sends written ranges to the
+// disk while the copy runs.
+import { open, type FileHandle } from 'node:fs/promises';
+
+import type { ReadChunk } from '../../nbd/index.js';
+import { nativeAddon, type NativeFileWriter } from '../../libvirt/native.js';
+import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2Layout, type Qcow2LayoutInput } from './qcow2-layout.js';
+
+export interface Qcow2WriteResult {
+  fileSize: number;
+  /** `xxh128:...` of the whole file, as stored in the manifest. */
+  checksum: string;
+  /** Guest bytes that came from the export as data (not holes, not padding). */
+  dataBytes: number;
+}
+
+const ZEROES = Buffer.alloc(CLUSTER_SIZE * 16);
+const FLUSH_BYTES = 8 * 2 ** 20;
+const WRITES_IN_FLIGHT = 4;
+
+/**
+ * Writes `path` (which must not exist) holding the clusters `input.runs`, filled
+ * from `chunks`: data chunks in offset order covering (parts of) those runs;
+ * anything inside a run that no data chunk covers is written as zeroes. A chunk's
+ * `release()`, if it has one, is called once its bytes are written.
+ */
+export async function writeQcow2(
+  path: string,
+  input: Qcow2LayoutInput,
+  chunks: AsyncIterable<ReadChunk>,
+  options: { signal?: AbortSignal; onProgress?: (guestOffset: number) => void } = {},
+): Promise<Qcow2WriteResult> {
+  const layout = planQcow2(input);
+  // A backup file is a copy of a VM's disk: private whatever the umask.
+  const file = await open(path, 'wx', 0o600);
+  await file.chmod(0o600).catch(async (error: unknown) => {
+    await file.close();
+    throw error;
+  });
+  const writer = new (nativeAddon().FileWriter)(file.fd);
+  let written = 0;
+  let dataBytes = 0;
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  // Receive memory of the pending pieces, given back once their write has landed.
+  let pendingReleases: Array<() => void> = [];
+  // Positioned writes run a few at a time on the thread pool.
+  const inFlight: Array<Promise<unknown>> = [];
+  let issued = 0;
+  // Writes finish in any order, but a chunk split over two batches is released with the
+  // later one: releases wait for every earlier batch, or the earlier part of the chunk
+  // could still be on its way to the file when its memory is reused.
+  let earlierWritten: Promise<unknown> = Promise.resolve();
+  const flush = async () => {
+    if (pendingBytes === 0) return;
+    const pieces = pending;
+    const releases = pendingReleases;
+    const position = issued;
+    const length = pendingBytes;
+    issued += length;
+    pending = [];
+    pendingBytes = 0;
+    pendingReleases = [];
+    const written = writer.write(pieces, position).catch((error: NodeJS.ErrnoException) => {
+      throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${path}: ${error.message}`, { cause: error }), { code: error.code });
+    });
+    const done = Promise.all([written, earlierWritten]).then(() => {
+      for (const release of releases) release();
+    });
+    earlierWritten = done;
+    done.catch(() => undefined);
+    inFlight.push(done);
+    while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
+  };
+  const emit = async (bytes: Buffer) => {
+    pending.push(bytes);
+    pendingBytes += bytes.length;
+    written += bytes.length;
+    if (pendingBytes >= FLUSH_BYTES) await flush();
+  };
+  const zeroes = async (length: number) => {
+    for (let left = length; left > 0; left -= ZEROES.length) await emit(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
+  };
+  try {
+    for (const cluster of metadataClusters(layout)) await emit(cluster);
+
+    const runs: readonly ClusterRun[] = input.runs;
+    let runIndex = 0;
+    // Guest offset of the next byte to write inside the current run.
+    let cursor = runs.length > 0 ? runs[0]!.start * CLUSTER_SIZE : 0;
+    // Guest offset just past the last data byte written: data must not go back before it.
+    let dataEnd = 0;
+    const runEnd = () => (runs[runIndex]!.start + runs[runIndex]!.count) * CLUSTER_SIZE;
+    const finishRun = async () => {
+      await zeroes(runEnd() - cursor);
+      runIndex++;
+      cursor = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
+    };
+    for await (const chunk of chunks) {
+      options.signal?.throwIfAborted();
+      if (chunk.kind !== 'data') continue;
+      let offset = chunk.offset;
+      let data = chunk.data.subarray(0, chunk.length);
+      // Nothing of an empty chunk is written: its memory is free at once.
+      if (data.length === 0) chunk.release?.();
+      while (data.length > 0) {
+        while (runIndex < runs.length && offset >= runEnd()) await finishRun();
+        const runStart = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
+        if (offset < dataEnd) throw new Error(`data at guest offset ${offset} arrived out of order`);
+        if (offset < runStart) throw new Error(`data at guest offset ${offset} lies outside the planned clusters`);
+        await zeroes(offset - cursor);
+        const take = Math.min(data.length, runEnd() - offset);
+        // The chunk's memory stays ours until its release (if any) runs after the write.
+        if (take === data.length && chunk.release) pendingReleases.push(chunk.release);
+        await emit(data.subarray(0, take));
+        dataBytes += take;
+        offset += take;
+        cursor = offset;
+        dataEnd = offset;
+        data = data.subarray(take);
+      }
+      options.onProgress?.(offset);
+    }
+    while (runIndex < runs.length) await finishRun();
+    await flush();
+    while (inFlight.length > 0) await inFlight.shift();
+    if (written !== layout.fileSize) throw new Error(`wrote ${written} bytes, the layout needs ${layout.fileSize}`);
+    const checksum = `xxh128:${await writer.finish()}`;
+    return { fileSize: written, checksum, dataBytes };
+  } finally {
+    await Promise.allSettled(inFlight);
+    await file.close();
+  }
+}
+
+/**
+ * A qcow2 file with writeQcow2's layout whose guest data arrives in any order: for
+ * sources read in their own order rather than the guest's (a restore streams each
+ * chain file front to back). The metadata is written up front and the file sized to
+ * the layout; each data write then lands where the layout puts its guest offset.
+ * Bytes of a stored cluster that are never written read as zeroes (the file is sparse).
+ */
+export class Qcow2PositionedWriter {
+  readonly layout: Qcow2Layout;
+  readonly #writer: NativeFileWriter;
+  /** First guest cluster of each run, ascending, and the host cluster it lands in. */
+  readonly #runStart: Float64Array;
+  readonly #runEnd: Float64Array;
+  readonly #runHostCluster: Float64Array;
+
+  private constructor(layout: Qcow2Layout, writer: NativeFileWriter) {
+    this.layout = layout;
+    this.#writer = writer;
+    const runs = layout.input.runs;
+    this.#runStart = new Float64Array(runs.length);
+    this.#runEnd = new Float64Array(runs.length);
+    this.#runHostCluster = new Float64Array(runs.length);
+    let host = layout.dataOffset / CLUSTER_SIZE;
+    runs.forEach((run, index) => {
+      this.#runStart[index] = run.start;
+      this.#runEnd[index] = run.start + run.count;
+      this.#runHostCluster[index] = host;
+      host += run.count;
+    });
+  }
+
+  /** Sizes `file` (empty, opened for writing) for `input` and writes its metadata. */
+  static async create(file: FileHandle, input: Qcow2LayoutInput, options: { signal?: AbortSignal } = {}): Promise<Qcow2PositionedWriter> {
+    const layout = planQcow2(input);
+    await file.truncate(layout.fileSize);
+    const writer = new (nativeAddon().FileWriter)(file.fd);
+    const self = new Qcow2PositionedWriter(layout, writer);
+    const inFlight: Array<Promise<void>> = [];
+    let position = 0;
+    let pending: Buffer[] = [];
+    let pendingBytes = 0;
+    const flush = async () => {
+      if (pendingBytes === 0) return;
+      const write = writer.write(pending, position);
+      write.catch(() => undefined);
+      inFlight.push(write);
+      position += pendingBytes;
+      pending = [];
+      pendingBytes = 0;
+      while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
+    };
+    try {
+      for (const cluster of metadataClusters(layout)) {
+        options.signal?.throwIfAborted();
+        pending.push(cluster);
+        pendingBytes += cluster.length;
+        if (pendingBytes >= FLUSH_BYTES) await flush();
+      }
+      await flush();
+      while (inFlight.length > 0) await inFlight.shift();
+    } finally {
+      await Promise.allSettled(inFlight);
+    }
+    return self;
+  }
+
+  /**
+   * Writes guest bytes at `guestOffset`, which must lie in clusters the layout stores.
+   * The buffers must not change until the promise settles.
+   */
+  write(buffers: readonly Uint8Array[], guestOffset: number): Promise<void> {
+    try {
+      return this.#write(buffers, guestOffset);
+    } catch (error) {
+      return Promise.reject(error);
+    }
+  }
+
+  #write(buffers: readonly Uint8Array[], guestOffset: number): Promise<void> {
+    // Split at run ends first, so a range outside the layout fails before anything is written.
+    const segments: Array<{ pieces: Uint8Array[]; hostOffset: number }> = [];
+    let offset = guestOffset;
+    let room = 0; // bytes left in the current run
+    for (let buffer of buffers) {
+      while (buffer.length > 0) {
+        if (room === 0) {
+          const run = this.#runOf(offset);
+          const hostCluster = this.#runHostCluster[run]! + Math.floor(offset / CLUSTER_SIZE) - this.#runStart[run]!;
+          segments.push({ pieces: [], hostOffset: hostCluster * CLUSTER_SIZE + (offset % CLUSTER_SIZE) });
+          room = this.#runEnd[run]! * CLUSTER_SIZE - offset;
+        }
+        const take = Math.min(room, buffer.length);
+        segments.at(-1)!.pieces.push(take === buffer.length ? buffer : buffer.subarray(0, take));
+        buffer = buffer.subarray(take);
+        offset += take;
+        room -= take;
+      }
+    }
+    if (segments.length === 1) return this.#writer.write(segments[0]!.pieces, segments[0]!.hostOffset);
+    return Promise.all(segments.map(({ pieces, hostOffset }) => this.#writer.write(pieces, hostOffset))).then(() => undefined);
+  }
+
+  /** After every write has settled: waits for write-back and fsyncs. */
+  async finish(): Promise<{ fileSize: number }> {
+    await this.#writer.finish();
+    return { fileSize: this.layout.fileSize };
+  }
+
+  #runOf(guestOffset: number): number {
+    const cluster = Math.floor(guestOffset / CLUSTER_SIZE);
+    let low = 0;
+    let high = this.#runStart.length - 1;
+    while (low <= high) {
+      const middle = (low + high) >>> 1;
+      if (this.#runStart[middle]! <= cluster) low = middle + 1;
+      else high = middle - 1;
+    }
+    if (high < 0 || cluster >= this.#runEnd[high]!) throw new Error(`guest offset ${guestOffset} lies outside the clusters this image stores`);
+    return high;
+  }
+}

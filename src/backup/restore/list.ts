@@ -1,0 +1,83 @@
+import type { BackupSet } from '../set/backup-set.js';
+import type { BackupLevel, BackupTransport, DiskRecord } from '../set/manifest.js';
+import { formatBytes } from '../../common/format-bytes.js';
+
+/** What `list` shows of a disk: its record without the checksum and source format. */
+export type ListDisk = Pick<DiskRecord, 'target' | 'level' | 'file' | 'backingFile' | 'virtualSize' | 'fileSize' | 'dataBytes'>;
+
+export interface ListRow {
+  id: string;
+  level: BackupLevel;
+  transport: BackupTransport;
+  parent: string | null;
+  startedAt: string;
+  completedAt: string;
+  durationSeconds: number;
+  checkpoint: string | null;
+  mergedFrom: string[];
+  disks: ListDisk[];
+  /** Sum over disks of the files' sizes. */
+  fileSize: number;
+  /** Sum over disks of the data each backup copied. */
+  dataBytes: number;
+}
+
+export interface ListResult {
+  domain: { name: string; uuid: string };
+  dir: string;
+  backups: ListRow[];
+}
+
+export function listBackups(set: BackupSet): ListResult {
+  return {
+    domain: { name: set.domain.name, uuid: set.domain.uuid },
+    dir: set.dir,
+    backups: set.backups.map((backup) => ({
+      id: backup.id,
+      level: backup.level,
+      transport: backup.transport,
+      parent: backup.parent,
+      startedAt: backup.startedAt,
+      completedAt: backup.completedAt,
+      durationSeconds: Math.max(0, (Date.parse(backup.completedAt) - Date.parse(backup.startedAt)) / 1000),
+      checkpoint: backup.checkpoint,
+      mergedFrom: backup.mergedFrom ?? [],
+      disks: backup.disks.map(({ target, level, file, backingFile, virtualSize, fileSize, dataBytes }) => ({ target, level, file, backingFile, virtualSize, fileSize, dataBytes })),
+      fileSize: backup.disks.reduce((sum, disk) => sum + disk.fileSize, 0),
+      dataBytes: backup.disks.reduce((sum, disk) => sum + disk.dataBytes, 0),
+    })),
+  };
+}
+
+/** Stable JSON for scripts (`list --json`). */
+export function formatListJson(result: ListResult): string {
+  return `${JSON.stringify(result, null, 2)}\n`;
+}
+
+/** `1.5 GiB`: binary units, because disk sizes are powers of two. */
+
+/** A plain-text table, one backup per line, for terminals. */
+export function formatListTable(result: ListResult): string {
+  const header = ['ID', 'LEVEL', 'PARENT', 'COMPLETED', 'CHECKPOINT', 'DISKS', 'DATA', 'SIZE'];
+  const rows = result.backups.map((row) => [
+    row.id,
+    row.mergedFrom.length > 0 ? `${row.level}*` : row.level,
+    row.parent ?? '-',
+    row.completedAt.replace(/\.\d+/, ''),
+    row.checkpoint ?? '-',
+    row.disks.map((disk) => (disk.level === row.level ? disk.target : `${disk.target}(${disk.level})`)).join(','),
+    formatBytes(row.dataBytes),
+    formatBytes(row.fileSize),
+  ]);
+  const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
+  const rightAligned = new Set([6, 7]);
+  const line = (cells: string[]): string =>
+    cells
+      .map((cell, column) => (rightAligned.has(column) ? cell.padStart(widths[column]!) : cell.padEnd(widths[column]!)))
+      .join('  ')
+      .trimEnd();
+  const lines = [`${result.domain.name} (${result.domain.uuid}) in ${result.dir}`, line(header), ...rows.map(line)];
+  if (result.backups.length === 0) lines.push('(no backups)');
+  if (result.backups.some((row) => row.mergedFrom.length > 0)) lines.push('* holds data merged from pruned backups');
+  return `${lines.join('\n')}\n`;
+}

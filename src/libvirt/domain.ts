@@ -1,0 +1,238 @@
+import { Checkpoint } from './checkpoint.js';
+import type { Connection } from './connection.js';
+import { DomainState, JobStatsFlags, JobType, QemuMonitorCommandFlags } from './constants.js';
+import { JobFailedError, toJobStats, type JobInfo, type JobStats } from './jobs.js';
+import type { NativeDomain } from './native.js';
+import { buildBackupXml, buildCheckpointXml, parseBackupXml, type BackupSpec, type CheckpointSpec } from '../xml/index.js';
+
+export interface WaitForJobOptions {
+  /** Stop waiting (the job itself goes on; call `abortJob()` to end it). */
+  signal?: AbortSignal;
+  /** Reject with a `TimeoutError` after this long (the job goes on). */
+  timeoutMs?: number;
+}
+
+export interface DomainStateInfo {
+  state: DomainState;
+  /** One of the `Domain*Reason` enums matching `state`. */
+  reason: number;
+}
+
+export interface QemuMonitorCommandOptions {
+  /** Send a human monitor (HMP) command instead of QMP JSON. */
+  hmp?: boolean;
+  /** Raw `QemuMonitorCommandFlags`. */
+  flags?: number;
+}
+
+/** A libvirt domain (virtual machine), obtained from a `Connection`. */
+export class Domain {
+  readonly connection: Connection;
+  readonly #native: NativeDomain;
+
+  /** @internal Domains come from a Connection. */
+  constructor(connection: Connection, native: NativeDomain) {
+    this.connection = connection;
+    this.#native = native;
+  }
+
+  /** The domain's name (known locally, no daemon round trip). */
+  get name(): string {
+    return this.#native.getName();
+  }
+
+  /** The domain's UUID as a string (known locally). */
+  get uuid(): string {
+    return this.#native.getUUIDString();
+  }
+
+  /** The hypervisor ID while running, `null` when shut off. */
+  async getId(): Promise<number | null> {
+    return this.#native.getId();
+  }
+
+  /** The domain XML; `DomainXMLFlags` select inactive/secure/migratable forms. */
+  async getXMLDesc(flags = 0): Promise<string> {
+    return this.#native.getXMLDesc(flags);
+  }
+
+  async getState(): Promise<DomainStateInfo> {
+    const { state, reason } = await this.#native.getState();
+    return { state: state as DomainState, reason };
+  }
+
+  async isActive(): Promise<boolean> {
+    return this.#native.isActive();
+  }
+
+  async isPersistent(): Promise<boolean> {
+    return this.#native.isPersistent();
+  }
+
+  /** Starts a defined domain (`virDomainCreateWithFlags`). */
+  async start(flags = 0): Promise<void> {
+    return this.#native.start(flags);
+  }
+
+  /** Asks the guest to shut down; returns before it has. */
+  async shutdown(flags = 0): Promise<void> {
+    return this.#native.shutdown(flags);
+  }
+
+  /** Stops the domain at once, like pulling the plug. */
+  async destroy(flags = 0): Promise<void> {
+    return this.#native.destroy(flags);
+  }
+
+  /** Removes a persistent domain's definition (`UndefineFlags`). */
+  async undefine(flags = 0): Promise<void> {
+    return this.#native.undefine(flags);
+  }
+
+  /**
+   * Sends a command straight to QEMU's monitor (libvirt-qemu). Unsupported by
+   * libvirt's policy: meant for tests and debugging, e.g. `qemu-io` writes.
+   */
+  async qemuMonitorCommand(command: string, options: QemuMonitorCommandOptions = {}): Promise<string> {
+    const flags = (options.flags ?? 0) | (options.hmp === true ? QemuMonitorCommandFlags.HMP : 0);
+    return this.#native.qemuMonitorCommand(command, flags);
+  }
+
+  /**
+   * Creates a checkpoint from XML or from a typed spec (validated and built by
+   * `libvirt-backup/xml` for the daemon's libvirt version). Flags:
+   * `CheckpointCreateFlags.REDEFINE`, `QUIESCE`, `REDEFINE_VALIDATE`.
+   */
+  async createCheckpoint(checkpoint: string | CheckpointSpec, flags = 0): Promise<Checkpoint> {
+    const xml = await this.#checkpointXml(checkpoint);
+    return new Checkpoint(this, await this.#native.createCheckpoint(xml, flags));
+  }
+
+  /** `CheckpointListFlags.ROOTS`, `TOPOLOGICAL`, `LEAVES`, `NO_LEAVES`. */
+  async listAllCheckpoints(flags = 0): Promise<Checkpoint[]> {
+    const list = await this.#native.listAllCheckpoints(flags);
+    return list.map((native) => new Checkpoint(this, native));
+  }
+
+  /** Rejects with `VIR_ERR_NO_DOMAIN_CHECKPOINT` when there is none. */
+  async lookupCheckpointByName(name: string): Promise<Checkpoint> {
+    return new Checkpoint(this, await this.#native.lookupCheckpointByName(name));
+  }
+
+  /**
+   * Starts a push or pull backup job; with `checkpoint`, libvirt creates that
+   * checkpoint atomically with the start of the backup. Both accept XML or typed
+   * specs. Flags: `BackupBeginFlags.REUSE_EXTERNAL`.
+   */
+  async backupBegin(backup: string | BackupSpec, checkpoint?: string | CheckpointSpec | null, flags = 0): Promise<void> {
+    const backupXml =
+      typeof backup === 'string' ? backup : buildBackupXml(backup, { libvirtVersion: await this.connection.getLibVersion() });
+    const checkpointXml = checkpoint === undefined || checkpoint === null ? null : await this.#checkpointXml(checkpoint);
+    return this.#native.backupBegin(backupXml, checkpointXml, flags);
+  }
+
+  /** The running backup job's XML, with what libvirt filled in (export names, scratch files). */
+  async backupGetXMLDesc(flags = 0): Promise<string> {
+    return this.#native.backupGetXMLDesc(flags);
+  }
+
+  /** `backupGetXMLDesc()` parsed into a typed spec. */
+  async backupGetSpec(): Promise<BackupSpec> {
+    return parseBackupXml(await this.#native.backupGetXMLDesc(0));
+  }
+
+  /** Aborts the running job; this is also how a pull backup is ended. */
+  async abortJob(): Promise<void> {
+    return this.#native.abortJob();
+  }
+
+  async getJobInfo(): Promise<JobInfo> {
+    const info = await this.#native.getJobInfo();
+    return { ...info, type: info.type as JobType };
+  }
+
+  /** Current job statistics, or the last completed job's (`JobStatsFlags.COMPLETED`, `KEEP_COMPLETED`). */
+  async getJobStats(flags = 0): Promise<JobStats> {
+    const { type, params } = await this.#native.getJobStats(flags);
+    return toJobStats(params, type);
+  }
+
+  /**
+   * Waits until this domain's current job ends, through the `job-completed`
+   * event (no polling). Resolves with its final statistics; rejects with a
+   * `JobFailedError` carrying libvirt's message when the job failed or was
+   * aborted. A job that already ended is answered from its completed stats.
+   * Call it after the job started (e.g. after `backupBegin()` resolved).
+   *
+   * A pull backup ends by `abortJob()`, which libvirt reports as a success.
+   * libvirt releases push-backup targets only after this event: the
+   * `block-job` event for each disk tells when a target file is complete.
+   */
+  async waitForJob(options: WaitForJobOptions = {}): Promise<JobStats> {
+    const { signal, timeoutMs } = options;
+    signal?.throwIfAborted();
+    const connection = this.connection;
+    return new Promise<JobStats>((resolve, reject) => {
+      let settled = false;
+      let timer: NodeJS.Timeout | undefined;
+      const finish = (outcome: { stats: JobStats } | { error: unknown }) => {
+        if (settled) return;
+        settled = true;
+        connection.off('job-completed', onCompleted);
+        if (timer) clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        if ('stats' in outcome) resolve(outcome.stats);
+        else reject(outcome.error);
+      };
+      const settle = (stats: JobStats) => {
+        const failed =
+          stats.success === false || stats.type === JobType.FAILED || stats.type === JobType.CANCELLED;
+        finish(failed ? { error: new JobFailedError(this.name, stats) } : { stats });
+      };
+      const onCompleted = (domain: Domain, stats: JobStats) => {
+        if (domain.uuid === this.uuid) settle(stats);
+      };
+      const onAbort = () => finish({ error: signal!.reason });
+      connection.on('job-completed', onCompleted);
+      signal?.addEventListener('abort', onAbort, { once: true });
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => {
+          const error = new Error(`timed out after ${timeoutMs} ms waiting for the job on domain ${this.name}`);
+          error.name = 'TimeoutError';
+          finish({ error });
+        }, timeoutMs);
+      }
+      // The job may have ended before our listener was in place: ask libvirt.
+      // Its job queries fail transiently while a job is starting or ending
+      // ("backup job data missing"), so a failed query is retried; the event
+      // stays the authoritative answer.
+      const checkEnded = async (attempt: number): Promise<void> => {
+        try {
+          const current = await this.getJobInfo();
+          if (settled || current.type !== JobType.NONE) return;
+          const completed = await this.getJobStats(JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED);
+          if (settled) return;
+          if (completed.type === JobType.NONE) {
+            finish({ error: new Error(`no job is running on domain ${this.name}, and none has completed`) });
+          } else {
+            settle(completed);
+          }
+        } catch (error) {
+          if (settled) return;
+          if (attempt >= 5) return finish({ error });
+          await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
+          if (!settled) await checkEnded(attempt + 1);
+        }
+      };
+      connection
+        .eventsReady('job-completed')
+        .then(() => (settled ? undefined : checkEnded(1)))
+        .catch((error: unknown) => finish({ error }));
+    });
+  }
+
+  async #checkpointXml(checkpoint: string | CheckpointSpec): Promise<string> {
+    if (typeof checkpoint === 'string') return checkpoint;
+    return buildCheckpointXml(checkpoint, { libvirtVersion: await this.connection.getLibVersion() });
+  }
+}

@@ -1,0 +1,282 @@
+// Loads the C++ addon and declares what it exports. Everything else in src/ goes
+// through these declarations; src/xml and src/nbd never import this file.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+
+import { LibvirtError } from './errors.js';
+
+export interface NativeConnection {
+  close(): Promise<void>;
+  isClosed(): boolean;
+  getLibVersion(): Promise<number>;
+  getVersion(): Promise<number>;
+  getHostname(): Promise<string>;
+  getURI(): Promise<string>;
+  getCapabilities(): Promise<string>;
+  getDomainCapabilities(
+    emulatorbin: string | null,
+    arch: string | null,
+    machine: string | null,
+    virttype: string | null,
+    flags: number,
+  ): Promise<string>;
+  isAlive(): Promise<boolean>;
+  listAllDomains(flags: number): Promise<NativeDomain[]>;
+  lookupDomainByName(name: string): Promise<NativeDomain>;
+  lookupDomainByUUID(uuid: string): Promise<NativeDomain>;
+  defineDomain(xml: string, flags: number): Promise<NativeDomain>;
+  createDomain(xml: string, flags: number): Promise<NativeDomain>;
+  /**
+   * Once per connection, before any registration: every event of every kind
+   * registered on this connection reaches `handler`, in the order libvirt
+   * dispatched them (one channel per connection).
+   */
+  setEventHandler(handler: (event: NativeEvent) => void): void;
+  /** Resolves with libvirt's callback id. */
+  registerDomainEvent(eventId: number): Promise<number>;
+  deregisterDomainEvent(callbackId: number): Promise<void>;
+  registerCloseCallback(): Promise<void>;
+  unregisterCloseCallback(): Promise<void>;
+  /** Resolves false when libvirt says keepalive does not apply (virConnectSetKeepAlive returned 1). */
+  setKeepAlive(intervalSeconds: number, count: number): Promise<boolean>;
+}
+
+export type TypedParameterValue = number | bigint | boolean | string | Array<number | bigint | boolean | string>;
+export type TypedParameters = Record<string, TypedParameterValue>;
+
+/** One event from a connection's channel, by kind. */
+export type NativeEvent =
+  | { kind: 'lifecycle'; domain: NativeDomain; event: number; detail: number }
+  | { kind: 'block-job'; domain: NativeDomain; disk: string; type: number; status: number }
+  | { kind: 'job-completed'; domain: NativeDomain; params: TypedParameters }
+  | { kind: 'reboot'; domain: NativeDomain }
+  | { kind: 'close'; reason: number };
+
+export interface NativeJobInfo {
+  type: number;
+  timeElapsed: number;
+  timeRemaining: number;
+  dataTotal: number;
+  dataProcessed: number;
+  dataRemaining: number;
+  memTotal: number;
+  memProcessed: number;
+  memRemaining: number;
+  fileTotal: number;
+  fileProcessed: number;
+  fileRemaining: number;
+}
+
+export interface NativeCheckpoint {
+  getName(): string;
+  getDomain(): NativeDomain;
+  getXMLDesc(flags: number): Promise<string>;
+  getParent(): Promise<NativeCheckpoint | null>;
+  listAllChildren(flags: number): Promise<NativeCheckpoint[]>;
+  delete(flags: number): Promise<void>;
+}
+
+export interface NativeDomain {
+  getName(): string;
+  getUUIDString(): string;
+  getId(): Promise<number | null>;
+  getXMLDesc(flags: number): Promise<string>;
+  getState(): Promise<{ state: number; reason: number }>;
+  isActive(): Promise<boolean>;
+  isPersistent(): Promise<boolean>;
+  start(flags: number): Promise<void>;
+  shutdown(flags: number): Promise<void>;
+  destroy(flags: number): Promise<void>;
+  undefine(flags: number): Promise<void>;
+  qemuMonitorCommand(command: string, flags: number): Promise<string>;
+  createCheckpoint(xml: string, flags: number): Promise<NativeCheckpoint>;
+  listAllCheckpoints(flags: number): Promise<NativeCheckpoint[]>;
+  lookupCheckpointByName(name: string): Promise<NativeCheckpoint>;
+  backupBegin(backupXml: string, checkpointXml: string | null, flags: number): Promise<void>;
+  backupGetXMLDesc(flags: number): Promise<string>;
+  abortJob(): Promise<void>;
+  getJobInfo(): Promise<NativeJobInfo>;
+  getJobStats(flags: number): Promise<{ type: number; params: TypedParameters }>;
+}
+
+export interface NativeAddon {
+  open(uri: string | null, flags: number): Promise<NativeConnection>;
+  setErrorClass(errorClass: typeof LibvirtError): void;
+  getLibraryVersion(): number;
+  getCallTuning(): NativeCallTuning;
+  /** Unset fields keep their value; returns the settings now in force. */
+  setCallTuning(tuning: Partial<NativeCallTuning>): NativeCallTuning;
+  /** Test hook: JS -> libvirt typed parameters -> JS. Values may be `{ type, value }`. */
+  typedParamsRoundTrip(params: Record<string, unknown>): TypedParameters;
+  Connection: abstract new () => NativeConnection;
+  Domain: abstract new () => NativeDomain;
+  Checkpoint: abstract new () => NativeCheckpoint;
+  /** XXH3-128 of the bytes passed to `update()`, in order; `digest()` once, as `xxhsum -H2` prints it. */
+  Xxh128: new () => NativeXxh128;
+  /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
+  FileWriter: new (fd: number) => NativeFileWriter;
+  /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
+  tryLockFile(fd: number): boolean;
+  /** Test hook: the call dispatcher's policy (binding/call_policy.h) on a clock the caller sets. */
+  CallPolicyProbe: new () => NativeCallPolicyProbe;
+}
+
+/** What the dispatcher's threads should do about a call: start it, look again at `at`, or nothing yet. */
+export type NativeCallWake = { wake: 'now' } | { wake: 'at'; at: number } | { wake: 'none' };
+
+/** Calls and lanes are numbers (lane 0: none); times are microseconds on the probe's own clock. */
+export interface NativeCallPolicyProbe {
+  enqueue(call: number, lane: number, now: number): NativeCallWake;
+  /** The call to start now, if any; `nextReady` is when a full lane frees a slot. */
+  take(now: number): ({ call: number; lane: number; runId: number; next: NativeCallWake } | { call: null }) & {
+    nextReady: number | null;
+  };
+  finished(lane: number, runId: number, now: number): void;
+  queued(): number;
+}
+
+export interface NativeCallTuning {
+  maxThreads: number;
+  busyPollMicroseconds: number;
+}
+
+export interface NativeFileWriter {
+  /** pwritev of `buffers` at `position`; they must not change until the promise settles. */
+  write(buffers: readonly Uint8Array[], position: number): Promise<void>;
+  /** After every write settled: waits for write-back, fsyncs, resolves with the XXH3-128 (32 hex digits). */
+  finish(): Promise<string>;
+}
+
+export interface NativeXxh128 {
+  update(bytes: Uint8Array): void;
+  digest(): string;
+}
+
+/**
+ * Testing aid: a path to a `.node` file to load instead of the addon
+ * node-gyp-build finds (e.g. the sanitizer build, `npm run test:asan`).
+ */
+export const ADDON_PATH_VARIABLE = 'LIBVIRT_BACKUP_ADDON_PATH';
+
+function loadAddon(): NativeAddon {
+  const require = createRequire(import.meta.url);
+  const override = process.env[ADDON_PATH_VARIABLE];
+  if (override !== undefined && override !== '') {
+    try {
+      return require(override) as NativeAddon;
+    } catch (cause) {
+      throw new Error(`libvirt-backup: cannot load the addon named by ${ADDON_PATH_VARIABLE} (${override})`, { cause });
+    }
+  }
+  const nodeGypBuild = require('node-gyp-build') as (dir: string) => unknown;
+  const packageRoot = fileURLToPath(new URL('../..', import.meta.url));
+  try {
+    return nodeGypBuild(packageRoot) as NativeAddon;
+  } catch (cause) {
+    throw new Error(
+      'libvirt-backup: the native addon is not available for this platform and was not built. ' +
+        'Install libvirt development files and a compiler (Debian: apt-get install libvirt-dev pkg-config g++ make python3) ' +
+        'and run `npm rebuild libvirt-backup`.',
+      { cause },
+    );
+  }
+}
+
+let loaded: NativeAddon | undefined;
+
+/**
+ * The addon, loaded on first use: `list` never needs it, and commands that only
+ * checksum files load it (and libvirt with it) only when they do.
+ */
+export function nativeAddon(): NativeAddon {
+  if (loaded === undefined) {
+    loaded = loadAddon();
+    loaded.setErrorClass(LibvirtError);
+  }
+  return loaded;
+}
+
+/**
+ * Every export of the addon and every method on its classes' prototypes, as
+ * declared above. `satisfies` makes each list name exactly the declared members,
+ * and test/native-surface.test.ts compares the lists with what the loaded addon
+ * really has, so the declarations and the addon cannot drift apart.
+ */
+export const NATIVE_SURFACE = {
+  exports: {
+    open: true,
+    setErrorClass: true,
+    getLibraryVersion: true,
+    getCallTuning: true,
+    setCallTuning: true,
+    typedParamsRoundTrip: true,
+    Connection: true,
+    Domain: true,
+    Checkpoint: true,
+    Xxh128: true,
+    FileWriter: true,
+    tryLockFile: true,
+    CallPolicyProbe: true,
+  } satisfies Record<keyof NativeAddon, true>,
+  Connection: {
+    close: true,
+    isClosed: true,
+    getLibVersion: true,
+    getVersion: true,
+    getHostname: true,
+    getURI: true,
+    getCapabilities: true,
+    getDomainCapabilities: true,
+    isAlive: true,
+    listAllDomains: true,
+    lookupDomainByName: true,
+    lookupDomainByUUID: true,
+    defineDomain: true,
+    createDomain: true,
+    setEventHandler: true,
+    registerDomainEvent: true,
+    deregisterDomainEvent: true,
+    registerCloseCallback: true,
+    unregisterCloseCallback: true,
+    setKeepAlive: true,
+  } satisfies Record<keyof NativeConnection, true>,
+  Domain: {
+    getName: true,
+    getUUIDString: true,
+    getId: true,
+    getXMLDesc: true,
+    getState: true,
+    isActive: true,
+    isPersistent: true,
+    start: true,
+    shutdown: true,
+    destroy: true,
+    undefine: true,
+    qemuMonitorCommand: true,
+    createCheckpoint: true,
+    listAllCheckpoints: true,
+    lookupCheckpointByName: true,
+    backupBegin: true,
+    backupGetXMLDesc: true,
+    abortJob: true,
+    getJobInfo: true,
+    getJobStats: true,
+  } satisfies Record<keyof NativeDomain, true>,
+  Checkpoint: {
+    getName: true,
+    getDomain: true,
+    getXMLDesc: true,
+    getParent: true,
+    listAllChildren: true,
+    delete: true,
+  } satisfies Record<keyof NativeCheckpoint, true>,
+  Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
+  FileWriter: { write: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
+  CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<
+    keyof NativeCallPolicyProbe,
+    true
+  >,
+};
+
+/** The classes the addon exports, by name. */
+export type NativeClassName = Exclude<keyof typeof NATIVE_SURFACE, 'exports'>;
