@@ -2,8 +2,8 @@
 
 #include <dlfcn.h>
 #include <fcntl.h>
-#include <pthread.h>
 #include <libvirt/libvirt.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/timerfd.h>
@@ -49,9 +49,9 @@ int FromEpoll(uint32_t events) {
 }
 
 struct Handle {
-  int fd = -1;         // libvirt's descriptor, passed back to the callback
-  int epollFd = -1;    // our duplicate of it, the one registered with epoll
-  int events = 0;      // VIR_EVENT_HANDLE_* libvirt currently wants
+  int fd = -1;       // libvirt's descriptor, passed back to the callback
+  int epollFd = -1;  // our duplicate of it, the one registered with epoll
+  int events = 0;    // VIR_EVENT_HANDLE_* libvirt currently wants
   bool registered = false;
   bool alwaysReady = false;  // a descriptor epoll cannot watch (a regular file)
   bool deleted = false;

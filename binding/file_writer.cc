@@ -44,8 +44,8 @@ struct WriterState {
   std::mutex hashMutex;
   std::condition_variable hashTurn;
   Xxh128State hash;
-  uint64_t nextToHash = 0;  // sequence number of the write whose bytes are hashed next
-  uint64_t issued = 0;      // sequence numbers handed out (JS thread only)
+  uint64_t nextToHash = 0;      // sequence number of the write whose bytes are hashed next
+  uint64_t issued = 0;          // sequence numbers handed out (JS thread only)
   uint64_t writesInFlight = 0;  // JS thread only
   bool digested = false;        // JS thread only
 
@@ -134,8 +134,8 @@ class WriterWorker : public Napi::AsyncWorker {
 
 class WriteWorker final : public WriterWorker {
  public:
-  WriteWorker(Napi::Env env, Napi::Object owner, StatePtr state, off64_t position, std::vector<Napi::ObjectReference> held,
-              std::vector<iovec> pieces)
+  WriteWorker(Napi::Env env, Napi::Object owner, StatePtr state, off64_t position,
+              std::vector<Napi::ObjectReference> held, std::vector<iovec> pieces)
       : WriterWorker(env, owner, "FileWriter.write", std::move(state)),
         position_(position),
         held_(std::move(held)),
@@ -226,7 +226,8 @@ class WriteWorker final : public WriterWorker {
 
 class FinishWorker final : public WriterWorker {
  public:
-  FinishWorker(Napi::Env env, Napi::Object owner, StatePtr state) : WriterWorker(env, owner, "FileWriter.finish", std::move(state)) {}
+  FinishWorker(Napi::Env env, Napi::Object owner, StatePtr state)
+      : WriterWorker(env, owner, "FileWriter.finish", std::move(state)) {}
 
  protected:
   void Execute() override {
@@ -280,16 +281,19 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
   Napi::Value Write(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
     if (state_->digested) throw Napi::Error::New(env, "FileWriter: write() after finish()");
-    if (info.Length() < 1 || !info[0].IsArray()) ThrowTypeError(env, "The \"buffers\" argument must be an array of Uint8Arrays");
+    if (info.Length() < 1 || !info[0].IsArray())
+      ThrowTypeError(env, "The \"buffers\" argument must be an array of Uint8Arrays");
     if (info.Length() < 2 || !info[1].IsNumber()) ThrowTypeError(env, "The \"position\" argument must be a number");
     double position = info[1].As<Napi::Number>().DoubleValue();
-    if (!(position >= 0) || position > 9007199254740991.0 || position != static_cast<double>(static_cast<int64_t>(position))) {
+    if (!(position >= 0) || position > 9007199254740991.0 ||
+        position != static_cast<double>(static_cast<int64_t>(position))) {
       ThrowTypeError(env, "The \"position\" argument must be a non-negative integer");
     }
     auto buffers = info[0].As<Napi::Array>();
     // Checked before a sequence number is taken: a refused call must leave no gap in the order.
     for (uint32_t i = 0; i < buffers.Length(); i++) {
-      if (!buffers.Get(i).IsTypedArray()) ThrowTypeError(env, "The \"buffers\" argument must be an array of Uint8Arrays");
+      if (!buffers.Get(i).IsTypedArray())
+        ThrowTypeError(env, "The \"buffers\" argument must be an array of Uint8Arrays");
     }
     std::vector<Napi::ObjectReference> held;
     std::vector<iovec> pieces;
@@ -300,8 +304,8 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
       held.push_back(Napi::Persistent(array.As<Napi::Object>()));
       if (array.ByteLength() > 0) pieces.push_back({data, array.ByteLength()});
     }
-    auto* worker = new WriteWorker(env, info.This().As<Napi::Object>(), state_, static_cast<off64_t>(position), std::move(held),
-                                   std::move(pieces));
+    auto* worker = new WriteWorker(env, info.This().As<Napi::Object>(), state_, static_cast<off64_t>(position),
+                                   std::move(held), std::move(pieces));
     Napi::Promise promise = worker->Promise();
     worker->Queue();
     return promise;
@@ -311,7 +315,8 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
   // fsyncs, and resolves with the XXH3-128 of all bytes written (32 hex digits).
   Napi::Value Finish(const Napi::CallbackInfo& info) {
     if (state_->digested) throw Napi::Error::New(info.Env(), "FileWriter: finish() called twice");
-    if (state_->writesInFlight > 0) throw Napi::Error::New(info.Env(), "FileWriter: finish() while writes are in flight");
+    if (state_->writesInFlight > 0)
+      throw Napi::Error::New(info.Env(), "FileWriter: finish() while writes are in flight");
     state_->digested = true;
     auto* worker = new FinishWorker(info.Env(), info.This().As<Napi::Object>(), state_);
     Napi::Promise promise = worker->Promise();
@@ -326,10 +331,11 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
 }  // namespace
 
 Napi::Function InitFileWriter(Napi::Env env) {
-  return DefineCheckedClass<FileWriterWrap>(env, {
-      MethodProperty<FileWriterWrap, &FileWriterWrap::Write>(env, "write"),
-      MethodProperty<FileWriterWrap, &FileWriterWrap::Finish>(env, "finish"),
-  });
+  return DefineCheckedClass<FileWriterWrap>(env,
+                                            {
+                                                MethodProperty<FileWriterWrap, &FileWriterWrap::Write>(env, "write"),
+                                                MethodProperty<FileWriterWrap, &FileWriterWrap::Finish>(env, "finish"),
+                                            });
 }
 
 }  // namespace lvb

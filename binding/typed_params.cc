@@ -15,14 +15,29 @@ TypedParams CopyTypedParams(const virTypedParameter* params, int count) {
     param.field = p.field;
     param.type = p.type;
     switch (p.type) {
-      case VIR_TYPED_PARAM_INT: param.value = p.value.i; break;
-      case VIR_TYPED_PARAM_UINT: param.value = p.value.ui; break;
-      case VIR_TYPED_PARAM_LLONG: param.value = p.value.l; break;
-      case VIR_TYPED_PARAM_ULLONG: param.value = p.value.ul; break;
-      case VIR_TYPED_PARAM_DOUBLE: param.value = p.value.d; break;
-      case VIR_TYPED_PARAM_BOOLEAN: param.value = p.value.b != 0; break;
-      case VIR_TYPED_PARAM_STRING: param.value = std::string(p.value.s != nullptr ? p.value.s : ""); break;
-      default: continue;  // a type newer than this build: skipped rather than misread
+      case VIR_TYPED_PARAM_INT:
+        param.value = p.value.i;
+        break;
+      case VIR_TYPED_PARAM_UINT:
+        param.value = p.value.ui;
+        break;
+      case VIR_TYPED_PARAM_LLONG:
+        param.value = p.value.l;
+        break;
+      case VIR_TYPED_PARAM_ULLONG:
+        param.value = p.value.ul;
+        break;
+      case VIR_TYPED_PARAM_DOUBLE:
+        param.value = p.value.d;
+        break;
+      case VIR_TYPED_PARAM_BOOLEAN:
+        param.value = p.value.b != 0;
+        break;
+      case VIR_TYPED_PARAM_STRING:
+        param.value = std::string(p.value.s != nullptr ? p.value.s : "");
+        break;
+      default:
+        continue;  // a type newer than this build: skipped rather than misread
     }
     out.push_back(std::move(param));
   }
@@ -42,7 +57,8 @@ Napi::Value ParamValue(Napi::Env env, const TypedParam& param) {
         } else if constexpr (std::is_same_v<T, std::string>) {
           return Napi::String::New(env, v);
         } else if constexpr (std::is_same_v<T, long long>) {
-          if (std::fabs(static_cast<double>(v)) <= kMaxSafeInteger) return Napi::Number::New(env, static_cast<double>(v));
+          if (std::fabs(static_cast<double>(v)) <= kMaxSafeInteger)
+            return Napi::Number::New(env, static_cast<double>(v));
           return Napi::BigInt::New(env, static_cast<int64_t>(v));
         } else if constexpr (std::is_same_v<T, unsigned long long>) {
           if (static_cast<double>(v) <= kMaxSafeInteger) return Napi::Number::New(env, static_cast<double>(v));
@@ -91,14 +107,20 @@ TypedParam ParamFromJS(Napi::Env env, const std::string& field, Napi::Value valu
     ThrowTypeError(env, "typed parameter \"" + field + "\" must be " + expected);
   };
   if (type == 0) {
-    if (value.IsString()) type = VIR_TYPED_PARAM_STRING;
-    else if (value.IsBoolean()) type = VIR_TYPED_PARAM_BOOLEAN;
-    else if (value.IsBigInt()) type = VIR_TYPED_PARAM_ULLONG;
+    if (value.IsString())
+      type = VIR_TYPED_PARAM_STRING;
+    else if (value.IsBoolean())
+      type = VIR_TYPED_PARAM_BOOLEAN;
+    else if (value.IsBigInt())
+      type = VIR_TYPED_PARAM_ULLONG;
     else if (value.IsNumber()) {
       double d = value.As<Napi::Number>().DoubleValue();
-      if (std::floor(d) == d && std::fabs(d) <= kMaxSafeInteger) type = d >= 0 ? VIR_TYPED_PARAM_ULLONG : VIR_TYPED_PARAM_LLONG;
-      else type = VIR_TYPED_PARAM_DOUBLE;
-    } else fail("a string, boolean, number or bigint");
+      if (std::floor(d) == d && std::fabs(d) <= kMaxSafeInteger)
+        type = d >= 0 ? VIR_TYPED_PARAM_ULLONG : VIR_TYPED_PARAM_LLONG;
+      else
+        type = VIR_TYPED_PARAM_DOUBLE;
+    } else
+      fail("a string, boolean, number or bigint");
   }
   param.type = type;
   auto integer = [&](double min, double max) -> double {
@@ -116,8 +138,12 @@ TypedParam ParamFromJS(Napi::Env env, const std::string& field, Napi::Value valu
     return d;
   };
   switch (type) {
-    case VIR_TYPED_PARAM_INT: param.value = static_cast<int>(integer(-2147483648.0, 2147483647.0)); break;
-    case VIR_TYPED_PARAM_UINT: param.value = static_cast<unsigned int>(integer(0, 4294967295.0)); break;
+    case VIR_TYPED_PARAM_INT:
+      param.value = static_cast<int>(integer(-2147483648.0, 2147483647.0));
+      break;
+    case VIR_TYPED_PARAM_UINT:
+      param.value = static_cast<unsigned int>(integer(0, 4294967295.0));
+      break;
     case VIR_TYPED_PARAM_LLONG:
       if (value.IsBigInt()) {
         bool lossless = false;
@@ -148,7 +174,8 @@ TypedParam ParamFromJS(Napi::Env env, const std::string& field, Napi::Value valu
       if (!value.IsString()) fail("a string");
       param.value = value.As<Napi::String>().Utf8Value();
       break;
-    default: fail("of a known type (1-7)");
+    default:
+      fail("of a known type (1-7)");
   }
   return param;
 }
@@ -165,7 +192,8 @@ TypedParams TypedParamsFromJS(Napi::Env env, Napi::Object object) {
       if (v.IsObject() && !v.IsArray()) {
         Napi::Object typed = v.As<Napi::Object>();
         Napi::Value type = typed.Get("type");
-        if (!type.IsNumber()) ThrowTypeError(env, "typed parameter \"" + field + "\": type must be a TypedParameterType");
+        if (!type.IsNumber())
+          ThrowTypeError(env, "typed parameter \"" + field + "\": type must be a TypedParameterType");
         out.push_back(ParamFromJS(env, field, typed.Get("value"), type.As<Napi::Number>().Int32Value()));
       } else {
         out.push_back(ParamFromJS(env, field, v, 0));
@@ -190,13 +218,20 @@ bool BuildTypedParams(const TypedParams& params, virTypedParameterPtr* out, int*
     int rc = std::visit(
         [&](const auto& v) -> int {
           using T = std::decay_t<decltype(v)>;
-          if constexpr (std::is_same_v<T, int>) return virTypedParamsAddInt(out, count, &max, f, v);
-          else if constexpr (std::is_same_v<T, unsigned int>) return virTypedParamsAddUInt(out, count, &max, f, v);
-          else if constexpr (std::is_same_v<T, long long>) return virTypedParamsAddLLong(out, count, &max, f, v);
-          else if constexpr (std::is_same_v<T, unsigned long long>) return virTypedParamsAddULLong(out, count, &max, f, v);
-          else if constexpr (std::is_same_v<T, double>) return virTypedParamsAddDouble(out, count, &max, f, v);
-          else if constexpr (std::is_same_v<T, bool>) return virTypedParamsAddBoolean(out, count, &max, f, v ? 1 : 0);
-          else return virTypedParamsAddString(out, count, &max, f, v.c_str());
+          if constexpr (std::is_same_v<T, int>)
+            return virTypedParamsAddInt(out, count, &max, f, v);
+          else if constexpr (std::is_same_v<T, unsigned int>)
+            return virTypedParamsAddUInt(out, count, &max, f, v);
+          else if constexpr (std::is_same_v<T, long long>)
+            return virTypedParamsAddLLong(out, count, &max, f, v);
+          else if constexpr (std::is_same_v<T, unsigned long long>)
+            return virTypedParamsAddULLong(out, count, &max, f, v);
+          else if constexpr (std::is_same_v<T, double>)
+            return virTypedParamsAddDouble(out, count, &max, f, v);
+          else if constexpr (std::is_same_v<T, bool>)
+            return virTypedParamsAddBoolean(out, count, &max, f, v ? 1 : 0);
+          else
+            return virTypedParamsAddString(out, count, &max, f, v.c_str());
         },
         p.value);
     if (rc < 0) {

@@ -74,9 +74,9 @@ class Xxh128Wrap : public Napi::ObjectWrap<Xxh128Wrap> {
 
 Napi::Function InitXxh128(Napi::Env env) {
   return DefineCheckedClass<Xxh128Wrap>(env, {
-      MethodProperty<Xxh128Wrap, &Xxh128Wrap::Update>(env, "update"),
-      MethodProperty<Xxh128Wrap, &Xxh128Wrap::Digest>(env, "digest"),
-  });
+                                                 MethodProperty<Xxh128Wrap, &Xxh128Wrap::Update>(env, "update"),
+                                                 MethodProperty<Xxh128Wrap, &Xxh128Wrap::Digest>(env, "digest"),
+                                             });
 }
 
 }  // namespace lvb

@@ -26,7 +26,10 @@ const FORMAT = ts.TypeFormatFlags.NoTruncation | ts.TypeFormatFlags.WriteArrowSt
 export function apiReport(): string {
   const configPath = ts.findConfigFile(ROOT, ts.sys.fileExists, 'tsconfig.json')!;
   const config = ts.parseJsonConfigFileContent(ts.readConfigFile(configPath, ts.sys.readFile).config, ts.sys, ROOT);
-  const program = ts.createProgram(Object.values(ENTRY_POINTS).map((file) => `${ROOT}${file}`), { ...config.options, noEmit: true });
+  const program = ts.createProgram(
+    Object.values(ENTRY_POINTS).map((file) => `${ROOT}${file}`),
+    { ...config.options, noEmit: true },
+  );
   const checker = program.getTypeChecker();
   const lines: string[] = [];
   for (const [entry, file] of Object.entries(ENTRY_POINTS)) {
@@ -77,8 +80,11 @@ function describe(checker: ts.TypeChecker, exported: ts.Symbol, indent: string, 
     members(checker, checker.getDeclaredTypeOfSymbol(symbol), `${indent}  `, lines);
   }
   if (flags & ts.SymbolFlags.TypeAlias) {
-    const aliased = declaration && ts.isTypeAliasDeclaration(declaration) ? checker.getTypeFromTypeNode(declaration.type) : checker.getDeclaredTypeOfSymbol(symbol);
-    lines.push(`${indent}type ${name}${typeParameters(checker, symbol)} = ${checker.typeToString(aliased, undefined, FORMAT | ts.TypeFormatFlags.InTypeAlias)}`);
+    const aliased =
+      declaration && ts.isTypeAliasDeclaration(declaration) ? checker.getTypeFromTypeNode(declaration.type) : checker.getDeclaredTypeOfSymbol(symbol);
+    lines.push(
+      `${indent}type ${name}${typeParameters(checker, symbol)} = ${checker.typeToString(aliased, undefined, FORMAT | ts.TypeFormatFlags.InTypeAlias)}`,
+    );
   }
   if (flags & ts.SymbolFlags.Enum) {
     lines.push(`${indent}enum ${name}`);

@@ -13,7 +13,10 @@ import { run } from '../test/helpers/process.js';
 
 const conn = await connectSystem();
 console.log(`connected to ${await conn.getURI()} (libvirt ${formatVersion(await conn.getLibVersion())}, QEMU ${formatVersion(await conn.getVersion())})`);
-const vm = await createThrowawayDomain(conn, 'demo', [{ format: 'qcow2', sizeMiB: 256 }, { format: 'raw', sizeMiB: 64 }]);
+const vm = await createThrowawayDomain(conn, 'demo', [
+  { format: 'qcow2', sizeMiB: 256 },
+  { format: 'raw', sizeMiB: 64 },
+]);
 const work = await mkdtemp(join(tmpdir(), 'libvirt-backup-demo-'));
 const dest = join(work, 'backups');
 const log = (event: BackupEvent) => {
@@ -43,7 +46,12 @@ try {
     const compare = await run('qemu-img', ['compare', '-f', 'qcow2', '-F', live.format, disk.path, live.path]);
     console.log(`restore of ${disk.target} vs the disk: ${compare.trim()}`);
   }
-  console.log(`qemu-img sees a plain chain: ${(await run('qemu-img', ['info', '--backing-chain', set.pathOf(set.latest()!.disks[0]!.file)])).split('\n').filter((l) => l.startsWith('image:')).join(' <- ')}`);
+  console.log(
+    `qemu-img sees a plain chain: ${(await run('qemu-img', ['info', '--backing-chain', set.pathOf(set.latest()!.disks[0]!.file)]))
+      .split('\n')
+      .filter((l) => l.startsWith('image:'))
+      .join(' <- ')}`,
+  );
 } finally {
   await vm.cleanup();
   await rm(work, { recursive: true, force: true });

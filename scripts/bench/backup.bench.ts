@@ -130,14 +130,26 @@ try {
   console.log(`one ${SIZE_GIB} GiB qcow2 disk of random data; times in seconds; full backups: median of ${ROUNDS} alternating rounds`);
   console.log('| step | libvirt-backup | peer | peer time | ratio (peer / ours) |');
   console.log('| --- | ---: | --- | ---: | ---: |');
-  console.log(`| full backup | ${oursFull.toFixed(2)} (${rate(oursFull)}) | virtnbdbackup -l full | ${peerFull.toFixed(2)} | ${(peerFull / oursFull).toFixed(2)}x |`);
+  console.log(
+    `| full backup | ${oursFull.toFixed(2)} (${rate(oursFull)}) | virtnbdbackup -l full | ${peerFull.toFixed(2)} | ${(peerFull / oursFull).toFixed(2)}x |`,
+  );
   console.log(`| full backup | ${oursFull.toFixed(2)} | nbdcopy export -> raw file | ${nbdcopyFile.toFixed(2)} | ${(nbdcopyFile / oursFull).toFixed(2)}x |`);
-  console.log(`| full backup | ${oursFull.toFixed(2)} | nbdcopy --flush export -> raw file | ${nbdcopyFlush.toFixed(2)} | ${(nbdcopyFlush / oursFull).toFixed(2)}x |`);
-  console.log(`| incremental, 32 MiB written | ${oursInc.seconds.toFixed(2)} | virtnbdbackup -l inc | ${peerInc.seconds.toFixed(2)} | ${(peerInc.seconds / oursInc.seconds).toFixed(2)}x |`);
-  console.log(`| restore latest | ${oursRestore.seconds.toFixed(2)} | virtnbdrestore | ${peerRestore.seconds.toFixed(2)} | ${(peerRestore.seconds / oursRestore.seconds).toFixed(2)}x |`);
-  console.log(`rounds: ours ${list(times.ours)}; virtnbdbackup ${list(times.peer)}; nbdcopy ${list(times.nbdcopy)}; nbdcopy --flush ${list(times.nbdcopyFlush)}`);
+  console.log(
+    `| full backup | ${oursFull.toFixed(2)} | nbdcopy --flush export -> raw file | ${nbdcopyFlush.toFixed(2)} | ${(nbdcopyFlush / oursFull).toFixed(2)}x |`,
+  );
+  console.log(
+    `| incremental, 32 MiB written | ${oursInc.seconds.toFixed(2)} | virtnbdbackup -l inc | ${peerInc.seconds.toFixed(2)} | ${(peerInc.seconds / oursInc.seconds).toFixed(2)}x |`,
+  );
+  console.log(
+    `| restore latest | ${oursRestore.seconds.toFixed(2)} | virtnbdrestore | ${peerRestore.seconds.toFixed(2)} | ${(peerRestore.seconds / oursRestore.seconds).toFixed(2)}x |`,
+  );
+  console.log(
+    `rounds: ours ${list(times.ours)}; virtnbdbackup ${list(times.peer)}; nbdcopy ${list(times.nbdcopy)}; nbdcopy --flush ${list(times.nbdcopyFlush)}`,
+  );
   console.log(`stored: ours ${(dirBytes(dest) / 2 ** 20).toFixed(0)} MiB, virtnbdbackup ${(dirBytes(peerDir) / 2 ** 20).toFixed(0)} MiB`);
-  console.log(`incremental read ${incRead} bytes for ${dirtyBytes} dirty bytes (bitmap granularity ${granularity}): ${incRead <= Math.ceil(dirtyBytes / granularity) * granularity ? 'met' : 'MISSED'}`);
+  console.log(
+    `incremental read ${incRead} bytes for ${dirtyBytes} dirty bytes (bitmap granularity ${granularity}): ${incRead <= Math.ceil(dirtyBytes / granularity) * granularity ? 'met' : 'MISSED'}`,
+  );
   console.log(
     `targets: full >= 3x faster than virtnbdbackup (${peerFull / oursFull >= 3 ? 'met' : 'MISSED'}), full within 1.3x of nbdcopy-to-file (${oursFull / nbdcopyFile <= 1.3 ? 'met' : 'MISSED'}; of nbdcopy --flush: ${oursFull / nbdcopyFlush <= 1.3 ? 'met' : 'MISSED'})`,
   );

@@ -112,10 +112,13 @@ try {
       note(`ours ${format}`, await timed(() => restore(set, { to: ours, format })));
       rmSync(ours);
       const theirs = join(work, `qemu-img.${format}`);
-      note(`qemu-img ${format}`, await timed(async () => {
-        sh('qemu-img', ['convert', '-f', 'qcow2', '-O', format, top, theirs]);
-        await fsync(theirs);
-      }));
+      note(
+        `qemu-img ${format}`,
+        await timed(async () => {
+          sh('qemu-img', ['convert', '-f', 'qcow2', '-O', format, top, theirs]);
+          await fsync(theirs);
+        }),
+      );
       rmSync(theirs);
     }
   }
@@ -124,7 +127,9 @@ try {
 }
 
 const gib = SIZE_GIB;
-console.log(`Restore of the latest point of a ${gib} GiB disk of random data (chain of ${set.chainFor('vda').length} files, ${(chainBytes / 2 ** 30).toFixed(2)} GiB), median of ${ROUNDS} rounds, chain in the page cache:\n`);
+console.log(
+  `Restore of the latest point of a ${gib} GiB disk of random data (chain of ${set.chainFor('vda').length} files, ${(chainBytes / 2 ** 30).toFixed(2)} GiB), median of ${ROUNDS} rounds, chain in the page cache:\n`,
+);
 console.log('| output | libvirt-backup restore (reads and checks every chain file) | qemu-img convert + fsync | ratio (qemu-img / ours) |');
 console.log('| --- | ---: | ---: | ---: |');
 for (const format of ['raw', 'qcow2'] as const) {
@@ -133,4 +138,6 @@ for (const format of ['raw', 'qcow2'] as const) {
   const rate = (seconds: number) => `${((gib * 1024) / seconds).toFixed(0)} MiB/s`;
   console.log(`| ${format} | ${ours.toFixed(2)} s (${rate(ours)}) | ${theirs.toFixed(2)} s (${rate(theirs)}) | ${(theirs / ours).toFixed(2)}x |`);
 }
-console.log(`\nall rounds (s): ${JSON.stringify(Object.fromEntries(Object.entries(results).map(([key, values]) => [key, values.map((value) => Number(value.toFixed(2)))])))}`);
+console.log(
+  `\nall rounds (s): ${JSON.stringify(Object.fromEntries(Object.entries(results).map(([key, values]) => [key, values.map((value) => Number(value.toFixed(2)))])))}`,
+);

@@ -53,7 +53,11 @@ export class CliProcess {
   #exited = false;
   #listeners: Array<(event: CliEvent) => void> = [];
 
-  constructor(env: CliEnvironment, readonly args: string[], options: StartOptions = {}) {
+  constructor(
+    env: CliEnvironment,
+    readonly args: string[],
+    options: StartOptions = {},
+  ) {
     const umask = options.umask ?? 0o022;
     const entry = env.build === 'lib' ? [join(env.repoRoot, 'lib/cli/main.js')] : ['--import=tsx', join(env.repoRoot, 'src/cli/main.ts')];
     // The umask is process-wide: set it for the fork only, spawn() forks synchronously.
@@ -180,5 +184,10 @@ export function describeOutcome(outcome: CliOutcome): string {
 
 function indent(text: string): string {
   const trimmed = text.trimEnd();
-  return trimmed === '' ? '  (empty)' : trimmed.split('\n').map((line) => `  ${line}`).join('\n');
+  return trimmed === ''
+    ? '  (empty)'
+    : trimmed
+        .split('\n')
+        .map((line) => `  ${line}`)
+        .join('\n');
 }

@@ -19,6 +19,9 @@ export async function ensureCompiled(repoRoot: string, say: (line: string) => vo
   const outputs = await mtimes(join(repoRoot, 'lib'), '.js');
   if (outputs.length > 0 && Math.max(...sources) < Math.min(...outputs)) return;
   say('lib/ is older than src/: building it (tsc -p tsconfig.build.json)');
-  const result = spawnSync(process.execPath, [join(repoRoot, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], { cwd: repoRoot, encoding: 'utf8' });
+  const result = spawnSync(process.execPath, [join(repoRoot, 'node_modules/typescript/bin/tsc'), '-p', 'tsconfig.build.json'], {
+    cwd: repoRoot,
+    encoding: 'utf8',
+  });
   if (result.status !== 0) throw new Error(`building lib/ failed; the soak needs a build of the current sources:\n${result.stdout}${result.stderr}`);
 }

@@ -4,15 +4,7 @@
 import { BackupPoints } from './backup-points.js';
 import { describeOutcome, runCli } from './cli-process.js';
 import { planWrites } from './guest-writes.js';
-import {
-  checkFileModes,
-  checkNothingLeft,
-  checkVerify,
-  CheckLog,
-  FileOrigins,
-  ReportedLeftovers,
-  type SoakScene,
-} from './invariants.js';
+import { checkFileModes, checkNothingLeft, checkVerify, CheckLog, FileOrigins, ReportedLeftovers, type SoakScene } from './invariants.js';
 import { LibvirtLink } from './libvirt-link.js';
 import { MirroredDomain } from './mirrored-domain.js';
 import { PhaseTimer } from './phase-timer.js';
@@ -44,7 +36,13 @@ export async function runCyclesSuite(context: SuiteContext, settings: CyclesSett
   const dirs = await makeDirs(context.workDir, ['refs', 'set', 'restore', 'sources']);
   const sources = await createWriteSources(dirs['sources']!, seed, 3);
   const link = new LibvirtLink();
-  const domain = await MirroredDomain.create(link, { label: 'soak-cycles', sizesMiB, virtualization: context.virtualization, referenceDir: dirs['refs']!, sources });
+  const domain = await MirroredDomain.create(link, {
+    label: 'soak-cycles',
+    sizesMiB,
+    virtualization: context.virtualization,
+    referenceDir: dirs['refs']!,
+    sources,
+  });
   const scene: SoakScene = {
     uri: link.uri,
     domainName: domain.name,
@@ -73,30 +71,54 @@ export async function runCyclesSuite(context: SuiteContext, settings: CyclesSett
       await domain.snapshot(snapshot);
       timer.mark('writes');
 
-      const level = cycle === 1 ? 'full' : rng.weighted([['full', 10], ['inc', 40], ['diff', 25], ['auto', 25]] as const);
-      const transport = rng.weighted([['pull', 70], ['push', 30]] as const);
+      const level =
+        cycle === 1
+          ? 'full'
+          : rng.weighted([
+              ['full', 10],
+              ['inc', 40],
+              ['diff', 25],
+              ['auto', 25],
+            ] as const);
+      const transport = rng.weighted([
+        ['pull', 70],
+        ['push', 30],
+      ] as const);
       const umask = rng.pick(UMASKS);
       const before = await readManifest(scene.setDir);
-      const outcome = await runCli(context.cli, ['backup', domain.name, '--dest', scene.setDir, '--level', level, '--transport', transport, '--json'], { umask, timeoutMs: BACKUP_TIMEOUT_MS });
+      const outcome = await runCli(context.cli, ['backup', domain.name, '--dest', scene.setDir, '--level', level, '--transport', transport, '--json'], {
+        umask,
+        timeoutMs: BACKUP_TIMEOUT_MS,
+      });
       report.backups += 1;
       timer.mark('backup');
       const after = await readManifest(scene.setDir);
       const change = manifestChange(before, after);
       let summary = `${level}/${transport}`;
       if (outcome.code !== 0 || outcome.result === undefined) {
-        log.record('backup-succeeds', { expected: `${level} ${transport} backup exits 0 with a result`, actual: `exit ${outcome.code ?? outcome.signal}${outcome.hung ? ' (hung)' : ''}`, output: describeOutcome(outcome) });
+        log.record('backup-succeeds', {
+          expected: `${level} ${transport} backup exits 0 with a result`,
+          actual: `exit ${outcome.code ?? outcome.signal}${outcome.hung ? ' (hung)' : ''}`,
+          output: describeOutcome(outcome),
+        });
       } else {
         log.record('backup-succeeds', null);
       }
       if (change.kind !== 'one-more') {
-        log.record('manifest-one-more-backup', { expected: 'manifest.json gains exactly one backup', actual: change.kind === 'wrong' ? change.why : 'unchanged', output: describeOutcome(outcome) });
+        log.record('manifest-one-more-backup', {
+          expected: 'manifest.json gains exactly one backup',
+          actual: change.kind === 'wrong' ? change.why : 'unchanged',
+          output: describeOutcome(outcome),
+        });
       } else {
         log.record('manifest-one-more-backup', null);
         const added = change.added;
         const expectedLevel = level === 'auto' ? undefined : level;
         log.record(
           'level-as-requested',
-          expectedLevel === undefined || added.level === expectedLevel ? null : { expected: `a ${expectedLevel} backup`, actual: `${added.level}`, output: describeOutcome(outcome) },
+          expectedLevel === undefined || added.level === expectedLevel
+            ? null
+            : { expected: `a ${expectedLevel} backup`, actual: `${added.level}`, output: describeOutcome(outcome) },
         );
         summary += ` -> ${added.id} ${added.level} (${formatBytes(added.disks.reduce((sum, disk) => sum + disk.dataBytes, 0))})`;
         for (const disk of added.disks) origins.set(disk.file, `backup ${added.id}, ${transport}, umask ${umask.toString(8).padStart(3, '0')}`);
@@ -112,17 +134,25 @@ export async function runCyclesSuite(context: SuiteContext, settings: CyclesSett
       await checkFileModes(scene, log, origins);
       if (cycle % settings.modelCheckEvery === 0 || cycle === settings.cycles || log.failures.some((failure) => failure.check === 'restore-equals-reference')) {
         const wrong = await domain.modelMismatches();
-        log.record('model-in-step', wrong.length === 0 ? null : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') });
+        log.record(
+          'model-in-step',
+          wrong.length === 0
+            ? null
+            : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') },
+        );
       }
       timer.mark('checks');
       const failed = reportFailures(context, log, where, undefined);
       report.cycles += 1;
 
-      if (cycle % settings.pruneEvery === 0 && cycle < settings.cycles) await pruneAndCheck(context, scene, domain, points, origins, rng, dirs['restore']!, where);
+      if (cycle % settings.pruneEvery === 0 && cycle < settings.cycles)
+        await pruneAndCheck(context, scene, domain, points, origins, rng, dirs['restore']!, where);
       const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
       await points.trim(ids);
       timer.mark('prune');
-      context.say(`cycle ${cycle}/${settings.cycles}: ${writes.length} writes (${formatBytes(written)}), ${summary}${failed > 0 ? `, ${failed} FAILED` : ''} [${((Date.now() - started) / 1000).toFixed(1)} s: ${timer}]`);
+      context.say(
+        `cycle ${cycle}/${settings.cycles}: ${writes.length} writes (${formatBytes(written)}), ${summary}${failed > 0 ? `, ${failed} FAILED` : ''} [${((Date.now() - started) / 1000).toFixed(1)} s: ${timer}]`,
+      );
     }
 
     // The end: the whole set verifies and every point that has a reference restores equal to it.
@@ -161,7 +191,9 @@ async function pruneAndCheck(
     const now = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
     log.record(
       'prune-works',
-      newest.every((id) => now.includes(id)) && now.slice(-keep).join() === newest.join() ? null : { expected: `the newest ${keep} backups (${newest.join(', ')}) kept`, actual: `the set holds ${now.join(', ')}`, output: describeOutcome(outcome) },
+      newest.every((id) => now.includes(id)) && now.slice(-keep).join() === newest.join()
+        ? null
+        : { expected: `the newest ${keep} backups (${newest.join(', ')}) kept`, actual: `the set holds ${now.join(', ')}`, output: describeOutcome(outcome) },
     );
     for (const file of (await readManifest(scene.setDir)).manifest?.backups.flatMap((backup) => backup.disks.map((disk) => disk.file)) ?? []) {
       origins.set(file, `prune, umask ${umask.toString(8).padStart(3, '0')}`);
@@ -169,7 +201,8 @@ async function pruneAndCheck(
   }
   await checkVerify(scene, log, 'clean');
   const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
-  for (const point of points.withReference(ids)) await restoreMatchesReference(scene, domain, point, rng.pick(['raw', 'qcow2'] as const), restoreDir, log, context.report);
+  for (const point of points.withReference(ids))
+    await restoreMatchesReference(scene, domain, point, rng.pick(['raw', 'qcow2'] as const), restoreDir, log, context.report);
   await checkNothingLeft(scene, log, { libvirt: true, files: true });
   await checkFileModes(scene, log, origins);
   const failed = reportFailures(context, log, `${where}, prune --keep ${keep}`);

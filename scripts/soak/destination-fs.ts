@@ -95,7 +95,8 @@ export class LoopExt4 {
     // The loop device goes away with the last mount; while it stays, the file system is
     // still mounted somewhere (another mount namespace) and must not be checked.
     while ((await run('losetup', ['-j', this.image])).trim() !== '') {
-      if (Date.now() > deadline) return [`the destination is still mounted outside the soak's mount namespace: ${(await run('losetup', ['-j', this.image])).trim()}`];
+      if (Date.now() > deadline)
+        return [`the destination is still mounted outside the soak's mount namespace: ${(await run('losetup', ['-j', this.image])).trim()}`];
       await new Promise((resolve) => setTimeout(resolve, 100));
     }
     // e2fsck exits 1 when it fixed something, which is what it is here for.

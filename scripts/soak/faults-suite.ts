@@ -52,7 +52,9 @@ export async function runFaultsSuite(context: SuiteContext, settings: FaultsSett
   const setup = Rng.derive(seed, 'setup');
   const sizesMiB = [setup.int(64, 128), setup.int(64, 128)];
   const dirs = await makeDirs(context.workDir, ['refs', 'restore', 'sources', 'other-set']);
-  context.say(`faults: ${kinds.map((kind) => kind.name).join(', ')}; disks ${sizesMiB.map((size) => `${size} MiB`).join(', ')}; the set on a ${DESTINATION_MIB} MiB loop-mounted ext4`);
+  context.say(
+    `faults: ${kinds.map((kind) => kind.name).join(', ')}; disks ${sizesMiB.map((size) => `${size} MiB`).join(', ')}; the set on a ${DESTINATION_MIB} MiB loop-mounted ext4`,
+  );
 
   const daemon = context.daemon;
   let destination: LoopExt4 | undefined;
@@ -61,7 +63,13 @@ export async function runFaultsSuite(context: SuiteContext, settings: FaultsSett
   try {
     destination = await LoopExt4.create(join(context.workDir, 'destination.ext4'), join(context.workDir, 'destination'), DESTINATION_MIB);
     const sources = await createWriteSources(dirs['sources']!, seed, 3);
-    domain = await MirroredDomain.create(link, { label: 'soak-faults', sizesMiB, virtualization: context.virtualization, referenceDir: dirs['refs']!, sources });
+    domain = await MirroredDomain.create(link, {
+      label: 'soak-faults',
+      sizesMiB,
+      virtualization: context.virtualization,
+      referenceDir: dirs['refs']!,
+      sources,
+    });
     const setDir = join(destination.mountPoint, 'set');
     const vm = domain;
     const faultScene: FaultScene = {
@@ -136,10 +144,22 @@ function shuffled<T>(items: readonly T[], rng: Rng): T[] {
 }
 
 function ended(outcome: CliOutcome): string {
-  return outcome.hung ? 'hung (killed by the soak)' : outcome.signal !== null ? `killed by ${outcome.signal}` : `exit ${outcome.code}${outcome.error ? ` (${String(outcome.error['code'])}: ${String(outcome.error['message'])})` : ''}`;
+  return outcome.hung
+    ? 'hung (killed by the soak)'
+    : outcome.signal !== null
+      ? `killed by ${outcome.signal}`
+      : `exit ${outcome.code}${outcome.error ? ` (${String(outcome.error['code'])}: ${String(outcome.error['message'])})` : ''}`;
 }
 
-async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: SoakScene, state: RunState, kind: FaultKind, runNumber: number, sourceCount: number): Promise<void> {
+async function faultedRun(
+  context: SuiteContext,
+  faultScene: FaultScene,
+  scene: SoakScene,
+  state: RunState,
+  kind: FaultKind,
+  runNumber: number,
+  sourceCount: number,
+): Promise<void> {
   const { report } = context;
   const rng = Rng.derive(context.seed, 'run', runNumber);
   const timer = new PhaseTimer();
@@ -189,7 +209,12 @@ async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: 
   log.record('cli-exit', expected === null ? null : { expected, actual: ended(outcome), output: describeOutcome(outcome) });
   for (const other of others) {
     const harmless = (other.outcome.code === 0 && other.outcome.result !== undefined) || (other.outcome.code === 1 && other.outcome.error !== undefined);
-    log.record('second-backup-fails-cleanly', harmless ? null : { expected: 'the second backup exits 0, or 1 with an error line', actual: ended(other.outcome), output: describeOutcome(other.outcome) });
+    log.record(
+      'second-backup-fails-cleanly',
+      harmless
+        ? null
+        : { expected: 'the second backup exits 0, or 1 with an error line', actual: ended(other.outcome), output: describeOutcome(other.outcome) },
+    );
   }
   const sameSetSuccesses = others.filter((other) => other.dest === scene.setDir && other.outcome.code === 0).length;
   const added = checkManifest(log, before, after, outcome, sameSetSuccesses);
@@ -209,7 +234,18 @@ async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: 
   // `auto`, as a nightly job's would be: a fault may legitimately break the chain (a
   // domain destroyed leaves its bitmaps inconsistent), and then only a full can follow.
   const recoveryLevel = 'auto';
-  const recovery = await plainBackup(context, faultScene, scene, state, snapshot, recoveryLevel, rng.pick(['pull', 'push'] as const), rng, log, added.map((record) => record.id));
+  const recovery = await plainBackup(
+    context,
+    faultScene,
+    scene,
+    state,
+    snapshot,
+    recoveryLevel,
+    rng.pick(['pull', 'push'] as const),
+    rng,
+    log,
+    added.map((record) => record.id),
+  );
   const recoveryFailures = reportFailures(context, log, `${where}, the backup after the fault`, fault);
   timer.mark('next backup');
 
@@ -219,7 +255,10 @@ async function faultedRun(context: SuiteContext, faultScene: FaultScene, scene: 
   await state.points.trim(ids);
   if (runNumber % 5 === 0) {
     const wrong = await domain.modelMismatches();
-    log.record('model-in-step', wrong.length === 0 ? null : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') });
+    log.record(
+      'model-in-step',
+      wrong.length === 0 ? null : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') },
+    );
     reportFailures(context, log, where, fault);
   }
   const failed = faultedFailures + recoveryFailures;
@@ -242,7 +281,10 @@ function checkManifest(log: CheckLog, before: ManifestSnapshot, after: ManifestS
   // Without a new backup, the old manifest byte for byte: not even rewritten.
   const rewritten = count === 0 && before.bytes !== null && after.bytes !== null && !before.bytes.equals(after.bytes);
   const ok = count >= succeeded && count <= succeeded + mayHaveCommitted && !rewritten;
-  const expected = succeeded + mayHaveCommitted === 0 ? 'the old manifest, byte for byte' : `the old backups unchanged plus ${succeeded}${mayHaveCommitted ? ` or ${succeeded + 1}` : ''} new`;
+  const expected =
+    succeeded + mayHaveCommitted === 0
+      ? 'the old manifest, byte for byte'
+      : `the old backups unchanged plus ${succeeded}${mayHaveCommitted ? ` or ${succeeded + 1}` : ''} new`;
   const actual = 'wrong' in result ? result.wrong : rewritten ? 'the same backups, but manifest.json was rewritten' : `${count} new backup(s)`;
   log.record('manifest-old-or-complete-new', ok ? null : { expected, actual, output: describeOutcome(outcome) });
   return ok && 'added' in result ? result.added : [];
@@ -272,7 +314,13 @@ async function plainBackup(
   const works = outcome.code === 0 && outcome.result !== undefined && change.kind === 'one-more';
   log.record(
     'next-backup-works',
-    works ? null : { expected: `a ${level}/${transport} backup exits 0 and adds one backup`, actual: `${ended(outcome)}, manifest ${change.kind === 'wrong' ? change.why : change.kind}`, output: describeOutcome(outcome) },
+    works
+      ? null
+      : {
+          expected: `a ${level}/${transport} backup exits 0 and adds one backup`,
+          actual: `${ended(outcome)}, manifest ${change.kind === 'wrong' ? change.why : change.kind}`,
+          output: describeOutcome(outcome),
+        },
   );
   const restoreIds = [...alsoRestore];
   let summary = `${level}/${transport} ${ended(outcome)}`;
@@ -294,7 +342,16 @@ async function plainBackup(
   await checkFileModes(scene, log, state.origins);
   for (const id of restoreIds) {
     const [point] = state.points.withReference([id]);
-    if (point) await restoreMatchesReference(scene, faultScene.domain, point, rng.pick(['raw', 'qcow2'] as const), join(context.workDir, 'restore'), log, context.report);
+    if (point)
+      await restoreMatchesReference(
+        scene,
+        faultScene.domain,
+        point,
+        rng.pick(['raw', 'qcow2'] as const),
+        join(context.workDir, 'restore'),
+        log,
+        context.report,
+      );
   }
   return summary;
 }
@@ -319,7 +376,10 @@ async function pruneIfFull(context: SuiteContext, faultScene: FaultScene, scene:
   if (1 - freeBytes / totalBytes < PRUNE_ABOVE_USED) return;
   const log = new CheckLog();
   const keep = rng.int(1, 3);
-  const outcome = await runCli(context.cli, ['prune', scene.setDir, '--keep', String(keep), '--json'], { umask: rng.pick(UMASKS), timeoutMs: BACKUP_TIMEOUT_MS });
+  const outcome = await runCli(context.cli, ['prune', scene.setDir, '--keep', String(keep), '--json'], {
+    umask: rng.pick(UMASKS),
+    timeoutMs: BACKUP_TIMEOUT_MS,
+  });
   context.report.prunes += 1;
   log.record('prune-works', outcome.code === 0 ? null : { expected: `prune --keep ${keep} exits 0`, actual: ended(outcome), output: describeOutcome(outcome) });
   for (const backup of (await readManifest(scene.setDir)).manifest?.backups ?? []) {
@@ -328,6 +388,7 @@ async function pruneIfFull(context: SuiteContext, faultScene: FaultScene, scene:
   await checkVerify(scene, log, 'clean');
   await checkNothingLeft(scene, log, { libvirt: true, files: true });
   const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
-  for (const point of state.points.withReference(ids)) await restoreMatchesReference(scene, faultScene.domain, point, 'raw', join(context.workDir, 'restore'), log, context.report);
+  for (const point of state.points.withReference(ids))
+    await restoreMatchesReference(scene, faultScene.domain, point, 'raw', join(context.workDir, 'restore'), log, context.report);
   reportFailures(context, log, `after run ${runNumber}, prune --keep ${keep}`);
 }

@@ -14,7 +14,10 @@ export async function domainJob(uri: string, domain: string): Promise<string> {
 
 export async function domainCheckpoints(uri: string, domain: string): Promise<string[]> {
   const out = await run('virsh', ['-c', uri, 'checkpoint-list', domain, '--name']);
-  return out.split('\n').map((line) => line.trim()).filter((line) => line !== '');
+  return out
+    .split('\n')
+    .map((line) => line.trim())
+    .filter((line) => line !== '');
 }
 
 /** Every entry under `dir` (not following links), as paths relative to it. */

@@ -13,7 +13,9 @@ export interface Comparison {
 }
 
 export async function virtualSize(path: string, format: ImageFormat, options: { shared?: boolean } = {}): Promise<number> {
-  const info = JSON.parse(await run('qemu-img', ['info', '--output=json', ...(options.shared ? ['-U'] : []), '-f', format, path])) as { 'virtual-size': number };
+  const info = JSON.parse(await run('qemu-img', ['info', '--output=json', ...(options.shared ? ['-U'] : []), '-f', format, path])) as {
+    'virtual-size': number;
+  };
   return info['virtual-size'];
 }
 
@@ -23,7 +25,10 @@ export async function compareImages(
   options: { shared?: boolean } = {},
 ): Promise<Comparison> {
   const shared = options.shared ? ['-U'] : [];
-  const [actualSize, expectedSize] = await Promise.all([virtualSize(actual.path, actual.format, options), virtualSize(expected.path, expected.format, options)]);
+  const [actualSize, expectedSize] = await Promise.all([
+    virtualSize(actual.path, actual.format, options),
+    virtualSize(expected.path, expected.format, options),
+  ]);
   // Without -s, qemu-img accepts a size difference when the extra part is zero;
   // a restored disk of the wrong size is a mismatch all the same. (-s would also
   // compare allocation, which legitimately differs.)

@@ -67,11 +67,19 @@ export async function checkVerify(scene: SoakScene, log: CheckLog, mode: 'warnin
   const problems = (outcome.result?.['problems'] as Array<{ severity: string; message: string }> | undefined) ?? [];
   const name = mode === 'clean' ? 'verify-clean' : 'verify-passes';
   if (outcome.code !== 0) {
-    log.record(name, { expected: 'verify exits 0', actual: `exit ${outcome.code ?? outcome.signal}: ${problems.map((p) => p.message).join('; ')}`, output: describeOutcome(outcome) });
+    log.record(name, {
+      expected: 'verify exits 0',
+      actual: `exit ${outcome.code ?? outcome.signal}: ${problems.map((p) => p.message).join('; ')}`,
+      output: describeOutcome(outcome),
+    });
     return;
   }
   if (mode === 'clean' && problems.length > 0) {
-    log.record(name, { expected: 'verify reports no problem, not even a warning', actual: problems.map((p) => `${p.severity}: ${p.message}`).join('; '), output: describeOutcome(outcome) });
+    log.record(name, {
+      expected: 'verify reports no problem, not even a warning',
+      actual: problems.map((p) => `${p.severity}: ${p.message}`).join('; '),
+      output: describeOutcome(outcome),
+    });
     return;
   }
   log.record(name, null);
@@ -87,13 +95,21 @@ export async function checkNoStrayCheckpoint(scene: SoakScene, log: CheckLog): P
   for (const dir of [scene.setDir, ...scene.otherSetDirs()]) for (const name of checkpointsNamed((await readManifest(dir)).manifest)) known.add(name);
   const onDomain = await domainCheckpoints(scene.uri, scene.domainName);
   const strays = onDomain.filter((name) => name.startsWith('lvb-') && !known.has(name));
-  log.recordLeftovers(scene, 'no-stray-checkpoint', 'every lvb- checkpoint of the domain is named by a backup of a set', strays, (fresh) => `not in any manifest: ${fresh.join(', ')} (domain has ${onDomain.join(', ')})`);
+  log.recordLeftovers(
+    scene,
+    'no-stray-checkpoint',
+    'every lvb- checkpoint of the domain is named by a backup of a set',
+    strays,
+    (fresh) => `not in any manifest: ${fresh.join(', ')} (domain has ${onDomain.join(', ')})`,
+  );
 }
 
 export async function checkNoTempLeftovers(scene: SoakScene, log: CheckLog): Promise<void> {
   const temp = (await entriesUnder(scene.cli.tmpDir)).map((entry) => `${scene.cli.tmpDir}/${entry.path} (${entry.kind})`);
   // Lock files in the run directory are meant to stay; sockets and socket directories are not.
-  const run = (await entriesUnder(scene.cli.runDir)).filter((entry) => entry.kind !== 'file').map((entry) => `${scene.cli.runDir}/${entry.path} (${entry.kind})`);
+  const run = (await entriesUnder(scene.cli.runDir))
+    .filter((entry) => entry.kind !== 'file')
+    .map((entry) => `${scene.cli.runDir}/${entry.path} (${entry.kind})`);
   const imageDir = scene.imageDir;
   const images = imageDir ? (await readdir(imageDir.path)).filter((name) => !imageDir.allowed.includes(name)).map((name) => `${imageDir.path}/${name}`) : [];
   log.recordLeftovers(scene, 'no-temp-leftovers', 'no socket, socket directory, scratch or temporary file left', [...temp, ...run, ...images]);
@@ -102,7 +118,13 @@ export async function checkNoTempLeftovers(scene: SoakScene, log: CheckLog): Pro
 export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog, options: { libvirtOwed?: boolean } = {}): Promise<void> {
   const { manifest } = await readManifest(scene.setDir);
   const extra = await unexpectedEntries(scene.setDir, manifest, options);
-  log.recordLeftovers(scene, 'set-holds-only-backups', 'the set directory holds manifest.json and the files it names', extra, (fresh) => `also: ${fresh.join(', ')}`);
+  log.recordLeftovers(
+    scene,
+    'set-holds-only-backups',
+    'the set directory holds manifest.json and the files it names',
+    extra,
+    (fresh) => `also: ${fresh.join(', ')}`,
+  );
 }
 
 /**
@@ -120,7 +142,12 @@ export async function checkNoStrayProcess(scene: SoakScene, log: CheckLog, grace
     await new Promise((resolve) => setTimeout(resolve, 100));
     named = (await processesUsing(paths)).filter((use) => use.by === 'arguments');
   }
-  log.recordLeftovers(scene, 'no-stray-process', 'no process left using the set or the run directories', [...holders, ...named].map((use) => `pid ${use.pid} (${use.command}): ${use.why}`));
+  log.recordLeftovers(
+    scene,
+    'no-stray-process',
+    'no process left using the set or the run directories',
+    [...holders, ...named].map((use) => `pid ${use.pid} (${use.command}): ${use.why}`),
+  );
 }
 
 /** Which run wrote each file, so a mode that differs can be traced to its umask and transport. */
@@ -157,7 +184,16 @@ export async function checkFileModes(scene: SoakScene, log: CheckLog, origins: F
     'file-modes-consistent',
     `every backup file has the same mode whatever the umask or transport of its run (${counts.get(usual)} of ${modes.length} have ${octal(usual)})`,
     odd,
-    (fresh) => fresh.map((mode) => `${mode}: ${modes.filter(([, m]) => octal(m) === mode).map(([file]) => origins.describe(file)).join(', ')}`).join('; '),
+    (fresh) =>
+      fresh
+        .map(
+          (mode) =>
+            `${mode}: ${modes
+              .filter(([, m]) => octal(m) === mode)
+              .map(([file]) => origins.describe(file))
+              .join(', ')}`,
+        )
+        .join('; '),
   );
 }
 

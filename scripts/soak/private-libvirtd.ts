@@ -70,7 +70,10 @@ export class PrivateLibvirtd {
     }
     // Domains defined in the host's libvirtd are not ours to load (and that daemon
     // rewrites their files while we copy).
-    await cp('/etc/libvirt', join(root, 'etc'), { recursive: true, filter: (source) => source !== '/etc/libvirt/qemu' && !source.startsWith('/etc/libvirt/qemu/') });
+    await cp('/etc/libvirt', join(root, 'etc'), {
+      recursive: true,
+      filter: (source) => source !== '/etc/libvirt/qemu' && !source.startsWith('/etc/libvirt/qemu/'),
+    });
     await mkdir(join(root, 'etc/qemu'), { recursive: true });
     await mkdir(join(root, 'lib/images'), { recursive: true });
     await writeFile(join(root, 'etc/libvirtd.conf'), 'log_outputs = "3:file:/var/log/libvirt/libvirtd.log"\n');
@@ -106,7 +109,11 @@ export class PrivateLibvirtd {
   /** Destroys what the daemon still runs, then stops it and virtlogd. */
   async stop(): Promise<void> {
     const listed = await tryRun('virsh', ['-c', 'qemu:///system', 'list', '--name']);
-    for (const name of listed.stdout.split('\n').map((line) => line.trim()).filter(Boolean)) await tryRun('virsh', ['-c', 'qemu:///system', 'destroy', name]);
+    for (const name of listed.stdout
+      .split('\n')
+      .map((line) => line.trim())
+      .filter(Boolean))
+      await tryRun('virsh', ['-c', 'qemu:///system', 'destroy', name]);
     for (const file of [this.libvirtdPidFile, join(this.root, 'virtlogd.pid')]) {
       const pid = await pidFrom(file);
       if (pid === null || !(await running(pid))) continue;
@@ -143,7 +150,10 @@ export async function sweepStaleDaemons(workParent: string, say: (line: string) 
       say(`stopped pid ${pid} (${command.slice(0, 80)}) left by a soak run that died`);
     }
     // A directory its runner kept on purpose (a failure to look into) stays.
-    const kept = await readFile(join(workParent, entry, KEPT_MARK), 'utf8').then(() => true, () => false);
+    const kept = await readFile(join(workParent, entry, KEPT_MARK), 'utf8').then(
+      () => true,
+      () => false,
+    );
     if (!kept) await rm(join(workParent, entry), { recursive: true, force: true }).catch(() => undefined);
   }
 }

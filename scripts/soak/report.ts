@@ -84,12 +84,15 @@ export class SoakReport {
   }
 
   toText(): string {
-    const lines = [`soak ${this.suite}, seed ${this.seed}: ${this.failures.length === 0 ? 'no failure' : `${this.failures.length} FAILURE${this.failures.length === 1 ? '' : 'S'}`}`];
+    const lines = [
+      `soak ${this.suite}, seed ${this.seed}: ${this.failures.length === 0 ? 'no failure' : `${this.failures.length} FAILURE${this.failures.length === 1 ? '' : 'S'}`}`,
+    ];
     if (this.suite === 'cycles') lines.push(`  cycles          ${this.cycles}`);
     if (this.suite === 'faults') {
       lines.push(`  runs            ${this.runs}`);
       const kinds = Object.entries(this.faults).sort(([a], [b]) => a.localeCompare(b));
-      for (const [kind, tally] of kinds) lines.push(`    ${kind.padEnd(22)}${String(tally.injected).padStart(4)} injected, ${tally.landed} while the backup ran`);
+      for (const [kind, tally] of kinds)
+        lines.push(`    ${kind.padEnd(22)}${String(tally.injected).padStart(4)} injected, ${tally.landed} while the backup ran`);
     }
     lines.push(
       `  backups         ${this.backups}`,
@@ -99,7 +102,13 @@ export class SoakReport {
       `  bytes compared  ${this.bytesCompared} (${formatBytes(this.bytesCompared)})`,
       `  mismatches      ${this.mismatches}`,
       `  checks          ${this.checks}`,
-      `  failures        ${this.failures.length}${this.failures.length > 0 ? ` (${Object.entries(this.failuresByCheck()).map(([check, n]) => `${check}: ${n}`).join(', ')})` : ''}`,
+      `  failures        ${this.failures.length}${
+        this.failures.length > 0
+          ? ` (${Object.entries(this.failuresByCheck())
+              .map(([check, n]) => `${check}: ${n}`)
+              .join(', ')})`
+          : ''
+      }`,
       `  wall time       ${(this.wallTimeMs / 1000).toFixed(1)} s`,
     );
     if (this.notes.length > 0) {
@@ -110,7 +119,13 @@ export class SoakReport {
     if (this.failures.length > 0) {
       lines.push('', 'failures:');
       for (const failure of this.failures) lines.push(`  ${failure.where}${failure.fault ? ` [${failure.fault}]` : ''}: ${failure.check}: ${failure.actual}`);
-      lines.push('', `replay with: npm run soak -- ${this.suite} --seed ${this.seed} ${Object.entries(this.settings).filter(([key]) => key === 'cycles' || key === 'runs').map(([key, value]) => `--${key} ${String(value)}`).join(' ')}`);
+      lines.push(
+        '',
+        `replay with: npm run soak -- ${this.suite} --seed ${this.seed} ${Object.entries(this.settings)
+          .filter(([key]) => key === 'cycles' || key === 'runs')
+          .map(([key, value]) => `--${key} ${String(value)}`)
+          .join(' ')}`,
+      );
     }
     return lines.join('\n');
   }
@@ -124,6 +139,13 @@ export function formatFailure(suite: SuiteName, seed: number, failure: SoakFailu
     `  expected: ${failure.expected}`,
     `  actual:   ${failure.actual}`,
     `  checked at this step: ${failure.checked.join(', ')}`,
-    ...(failure.output ? [failure.output.split('\n').map((line) => `  | ${line}`).join('\n')] : []),
+    ...(failure.output
+      ? [
+          failure.output
+            .split('\n')
+            .map((line) => `  | ${line}`)
+            .join('\n'),
+        ]
+      : []),
   ].join('\n');
 }

@@ -25,21 +25,36 @@ export async function restoreMatchesReference(
 ): Promise<boolean> {
   const to = await mkdtemp(join(scratchDir, `restore-${point.backupId}-`));
   try {
-    const outcome = await runCli(scene.cli, ['restore', scene.setDir, '--to', to, '--at', point.backupId, '--format', format, '--json'], { timeoutMs: 600_000 });
+    const outcome = await runCli(scene.cli, ['restore', scene.setDir, '--to', to, '--at', point.backupId, '--format', format, '--json'], {
+      timeoutMs: 600_000,
+    });
     tally.restores += 1;
     if (outcome.code !== 0) {
-      return log.record('restore-equals-reference', { expected: `restore of backup ${point.backupId} succeeds`, actual: `exit ${outcome.code ?? outcome.signal}`, output: describeOutcome(outcome) });
+      return log.record('restore-equals-reference', {
+        expected: `restore of backup ${point.backupId} succeeds`,
+        actual: `exit ${outcome.code ?? outcome.signal}`,
+        output: describeOutcome(outcome),
+      });
     }
     const wrong: string[] = [];
     for (const disk of domain.disks) {
-      const comparison = await compareImages({ path: join(to, `${disk.target}.${format}`), format }, { path: domain.snapshotPath(point.snapshot, disk.target), format: 'raw' });
+      const comparison = await compareImages(
+        { path: join(to, `${disk.target}.${format}`), format },
+        { path: domain.snapshotPath(point.snapshot, disk.target), format: 'raw' },
+      );
       tally.bytesCompared += comparison.bytes;
       if (!comparison.identical) wrong.push(`${disk.target}: ${comparison.detail}`);
     }
     tally.mismatches += wrong.length;
     return log.record(
       'restore-equals-reference',
-      wrong.length === 0 ? null : { expected: `backup ${point.backupId} restored as ${format} equals its reference byte for byte`, actual: wrong.join('; '), output: describeOutcome(outcome) },
+      wrong.length === 0
+        ? null
+        : {
+            expected: `backup ${point.backupId} restored as ${format} equals its reference byte for byte`,
+            actual: wrong.join('; '),
+            output: describeOutcome(outcome),
+          },
     );
   } finally {
     await rm(to, { recursive: true, force: true });

@@ -27,7 +27,9 @@ const SUITES: readonly SuiteName[] = ['cycles', 'faults'];
 const WORK_PARENT = '/var/tmp';
 
 function usage(message: string): never {
-  process.stderr.write(`${message}\nusage: npm run soak -- cycles [--cycles N] [--prune-every N] | faults [--runs N] [--kinds a,b]  [--seed S] [--json] [--emulate] [--from-sources] [--keep-work] [--max-failures N]\n`);
+  process.stderr.write(
+    `${message}\nusage: npm run soak -- cycles [--cycles N] [--prune-every N] | faults [--runs N] [--kinds a,b]  [--seed S] [--json] [--emulate] [--from-sources] [--keep-work] [--max-failures N]\n`,
+  );
   process.exit(2);
 }
 
@@ -77,10 +79,25 @@ try {
 if (process.env[OUTER_NAMESPACE_VARIABLE] === undefined) {
   // Ctrl-C reaches both processes; the copy inside decides how to stop.
   for (const signal of ['SIGINT', 'SIGTERM'] as const) process.on(signal, () => undefined);
-  const child = spawnSync('unshare', ['--mount', '--propagation', 'private', '--', process.execPath, ...process.execArgv, fileURLToPath(import.meta.url), ...process.argv.slice(2), '--seed', String(seed)], {
-    stdio: 'inherit',
-    env: { ...process.env, [OUTER_NAMESPACE_VARIABLE]: await currentMountNamespace() },
-  });
+  const child = spawnSync(
+    'unshare',
+    [
+      '--mount',
+      '--propagation',
+      'private',
+      '--',
+      process.execPath,
+      ...process.execArgv,
+      fileURLToPath(import.meta.url),
+      ...process.argv.slice(2),
+      '--seed',
+      String(seed),
+    ],
+    {
+      stdio: 'inherit',
+      env: { ...process.env, [OUTER_NAMESPACE_VARIABLE]: await currentMountNamespace() },
+    },
+  );
   process.exit(child.status ?? 1);
 }
 

@@ -29,10 +29,7 @@ export async function readManifest(setDir: string): Promise<ManifestSnapshot> {
   }
 }
 
-export type ManifestChange =
-  | { kind: 'unchanged' }
-  | { kind: 'one-more'; added: BackupRecord }
-  | { kind: 'wrong'; why: string };
+export type ManifestChange = { kind: 'unchanged' } | { kind: 'one-more'; added: BackupRecord } | { kind: 'wrong'; why: string };
 
 /**
  * The backups `after` has beyond `before`, provided every old backup is still there

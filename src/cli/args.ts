@@ -127,7 +127,9 @@ export function parseCommandLine(argv: readonly string[]): Invocation {
   }
   if (first.startsWith('-')) {
     const meant = closestMatch(first, ['--help', '--version']);
-    throw new UsageError(`unknown option '${first}'${meant === undefined ? `; options go after the command (${COMMAND_NAMES.join(', ')})` : `; did you mean '${meant}'?`}`);
+    throw new UsageError(
+      `unknown option '${first}'${meant === undefined ? `; options go after the command (${COMMAND_NAMES.join(', ')})` : `; did you mean '${meant}'?`}`,
+    );
   }
   if (!isCommandName(first)) throw new UsageError(unknownCommand(first));
   return parseCommand(first, rest);

@@ -26,7 +26,13 @@ export class JsonLines {
   }
 
   error(report: ErrorReport): void {
-    this.#line({ type: 'error', code: report.code, message: report.message, ...(report.detail === undefined ? {} : { detail: report.detail }), exitCode: report.exitCode });
+    this.#line({
+      type: 'error',
+      code: report.code,
+      message: report.message,
+      ...(report.detail === undefined ? {} : { detail: report.detail }),
+      exitCode: report.exitCode,
+    });
   }
 
   #line(value: object): void {

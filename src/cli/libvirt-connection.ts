@@ -16,7 +16,12 @@ export async function openConnection(uri: string): Promise<Connection> {
   } catch (error) {
     if (!(error instanceof LibvirtError)) throw error;
     if (error.codeName === 'VIR_ERR_NO_CONNECT') {
-      throw new CliError(error.codeName, ExitCode.USAGE, `cannot connect to ${uri}: no libvirt driver on this host accepts that URI (the default is ${DEFAULT_URI})`, { cause: error });
+      throw new CliError(
+        error.codeName,
+        ExitCode.USAGE,
+        `cannot connect to ${uri}: no libvirt driver on this host accepts that URI (the default is ${DEFAULT_URI})`,
+        { cause: error },
+      );
     }
     throw new CliError(error.codeName, ExitCode.FAILED, `cannot connect to ${uri}: ${error.message}`, { cause: error });
   }

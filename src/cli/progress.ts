@@ -72,7 +72,11 @@ export function renderTaskLine(task: ProgressTask, labelWidth: number, width: nu
   const barWidth = width - label.length - tail.length - 6;
   if (barWidth >= MIN_BAR_WIDTH) return `${label}  [${bar(fraction, barWidth)}]  ${tail}`.trimEnd();
   // Too narrow for a bar: give up the least useful figures first, the rate, then the sizes.
-  for (const parts of [[percent, sizes, speed, timing], [percent, sizes, timing], [percent, timing]]) {
+  for (const parts of [
+    [percent, sizes, speed, timing],
+    [percent, sizes, timing],
+    [percent, timing],
+  ]) {
     const line = `${label}  ${parts
       .filter((part) => part !== null)
       .map((part) => part.trim())

@@ -236,13 +236,7 @@ export class Connection extends EventEmitter<ConnectionEventMap> {
 
   /** The domain capabilities XML (`<backup supported=...>` lives here). */
   async getDomainCapabilities(query: DomainCapabilitiesQuery = {}): Promise<string> {
-    return this.#native.getDomainCapabilities(
-      query.emulatorbin ?? null,
-      query.arch ?? null,
-      query.machine ?? null,
-      query.virttype ?? null,
-      query.flags ?? 0,
-    );
+    return this.#native.getDomainCapabilities(query.emulatorbin ?? null, query.arch ?? null, query.machine ?? null, query.virttype ?? null, query.flags ?? 0);
   }
 
   /** Whether the connection to the daemon is still usable (false once closed). */

@@ -125,8 +125,7 @@ export class Domain {
    * specs. Flags: `BackupBeginFlags.REUSE_EXTERNAL`.
    */
   async backupBegin(backup: string | BackupSpec, checkpoint?: string | CheckpointSpec | null, flags = 0): Promise<void> {
-    const backupXml =
-      typeof backup === 'string' ? backup : buildBackupXml(backup, { libvirtVersion: await this.connection.getLibVersion() });
+    const backupXml = typeof backup === 'string' ? backup : buildBackupXml(backup, { libvirtVersion: await this.connection.getLibVersion() });
     const checkpointXml = checkpoint === undefined || checkpoint === null ? null : await this.#checkpointXml(checkpoint);
     return this.#native.backupBegin(backupXml, checkpointXml, flags);
   }
@@ -185,8 +184,7 @@ export class Domain {
         else reject(outcome.error);
       };
       const settle = (stats: JobStats) => {
-        const failed =
-          stats.success === false || stats.type === JobType.FAILED || stats.type === JobType.CANCELLED;
+        const failed = stats.success === false || stats.type === JobType.FAILED || stats.type === JobType.CANCELLED;
         finish(failed ? { error: new JobFailedError(this.name, stats) } : { stats });
       };
       const onCompleted = (domain: Domain, stats: JobStats) => {

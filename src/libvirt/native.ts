@@ -13,13 +13,7 @@ export interface NativeConnection {
   getHostname(): Promise<string>;
   getURI(): Promise<string>;
   getCapabilities(): Promise<string>;
-  getDomainCapabilities(
-    emulatorbin: string | null,
-    arch: string | null,
-    machine: string | null,
-    virttype: string | null,
-    flags: number,
-  ): Promise<string>;
+  getDomainCapabilities(emulatorbin: string | null, arch: string | null, machine: string | null, virttype: string | null, flags: number): Promise<string>;
   isAlive(): Promise<boolean>;
   listAllDomains(flags: number): Promise<NativeDomain[]>;
   lookupDomainByName(name: string): Promise<NativeDomain>;
@@ -272,10 +266,7 @@ export const NATIVE_SURFACE = {
   } satisfies Record<keyof NativeCheckpoint, true>,
   Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
   FileWriter: { write: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
-  CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<
-    keyof NativeCallPolicyProbe,
-    true
-  >,
+  CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<keyof NativeCallPolicyProbe, true>,
 };
 
 /** The classes the addon exports, by name. */

@@ -327,8 +327,7 @@ export class NbdClient implements ChunkSource {
     if (options.fastZero && !(this.flags & TransmissionFlags.SEND_FAST_ZERO)) {
       throw new NbdError(95, 'NBD_CMD_WRITE_ZEROES', 'fast zero not supported by the server');
     }
-    const flags =
-      this.fuaFlag(options) | (options.noHole ? CommandFlags.NO_HOLE : 0) | (options.fastZero ? CommandFlags.FAST_ZERO : 0);
+    const flags = this.fuaFlag(options) | (options.noHole ? CommandFlags.NO_HOLE : 0) | (options.fastZero ? CommandFlags.FAST_ZERO : 0);
     await this.ranged(Command.WRITE_ZEROES, offset, length, flags, options);
   }
 
@@ -509,4 +508,3 @@ async function settleAll(requests: Promise<void>[]): Promise<void> {
   const failed = results.find((result): result is PromiseRejectedResult => result.status === 'rejected');
   if (failed) throw failed.reason;
 }
-

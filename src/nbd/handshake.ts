@@ -310,10 +310,7 @@ function normaliseBlockSize(limits: BlockSizeLimits | undefined, size: number): 
 }
 
 /** Full handshake into transmission for one connection. */
-export async function negotiate(
-  socket: Duplex,
-  options: NegotiateOptions,
-): Promise<{ socket: Duplex; leftover: Buffer[]; info: ExportInfo }> {
+export async function negotiate(socket: Duplex, options: NegotiateOptions): Promise<{ socket: Duplex; leftover: Buffer[]; info: ExportInfo }> {
   const phase = await OptionPhase.open(socket, options.tls, options.tlsDefaultName);
   const structuredReplies = options.structuredReplies ? await phase.structuredReplies() : false;
   const metaContexts = new Map<number, string>();

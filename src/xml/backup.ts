@@ -200,7 +200,12 @@ export function backupSpecIssues(spec: unknown, options?: LibvirtVersionOptions)
     checkNoDuplicateNames(spec.disks, 'disks', issues);
   }
   if (spec.extra !== undefined) {
-    checkExtra(spec.extra, 'extra', { target, modeledAttributes: ROOT_ATTRIBUTES, modeledElements: ROOT_ELEMENTS, outputOnly: BACKUP_OUTPUT_ONLY.root }, issues);
+    checkExtra(
+      spec.extra,
+      'extra',
+      { target, modeledAttributes: ROOT_ATTRIBUTES, modeledElements: ROOT_ELEMENTS, outputOnly: BACKUP_OUTPUT_ONLY.root },
+      issues,
+    );
   }
   return issues.list;
 }
@@ -287,7 +292,12 @@ function checkDisk(disk: unknown, path: string, mode: 'push' | 'pull', target: I
     if (disk.driver !== undefined) checkDriver(disk.driver, at('driver'), mode, target, issues);
   }
   if (disk.extra !== undefined) {
-    checkExtra(disk.extra, at('extra'), { target, modeledAttributes: DISK_ATTRIBUTES, modeledElements: DISK_ELEMENTS, outputOnly: BACKUP_OUTPUT_ONLY.disk }, issues);
+    checkExtra(
+      disk.extra,
+      at('extra'),
+      { target, modeledAttributes: DISK_ATTRIBUTES, modeledElements: DISK_ELEMENTS, outputOnly: BACKUP_OUTPUT_ONLY.disk },
+      issues,
+    );
   }
 }
 
@@ -365,7 +375,8 @@ function checkEncryption(encryption: unknown, path: string, target: InputTarget,
     }
     if (cipher.mode !== undefined) checkString(cipher.mode, childPath(cipherPath, 'mode'), issues);
     if (cipher.hash !== undefined) checkString(cipher.hash, childPath(cipherPath, 'hash'), issues);
-    if (cipher.extra !== undefined) checkExtra(cipher.extra, childPath(cipherPath, 'extra'), { target, modeledAttributes: ['name', 'size', 'mode', 'hash'] }, issues);
+    if (cipher.extra !== undefined)
+      checkExtra(cipher.extra, childPath(cipherPath, 'extra'), { target, modeledAttributes: ['name', 'size', 'mode', 'hash'] }, issues);
   }
   if (encryption.ivgen !== undefined && checkObject(encryption.ivgen, at('ivgen'), ['name', 'hash', 'extra'], issues)) {
     const ivgen = encryption.ivgen;

@@ -74,9 +74,7 @@ export function readDomain(element: Element, path: string): DomainSummary {
   const disks =
     devices === undefined
       ? []
-      : new ElementReader(devices, reader.fieldPath('devices'))
-          .children('disk')
-          .map((disk, index) => readDisk(disk, `${reader.fieldPath('disks')}[${index}]`));
+      : new ElementReader(devices, reader.fieldPath('devices')).children('disk').map((disk, index) => readDisk(disk, `${reader.fieldPath('disks')}[${index}]`));
   return {
     ...(type === undefined ? {} : { type }),
     ...(name === undefined ? {} : { name }),
@@ -197,7 +195,10 @@ export function diskBitmapSupport(disk: DomainDisk, options: BitmapSupportOption
   }
   const format = disk.driver?.type;
   if (format !== 'qcow2') {
-    return { supported: false, reason: format === undefined ? 'disk format is not declared (libvirt assumes raw)' : `format ${quote(format)} cannot store bitmaps; qcow2 is required` };
+    return {
+      supported: false,
+      reason: format === undefined ? 'disk format is not declared (libvirt assumes raw)' : `format ${quote(format)} cannot store bitmaps; qcow2 is required`,
+    };
   }
   return { supported: true };
 }

@@ -77,12 +77,7 @@ export function childPath(path: string, key: string): string {
  * Checks that `value` is a plain object whose keys are all in `allowed`.
  * Keys set to undefined count as absent, as TypeScript treats them.
  */
-export function checkObject(
-  value: unknown,
-  path: string,
-  allowed: readonly string[],
-  issues: Issues,
-): value is Record<string, unknown> {
+export function checkObject(value: unknown, path: string, allowed: readonly string[], issues: Issues): value is Record<string, unknown> {
   if (typeof value !== 'object' || value === null || Array.isArray(value)) {
     issues.add(path, 'must be an object');
     return false;

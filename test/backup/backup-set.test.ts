@@ -52,7 +52,9 @@ test('a set belonging to another domain is refused, matched by UUID', async (t) 
   t.is(error?.message, `backup set ${dir} belongs to domain 'vm1' (uuid ${DOMAIN.uuid}), not to 'vm1' (uuid 11111111-2222-3333-4444-555555555555)`);
   await set.close();
   const before = await readFile(join(dir, 'manifest.json'), 'utf8');
-  const viaOpen = await t.throwsAsync(BackupSet.openOrCreate(dir, { name: 'other', uuid: '11111111-2222-3333-4444-555555555555', xml: '<domain/>' }), { instanceOf: BackupSetError });
+  const viaOpen = await t.throwsAsync(BackupSet.openOrCreate(dir, { name: 'other', uuid: '11111111-2222-3333-4444-555555555555', xml: '<domain/>' }), {
+    instanceOf: BackupSetError,
+  });
   t.is(viaOpen?.code, 'FOREIGN_DOMAIN');
   t.is(await readFile(join(dir, 'manifest.json'), 'utf8'), before);
   t.false(await fileExists(join(dir, LOCK_FILE)), 'lock released after refusing');
@@ -86,7 +88,9 @@ test('a lock whose holder died is free at once, whatever its file says; a live h
     await set.close();
   }
 
-  const holder = spawn(process.execPath, ['--import=tsx', fileURLToPath(new URL('./lock-holder-child.ts', import.meta.url)), dir], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const holder = spawn(process.execPath, ['--import=tsx', fileURLToPath(new URL('./lock-holder-child.ts', import.meta.url)), dir], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+  });
   t.teardown(() => holder.kill('SIGKILL'));
   await new Promise<void>((resolve) => holder.stdout!.once('data', () => resolve()));
   const error = await t.throwsAsync(BackupSet.openForWrite(dir), { instanceOf: BackupSetError });
@@ -96,7 +100,7 @@ test('a lock whose holder died is free at once, whatever its file says; a live h
   holder.kill('SIGKILL');
   await exited;
   const set = await BackupSet.openForWrite(dir);
-  t.true(set.writable, 'the kernel released the dead holder\'s lock');
+  t.true(set.writable, "the kernel released the dead holder's lock");
   await set.close();
 });
 
@@ -136,11 +140,20 @@ test('chain helpers: next id, levels, parents, file names', async (t) => {
   t.is(set.nextLevelParent('inc')?.id, '0005');
   t.is(set.nextLevelParent('diff')?.id, '0004');
   t.is(set.nextLevelParent('full'), null);
-  t.deepEqual(set.chainFor('vda', '0003').map((link) => link.disk.file), ['vda.0001.full.qcow2', 'vda.0003.diff.qcow2']);
-  t.deepEqual(set.chainFor('vda').map((link) => link.backupId), ['0004', '0005']);
+  t.deepEqual(
+    set.chainFor('vda', '0003').map((link) => link.disk.file),
+    ['vda.0001.full.qcow2', 'vda.0003.diff.qcow2'],
+  );
+  t.deepEqual(
+    set.chainFor('vda').map((link) => link.backupId),
+    ['0004', '0005'],
+  );
   t.is(BackupSet.fileName('vda', '0007', 'inc'), 'vda.0007.inc.qcow2');
   const info = JSON.parse(await qemuImg('info', '--output=json', '--backing-chain', join(set.dir, 'vda.0003.diff.qcow2')));
-  t.deepEqual(info.map((image: { filename: string }) => image.filename), ['vda.0003.diff.qcow2', 'vda.0001.full.qcow2'].map((file) => join(set.dir, file)));
+  t.deepEqual(
+    info.map((image: { filename: string }) => image.filename),
+    ['vda.0003.diff.qcow2', 'vda.0001.full.qcow2'].map((file) => join(set.dir, file)),
+  );
 
   const fresh = await BackupSet.create(join(await tempDir(t), 'set'), DOMAIN);
   t.teardown(() => fresh.close());
@@ -166,7 +179,17 @@ test('commit refuses a record that does not match its files, leaving the manifes
     parent: '0001',
     checkpoint: 'cp-2',
     checkpointXml: null,
-    disks: [{ ...base.disks[0]!, level: 'inc' as const, file, backingFile: 'vda.0001.full.qcow2', fileSize: size, dataBytes: 0, checksum: `xxh128:${'0'.repeat(32)}` }],
+    disks: [
+      {
+        ...base.disks[0]!,
+        level: 'inc' as const,
+        file,
+        backingFile: 'vda.0001.full.qcow2',
+        fileSize: size,
+        dataBytes: 0,
+        checksum: `xxh128:${'0'.repeat(32)}`,
+      },
+    ],
   };
   const wrongSha = await t.throwsAsync(set.commitBackup(record), { instanceOf: BackupSetError });
   t.is(wrongSha?.code, 'RECORD_INVALID');
@@ -227,7 +250,15 @@ test('a journal whose run is still alive blocks writing', async (t) => {
   const builder = await buildSet(t, ['full'], ONE_DISK);
   const dir = builder.dir;
   await builder.set.close();
-  const journal = { format: 'libvirt-backup-run', kind: 'backup', pid: process.ppid, hostname: hostname(), startedAt: '2024-01-01T00:00:00.000Z', creates: ['vda.0002.inc.qcow2'], deletes: [] };
+  const journal = {
+    format: 'libvirt-backup-run',
+    kind: 'backup',
+    pid: process.ppid,
+    hostname: hostname(),
+    startedAt: '2024-01-01T00:00:00.000Z',
+    creates: ['vda.0002.inc.qcow2'],
+    deletes: [],
+  };
   await writeFile(join(dir, JOURNAL_FILE), JSON.stringify(journal));
   const error = await t.throwsAsync(BackupSet.openForWrite(dir), { instanceOf: BackupSetError });
   t.is(error?.code, 'RUN_IN_PROGRESS');
@@ -240,7 +271,15 @@ test('a journal from another host is cleaned once its lock is gone', async (t) =
   const dir = builder.dir;
   await builder.set.close();
   await writeFile(join(dir, 'vda.0002.inc.qcow2'), 'partial');
-  const journal = { format: 'libvirt-backup-run', kind: 'backup', pid: 77, hostname: 'elsewhere.example', startedAt: '2024-01-01T00:00:00.000Z', creates: ['vda.0002.inc.qcow2'], deletes: [] };
+  const journal = {
+    format: 'libvirt-backup-run',
+    kind: 'backup',
+    pid: 77,
+    hostname: 'elsewhere.example',
+    startedAt: '2024-01-01T00:00:00.000Z',
+    creates: ['vda.0002.inc.qcow2'],
+    deletes: [],
+  };
   await writeFile(join(dir, JOURNAL_FILE), JSON.stringify(journal));
   const set = await BackupSet.openForWrite(dir);
   t.teardown(() => set.close());

@@ -47,7 +47,10 @@ async function checkpointNames(domain: { listAllCheckpoints(): Promise<Array<{ n
 
 async function manifestCheckpoints(dest: string): Promise<string[]> {
   const set = await BackupSet.open(dest);
-  return set.backups.map((b) => b.checkpoint).filter((c): c is string => c !== null).sort();
+  return set.backups
+    .map((b) => b.checkpoint)
+    .filter((c): c is string => c !== null)
+    .sort();
 }
 
 async function waitUntil(what: string, condition: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
@@ -90,7 +93,7 @@ test('a destination filling up during a pull backup ends the job before any gues
   t.deepEqual(await checkpointNames(m.vm.domain), [], 'the run left no checkpoint');
   // Every guest write reached the disk.
   await m.vm.domain.destroy();
-  t.true(await imagesIdentical(m.vm.disks[0]!.path, 'qcow2', (await snapshotNow(m)), 'raw'), 'the disk holds every write');
+  t.true(await imagesIdentical(m.vm.disks[0]!.path, 'qcow2', await snapshotNow(m), 'raw'), 'the disk holds every write');
 });
 
 async function snapshotNow(m: Awaited<ReturnType<typeof mirroredDomain>>): Promise<string> {
@@ -177,9 +180,17 @@ for (const transport of ['pull', 'push'] as const) {
     await m.snapshot('next');
     const next = await runCli(['backup', m.vm.name, '--dest', dest, '--transport', transport, '--json']);
     t.is(next.code, 0, next.stderr);
-    const notices = jsonLines(next.stdout).filter((e) => e.type === 'notice').map((e) => String(e.message));
-    t.true(notices.some((n) => /ended the (pull|push) backup job .*left behind by an interrupted run/.test(n)) || notices.some((n) => /cleaned up/.test(n)), notices.join('\n'));
-    t.true(notices.some((n) => /deleted checkpoint lvb-0002-/.test(n)), notices.join('\n'));
+    const notices = jsonLines(next.stdout)
+      .filter((e) => e.type === 'notice')
+      .map((e) => String(e.message));
+    t.true(
+      notices.some((n) => /ended the (pull|push) backup job .*left behind by an interrupted run/.test(n)) || notices.some((n) => /cleaned up/.test(n)),
+      notices.join('\n'),
+    );
+    t.true(
+      notices.some((n) => /deleted checkpoint lvb-0002-/.test(n)),
+      notices.join('\n'),
+    );
     t.is((await m.vm.domain.getJobInfo()).type, JobType.NONE);
     t.deepEqual(await checkpointNames(m.vm.domain), await manifestCheckpoints(dest), 'libvirt holds exactly the checkpoints the set names');
     t.is((await runCli(['verify', dest])).code, 0);
@@ -201,9 +212,7 @@ test('a domain destroyed mid-run: a clear error, the checkpoint is kept for dele
   await m.write(0, 0x61, '0', '8M');
   await runBackup({ domain: m.vm.name, dest, connection: conn });
   await m.write(0, 0x62, '0', '1M');
-  const error = await t.throwsAsync(
-    runBackup({ domain: m.vm.name, dest, connection: conn, hooks: { afterJobStart: () => m.vm.domain.destroy() } }),
-  );
+  const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, hooks: { afterJobStart: () => m.vm.domain.destroy() } }));
   t.is((error as { code?: string }).code, 'DOMAIN_STOPPED', error?.message);
   t.regex(error!.message, /stopped during the backup/);
   const pending = JSON.parse(await readFile(join(dest, PENDING_CHECKPOINTS_FILE), 'utf8')) as { checkpoints: Array<{ name: string }> };
@@ -214,7 +223,10 @@ test('a domain destroyed mid-run: a clear error, the checkpoint is kept for dele
 
   await m.vm.domain.start();
   const next = await runBackup({ domain: m.vm.name, dest, connection: conn });
-  t.true(next.notices.some((n) => n.includes(`deleted checkpoint ${pending.checkpoints[0]!.name}`)), next.notices.join('\n'));
+  t.true(
+    next.notices.some((n) => n.includes(`deleted checkpoint ${pending.checkpoints[0]!.name}`)),
+    next.notices.join('\n'),
+  );
   t.deepEqual(await checkpointNames(m.vm.domain), await manifestCheckpoints(dest));
   await t.throwsAsync(stat(join(dest, PENDING_CHECKPOINTS_FILE)));
 });
@@ -260,7 +272,10 @@ test('backup files, manifests and set directories are private whatever the umask
     const dest = join(m.dir, `set-${umask}`);
     for (const transport of ['pull', 'push']) {
       const main = new URL('../../src/cli/main.ts', import.meta.url).pathname;
-      await run('sh', ['-c', `umask ${umask} && exec "${process.execPath}" --import=tsx "${main}" backup "${m.vm.name}" --dest "${dest}" --transport ${transport}`]);
+      await run('sh', [
+        '-c',
+        `umask ${umask} && exec "${process.execPath}" --import=tsx "${main}" backup "${m.vm.name}" --dest "${dest}" --transport ${transport}`,
+      ]);
     }
     t.is((await stat(dest)).mode & 0o777, 0o700, `set directory under umask ${umask}`);
     for (const entry of await readdir(dest)) {

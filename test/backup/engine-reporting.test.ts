@@ -55,5 +55,9 @@ test('a job someone else cancels is a job failure (JOB_FAILED, exit 1), and the 
   t.is(error['code'], 'JOB_FAILED', result.stdout);
   t.regex(String(error['message']), /backup job on domain .* (was cancelled|failed)/);
   t.is((await m.vm.domain.getJobInfo()).type, JobType.NONE);
-  t.deepEqual((await m.vm.domain.listAllCheckpoints()).map((c) => c.name), [], 'the run removed its checkpoint');
+  t.deepEqual(
+    (await m.vm.domain.listAllCheckpoints()).map((c) => c.name),
+    [],
+    'the run removed its checkpoint',
+  );
 });

@@ -55,7 +55,10 @@ for (const transport of ['pull', 'push'] as const) {
     t.is(diff.disks.find((d) => d.target === 'vda')!.backingFile, full.disks.find((d) => d.target === 'vda')!.file);
 
     const set = await BackupSet.open(dest);
-    t.deepEqual(set.backups.map((b) => b.level), ['full', 'inc', 'inc', 'diff']);
+    t.deepEqual(
+      set.backups.map((b) => b.level),
+      ['full', 'inc', 'inc', 'diff'],
+    );
     for (const point of [full, inc1, inc2, diff]) {
       const out = join(m.dir, `restore-${point.backupId}`);
       await mkdir(out);
@@ -135,7 +138,10 @@ test('checkpoint drift: lost metadata is redefined and the run stays incremental
     onEvent: (e) => e.type === 'notice' && notices.push(e.message),
   });
   t.is(second.level, 'inc');
-  t.true(notices.some((n) => n.includes(`checkpoint ${first.checkpoint} was missing from libvirt; redefined`)), notices.join('\n'));
+  t.true(
+    notices.some((n) => n.includes(`checkpoint ${first.checkpoint} was missing from libvirt; redefined`)),
+    notices.join('\n'),
+  );
   t.true(second.disks[0]!.dataBytes <= 65536);
 
   // The bitmap itself disappears: auto takes a full and says why; inc refuses.
@@ -143,9 +149,7 @@ test('checkpoint drift: lost metadata is redefined and the run stays incremental
     return: Array<{ qdev?: string; inserted?: { 'node-name': string } }>;
   };
   const node = blocks.return.find((b) => b.qdev?.includes('virtio-disk0'))!.inserted!['node-name'];
-  await m.vm.domain.qemuMonitorCommand(
-    JSON.stringify({ execute: 'block-dirty-bitmap-remove', arguments: { node, name: second.checkpoint } }),
-  );
+  await m.vm.domain.qemuMonitorCommand(JSON.stringify({ execute: 'block-dirty-bitmap-remove', arguments: { node, name: second.checkpoint } }));
   await m.write(0, 0x63, '4M', '64k');
   const refused = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, level: 'inc' }));
   t.is((refused as { code?: string }).code, 'CHAIN_UNUSABLE');
@@ -153,7 +157,10 @@ test('checkpoint drift: lost metadata is redefined and the run stays incremental
   const fallback: string[] = [];
   const third = await runBackup({ domain: m.vm.name, dest, connection: conn, onEvent: (e) => e.type === 'notice' && fallback.push(e.message) });
   t.is(third.level, 'full');
-  t.true(fallback.some((n) => n.startsWith('taking a full backup: the bitmap of checkpoint')), fallback.join('\n'));
+  t.true(
+    fallback.some((n) => n.startsWith('taking a full backup: the bitmap of checkpoint')),
+    fallback.join('\n'),
+  );
   await m.snapshot('third');
   const out = join(m.dir, 'restore');
   await mkdir(out);

@@ -95,7 +95,10 @@ test('misuse and bad arguments are refused before anything runs', async (t) => {
   t.throws(() => writer.write(Buffer.alloc(1) as never, 0), { instanceOf: TypeError, message: 'The "buffers" argument must be an array of Uint8Arrays' });
   t.throws(() => writer.write(['x'] as never, 0), { instanceOf: TypeError, message: 'The "buffers" argument must be an array of Uint8Arrays' });
   t.throws(() => writer.write([Buffer.alloc(1)], 1.5), { instanceOf: TypeError, message: 'The "position" argument must be a non-negative integer' });
-  t.throws(() => (writer.write as (...args: unknown[]) => unknown)([Buffer.alloc(1)]), { instanceOf: TypeError, message: 'The "position" argument must be a number' });
+  t.throws(() => (writer.write as (...args: unknown[]) => unknown)([Buffer.alloc(1)]), {
+    instanceOf: TypeError,
+    message: 'The "position" argument must be a number',
+  });
   t.throws(() => addon.FileWriter.prototype.finish.call({}), { instanceOf: TypeError, message: 'Illegal invocation: receiver is not a FileWriter' });
   // A refused call took no place in the checksum order: later writes still complete.
   const pending = writer.write([Buffer.from('abc')], 0);

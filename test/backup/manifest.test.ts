@@ -36,11 +36,7 @@ function validManifest(): Manifest {
     format: 'libvirt-backup-set',
     version: 2,
     domain: { ...DOMAIN },
-    backups: [
-      backup('0001', 'full', null, null),
-      backup('0002', 'inc', '0001', 'vda.0001.full.qcow2'),
-      backup('0003', 'diff', '0001', 'vda.0001.full.qcow2'),
-    ],
+    backups: [backup('0001', 'full', null, null), backup('0002', 'inc', '0001', 'vda.0001.full.qcow2'), backup('0003', 'diff', '0001', 'vda.0001.full.qcow2')],
   };
 }
 
@@ -68,13 +64,22 @@ test('corrupt JSON names the file', (t) => {
 });
 
 test('a foreign file and a newer version are refused clearly', (t) => {
-  t.is(parseMutated((m) => (m.format = 'something-else')), `MANIFEST_INVALID manifest.json: format: must be 'libvirt-backup-set', found string "something-else": not a libvirt-backup set manifest`);
+  t.is(
+    parseMutated((m) => (m.format = 'something-else')),
+    `MANIFEST_INVALID manifest.json: format: must be 'libvirt-backup-set', found string "something-else": not a libvirt-backup set manifest`,
+  );
   t.is(
     parseMutated((m) => (m.version = 3)),
     'MANIFEST_TOO_NEW manifest.json: format version 3 was written by a newer libvirt-backup (this one reads up to version 2); upgrade libvirt-backup to use this set',
   );
-  t.is(parseMutated((m) => (m.version = '1')), 'MANIFEST_INVALID manifest.json: version: must be a positive integer, found string "1"');
-  t.regex(parseMutated((m) => (m.backups = 'x')), /backups: must be an array/);
+  t.is(
+    parseMutated((m) => (m.version = '1')),
+    'MANIFEST_INVALID manifest.json: version: must be a positive integer, found string "1"',
+  );
+  t.regex(
+    parseMutated((m) => (m.backups = 'x')),
+    /backups: must be an array/,
+  );
   t.is(
     (() => {
       try {
@@ -89,9 +94,21 @@ test('a foreign file and a newer version are refused clearly', (t) => {
 });
 
 const fieldCases: Array<[string, (manifest: any) => void, string]> = [
-  ['checksum too short', (m) => (m.backups[2].disks[0].checksum = 'xxh128:abc'), 'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64'],
-  ['checksum without algorithm', (m) => (m.backups[2].disks[0].checksum = 'a'.repeat(32)), 'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64'],
-  ['unknown checksum algorithm', (m) => (m.backups[2].disks[0].checksum = `md5:${'a'.repeat(32)}`), 'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64'],
+  [
+    'checksum too short',
+    (m) => (m.backups[2].disks[0].checksum = 'xxh128:abc'),
+    'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64',
+  ],
+  [
+    'checksum without algorithm',
+    (m) => (m.backups[2].disks[0].checksum = 'a'.repeat(32)),
+    'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64',
+  ],
+  [
+    'unknown checksum algorithm',
+    (m) => (m.backups[2].disks[0].checksum = `md5:${'a'.repeat(32)}`),
+    'backups[2].disks[0].checksum: must be xxh128: and 32 lowercase hex digits, or sha256: and 64',
+  ],
   ['version 1 field in version 2', (m) => (m.backups[0].disks[0].sha256 = 'a'.repeat(64)), 'backups[0].disks[0].sha256: unknown field'],
   ['missing field', (m) => delete m.backups[1].completedAt, 'backups[1].completedAt: is missing'],
   ['unknown field', (m) => (m.backups[0].disks[0].color = 'red'), 'backups[0].disks[0].color: unknown field'],
@@ -102,30 +119,62 @@ const fieldCases: Array<[string, (manifest: any) => void, string]> = [
   ['time order', (m) => (m.backups[0].completedAt = '2024-05-01T01:00:00.000Z'), 'backups[0].completedAt: must not be before startedAt'],
   ['negative size', (m) => (m.backups[0].disks[0].fileSize = -1), 'backups[0].disks[0].fileSize: must be a non-negative integer, found number -1'],
   ['fractional size', (m) => (m.backups[0].disks[0].virtualSize = 1.5), 'backups[0].disks[0].virtualSize: must be a non-negative integer, found number 1.5'],
-  ['path as file', (m) => (m.backups[0].disks[0].file = '../etc/passwd.qcow2'), 'backups[0].disks[0].file: must be a file name in the set directory, not a path'],
-  ['bad target', (m) => (m.backups[0].disks[0].target = 'vd a'), 'backups[0].disks[0].target: must be a disk target name like vda (up to 64 letters, digits, _ and -)'],
+  [
+    'path as file',
+    (m) => (m.backups[0].disks[0].file = '../etc/passwd.qcow2'),
+    'backups[0].disks[0].file: must be a file name in the set directory, not a path',
+  ],
+  [
+    'bad target',
+    (m) => (m.backups[0].disks[0].target = 'vd a'),
+    'backups[0].disks[0].target: must be a disk target name like vda (up to 64 letters, digits, _ and -)',
+  ],
   ['uuid', (m) => (m.domain.uuid = 'not-a-uuid'), 'domain.uuid: must be a lowercase UUID like 4dea22b3-1d52-d8f3-2516-782e98ab3fa0'],
   ['empty name', (m) => (m.domain.name = ''), 'domain.name: must not be empty'],
   ['full with parent', (m) => (m.backups[0].parent = '0002'), 'backups[0].parent: must be null for a full backup'],
   ['inc without parent', (m) => (m.backups[1].parent = null), 'backups[1].parent: must name the backup an inc backup is relative to'],
   ['full disk with backing', (m) => (m.backups[0].disks[0].backingFile = 'x.qcow2'), 'backups[0].disks[0].backingFile: must be null for a full disk image'],
   ['unknown parent', (m) => (m.backups[2].parent = '0009'), `backups[2].parent: backup '0009' is not an earlier backup of this set`],
-  ['inc skipping', (m) => (m.backups[2].level = 'inc') && (m.backups[2].disks[0].level = 'inc'), `backups[2].parent: an incremental must be relative to the preceding backup '0002'`],
+  [
+    'inc skipping',
+    (m) => (m.backups[2].level = 'inc') && (m.backups[2].disks[0].level = 'inc'),
+    `backups[2].parent: an incremental must be relative to the preceding backup '0002'`,
+  ],
   ['diff of an inc', (m) => (m.backups[2].parent = '0002'), `backups[2].parent: a differential must be relative to a full backup, '0002' is inc`],
-  ['wrong backing', (m) => (m.backups[1].disks[0].backingFile = 'vda.0003.diff.qcow2'), `backups[1].disks[0].backingFile: must be the parent backup's file 'vda.0001.full.qcow2', found 'vda.0003.diff.qcow2'`],
+  [
+    'wrong backing',
+    (m) => (m.backups[1].disks[0].backingFile = 'vda.0003.diff.qcow2'),
+    `backups[1].disks[0].backingFile: must be the parent backup's file 'vda.0001.full.qcow2', found 'vda.0003.diff.qcow2'`,
+  ],
   ['duplicate id', (m) => (m.backups[1].id = '0001'), `backups[1].id: duplicate backup id '0001'`],
   ['ids out of order', (m) => (m.backups[1].id = '0005'), `backups[2].id: must be greater than the previous backup's id '0005'`],
-  ['shared file', (m) => (m.backups[2].disks[0].file = 'vda.0002.inc.qcow2'), `backups[2].disks[0].file: 'vda.0002.inc.qcow2' is already used by backup '0002'`],
+  [
+    'shared file',
+    (m) => (m.backups[2].disks[0].file = 'vda.0002.inc.qcow2'),
+    `backups[2].disks[0].file: 'vda.0002.inc.qcow2' is already used by backup '0002'`,
+  ],
   ['disk level mismatch', (m) => (m.backups[1].disks[0].level = 'diff'), `backups[1].disks[0].level: must be 'full' or the backup's level 'inc'`],
   ['orphan checkpoint xml', (m) => (m.backups[0].checkpoint = null), 'backups[0].checkpointXml: must be null when checkpoint is null'],
   ['empty disks', (m) => (m.backups[0].disks = []), 'backups[0].disks: must be a non-empty array'],
   ['newline in a file name', (m) => (m.backups[0].disks[0].file = 'vda\n.qcow2'), 'backups[0].disks[0].file: must not contain control characters'],
-  ['escape sequence in a backing file', (m) => (m.backups[1].disks[0].backingFile = '\u001b[2J.qcow2'), 'backups[1].disks[0].backingFile: must not contain control characters'],
+  [
+    'escape sequence in a backing file',
+    (m) => (m.backups[1].disks[0].backingFile = '\u001b[2J.qcow2'),
+    'backups[1].disks[0].backingFile: must not contain control characters',
+  ],
   ['hidden temporary as file', (m) => (m.backups[0].disks[0].file = '.vda.0001.full.qcow2'), 'backups[0].disks[0].file: must not start with a dot'],
-  ['file name longer than NAME_MAX', (m) => (m.backups[0].disks[0].file = `${'x'.repeat(250)}.qcow2`), 'backups[0].disks[0].file: must be at most 255 bytes long'],
+  [
+    'file name longer than NAME_MAX',
+    (m) => (m.backups[0].disks[0].file = `${'x'.repeat(250)}.qcow2`),
+    'backups[0].disks[0].file: must be at most 255 bytes long',
+  ],
   ['id of 21 digits', (m) => (m.backups[0].id = '1'.repeat(21)), `backups[0].id: must be a zero-padded number of 4 to 20 digits, like '0001'`],
   ['unknown key that is no plain name', (m) => (m.backups[0]['a b\n'] = 1), 'backups[0]["a b\\n"]: unknown field'],
-  ['long value quoted in part', (m) => (m.backups[0].level = 'z'.repeat(10_000)), `backups[0].level: must be one of 'full', 'inc', 'diff', found string "${'z'.repeat(60)}…"`],
+  [
+    'long value quoted in part',
+    (m) => (m.backups[0].level = 'z'.repeat(10_000)),
+    `backups[0].level: must be one of 'full', 'inc', 'diff', found string "${'z'.repeat(60)}…"`,
+  ],
 ];
 
 test('-0, which JSON can spell, reads as 0 so a write and a read keep the manifest', (t) => {
@@ -157,7 +206,10 @@ test('a version 1 manifest (sha256 checksums) is read and written back as versio
   }
   const parsed = parseManifest(JSON.stringify(v1), 'manifest.json');
   t.is(parsed.version, 2);
-  t.deepEqual(parsed.backups.map((b) => b.disks[0]!.checksum), Array(3).fill(`sha256:${'b'.repeat(64)}`));
+  t.deepEqual(
+    parsed.backups.map((b) => b.disks[0]!.checksum),
+    Array(3).fill(`sha256:${'b'.repeat(64)}`),
+  );
   t.deepEqual(parseManifest(serializeManifest(parsed), 'manifest.json'), parsed);
   // Version 1 disks must carry sha256, not version 2's field.
   const mixed: any = JSON.parse(JSON.stringify(v1));
@@ -165,7 +217,9 @@ test('a version 1 manifest (sha256 checksums) is read and written back as versio
   t.throws(() => parseManifest(JSON.stringify(mixed), 'manifest.json'), { message: 'manifest.json: backups[1].disks[0].checksum: unknown field' });
   const bad: any = JSON.parse(JSON.stringify(v1));
   bad.backups[0].disks[0].sha256 = 'abc';
-  t.throws(() => parseManifest(JSON.stringify(bad), 'manifest.json'), { message: 'manifest.json: backups[0].disks[0].sha256: must be 64 hex characters (lowercase)' });
+  t.throws(() => parseManifest(JSON.stringify(bad), 'manifest.json'), {
+    message: 'manifest.json: backups[0].disks[0].sha256: must be 64 hex characters (lowercase)',
+  });
 });
 
 for (const [name, mutate, expected] of fieldCases) {

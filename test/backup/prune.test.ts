@@ -152,8 +152,14 @@ for (const [name, scenario] of Object.entries(scenarios)) {
     t.deepEqual(result.merged, scenario.merged);
     t.deepEqual(result.obsoleteCheckpoints, scenario.obsolete);
     const reopened = await BackupSet.open(builder.dir);
-    t.deepEqual(reopened.backups.map((backup) => backup.id), scenario.ids);
-    t.deepEqual(reopened.backups.map((backup) => backup.level), scenario.levelsAfter);
+    t.deepEqual(
+      reopened.backups.map((backup) => backup.id),
+      scenario.ids,
+    );
+    t.deepEqual(
+      reopened.backups.map((backup) => backup.level),
+      scenario.levelsAfter,
+    );
     if (scenario.files) t.deepEqual(await filesIn(builder.dir), scenario.files);
     t.deepEqual(await filesIn(builder.dir), [...reopened.referencedFiles()].sort(), 'exactly the referenced files remain');
     await assertRestorable(t, builder);
@@ -170,7 +176,10 @@ test('prune keeps working with later backups: the next incremental and different
   await builder.backup('inc');
   await builder.churn(11);
   await builder.backup('diff');
-  t.deepEqual(builder.set.backups.map((backup) => `${backup.id}:${backup.level}:${backup.parent ?? '-'}`), ['0003:full:-', '0004:inc:0003', '0005:diff:0003']);
+  t.deepEqual(
+    builder.set.backups.map((backup) => `${backup.id}:${backup.level}:${backup.parent ?? '-'}`),
+    ['0003:full:-', '0004:inc:0003', '0005:diff:0003'],
+  );
   await assertRestorable(t, builder);
 });
 
@@ -188,7 +197,9 @@ test('an aborted prune leaves the set exactly as it was', async (t) => {
   const manifestBefore = await readFile(builder.set.manifestPath, 'utf8');
   const filesBefore = await readdir(builder.dir);
   const controller = new AbortController();
-  const error = await t.throwsAsync(prune(builder.set, { keep: 1, signal: controller.signal, onProgress: () => controller.abort() }), { instanceOf: BackupSetError });
+  const error = await t.throwsAsync(prune(builder.set, { keep: 1, signal: controller.signal, onProgress: () => controller.abort() }), {
+    instanceOf: BackupSetError,
+  });
   t.is(error?.code, 'ABORTED');
   t.is(await readFile(builder.set.manifestPath, 'utf8'), manifestBefore);
   t.deepEqual((await readdir(builder.dir)).sort(), filesBefore.sort());
@@ -228,7 +239,10 @@ for (const point of crashPoints) {
     t.is(afterCrash.interruptedRun?.kind, 'prune');
     const referenced = [...afterCrash.referencedFiles()];
     const present = await filesIn(dir);
-    t.true(referenced.every((file) => present.includes(file)), 'every referenced file exists');
+    t.true(
+      referenced.every((file) => present.includes(file)),
+      'every referenced file exists',
+    );
     const structural = await verify(afterCrash, { checksums: true });
     if (point.readableBeforeRecovery) {
       t.true(structural.ok, JSON.stringify(structural.problems));

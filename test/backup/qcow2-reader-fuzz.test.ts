@@ -81,12 +81,12 @@ function applyChange(bytes: Buffer, at: number, width: number, what: Change | { 
   switch (what.kind) {
     case 'flip': {
       const bit = what.bit % (width * 8);
-      bytes[at + width - 1 - Math.floor(bit / 8)]! ^= 1 << bit % 8;
+      bytes[at + width - 1 - Math.floor(bit / 8)]! ^= 1 << (bit % 8);
       return;
     }
     case 'set-bit': {
       const bit = what.bit % (width * 8);
-      bytes[at + width - 1 - Math.floor(bit / 8)]! |= 1 << bit % 8;
+      bytes[at + width - 1 - Math.floor(bit / 8)]! |= 1 << (bit % 8);
       return;
     }
     case 'random': {
@@ -177,7 +177,8 @@ async function fuzzChain(t: ExecutionContext, label: string, paths: readonly str
       await mkdir(dir);
       try {
         const copies = paths.map((path) => join(dir, basename(path)));
-        for (const [index, path] of paths.entries()) await writeFile(copies[index]!, index === targetIndex ? mutate(original, mutations) : await readFile(path));
+        for (const [index, path] of paths.entries())
+          await writeFile(copies[index]!, index === targetIndex ? mutate(original, mutations) : await readFile(path));
         // The manifest describes the files as they are now: this is about the reader, not the checksums.
         const chain = (await describeChain(copies.slice(0, targetIndex))).concat(await describeMutated(copies, targetIndex));
         const output = join(dir, 'out.raw');
@@ -195,13 +196,17 @@ async function fuzzChain(t: ExecutionContext, label: string, paths: readonly str
         if (outcome === 'timeout') throw new Error(`${label}: no outcome within ${CASE_TIME_LIMIT_MS} ms for ${JSON.stringify(mutations)}`);
         if (outcome !== 'restored') {
           const typed = outcome instanceof BackupSetError ? outcome.code : undefined;
-          if (typed !== 'CHAIN_BROKEN' && typed !== 'IMAGE_UNSUPPORTED') throw new Error(`${label}: untyped failure for ${JSON.stringify(mutations)}: ${String((outcome as Error)?.stack ?? outcome)}`);
+          if (typed !== 'CHAIN_BROKEN' && typed !== 'IMAGE_UNSUPPORTED')
+            throw new Error(`${label}: untyped failure for ${JSON.stringify(mutations)}: ${String((outcome as Error)?.stack ?? outcome)}`);
           tally.typedErrors.set(typed, (tally.typedErrors.get(typed) ?? 0) + 1);
           return;
         }
         // What we read must be what QEMU reads; an image QEMU refuses to open, we must refuse too.
         const { verdict, detail } = await qemuCompare(output, copies.at(-1)!);
-        if (verdict !== 'identical') throw new Error(`${label}: ${verdict === 'different' ? 'restored image differs from what qemu-img reads' : 'restored an image qemu-img refuses'} (${detail}), for ${JSON.stringify(mutations)}`);
+        if (verdict !== 'identical')
+          throw new Error(
+            `${label}: ${verdict === 'different' ? 'restored image differs from what qemu-img reads' : 'restored an image qemu-img refuses'} (${detail}), for ${JSON.stringify(mutations)}`,
+          );
         tally.matchedQemu++;
       } finally {
         await rm(dir, { recursive: true, force: true });

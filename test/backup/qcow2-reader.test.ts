@@ -58,7 +58,10 @@ test('v3: data, zero clusters with and without an offset, discarded and unalloca
   await createImage({ path: preallocated, size: 2 * MiB, options: { preallocation: 'metadata' } });
   await qemuIo(preallocated, ['write -P 0x55 0 2M', 'write -z 64k 128k', 'write -z -u 1M 64k']);
   const map = JSON.parse(await qemuImg('map', '--output=json', preallocated)) as Array<{ zero: boolean; data: boolean; offset?: number }>;
-  t.true(map.some((extent) => extent.zero && !extent.data && extent.offset !== undefined), 'qemu-img shows a zero cluster that keeps its offset');
+  t.true(
+    map.some((extent) => extent.zero && !extent.data && extent.offset !== undefined),
+    'qemu-img shows a zero cluster that keeps its offset',
+  );
 
   const image = await readImage(plain);
   t.is(image.header.version, 3);
@@ -165,14 +168,30 @@ test('refuses what it does not read, naming the feature', async (t) => {
   await qemuIo(plain, ['write -P 0x11 0 64k']);
   const made = async (name: string, options: Record<string, string>, extra: string[] = []) => {
     const path = join(dir, name);
-    await qemuImg('create', '-q', '-f', 'qcow2', ...extra, '-o', Object.entries(options).map(([key, value]) => `${key}=${value}`).join(','), path, String(MiB));
+    await qemuImg(
+      'create',
+      '-q',
+      '-f',
+      'qcow2',
+      ...extra,
+      '-o',
+      Object.entries(options)
+        .map(([key, value]) => `${key}=${value}`)
+        .join(','),
+      path,
+      String(MiB),
+    );
     return path;
   };
   const cases: Array<[string, Promise<string>, RegExp]> = [
     ['zstd', made('zstd.qcow2', { compression_type: 'zstd' }), /compressed clusters use zstd \(incompatible feature "compression type"\)/],
     ['extended L2', made('extended.qcow2', { extended_l2: 'on' }), /extended L2 entries/],
     ['external data file', made('external.qcow2', { data_file: join(dir, 'external.raw') }), /external data file/],
-    ['LUKS', made('luks.qcow2', { 'encrypt.format': 'luks', 'encrypt.key-secret': 'sec0' }, ['--object', 'secret,id=sec0,data=passphrase']), /is encrypted \(LUKS\)/],
+    [
+      'LUKS',
+      made('luks.qcow2', { 'encrypt.format': 'luks', 'encrypt.key-secret': 'sec0' }, ['--object', 'secret,id=sec0,data=passphrase']),
+      /is encrypted \(LUKS\)/,
+    ],
     ['dirty', patched(plain, join(dir, 'dirty.qcow2'), [{ at: 79, bytes: [0x01] }]), /marked dirty/],
     ['corrupt', patched(plain, join(dir, 'corrupt.qcow2'), [{ at: 79, bytes: [0x02] }]), /marked corrupt/],
     ['unknown bit', patched(plain, join(dir, 'unknown.qcow2'), [{ at: 77, bytes: [0x02] }]), /incompatible feature bit 17 unknown/],
@@ -215,7 +234,14 @@ test('malformed headers and tables end in CHAIN_BROKEN, naming what is wrong', a
     ['data beyond the file', [{ at: l2, bytes: [0x80, 0, 0, 0x10, 0, 0, 0, 0] }], /data cluster of guest offset 0 .* lies beyond the end of the file/],
     ['data unaligned', [{ at: l2 + 6, bytes: [0x02] }], /guest offset 0 .* is not cluster aligned/],
     ['L2 reserved bits', [{ at: l2 + 7, bytes: [0x02] }], /reserved bits set/],
-    ['backing name too long', [{ at: 8, bytes: [0, 0, 0, 0, 0, 0, 0, 0x70] }, { at: 16, bytes: [0, 0, 0x10, 0] }], /backing file name of 4096 bytes is too long/],
+    [
+      'backing name too long',
+      [
+        { at: 8, bytes: [0, 0, 0, 0, 0, 0, 0, 0x70] },
+        { at: 16, bytes: [0, 0, 0x10, 0] },
+      ],
+      /backing file name of 4096 bytes is too long/,
+    ],
     ['header length', [{ at: 103, bytes: [0x65] }], /header_length 101/],
     ['no refcount table', [{ at: 56, bytes: [0, 0, 0, 0] }], /has no refcount table/],
     ['snapshot table unaligned', [{ at: 71, bytes: [0x10] }], /snapshot table offset 16 is not cluster aligned/],
@@ -271,7 +297,11 @@ test('a file the reader refuses is restored by qemu-img once its checksum matche
   await mkdir(join(dir, 'out'));
   const report = await restoreChain(chain, output, { format: 'raw', onNotice: (message) => notices.push(message) });
   t.is(report.method, 'qemu-img');
-  t.is(report.bytesStreamed, chain.reduce((sum, file) => sum + file.size, 0), 'checksums were checked before qemu-img ran');
+  t.is(
+    report.bytesStreamed,
+    chain.reduce((sum, file) => sum + file.size, 0),
+    'checksums were checked before qemu-img ran',
+  );
   t.regex(notices.join('\n'), /top\.qcow2: the image uses extended L2 entries .*; restoring this disk with qemu-img convert instead/);
   t.true((await qemuImgCompare(output, top)).identical);
   t.is((await stat(output)).mode & 0o777, 0o600);

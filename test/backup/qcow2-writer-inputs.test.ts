@@ -26,8 +26,28 @@ const refused: Array<[string, Qcow2LayoutInput, RegExp]> = [
   ['a negative size', { virtualSize: -512, runs: [] }, /whole number of bytes/],
   ['a fractional size', { virtualSize: 1.5, runs: [] }, /whole number of bytes/],
   ['a size qemu cannot open', { virtualSize: MAX_VIRTUAL_SIZE + 512, runs: [] }, /whole number of bytes from 0 to/],
-  ['unsorted runs', { virtualSize: MiB, runs: [{ start: 5, count: 1 }, { start: 2, count: 1 }] }, /runs\[1\] starts at cluster 2, before runs\[0\] ends at 6/],
-  ['overlapping runs', { virtualSize: MiB, runs: [{ start: 0, count: 4 }, { start: 3, count: 2 }] }, /runs\[1\] .*must not overlap/],
+  [
+    'unsorted runs',
+    {
+      virtualSize: MiB,
+      runs: [
+        { start: 5, count: 1 },
+        { start: 2, count: 1 },
+      ],
+    },
+    /runs\[1\] starts at cluster 2, before runs\[0\] ends at 6/,
+  ],
+  [
+    'overlapping runs',
+    {
+      virtualSize: MiB,
+      runs: [
+        { start: 0, count: 4 },
+        { start: 3, count: 2 },
+      ],
+    },
+    /runs\[1\] .*must not overlap/,
+  ],
   ['an empty run', { virtualSize: MiB, runs: [{ start: 0, count: 0 }] }, /runs\[0\] \(0\+0\) must be a first cluster and a count of at least 1/],
   ['a negative run', { virtualSize: MiB, runs: [{ start: -1, count: 2 }] }, /runs\[0\]/],
   ['a run past the disk', { virtualSize: MiB, runs: [{ start: 15, count: 2 }] }, /lies beyond the disk \(16 clusters\)/],
@@ -35,7 +55,11 @@ const refused: Array<[string, Qcow2LayoutInput, RegExp]> = [
   ['a backing file name with NUL', { virtualSize: MiB, runs: [], backingFile: 'base\0.qcow2' }, /without NUL/],
   ['a backing file name qemu would cut', { virtualSize: MiB, runs: [], backingFile: `${'é'.repeat(512)}.qcow2` }, /1 to 1023 bytes/],
   ['a backing format without a backing file', { virtualSize: MiB, runs: [], backingFormat: 'qcow2' }, /needs a backing file/],
-  ['a backing format qemu would refuse', { virtualSize: MiB, runs: [], backingFile: 'base.qcow2', backingFormat: 'qcow2-but-longer' }, /backing format must be 1 to 15 bytes/],
+  [
+    'a backing format qemu would refuse',
+    { virtualSize: MiB, runs: [], backingFile: 'base.qcow2', backingFormat: 'qcow2-but-longer' },
+    /backing format must be 1 to 15 bytes/,
+  ],
 ];
 
 for (const [name, input, message] of refused) {
@@ -45,7 +69,13 @@ for (const [name, input, message] of refused) {
 }
 
 test('planQcow2 takes adjacent runs as they are: the same clusters as one run', (t) => {
-  const apart = planQcow2({ virtualSize: MiB, runs: [{ start: 0, count: 2 }, { start: 2, count: 3 }] });
+  const apart = planQcow2({
+    virtualSize: MiB,
+    runs: [
+      { start: 0, count: 2 },
+      { start: 2, count: 3 },
+    ],
+  });
   const joined = planQcow2({ virtualSize: MiB, runs: [{ start: 0, count: 5 }] });
   t.is(apart.fileSize, joined.fileSize);
   t.deepEqual(apart.l2Indexes, joined.l2Indexes);
@@ -71,7 +101,14 @@ test('clusterRuns merges what overlaps or touches, and refuses ranges out of ord
       { start: 7, count: 1 },
     ],
   );
-  t.throws(() => clusterRuns([{ offset: 3 * CLUSTER_SIZE, length: 1 }, { offset: 0, length: 1 }]), { instanceOf: RangeError, message: /offset order/ });
+  t.throws(
+    () =>
+      clusterRuns([
+        { offset: 3 * CLUSTER_SIZE, length: 1 },
+        { offset: 0, length: 1 },
+      ]),
+    { instanceOf: RangeError, message: /offset order/ },
+  );
   for (const range of [
     { offset: -1, length: 1 },
     { offset: 0, length: -1 },
@@ -99,7 +136,17 @@ test('a chunk split over two write batches is released only once both have lande
       data.fill(0xee);
     };
     const image = join(dir, `round-${round}.qcow2`);
-    await writeQcow2(image, { virtualSize, runs: [{ start: 0, count: 130 }, { start: 130, count: 2 }] }, chunksOf({ kind: 'data', offset: 0, length, data, release }));
+    await writeQcow2(
+      image,
+      {
+        virtualSize,
+        runs: [
+          { start: 0, count: 130 },
+          { start: 130, count: 2 },
+        ],
+      },
+      chunksOf({ kind: 'data', offset: 0, length, data, release }),
+    );
     t.is(releases, 1);
     const compared = await tryRun('qemu-img', ['compare', '-f', 'qcow2', '-F', 'raw', image, join(dir, 'reference.raw')]);
     t.is(compared.code, 0, `round ${round}: ${compared.stdout}${compared.stderr}`);

@@ -19,7 +19,13 @@ async function serve(t: ExecutionContext, image: string, dir: string, name: stri
     child.kill('SIGKILL');
   });
   for (let i = 0; i < 400; i++) {
-    if (await stat(socket).then((s) => s.isSocket(), () => false)) break;
+    if (
+      await stat(socket).then(
+        (s) => s.isSocket(),
+        () => false,
+      )
+    )
+      break;
     await new Promise((resolve) => setTimeout(resolve, 10));
   }
   const client = await NbdClient.connect({ path: socket, exportName: '', metaContexts: ['base:allocation'] });
@@ -37,7 +43,15 @@ test('a full image from allocated extents: qemu-img check is clean and compare i
   const source = join(dir, 'source.qcow2');
   // An odd size so the last cluster is partial; writes unaligned, spread over several L2 tables.
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', source, String(700 * 2 ** 20 + 4096 * 3)]);
-  await io(source, 'write -P 0x11 0 100k', 'write -P 0x22 1000k 3000', 'write -P 0x33 520M 64k', 'write -P 0x44 699M 1M', `write -P 0x55 ${700 * 2 ** 20} 12288`, 'write -z 520M 4k');
+  await io(
+    source,
+    'write -P 0x11 0 100k',
+    'write -P 0x22 1000k 3000',
+    'write -P 0x33 520M 64k',
+    'write -P 0x44 699M 1M',
+    `write -P 0x55 ${700 * 2 ** 20} 12288`,
+    'write -z 520M 4k',
+  );
   const client = await serve(t, source, dir, 'full');
   const extents = [];
   for await (const e of client.extents('base:allocation')) if (!(e.flags & 2)) extents.push(e);
@@ -113,7 +127,11 @@ test('an incremental image over a backing file holds only the changed clusters',
 });
 
 test('layouts stay consistent for large disks (several refcount blocks, many L2 tables)', (t) => {
-  const runs = [{ start: 0, count: 40_000 }, { start: 100_000, count: 3 }, { start: 2_000_000, count: 1 }];
+  const runs = [
+    { start: 0, count: 40_000 },
+    { start: 100_000, count: 3 },
+    { start: 2_000_000, count: 1 },
+  ];
   const layout = planQcow2({ virtualSize: 200 * 2 ** 30, runs });
   t.true(layout.refcountBlocks >= 2);
   t.is(layout.totalClusters, 1 + layout.l1Clusters + layout.refcountTableClusters + layout.refcountBlocks + layout.l2Indexes.length + 40_004);

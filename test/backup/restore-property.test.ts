@@ -41,14 +41,18 @@ const operation = (size: number, clusterSize: number): fc.Arbitrary<Operation> =
     { weight: 1, arbitrary: range.map((r) => ({ kind: 'discard' as const, ...r })) },
     {
       weight: 1,
-      arbitrary: fc.tuple(fc.integer({ min: 0, max: Math.max(0, fullClusters - 1) }), fc.integer({ min: 0, max: 255 })).map(([cluster, source]) => ({ kind: 'compressed' as const, cluster, source })),
+      arbitrary: fc
+        .tuple(fc.integer({ min: 0, max: Math.max(0, fullClusters - 1) }), fc.integer({ min: 0, max: 255 }))
+        .map(([cluster, source]) => ({ kind: 'compressed' as const, cluster, source })),
     },
   );
 };
 
 const layer: fc.Arbitrary<LayerSpec> = fc
   .record({ size: fc.constantFrom(...SIZES), clusterSize: fc.constantFrom(...CLUSTER_SIZES), compat: fc.constantFrom('1.1' as const, '0.10' as const) })
-  .chain(({ size, clusterSize, compat }) => fc.array(operation(size, clusterSize), { minLength: 1, maxLength: 8 }).map((operations) => ({ size, clusterSize, compat, operations })));
+  .chain(({ size, clusterSize, compat }) =>
+    fc.array(operation(size, clusterSize), { minLength: 1, maxLength: 8 }).map((operations) => ({ size, clusterSize, compat, operations })),
+  );
 
 function qemuIoCommand(operation: Operation, clusterSize: number, sources: readonly string[]): string {
   const fill = (source: number) => (source < SOURCES ? `-s ${sources[source]}` : `-P ${source}`);
@@ -92,7 +96,10 @@ test('restores of random chains equal qemu-img convert, raw and qcow2', async (t
             return true;
           });
           const commands = [...compressed, ...spec.operations.filter((op) => op.kind !== 'compressed')];
-          await qemuIo(path, commands.map((op) => qemuIoCommand(op, spec.clusterSize, sources)));
+          await qemuIo(
+            path,
+            commands.map((op) => qemuIoCommand(op, spec.clusterSize, sources)),
+          );
           if (commands.some((op) => op.kind === 'compressed')) compressedLayers++;
           paths.push(path);
         }

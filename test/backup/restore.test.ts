@@ -14,7 +14,10 @@ test('restore at every point equals the reference, qcow2 and raw, two disks', as
     set.chainFor('vda', '0005').map((link) => link.disk.file),
     ['vda.0001.full.qcow2', 'vda.0004.diff.qcow2', 'vda.0005.inc.qcow2'],
   );
-  t.deepEqual(set.chainFor('vdb', '0003').map((link) => link.disk.file), ['vdb.0003.full.qcow2']);
+  t.deepEqual(
+    set.chainFor('vdb', '0003').map((link) => link.disk.file),
+    ['vdb.0003.full.qcow2'],
+  );
   for (const backup of set.backups) {
     for (const format of ['qcow2', 'raw'] as const) {
       const out = await tempDir(t, 'restore-');
@@ -131,10 +134,22 @@ async function flipByte(path: string, at: number, mask = 0xff): Promise<void> {
 
 test('damage in a data cluster, in an L2 table, or a truncation fails with the checksum and leaves nothing', async (t) => {
   const damages: Array<[string, (path: string) => Promise<void>, RegExp]> = [
-    ['data byte', async (path) => flipByte(path, (await dataAndTableOffsets(path)).data + 4242), /^vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/],
+    [
+      'data byte',
+      async (path) => flipByte(path, (await dataAndTableOffsets(path)).data + 4242),
+      /^vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged$/,
+    ],
     // Bit 16 of the first entry: the cluster now points 64 KiB away.
-    ['L2 entry', async (path) => flipByte(path, (await dataAndTableOffsets(path)).l2 + 5, 0x01), /^vda\.0002\.inc\.qcow2: checksum is .*; the file is damaged$/],
-    ['truncation', async (path) => truncate(path, (await stat(path)).size - 70_000), /^vda\.0002\.inc\.qcow2: the file is \d+ bytes with checksum xxh128:[0-9a-f]{32}, the manifest says \d+ bytes with xxh128:[0-9a-f]{32}; the file is damaged$/],
+    [
+      'L2 entry',
+      async (path) => flipByte(path, (await dataAndTableOffsets(path)).l2 + 5, 0x01),
+      /^vda\.0002\.inc\.qcow2: checksum is .*; the file is damaged$/,
+    ],
+    [
+      'truncation',
+      async (path) => truncate(path, (await stat(path)).size - 70_000),
+      /^vda\.0002\.inc\.qcow2: the file is \d+ bytes with checksum xxh128:[0-9a-f]{32}, the manifest says \d+ bytes with xxh128:[0-9a-f]{32}; the file is damaged$/,
+    ],
   ];
   for (const [label, damage, message] of damages) {
     const builder = await buildSet(t, ['full', 'inc']);
@@ -206,7 +221,10 @@ test('partial outputs of restores that died are removed and reported; live, fore
   const result = await restore(set, { to: out, format: 'raw', onNotice: (notice) => notices.push(notice) });
   t.deepEqual(result.notices, notices);
   t.is(notices.length, 2);
-  t.regex(notices[0]!, new RegExp(`^removed ${join(out, dead).replaceAll('.', '\\.')} \\(8\\.0 KiB\\): the partial vda\\.raw of a restore \\(pid \\d+\\) that did not finish$`));
+  t.regex(
+    notices[0]!,
+    new RegExp(`^removed ${join(out, dead).replaceAll('.', '\\.')} \\(8\\.0 KiB\\): the partial vda\\.raw of a restore \\(pid \\d+\\) that did not finish$`),
+  );
   t.regex(notices[1]!, /^left .*\.vda\.raw\.partial-9abcdef0 in place: a partial output of an older version/);
   t.deepEqual((await readdir(out)).sort(), [foreign, live, ownerless, 'vda.raw'].sort());
 });

@@ -25,11 +25,21 @@ test('a good set verifies, and list shows it', async (t) => {
   t.is(progress.length, 6);
 
   const listing = listBackups(set);
-  t.deepEqual(listing.backups.map((row) => [row.id, row.level, row.parent]), [['0001', 'full', null], ['0002', 'inc', '0001'], ['0003', 'inc', '0002']]);
+  t.deepEqual(
+    listing.backups.map((row) => [row.id, row.level, row.parent]),
+    [
+      ['0001', 'full', null],
+      ['0002', 'inc', '0001'],
+      ['0003', 'inc', '0002'],
+    ],
+  );
   const table = formatListTable(listing);
   t.regex(table, /^vm1 \(4dea22b3-1d52-d8f3-2516-782e98ab3fa0\) in /);
   t.regex(table, /\n0002 +inc +0001 +\S+ +cp-0002 +vda,vdb\(full\) /);
-  t.deepEqual(JSON.parse(formatListJson(listing)).backups[2].disks.map((disk: { file: string }) => disk.file), ['vda.0003.inc.qcow2', 'vdb.0003.full.qcow2']);
+  t.deepEqual(
+    JSON.parse(formatListJson(listing)).backups[2].disks.map((disk: { file: string }) => disk.file),
+    ['vda.0003.inc.qcow2', 'vdb.0003.full.qcow2'],
+  );
 });
 
 test('a flipped byte is a checksum mismatch on that file only', async (t) => {
@@ -46,7 +56,10 @@ test('a flipped byte is a checksum mismatch on that file only', async (t) => {
   const found = errors(report);
   t.is(found.length, 1, found.join('\n'));
   t.regex(found[0]!, /^checksum-mismatch vda\.0002\.inc\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}$/);
-  t.deepEqual(report.files.filter((file) => !file.ok).map((file) => file.file), ['vda.0002.inc.qcow2']);
+  t.deepEqual(
+    report.files.filter((file) => !file.ok).map((file) => file.file),
+    ['vda.0002.inc.qcow2'],
+  );
 });
 
 test('a truncated file is reported with its size, checksum and image damage', async (t) => {
@@ -59,7 +72,10 @@ test('a truncated file is reported with its size, checksum and image damage', as
   const found = errors(report);
   t.true(found.includes(`size-mismatch vda.0001.full.qcow2: truncated: size is 196608 bytes, the manifest says ${before}`), found.join('\n'));
   t.true(found.some((problem) => problem.startsWith('checksum-mismatch vda.0001.full.qcow2')));
-  t.true(found.every((problem) => problem.includes('vda.0001.full.qcow2')), found.join('\n'));
+  t.true(
+    found.every((problem) => problem.includes('vda.0001.full.qcow2')),
+    found.join('\n'),
+  );
 });
 
 test('a deleted file is missing, and the files backed by it are named too', async (t) => {
@@ -92,7 +108,10 @@ test('a backing pointer moved elsewhere is a backing mismatch', async (t) => {
 test('orphan files and an unfinished run are warnings, not errors', async (t) => {
   const builder = await freshCopy(t);
   await qemuImg('create', '-q', '-f', 'qcow2', join(builder.dir, 'vda.0009.inc.qcow2'), '1M');
-  await writeFile(join(builder.dir, '.in-progress.json'), JSON.stringify({ format: 'libvirt-backup-run', kind: 'backup', pid: 1, hostname: 'h', startedAt: 'now', creates: [], deletes: [] }));
+  await writeFile(
+    join(builder.dir, '.in-progress.json'),
+    JSON.stringify({ format: 'libvirt-backup-run', kind: 'backup', pid: 1, hostname: 'h', startedAt: 'now', creates: [], deletes: [] }),
+  );
   const report = await verify(await BackupSet.open(builder.dir), { checksums: false });
   t.true(report.ok);
   t.deepEqual(

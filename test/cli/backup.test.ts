@@ -130,11 +130,22 @@ test('backup: a run killed outright is detected and cleaned up by the next run',
   await m.snapshot('after');
   const next = await runCli(['backup', m.vm.name, '--dest', dest, '--json']);
   t.is(next.code, 0, next.stderr);
-  const notices = jsonLines(next.stdout).filter((e) => e.type === 'notice').map((e) => String(e.message));
-  t.true(notices.some((n) => n.includes('left behind by an interrupted run')), notices.join('\n'));
-  t.true(notices.some((n) => n.startsWith('cleaned up after an interrupted run')), notices.join('\n'));
+  const notices = jsonLines(next.stdout)
+    .filter((e) => e.type === 'notice')
+    .map((e) => String(e.message));
+  t.true(
+    notices.some((n) => n.includes('left behind by an interrupted run')),
+    notices.join('\n'),
+  );
+  t.true(
+    notices.some((n) => n.startsWith('cleaned up after an interrupted run')),
+    notices.join('\n'),
+  );
   const set = await BackupSet.open(dest);
-  t.deepEqual(set.backups.map((b) => b.level), ['full', 'inc']);
+  t.deepEqual(
+    set.backups.map((b) => b.level),
+    ['full', 'inc'],
+  );
   t.deepEqual((await readdir(dest)).sort(), [...files, ...set.backups[1]!.disks.map((d) => d.file)].sort());
   const out = join(m.dir, 'restored');
   await mkdir(out);

@@ -19,7 +19,10 @@ function libvirtError(codeName: 'VIR_ERR_INTERNAL_ERROR' | 'VIR_ERR_NO_CONNECT',
 
 test('too long a path and a symlink loop are bad input (exit 2), in plain words', (t) => {
   const long = `/tmp/${'a'.repeat(300)}`;
-  for (const [code, words] of [['ENAMETOOLONG', 'file name too long'], ['ELOOP', 'too many levels of symbolic links']] as const) {
+  for (const [code, words] of [
+    ['ENAMETOOLONG', 'file name too long'],
+    ['ELOOP', 'too many levels of symbolic links'],
+  ] as const) {
     const raw = reportFor(systemError(code, 'stat', long));
     t.deepEqual(raw, { exitCode: 2, code, message: `${long}: ${words}` });
     const wrapped = reportFor(new BackupSetError('SET_IO', `cannot access backup set directory ${long}: ${words}`, { cause: systemError(code, 'stat', long) }));
@@ -39,10 +42,17 @@ test('a libvirt error names what failed, on one line; the whole text goes to det
   const report = reportFor(libvirtError('VIR_ERR_INTERNAL_ERROR', dump), "backup of domain 'vm1'");
   t.is(report.exitCode, 1);
   t.is(report.code, 'VIR_ERR_INTERNAL_ERROR');
-  t.is(report.message, "backup of domain 'vm1' failed in libvirt: internal error: process exited while connecting to monitor: qemu-system-x86_64: -blockdev x: Could not open (2 more lines in --json output)");
+  t.is(
+    report.message,
+    "backup of domain 'vm1' failed in libvirt: internal error: process exited while connecting to monitor: qemu-system-x86_64: -blockdev x: Could not open (2 more lines in --json output)",
+  );
   t.is(report.detail, `backup of domain 'vm1' failed in libvirt: ${dump}`);
   t.is(reportFor(libvirtError('VIR_ERR_NO_CONNECT', 'no connection driver available for foo:///bar')).exitCode, 2, 'a URI no driver accepts is bad input');
-  t.deepEqual(reportFor(new CliError('UNSUPPORTED', 2, 'test:///default cannot take backups')), { exitCode: 2, code: 'UNSUPPORTED', message: 'test:///default cannot take backups' });
+  t.deepEqual(reportFor(new CliError('UNSUPPORTED', 2, 'test:///default cannot take backups')), {
+    exitCode: 2,
+    code: 'UNSUPPORTED',
+    message: 'test:///default cannot take backups',
+  });
 });
 
 test('the command: too long a set path and a symlink loop exit 2 with the reason', async (t) => {

@@ -19,7 +19,10 @@ test('list prints the chain as a table, and as JSON with --json', async (t) => {
 
   const json = await runCli(['list', builder.dir, '--json']);
   t.is(json.code, 0);
-  const document = JSON.parse(json.stdout) as { domain: { name: string }; backups: Array<{ id: string; level: string; parent: string | null; disks: unknown[] }> };
+  const document = JSON.parse(json.stdout) as {
+    domain: { name: string };
+    backups: Array<{ id: string; level: string; parent: string | null; disks: unknown[] }>;
+  };
   t.is(document.domain.name, 'vm1');
   t.deepEqual(
     document.backups.map(({ id, level, parent }) => ({ id, level, parent })),
@@ -70,7 +73,12 @@ test('a corrupt manifest: exit 2 with a clear message, and the set is left as it
   const before = await readdir(builder.dir);
   const truncated = await readFile(manifest);
   const out = join(builder.root, 'out.qcow2');
-  for (const args of [['list', builder.dir], ['verify', builder.dir], ['restore', builder.dir, '--to', out], ['prune', builder.dir, '--keep', '1']]) {
+  for (const args of [
+    ['list', builder.dir],
+    ['verify', builder.dir],
+    ['restore', builder.dir, '--to', out],
+    ['prune', builder.dir, '--keep', '1'],
+  ]) {
     const run = await runCli(args);
     t.is(run.code, 2, args.join(' '));
     t.regex(run.stderr, /^libvirt-backup: [^\n]*manifest\.json[^\n]*\n$/, args.join(' '));
@@ -99,7 +107,10 @@ test('verify of a truncated file: said first, then one line per problem, qemu-im
   t.is(lines[0], `error    ${file}: truncated: size is ${2 * MiB} bytes, the manifest says ${record.disks[0]!.fileSize}`);
   t.regex(lines[1]!, new RegExp(`^error    ${file.replace(/\./g, '\\.')}: checksum is `));
   const qemuImgLine = lines.find((line) => line.includes('qemu-img check'));
-  t.regex(qemuImgLine ?? '', /: qemu-img check found \d+ corruptions: counting reference for region exceeding the end of the file by one cluster or more: offset 0x[0-9a-f]+ size 0x[0-9a-f]+ \((\d+) more lines from qemu-img check\)$/);
+  t.regex(
+    qemuImgLine ?? '',
+    /: qemu-img check found \d+ corruptions: counting reference for region exceeding the end of the file by one cluster or more: offset 0x[0-9a-f]+ size 0x[0-9a-f]+ \((\d+) more lines from qemu-img check\)$/,
+  );
   const more = Number(/\((\d+) more lines/.exec(qemuImgLine ?? '')?.[1]);
   t.true(more > 20, `qemu-img check printed ${more + 1} lines`);
   t.is(lines.length, 4, run.stdout);

@@ -21,7 +21,7 @@ class FakeTerminal {
       if (escape) {
         const [whole, count, command] = escape;
         if (command === 'A') row = Math.max(0, row - Number(count || 1));
-        if (command === 'J') lines.splice(row + 1), (lines[row] = '');
+        if (command === 'J') (lines.splice(row + 1), (lines[row] = ''));
         if (command === 'K') lines[row] = '';
         index += whole.length - 1;
       } else if (rest[0] === '\r') {
@@ -38,9 +38,35 @@ class FakeTerminal {
 }
 
 test('a task line: bar, percentage, bytes, rate and ETA, within the width', (t) => {
-  const task: ProgressTask = { label: 'vda', unit: 'bytes', done: GiB, total: 4 * GiB, startedAt: 0, finishedAt: null, samples: [{ at: 0, done: 0 }, { at: 10_000, done: GiB }] };
+  const task: ProgressTask = {
+    label: 'vda',
+    unit: 'bytes',
+    done: GiB,
+    total: 4 * GiB,
+    startedAt: 0,
+    finishedAt: null,
+    samples: [
+      { at: 0, done: 0 },
+      { at: 10_000, done: GiB },
+    ],
+  };
   const line = renderTaskLine(task, 3, 80, 10_000);
-  const bars = [renderTaskLine(task, 3, 80, 10_000), renderTaskLine({ ...task, done: 3 * MiB, samples: [{ at: 0, done: 0 }, { at: 10_000, done: 3 * MiB }] }, 3, 80, 10_000)];
+  const bars = [
+    renderTaskLine(task, 3, 80, 10_000),
+    renderTaskLine(
+      {
+        ...task,
+        done: 3 * MiB,
+        samples: [
+          { at: 0, done: 0 },
+          { at: 10_000, done: 3 * MiB },
+        ],
+      },
+      3,
+      80,
+      10_000,
+    ),
+  ];
   t.is(bars[0]!.indexOf(']'), bars[1]!.indexOf(']'), 'bars of different figures have the same length');
   t.is(line, 'vda  [=====>              ]   25%   1.0 GiB / 4.0 GiB    102 MiB/s  ETA 0:30');
   t.is(line.length, 76, 'the ETA field is padded to 12, then trailing blanks are dropped');
@@ -94,5 +120,10 @@ test('the board redraws one line per disk in place, throttled, with notices abov
     'vda  [bar]   20%    20 MiB / 100 MiB     10 MiB/s  ETA 0:08',
     'vdb  [bar]  100%    50 MiB / 50 MiB     7.1 MiB/s  done in 0:07',
   ]);
-  t.true(terminal.writes.join('').split('\n').every((line) => line.replace(/\u001b\[\d*[AJK]|\r/g, '').length < terminal.columns));
+  t.true(
+    terminal.writes
+      .join('')
+      .split('\n')
+      .every((line) => line.replace(/\u001b\[\d*[AJK]|\r/g, '').length < terminal.columns),
+  );
 });

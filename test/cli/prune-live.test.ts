@@ -23,7 +23,10 @@ test('prune --keep 2 deletes the checkpoints that no longer serve; kept points r
     await m.snapshot(result.backupId);
     results.push(result);
   }
-  t.deepEqual(results.map((r) => r.level), ['full', 'inc', 'inc', 'inc']);
+  t.deepEqual(
+    results.map((r) => r.level),
+    ['full', 'inc', 'inc', 'inc'],
+  );
 
   const pruned = await runCli(['prune', dest, '--keep', '2', '--json']);
   t.is(pruned.code, 0, pruned.stderr);
@@ -31,11 +34,17 @@ test('prune --keep 2 deletes the checkpoints that no longer serve; kept points r
   t.is(result.type, 'result');
 
   const set = await BackupSet.open(dest);
-  t.deepEqual(set.backups.map((b) => b.id), ['0003', '0004']);
+  t.deepEqual(
+    set.backups.map((b) => b.id),
+    ['0003', '0004'],
+  );
   const serving = new Set(set.backups.filter((b) => b.level === 'full' || b.id === set.latest()!.id).map((b) => b.checkpoint));
   const inLibvirt = (await m.vm.domain.listAllCheckpoints()).map((c) => c.name).sort();
   t.deepEqual(inLibvirt, [...serving].sort() as string[]);
-  t.deepEqual(result.checkpoints?.deleted.sort(), [results[0]!.checkpoint, results[1]!.checkpoint, results[2]!.checkpoint].filter((n) => !serving.has(n)).sort());
+  t.deepEqual(
+    result.checkpoints?.deleted.sort(),
+    [results[0]!.checkpoint, results[1]!.checkpoint, results[2]!.checkpoint].filter((n) => !serving.has(n)).sort(),
+  );
 
   for (const id of ['0003', '0004']) {
     const out = join(m.dir, `restore-${id}`);
@@ -66,8 +75,13 @@ test('prune of a shut-off domain keeps the obsolete checkpoints for the next bac
   await m.vm.domain.destroy();
   const pruned = await runCli(['prune', dest, '--keep', '1', '--json']);
   t.is(pruned.code, 0, pruned.stderr);
-  const notices = jsonLines(pruned.stdout).filter((e) => e.type === 'notice').map((e) => String(e['message']));
-  t.true(notices.some((n) => /is shut off: libvirt cannot delete checkpoints .* the next backup deletes them/.test(n)), notices.join('\n'));
+  const notices = jsonLines(pruned.stdout)
+    .filter((e) => e.type === 'notice')
+    .map((e) => String(e['message']));
+  t.true(
+    notices.some((n) => /is shut off: libvirt cannot delete checkpoints .* the next backup deletes them/.test(n)),
+    notices.join('\n'),
+  );
   const verified = await runCli(['verify', dest]);
   t.is(verified.code, 0, verified.stdout);
   t.regex(verified.stdout, /made obsolete by prune while the domain was shut off\) still in libvirt though no backup needs them; the next backup deletes them/);

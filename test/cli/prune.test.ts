@@ -11,14 +11,20 @@ test('prune --keep on a set whose domain is gone: files pruned, checkpoints repo
   await builder.set.close();
   const run = await runCli(['prune', builder.dir, '--keep', '2']);
   t.is(run.code, 0, run.stderr);
-  t.regex(run.stderr, /^domain 'vm1' \(uuid 4dea22b3-1d52-d8f3-2516-782e98ab3fa0\) no longer exists in qemu:\/\/\/system: its checkpoints cannot be deleted; pruning the files only\n$/);
+  t.regex(
+    run.stderr,
+    /^domain 'vm1' \(uuid 4dea22b3-1d52-d8f3-2516-782e98ab3fa0\) no longer exists in qemu:\/\/\/system: its checkpoints cannot be deleted; pruning the files only\n$/,
+  );
   t.regex(run.stdout, /removed backups 0001, 0002; kept 0003, 0004/);
   t.regex(run.stdout, /merged 0001, 0002 into 0003 \(now full\)/);
   t.regex(run.stdout, /checkpoints not deleted \(domain gone\): cp-0001, cp-0002\n/);
   t.deepEqual((await readdir(builder.dir)).filter((file) => file.endsWith('.qcow2')).sort(), ['vda.0003.full.qcow2', 'vda.0004.inc.qcow2']);
 
   const list = jsonLines((await runCli(['list', builder.dir, '--json'])).stdout.replace(/\n(?!$)/g, ''));
-  t.deepEqual((list[0] as { backups: Array<{ id: string }> }).backups.map((backup) => backup.id), ['0003', '0004']);
+  t.deepEqual(
+    (list[0] as { backups: Array<{ id: string }> }).backups.map((backup) => backup.id),
+    ['0003', '0004'],
+  );
   for (const id of ['0003', '0004']) {
     const out = join(await tempDir(t, 'cli-prune-'), 'vda.raw');
     const restore = await runCli(['restore', builder.dir, '--at', id, '--to', out, '--format', 'raw']);

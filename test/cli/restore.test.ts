@@ -97,7 +97,10 @@ test('a damaged chain file: exit 3 and nothing written; --no-verify restores it 
   const run = await runCli(['restore', builder.dir, '--to', out, '--format', 'raw', '--json']);
   t.is(run.code, 3, run.stderr);
   t.like(jsonLines(run.stdout).at(-1), { type: 'error', code: 'CHECKSUM_MISMATCH', exitCode: 3 });
-  t.regex(run.stderr, /^libvirt-backup: vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged\n$/);
+  t.regex(
+    run.stderr,
+    /^libvirt-backup: vda\.0001\.full\.qcow2: checksum is xxh128:[0-9a-f]{32}, the manifest says xxh128:[0-9a-f]{32}; the file is damaged\n$/,
+  );
   t.deepEqual(await readdir(out), []);
 
   const salvage = await runCli(['restore', builder.dir, '--to', out, '--format', 'raw', '--no-verify']);
@@ -192,7 +195,13 @@ test('SIGKILL mid-restore leaves a partial; the next restore removes it, says so
 
   const again = await runCli(['restore', builder.dir, '--to', out, '--format', 'raw']);
   t.is(again.code, 0, again.stderr);
-  t.regex(again.stderr, new RegExp(`^removed ${out}/\\.vda\\.raw\\.partial-\\S+ \\(\\d.*\\): the partial vda\\.raw of a restore \\(pid ${cli.child.pid}\\) that did not finish$`, 'm'));
+  t.regex(
+    again.stderr,
+    new RegExp(
+      `^removed ${out}/\\.vda\\.raw\\.partial-\\S+ \\(\\d.*\\): the partial vda\\.raw of a restore \\(pid ${cli.child.pid}\\) that did not finish$`,
+      'm',
+    ),
+  );
   t.deepEqual(await readdir(out), ['vda.raw']);
   t.true(await imagesEqual(join(out, 'vda.raw'), builder.referenceAt('vda', '0001')));
   t.deepEqual(await qemuImgProcessesFor(out), [], 'no qemu-img left running');
@@ -232,7 +241,13 @@ test('SIGKILL during a qemu-img fallback takes qemu-img down too; the next resto
     running = await qemuImgProcessesFor(out);
   }
   t.deepEqual(running, [], 'qemu-img died with the restore');
-  t.false(await readFile(`/proc/${converting[0]}/cmdline`, 'utf8').then((text) => text.includes('qemu-img'), () => false), 'that process is gone');
+  t.false(
+    await readFile(`/proc/${converting[0]}/cmdline`, 'utf8').then(
+      (text) => text.includes('qemu-img'),
+      () => false,
+    ),
+    'that process is gone',
+  );
 
   const again = await runCli(['restore', builder.dir, '--to', out, '--format', 'qcow2']);
   t.is(again.code, 0, again.stderr);

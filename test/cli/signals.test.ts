@@ -66,7 +66,10 @@ test('the interruption is worded for the command: verify and list never claim to
     for (const text of Object.values(wording)) t.notRegex(text, /remov|partial|manifest/, `${command}: ${text}`);
   }
   for (const command of ['backup', 'prune'] as const) {
-    t.is(interruptionWording(command, 'SIGTERM').outcome, `interrupted by SIGTERM: the partial files of this ${command} were removed and manifest.json is unchanged`);
+    t.is(
+      interruptionWording(command, 'SIGTERM').outcome,
+      `interrupted by SIGTERM: the partial files of this ${command} were removed and manifest.json is unchanged`,
+    );
   }
   const restore = interruptionWording('restore', 'SIGINT');
   t.regex(restore.outcome, /partial output of this restore was removed/);
@@ -86,7 +89,12 @@ test('an interrupted verify exits 130 and says nothing was changed', async (t) =
   const run = await cli.done;
   t.is(run.code, 130, run.stderr);
   const lines = jsonLines(run.stdout);
-  t.like(lines.at(-1), { type: 'error', code: 'INTERRUPTED', message: 'interrupted by SIGINT: the verify stopped before the end; nothing was changed', exitCode: 130 });
+  t.like(lines.at(-1), {
+    type: 'error',
+    code: 'INTERRUPTED',
+    message: 'interrupted by SIGINT: the verify stopped before the end; nothing was changed',
+    exitCode: 130,
+  });
   const notices = lines.filter((line) => line['type'] === 'notice').map((line) => String(line['message']));
   t.deepEqual(notices, ['SIGINT received: stopping the verify; it changes nothing']);
   t.notRegex(run.stderr, /remov/);

@@ -67,9 +67,20 @@ test('parsed options of each command', (t) => {
     json: false,
   });
   t.like(parseCommandLine(['restore', 'set', '--to', 'out', '--no-verify']), { command: 'restore', verify: false });
-  t.deepEqual(parseCommandLine(['prune', 'set', '--keep', '3', '--connect', 'test:///default']), { command: 'prune', dir: 'set', keep: 3, uri: 'test:///default', json: false });
+  t.deepEqual(parseCommandLine(['prune', 'set', '--keep', '3', '--connect', 'test:///default']), {
+    command: 'prune',
+    dir: 'set',
+    keep: 3,
+    uri: 'test:///default',
+    json: false,
+  });
   t.deepEqual(parseCommandLine(['verify', 'set', '--help']), { command: 'help', topic: 'verify' });
-  for (const bad of [['prune', 's', '--keep', '1.5'], ['prune', 's', '--keep', '-1'], ['backup', 'vm', '--dest', 'd', '--disk', 'vda,vda'], ['list', 's', '--json=yes']]) {
+  for (const bad of [
+    ['prune', 's', '--keep', '1.5'],
+    ['prune', 's', '--keep', '-1'],
+    ['backup', 'vm', '--dest', 'd', '--disk', 'vda,vda'],
+    ['list', 's', '--json=yes'],
+  ]) {
     t.throws(() => parseCommandLine(bad), { instanceOf: UsageError }, bad.join(' '));
   }
 });
@@ -93,7 +104,10 @@ test('a numeric option takes a negative number as its value, and refuses it with
   t.is(t.throws(() => parseCommandLine(['prune', 'set', '--keep']))?.message, "option '--keep' needs a value");
   t.deepEqual(parseCommandLine(['prune', 'set', '--keep', '007']), { command: 'prune', dir: 'set', keep: 7, uri: 'qemu:///system', json: false });
   // A negative number is a value only for numeric options; elsewhere '-x' still reads as a missing value.
-  t.regex(t.throws(() => parseCommandLine(['backup', 'vm', '--dest', '-1']))!.message, /option '--dest' needs a value; a value that starts with '-' is written --dest=-VALUE/);
+  t.regex(
+    t.throws(() => parseCommandLine(['backup', 'vm', '--dest', '-1']))!.message,
+    /option '--dest' needs a value; a value that starts with '-' is written --dest=-VALUE/,
+  );
 
   const run = await runCli(['prune', '/tmp', '--keep', '-1']);
   t.is(run.code, 2);

@@ -59,7 +59,8 @@ function build(s: Shape): { [key: string]: Json } {
     const disks = s.targets.map((target, diskIndex): { [key: string]: Json } => {
       const diskLevel: Level = level !== 'full' && s.fullDisks[index]?.[diskIndex] ? 'full' : level;
       const parentDisk = (parent?.['disks'] as Array<{ [key: string]: Json }> | undefined)?.find((disk) => disk['target'] === target);
-      const checksum: { [key: string]: Json } = s.version === 1 ? { sha256: 'c'.repeat(64) } : { checksum: diskIndex % 2 ? `sha256:${'d'.repeat(64)}` : `xxh128:${'e'.repeat(32)}` };
+      const checksum: { [key: string]: Json } =
+        s.version === 1 ? { sha256: 'c'.repeat(64) } : { checksum: diskIndex % 2 ? `sha256:${'d'.repeat(64)}` : `xxh128:${'e'.repeat(32)}` };
       return {
         target,
         sourceFormat: 'qcow2',
@@ -175,7 +176,10 @@ const hostileValue: fc.Arbitrary<Json> = fc.oneof(
   { weight: 1, arbitrary: fc.array(fc.string({ maxLength: 6 }), { maxLength: 3 }) },
 );
 
-const extraKey = fc.oneof(fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', 'hasOwnProperty', 'sha256', 'checksum', 'mergedFrom', 'extra', ''), fc.string({ maxLength: 12 }));
+const extraKey = fc.oneof(
+  fc.constantFrom('__proto__', 'constructor', 'prototype', 'toString', 'hasOwnProperty', 'sha256', 'checksum', 'mergedFrom', 'extra', ''),
+  fc.string({ maxLength: 12 }),
+);
 
 type Mutation =
   | { kind: 'replace'; node: number; value: Json }
@@ -200,7 +204,9 @@ function mutate(root: { [key: string]: Json }, change: Mutation): void {
   const nodes = nodesOf(root);
   const pick = (n: number): Step[] => nodes[n % nodes.length]!;
   const backups = root['backups'];
-  const backupList = Array.isArray(backups) ? (backups.filter((b) => b !== null && typeof b === 'object' && !Array.isArray(b)) as Array<{ [key: string]: Json }>) : [];
+  const backupList = Array.isArray(backups)
+    ? (backups.filter((b) => b !== null && typeof b === 'object' && !Array.isArray(b)) as Array<{ [key: string]: Json }>)
+    : [];
   switch (change.kind) {
     case 'replace':
     case 'delete': {
@@ -265,7 +271,11 @@ const textDamage: fc.Arbitrary<TextDamage> = fc.oneof(
   { weight: 1, arbitrary: fc.record({ kind: fc.constant('flip' as const), at: fc.nat(), char: fc.string({ minLength: 1, maxLength: 1, unit: 'binary' }) }) },
   {
     weight: 1,
-    arbitrary: fc.record({ kind: fc.constant('insert' as const), at: fc.nat(), text: fc.constantFrom('"__proto__":{"polluted":1},', '{', '}', ',', '"', '\\u0000', '"format":"x",', '[') }),
+    arbitrary: fc.record({
+      kind: fc.constant('insert' as const),
+      at: fc.nat(),
+      text: fc.constantFrom('"__proto__":{"polluted":1},', '{', '}', ',', '"', '\\u0000', '"format":"x",', '['),
+    }),
   },
 );
 
@@ -308,11 +318,13 @@ function unsafe(manifest: Manifest): string | undefined {
       for (const name of [disk.file, disk.backingFile]) {
         if (name === null) continue;
         if (resolve(dir, name) !== join(dir, name) || join(dir, name).slice(dir.length + 1) !== name) return `${name}: not a plain name in the set directory`;
-        if (name.startsWith('.') || /[\u0000-\u001f\u007f]/.test(name) || Buffer.byteLength(name) > 255) return `${JSON.stringify(name)}: hidden, control characters or too long`;
+        if (name.startsWith('.') || /[\u0000-\u001f\u007f]/.test(name) || Buffer.byteLength(name) > 255)
+          return `${JSON.stringify(name)}: hidden, control characters or too long`;
       }
     }
     const index = manifest.backups.indexOf(backup);
-    if (backup.parent !== null && !manifest.backups.slice(0, index).some((earlier) => earlier.id === backup.parent)) return `${backup.id}: parent is not earlier`;
+    if (backup.parent !== null && !manifest.backups.slice(0, index).some((earlier) => earlier.id === backup.parent))
+      return `${backup.id}: parent is not earlier`;
   }
   return undefined;
 }
@@ -347,7 +359,8 @@ test('the manifest reader: a safe manifest that round-trips, or MANIFEST_INVALID
       if (!path) throw new Error(`message names no field: ${error.message.slice(0, 200)}`);
       // The field, or at least the object it is missing from, is in the file.
       const parsed = JSON.parse(text) as Json;
-      if (get(parsed, path.slice(0, -1)) === undefined) throw new Error(`message names ${JSON.stringify(path)}, which is not in the file: ${error.message.slice(0, 200)}`);
+      if (get(parsed, path.slice(0, -1)) === undefined)
+        throw new Error(`message names ${JSON.stringify(path)}, which is not in the file: ${error.message.slice(0, 200)}`);
       return;
     }
     seen.valid++;

@@ -177,7 +177,8 @@ class CaseRun {
     const before = server.requests.length;
     const signal = 'signalMs' in command && command.signalMs !== undefined ? AbortSignal.timeout(command.signalMs) : undefined;
     const signalled = (error: unknown): boolean => signal !== undefined && isAbort(error);
-    const outside = (span: Span | undefined) => (error: unknown) => error instanceof RangeError && /lies outside the export/.test(error.message) && span?.outside === true;
+    const outside = (span: Span | undefined) => (error: unknown) =>
+      error instanceof RangeError && /lies outside the export/.test(error.message) && span?.outside === true;
     const what = `${command.kind}${'span' in command && command.span ? ` ${JSON.stringify(command.span)}` : ''}`;
     const settle = async <T>(promise: Promise<T>): Promise<Settled<T>> => {
       const settled = await within(promise);
@@ -232,8 +233,10 @@ class CaseRun {
             for await (const extent of client.extents(command.context, range, signal ? { signal } : {})) extents.push(extent);
           })(),
         );
-        const unnegotiated = (error: unknown): boolean => error instanceof Error && /was not negotiated/.test(error.message) && !client.hasMetaContext(command.context);
-        if (settled.status === 'rejected') this.expectFailure(what, settled.reason, (error) => signalled(error) || outside(command.span)(error) || unnegotiated(error));
+        const unnegotiated = (error: unknown): boolean =>
+          error instanceof Error && /was not negotiated/.test(error.message) && !client.hasMetaContext(command.context);
+        if (settled.status === 'rejected')
+          this.expectFailure(what, settled.reason, (error) => signalled(error) || outside(command.span)(error) || unnegotiated(error));
         if (settled.status !== 'fulfilled') return settled.status;
         this.checkExtents(what, command.context, range, extents, server.requests.slice(before));
         return 'fulfilled';
@@ -422,7 +425,8 @@ async function runCase(
       const client = connecting.value;
       reached.connected++;
       if (expected === 'fails') problems.push('connect: succeeded although the handshake was broken');
-      if (expected === 'connects' && client.size !== Number(plan.export.size)) problems.push(`connect: size ${client.size}, the server said ${plan.export.size}`);
+      if (expected === 'connects' && client.size !== Number(plan.export.size))
+        problems.push(`connect: size ${client.size}, the server said ${plan.export.size}`);
       const run = new CaseRun(server, client, clean, stallTimeout);
       let closed = false;
       for (const command of commands) {
@@ -470,7 +474,9 @@ test('the NBD client against hostile servers: typed errors or correct results, b
   });
   const result = await fc.check(property, { numRuns: RUNS });
   reportCases(t.log.bind(t), 'nbd hostile-server', result.numRuns, result.failed ? 1 : 0, startedAt);
-  t.log(`connected ${reached.connected}, refused ${reached.refused}; calls ${reached.calls}: ${reached.resolved} resolved, ${reached.rejected} rejected; requests ${reached.judgedRequests}, ${reached.hostileRequests} answered with a fault`);
+  t.log(
+    `connected ${reached.connected}, refused ${reached.refused}; calls ${reached.calls}: ${reached.resolved} resolved, ${reached.rejected} rejected; requests ${reached.judgedRequests}, ${reached.hostileRequests} answered with a fault`,
+  );
   if (result.failed) t.log(describe(result.errorInstance));
   t.false(result.failed, fc.defaultReportMessage(result) ?? '');
   t.true(peakMemory < MEMORY_BOUND, `external memory peaked at ${peakMemory} bytes`);

@@ -118,9 +118,21 @@ export function judgeConnection(log: ConnectionLog, structured: boolean, verdict
   for (const event of log.events) {
     if (event.kind === 'request') {
       const { request } = event;
-      if (connection.state === 'dead') verdicts.set(request.sequence, { outcome: 'rejected', why: `sent after the connection broke: ${connection.deathCause}` });
+      if (connection.state === 'dead')
+        verdicts.set(request.sequence, { outcome: 'rejected', why: `sent after the connection broke: ${connection.deathCause}` });
       else if (connection.state === 'unknown') verdicts.set(request.sequence, { outcome: 'unknown' });
-      else open.set(key(request.cookie), { request, starts: [], ends: [], covered: 0, pieces: [], error: false, answered: new Set(), extents: new Map(), structured: false });
+      else
+        open.set(key(request.cookie), {
+          request,
+          starts: [],
+          ends: [],
+          covered: 0,
+          pieces: [],
+          error: false,
+          answered: new Set(),
+          extents: new Map(),
+          structured: false,
+        });
       continue;
     }
     if (connection.state !== 'live') continue;

@@ -39,10 +39,7 @@ const interestingSize = fc.oneof(
   { weight: 1, arbitrary: fc.constantFrom(2n ** 40n, 2n ** 40n + 1n, BigInt(Number.MAX_SAFE_INTEGER), 2n ** 53n, 2n ** 63n, 2n ** 64n - 1n) },
 );
 
-const blockSizeValue = fc.oneof(
-  fc.constantFrom(0, 1, 512, 4096, 65536, 131072, 32 * MiB, 64 * MiB, U32, 3, 1000),
-  fc.integer({ min: 0, max: U32 }),
-);
+const blockSizeValue = fc.oneof(fc.constantFrom(0, 1, 512, 4096, 65536, 131072, 32 * MiB, 64 * MiB, U32, 3, 1000), fc.integer({ min: 0, max: U32 }));
 
 const exportPlan: fc.Arbitrary<ExportPlan> = fc.record(
   {
@@ -53,7 +50,10 @@ const exportPlan: fc.Arbitrary<ExportPlan> = fc.record(
     ),
     blockSize: fc.oneof(
       { weight: 3, arbitrary: fc.constant(undefined) },
-      { weight: 2, arbitrary: fc.constantFrom([1, 4096, U32] as const, [512, 4096, 32 * MiB] as const, [4096, 65536, 1 * MiB] as const, [512, 512, 512] as const) },
+      {
+        weight: 2,
+        arbitrary: fc.constantFrom([1, 4096, U32] as const, [512, 4096, 32 * MiB] as const, [4096, 65536, 1 * MiB] as const, [512, 512, 512] as const),
+      },
       { weight: 1, arbitrary: fc.tuple(blockSizeValue, blockSizeValue, blockSizeValue) },
     ),
   },
@@ -142,7 +142,20 @@ function optionPlan(option: number): fc.Arbitrary<OptionPlan> {
     {
       weight: 2,
       arbitrary: fc
-        .tuple(fc.constantFrom<number>(REP.ERR_UNSUP, REP.ERR_UNSUP, REP.ERR_POLICY, REP.ERR_INVALID, REP.ERR_UNKNOWN, REP.ERR_SHUTDOWN, REP.ACK, REP.INFO, 0x80000099), text)
+        .tuple(
+          fc.constantFrom<number>(
+            REP.ERR_UNSUP,
+            REP.ERR_UNSUP,
+            REP.ERR_POLICY,
+            REP.ERR_INVALID,
+            REP.ERR_UNKNOWN,
+            REP.ERR_SHUTDOWN,
+            REP.ACK,
+            REP.INFO,
+            0x80000099,
+          ),
+          text,
+        )
         .map(([type, message]) => ({ kind: 'refuse' as const, type, message })),
     },
     {
@@ -174,7 +187,10 @@ const handshakePlan: fc.Arbitrary<HandshakePlan> = fc.record({
 });
 
 /** A fraction in [0, 1]; fc.double would crowd near 0 and make every range empty. */
-const fraction = fc.oneof({ weight: 4, arbitrary: fc.integer({ min: 0, max: 1024 }).map((n) => n / 1024) }, { weight: 1, arbitrary: fc.constantFrom(0, 0.5, 1) });
+const fraction = fc.oneof(
+  { weight: 4, arbitrary: fc.integer({ min: 0, max: 1024 }).map((n) => n / 1024) },
+  { weight: 1, arbitrary: fc.constantFrom(0, 0.5, 1) },
+);
 
 const shape: fc.Arbitrary<GoodShape> = fc.record({
   cuts: fc.array(fraction, { maxLength: 6 }),
@@ -199,13 +215,21 @@ const mutation: fc.Arbitrary<Mutation> = fc.oneof(
   fc.tuple(index, index).map(([first, second]) => ({ kind: 'swap' as const, first, second })),
   index.map((i) => ({ kind: 'done-early' as const, index: i })),
   fc.constant({ kind: 'no-done' as const }),
-  fc.tuple(index, fc.constantFrom('unknown' as const, 'high-bits' as const, 'zero' as const, 'other-pending' as const)).map(([i, lie]) => ({ kind: 'cookie' as const, index: i, lie })),
-  fc.tuple(index, fc.constantFrom(0, 0xdeadbeef, SIMPLE_MAGIC, STRUCTURED_MAGIC, 0x25609513)).map(([i, magic]) => ({ kind: 'magic' as const, index: i, magic })),
+  fc
+    .tuple(index, fc.constantFrom('unknown' as const, 'high-bits' as const, 'zero' as const, 'other-pending' as const))
+    .map(([i, lie]) => ({ kind: 'cookie' as const, index: i, lie })),
+  fc
+    .tuple(index, fc.constantFrom(0, 0xdeadbeef, SIMPLE_MAGIC, STRUCTURED_MAGIC, 0x25609513))
+    .map(([i, magic]) => ({ kind: 'magic' as const, index: i, magic })),
   fc
     .tuple(index, fc.oneof(fc.constantFrom<number>(...Object.values(REPLY_TYPE), 3, 4, 6, 0x8003, 0x7fff, 0xffff), fc.integer({ min: 0, max: 0xffff })))
     .map(([i, type]) => ({ kind: 'type' as const, index: i, type })),
-  fc.tuple(index, fc.oneof(fc.constantFrom(-8, -1, 1, 4, 8), fc.integer({ min: -100, max: 100 }))).map(([i, d]) => ({ kind: 'declared-length' as const, index: i, delta: d })),
-  fc.tuple(index, fc.constantFrom(U32, 32 * MiB + 4097, 32 * MiB + 4096, 0x7fffffff, 65_536 + 15)).map(([i, length]) => ({ kind: 'huge-length' as const, index: i, length })),
+  fc
+    .tuple(index, fc.oneof(fc.constantFrom(-8, -1, 1, 4, 8), fc.integer({ min: -100, max: 100 })))
+    .map(([i, d]) => ({ kind: 'declared-length' as const, index: i, delta: d })),
+  fc
+    .tuple(index, fc.constantFrom(U32, 32 * MiB + 4097, 32 * MiB + 4096, 0x7fffffff, 65_536 + 15))
+    .map(([i, length]) => ({ kind: 'huge-length' as const, index: i, length })),
   fc
     .record({
       index,

@@ -11,7 +11,15 @@ import { join } from 'node:path';
 import test from 'ava';
 import fc from 'fast-check';
 import type { ReadChunk } from '../../src/nbd/index.js';
-import { CLUSTER_SIZE, clusterRuns, MAX_VIRTUAL_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2LayoutInput } from '../../src/backup/qcow2/qcow2-layout.js';
+import {
+  CLUSTER_SIZE,
+  clusterRuns,
+  MAX_VIRTUAL_SIZE,
+  metadataClusters,
+  planQcow2,
+  type ClusterRun,
+  type Qcow2LayoutInput,
+} from '../../src/backup/qcow2/qcow2-layout.js';
 import { writeQcow2 } from '../../src/backup/qcow2/qcow2-writer.js';
 import { run, tryRun } from '../helpers/process.js';
 import { fuzzRuns, reportCases } from './fuzz-runs.js';
@@ -125,7 +133,8 @@ test('qcow2 layouts, empty disks to 2 PiB: consistent metadata, refusals exactly
       raw.virtualSize % 512 === 0 &&
       runsOk &&
       (raw.backingFile === undefined || (bytes(raw.backingFile) >= 1 && bytes(raw.backingFile) <= 1023 && !raw.backingFile.includes('\0'))) &&
-      (raw.backingFormat === undefined || (raw.backingFile !== undefined && bytes(raw.backingFormat) >= 1 && bytes(raw.backingFormat) <= 15 && !raw.backingFormat.includes('\0')));
+      (raw.backingFormat === undefined ||
+        (raw.backingFile !== undefined && bytes(raw.backingFormat) >= 1 && bytes(raw.backingFormat) <= 15 && !raw.backingFormat.includes('\0')));
     let problem: string | undefined;
     try {
       problem = check(input);
@@ -142,9 +151,16 @@ test('qcow2 layouts, empty disks to 2 PiB: consistent metadata, refusals exactly
   t.false(rulesResult.failed, fc.defaultReportMessage(rulesResult) ?? '');
 
   // Byte ranges in offset order become the same clusters, merged.
-  const ranges = fc.array(fc.record({ gap: fc.integer({ min: 0, max: 3 * CLUSTER_SIZE }), length: fc.integer({ min: 0, max: 3 * CLUSTER_SIZE }), back: fc.integer({ min: 0, max: 1000 }) }), {
-    maxLength: 12,
-  });
+  const ranges = fc.array(
+    fc.record({
+      gap: fc.integer({ min: 0, max: 3 * CLUSTER_SIZE }),
+      length: fc.integer({ min: 0, max: 3 * CLUSTER_SIZE }),
+      back: fc.integer({ min: 0, max: 1000 }),
+    }),
+    {
+      maxLength: 12,
+    },
+  );
   const merging = fc.property(ranges, (seeds) => {
     cases++;
     const list: Array<{ offset: number; length: number }> = [];
@@ -157,7 +173,8 @@ test('qcow2 layouts, empty disks to 2 PiB: consistent metadata, refusals exactly
     }
     const runs = clusterRuns(list);
     const wanted = new Set<number>();
-    for (const { offset, length } of list) if (length > 0) for (let c = Math.floor(offset / CLUSTER_SIZE); c < Math.ceil((offset + length) / CLUSTER_SIZE); c++) wanted.add(c);
+    for (const { offset, length } of list)
+      if (length > 0) for (let c = Math.floor(offset / CLUSTER_SIZE); c < Math.ceil((offset + length) / CLUSTER_SIZE); c++) wanted.add(c);
     const got = runs.flatMap((r) => Array.from({ length: r.count }, (_, i) => r.start + i));
     if (JSON.stringify(got) !== JSON.stringify([...wanted].sort((a, b) => a - b))) throw new Error(`runs ${JSON.stringify(runs)} for ${JSON.stringify(list)}`);
     if (runs.some((r, i) => i > 0 && r.start <= runs[i - 1]!.start + runs[i - 1]!.count)) throw new Error('runs touch or overlap');
@@ -181,9 +198,12 @@ const plainName = fc.string({ unit: 'grapheme', minLength: 1, maxLength: 12 }).f
 const writerCase = fc.record({
   size: sectors(6144),
   runs: fc.array(fc.record({ gap: fc.integer({ min: 0, max: 3 }), count: fc.integer({ min: 1, max: 6 }) }), { maxLength: 8 }),
-  chunks: fc.array(fc.record({ skip: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 70_000 })), length: fc.integer({ min: 1, max: 200_000 }), hole: fc.boolean() }), {
-    maxLength: 12,
-  }),
+  chunks: fc.array(
+    fc.record({ skip: fc.oneof(fc.constant(0), fc.integer({ min: 0, max: 70_000 })), length: fc.integer({ min: 1, max: 200_000 }), hole: fc.boolean() }),
+    {
+      maxLength: 12,
+    },
+  ),
   // Plain names, as the manifest allows them: qemu resolves anything with a slash as a path.
   backing: fc.option(fc.record({ name: fc.oneof(fc.constantFrom('base.raw', 'é名 .raw', `${'b'.repeat(200)}.raw`), plainName), seed: fc.nat(255) }), {
     nil: undefined,

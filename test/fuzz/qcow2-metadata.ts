@@ -117,7 +117,8 @@ export function checkMetadata(metadata: Buffer, layout: Qcow2Layout): string | u
   if (refcount.length < total) return `refcount blocks cover ${refcount.length} clusters of ${total}`;
   for (let cluster = 0; cluster < refcount.length; cluster++) {
     const wanted = cluster < total ? 1 : 0;
-    if (refcount[cluster] !== wanted) return `cluster ${cluster} (${roles[owners[cluster] ?? 0] ?? 'past the end'}) has refcount ${refcount[cluster]}, not ${wanted}`;
+    if (refcount[cluster] !== wanted)
+      return `cluster ${cluster} (${roles[owners[cluster] ?? 0] ?? 'past the end'}) has refcount ${refcount[cluster]}, not ${wanted}`;
   }
   return undefined;
 }

@@ -15,8 +15,7 @@ export async function connectSystem(): Promise<Connection> {
     return await connect(SYSTEM_URI);
   } catch (error) {
     throw new Error(
-      `libvirtd is not reachable on ${SYSTEM_URI}: ${(error as Error).message}. ` +
-        'Run `bash scripts/setup-host.sh` as root to install and start it.',
+      `libvirtd is not reachable on ${SYSTEM_URI}: ${(error as Error).message}. ` + 'Run `bash scripts/setup-host.sh` as root to install and start it.',
       { cause: error },
     );
   }
@@ -124,11 +123,13 @@ export async function createThrowawayDomain(
     // Test fixture only: names and paths are generated above, nothing to escape.
     const diskXml = made
       .map(
-        (d) => `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/>` +
+        (d) =>
+          `<disk type='file' device='disk'><driver name='qemu' type='${d.format}'/>` +
           `<source file='${d.path}'/><target dev='${d.target}' bus='virtio'/></disk>`,
       )
       .join('');
-    const xml = `<domain type='${type}'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>` +
+    const xml =
+      `<domain type='${type}'><name>${name}</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>` +
       `<os><type arch='x86_64'>hvm</type></os><devices>${diskXml}</devices></domain>`;
     domain = await conn.defineDomain(xml);
     if (options.start !== false) await domain.start();
@@ -143,18 +144,9 @@ export async function createThrowawayDomain(
  * Writes `length` bytes of `pattern` at `offset` into a running domain's disk the
  * way a guest would, through QEMU's qemu-io (dirty bitmaps see these writes).
  */
-export async function guestWrite(
-  domain: Domain,
-  diskIndex: number,
-  pattern: number,
-  offset: number | string,
-  length: number | string,
-): Promise<void> {
+export async function guestWrite(domain: Domain, diskIndex: number, pattern: number, offset: number | string, length: number | string): Promise<void> {
   const device = `/machine/peripheral/virtio-disk${diskIndex}/virtio-backend`;
-  const reply = await domain.qemuMonitorCommand(
-    `qemu-io -d ${device} "write -P 0x${pattern.toString(16)} ${offset} ${length}"`,
-    { hmp: true },
-  );
+  const reply = await domain.qemuMonitorCommand(`qemu-io -d ${device} "write -P 0x${pattern.toString(16)} ${offset} ${length}"`, { hmp: true });
   if (/error|fail/i.test(reply)) throw new Error(`qemu-io write failed: ${reply}`);
   // Push QEMU's cached qcow2 metadata to the file so tools reading the image see it.
   const flushed = await domain.qemuMonitorCommand(`qemu-io -d ${device} "flush"`, { hmp: true });

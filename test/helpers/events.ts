@@ -23,4 +23,3 @@ export function recordEvents(conn: Connection, domain: Domain) {
     },
   };
 }
-

@@ -129,9 +129,7 @@ test('pull backup over a unix socket: export, dirty map, abort and its event', a
   t.is((await vm.domain.getJobInfo()).type, JobType.UNBOUNDED);
 
   const map = await run('nbdinfo', [`--map=qemu:dirty-bitmap:backup-vda`, '--json', `nbd+unix:///vda?socket=${socket}`]);
-  const dirty = (JSON.parse(map) as Array<{ offset: number; length: number; type: number }>)
-    .filter((e) => e.type & 1)
-    .map((e) => [e.offset, e.length]);
+  const dirty = (JSON.parse(map) as Array<{ offset: number; length: number; type: number }>).filter((e) => e.type & 1).map((e) => [e.offset, e.length]);
   t.deepEqual(dirty, [
     [2 ** 20, 131072],
     [8 * 2 ** 20, 65536],

@@ -24,10 +24,7 @@ async function domainWithQemuPid(t: ExecutionContext, label: string): Promise<{ 
 }
 
 function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
-  return Promise.race([
-    promise,
-    new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms)),
-  ]);
+  return Promise.race([promise, new Promise<T>((_, reject) => setTimeout(() => reject(new Error(`${what} did not finish within ${ms} ms`)), ms))]);
 }
 
 test('a call stuck on a frozen QEMU does not hold up other calls on the same connection', async (t) => {
@@ -53,11 +50,7 @@ test('a call stuck on a frozen QEMU does not hold up other calls on the same con
     for (let i = 0; i < 20; i++) {
       t.regex(await within(vm.domain.getXMLDesc(), 20_000, 'a sequential getXMLDesc'), /<domain/);
     }
-    const burst = await within(
-      Promise.all(Array.from({ length: 32 }, () => vm.domain.getXMLDesc())),
-      20_000,
-      '32 concurrent getXMLDesc calls',
-    );
+    const burst = await within(Promise.all(Array.from({ length: 32 }, () => vm.domain.getXMLDesc())), 20_000, '32 concurrent getXMLDesc calls');
     t.is(burst.length, 32);
     t.is((await vm.domain.getState()).state, 1); // still RUNNING as far as libvirt knows
     t.is(settled, 0, 'the stuck calls are still waiting');

@@ -23,7 +23,10 @@ function takeAll(probe: NativeCallPolicyProbe, now: number): Array<{ call: numbe
 test('calls without a lane start at once, in submission order', (t) => {
   const probe = policy();
   for (let call = 1; call <= 5; call++) t.deepEqual(probe.enqueue(call, 0, 0), { wake: 'now' });
-  t.deepEqual(takeAll(probe, 0).map((s) => s.call), [1, 2, 3, 4, 5]);
+  t.deepEqual(
+    takeAll(probe, 0).map((s) => s.call),
+    [1, 2, 3, 4, 5],
+  );
   t.is(probe.queued(), 0);
 });
 
@@ -32,7 +35,10 @@ test('a lane runs two quick calls at once; the third waits for a slot, the rest 
   t.deepEqual(probe.enqueue(1, 7, 0), { wake: 'now' });
   t.deepEqual(probe.enqueue(2, 7, 0), { wake: 'now' });
   const first = takeAll(probe, 0);
-  t.deepEqual(first.map((s) => s.call), [1, 2]);
+  t.deepEqual(
+    first.map((s) => s.call),
+    [1, 2],
+  );
   // Full: the first waiting call is told when a running one turns slow.
   t.deepEqual(probe.enqueue(3, 7, 100), { wake: 'at', at: SLOW_CALL });
   t.deepEqual(probe.enqueue(4, 7, 100), { wake: 'none' });
@@ -56,9 +62,16 @@ test('a full lane holds up none of the calls behind it on other lanes, which kee
   probe.enqueue(6, 0, 0);
   probe.enqueue(7, 3, 0);
   probe.enqueue(8, 2, 0);
-  t.deepEqual(takeAll(probe, 0).map((s) => s.call), [1, 2, 5, 6, 7, 8]);
+  t.deepEqual(
+    takeAll(probe, 0).map((s) => s.call),
+    [1, 2, 5, 6, 7, 8],
+  );
   t.is(probe.queued(), 2);
-  t.deepEqual(takeAll(probe, SLOW_CALL).map((s) => s.call), [3, 4], 'after 1 ms both running calls turned slow');
+  t.deepEqual(
+    takeAll(probe, SLOW_CALL).map((s) => s.call),
+    [3, 4],
+    'after 1 ms both running calls turned slow',
+  );
 });
 
 test('a lane whose calls keep getting stuck still moves one call per millisecond at worst', (t) => {

@@ -16,14 +16,20 @@ test('create, list, parent, children and delete on test:///default', async (t) =
   t.is(a.name, `${prefix}a`);
   t.is((await b.getParent())?.name, `${prefix}a`);
   t.is(await a.getParent(), null);
-  t.deepEqual((await a.listAllChildren()).map((c) => c.name), [`${prefix}b`]);
+  t.deepEqual(
+    (await a.listAllChildren()).map((c) => c.name),
+    [`${prefix}b`],
+  );
   const ours = (await domain.listAllCheckpoints(CheckpointListFlags.TOPOLOGICAL)).map((c) => c.name).filter((n) => n.startsWith(prefix));
   t.deepEqual(ours, [`${prefix}a`, `${prefix}b`]);
   const spec = parseCheckpointXml(await b.getXMLDesc(CheckpointXMLFlags.SIZE));
   t.is(spec.description, 'second & last');
   t.is(spec.parent, `${prefix}a`);
   await b.delete();
-  t.deepEqual((await a.listAllChildren()).map((c) => c.name), []);
+  t.deepEqual(
+    (await a.listAllChildren()).map((c) => c.name),
+    [],
+  );
   await a.delete();
   const error = await t.throwsAsync(domain.lookupCheckpointByName(`${prefix}a`), { instanceOf: LibvirtError });
   t.is(error?.codeName, 'VIR_ERR_NO_DOMAIN_CHECKPOINT');
@@ -33,10 +39,9 @@ test('backup calls on test:///default reject with VIR_ERR_NO_SUPPORT', async (t)
   const conn = await connect('test:///default');
   t.teardown(() => conn.close());
   const domain = await conn.lookupDomainByName('test');
-  const begin = await t.throwsAsync(
-    domain.backupBegin("<domainbackup mode='push'><disks><disk name='vda' backup='no'/></disks></domainbackup>"),
-    { instanceOf: LibvirtError },
-  );
+  const begin = await t.throwsAsync(domain.backupBegin("<domainbackup mode='push'><disks><disk name='vda' backup='no'/></disks></domainbackup>"), {
+    instanceOf: LibvirtError,
+  });
   t.is(begin?.codeName, 'VIR_ERR_NO_SUPPORT');
   const xml = await t.throwsAsync(domain.backupGetXMLDesc(), { instanceOf: LibvirtError });
   t.is(xml?.codeName, 'VIR_ERR_NO_SUPPORT');

@@ -72,26 +72,44 @@ test('a chain of three checkpoints: parent, children and topological order agree
   t.is(await first.getParent(), null);
   t.is((await second.getParent())?.name, 'first');
   t.is((await third.getParent())?.name, 'second');
-  t.deepEqual((await first.listAllChildren()).map((c) => c.name), ['second']);
+  t.deepEqual(
+    (await first.listAllChildren()).map((c) => c.name),
+    ['second'],
+  );
   t.deepEqual(
     (await first.listAllChildren(CheckpointListFlags.DESCENDANTS | CheckpointListFlags.TOPOLOGICAL)).map((c) => c.name),
     ['second', 'third'],
   );
-  t.deepEqual((await third.listAllChildren()).map((c) => c.name), []);
+  t.deepEqual(
+    (await third.listAllChildren()).map((c) => c.name),
+    [],
+  );
   const topological = (await vm.domain.listAllCheckpoints(CheckpointListFlags.TOPOLOGICAL)).map((c) => c.name);
   t.deepEqual(topological, ['first', 'second', 'third']);
-  t.deepEqual((await vm.domain.listAllCheckpoints(CheckpointListFlags.ROOTS)).map((c) => c.name), ['first']);
-  t.deepEqual((await vm.domain.listAllCheckpoints(CheckpointListFlags.LEAVES)).map((c) => c.name), ['third']);
+  t.deepEqual(
+    (await vm.domain.listAllCheckpoints(CheckpointListFlags.ROOTS)).map((c) => c.name),
+    ['first'],
+  );
+  t.deepEqual(
+    (await vm.domain.listAllCheckpoints(CheckpointListFlags.LEAVES)).map((c) => c.name),
+    ['third'],
+  );
   t.deepEqual((await vm.domain.listAllCheckpoints(CheckpointListFlags.NO_LEAVES)).map((c) => c.name).sort(), ['first', 'second']);
 
   // virsh's own view of each parent (it answers with an error for a root).
-  for (const [child, parent] of [['second', 'first'], ['third', 'second']] as const) {
+  for (const [child, parent] of [
+    ['second', 'first'],
+    ['third', 'second'],
+  ] as const) {
     t.is((await run('virsh', ['-c', 'qemu:///system', 'checkpoint-parent', vm.name, child])).trim(), parent);
   }
   const rootParent = await tryRun('virsh', ['-c', 'qemu:///system', 'checkpoint-parent', vm.name, 'first']);
   t.not(rootParent.code, 0);
   const tree = await run('virsh', ['-c', 'qemu:///system', 'checkpoint-list', vm.name, '--tree']);
-  const treeNames = tree.split('\n').map((line) => line.replace(/[|+\- ]/g, '')).filter(Boolean);
+  const treeNames = tree
+    .split('\n')
+    .map((line) => line.replace(/[|+\- ]/g, ''))
+    .filter(Boolean);
   t.deepEqual(treeNames, topological);
 
   // Deleting the middle one re-parents the last onto the first.
@@ -114,10 +132,7 @@ test('metadata deleted and redefined from saved XML still serves incremental bac
   const gone = await t.throwsAsync(vm.domain.lookupCheckpointByName('saved'), { instanceOf: LibvirtError });
   t.is(gone?.codeName, 'VIR_ERR_NO_DOMAIN_CHECKPOINT');
 
-  const redefined = await vm.domain.createCheckpoint(
-    savedXml,
-    CheckpointCreateFlags.REDEFINE | CheckpointCreateFlags.REDEFINE_VALIDATE,
-  );
+  const redefined = await vm.domain.createCheckpoint(savedXml, CheckpointCreateFlags.REDEFINE | CheckpointCreateFlags.REDEFINE_VALIDATE);
   t.is(redefined.name, 'saved');
   t.is(parseCheckpointXml(await redefined.getXMLDesc(CheckpointXMLFlags.SIZE)).disks?.find((d) => d.name === 'vda')?.checkpoint, 'bitmap');
 
@@ -137,9 +152,17 @@ test('metadata deleted and redefined from saved XML still serves incremental bac
   const stats = await vm.domain.waitForJob({ timeoutMs: 60_000 });
   t.true(stats.success);
   t.is(await events.blockJobsEnded('vda', BlockJobStatus.COMPLETED, 1), 1);
-  const map = JSON.parse(await run('qemu-img', ['map', '-U', '--output=json', target])) as Array<{ start: number; length: number; data: boolean; depth: number }>;
+  const map = JSON.parse(await run('qemu-img', ['map', '-U', '--output=json', target])) as Array<{
+    start: number;
+    length: number;
+    data: boolean;
+    depth: number;
+  }>;
   const own = map.filter((e) => e.depth === 0 && e.data);
-  t.deepEqual(own.map((e) => [e.start, e.length]), [[2 * 2 ** 20, 65536]]);
+  t.deepEqual(
+    own.map((e) => [e.start, e.length]),
+    [[2 * 2 ** 20, 65536]],
+  );
 });
 
 test('redefining with REDEFINE_VALIDATE refuses a checkpoint whose bitmap is gone', async (t) => {
@@ -150,9 +173,8 @@ test('redefining with REDEFINE_VALIDATE refuses a checkpoint whose bitmap is gon
   const checkpoint = await vm.domain.createCheckpoint(vdaOnly('lost'));
   const savedXml = await checkpoint.getXMLDesc();
   await checkpoint.delete();
-  const error = await t.throwsAsync(
-    vm.domain.createCheckpoint(savedXml, CheckpointCreateFlags.REDEFINE | CheckpointCreateFlags.REDEFINE_VALIDATE),
-    { instanceOf: LibvirtError },
-  );
+  const error = await t.throwsAsync(vm.domain.createCheckpoint(savedXml, CheckpointCreateFlags.REDEFINE | CheckpointCreateFlags.REDEFINE_VALIDATE), {
+    instanceOf: LibvirtError,
+  });
   t.is(error?.codeName, 'VIR_ERR_CHECKPOINT_INCONSISTENT');
 });

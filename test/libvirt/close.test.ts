@@ -70,9 +70,7 @@ test('close() resolves only after the calls in flight have settled', async (t) =
   process.kill(pid, 'SIGSTOP');
   try {
     // A frozen QEMU cannot answer its monitor: these calls wait until SIGCONT.
-    slow = Array.from({ length: 2 }, (_, i) =>
-      domain.qemuMonitorCommand('{"execute":"query-status"}').finally(() => settled.push(`call ${i}`)),
-    );
+    slow = Array.from({ length: 2 }, (_, i) => domain.qemuMonitorCommand('{"execute":"query-status"}').finally(() => settled.push(`call ${i}`)));
     await sleep(200);
     closing = conn.close().finally(() => settled.push('close'));
     t.true(conn.closed, 'closed from the moment close() is called');
@@ -91,7 +89,10 @@ test('close() resolves only after the calls in flight have settled', async (t) =
 test('close() twice returns the same promise, and closed is true at once even with listeners to remove', async (t) => {
   const conn = await connect('test:///default');
   const domain = await conn.lookupDomainByName('test');
-  conn.on('lifecycle', () => undefined).on('block-job', () => undefined).on('close', () => undefined);
+  conn
+    .on('lifecycle', () => undefined)
+    .on('block-job', () => undefined)
+    .on('close', () => undefined);
   await conn.eventsReady();
   const first = conn.close();
   t.true(conn.closed);

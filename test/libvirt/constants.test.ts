@@ -10,7 +10,7 @@ test('src/libvirt/constants.ts matches the installed libvirt headers', (t) => {
   t.is(committed, renderConstants(), 'run `npm run gen:constants` and commit the result');
 });
 
-test('constants carry libvirt\'s values', (t) => {
+test("constants carry libvirt's values", (t) => {
   t.is(CheckpointCreateFlags.REDEFINE, 1);
   t.is(CheckpointCreateFlags.REDEFINE_VALIDATE, 4);
   t.is(ListDomainsFlags.HAS_CHECKPOINT, 1 << 14);

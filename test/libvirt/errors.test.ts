@@ -40,7 +40,7 @@ test('a failed call carries its caller in the stack and the libvirt function in 
   }
 });
 
-test('the error source has names that cannot be read as a VM, equal to libvirt\'s domain fields', async (t) => {
+test("the error source has names that cannot be read as a VM, equal to libvirt's domain fields", async (t) => {
   const conn = await connect('test:///default');
   t.teardown(() => conn.close());
   const error = await t.throwsAsync(lookUpAMissingDomain(conn), { instanceOf: LibvirtError });

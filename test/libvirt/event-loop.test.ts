@@ -23,9 +23,7 @@ test('the event loop keeps ticking while 64 daemon calls are in flight', async (
   }, intervalMs);
 
   const started = performance.now();
-  const results = await Promise.all(
-    Array.from({ length: 64 }, (_, i) => (i % 2 === 0 ? vm.domain.getXMLDesc() : conn.getCapabilities())),
-  );
+  const results = await Promise.all(Array.from({ length: 64 }, (_, i) => (i % 2 === 0 ? vm.domain.getXMLDesc() : conn.getCapabilities())));
   const elapsed = performance.now() - started;
   // Let the timer fire once more after the last resolution.
   await new Promise((resolve) => setTimeout(resolve, intervalMs * 3));

@@ -5,16 +5,7 @@ import { join } from 'node:path';
 
 import test from 'ava';
 
-import {
-  BlockJobType,
-  connect,
-  Connection,
-  type Domain,
-  DomainEventID,
-  LibvirtError,
-  LifecycleEvent,
-  type LifecyclePayload,
-} from '../../src/index.js';
+import { BlockJobType, connect, Connection, type Domain, DomainEventID, LibvirtError, LifecycleEvent, type LifecyclePayload } from '../../src/index.js';
 import { connectSystem, createThrowawayDomain, IMAGE_DIR } from '../helpers/daemon.js';
 import { openNativeWith } from '../helpers/native-wrapper.js';
 import { toolEnvironment } from '../helpers/process.js';
@@ -23,9 +14,7 @@ test('200 lifecycle events from start/destroy cycles reach JS in order', async (
   const conn = await connect('test:///default');
   t.teardown(() => conn.close());
   const name = `lvb-events-${process.pid}`;
-  const domain = await conn.defineDomain(
-    `<domain type='test'><name>${name}</name><memory>65536</memory><os><type>hvm</type></os></domain>`,
-  );
+  const domain = await conn.defineDomain(`<domain type='test'><name>${name}</name><memory>65536</memory><os><type>hvm</type></os></domain>`);
   t.teardown(() => domain.undefine().catch(() => undefined));
   const seen: LifecycleEvent[] = [];
   const listener = (d: Domain, payload: LifecyclePayload) => {
@@ -69,7 +58,10 @@ test('200 lifecycle events from start/destroy cycles on the real daemon reach JS
   const startsAndStops = seen.filter(([, e]) => e === LifecycleEvent.STARTED || e === LifecycleEvent.STOPPED);
   const { STARTED, STOPPED } = LifecycleEvent;
   t.is(startsAndStops.length, 2 * cycles);
-  t.deepEqual(startsAndStops.map(([, e]) => e), Array.from({ length: 2 * cycles }, (_, i) => (i % 2 === 0 ? STARTED : STOPPED)));
+  t.deepEqual(
+    startsAndStops.map(([, e]) => e),
+    Array.from({ length: 2 * cycles }, (_, i) => (i % 2 === 0 ? STARTED : STOPPED)),
+  );
   t.true(seen.every(([n]) => n === vm.name));
 });
 
@@ -202,7 +194,17 @@ async function connectionRefusingBlockJobs(refuse: { now: boolean }): Promise<Co
   native.registerDomainEvent = (eventId) => {
     if (eventId === DomainEventID.BLOCK_JOB_2 && refuse.now) {
       return Promise.reject(
-        new LibvirtError({ code: 3, domain: 0, level: 2, message: 'this driver does not support block job events', str1: null, str2: null, str3: null, int1: 0, int2: 0 }),
+        new LibvirtError({
+          code: 3,
+          domain: 0,
+          level: 2,
+          message: 'this driver does not support block job events',
+          str1: null,
+          str2: null,
+          str3: null,
+          int1: 0,
+          int2: 0,
+        }),
       );
     }
     return register(eventId);

@@ -14,7 +14,17 @@ test('a failed version query is not cached: the next typed-spec checkpoint works
     asked++;
     if (asked === 1) {
       return Promise.reject(
-        new LibvirtError({ code: 38, domain: 7, level: 2, message: 'Cannot recv data: Connection reset by peer', str1: null, str2: null, str3: null, int1: 0, int2: 0 }),
+        new LibvirtError({
+          code: 38,
+          domain: 7,
+          level: 2,
+          message: 'Cannot recv data: Connection reset by peer',
+          str1: null,
+          str2: null,
+          str3: null,
+          int1: 0,
+          int2: 0,
+        }),
       );
     }
     return ask();

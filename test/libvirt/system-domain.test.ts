@@ -43,7 +43,7 @@ test('a throwaway domain runs, takes guest writes, and is removed', async (t) =>
   t.is(gone?.codeName, 'VIR_ERR_NO_DOMAIN');
 });
 
-test('daemon errors keep libvirt\'s code and domain', async (t) => {
+test("daemon errors keep libvirt's code and domain", async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());
   const missing = await t.throwsAsync(conn.lookupDomainByName('lvbt-does-not-exist'), { instanceOf: LibvirtError });

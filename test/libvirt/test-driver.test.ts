@@ -73,7 +73,7 @@ test('define, start, destroy and undefine on the test driver', async (t) => {
   await transient.destroy();
 });
 
-test('invalid XML rejects with libvirt\'s own message', async (t) => {
+test("invalid XML rejects with libvirt's own message", async (t) => {
   const conn = await connect('test:///default');
   t.teardown(() => conn.close());
   const error = await t.throwsAsync(conn.defineDomain('<domain'), { instanceOf: LibvirtError });

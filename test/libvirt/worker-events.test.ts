@@ -52,10 +52,8 @@ function waitFor(worker: Worker, message: string): Promise<void> {
 
 type StartWorker = () => Worker;
 
-const startNativeWorker: StartWorker = () =>
-  new NodeWorker(new URL('../fixtures/worker-events-native.mjs', import.meta.url), { workerData: { uri: URI } });
-const startTsWorkerOnEvents: StartWorker = () =>
-  startTsWorker(new URL('../fixtures/worker-events.ts', import.meta.url), { uri: URI });
+const startNativeWorker: StartWorker = () => new NodeWorker(new URL('../fixtures/worker-events-native.mjs', import.meta.url), { workerData: { uri: URI } });
+const startTsWorkerOnEvents: StartWorker = () => startTsWorker(new URL('../fixtures/worker-events.ts', import.meta.url), { uri: URI });
 
 async function terminateWhileEventsCome(t: ExecutionContext, label: string, start: StartWorker, rounds: number): Promise<void> {
   const conn = await connect(URI);

@@ -1,11 +1,5 @@
 import test, { type ExecutionContext } from 'ava';
-import {
-  NbdClient,
-  NbdConnectionError,
-  NbdError,
-  NbdProtocolError,
-  type Extent,
-} from '../../src/nbd/index.js';
+import { NbdClient, NbdConnectionError, NbdError, NbdProtocolError, type Extent } from '../../src/nbd/index.js';
 import { CONTEXT_ID, CONTEXT_NAME, DONE, REPLY, startFakeServer, type FakeRequest, type ReplyWriter } from './fake-server.js';
 
 const unhandled: unknown[] = [];

@@ -175,5 +175,15 @@ export function goodHandshake(): HandshakePlan {
 }
 
 export function goodShape(): GoodShape {
-  return { cuts: [], holes: [false], rotate: 0, reverse: false, finalNone: false, descriptorCuts: [], described: 1, statusFlags: [0], simpleWhenAllowed: false };
+  return {
+    cuts: [],
+    holes: [false],
+    rotate: 0,
+    reverse: false,
+    finalNone: false,
+    descriptorCuts: [],
+    described: 1,
+    statusFlags: [0],
+    simpleWhenAllowed: false,
+  };
 }

@@ -31,7 +31,14 @@ async function serve(t: ExecutionContext, serverPlan: ServerPlan): Promise<Hosti
 
 test('content chunks that overlap are refused: two halves saying the same thing no longer pass for the whole read', async (t) => {
   // The first half is sent twice and the second never: the byte count adds up, the bytes do not.
-  const overlapping = answer([{ kind: 'duplicate', index: 0 }, { kind: 'drop', index: 2 }, { kind: 'done-early', index: 1 }], { ...goodShape(), cuts: [0.5] });
+  const overlapping = answer(
+    [
+      { kind: 'duplicate', index: 0 },
+      { kind: 'drop', index: 2 },
+      { kind: 'done-early', index: 1 },
+    ],
+    { ...goodShape(), cuts: [0.5] },
+  );
   const server = await serve(t, plan({ replies: [overlapping] }));
   const client = await NbdClient.connect({ path: server.path });
   await t.throwsAsync(client.read(0, 8192), { instanceOf: NbdProtocolError, message: /overlaps content already sent/ });
@@ -94,7 +101,10 @@ test('a server that keeps answering NBD_OPT_LIST_META_CONTEXT is cut off instead
   const context = Buffer.concat([Buffer.alloc(4), Buffer.from('x-flood:context')]);
   const frames: OptionFrame[] = Array.from({ length: 70_000 }, () => ({ type: REP.META_CONTEXT, data: context }));
   const server = await serve(t, plan({ handshake: { ...goodHandshake(), listMetaContext: { kind: 'frames', frames, end: 'ack' } } }));
-  await t.throwsAsync(NbdClient.listMetaContexts({ path: server.path }), { instanceOf: NbdProtocolError, message: /does not stop answering NBD_OPT_LIST_META_CONTEXT/ });
+  await t.throwsAsync(NbdClient.listMetaContexts({ path: server.path }), {
+    instanceOf: NbdProtocolError,
+    message: /does not stop answering NBD_OPT_LIST_META_CONTEXT/,
+  });
 });
 
 test('absurd block sizes are refused at connect instead of turning into 4 GiB requests', async (t) => {
@@ -105,7 +115,11 @@ test('absurd block sizes are refused at connect instead of turning into 4 GiB re
     [65536, 65536, 4096],
   ] as const) {
     const server = await serve(t, plan({ export: { size: BigInt(SIZE), flags: 1, blockSize } }));
-    await t.throwsAsync(NbdClient.connect({ path: server.path }), { instanceOf: NbdProtocolError, message: /block size/ }, `block sizes ${blockSize.join(', ')}`);
+    await t.throwsAsync(
+      NbdClient.connect({ path: server.path }),
+      { instanceOf: NbdProtocolError, message: /block size/ },
+      `block sizes ${blockSize.join(', ')}`,
+    );
   }
   const server = await serve(t, plan({ export: { size: 64n * BigInt(SIZE), flags: 1, blockSize: [512, 4096, 0xffffffff] } }));
   const client = await NbdClient.connect({ path: server.path, requestSize: 64 * 1024 * 1024 });
@@ -150,14 +164,30 @@ test('a reply that starts in structured chunks and ends in a simple reply is a p
 
 const readFaults: Array<[string, Mutation, RegExp]> = [
   ['a hole of zero bytes', { kind: 'zero-length', index: 0 }, /zero bytes|too short/],
-  ['an error offset outside the request', { kind: 'insert-error', index: 0, errno: 5, message: 'bad sector', messageLengthDelta: 0, offset: 'outside', done: true }, /outside the request/],
+  [
+    'an error offset outside the request',
+    { kind: 'insert-error', index: 0, errno: 5, message: 'bad sector', messageLengthDelta: 0, offset: 'outside', done: true },
+    /outside the request/,
+  ],
   ['an error chunk longer than any message', { kind: 'huge-length', index: 0, length: 0x7fffffff }, /exceeds the protocol bound|longer than any error message/],
 ];
 
 for (const [name, mutation, message] of readFaults) {
   test(`a read answered with ${name} is a protocol error`, async (t) => {
     const shape = { ...goodShape(), holes: [true] };
-    const server = await serve(t, plan({ replies: [answer(mutation.kind === 'huge-length' ? [{ kind: 'insert-error', index: 0, errno: 5, message: 'x', messageLengthDelta: 0, offset: 'none', done: false }, mutation] : [mutation], shape)] }));
+    const server = await serve(
+      t,
+      plan({
+        replies: [
+          answer(
+            mutation.kind === 'huge-length'
+              ? [{ kind: 'insert-error', index: 0, errno: 5, message: 'x', messageLengthDelta: 0, offset: 'none', done: false }, mutation]
+              : [mutation],
+            shape,
+          ),
+        ],
+      }),
+    );
     const client = await NbdClient.connect({ path: server.path });
     await t.throwsAsync(client.read(0, 4096), { instanceOf: NbdProtocolError, message });
     await client.close();
@@ -165,7 +195,10 @@ for (const [name, mutation, message] of readFaults) {
 }
 
 test('an error chunk inside the request still reports the server error and keeps the connection', async (t) => {
-  const server = await serve(t, plan({ replies: [answer([{ kind: 'insert-error', index: 0, errno: 5, message: 'bad sector', messageLengthDelta: 0, offset: 'inside', done: false }])] }));
+  const server = await serve(
+    t,
+    plan({ replies: [answer([{ kind: 'insert-error', index: 0, errno: 5, message: 'bad sector', messageLengthDelta: 0, offset: 'inside', done: false }])] }),
+  );
   const client = await NbdClient.connect({ path: server.path });
   const error = await t.throwsAsync(client.read(0, 4096), { instanceOf: NbdError });
   t.is(error.code, 'EIO');

@@ -237,7 +237,10 @@ function goodDrafts(context: AnswerContext, shape: GoodShape): Draft[] {
     const drafts: Draft[] = [...context.contexts.keys()].map((contextId) => ({
       kind: 'block-status',
       contextId,
-      descriptors: piecesOf(described, shape.descriptorCuts).map(([, length], i): [number, number] => [length, shape.statusFlags[i % shape.statusFlags.length]!]),
+      descriptors: piecesOf(described, shape.descriptorCuts).map(([, length], i): [number, number] => [
+        length,
+        shape.statusFlags[i % shape.statusFlags.length]!,
+      ]),
       extraBytes: 0,
       done: false,
     }));
@@ -320,8 +323,19 @@ function mutate(drafts: Draft[], mutation: Mutation, context: AnswerContext): Dr
       return out;
     case 'insert-error': {
       const offset =
-        mutation.offset === 'none' ? undefined : mutation.offset === 'inside' ? request.offset + Math.floor(request.length / 2) : request.offset + request.length + 1;
-      out.splice(at, 0, { kind: 'error', errno: mutation.errno, message: mutation.message, messageLengthDelta: mutation.messageLengthDelta, offset, done: mutation.done });
+        mutation.offset === 'none'
+          ? undefined
+          : mutation.offset === 'inside'
+            ? request.offset + Math.floor(request.length / 2)
+            : request.offset + request.length + 1;
+      out.splice(at, 0, {
+        kind: 'error',
+        errno: mutation.errno,
+        message: mutation.message,
+        messageLengthDelta: mutation.messageLengthDelta,
+        offset,
+        done: mutation.done,
+      });
       return out;
     }
     case 'insert-none':
@@ -563,7 +577,8 @@ export async function startHostileServer(dir: string, plan: ServerPlan, name = '
         const structuredPlan = handshake.structuredReply;
         goOn = answer(option, structuredPlan, () => write(optionReply(option, REP.ACK, Buffer.alloc(0))));
         log.structured =
-          structuredPlan.kind === 'good' || (structuredPlan.kind === 'frames' && (structuredPlan.frames[0]?.type ?? (structuredPlan.end === 'ack' ? REP.ACK : 0)) === REP.ACK);
+          structuredPlan.kind === 'good' ||
+          (structuredPlan.kind === 'frames' && (structuredPlan.frames[0]?.type ?? (structuredPlan.end === 'ack' ? REP.ACK : 0)) === REP.ACK);
       } else if (option === OPT.SET_META_CONTEXT || option === OPT.LIST_META_CONTEXT) {
         const queries = parseQueries(data);
         const contextPlan = option === OPT.SET_META_CONTEXT ? handshake.setMetaContext : handshake.listMetaContext;
@@ -693,7 +708,13 @@ export async function startHostileServer(dir: string, plan: ServerPlan, name = '
       requests.push(request);
       received.push(request.cookie);
       log.events.push({ kind: 'request', request });
-      const replyPlan = plan.replies[request.sequence] ?? { kind: 'answer', shape: { ...DEFAULT_SHAPE }, mutations: [], delayMs: 0, ending: { kind: 'normal' } };
+      const replyPlan = plan.replies[request.sequence] ?? {
+        kind: 'answer',
+        shape: { ...DEFAULT_SHAPE },
+        mutations: [],
+        delayMs: 0,
+        ending: { kind: 'normal' },
+      };
       later(replyPlan.kind === 'answer' ? replyPlan.delayMs : 0, () => respond(request, replyPlan));
     }
   }

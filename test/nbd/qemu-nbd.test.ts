@@ -15,13 +15,7 @@ async function makeImage(dir: string): Promise<string> {
   await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '8M']);
   await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x11 0 256k', '-c', 'write -P 0x22 1M 100k', '-c', 'write -z 2M 64k', image]);
   await run('qemu-img', ['bitmap', '--add', image, BITMAP]);
-  await run('qemu-io', [
-    '-f', 'qcow2',
-    '-c', 'write -P 0x33 3M 192k',
-    '-c', 'write -P 0x44 5000000 12345',
-    '-c', 'write -P 0x55 128k 64k',
-    image,
-  ]);
+  await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x33 3M 192k', '-c', 'write -P 0x44 5000000 12345', '-c', 'write -P 0x55 128k 64k', image]);
   return image;
 }
 
@@ -73,7 +67,12 @@ test('bytes read equal nbdcopy output, over several connections', async (t) => {
   t.is(client.size, expected.length);
 
   t.true((await client.read(0, client.size)).equals(expected));
-  for (const [offset, length] of [[1, 1], [1 * MiB - 7, 100_003], [4_999_999, 12_347], [client.size - 5, 5]] as const) {
+  for (const [offset, length] of [
+    [1, 1],
+    [1 * MiB - 7, 100_003],
+    [4_999_999, 12_347],
+    [client.size - 5, 5],
+  ] as const) {
     t.true((await client.read(offset, length)).equals(expected.subarray(offset, offset + length)), `read ${offset}+${length}`);
   }
 
@@ -113,7 +112,10 @@ test('a stream of the dirty extents carries exactly the bitmap ranges and their 
     if (chunk.kind === 'data') t.true(chunk.data.equals(want));
     else t.true(want.every((byte) => byte === 0));
   }
-  t.deepEqual(covered, dirty.map(({ offset, length }) => ({ offset, length })));
+  t.deepEqual(
+    covered,
+    dirty.map(({ offset, length }) => ({ offset, length })),
+  );
 });
 
 test('simple replies (no structured replies) read the same bytes', async (t) => {
@@ -134,7 +136,10 @@ test('export list, meta contexts and export info agree with nbdinfo', async (t) 
     exports: Array<{ 'export-name': string; contexts: string[]; 'export-size': number; block_size_maximum: number; block_size_minimum: number }>;
   };
   const exports = await NbdClient.listExports({ path: socket });
-  t.deepEqual(exports.map((e) => e.name), info.exports.map((e) => e['export-name']));
+  t.deepEqual(
+    exports.map((e) => e.name),
+    info.exports.map((e) => e['export-name']),
+  );
   const contexts = await NbdClient.listMetaContexts({ path: socket, exportName: EXPORT });
   t.deepEqual(contexts.sort(), [...info.exports[0]!.contexts].sort());
   const client = await NbdClient.connect({ path: socket, exportName: EXPORT });

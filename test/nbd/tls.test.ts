@@ -24,13 +24,19 @@ async function makeSignedCert(
   const cert = join(dir, `${name}-cert.pem`);
   const template = join(dir, `${name}.info`);
   await run('certtool', ['--generate-privkey', '--outfile', key]);
-  await writeFile(
-    template,
-    `cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\n${role}\nencryption_key\nsigning_key\nexpiration_days = 2\n`,
-  );
+  await writeFile(template, `cn = localhost\ndns_name = localhost\nip_address = 127.0.0.1\n${role}\nencryption_key\nsigning_key\nexpiration_days = 2\n`);
   await run('certtool', [
-    '--generate-certificate', '--load-privkey', key, '--load-ca-certificate', ca.cert,
-    '--load-ca-privkey', ca.key, '--template', template, '--outfile', cert,
+    '--generate-certificate',
+    '--load-privkey',
+    key,
+    '--load-ca-certificate',
+    ca.cert,
+    '--load-ca-privkey',
+    ca.key,
+    '--template',
+    template,
+    '--outfile',
+    cert,
   ]);
   return { cert, key };
 }
@@ -56,8 +62,14 @@ async function serveWithTls(t: ExecutionContext) {
   await run('qemu-img', ['convert', '-O', 'raw', image, expectedFile]);
   const socket = join(dir, 'tls.sock');
   await startQemuNbd(t, { path: socket }, [
-    '--object', `tls-creds-x509,id=tls0,endpoint=server,dir=${credentials},verify-peer=on`,
-    '--tls-creds', 'tls0', '--read-only', '-f', 'qcow2', image,
+    '--object',
+    `tls-creds-x509,id=tls0,endpoint=server,dir=${credentials},verify-peer=on`,
+    '--tls-creds',
+    'tls0',
+    '--read-only',
+    '-f',
+    'qcow2',
+    image,
   ]);
   return { socket, ca, otherCa, client, expected: await readFile(expectedFile) };
 }

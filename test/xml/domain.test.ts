@@ -82,13 +82,19 @@ test('name, uuid and disks are typed', (t) => {
   t.deepEqual(domain.disks[3]!.source, {
     protocol: 'nbd',
     name: 'export',
-    hosts: [{ name: 'storage.example', port: 10809 }, { transport: 'unix', socket: '/run/nbd.sock' }],
+    hosts: [
+      { name: 'storage.example', port: 10809 },
+      { transport: 'unix', socket: '/run/nbd.sock' },
+    ],
   });
 });
 
 test('which disks can take a checkpoint bitmap', (t) => {
   const { bitmap, excluded } = classifyCheckpointDisks(DOMAIN);
-  t.deepEqual(bitmap.map((disk) => disk.target?.dev), ['vda']);
+  t.deepEqual(
+    bitmap.map((disk) => disk.target?.dev),
+    ['vda'],
+  );
   t.deepEqual(
     excluded.map(({ disk, reason }) => [disk.target?.dev, reason]),
     [
@@ -100,7 +106,10 @@ test('which disks can take a checkpoint bitmap', (t) => {
     ],
   );
   const withNetwork = classifyCheckpointDisks(DOMAIN, { allowNetwork: true });
-  t.deepEqual(withNetwork.bitmap.map((disk) => disk.target?.dev), ['vda', 'vdc']);
+  t.deepEqual(
+    withNetwork.bitmap.map((disk) => disk.target?.dev),
+    ['vda', 'vdc'],
+  );
 });
 
 test('checkpointDisksFor lists every disk in domain order', (t) => {
@@ -117,7 +126,10 @@ test('checkpointDisksFor lists every disk in domain order', (t) => {
 test('the checkpoint redefine example: raw disk and cdrom are excluded, qcow2 disks are not', (t) => {
   const xml = readFileSync(fileURLToPath(new URL('./fixtures/checkpoint/tests-redefine.xml', import.meta.url)), 'utf8');
   const domain = parseCheckpointXml(xml).domain!;
-  t.deepEqual(checkpointDisksFor(domain), parseCheckpointXml(xml).disks!.map(({ name, checkpoint }) => ({ name, checkpoint: checkpoint! })));
+  t.deepEqual(
+    checkpointDisksFor(domain),
+    parseCheckpointXml(xml).disks!.map(({ name, checkpoint }) => ({ name, checkpoint: checkpoint! })),
+  );
 });
 
 test('src/xml imports nothing outside itself but the XML library and node builtins', (t) => {
@@ -125,10 +137,7 @@ test('src/xml imports nothing outside itself but the XML library and node builti
   for (const file of readdirSync(dir).filter((name) => name.endsWith('.ts'))) {
     const source = readFileSync(`${dir}${file}`, 'utf8');
     for (const [, specifier] of source.matchAll(/(?:from|import)\s*\(?\s*'([^']+)'/g)) {
-      t.true(
-        specifier!.startsWith('./') || specifier === '@xmldom/xmldom' || specifier!.startsWith('node:'),
-        `${file} imports ${specifier}`,
-      );
+      t.true(specifier!.startsWith('./') || specifier === '@xmldom/xmldom' || specifier!.startsWith('node:'), `${file} imports ${specifier}`);
       t.false(specifier!.includes('..'), `${file} reaches outside src/xml via ${specifier}`);
     }
     t.false(/require\(|\.node['"]|node-gyp-build|process\.dlopen/.test(source), `${file} may load native code`);

@@ -1,13 +1,7 @@
 import test from 'ava';
 import { readFileSync, readdirSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
-import {
-  buildBackupXml,
-  buildCheckpointXml,
-  parseBackupXml,
-  parseCheckpointXml,
-  XmlValidationError,
-} from '../../src/xml/index.js';
+import { buildBackupXml, buildCheckpointXml, parseBackupXml, parseCheckpointXml, XmlValidationError } from '../../src/xml/index.js';
 import { writeBackupXml } from '../../src/xml/backup.js';
 import { writeCheckpointXml } from '../../src/xml/checkpoint.js';
 import { formatLibvirtVersion } from '../../src/xml/validate.js';
@@ -21,7 +15,10 @@ import { BACKUP_SCHEMA, CHECKPOINT_SCHEMA, installedSchemaVersion, validateWithX
  */
 
 const fixtureDir = fileURLToPath(new URL('./fixtures/', import.meta.url));
-const list = (kind: string): string[] => readdirSync(`${fixtureDir}${kind}`).filter((name) => name.endsWith('.xml')).sort();
+const list = (kind: string): string[] =>
+  readdirSync(`${fixtureDir}${kind}`)
+    .filter((name) => name.endsWith('.xml'))
+    .sort();
 const read = (fixture: string): string => readFileSync(`${fixtureDir}${fixture}`, 'utf8');
 
 type Call = 'backupBegin' | 'createCheckpoint' | 'createCheckpoint+REDEFINE';
@@ -102,7 +99,10 @@ test('every fixture, built for each call it could go to, validates against the i
   const version = await installedSchemaVersion();
   const attempts = await attemptsForInstalledLibvirt(version);
   const verdictsFor = async (schema: string, documents: Array<{ xml: string; index: number }>) => {
-    const verdicts = await validateWithXmllint(schema, documents.map(({ xml }) => xml));
+    const verdicts = await validateWithXmllint(
+      schema,
+      documents.map(({ xml }) => xml),
+    );
     return new Map(documents.map(({ index }, position) => [index, verdicts[position]!]));
   };
   const built = await Promise.all(
@@ -139,12 +139,18 @@ test('every fixture, built for each call it could go to, validates against the i
     }
     const issues = entry.refusal!.issues;
     t.true(issues.length > 0 && issues.every((issue) => issue.path !== ''), `${key}: every refusal names a field`);
-    t.deepEqual(issues.map((issue) => issue.path), EXPECTED_REFUSALS[key] ?? [], `${key}: refused for other fields than expected`);
+    t.deepEqual(
+      issues.map((issue) => issue.path),
+      EXPECTED_REFUSALS[key] ?? [],
+      `${key}: refused for other fields than expected`,
+    );
     const schemaAlsoRejects = !unvalidatedVerdict(index)!.valid;
     if (schemaAlsoRejects) refusedLikeSchema++;
     else refusedBeyondSchema++;
     const reasons = issues.map((issue) => `${issue.path}: ${issue.rule}`).join('; ');
-    lines.push(`  refused  ${key} [${schemaAlsoRejects ? 'schema rejects it too' : 'schema accepts it; libvirt ignores or refuses it beyond the schema'}]: ${reasons}`);
+    lines.push(
+      `  refused  ${key} [${schemaAlsoRejects ? 'schema rejects it too' : 'schema accepts it; libvirt ignores or refuses it beyond the schema'}]: ${reasons}`,
+    );
   });
 
   const summary =

@@ -15,7 +15,10 @@ import { writeCheckpointXml } from '../../src/xml/checkpoint.js';
 
 const fixtureDir = fileURLToPath(new URL('./fixtures/', import.meta.url));
 const read = (kind: string, name: string): string => readFileSync(`${fixtureDir}${kind}/${name}`, 'utf8');
-const list = (kind: string): string[] => readdirSync(`${fixtureDir}${kind}`).filter((name) => name.endsWith('.xml')).sort();
+const list = (kind: string): string[] =>
+  readdirSync(`${fixtureDir}${kind}`)
+    .filter((name) => name.endsWith('.xml'))
+    .sort();
 
 // Parsing is the contract for what libvirt reports, so every example must
 // survive parse -> write -> parse, whatever the builders (the contract for

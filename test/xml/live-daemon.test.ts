@@ -56,8 +56,14 @@ live('the disk helper reads the live domain: qcow2 disks take bitmaps, the raw o
   t.is(summary.name, the().name);
   t.regex(summary.uuid ?? '', /^[0-9a-f-]{36}$/);
   const { bitmap, excluded } = classifyCheckpointDisks(summary);
-  t.deepEqual(bitmap.map((disk) => disk.target?.dev), ['vda', 'vdb']);
-  t.deepEqual(excluded.map(({ disk }) => disk.target?.dev), ['vdc']);
+  t.deepEqual(
+    bitmap.map((disk) => disk.target?.dev),
+    ['vda', 'vdb'],
+  );
+  t.deepEqual(
+    excluded.map(({ disk }) => disk.target?.dev),
+    ['vdc'],
+  );
 });
 
 live('createCheckpoint accepts built XML; getXMLDesc parses into bitmap names and sizes', async (t) => {
@@ -79,7 +85,10 @@ live('createCheckpoint accepts built XML; getXMLDesc parses into bitmap names an
   ]);
   t.is(described.domain?.name, the().name);
   t.is(described.domain?.uuid, summary.uuid);
-  t.deepEqual(described.domain?.disks.map((disk) => disk.target?.dev), ['vda', 'vdb', 'vdc']);
+  t.deepEqual(
+    described.domain?.disks.map((disk) => disk.target?.dev),
+    ['vda', 'vdb', 'vdc'],
+  );
 });
 
 live('a checkpoint read back, rebuilt and redefined is unchanged', async (t) => {
@@ -96,12 +105,22 @@ live('backupBegin accepts a built pull backup; backupGetXMLDesc parses into what
     incremental: FIRST,
     server: { transport: 'unix', socket },
     disks: [
-      { name: 'vda', type: 'file', exportname: 'export-vda', exportbitmap: 'changes-vda', scratch: { file: join(the().workDir, 'vda.scratch') }, driver: { type: 'qcow2' } },
+      {
+        name: 'vda',
+        type: 'file',
+        exportname: 'export-vda',
+        exportbitmap: 'changes-vda',
+        scratch: { file: join(the().workDir, 'vda.scratch') },
+        driver: { type: 'qcow2' },
+      },
       { name: 'vdb', type: 'file', scratch: { file: join(the().workDir, 'vdb.scratch') } },
       { name: 'vdc', backup: 'no' },
     ],
   };
-  await the().backupBegin(buildBackupXml(spec), buildCheckpointXml({ name: SECOND, disks: [{ name: 'vda' }, { name: 'vdb' }, { name: 'vdc', checkpoint: 'no' }] }));
+  await the().backupBegin(
+    buildBackupXml(spec),
+    buildCheckpointXml({ name: SECOND, disks: [{ name: 'vda' }, { name: 'vdb' }, { name: 'vdc', checkpoint: 'no' }] }),
+  );
   try {
     const running = parseBackupXml(await the().backupXml());
     t.is(running.mode, 'pull');
@@ -109,7 +128,15 @@ live('backupBegin accepts a built pull backup; backupGetXMLDesc parses into what
     t.is(running.incremental, FIRST);
     t.deepEqual(running.server, { transport: 'unix', socket });
     const [vda, vdb, vdc] = running.disks ?? [];
-    t.like(vda, { name: 'vda', backup: 'yes', type: 'file', backupmode: 'incremental', incremental: FIRST, exportname: 'export-vda', exportbitmap: 'changes-vda' });
+    t.like(vda, {
+      name: 'vda',
+      backup: 'yes',
+      type: 'file',
+      backupmode: 'incremental',
+      incremental: FIRST,
+      exportname: 'export-vda',
+      exportbitmap: 'changes-vda',
+    });
     t.like(vdb, { name: 'vdb', backup: 'yes', type: 'file', backupmode: 'incremental', incremental: FIRST, exportname: 'vdb', exportbitmap: `backup-vdb` });
     t.like(vdc, { name: 'vdc', backup: 'no' });
     t.is(typeof vda?.index, 'number');
@@ -190,14 +217,23 @@ live('libvirt itself refuses the output-only constructs the builders refuse', as
 
   const active = { name: 'lvb-active', extra: { elements: ['<active>1</active>'] } };
   t.throws(() => buildCheckpointXml(active), { instanceOf: XmlValidationError, message: /<active> is output-only/ });
-  t.regex(await refusal(() => the().createCheckpoint(writeCheckpointXml(active)), async () => undefined), SCHEMA_REFUSAL);
+  t.regex(
+    await refusal(
+      () => the().createCheckpoint(writeCheckpointXml(active)),
+      async () => undefined,
+    ),
+    SCHEMA_REFUSAL,
+  );
 });
 
 live('beyond its schema, libvirt needs a redefinition to carry creationTime, and ignores it on a new checkpoint', async (t) => {
   const redefinition = { name: 'lvb-no-time', disks: [{ name: 'vda' }, { name: 'vdb' }, { name: 'vdc', checkpoint: 'no' as const }] };
   t.throws(() => buildCheckpointXml(redefinition, { redefine: true }), { instanceOf: XmlValidationError, message: /^creationTime: required with REDEFINE/ });
   t.regex(
-    await refusal(() => the().createCheckpoint(writeCheckpointXml(redefinition), { redefine: true }), async () => undefined),
+    await refusal(
+      () => the().createCheckpoint(writeCheckpointXml(redefinition), { redefine: true }),
+      async () => undefined,
+    ),
     /missing creationTime/,
   );
 

@@ -49,25 +49,27 @@ test('values our types cannot hold name the field', (t) => {
   const size = parseError(() => parseCheckpointXml('<domaincheckpoint><disks><disk name="vda" size="lots"/></disks></domaincheckpoint>'));
   t.is(size.path, 'disks[0].size');
   t.is(size.message, "disks[0].size: must be a non-negative integer, got 'lots'");
-  t.is(
-    parseError(() => parseCheckpointXml('<domaincheckpoint><creationTime>99999999999999999999</creationTime></domaincheckpoint>')).path,
-    'creationTime',
-  );
+  t.is(parseError(() => parseCheckpointXml('<domaincheckpoint><creationTime>99999999999999999999</creationTime></domaincheckpoint>')).path, 'creationTime');
   t.is(parseError(() => parseBackupXml('<domainbackup mode="sideways"/>')).message, "mode: unknown value 'sideways', expected 'push' or 'pull'");
   t.is(parseError(() => parseBackupXml('<domainbackup mode="pull"/>')).message, 'server: required in pull mode');
   t.is(parseError(() => parseBackupXml('<domainbackup><disks><disk type="file"/></disks></domainbackup>')).message, 'disks[0].name: missing');
-  t.is(
-    parseError(() => parseBackupXml('<domainbackup mode="pull"><server transport="unix"/></domainbackup>')).message,
-    'server.socket: missing',
-  );
+  t.is(parseError(() => parseBackupXml('<domainbackup mode="pull"><server transport="unix"/></domainbackup>')).message, 'server.socket: missing');
 });
 
 test('character references to characters XML does not allow are refused, not decoded into other characters', (t) => {
   const description = (reference: string) => `<domaincheckpoint><description>${reference}</description></domaincheckpoint>`;
   for (const reference of ['&#0;', '&#x1F;', '&#xD800;', '&#xFFFE;', '&#x110000;', '&#67174400;', '&#99999999999999999999;']) {
-    t.regex(parseError(() => parseCheckpointXml(description(reference))).message, /^not well-formed XML: character reference &#.*; names a character XML does not allow$/, reference);
+    t.regex(
+      parseError(() => parseCheckpointXml(description(reference))).message,
+      /^not well-formed XML: character reference &#.*; names a character XML does not allow$/,
+      reference,
+    );
   }
-  t.regex(parseError(() => parseCheckpointXml('<domaincheckpoint><disks><disk name="vda" bitmap="a&#1;b"/></disks></domaincheckpoint>')).message, /&#1;/, 'in attributes too');
+  t.regex(
+    parseError(() => parseCheckpointXml('<domaincheckpoint><disks><disk name="vda" bitmap="a&#1;b"/></disks></domaincheckpoint>')).message,
+    /&#1;/,
+    'in attributes too',
+  );
   t.is(parseCheckpointXml(description('&#x10FFFF;&#9;&#65;&#x1F642;&#0000065;')).description, '\u{10FFFF}\tA\u{1F642}A');
   t.is(parseCheckpointXml(description('<![CDATA[&#0;]]>')).description, '&#0;', 'CDATA holds no references');
   t.deepEqual(parseCheckpointXml('<!-- &#0; --><?pi &#0;?><domaincheckpoint/>'), {}, 'nor do comments and processing instructions');
@@ -94,7 +96,11 @@ test('invalid UTF-8 ends in a typed error or a value holding U+FFFD', (t) => {
   const truncatedSequence = Buffer.concat([bytes.subarray(0, lead + 1), bytes.subarray(lead + 2)]);
   t.is(parseCheckpointXml(truncatedSequence.toString('utf8')).description, 'caf\uFFFD');
   t.regex(parseError(() => parseCheckpointXml(Buffer.from([0xc3, 0x28, 0x3c, 0x61, 0x2f, 0x3e]).toString('utf8'))).message, /^not well-formed XML/);
-  t.regex(parseError(() => parseCheckpointXml(Buffer.from([0xff, 0xfe, 0x3c, 0x00, 0x61, 0x00]).toString('utf8'))).message, /^not well-formed XML/, 'UTF-16 read as UTF-8');
+  t.regex(
+    parseError(() => parseCheckpointXml(Buffer.from([0xff, 0xfe, 0x3c, 0x00, 0x61, 0x00]).toString('utf8'))).message,
+    /^not well-formed XML/,
+    'UTF-16 read as UTF-8',
+  );
 });
 
 test('a leading byte order mark is not part of the document', (t) => {

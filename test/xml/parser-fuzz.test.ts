@@ -16,15 +16,7 @@ import {
 import { writeBackupXml } from '../../src/xml/backup.js';
 import { writeCheckpointXml } from '../../src/xml/checkpoint.js';
 import { backupSpecWithIndex, checkpointSpec, embeddedDomain, extra } from './helpers/arbitraries.js';
-import {
-  fieldCount,
-  NASTY_VALUES,
-  structuralChange,
-  textDamage,
-  withFieldValue,
-  withStructuralChange,
-  withTextDamage,
-} from './helpers/document-mutations.js';
+import { fieldCount, NASTY_VALUES, structuralChange, textDamage, withFieldValue, withStructuralChange, withTextDamage } from './helpers/document-mutations.js';
 import { fuzzRuns, ParserJudge } from './helpers/parser-judge.js';
 
 /**
@@ -56,7 +48,9 @@ const SEEDS = [...FIXTURES, DOMAIN_WITH_CHAIN, CAPABILITIES];
 /** Valid documents of every kind, with output-only fields, kept content and embedded domains. */
 const generatedDocument = fc.oneof(
   backupSpecWithIndex.map((spec) => writeBackupXml(spec)),
-  fc.tuple(checkpointSpec, fc.option(extra, { nil: undefined })).map(([spec, kept]) => writeCheckpointXml(kept === undefined ? spec : { ...spec, extra: kept })),
+  fc
+    .tuple(checkpointSpec, fc.option(extra, { nil: undefined }))
+    .map(([spec, kept]) => writeCheckpointXml(kept === undefined ? spec : { ...spec, extra: kept })),
   embeddedDomain.map((domain) => domain.xml),
 );
 const seedDocument = fc.oneof(fc.constantFrom(...SEEDS), generatedDocument);
@@ -99,7 +93,21 @@ const markupSoup = fc
     fc.oneof(
       fc.constantFrom('<domainbackup', '<domaincheckpoint', '<domain', '<domainCapabilities', '<disks>', '</disks>', '<disk ', '<server ', '<backingStore>'),
       fc.constantFrom('<', '>', '</', '/>', ' ', '\n', '=', '"', "'", 'name="vda"', 'mode="pull"', 'type="file"', 'size="1"', 'index="7"'),
-      fc.constantFrom('&amp;', '&lt;', '&#65;', '&#x1F642;', '&#0;', '&#xD800;', '&bogus;', '&', '<![CDATA[x]]>', '<!--c-->', '<?pi x?>', '<!DOCTYPE d>', '<!ENTITY e "e">'),
+      fc.constantFrom(
+        '&amp;',
+        '&lt;',
+        '&#65;',
+        '&#x1F642;',
+        '&#0;',
+        '&#xD800;',
+        '&bogus;',
+        '&',
+        '<![CDATA[x]]>',
+        '<!--c-->',
+        '<?pi x?>',
+        '<!DOCTYPE d>',
+        '<!ENTITY e "e">',
+      ),
       fc.constantFrom('<x:a/>', ' xmlns="urn:x"', ' xmlns:x="urn:x"', ' x:y="1"', ' __proto__="p"', ' constructor="c"'),
       fc.string({ unit: 'grapheme', maxLength: 4 }),
     ),
@@ -117,18 +125,18 @@ fuzz(
 fuzz(
   'valid documents with one field set to a hostile value',
   fuzzRuns(800),
-  fc.tuple(seedDocument, fc.nat(), fc.oneof(fc.constantFrom(...NASTY_VALUES), fc.string({ unit: 'grapheme', maxLength: 20 }))).map(([xml, field, value]) =>
-    withFieldValue(xml, field, value),
-  ),
+  fc
+    .tuple(seedDocument, fc.nat(), fc.oneof(fc.constantFrom(...NASTY_VALUES), fc.string({ unit: 'grapheme', maxLength: 20 })))
+    .map(([xml, field, value]) => withFieldValue(xml, field, value)),
 );
 
 fuzz(
   'valid documents with elements renamed, dropped, copied, moved, inserted or nested deep',
   // Each case rebuilds its document through the DOM up to three times; the explicit nesting test goes deeper.
   fuzzRuns(300, 0.2),
-  fc.tuple(seedDocument, fc.array(structuralChange(FULL_RUN ? 5_000 : 2_000), { minLength: 1, maxLength: 3 })).map(([xml, changes]) =>
-    changes.reduce(withStructuralChange, xml),
-  ),
+  fc
+    .tuple(seedDocument, fc.array(structuralChange(FULL_RUN ? 5_000 : 2_000), { minLength: 1, maxLength: 3 }))
+    .map(([xml, changes]) => changes.reduce(withStructuralChange, xml)),
 );
 
 fuzz(
@@ -138,11 +146,13 @@ fuzz(
     .tuple(
       fc.oneof(
         fc.uint8Array({ maxLength: 300 }).map((bytes) => Buffer.from(bytes)),
-        fc.tuple(fc.constantFrom(...SEEDS), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0x80, max: 0xff })), { minLength: 1, maxLength: 8 })).map(([xml, flips]) => {
-          const bytes = Buffer.from(xml);
-          for (const [at, value] of flips) bytes[at % bytes.length] = value;
-          return bytes;
-        }),
+        fc
+          .tuple(fc.constantFrom(...SEEDS), fc.array(fc.tuple(fc.nat(), fc.integer({ min: 0x80, max: 0xff })), { minLength: 1, maxLength: 8 }))
+          .map(([xml, flips]) => {
+            const bytes = Buffer.from(xml);
+            for (const [at, value] of flips) bytes[at % bytes.length] = value;
+            return bytes;
+          }),
       ),
       fc.constantFrom('utf8' as const, 'latin1' as const),
     )
@@ -174,11 +184,15 @@ test('10,000 levels of nesting anywhere (100,000 in a full run): no stack overfl
     judge.judge(`<domainbackup>${nest(depth)}</domainbackup>`);
     judge.judge(`<domainbackup><disks><disk name="vda" type="file"><target file="/t">${nest(depth)}</target></disk></disks></domainbackup>`);
     judge.judge(`<domaincheckpoint><domain><devices><disk><source file="/x">${nest(depth)}</source></disk></devices></domain></domaincheckpoint>`);
-    judge.judge(`<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(depth)}${'</backingStore>'.repeat(depth)}</disk></devices></domain>`);
+    judge.judge(
+      `<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(depth)}${'</backingStore>'.repeat(depth)}</disk></devices></domain>`,
+    );
     judge.judge(`<domaincheckpoint>${nest(depth, 'domain')}</domaincheckpoint>`);
     judge.judge(`<domain>${nest(depth)}`);
   }
-  const chain = parseDomainXml(`<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(10_000)}${'</backingStore>'.repeat(10_000)}</disk></devices></domain>`);
+  const chain = parseDomainXml(
+    `<domain><devices><disk>${'<backingStore type="file"><source file="/b"/>'.repeat(10_000)}${'</backingStore>'.repeat(10_000)}</disk></devices></domain>`,
+  );
   t.is(chain.disks[0]?.backingStore.length, 10_000, 'a 10,000-image backing chain is read whole');
 
   // The builders walk and import kept content and embedded domains too.
@@ -258,31 +272,28 @@ test('what the parsers accept, the builders either take or refuse with a typed e
   let built = 0;
   let refused = 0;
   fc.assert(
-    fc.property(
-      fc.tuple(seedDocument, fc.nat(), fc.constantFrom(...NASTY_VALUES), fc.boolean()),
-      ([xml, field, value, redefine]) => {
-        const damaged = withFieldValue(xml, field, value);
-        for (const [parse, build] of [
-          [parseBackupXml, (spec: unknown) => buildBackupXml(spec as never)],
-          [parseCheckpointXml, (spec: unknown) => buildCheckpointXml(spec as never, { redefine })],
-        ] as const) {
-          let spec: unknown;
-          try {
-            spec = parse(damaged);
-          } catch (error) {
-            if (error instanceof XmlParseError) continue;
-            throw error;
-          }
-          try {
-            build(spec);
-            built++;
-          } catch (error) {
-            if (!(error instanceof XmlValidationError) || error.issues.some((issue) => issue.path === '' && issue.rule !== 'must be an object')) throw error;
-            refused++;
-          }
+    fc.property(fc.tuple(seedDocument, fc.nat(), fc.constantFrom(...NASTY_VALUES), fc.boolean()), ([xml, field, value, redefine]) => {
+      const damaged = withFieldValue(xml, field, value);
+      for (const [parse, build] of [
+        [parseBackupXml, (spec: unknown) => buildBackupXml(spec as never)],
+        [parseCheckpointXml, (spec: unknown) => buildCheckpointXml(spec as never, { redefine })],
+      ] as const) {
+        let spec: unknown;
+        try {
+          spec = parse(damaged);
+        } catch (error) {
+          if (error instanceof XmlParseError) continue;
+          throw error;
         }
-      },
-    ),
+        try {
+          build(spec);
+          built++;
+        } catch (error) {
+          if (!(error instanceof XmlValidationError) || error.issues.some((issue) => issue.path === '' && issue.rule !== 'must be an object')) throw error;
+          refused++;
+        }
+      }
+    }),
     { numRuns: fuzzRuns(400) },
   );
   const line = `parsed documents handed to the builders: ${built} built, ${refused} refused with a named field`;

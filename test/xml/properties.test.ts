@@ -40,7 +40,9 @@ test('backup: the output-only index is read back as written, and the builder ref
     fc.property(backupSpecWithIndex, (spec) => {
       t.deepEqual(parseBackupXml(writeBackupXml(spec)), spec);
       const withIndex = (spec.disks ?? []).flatMap((disk, position) => (disk.index === undefined ? [] : [`disks[${position}].index`]));
-      const refused = backupSpecIssues(spec).filter((issue) => issue.rule.startsWith('output-only')).map((issue) => issue.path);
+      const refused = backupSpecIssues(spec)
+        .filter((issue) => issue.rule.startsWith('output-only'))
+        .map((issue) => issue.path);
       t.deepEqual(refused, withIndex);
     }),
     { numRuns: RUNS },
@@ -101,7 +103,10 @@ test('build(parse(xml)) is a fixed point: a second round changes nothing', (t) =
 test('every generated checkpoint the validator accepts, xmllint accepts too', async (t) => {
   const specs = fc.sample(checkpointSpec, { numRuns: RUNS, seed: 42 });
   for (const spec of specs) t.deepEqual(checkpointSpecIssues(spec), [], 'valid specs are never rejected');
-  const verdicts = await validateWithXmllint(CHECKPOINT_SCHEMA, specs.map((spec) => buildCheckpointXml(spec)));
+  const verdicts = await validateWithXmllint(
+    CHECKPOINT_SCHEMA,
+    specs.map((spec) => buildCheckpointXml(spec)),
+  );
   const rejected = verdicts.flatMap((verdict, index) => (verdict.valid ? [] : [{ spec: specs[index], messages: verdict.messages }]));
   t.deepEqual(rejected, []);
 });
@@ -109,7 +114,10 @@ test('every generated checkpoint the validator accepts, xmllint accepts too', as
 test('every generated backup the validator accepts, xmllint accepts too', async (t) => {
   const specs = fc.sample(backupSpec, { numRuns: RUNS, seed: 42 });
   for (const spec of specs) t.deepEqual(backupSpecIssues(spec), [], 'valid specs are never rejected');
-  const verdicts = await validateWithXmllint(BACKUP_SCHEMA, specs.map((spec) => buildBackupXml(spec)));
+  const verdicts = await validateWithXmllint(
+    BACKUP_SCHEMA,
+    specs.map((spec) => buildBackupXml(spec)),
+  );
   const rejected = verdicts.flatMap((verdict, index) => (verdict.valid ? [] : [{ spec: specs[index], messages: verdict.messages }]));
   t.deepEqual(rejected, []);
 });

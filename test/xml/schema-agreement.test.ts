@@ -158,7 +158,8 @@ const encryptionMutations: Array<Mutation<Loose>> = [
   {
     name: 'secret with uuid and usage',
     rule: 'needs exactly one of uuid and usage',
-    apply: (s) => withStorage(s, (st) => (st.encryption = { format: 'luks', secret: { type: 'passphrase', uuid: '0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f', usage: 'u' } })),
+    apply: (s) =>
+      withStorage(s, (st) => (st.encryption = { format: 'luks', secret: { type: 'passphrase', uuid: '0a81f5b2-8403-7b23-c8d6-21ccc2f80d6f', usage: 'u' } })),
   },
   {
     name: 'secret uuid malformed',
@@ -174,10 +175,21 @@ const encryptionMutations: Array<Mutation<Loose>> = [
     name: 'negative cipher size',
     rule: 'must be a non-negative integer',
     apply: (s) =>
-      withStorage(s, (st) => (st.encryption = { format: 'luks', secret: { type: 'passphrase', usage: 'u' }, cipher: { name: 'aes', size: -1 }, ivgen: { name: 'plain64' } })),
+      withStorage(
+        s,
+        (st) => (st.encryption = { format: 'luks', secret: { type: 'passphrase', usage: 'u' }, cipher: { name: 'aes', size: -1 }, ivgen: { name: 'plain64' } }),
+      ),
   },
-  { name: 'seclabel without label', rule: "required unless relabel is 'no'", apply: (s) => withStorage(s, (st) => (st.seclabels = [{ model: 'dac', relabel: 'yes' }])) },
-  { name: 'seclabel relabel no with label', rule: "not allowed with relabel 'no'", apply: (s) => withStorage(s, (st) => (st.seclabels = [{ relabel: 'no', label: 'x' }])) },
+  {
+    name: 'seclabel without label',
+    rule: "required unless relabel is 'no'",
+    apply: (s) => withStorage(s, (st) => (st.seclabels = [{ model: 'dac', relabel: 'yes' }])),
+  },
+  {
+    name: 'seclabel relabel no with label',
+    rule: "not allowed with relabel 'no'",
+    apply: (s) => withStorage(s, (st) => (st.seclabels = [{ relabel: 'no', label: 'x' }])),
+  },
   { name: 'relative target path', rule: 'must be an absolute path', apply: (s) => withStorage(s, (st) => (st.file = 'relative/path')) },
   { name: 'path with a line break', rule: 'must be an absolute path', apply: (s) => withStorage(s, (st) => (st.file = '/a\nb')) },
 ];
@@ -190,7 +202,11 @@ const checkpointMutations: Array<Mutation<Loose>> = [
   { name: 'fractional creationTime', rule: 'must be a non-negative integer', apply: (s) => ((s.creationTime = 1.5), s) },
   { name: 'empty disks', rule: 'must list at least one disk', apply: (s) => ((s.disks = []), s) },
   { name: 'disk name neither target nor path', rule: 'must be a target dev', apply: (s) => ((s.disks = [{ name: 'disk0' }]), s) },
-  { name: 'bitmap on an excluded disk', rule: "not allowed with checkpoint 'no'", apply: (s) => ((s.disks = [{ name: 'vda', checkpoint: 'no', bitmap: 'b' }]), s) },
+  {
+    name: 'bitmap on an excluded disk',
+    rule: "not allowed with checkpoint 'no'",
+    apply: (s) => ((s.disks = [{ name: 'vda', checkpoint: 'no', bitmap: 'b' }]), s),
+  },
   { name: 'negative size', rule: 'must be a non-negative integer', apply: (s) => ((s.disks = [{ name: 'vda', size: -5 }]), s) },
   { name: 'unknown checkpoint kind', rule: "must be 'bitmap' or 'no'", apply: (s) => ((s.disks = [{ name: 'vda', checkpoint: 'yes' }]), s) },
 ];
@@ -204,7 +220,10 @@ test('backup: every invalid spec xmllint rejects, our validator rejects first, n
     ...fc.sample(mutated(pushBackupSpec, [...pushMutations, ...commonMutations, ...encryptionMutations]), { numRuns: 250, seed: 7 }),
     ...fc.sample(mutated(pullBackupSpec, [...pullMutations, ...commonMutations, ...encryptionMutations]), { numRuns: 250, seed: 8 }),
   ];
-  const verdicts = await validateWithXmllint(BACKUP_SCHEMA, cases.map(({ spec }) => writeBackupXml(spec as BackupSpec)));
+  const verdicts = await validateWithXmllint(
+    BACKUP_SCHEMA,
+    cases.map(({ spec }) => writeBackupXml(spec as BackupSpec)),
+  );
   cases.forEach(({ mutation, spec }, index) => {
     const issues = backupSpecIssues(spec);
     if (mutation.stricter !== true) t.false(verdicts[index]!.valid, `xmllint should reject "${mutation.name}"`);
@@ -217,7 +236,10 @@ test('backup: every invalid spec xmllint rejects, our validator rejects first, n
 
 test('checkpoint: every invalid spec xmllint rejects, our validator rejects first, naming the rule', async (t) => {
   const cases = fc.sample(mutated(checkpointSpec, checkpointMutations), { numRuns: 200, seed: 9 });
-  const verdicts = await validateWithXmllint(CHECKPOINT_SCHEMA, cases.map(({ spec }) => writeCheckpointXml(spec as CheckpointSpec)));
+  const verdicts = await validateWithXmllint(
+    CHECKPOINT_SCHEMA,
+    cases.map(({ spec }) => writeCheckpointXml(spec as CheckpointSpec)),
+  );
   cases.forEach(({ mutation, spec }, index) => {
     const issues = checkpointSpecIssues(spec);
     if (mutation.stricter !== true) t.false(verdicts[index]!.valid, `xmllint should reject "${mutation.name}"`);
@@ -237,7 +259,10 @@ test('no spec passes our validator and then fails xmllint (mixed valid and inval
     ),
     { numRuns: 300, seed: 11 },
   );
-  const verdicts = await validateWithXmllint(BACKUP_SCHEMA, mixed.map((spec) => writeBackupXml(spec)));
+  const verdicts = await validateWithXmllint(
+    BACKUP_SCHEMA,
+    mixed.map((spec) => writeBackupXml(spec)),
+  );
   let accepted = 0;
   mixed.forEach((spec, index) => {
     if (backupSpecIssues(spec).length === 0) {

@@ -11,7 +11,11 @@ export const concurrentBackup: FaultKind = {
   immediateCleanup: { libvirt: true, files: true },
   // Both commands take about as long to start; started within the first's job time of
   // it, the second looks at the domain while the first's (full, so longest) job runs.
-  plan: (rng, timings) => ({ trigger: { at: 'delay', ms: rng.int(0, timings.jobMs) }, level: 'full', variant: `${rng.pick(['another set', 'the same set'])}, ${rng.pick(['pull', 'push'])}` }),
+  plan: (rng, timings) => ({
+    trigger: { at: 'delay', ms: rng.int(0, timings.jobMs) },
+    level: 'full',
+    variant: `${rng.pick(['another set', 'the same set'])}, ${rng.pick(['pull', 'push'])}`,
+  }),
   describe: (planned) => `second backup of the domain into ${planned.variant} ${describeTrigger(planned.trigger)}`,
   async inject(scene, planned, cli) {
     if (!(await awaitTrigger(planned.trigger, cli))) return { landed: false, detail: 'the backup had ended' };

@@ -27,7 +27,9 @@ export const destinationReadOnly: FaultKind = {
     injection.detail += `; repaired (${before} -> ${(await scene.destination.options()).join(',')})`;
     log.record(
       'destination-released',
-      holders.length === 0 ? null : { expected: 'no process keeps files of the read-only destination open once the command has exited', actual: holders.join('; ') },
+      holders.length === 0
+        ? null
+        : { expected: 'no process keeps files of the read-only destination open once the command has exited', actual: holders.join('; ') },
     );
     if (holders.length > 0) throw new Error('the destination cannot be repaired while processes hold it; the suite cannot go on');
   },

@@ -81,7 +81,8 @@ export interface FaultKind {
  * codes, which promise that then nothing in the set changed.
  */
 export function exitedCleanlyOrRefusedDestination(outcome: CliOutcome, setUnchanged: boolean): string | null {
-  if (outcome.code === 2 && outcome.error !== undefined) return setUnchanged ? null : 'exit 1: exit 2 promises that nothing in the set changed, and files of the run were left';
+  if (outcome.code === 2 && outcome.error !== undefined)
+    return setUnchanged ? null : 'exit 1: exit 2 promises that nothing in the set changed, and files of the run were left';
   return exitedCleanly(outcome);
 }
 

@@ -8,6 +8,15 @@ import { nbdCut } from './nbd-cut.js';
 import { sigkill } from './sigkill.js';
 import { sigterm } from './sigterm.js';
 
-export const FAULT_KINDS: readonly FaultKind[] = [sigkill, sigterm, libvirtdKill, domainDestroy, destinationFull, destinationReadOnly, nbdCut, concurrentBackup];
+export const FAULT_KINDS: readonly FaultKind[] = [
+  sigkill,
+  sigterm,
+  libvirtdKill,
+  domainDestroy,
+  destinationFull,
+  destinationReadOnly,
+  nbdCut,
+  concurrentBackup,
+];
 
 export type { FaultKind, FaultScene, Injection, PlannedFault } from './fault.js';

@@ -9,7 +9,11 @@ export const nbdCut: FaultKind = {
   transports: ['pull'],
   immediateCleanup: { libvirt: true, files: true },
   // A full backup, so that the export is read long enough to be cut while in use.
-  plan: (rng, timings) => ({ trigger: planTrigger(rng, timings, ['start', 'progress']), level: 'full', variant: rng.pick(['nbd-server-stop', 'block-export-del mode=hard']) }),
+  plan: (rng, timings) => ({
+    trigger: planTrigger(rng, timings, ['start', 'progress']),
+    level: 'full',
+    variant: rng.pick(['nbd-server-stop', 'block-export-del mode=hard']),
+  }),
   describe: (planned) => `NBD connection cut by QMP ${planned.variant} ${describeTrigger(planned.trigger)}`,
   async inject(scene, planned, cli) {
     if (!(await awaitTrigger(planned.trigger, cli))) return { landed: false, detail: 'the backup had ended' };
@@ -18,11 +22,17 @@ export const nbdCut: FaultKind = {
         const reply = await domain.qemuMonitorCommand(JSON.stringify({ execute: 'nbd-server-stop' }));
         return { landed: !reply.includes('"error"'), detail: reply.trim() };
       }
-      const listed = JSON.parse(await domain.qemuMonitorCommand(JSON.stringify({ execute: 'query-block-exports' }))) as { return?: Array<{ id: string; type: string }> };
+      const listed = JSON.parse(await domain.qemuMonitorCommand(JSON.stringify({ execute: 'query-block-exports' }))) as {
+        return?: Array<{ id: string; type: string }>;
+      };
       const exports = (listed.return ?? []).filter((entry) => entry.type === 'nbd');
       const replies = [];
-      for (const entry of exports) replies.push(await domain.qemuMonitorCommand(JSON.stringify({ execute: 'block-export-del', arguments: { id: entry.id, mode: 'hard' } })));
-      return { landed: exports.length > 0, detail: exports.length === 0 ? 'no NBD export (the job had ended)' : `removed ${exports.map((entry) => entry.id).join(', ')}` };
+      for (const entry of exports)
+        replies.push(await domain.qemuMonitorCommand(JSON.stringify({ execute: 'block-export-del', arguments: { id: entry.id, mode: 'hard' } })));
+      return {
+        landed: exports.length > 0,
+        detail: exports.length === 0 ? 'no NBD export (the job had ended)' : `removed ${exports.map((entry) => entry.id).join(', ')}`,
+      };
     });
   },
   async repair() {},

@@ -10,9 +10,16 @@ export const sigkill: FaultKind = {
   plan: (rng, timings) =>
     rng.chance(0.3)
       ? // QEMU goes on writing a push backup's files after the command died: the next run must not take them for leftovers.
-        { trigger: { at: 'event', event: 'start', thenMs: rng.int(20, 150) }, variant: 'during a full push job', level: 'full', transport: 'push', nextAtOnce: true }
+        {
+          trigger: { at: 'event', event: 'start', thenMs: rng.int(20, 150) },
+          variant: 'during a full push job',
+          level: 'full',
+          transport: 'push',
+          nextAtOnce: true,
+        }
       : { trigger: planTrigger(rng, timings), variant: 'SIGKILL', nextAtOnce: rng.chance(0.5) },
-  describe: (planned) => `SIGKILL of the command ${describeTrigger(planned.trigger)}${planned.variant === 'SIGKILL' ? '' : ` ${planned.variant}`}${planned.nextAtOnce ? ', next backup at once' : ''}`,
+  describe: (planned) =>
+    `SIGKILL of the command ${describeTrigger(planned.trigger)}${planned.variant === 'SIGKILL' ? '' : ` ${planned.variant}`}${planned.nextAtOnce ? ', next backup at once' : ''}`,
   async inject(scene, planned, cli) {
     let throttled = '';
     if (planned.variant === 'during a full push job' && (await cli.waitForEvent((event) => event.type === 'start')) !== null) {
@@ -33,9 +40,12 @@ async function throttlePushJobs(scene: FaultScene): Promise<string> {
   const deadline = Date.now() + 3000;
   while (Date.now() < deadline) {
     const jobs = await scene.link.withDomain(scene.domain.name, async (domain) => {
-      const listed = JSON.parse(await domain.qemuMonitorCommand(JSON.stringify({ execute: 'query-block-jobs' }))) as { return?: Array<{ device: string; type: string }> };
+      const listed = JSON.parse(await domain.qemuMonitorCommand(JSON.stringify({ execute: 'query-block-jobs' }))) as {
+        return?: Array<{ device: string; type: string }>;
+      };
       const backups = (listed.return ?? []).filter((job) => job.type === 'backup');
-      for (const job of backups) await domain.qemuMonitorCommand(JSON.stringify({ execute: 'block-job-set-speed', arguments: { device: job.device, speed: PUSH_SPEED } }));
+      for (const job of backups)
+        await domain.qemuMonitorCommand(JSON.stringify({ execute: 'block-job-set-speed', arguments: { device: job.device, speed: PUSH_SPEED } }));
       return backups.map((job) => job.device);
     });
     if (jobs.length > 0) return `, push jobs ${jobs.join(', ')} slowed to ${PUSH_SPEED / 2 ** 20} MiB/s`;

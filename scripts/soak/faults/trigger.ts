@@ -4,9 +4,7 @@
 import type { CliProcess } from '../cli-process.js';
 import type { Rng } from '../seeded-random.js';
 
-export type Trigger =
-  | { at: 'delay'; ms: number }
-  | { at: 'event'; event: 'start' | 'progress' | 'disk-done'; thenMs: number };
+export type Trigger = { at: 'delay'; ms: number } | { at: 'event'; event: 'start' | 'progress' | 'disk-done'; thenMs: number };
 
 /** Running estimates from the clean backups of the suite. */
 export class RunTimings {
@@ -21,7 +19,11 @@ export class RunTimings {
   }
 }
 
-export function planTrigger(rng: Rng, timings: RunTimings, events: ReadonlyArray<'start' | 'progress' | 'disk-done'> = ['start', 'progress', 'disk-done']): Trigger {
+export function planTrigger(
+  rng: Rng,
+  timings: RunTimings,
+  events: ReadonlyArray<'start' | 'progress' | 'disk-done'> = ['start', 'progress', 'disk-done'],
+): Trigger {
   if (rng.chance(0.3)) return { at: 'delay', ms: rng.int(0, timings.totalMs) };
   const event = rng.pick(events);
   return { at: 'event', event, thenMs: event === 'start' ? rng.int(0, timings.jobMs) : rng.int(0, Math.min(200, timings.jobMs)) };

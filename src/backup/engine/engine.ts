@@ -23,7 +23,6 @@ import { planLevel } from './level-plan.js';
 import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
 import { execute } from './execute.js';
 
-
 export * from './engine-types.js';
 export { CHECKPOINT_PREFIX } from './run-context.js';
 
@@ -58,7 +57,10 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
     }
     const { state } = await domain.getState();
     if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
-      throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`);
+      throw new BackupError(
+        'DOMAIN_NOT_RUNNING',
+        `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`,
+      );
     }
     if (requested === 'inc' || requested === 'diff') await assertSetExists(options.dest, requested);
     const summary = parseDomainXml(await domain.getXMLDesc());
@@ -82,15 +84,32 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
         await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
         const plan = await planLevel(set, requested, domain, selection.disks, emit, signal);
         const context: ExecuteContext = {
-          conn, domain, summary, set, plan, selection: selection.disks, transport, signal, emit, started, notices,
-          concurrency: options.concurrency ?? 2, runDir, domainLock, scratchDir, hooks: options.hooks ?? {},
+          conn,
+          domain,
+          summary,
+          set,
+          plan,
+          selection: selection.disks,
+          transport,
+          signal,
+          emit,
+          started,
+          notices,
+          concurrency: options.concurrency ?? 2,
+          runDir,
+          domainLock,
+          scratchDir,
+          hooks: options.hooks ?? {},
         };
         try {
           return await execute(context);
         } catch (error) {
           // Some broken bitmaps only show when QEMU is asked to use them.
           if (!(error instanceof ChainBrokenError)) throw error;
-          if (requested !== 'auto') throw new BackupError('CHAIN_UNUSABLE', `cannot take ${plan.level === 'inc' ? 'an incremental' : 'a differential'} backup: ${error.message}`, { cause: error.cause });
+          if (requested !== 'auto')
+            throw new BackupError('CHAIN_UNUSABLE', `cannot take ${plan.level === 'inc' ? 'an incremental' : 'a differential'} backup: ${error.message}`, {
+              cause: error.cause,
+            });
           emit({ type: 'notice', message: `taking a full backup: ${error.message}` });
           return await execute({ ...context, plan: { level: 'full', parent: null, reason: error.message } });
         }
@@ -108,13 +127,23 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
 /** An incremental or differential needs a set to start from; refused before anything is created. */
 async function assertSetExists(dest: string, level: 'inc' | 'diff'): Promise<void> {
   const manifest = join(resolve(dest), 'manifest.json');
-  if (await stat(manifest).then(() => true, () => false)) return;
-  throw new BackupError('CHAIN_UNUSABLE', `cannot take ${level === 'inc' ? 'an incremental' : 'a differential'} backup: ${resolve(dest)} holds no backup set yet; take a full (or auto) backup first`);
+  if (
+    await stat(manifest).then(
+      () => true,
+      () => false,
+    )
+  )
+    return;
+  throw new BackupError(
+    'CHAIN_UNUSABLE',
+    `cannot take ${level === 'inc' ? 'an incremental' : 'a differential'} backup: ${resolve(dest)} holds no backup set yet; take a full (or auto) backup first`,
+  );
 }
 
 async function checkScratchDir(dir: string, transport: 'pull' | 'push'): Promise<string> {
   if (typeof dir !== 'string' || dir === '') throw new BackupError('INVALID_ARGUMENT', 'scratchDir must be a directory path');
-  if (transport === 'push') throw new BackupError('INVALID_ARGUMENT', 'scratchDir: push backups use no scratch file (libvirt writes the backup files directly)');
+  if (transport === 'push')
+    throw new BackupError('INVALID_ARGUMENT', 'scratchDir: push backups use no scratch file (libvirt writes the backup files directly)');
   const absolute = resolve(dir);
   const info = await stat(absolute).catch(() => undefined);
   if (!info?.isDirectory()) throw new BackupError('INVALID_ARGUMENT', `scratchDir: ${absolute} is not an existing directory`);

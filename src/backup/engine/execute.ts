@@ -24,7 +24,6 @@ import { pullSpaceNeed, openExports, copyDisks } from './pull-transfer.js';
 import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
 import { type BackupRun } from '../set/run-journal.js';
 
-
 /** What one run creates, named before any of it exists. */
 interface RunLayout {
   backupId: string;
@@ -92,13 +91,22 @@ async function layOutRun(context: ExecuteContext): Promise<RunLayout> {
     if (plan.level !== 'full' && level === 'full') {
       emit({ type: 'notice', message: `${disk.target}: full copy (${disk.fullCopyReason ?? 'not in the parent backup'})` });
     }
-    return { ...disk, level, file: BackupSet.fileName(disk.target, backupId, level), backingFile: level === 'full' ? null : parentDisk!.file, virtualSize: 0, dataBytes: 0 };
+    return {
+      ...disk,
+      level,
+      file: BackupSet.fileName(disk.target, backupId, level),
+      backingFile: level === 'full' ? null : parentDisk!.file,
+      virtualSize: 0,
+      dataBytes: 0,
+    };
   });
   const scratchName = (target: string) => `.scratch-${backupId}-${target}.qcow2`;
   const scratchPaths = new Map(
     disks.map((disk) => [
       disk.target,
-      context.scratchDir === null ? set.pathOf(scratchName(disk.target)) : join(context.scratchDir, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`),
+      context.scratchDir === null
+        ? set.pathOf(scratchName(disk.target))
+        : join(context.scratchDir, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`),
     ]),
   );
   const pull = transport === 'pull';
@@ -198,7 +206,10 @@ async function awaitPushedData(context: ExecuteContext, layout: RunLayout, state
   await domain.waitForJob({ timeoutMs: 24 * 3600_000, signal: state.signal });
   state.guard?.stop();
   state.jobRunning = false;
-  await waitForTargetsReleased(state.blockJobs, layout.disks.map((d) => d.target));
+  await waitForTargetsReleased(
+    state.blockJobs,
+    layout.disks.map((d) => d.target),
+  );
   for (const disk of layout.disks) {
     if (disk.backingFile !== null) await qemuImgRebaseUnsafe(set.pathOf(disk.file), disk.backingFile, { signal });
     disk.virtualSize = (await qemuImgInfo(set.pathOf(disk.file))).virtualSize;
@@ -316,7 +327,9 @@ async function explainFailure(context: ExecuteContext, error: unknown, checkpoin
     return undefined;
   }
   if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
-    return new BackupError('DOMAIN_STOPPED', `domain ${domain.name} stopped during the backup (${DomainState[state] ?? state}); nothing was kept from it`, { cause: error });
+    return new BackupError('DOMAIN_STOPPED', `domain ${domain.name} stopped during the backup (${DomainState[state] ?? state}); nothing was kept from it`, {
+      cause: error,
+    });
   }
   return undefined;
 }

@@ -14,7 +14,6 @@ import { deleteCheckpointIfPresent } from './leftover-checkpoints.js';
 import { isSocketDirOfRunDir } from './run-dir.js';
 import { readJournal } from '../set/run-journal.js';
 
-
 /** Socket directories of versions that kept them in the temp directory. */
 const LEGACY_SOCKET_DIR_PREFIX = 'lvb-backup-';
 
@@ -37,7 +36,10 @@ export async function endLeftoverJob(conn: Connection, domain: Domain, runDir: s
   }
   const described = spec === undefined ? undefined : await describeOurJob(spec, runDir);
   if (described === undefined) {
-    throw new BackupError('DOMAIN_BUSY', `domain ${domain.name} already has a job running (${JobType[job.type] ?? job.type}) that libvirt-backup did not start; wait for it or abort it`);
+    throw new BackupError(
+      'DOMAIN_BUSY',
+      `domain ${domain.name} already has a job running (${JobType[job.type] ?? job.type}) that libvirt-backup did not start; wait for it or abort it`,
+    );
   }
   const ended = new Promise<void>((resolveEnded) => {
     const done = () => resolveEnded();
@@ -82,7 +84,8 @@ export async function cleanUpAfterInterruptedRun(domain: Domain, interrupted: Do
     await unlink(file).then(
       () => emit({ type: 'notice', message: `removed the scratch file ${file} of an interrupted run` }),
       (error: unknown) => {
-        if (errnoCode(error) !== 'ENOENT') emit({ type: 'notice', message: `could not remove the scratch file ${file} of an interrupted run: ${String(error)}` });
+        if (errnoCode(error) !== 'ENOENT')
+          emit({ type: 'notice', message: `could not remove the scratch file ${file} of an interrupted run: ${String(error)}` });
       },
     );
   }

@@ -3,7 +3,6 @@
 import { type BackupSpec, type CheckpointSpec } from '../../xml/index.js';
 import { type DiskPlan, type ExecuteContext } from './run-context.js';
 
-
 export function checkpointSpecFor(context: ExecuteContext, disks: DiskPlan[], name: string, backupId: string): CheckpointSpec {
   const domainTargets = context.summary.disks.map((d) => d.target?.dev).filter((t): t is string => t !== undefined);
   return {
@@ -28,7 +27,13 @@ export function backupSpecFor(context: ExecuteContext, disks: DiskPlan[], socket
       ...(incremental !== undefined ? { incremental } : {}),
       server: { transport: 'unix', socket },
       disks: [
-        ...disks.map((disk) => ({ name: disk.target, backup: 'yes' as const, ...fullMode(disk), type: 'file' as const, scratch: { file: scratchPaths.get(disk.target)! } })),
+        ...disks.map((disk) => ({
+          name: disk.target,
+          backup: 'yes' as const,
+          ...fullMode(disk),
+          type: 'file' as const,
+          scratch: { file: scratchPaths.get(disk.target)! },
+        })),
         ...unselected,
       ],
     };
@@ -37,7 +42,14 @@ export function backupSpecFor(context: ExecuteContext, disks: DiskPlan[], socket
     mode: 'push',
     ...(incremental !== undefined ? { incremental } : {}),
     disks: [
-      ...disks.map((disk) => ({ name: disk.target, backup: 'yes' as const, ...fullMode(disk), type: 'file' as const, target: { file: set.pathOf(disk.file) }, driver: { type: 'qcow2' } })),
+      ...disks.map((disk) => ({
+        name: disk.target,
+        backup: 'yes' as const,
+        ...fullMode(disk),
+        type: 'file' as const,
+        target: { file: set.pathOf(disk.file) },
+        driver: { type: 'qcow2' },
+      })),
       ...unselected,
     ],
   };

@@ -13,7 +13,6 @@ import { findCheckpoint } from './leftover-checkpoints.js';
 import { assertChainChecksums } from '../set/verified-files.js';
 import { type LevelPlan } from './run-context.js';
 
-
 export async function planLevel(
   set: BackupSet,
   requested: RequestedLevel,
@@ -56,12 +55,7 @@ export async function planLevel(
  * redefining it (and any older ones of the set) from the saved XML if libvirt lost
  * them; otherwise why not.
  */
-async function checkpointUsable(
-  set: BackupSet,
-  parent: BackupRecord,
-  domain: Domain,
-  emit: (event: BackupEvent) => void,
-): Promise<true | string> {
+async function checkpointUsable(set: BackupSet, parent: BackupRecord, domain: Domain, emit: (event: BackupEvent) => void): Promise<true | string> {
   const name = parent.checkpoint;
   if (name === null) return `backup ${parent.id} has no checkpoint to start from`;
   let checkpoint: Checkpoint | undefined = await findCheckpoint(domain, name);

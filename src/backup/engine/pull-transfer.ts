@@ -8,7 +8,6 @@ import { writeQcow2 } from '../qcow2/qcow2-writer.js';
 import { type SpaceNeed } from './space-guard.js';
 import { type DiskPlan, type ExecuteContext } from './run-context.js';
 
-
 const PROGRESS_INTERVAL_MS = 200;
 
 /** A disk's pull export, opened, with what will be copied from it. */
@@ -90,7 +89,11 @@ async function openExport(disk: DiskPlan, socket: string, exported: { name: stri
     }
     const runs = clusterRuns(stored);
     const scratchBound = clusterRuns(allocated).reduce((sum, run) => sum + run.count * CLUSTER_SIZE, 0);
-    const fileSize = planQcow2({ virtualSize: source.size, runs, ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}) }).fileSize;
+    const fileSize = planQcow2({
+      virtualSize: source.size,
+      runs,
+      ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
+    }).fileSize;
     return { disk, source, runs, fileSize, written: 0, scratchBound };
   } catch (error) {
     await source.close().catch(() => undefined);

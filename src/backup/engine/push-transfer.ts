@@ -7,11 +7,11 @@ import { BackupError } from './engine-types.js';
 import { type SpaceNeed } from './space-guard.js';
 import { type DiskPlan } from './run-context.js';
 
-
 /** Push: libvirt says what it still has to write; the files are written by QEMU, copy-before-write included. */
 export async function pushSpaceNeed(domain: Domain, disks: readonly DiskPlan[]): Promise<SpaceNeed> {
   const stats = await domain.getJobStats().catch(() => undefined);
-  const remaining = stats?.diskRemaining ?? (stats?.diskTotal !== undefined && stats.diskProcessed !== undefined ? stats.diskTotal - stats.diskProcessed : undefined);
+  const remaining =
+    stats?.diskRemaining ?? (stats?.diskTotal !== undefined && stats.diskProcessed !== undefined ? stats.diskTotal - stats.diskProcessed : undefined);
   // Before libvirt reports figures, assume every disk may be written whole.
   const fallback = disks.reduce((sum, disk) => sum + disk.virtualSize, 0);
   return { scratch: 0, output: remaining ?? fallback };

@@ -9,7 +9,6 @@ import { DomainLock } from './domain-lock.js';
 import { type BackupEvent, type BackupOptions } from './engine-types.js';
 import { type BackupLevel, type BackupRecord } from '../set/manifest.js';
 
-
 /** Checkpoints this tool creates start with this; others on the domain are left alone. */
 export const CHECKPOINT_PREFIX = 'lvb-';
 

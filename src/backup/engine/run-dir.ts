@@ -30,7 +30,9 @@ export async function ensureRunDir(): Promise<string> {
     throw new BackupSetError('SET_IO', `cannot create the run directory ${dir}: ${describeFsError(error)}`, { path: dir, cause: error });
   }
   if (!(await isPrivateDirectory(dir))) {
-    throw new BackupSetError('SET_IO', `the run directory ${dir} is not a private directory of this user; remove it or set LIBVIRT_BACKUP_RUN_DIR`, { path: dir });
+    throw new BackupSetError('SET_IO', `the run directory ${dir} is not a private directory of this user; remove it or set LIBVIRT_BACKUP_RUN_DIR`, {
+      path: dir,
+    });
   }
   return dir;
 }

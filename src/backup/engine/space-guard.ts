@@ -101,7 +101,10 @@ export class SpaceGuard {
       const free = Number(info.bavail) * Number(info.bsize);
       const required = volume.need(need) + SPACE_RESERVE_BYTES;
       if (free >= required) continue;
-      const parts = [need.scratch > 0 && volume.need({ scratch: 1, output: 0 }) > 0 ? `${formatBytes(need.scratch)} of scratch for guest writes during the backup` : '', volume.need({ scratch: 0, output: 1 }) > 0 ? `${formatBytes(need.output)} of backup data` : '']
+      const parts = [
+        need.scratch > 0 && volume.need({ scratch: 1, output: 0 }) > 0 ? `${formatBytes(need.scratch)} of scratch for guest writes during the backup` : '',
+        volume.need({ scratch: 0, output: 1 }) > 0 ? `${formatBytes(need.output)} of backup data` : '',
+      ]
         .filter((part) => part !== '')
         .join(' and ');
       return new BackupError(

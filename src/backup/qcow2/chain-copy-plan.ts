@@ -198,7 +198,7 @@ function bucketByChunk(won: Winners, image: Qcow2Image, chunkBytes: number): Fil
   const eachDataPiece = (index: number, visit: (chunk: number, hostOffset: number, guestOffset: number, length: number) => void) => {
     const host = won.hostOffset[index]!;
     const end = Math.min(host + won.length[index]!, fileSize);
-    for (let at = host; at < end; ) {
+    for (let at = host; at < end;) {
       const chunk = Math.floor(at / chunkBytes);
       const pieceEnd = Math.min(end, (chunk + 1) * chunkBytes);
       visit(chunk, at, won.guestOffset[index]! + (at - host), pieceEnd - at);

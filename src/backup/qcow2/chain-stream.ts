@@ -104,9 +104,13 @@ export async function streamChainFile(
     try {
       const position = index * chunkBytes;
       const length = Math.min(chunkBytes, size - position);
-      for (let done = 0; done < length; ) {
+      for (let done = 0; done < length;) {
         const { bytesRead: got } = await file.read(buffer.bytes, done, length - done, position + done);
-        if (got === 0) throw new BackupSetError('CHAIN_BROKEN', `${options.name}: the file ended at ${position + done} bytes while ${size} were being read (did it change during the restore?)`);
+        if (got === 0)
+          throw new BackupSetError(
+            'CHAIN_BROKEN',
+            `${options.name}: the file ended at ${position + done} bytes while ${size} were being read (did it change during the restore?)`,
+          );
         done += got;
         options.onRead?.(got);
       }
@@ -148,7 +152,11 @@ export async function streamChainFile(
     writes.throwIfFailed();
   } finally {
     previous?.release();
-    if (next !== null) await next.then((chunk) => chunk.buffer.release(), () => undefined);
+    if (next !== null)
+      await next.then(
+        (chunk) => chunk.buffer.release(),
+        () => undefined,
+      );
     await writes.settle();
   }
   return { checksum: hash.digest(), bytesRead };
@@ -212,10 +220,12 @@ async function writeCompressedPieces(
     const guest = guestOffset[index]!;
     const from = skip[index]!;
     const bytes = length[index]!;
-    const task = inflateCluster(stream, pieces.clusterSize, () => `${name}: compressed cluster at ${start} (guest offset ${guest - from})`).then(async (inflated) => {
-      await writes.roomFor(bytes);
-      writes.track(output.write([inflated.subarray(from, from + bytes)], guest), () => undefined, bytes);
-    });
+    const task = inflateCluster(stream, pieces.clusterSize, () => `${name}: compressed cluster at ${start} (guest offset ${guest - from})`).then(
+      async (inflated) => {
+        await writes.roomFor(bytes);
+        writes.track(output.write([inflated.subarray(from, from + bytes)], guest), () => undefined, bytes);
+      },
+    );
     const settled = task.then(
       () => void inflating.delete(settled),
       (error: unknown) => {
@@ -241,15 +251,17 @@ class WriteTracker {
 
   track(write: Promise<void>, done: () => void, ownedBytes = 0): void {
     this.#ownedBytes += ownedBytes;
-    const settled = write.then(
-      () => undefined,
-      (error: unknown) => this.fail(error),
-    ).finally(() => {
-      this.#pending.delete(settled);
-      this.#ownedBytes -= ownedBytes;
-      done();
-      while (this.#roomWaiters.length > 0 && this.#ownedBytes < INFLATED_BYTES_IN_FLIGHT) this.#roomWaiters.shift()!();
-    });
+    const settled = write
+      .then(
+        () => undefined,
+        (error: unknown) => this.fail(error),
+      )
+      .finally(() => {
+        this.#pending.delete(settled);
+        this.#ownedBytes -= ownedBytes;
+        done();
+        while (this.#roomWaiters.length > 0 && this.#ownedBytes < INFLATED_BYTES_IN_FLIGHT) this.#roomWaiters.shift()!();
+      });
     this.#pending.add(settled);
   }
 

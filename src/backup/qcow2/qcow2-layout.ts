@@ -88,7 +88,8 @@ export function clusterRuns(ranges: Iterable<{ offset: number; length: number }>
     const start = Math.floor(offset / CLUSTER_SIZE);
     const end = Math.ceil((offset + length) / CLUSTER_SIZE);
     const last = runs[runs.length - 1];
-    if (last && start < last.start) throw new RangeError(`byte range ${index - 1} at ${offset} comes before cluster ${last.start}: ranges must come in offset order`);
+    if (last && start < last.start)
+      throw new RangeError(`byte range ${index - 1} at ${offset} comes before cluster ${last.start}: ranges must come in offset order`);
     if (last && start <= last.start + last.count) last.count = Math.max(last.count, end - last.start);
     else runs.push({ start, count: end - start });
   }
@@ -101,7 +102,9 @@ function checkInput(input: Qcow2LayoutInput): void {
     throw new RangeError(`virtual size ${virtualSize} must be a whole number of bytes from 0 to ${MAX_VIRTUAL_SIZE}`);
   }
   if (virtualSize % SECTOR_SIZE !== 0) {
-    throw new RangeError(`virtual size ${virtualSize} is not a multiple of 512: qemu reads a qcow2 size in whole sectors and would drop the last ${virtualSize % SECTOR_SIZE} bytes`);
+    throw new RangeError(
+      `virtual size ${virtualSize} is not a multiple of 512: qemu reads a qcow2 size in whole sectors and would drop the last ${virtualSize % SECTOR_SIZE} bytes`,
+    );
   }
   const guestClusters = clustersFor(virtualSize);
   let end = 0;

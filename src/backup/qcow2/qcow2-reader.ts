@@ -232,12 +232,15 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   const refcountTableOffset = readU64(fixed, 48);
   const refcountTableClusters = fixed.readUInt32BE(56);
   if (refcountTableClusters === 0) throw malformed(name, 'the image has no refcount table');
-  if (refcountTableClusters > MAX_REFCOUNT_TABLE_BYTES / clusterSize) throw malformed(name, `a refcount table of ${refcountTableClusters} clusters is larger than the ${MAX_REFCOUNT_TABLE_BYTES} bytes QEMU allows`);
-  if (refcountTableOffset === null || refcountTableOffset % clusterSize !== 0) throw malformed(name, `refcount table offset ${fixed.readBigUInt64BE(48)} is not cluster aligned`);
+  if (refcountTableClusters > MAX_REFCOUNT_TABLE_BYTES / clusterSize)
+    throw malformed(name, `a refcount table of ${refcountTableClusters} clusters is larger than the ${MAX_REFCOUNT_TABLE_BYTES} bytes QEMU allows`);
+  if (refcountTableOffset === null || refcountTableOffset % clusterSize !== 0)
+    throw malformed(name, `refcount table offset ${fixed.readBigUInt64BE(48)} is not cluster aligned`);
   // Internal snapshots are never in a backup set; qemu-img handles images that have them.
   const snapshots = fixed.readUInt32BE(60);
   const snapshotsOffset = readU64(fixed, 64);
-  if (snapshotsOffset === null || snapshotsOffset % clusterSize !== 0) throw malformed(name, `snapshot table offset ${fixed.readBigUInt64BE(64)} is not cluster aligned`);
+  if (snapshotsOffset === null || snapshotsOffset % clusterSize !== 0)
+    throw malformed(name, `snapshot table offset ${fixed.readBigUInt64BE(64)} is not cluster aligned`);
   if (snapshots !== 0) throw unsupported(name, `the image holds ${snapshots} internal snapshot${snapshots === 1 ? '' : 's'}`);
   if ((autoclear & AUTOCLEAR_RAW_EXTERNAL_DATA) !== 0n && (incompatible & (1n << BigInt(INCOMPATIBLE_EXTERNAL_DATA))) === 0n) {
     throw malformed(name, 'the raw external data bit is set without an external data file');
@@ -251,7 +254,8 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   const l2Entries = clusterSize / 8;
   const l1Needed = Math.ceil(guestClusters / l2Entries);
   if (l1Entries < l1Needed) throw malformed(name, `the L1 table has ${l1Entries} entries, a virtual size of ${virtualSize} bytes needs ${l1Needed}`);
-  if (l1Needed > 0 && l1Offset + l1Needed * 8 > fileSize) throw malformed(name, `the L1 table at ${l1Offset} runs past the end of the file (${fileSize} bytes)`);
+  if (l1Needed > 0 && l1Offset + l1Needed * 8 > fileSize)
+    throw malformed(name, `the L1 table at ${l1Offset} runs past the end of the file (${fileSize} bytes)`);
 
   return {
     header: { version, clusterBits, clusterSize, virtualSize, l1Entries, l1Offset, backingFile, backingFormat },
@@ -305,15 +309,23 @@ function assertSupported(fields: HeaderFields, name: string): void {
   if (has(INCOMPATIBLE_EXTENDED_L2)) throw unsupported(name, 'the image uses extended L2 entries (incompatible feature "extended L2", subclusters)');
   if (has(INCOMPATIBLE_COMPRESSION_TYPE)) {
     if (compressionType === 0) throw malformed(name, 'the compression type feature bit is set but compression_type is 0 (zlib)');
-    throw unsupported(name, `compressed clusters use ${COMPRESSION_TYPES[compressionType] ?? `compression type ${compressionType}`} (incompatible feature "compression type"); only zlib is supported`);
+    throw unsupported(
+      name,
+      `compressed clusters use ${COMPRESSION_TYPES[compressionType] ?? `compression type ${compressionType}`} (incompatible feature "compression type"); only zlib is supported`,
+    );
   }
   if (compressionType !== 0) throw malformed(name, `compression_type is ${compressionType} but the compression type feature bit is clear`);
   const unknown: string[] = [];
   for (let bit = 5; bit < 64; bit++) {
     if (has(bit)) unknown.push(featureNames.has(bit) ? `"${featureNames.get(bit)}" (bit ${bit})` : `bit ${bit}`);
   }
-  if (unknown.length > 0) throw unsupported(name, `the image uses incompatible feature${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} unknown to this reader`);
-  if (cryptMethod !== 0) throw unsupported(name, `the image is encrypted (${cryptMethod === 1 ? 'AES' : cryptMethod === 2 ? 'LUKS' : `method ${cryptMethod}`}); decrypt it with qemu-img first`);
+  if (unknown.length > 0)
+    throw unsupported(name, `the image uses incompatible feature${unknown.length > 1 ? 's' : ''} ${unknown.join(', ')} unknown to this reader`);
+  if (cryptMethod !== 0)
+    throw unsupported(
+      name,
+      `the image is encrypted (${cryptMethod === 1 ? 'AES' : cryptMethod === 2 ? 'LUKS' : `method ${cryptMethod}`}); decrypt it with qemu-img first`,
+    );
 }
 
 /**
@@ -343,7 +355,8 @@ export async function readQcow2Image(source: ByteSource, name: string, options: 
     const l2Offset = (high & 0x00ffffff) * TWO_32 + ((low & 0xfffffe00) >>> 0); // bits 9-55
     if (l2Offset === 0) continue; // unallocated: the whole range reads from the backing file
     if (l2Offset % clusterSize !== 0) throw malformed(name, `L2 table of guest offset ${firstGuest} at ${l2Offset} is not cluster aligned`);
-    if (l2Offset + clusterSize > fileSize) throw malformed(name, `L2 table of guest offset ${firstGuest} at ${l2Offset} lies beyond the end of the file (${fileSize} bytes)`);
+    if (l2Offset + clusterSize > fileSize)
+      throw malformed(name, `L2 table of guest offset ${firstGuest} at ${l2Offset} lies beyond the end of the file (${fileSize} bytes)`);
     const tableCluster = l2Offset / clusterSize;
     const mark = 1 << (tableCluster % 8);
     const byte = Math.floor(tableCluster / 8);
@@ -363,7 +376,8 @@ export async function readQcow2Image(source: ByteSource, name: string, options: 
         const offsetMask = (1n << BigInt(compressedOffsetBits)) - 1n;
         const hostOffset = entry & offsetMask;
         const extraSectors = Number((entry >> BigInt(compressedOffsetBits)) & ((1n << BigInt(clusterBits - 8)) - 1n));
-        if (hostOffset >= BigInt(fileSize)) throw malformed(name, `compressed cluster of guest offset ${guestOffset} at ${hostOffset} lies beyond the end of the file (${fileSize} bytes)`);
+        if (hostOffset >= BigInt(fileSize))
+          throw malformed(name, `compressed cluster of guest offset ${guestOffset} at ${hostOffset} lies beyond the end of the file (${fileSize} bytes)`);
         const start = Number(hostOffset);
         // The stream's last sector may be cut short by the end of the file; QEMU reads that as zeroes.
         const streamLength = Math.min((extraSectors + 1) * 512 - (start % 512), fileSize - start);
@@ -380,7 +394,8 @@ export async function readQcow2Image(source: ByteSource, name: string, options: 
         continue;
       }
       if (hostOffset === 0) continue; // unallocated (offset 0 never holds data without an external data file)
-      if (hostOffset >= fileSize) throw malformed(name, `data cluster of guest offset ${guestOffset} at ${hostOffset} lies beyond the end of the file (${fileSize} bytes)`);
+      if (hostOffset >= fileSize)
+        throw malformed(name, `data cluster of guest offset ${guestOffset} at ${hostOffset} lies beyond the end of the file (${fileSize} bytes)`);
       extents.push(EXTENT_DATA, guestOffset, length, hostOffset);
     }
   }
@@ -399,8 +414,13 @@ export async function inflateCluster(compressed: Buffer, clusterSize: number, de
       else resolve(result);
     });
   }).catch((error: unknown) => {
-    throw new BackupSetError('CHAIN_BROKEN', `${describe()} is not a valid deflate stream of one cluster: ${error instanceof Error ? error.message : String(error)}`, { cause: error });
+    throw new BackupSetError(
+      'CHAIN_BROKEN',
+      `${describe()} is not a valid deflate stream of one cluster: ${error instanceof Error ? error.message : String(error)}`,
+      { cause: error },
+    );
   });
-  if (inflated.length !== clusterSize) throw new BackupSetError('CHAIN_BROKEN', `${describe()} inflates to ${inflated.length} bytes, not one cluster of ${clusterSize}`);
+  if (inflated.length !== clusterSize)
+    throw new BackupSetError('CHAIN_BROKEN', `${describe()} inflates to ${inflated.length} bytes, not one cluster of ${clusterSize}`);
   return inflated;
 }

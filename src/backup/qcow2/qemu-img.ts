@@ -263,7 +263,8 @@ function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?
     child.on('close', (code, signalName) => {
       if (options.signal?.aborted) reject(abortedError(options.signal));
       else if (code === 0) resolve();
-      else if (wrapper !== null && code === 127 && /failed to execute/.test(stderr)) reject(qemuImgError(args, Object.assign(new Error(stderr.trim()), { code: 'ENOENT' }), stderr));
+      else if (wrapper !== null && code === 127 && /failed to execute/.test(stderr))
+        reject(qemuImgError(args, Object.assign(new Error(stderr.trim()), { code: 'ENOENT' }), stderr));
       else reject(qemuImgError(args, new Error(`exited with ${code ?? signalName}`), stderr));
     });
   });
@@ -273,11 +274,7 @@ function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?
  * Rewrites only the backing file name in the header (`rebase -u`). Correct only when the new
  * backing file has the same guest content as the old one, which is what prune guarantees.
  */
-export async function qemuImgRebaseUnsafe(
-  path: string,
-  backingFile: string | null,
-  options: QemuImgOptions & { backingFormat?: string } = {},
-): Promise<void> {
+export async function qemuImgRebaseUnsafe(path: string, backingFile: string | null, options: QemuImgOptions & { backingFormat?: string } = {}): Promise<void> {
   const args = ['rebase', '-u', '-f', 'qcow2'];
   if (backingFile === null) args.push('-b', '');
   else args.push('-F', options.backingFormat ?? 'qcow2', '-b', backingFile);
@@ -291,10 +288,7 @@ export async function qemuImgRebaseUnsafe(
  */
 export async function qemuImgCheck(path: string, options: QemuImgOptions & { format?: string } = {}): Promise<CheckResult> {
   const format = options.format ?? 'qcow2';
-  const target =
-    format === 'qcow2'
-      ? `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path } })}`
-      : path;
+  const target = format === 'qcow2' ? `json:${JSON.stringify({ driver: 'qcow2', backing: null, file: { driver: 'file', filename: path } })}` : path;
   const args = ['check', '--output=json', ...(format === 'qcow2' ? [] : ['-f', format]), target];
   // 2 = corruptions found, 3 = leaks only; both still print the JSON report.
   const { stdout, stderr: rawStderr, exitCode } = await run(args, { ...options, okExitCodes: [0, 1, 2, 3] });

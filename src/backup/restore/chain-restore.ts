@@ -100,7 +100,13 @@ export class OpenedChain {
         const size = (await handle.stat()).size;
         sizes.push(size);
         try {
-          images.push(await readQcow2Image(fileByteSource(handle, size, (bytes) => (metadataBytesRead += bytes)), file.name, { signal: options.signal }));
+          images.push(
+            await readQcow2Image(
+              fileByteSource(handle, size, (bytes) => (metadataBytesRead += bytes)),
+              file.name,
+              { signal: options.signal },
+            ),
+          );
         } catch (error) {
           if (!isBackupSetError(error) || !READER_REFUSALS.has(error.code)) throw error;
           images.push(null);
@@ -227,16 +233,23 @@ function assertHeaderMatches(file: ChainFile, image: Qcow2Image, options: OpenCh
   const expected = file.backingFile;
   const same = actual === expected || (actual !== null && expected !== null && options.backingMatches?.(actual, expected) === true);
   if (!same) {
-    throw new BackupSetError('CHAIN_BROKEN', `${file.name}: backing file is ${actual ?? 'none'} but the manifest says ${expected ?? 'none'}${options.chainHint ?? ''}`, { path: file.path });
+    throw new BackupSetError(
+      'CHAIN_BROKEN',
+      `${file.name}: backing file is ${actual ?? 'none'} but the manifest says ${expected ?? 'none'}${options.chainHint ?? ''}`,
+      { path: file.path },
+    );
   }
   if (image.header.virtualSize !== file.virtualSize) {
-    throw new BackupSetError('CHAIN_BROKEN', `${file.name}: virtual size is ${image.header.virtualSize} bytes but the manifest says ${file.virtualSize}`, { path: file.path });
+    throw new BackupSetError('CHAIN_BROKEN', `${file.name}: virtual size is ${image.header.virtualSize} bytes but the manifest says ${file.virtualSize}`, {
+      path: file.path,
+    });
   }
 }
 
 /** What is wrong with a file's bytes, or null when they are what the manifest says. */
 function damage(file: ChainFile, size: number, checksum: string): string | null {
-  if (size !== file.size) return `${file.name}: the file is ${size} bytes with checksum ${checksum}, the manifest says ${file.size} bytes with ${file.checksum}; the file is damaged`;
+  if (size !== file.size)
+    return `${file.name}: the file is ${size} bytes with checksum ${checksum}, the manifest says ${file.size} bytes with ${file.checksum}; the file is damaged`;
   if (checksum !== file.checksum) return `${file.name}: checksum is ${checksum}, the manifest says ${file.checksum}; the file is damaged`;
   return null;
 }
@@ -250,7 +263,11 @@ async function assertQemuImgSeesChain(files: readonly ChainFile[], options: Open
     const expected = file.backingFile;
     const same = actual === expected || (actual !== null && expected !== null && options.backingMatches?.(actual, expected) === true);
     if (!same) {
-      throw new BackupSetError('CHAIN_BROKEN', `${file.name}: backing file is ${actual ?? 'none'} but the manifest says ${expected ?? 'none'}${options.chainHint ?? ''}`, { path: file.path });
+      throw new BackupSetError(
+        'CHAIN_BROKEN',
+        `${file.name}: backing file is ${actual ?? 'none'} but the manifest says ${expected ?? 'none'}${options.chainHint ?? ''}`,
+        { path: file.path },
+      );
     }
   }
 }

@@ -35,7 +35,12 @@ export interface RestoreOutput extends GuestWriter {
 }
 
 /** Sizes the empty `file` for `plan` and returns where its guest bytes go. */
-export async function openRestoreOutput(file: FileHandle, format: 'raw' | 'qcow2', plan: ChainCopyPlan, options: { signal?: AbortSignal } = {}): Promise<RestoreOutput> {
+export async function openRestoreOutput(
+  file: FileHandle,
+  format: 'raw' | 'qcow2',
+  plan: ChainCopyPlan,
+  options: { signal?: AbortSignal } = {},
+): Promise<RestoreOutput> {
   if (format === 'raw') {
     // Sparse: ranges that read as zeroes are never written.
     await file.truncate(plan.virtualSize);

@@ -71,7 +71,8 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
     throw new BackupSetError('INVALID_ARGUMENT', `format must be 'qcow2' or 'raw', got '${String(options.format)}'`);
   }
   const mode = options.mode ?? DEFAULT_OUTPUT_MODE;
-  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777) throw new BackupSetError('INVALID_ARGUMENT', `mode must be a file mode such as 0o600, got ${String(options.mode)}`);
+  if (!Number.isInteger(mode) || mode < 0 || mode > 0o7777)
+    throw new BackupSetError('INVALID_ARGUMENT', `mode must be a file mode such as 0o600, got ${String(options.mode)}`);
   const verifyChecksums = options.checksums === true || options.verifyChecksums !== false;
   throwIfAborted(options.signal);
   const backup = options.at === undefined ? set.latest() : set.getBackup(options.at);
@@ -88,17 +89,22 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
   for (const directory of new Set([...outputs.values()].map((output) => dirname(output)))) {
     const sweep = await removeAbandonedPartials(directory);
     for (const partial of sweep.removed) {
-      notice(`removed ${partial.path} (${formatBytes(partial.bytes)}): the partial ${basename(partial.output)} of a restore (pid ${partial.pid}) that did not finish`);
+      notice(
+        `removed ${partial.path} (${formatBytes(partial.bytes)}): the partial ${basename(partial.output)} of a restore (pid ${partial.pid}) that did not finish`,
+      );
     }
-    for (const path of sweep.ownerless) notice(`left ${path} in place: a partial output of an older version whose owner cannot be told; delete it if no restore is running`);
+    for (const path of sweep.ownerless)
+      notice(`left ${path} in place: a partial output of an older version whose owner cannot be told; delete it if no restore is running`);
   }
   if (!options.overwrite) {
     for (const output of outputs.values()) {
-      if (await exists(output)) throw new BackupSetError('OUTPUT_EXISTS', `${output} already exists; choose another path or allow overwriting`, { path: output });
+      if (await exists(output))
+        throw new BackupSetError('OUTPUT_EXISTS', `${output} already exists; choose another path or allow overwriting`, { path: output });
     }
   }
 
-  const pendingPrune = set.interruptedRun?.kind === 'prune' ? ' (an interrupted prune is pending; opening the set for writing, e.g. the next backup or prune, finishes it)' : '';
+  const pendingPrune =
+    set.interruptedRun?.kind === 'prune' ? ' (an interrupted prune is pending; opening the set for writing, e.g. the next backup or prune, finishes it)' : '';
   // Every chain is opened and its metadata checked before anything is written.
   const opened: Array<{ target: string; chain: ChainLink[]; files: OpenedChain }> = [];
   const temporaries = new Map<string, string>();
@@ -172,10 +178,15 @@ async function outputPaths(to: string, targets: string[], format: 'qcow2' | 'raw
   });
   if (info?.isDirectory()) return new Map(targets.map((target) => [target, join(absolute, `${target}.${format}`)]));
   if (targets.length > 1) {
-    throw new BackupSetError('INVALID_ARGUMENT', `restoring ${targets.length} disks (${targets.join(', ')}) needs an existing directory as destination, and ${absolute} is not one; or choose one disk`, { path: absolute });
+    throw new BackupSetError(
+      'INVALID_ARGUMENT',
+      `restoring ${targets.length} disks (${targets.join(', ')}) needs an existing directory as destination, and ${absolute} is not one; or choose one disk`,
+      { path: absolute },
+    );
   }
   const parent = await stat(dirname(absolute)).catch(() => undefined);
-  if (!parent?.isDirectory()) throw new BackupSetError('INVALID_ARGUMENT', `cannot write ${absolute}: ${dirname(absolute)} is not a directory`, { path: absolute });
+  if (!parent?.isDirectory())
+    throw new BackupSetError('INVALID_ARGUMENT', `cannot write ${absolute}: ${dirname(absolute)} is not a directory`, { path: absolute });
   return new Map([[targets[0]!, absolute]]);
 }
 

@@ -74,7 +74,15 @@ export async function verify(set: BackupSet, options: VerifyOptions = {}): Promi
       index += 1;
       const found: VerifyProblem[] = [];
       const report: ProblemSink = (severity, kind, message, detail) => {
-        found.push({ severity, kind, file: disk.file, backupId: backup.id, target: disk.target, message: `${disk.file}: ${message}`, ...(detail === undefined ? {} : { detail }) });
+        found.push({
+          severity,
+          kind,
+          file: disk.file,
+          backupId: backup.id,
+          target: disk.target,
+          message: `${disk.file}: ${message}`,
+          ...(detail === undefined ? {} : { detail }),
+        });
       };
       const path = set.pathOf(disk.file);
       let size: number | undefined;
@@ -82,7 +90,11 @@ export async function verify(set: BackupSet, options: VerifyOptions = {}): Promi
         size = (await stat(path)).size;
         present.add(disk.file);
       } catch (error) {
-        report('error', 'missing', errnoCode(error) === 'ENOENT' ? `missing (backup ${backup.id}, disk ${disk.target})` : `cannot be read: ${describeFsError(error)}`);
+        report(
+          'error',
+          'missing',
+          errnoCode(error) === 'ENOENT' ? `missing (backup ${backup.id}, disk ${disk.target})` : `cannot be read: ${describeFsError(error)}`,
+        );
       }
       if (size !== undefined) {
         // Said first and plainly: a short file explains the checksum and qemu-img errors after it.
@@ -104,7 +116,11 @@ export async function verify(set: BackupSet, options: VerifyOptions = {}): Promi
 
   for (const backup of set.backups) {
     for (const disk of backup.disks) {
-      if (disk.backingFile !== null && !present.has(disk.backingFile) && !problems.some((problem) => problem.file === disk.file && problem.kind === 'missing')) {
+      if (
+        disk.backingFile !== null &&
+        !present.has(disk.backingFile) &&
+        !problems.some((problem) => problem.file === disk.file && problem.kind === 'missing')
+      ) {
         problems.push({
           severity: 'error',
           kind: 'backing-missing',
@@ -143,12 +159,16 @@ async function checkImage(
   }
   const backing = info.backingFilename ?? null;
   if (backing !== expectedBacking) {
-    const relocatable = backing !== null && expectedBacking !== null && backing.endsWith(`/${expectedBacking}`) ? ' (an absolute or relative path instead of the plain file name: the set cannot be moved)' : '';
+    const relocatable =
+      backing !== null && expectedBacking !== null && backing.endsWith(`/${expectedBacking}`)
+        ? ' (an absolute or relative path instead of the plain file name: the set cannot be moved)'
+        : '';
     report('error', 'backing-mismatch', `backing file is ${backing ?? 'none'}, the manifest says ${expectedBacking ?? 'none'}${relocatable}`);
   } else if (backing !== null && info.backingFormat !== undefined && info.backingFormat !== 'qcow2') {
     report('error', 'backing-mismatch', `backing file format is ${info.backingFormat}, expected qcow2`);
   }
-  if (info.virtualSize !== expectedVirtualSize) report('error', 'virtual-size-mismatch', `virtual size is ${info.virtualSize}, the manifest says ${expectedVirtualSize}`);
+  if (info.virtualSize !== expectedVirtualSize)
+    report('error', 'virtual-size-mismatch', `virtual size is ${info.virtualSize}, the manifest says ${expectedVirtualSize}`);
   const check = await qemuImgCheck(path, { signal });
   if (!check.clean) {
     // One line per damaged cluster: hundreds for a truncated file. The first says what kind of damage.

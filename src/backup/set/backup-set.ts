@@ -215,7 +215,10 @@ export class BackupSet implements SetFiles {
     if (level === 'full') return null;
     const parent = level === 'inc' ? this.latest() : this.lastFull();
     if (parent === null) {
-      throw new BackupSetError('NOT_FOUND', `${this.dir} has no ${level === 'inc' ? 'backup' : 'full backup'} to take ${level === 'inc' ? 'an incremental' : 'a differential'} from; take a full backup first`);
+      throw new BackupSetError(
+        'NOT_FOUND',
+        `${this.dir} has no ${level === 'inc' ? 'backup' : 'full backup'} to take ${level === 'inc' ? 'an incremental' : 'a differential'} from; take a full backup first`,
+      );
     }
     return parent;
   }
@@ -299,7 +302,9 @@ export class BackupSet implements SetFiles {
     const info = await qemuImgInfo(path, { signal: options.signal });
     if (info.format !== 'qcow2') throw mismatch(`is ${info.format}, not qcow2`);
     if ((info.backingFilename ?? null) !== disk.backingFile) {
-      throw mismatch(`backing file in the image is ${info.backingFilename ?? 'none'}, the record says ${disk.backingFile ?? 'none'} (backing names must be plain file names)`);
+      throw mismatch(
+        `backing file in the image is ${info.backingFilename ?? 'none'}, the record says ${disk.backingFile ?? 'none'} (backing names must be plain file names)`,
+      );
     }
     if (info.virtualSize !== disk.virtualSize) throw mismatch(`virtual size is ${info.virtualSize}, the record says ${disk.virtualSize}`);
     if (options.verifyChecksums === false) return;
@@ -402,7 +407,11 @@ async function assertEmptyForNewSet(dir: string): Promise<void> {
       { path: dir },
     );
   }
-  throw new BackupSetError('NOT_A_SET', `${dir} is not a backup set (no ${MANIFEST_FILE}) and is not empty (${shown(entries)}); a new set needs a new or empty directory`, { path: dir });
+  throw new BackupSetError(
+    'NOT_A_SET',
+    `${dir} is not a backup set (no ${MANIFEST_FILE}) and is not empty (${shown(entries)}); a new set needs a new or empty directory`,
+    { path: dir },
+  );
 }
 
 async function readManifestFile(dir: string): Promise<Manifest> {

@@ -11,7 +11,8 @@ import { qemuImgInfo } from '../qcow2/qemu-img.js';
  * restore runs it every time; checksums are `verify`'s job.
  */
 export async function assertChainIntact(set: BackupSet, chain: readonly ChainLink[], options: { signal?: AbortSignal } = {}): Promise<void> {
-  const pendingPrune = set.interruptedRun?.kind === 'prune' ? ' (an interrupted prune is pending; opening the set for writing, e.g. the next backup or prune, finishes it)' : '';
+  const pendingPrune =
+    set.interruptedRun?.kind === 'prune' ? ' (an interrupted prune is pending; opening the set for writing, e.g. the next backup or prune, finishes it)' : '';
   for (let index = chain.length - 1; index >= 0; index -= 1) {
     const link = chain[index]!;
     const { file } = link.disk;
@@ -27,11 +28,9 @@ export async function assertChainIntact(set: BackupSet, chain: readonly ChainLin
     if (info.format !== 'qcow2') throw new BackupSetError('CHAIN_BROKEN', `${file}: is ${info.format}, not qcow2`, { path: link.path });
     const actual = info.backingFilename ?? null;
     if (!sameBacking(set, actual, backingFile)) {
-      throw new BackupSetError(
-        'CHAIN_BROKEN',
-        `${file}: backing file is ${actual ?? 'none'} but the manifest says ${backingFile ?? 'none'}${pendingPrune}`,
-        { path: link.path },
-      );
+      throw new BackupSetError('CHAIN_BROKEN', `${file}: backing file is ${actual ?? 'none'} but the manifest says ${backingFile ?? 'none'}${pendingPrune}`, {
+        path: link.path,
+      });
     }
   }
 }

@@ -222,7 +222,9 @@ function validateDisk(value: Json, at: string, version: number): DiskRecord {
   const checksumKey = version === 1 ? 'sha256' : 'checksum';
   const disk = object(value, at, ['target', 'sourceFormat', 'level', 'file', 'backingFile', 'virtualSize', 'fileSize', 'dataBytes', checksumKey]);
   const result: DiskRecord = {
-    target: string(disk, at, 'target', (target) => (TARGET_PATTERN.test(target) ? undefined : 'must be a disk target name like vda (up to 64 letters, digits, _ and -)')),
+    target: string(disk, at, 'target', (target) =>
+      TARGET_PATTERN.test(target) ? undefined : 'must be a disk target name like vda (up to 64 letters, digits, _ and -)',
+    ),
     sourceFormat: string(disk, at, 'sourceFormat', nonEmpty),
     level: oneOf(disk, at, 'level', BACKUP_LEVELS),
     file: string(disk, at, 'file', fileNameProblem),
@@ -236,7 +238,8 @@ function validateDisk(value: Json, at: string, version: number): DiskRecord {
         : string(disk, at, 'checksum', (sum) => (CHECKSUM_PATTERN.test(sum) ? undefined : 'must be xxh128: and 32 lowercase hex digits, or sha256: and 64')),
   };
   if (result.level === 'full' && result.backingFile !== null) throw new FieldError(`${at}.backingFile`, 'must be null for a full disk image');
-  if (result.level !== 'full' && result.backingFile === null) throw new FieldError(`${at}.backingFile`, `must name the backing file of an ${result.level} disk image`);
+  if (result.level !== 'full' && result.backingFile === null)
+    throw new FieldError(`${at}.backingFile`, `must name the backing file of an ${result.level} disk image`);
   if (result.file === result.backingFile) throw new FieldError(`${at}.backingFile`, 'must not be the file itself');
   return result;
 }
@@ -290,13 +293,16 @@ function validateRelations(backups: BackupRecord[]): void {
     const at = `backups[${index}]`;
     if (byId.has(record.id)) throw new FieldError(`${at}.id`, `duplicate backup id '${record.id}'`);
     const previous = backups[index - 1];
-    if (previous && BigInt(record.id) <= BigInt(previous.id)) throw new FieldError(`${at}.id`, `must be greater than the previous backup's id '${previous.id}'`);
+    if (previous && BigInt(record.id) <= BigInt(previous.id))
+      throw new FieldError(`${at}.id`, `must be greater than the previous backup's id '${previous.id}'`);
     let parent: BackupRecord | undefined;
     if (record.parent !== null) {
       parent = byId.get(record.parent)?.record;
       if (!parent) throw new FieldError(`${at}.parent`, `backup '${record.parent}' is not an earlier backup of this set`);
-      if (record.level === 'inc' && parent !== previous) throw new FieldError(`${at}.parent`, `an incremental must be relative to the preceding backup '${previous?.id ?? ''}'`);
-      if (record.level === 'diff' && parent.level !== 'full') throw new FieldError(`${at}.parent`, `a differential must be relative to a full backup, '${parent.id}' is ${parent.level}`);
+      if (record.level === 'inc' && parent !== previous)
+        throw new FieldError(`${at}.parent`, `an incremental must be relative to the preceding backup '${previous?.id ?? ''}'`);
+      if (record.level === 'diff' && parent.level !== 'full')
+        throw new FieldError(`${at}.parent`, `a differential must be relative to a full backup, '${parent.id}' is ${parent.level}`);
     }
     for (const id of record.mergedFrom ?? []) {
       if (BigInt(id) >= BigInt(record.id)) throw new FieldError(`${at}.mergedFrom`, `'${id}' is not older than '${record.id}'`);
@@ -324,7 +330,8 @@ function validateManifest(value: Json): Manifest {
   const format = field(top, '', 'format');
   if (format !== MANIFEST_FORMAT) throw new FieldError('format', `must be '${MANIFEST_FORMAT}', found ${describe(format)}: not a libvirt-backup set manifest`);
   const version = field(top, '', 'version');
-  if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 1) throw new FieldError('version', `must be a positive integer, found ${describe(version)}`);
+  if (typeof version !== 'number' || !Number.isSafeInteger(version) || version < 1)
+    throw new FieldError('version', `must be a positive integer, found ${describe(version)}`);
   if (version > MANIFEST_VERSION) {
     throw new ManifestTooNewError(version);
   }

@@ -72,5 +72,8 @@ export async function removePendingCheckpoints(dir: string, names: readonly stri
   if (names.length === 0) return;
   const list = await readPendingCheckpoints(dir);
   const gone = new Set(names);
-  await writePending(dir, list.filter((entry) => !gone.has(entry.name)));
+  await writePending(
+    dir,
+    list.filter((entry) => !gone.has(entry.name)),
+  );
 }

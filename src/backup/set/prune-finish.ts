@@ -11,7 +11,9 @@ import type { SetFiles } from './set-files.js';
 export async function factsOf(set: SetFiles, file: string, options: Pick<PruneOptions, 'onProgress'>): Promise<FileFacts> {
   const path = set.pathOf(file);
   const { size } = await stat(path);
-  const checksum = await checksumFile(path, undefined, { onProgress: (bytes) => options.onProgress?.({ step: 'checksum', file, fraction: size === 0 ? 1 : bytes / size }) });
+  const checksum = await checksumFile(path, undefined, {
+    onProgress: (bytes) => options.onProgress?.({ step: 'checksum', file, fraction: size === 0 ? 1 : bytes / size }),
+  });
   return { fileSize: size, checksum };
 }
 
@@ -50,7 +52,10 @@ export async function resumeInterruptedPrune(set: SetFiles, journal: RunJournalS
   const plan = planPrune(before, journal.keep ?? 0);
   const expected = [...plan.creates].sort().join('\n');
   if (expected !== [...journal.creates].sort().join('\n')) {
-    throw new BackupSetError('CHAIN_BROKEN', `cannot finish the interrupted prune recorded in ${set.dir}/.in-progress.json: the set no longer matches it; check the set with verify`);
+    throw new BackupSetError(
+      'CHAIN_BROKEN',
+      `cannot finish the interrupted prune recorded in ${set.dir}/.in-progress.json: the set no longer matches it; check the set with verify`,
+    );
   }
   const facts = new Map<string, FileFacts & { dataBytes?: number }>();
   for (const merge of plan.merges) {

@@ -84,7 +84,17 @@ export function planPrune(manifest: Manifest, keep: number): PrunePlan {
     throw new BackupSetError('INVALID_ARGUMENT', `keep must be a whole number of at least 1 (the newest backup is always kept), got ${keep}`);
   }
   const backups = manifest.backups;
-  const plan: PrunePlan = { keep, kept: backups.slice(-keep).map((backup) => backup.id), retained: [], removed: [], mergeInto: null, merges: [], rebases: [], deletes: [], creates: [] };
+  const plan: PrunePlan = {
+    keep,
+    kept: backups.slice(-keep).map((backup) => backup.id),
+    retained: [],
+    removed: [],
+    mergeInto: null,
+    merges: [],
+    rebases: [],
+    deletes: [],
+    creates: [],
+  };
   if (backups.length <= keep) return plan;
 
   const byId = new Map(backups.map((backup) => [backup.id, backup]));
@@ -180,7 +190,15 @@ export function applyPlan(manifest: Manifest, plan: PrunePlan, facts: Map<string
         const merge = isMerged ? mergesByTarget.get(disk.target) : undefined;
         if (merge) {
           const fact = facts.get(merge.newFile)!;
-          return { ...disk, level: merge.level, file: merge.newFile, backingFile: merge.backingFile, fileSize: fact.fileSize, checksum: fact.checksum, dataBytes: fact.dataBytes ?? disk.dataBytes };
+          return {
+            ...disk,
+            level: merge.level,
+            file: merge.newFile,
+            backingFile: merge.backingFile,
+            fileSize: fact.fileSize,
+            checksum: fact.checksum,
+            dataBytes: fact.dataBytes ?? disk.dataBytes,
+          };
         }
         const rebase = rebases.get(disk.file);
         if (rebase) {
@@ -203,4 +221,3 @@ export function obsoleteCheckpoints(before: Manifest, after: Manifest): string[]
   const obsolete = before.backups.map((backup) => backup.checkpoint).filter((name): name is string => name !== null && !serving.has(name));
   return [...new Set(obsolete)];
 }
-

@@ -85,9 +85,14 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
     return { kept: plan.kept, retained: plan.retained, removed: [], merged: null, deletedFiles: [], obsoleteCheckpoints: obsoleteCheckpoints(before, before) };
   }
   for (const merge of plan.merges) {
-    const exists = await stat(set.pathOf(merge.newFile)).then(() => true, () => false);
+    const exists = await stat(set.pathOf(merge.newFile)).then(
+      () => true,
+      () => false,
+    );
     if (exists) {
-      throw new BackupSetError('RECORD_INVALID', `cannot prune: ${set.pathOf(merge.newFile)} already exists but is not part of the set; move it away`, { path: set.pathOf(merge.newFile) });
+      throw new BackupSetError('RECORD_INVALID', `cannot prune: ${set.pathOf(merge.newFile)} already exists but is not part of the set; move it away`, {
+        path: set.pathOf(merge.newFile),
+      });
     }
   }
 

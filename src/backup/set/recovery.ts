@@ -42,7 +42,8 @@ export async function recoverInterruptedRun(set: SetFiles): Promise<RecoveryRepo
   // Handed on before the journal goes, so the name survives whatever happens next.
   const checkpoint = journal.kind === 'backup' ? journal.checkpoint : undefined;
   const leftover = checkpoint !== undefined && !set.backups.some((backup) => backup.checkpoint === checkpoint) ? checkpoint : undefined;
-  if (leftover !== undefined) await addPendingCheckpoint(set.dir, leftover, `left by an interrupted backup run (pid ${journal.pid}, started ${journal.startedAt})`);
+  if (leftover !== undefined)
+    await addPendingCheckpoint(set.dir, leftover, `left by an interrupted backup run (pid ${journal.pid}, started ${journal.startedAt})`);
   const removedFiles = await removeUnreferencedFiles(set.dir, [...journal.creates, ...journal.deletes], referenced);
   await removeJournal(set.dir);
   return { run, removedFiles, completedPrune: false, ...(leftover !== undefined ? { leftoverCheckpoint: leftover } : {}) };

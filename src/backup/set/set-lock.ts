@@ -31,7 +31,11 @@ export class SetLock {
     }
     if (!(taken instanceof FileLock)) {
       const holder = parseHolder(taken.heldBy);
-      throw new BackupSetError('SET_LOCKED', `backup set ${dir} is locked by another run (${holder ? describeOwner(holder) : 'holder unknown'}); wait for it to finish`, { path });
+      throw new BackupSetError(
+        'SET_LOCKED',
+        `backup set ${dir} is locked by another run (${holder ? describeOwner(holder) : 'holder unknown'}); wait for it to finish`,
+        { path },
+      );
     }
     const owner = currentOwner();
     await taken.record(`${JSON.stringify(owner)}\n`);

@@ -61,7 +61,11 @@ async function save(dir: string, records: Records, keep: ReadonlySet<string>): P
 }
 
 /** Notes files whose bytes were just checked (or written and hashed) under the set's lock. */
-export async function recordVerifiedFiles(dir: string, files: ReadonlyArray<{ file: string; checksum: string }>, referenced: ReadonlySet<string>): Promise<void> {
+export async function recordVerifiedFiles(
+  dir: string,
+  files: ReadonlyArray<{ file: string; checksum: string }>,
+  referenced: ReadonlySet<string>,
+): Promise<void> {
   const records = await load(dir);
   for (const { file, checksum } of files) records[file] = await fingerprint(join(dir, file), checksum);
   await save(dir, records, referenced);
@@ -86,7 +90,10 @@ export async function assertChainChecksums(
       try {
         current = await fingerprint(link.path, checksum);
       } catch (error) {
-        throw new BackupSetError('CHAIN_BROKEN', `${file}: ${errnoCode(error) === 'ENOENT' ? 'missing' : describeFsError(error)}`, { path: link.path, cause: error });
+        throw new BackupSetError('CHAIN_BROKEN', `${file}: ${errnoCode(error) === 'ENOENT' ? 'missing' : describeFsError(error)}`, {
+          path: link.path,
+          cause: error,
+        });
       }
       const known = records[file];
       if (known !== undefined && same(known, current)) continue;

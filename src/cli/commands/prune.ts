@@ -45,7 +45,10 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
     // libvirt deletes checkpoints of running domains only; a stopped one's wait in the set.
     const running = domain !== null && (await domain.isActive());
     if (running) await deletePendingCheckpoints(set, domain, (message) => output.event({ type: 'notice', message }));
-    const checkpoints = running || domain === null ? await deleteCheckpoints(domain, result.obsoleteCheckpoints, output) : await deferCheckpoints(set, result.obsoleteCheckpoints, output);
+    const checkpoints =
+      running || domain === null
+        ? await deleteCheckpoints(domain, result.obsoleteCheckpoints, output)
+        : await deferCheckpoints(set, result.obsoleteCheckpoints, output);
     output.result('prune', summary(set, result, checkpoints), { dir: set.dir, ...result, checkpoints });
     return ExitCode.OK;
   } finally {
@@ -57,7 +60,10 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
 async function deferCheckpoints(set: BackupSet, names: string[], output: CommandOutput): Promise<CheckpointOutcome> {
   for (const name of names) await addPendingCheckpoint(set.dir, name, 'made obsolete by prune while the domain was shut off');
   if (names.length > 0) {
-    output.event({ type: 'notice', message: `domain '${set.domain.name}' is shut off: libvirt cannot delete checkpoints ${names.join(', ')} now; the next backup deletes them` });
+    output.event({
+      type: 'notice',
+      message: `domain '${set.domain.name}' is shut off: libvirt cannot delete checkpoints ${names.join(', ')} now; the next backup deletes them`,
+    });
   }
   return { deleted: [], alreadyGone: [], orphaned: [], deferred: names };
 }
@@ -104,7 +110,10 @@ function reportRecovery(set: BackupSet, output: CommandOutput): void {
   const recovery = set.recovery;
   if (recovery === null) return;
   const what = recovery.completedPrune ? 'finished the interrupted prune' : `removed ${recovery.removedFiles.length} leftover file(s)`;
-  output.event({ type: 'notice', message: `a ${recovery.run.kind} run (pid ${recovery.run.pid}, started ${recovery.run.startedAt}) had not finished; ${what}` });
+  output.event({
+    type: 'notice',
+    message: `a ${recovery.run.kind} run (pid ${recovery.run.pid}, started ${recovery.run.startedAt}) had not finished; ${what}`,
+  });
 }
 
 function summary(set: BackupSet, result: PruneResult, checkpoints: CheckpointOutcome): string {
@@ -114,7 +123,10 @@ function summary(set: BackupSet, result: PruneResult, checkpoints: CheckpointOut
   } else {
     lines.push(`${set.dir}: removed backup${result.removed.length === 1 ? '' : 's'} ${result.removed.join(', ')}; kept ${result.kept.join(', ')}`);
     if (result.merged) lines.push(`  merged ${result.merged.from.join(', ')} into ${result.merged.id} (now ${result.merged.level})`);
-    if (result.retained.length > 0) lines.push(`  retained full backup${result.retained.length === 1 ? '' : 's'} ${result.retained.join(', ')} (kept differentials need ${result.retained.length === 1 ? 'it' : 'them'})`);
+    if (result.retained.length > 0)
+      lines.push(
+        `  retained full backup${result.retained.length === 1 ? '' : 's'} ${result.retained.join(', ')} (kept differentials need ${result.retained.length === 1 ? 'it' : 'them'})`,
+      );
     lines.push(`  deleted ${result.deletedFiles.length} file${result.deletedFiles.length === 1 ? '' : 's'}`);
   }
   if (checkpoints.deleted.length > 0) lines.push(`  deleted checkpoint${checkpoints.deleted.length === 1 ? '' : 's'} ${checkpoints.deleted.join(', ')}`);

@@ -14,7 +14,11 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
     output.event({
       type: 'restore-start',
       backupId: backup.id,
-      disks: disks.map((disk) => ({ target: disk.target, virtualSize: disk.virtualSize, chain: set.chainFor(disk.target, backup.id).map((link) => link.disk.file) })),
+      disks: disks.map((disk) => ({
+        target: disk.target,
+        virtualSize: disk.virtualSize,
+        chain: set.chainFor(disk.target, backup.id).map((link) => link.disk.file),
+      })),
     });
   }
   const result = await restore(set, {
@@ -34,7 +38,9 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
   const width = Math.max(...result.disks.map((disk) => disk.target.length));
   const text = [
     `restored backup ${result.backupId} of ${set.domain.name} as ${args.format}:`,
-    ...result.disks.map((disk) => `  ${disk.target.padEnd(width)}  ${disk.path}  (chain ${disk.chain.join(', ')}${disk.method === 'qemu-img' ? '; converted by qemu-img' : ''})`),
+    ...result.disks.map(
+      (disk) => `  ${disk.target.padEnd(width)}  ${disk.path}  (chain ${disk.chain.join(', ')}${disk.method === 'qemu-img' ? '; converted by qemu-img' : ''})`,
+    ),
   ].join('\n');
   output.result('restore', text, result);
   return ExitCode.OK;

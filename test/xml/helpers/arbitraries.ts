@@ -19,9 +19,7 @@ const TRICKY = ['&', '<', '>', '"', "'", ']]>', '&amp;', 'é', 'ß', '日本', '
 const PLAIN = 'abcXYZ0189_-.'.split('');
 
 function textOf(extra: readonly string[], minLength = 1): fc.Arbitrary<string> {
-  return fc
-    .array(fc.oneof(fc.constantFrom(...TRICKY, ...extra), fc.constantFrom(...PLAIN)), { minLength, maxLength: 10 })
-    .map((parts) => parts.join(''));
+  return fc.array(fc.oneof(fc.constantFrom(...TRICKY, ...extra), fc.constantFrom(...PLAIN)), { minLength, maxLength: 10 }).map((parts) => parts.join(''));
 }
 
 /** Any text XML can carry in an attribute (line breaks and tabs included). */
@@ -128,7 +126,25 @@ const diskMode = fc.oneof(
   fc.record({ backupmode: fc.constant('incremental' as const), incremental: checkpointName }, { requiredKeys: [] }),
 );
 
-const STORAGE_FORMATS = ['raw', 'dir', 'bochs', 'cloop', 'dmg', 'iso', 'vpc', 'vdi', 'fat', 'vhd', 'ploop', 'luks', 'cow', 'qcow', 'qcow2', 'qed', 'vmdk'] as const;
+const STORAGE_FORMATS = [
+  'raw',
+  'dir',
+  'bochs',
+  'cloop',
+  'dmg',
+  'iso',
+  'vpc',
+  'vdi',
+  'fat',
+  'vhd',
+  'ploop',
+  'luks',
+  'cow',
+  'qcow',
+  'qcow2',
+  'qed',
+  'vmdk',
+] as const;
 
 const pushDisk: fc.Arbitrary<PushBackupDisk> = fc
   .tuple(
@@ -171,9 +187,9 @@ const pullDisk: fc.Arbitrary<PullBackupDisk> = fc
       fc.constant({ backup: 'no' as const }),
       fc.constant({}),
       scratchWithDriver('file'),
-      fc.tuple(fc.record({ backup: fc.constant('yes' as const) }, { requiredKeys: [] }), fc.option(scratchWithDriver('file'), { nil: undefined })).map(
-        ([backup, scratch]) => ({ ...backup, type: 'file' as const, ...(scratch ?? {}) }),
-      ),
+      fc
+        .tuple(fc.record({ backup: fc.constant('yes' as const) }, { requiredKeys: [] }), fc.option(scratchWithDriver('file'), { nil: undefined }))
+        .map(([backup, scratch]) => ({ ...backup, type: 'file' as const, ...(scratch ?? {}) })),
       fc.tuple(fc.record({ backup: fc.constant('yes' as const) }, { requiredKeys: [] }), scratchWithDriver('dev')).map(([backup, scratch]) => ({
         ...backup,
         type: 'block' as const,
@@ -226,7 +242,6 @@ export const backupSpecWithIndex: fc.Arbitrary<BackupSpec> = fc
     return (disks === undefined ? spec : { ...spec, disks }) as BackupSpec;
   });
 
-
 /**
  * Unknown content as a newer libvirt might write it, in the canonical form
  * our parser returns. Names libvirt writes only in output (`state`,
@@ -237,13 +252,15 @@ export const extra = fc
     {
       attributes: fc.dictionary(fc.constantFrom('future-attr', 'x_y', 'newer'), attributeText, { minKeys: 1 }),
       elements: fc.array(
-        fc.record({ name: fc.constantFrom('futureThing', 'z', 'newerElement'), attribute: attributeText, text: elementText }).map(({ name, attribute, text }) => {
-          const document = new DOMParser().parseFromString('<holder/>', 'text/xml');
-          const element = document.createElement(name);
-          element.setAttribute('value', attribute);
-          if (text !== '') element.appendChild(document.createTextNode(text));
-          return new XMLSerializer().serializeToString(element);
-        }),
+        fc
+          .record({ name: fc.constantFrom('futureThing', 'z', 'newerElement'), attribute: attributeText, text: elementText })
+          .map(({ name, attribute, text }) => {
+            const document = new DOMParser().parseFromString('<holder/>', 'text/xml');
+            const element = document.createElement(name);
+            element.setAttribute('value', attribute);
+            if (text !== '') element.appendChild(document.createTextNode(text));
+            return new XMLSerializer().serializeToString(element);
+          }),
         { minLength: 1, maxLength: 2 },
       ),
     },

@@ -113,7 +113,8 @@ function fieldsOf(document: Document): Field[] {
       fields.push({ element, attribute: element.attributes.item(index)!.name });
     }
     let hasText = false;
-    for (let child = element.firstChild; child !== null; child = child.nextSibling) hasText ||= child.nodeType === TEXT_NODE && (child.nodeValue ?? '').trim() !== '';
+    for (let child = element.firstChild; child !== null; child = child.nextSibling)
+      hasText ||= child.nodeType === TEXT_NODE && (child.nodeValue ?? '').trim() !== '';
     if (hasText) fields.push({ element, text: true });
   }
   return fields;
@@ -132,7 +133,7 @@ export function withFieldValue(xml: string, index: number, value: string): strin
   if ('attribute' in field) {
     field.element.setAttribute(field.attribute, value);
   } else {
-    for (let child = field.element.firstChild; child !== null; ) {
+    for (let child = field.element.firstChild; child !== null;) {
       const next = child.nextSibling;
       if (child.nodeType === TEXT_NODE) field.element.removeChild(child);
       child = next;
@@ -153,21 +154,27 @@ export type StructuralChange =
   | { kind: 'nest'; target: number; depth: number; name: string };
 
 /** Changes to a document's tree; `deepest` bounds how many levels a nesting change adds. */
-export const structuralChange = (deepest: number): fc.Arbitrary<StructuralChange> => fc.oneof(
-  fc.record({ kind: fc.constant('rename' as const), target: fc.nat(), name: fc.constantFrom(...NASTY_NAMES) }),
-  fc.record({ kind: fc.constant('remove' as const), target: fc.nat() }),
-  fc.record({ kind: fc.constant('duplicate' as const), target: fc.nat() }),
-  fc.record({ kind: fc.constant('move' as const), target: fc.nat(), to: fc.nat() }),
-  fc.record({ kind: fc.constant('insert' as const), target: fc.nat(), name: fc.constantFrom(...NASTY_NAMES) }),
-  fc.record({ kind: fc.constant('dropAttribute' as const), target: fc.nat(), attribute: fc.nat() }),
-  fc.record({
-    kind: fc.constant('addAttribute' as const),
-    target: fc.nat(),
-    name: fc.constantFrom(...NASTY_NAMES.filter((name) => !name.includes(':'))),
-    value: fc.constantFrom(...NASTY_VALUES),
-  }),
-  fc.record({ kind: fc.constant('nest' as const), target: fc.nat(), depth: fc.integer({ min: 1, max: deepest }), name: fc.constantFrom('a', 'disk', 'backingStore', 'domain') }),
-);
+export const structuralChange = (deepest: number): fc.Arbitrary<StructuralChange> =>
+  fc.oneof(
+    fc.record({ kind: fc.constant('rename' as const), target: fc.nat(), name: fc.constantFrom(...NASTY_NAMES) }),
+    fc.record({ kind: fc.constant('remove' as const), target: fc.nat() }),
+    fc.record({ kind: fc.constant('duplicate' as const), target: fc.nat() }),
+    fc.record({ kind: fc.constant('move' as const), target: fc.nat(), to: fc.nat() }),
+    fc.record({ kind: fc.constant('insert' as const), target: fc.nat(), name: fc.constantFrom(...NASTY_NAMES) }),
+    fc.record({ kind: fc.constant('dropAttribute' as const), target: fc.nat(), attribute: fc.nat() }),
+    fc.record({
+      kind: fc.constant('addAttribute' as const),
+      target: fc.nat(),
+      name: fc.constantFrom(...NASTY_NAMES.filter((name) => !name.includes(':'))),
+      value: fc.constantFrom(...NASTY_VALUES),
+    }),
+    fc.record({
+      kind: fc.constant('nest' as const),
+      target: fc.nat(),
+      depth: fc.integer({ min: 1, max: deepest }),
+      name: fc.constantFrom('a', 'disk', 'backingStore', 'domain'),
+    }),
+  );
 
 /** Applies one change through the DOM; the result is well-formed unless a rename made a prefix undeclared. */
 export function withStructuralChange(xml: string, change: StructuralChange): string {
@@ -227,9 +234,37 @@ export type TextDamage =
 const junk = fc.oneof(
   fc.string({ unit: 'binary', maxLength: 12 }),
   fc
-    .array(fc.constantFrom('<', '>', '</', '/>', '&', '&#', '&#x', ';', '"', "'", '=', '<!--', '-->', '<![CDATA[', ']]>', '<?', '?>', '<!DOCTYPE x>', '&amp;', '&#0;', '&#x110000;', '\r', '\uFEFF', '\uD800'), {
-      maxLength: 6,
-    })
+    .array(
+      fc.constantFrom(
+        '<',
+        '>',
+        '</',
+        '/>',
+        '&',
+        '&#',
+        '&#x',
+        ';',
+        '"',
+        "'",
+        '=',
+        '<!--',
+        '-->',
+        '<![CDATA[',
+        ']]>',
+        '<?',
+        '?>',
+        '<!DOCTYPE x>',
+        '&amp;',
+        '&#0;',
+        '&#x110000;',
+        '\r',
+        '\uFEFF',
+        '\uD800',
+      ),
+      {
+        maxLength: 6,
+      },
+    )
     .map((parts) => parts.join('')),
 );
 

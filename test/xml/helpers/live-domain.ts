@@ -57,7 +57,11 @@ export async function startLiveDomain(disks: readonly DiskPlan[]): Promise<LiveD
   const conn: Connection = await connectSystem();
   let vm;
   try {
-    vm = await createThrowawayDomain(conn, 'xml', disks.map((disk) => ({ format: disk.format, sizeMiB: 64 })));
+    vm = await createThrowawayDomain(
+      conn,
+      'xml',
+      disks.map((disk) => ({ format: disk.format, sizeMiB: 64 })),
+    );
   } catch (error) {
     await conn.close();
     throw error;
