@@ -10,6 +10,7 @@ PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libnbd-bin libxml2-utils python3-libvirt virtnbdbackup
   build-essential python3 gnutls-bin libxxhash-dev xxhash
+  clang-format clang-tidy
 )
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
