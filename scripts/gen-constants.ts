@@ -21,6 +21,12 @@ const ENUMS: EnumSpec[] = [
   { c: 'virErrorDomain', ts: 'ErrorDomain', doc: 'Where a libvirt error came from (`LibvirtError.domain`).' },
   { c: 'virErrorLevel', ts: 'ErrorLevel', strip: 'VIR_ERR_', doc: 'Severity of a libvirt error.' },
   { c: 'virConnectFlags', ts: 'ConnectFlags', strip: 'VIR_CONNECT_', doc: 'Flags for opening a connection.' },
+  {
+    c: 'virConnectCredentialType',
+    ts: 'CredentialType',
+    strip: 'VIR_CRED_',
+    doc: 'What libvirt asks for while opening a connection (`CredentialRequest.type`).',
+  },
   { c: 'virConnectListAllDomainsFlags', ts: 'ListDomainsFlags', strip: 'VIR_CONNECT_LIST_DOMAINS_', doc: 'Filters for `Connection.listAllDomains()`.' },
   { c: 'virConnectCloseReason', ts: 'CloseReason', strip: 'VIR_CONNECT_CLOSE_REASON_', doc: 'Why a connection closed (`close` event).' },
   { c: 'virDomainState', ts: 'DomainState', strip: 'VIR_DOMAIN_', doc: 'Domain states (`Domain.getState().state`).' },
@@ -70,6 +76,37 @@ const ENUMS: EnumSpec[] = [
   { c: 'virDomainBlockJobType', ts: 'BlockJobType', strip: 'VIR_DOMAIN_BLOCK_JOB_TYPE_', doc: 'Block job types (`block-job` event `type`).' },
   { c: 'virConnectDomainEventBlockJobStatus', ts: 'BlockJobStatus', strip: 'VIR_DOMAIN_BLOCK_JOB_', doc: 'Block job outcome (`block-job` event `status`).' },
   { c: 'virTypedParameterType', ts: 'TypedParameterType', strip: 'VIR_TYPED_PARAM_', doc: 'Types of libvirt typed parameters.' },
+  { c: 'virStoragePoolState', ts: 'StoragePoolState', strip: 'VIR_STORAGE_POOL_', doc: 'Storage pool states (`StoragePool.getInfo().state`).' },
+  {
+    c: 'virStoragePoolCreateFlags',
+    ts: 'StoragePoolCreateFlags',
+    strip: 'VIR_STORAGE_POOL_CREATE_',
+    doc: 'Flags for `Connection.createStoragePool()` and `StoragePool.start()`.',
+  },
+  { c: 'virStoragePoolDefineFlags', ts: 'StoragePoolDefineFlags', strip: 'VIR_STORAGE_POOL_DEFINE_', doc: 'Flags for `Connection.defineStoragePool()`.' },
+  {
+    c: 'virConnectListAllStoragePoolsFlags',
+    ts: 'ListStoragePoolsFlags',
+    strip: 'VIR_CONNECT_LIST_STORAGE_POOLS_',
+    doc: 'Filters for `Connection.listAllStoragePools()`.',
+  },
+  { c: 'virStorageVolType', ts: 'StorageVolumeType', strip: 'VIR_STORAGE_VOL_', doc: 'Volume types (`StorageVolume.getInfo().type`).' },
+  { c: 'virStorageVolCreateFlags', ts: 'StorageVolumeCreateFlags', strip: 'VIR_STORAGE_VOL_CREATE_', doc: 'Flags for `StoragePool.createVolume()`.' },
+  { c: 'virStorageVolDeleteFlags', ts: 'StorageVolumeDeleteFlags', strip: 'VIR_STORAGE_VOL_DELETE_', doc: 'Flags for `StorageVolume.delete()`.' },
+  {
+    c: 'virStorageVolUploadFlags',
+    ts: 'StorageVolumeUploadFlags',
+    strip: 'VIR_STORAGE_VOL_UPLOAD_',
+    doc: 'Flags for uploading to a volume (`SPARSE_STREAM`: holes are sent as holes).',
+  },
+  {
+    c: 'virStorageVolDownloadFlags',
+    ts: 'StorageVolumeDownloadFlags',
+    strip: 'VIR_STORAGE_VOL_DOWNLOAD_',
+    doc: 'Flags for downloading a volume (`SPARSE_STREAM`: holes arrive as holes).',
+  },
+  { c: 'virStreamFlags', ts: 'StreamFlags', strip: 'VIR_STREAM_', doc: 'Flags for `Connection.newStream()`.' },
+  { c: 'virStreamRecvFlagsValues', ts: 'StreamRecvFlags', strip: 'VIR_STREAM_RECV_', doc: 'Flags for receiving from a stream.' },
 ];
 
 const HEADER_DIR = process.env.LIBVIRT_INCLUDE_DIR ?? '/usr/include/libvirt';
@@ -109,7 +146,7 @@ function evaluate(expression: string, known: Map<string, number>, name: string):
     if (value === undefined) throw new Error(`${name}: unknown identifier ${identifier} in "${expression}"`);
     return `(${value})`;
   });
-  if (!/^[\s\d()xa-fA-F<>|&~+\-]*$/.test(numeric)) {
+  if (!/^[\s\d()xa-fA-F<>|&~+-]*$/.test(numeric)) {
     throw new Error(`${name}: unsupported expression "${expression}"`);
   }
   const value = Function(`"use strict"; return (${numeric});`)() as number;

@@ -2,7 +2,7 @@
 // A registration is made when the first listener of a kind is added and removed
 // with the last; each kind's registrations and removals run one after another,
 // so quick on/off sequences never leave one behind or register twice.
-import { BlockJobStatus, BlockJobType, CloseReason, DomainEventID, LifecycleEvent } from './constants.js';
+import { type BlockJobStatus, type BlockJobType, type CloseReason, DomainEventID, type LifecycleEvent } from './constants.js';
 import type { Domain } from './domain.js';
 import { toJobStats, type JobStats } from './jobs.js';
 import type { NativeConnection, NativeDomain, NativeEvent } from './native.js';
@@ -103,7 +103,7 @@ export class EventRegistrations {
    */
   async ready(kinds: readonly EventKind[]): Promise<void> {
     const states = kinds.map((kind) => this.#kinds.get(kind));
-    await Promise.all(states.map((state) => state?.queue));
+    await Promise.all(states.map(async (state) => state?.queue));
     for (const [index, kind] of kinds.entries()) {
       const failure = states[index]?.failure;
       if (failure !== undefined && this.#host.listenerCount(kind) > 0) throw failure;

@@ -25,6 +25,8 @@ export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabs?: Sla
       reject(abortReason(signal));
       return;
     }
+    // Declared before the reader, whose callback needs it; assigned once, just below.
+    // eslint-disable-next-line prefer-const
     let socket: Socket | undefined;
     const reader = slabs ? slabReader(slabs, (chunk) => socket!.emit('data', chunk)) : undefined;
     const onread = reader ? { onread: { buffer: reader.buffer, callback: reader.callback } } : {};

@@ -400,6 +400,8 @@ function checkSecret(secret: unknown, path: string, target: InputTarget, issues:
   if (secret.extra !== undefined) checkExtra(secret.extra, childPath(path, 'extra'), { target, modeledAttributes: ['type', 'uuid', 'usage'] }, issues);
 }
 
+// A name of its own so that backup-only options can be added without breaking callers.
+// eslint-disable-next-line @typescript-eslint/no-empty-object-type
 export interface BuildBackupOptions extends LibvirtVersionOptions {}
 
 /** Builds `<domainbackup>` XML, after validating `spec`. */

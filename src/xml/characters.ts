@@ -8,7 +8,6 @@
  * Characters XML 1.0 cannot carry even as character references. A string
  * holding one can never round-trip, so both directions refuse it.
  */
-// eslint-disable-next-line no-control-regex
 const CHARACTERS_OUTSIDE_XML = /[\u0000-\u0008\u000B\u000C\u000E-\u001F\uFFFE\uFFFF]|[\uD800-\uDBFF](?![\uDC00-\uDFFF])|(?<![\uD800-\uDBFF])[\uDC00-\uDFFF]/u;
 
 export function hasCharactersOutsideXml(value: string): boolean {

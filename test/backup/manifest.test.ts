@@ -137,7 +137,10 @@ const fieldCases: Array<[string, (manifest: any) => void, string]> = [
   ['unknown parent', (m) => (m.backups[2].parent = '0009'), `backups[2].parent: backup '0009' is not an earlier backup of this set`],
   [
     'inc skipping',
-    (m) => (m.backups[2].level = 'inc') && (m.backups[2].disks[0].level = 'inc'),
+    (m) => {
+      m.backups[2].level = 'inc';
+      m.backups[2].disks[0].level = 'inc';
+    },
     `backups[2].parent: an incremental must be relative to the preceding backup '0002'`,
   ],
   ['diff of an inc', (m) => (m.backups[2].parent = '0002'), `backups[2].parent: a differential must be relative to a full backup, '0002' is inc`],

@@ -98,6 +98,6 @@ export async function assertProperty<T>(property: fc.IAsyncProperty<T>, paramete
   } catch (error) {
     const cause = error instanceof Error ? error.cause : undefined;
     if (cause === undefined) throw error;
-    throw new Error(`${(error as Error).message}\ncaused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`);
+    throw new Error(`${(error as Error).message}\ncaused by: ${cause instanceof Error ? (cause.stack ?? cause.message) : String(cause)}`, { cause: error });
   }
 }

@@ -21,7 +21,10 @@ class FakeTerminal {
       if (escape) {
         const [whole, count, command] = escape;
         if (command === 'A') row = Math.max(0, row - Number(count || 1));
-        if (command === 'J') (lines.splice(row + 1), (lines[row] = ''));
+        if (command === 'J') {
+          lines.splice(row + 1);
+          lines[row] = '';
+        }
         if (command === 'K') lines[row] = '';
         index += whole.length - 1;
       } else if (rest[0] === '\r') {

@@ -1,4 +1,4 @@
-import { BlockJobStatus, BlockJobType, type BlockJobPayload, type Connection, type Domain, type JobStats } from '../../src/index.js';
+import { type BlockJobStatus, BlockJobType, type BlockJobPayload, type Connection, type Domain, type JobStats } from '../../src/index.js';
 
 /** Collects this domain's job-completed and block-job events. */
 export function recordEvents(conn: Connection, domain: Domain) {

@@ -30,7 +30,7 @@ function within<T>(promise: Promise<T>, ms: number, what: string): Promise<T> {
 test('a call stuck on a frozen QEMU does not hold up other calls on the same connection', async (t) => {
   const { vm, pid } = await domainWithQemuPid(t, 'stuck-call');
   let settled = 0;
-  let stuck: Array<Promise<string>> = [];
+  let stuck: Array<Promise<string>>;
   try {
     process.kill(pid, 'SIGSTOP');
     // libvirt waits for QEMU's monitor to answer, which it cannot while stopped;

@@ -65,7 +65,7 @@ test('close() resolves only after the calls in flight have settled', async (t) =
   const conn = await connectSystem();
   const domain = await conn.lookupDomainByName(vm.name);
   const settled: string[] = [];
-  let slow: Array<Promise<string>> = [];
+  let slow: Array<Promise<string>>;
   let closing: Promise<void> | undefined;
   process.kill(pid, 'SIGSTOP');
   try {

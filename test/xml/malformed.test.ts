@@ -12,7 +12,7 @@ function parseError(action: () => unknown): XmlParseError {
     action();
   } catch (error) {
     if (error instanceof XmlParseError) return error;
-    throw new Error(`expected XmlParseError, got ${String(error)}`);
+    throw new Error(`expected XmlParseError, got ${String(error)}`, { cause: error });
   }
   throw new Error('expected XmlParseError, got a result');
 }

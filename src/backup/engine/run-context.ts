@@ -3,9 +3,9 @@
 import { type Connection } from '../../libvirt/connection.js';
 import type { Domain } from '../../libvirt/domain.js';
 import { type DomainSummary } from '../../xml/index.js';
-import { BackupSet } from '../set/backup-set.js';
+import { type BackupSet } from '../set/backup-set.js';
 import { type SelectedDisk } from './disk-selection.js';
-import { DomainLock } from './domain-lock.js';
+import { type DomainLock } from './domain-lock.js';
 import { type BackupEvent, type BackupOptions } from './engine-types.js';
 import { type BackupLevel, type BackupRecord } from '../set/manifest.js';
 

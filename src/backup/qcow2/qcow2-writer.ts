@@ -210,7 +210,8 @@ export class Qcow2PositionedWriter {
     try {
       return this.#write(buffers, guestOffset);
     } catch (error) {
-      return Promise.reject(error);
+      // Not async on purpose (one promise per write on the hot path); a throw still becomes a rejection.
+      return Promise.reject(error as Error);
     }
   }
 

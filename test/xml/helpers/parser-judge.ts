@@ -118,7 +118,7 @@ export class ParserJudge {
       }
       if (elapsed > boundMs) throw new Error(`${parser.name} took ${elapsed.toFixed(0)} ms on ${xml.length} characters (bound ${boundMs.toFixed(0)} ms)`);
       if (failed !== undefined) {
-        if (!(failed instanceof XmlParseError)) throw failed;
+        if (!(failed instanceof XmlParseError)) throw failed as Error;
         if (failed.message.length > LONGEST_ERROR_MESSAGE) throw new Error(`${parser.name}: a ${failed.message.length}-character error message`);
         this.typedErrors++;
         continue;
