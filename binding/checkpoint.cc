@@ -74,7 +74,7 @@ Napi::Value CheckpointWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
       [flags](virDomainCheckpointPtr cp, std::string& out) {
         return TakeCString(virDomainCheckpointGetXMLDesc(cp, flags), out);
       },
-      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, const std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 // Resolves null for a root checkpoint: libvirt reports "no parent" as an error,

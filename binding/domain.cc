@@ -113,7 +113,7 @@ Napi::Value DomainWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virDomainGetXMLDesc",
       [flags](virDomainPtr dom, std::string& out) { return TakeCString(virDomainGetXMLDesc(dom, flags), out); },
-      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, const std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 Napi::Value DomainWrap::GetState(const Napi::CallbackInfo& info) {
@@ -184,7 +184,7 @@ Napi::Value DomainWrap::QemuMonitorCommand(const Napi::CallbackInfo& info) {
         if (reply != nullptr) TakeCString(reply, out);
         return true;
       },
-      [](Napi::Env env, std::string reply) -> Napi::Value { return Napi::String::New(env, reply); });
+      [](Napi::Env env, const std::string& reply) -> Napi::Value { return Napi::String::New(env, reply); });
 }
 
 Napi::Value DomainWrap::CreateCheckpoint(const Napi::CallbackInfo& info) {
@@ -248,7 +248,7 @@ Napi::Value DomainWrap::BackupGetXMLDesc(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virDomainBackupGetXMLDesc",
       [flags](virDomainPtr dom, std::string& out) { return TakeCString(virDomainBackupGetXMLDesc(dom, flags), out); },
-      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, const std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 // virDomainAbortJob rather than virDomainAbortJobFlags (8.5): a binary built here
@@ -297,7 +297,7 @@ Napi::Value DomainWrap::GetJobStats(const Napi::CallbackInfo& info) {
         virTypedParamsFree(params, count);
         return true;
       },
-      [](Napi::Env env, JobStats stats) -> Napi::Value {
+      [](Napi::Env env, const JobStats& stats) -> Napi::Value {
         Napi::Object result = Napi::Object::New(env);
         result.Set("type", stats.type);
         result.Set("params", TypedParamsToJS(env, stats.params));

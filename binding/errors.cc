@@ -90,7 +90,7 @@ void AttachCallSite(Napi::Env env, Napi::Value error, const Napi::ObjectReferenc
   Napi::Value siteStack = callSite.Value().Get("stack");
   if (!siteStack.IsString()) return;
   std::string frames = siteStack.As<Napi::String>().Utf8Value();
-  size_t firstFrame = frames.find("\n");
+  size_t firstFrame = frames.find('\n');
   if (firstFrame == std::string::npos) return;
   std::string header = error.ToString().Utf8Value();
   error.As<Napi::Object>().Set("stack", header + frames.substr(firstFrame));

@@ -54,7 +54,8 @@ class EventSink {
   void Deliver(std::unique_ptr<EventRecord> record) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!open_) return;
-    if (function_.NonBlockingCall(record.get()) == napi_ok) record.release();
+    // Once queued, the record is the JS-thread callback's to free.
+    if (function_.NonBlockingCall(record.get()) == napi_ok) static_cast<void>(record.release());
   }
 
   // JS thread: Node is about to free the function (finalizer, environment cleanup).

@@ -304,11 +304,12 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
       held.push_back(Napi::Persistent(array.As<Napi::Object>()));
       if (array.ByteLength() > 0) pieces.push_back({data, array.ByteLength()});
     }
+    // An AsyncWorker deletes itself once its completion has run.
     auto* worker = new WriteWorker(env, info.This().As<Napi::Object>(), state_, static_cast<off64_t>(position),
                                    std::move(held), std::move(pieces));
     Napi::Promise promise = worker->Promise();
     worker->Queue();
-    return promise;
+    return promise;  // NOLINT(clang-analyzer-cplusplus.NewDeleteLeaks): the worker is queued, not leaked
   }
 
   // finish(): Promise<string>, once every write has settled: waits for the write-back,
