@@ -209,26 +209,41 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   const virtualSize = sizeField - (sizeField % 512);
   const cryptMethod = fixed.readUInt32BE(32);
   const l1Entries = fixed.readUInt32BE(36);
-  const l1Offset = readU64(fixed, 40);
 
   // The backing file name sits after the extensions, inside the first cluster.
-  const backingOffset = readU64(fixed, 8);
-  let backingFile: string | null = null;
-  // Extensions end where the backing file name starts, or with the first cluster.
-  let extensionsEnd = clusterSize;
-  if (backingOffset !== 0) {
-    const length = fixed.readUInt32BE(16);
-    if (backingOffset === null || backingOffset > clusterSize) throw malformed(name, 'the backing file name does not start inside the header cluster');
-    if (length > MAX_BACKING_NAME || length > clusterSize - backingOffset) throw malformed(name, `backing file name of ${length} bytes is too long`);
-    if (backingOffset + length > headerCluster.length) throw malformed(name, `the file ends inside its backing file name (${fileSize} bytes)`);
-    backingFile = headerCluster.toString('utf8', backingOffset, backingOffset + length);
-    extensionsEnd = backingOffset;
-  }
+  const { backingFile, extensionsEnd } = readBackingFileName(fixed, headerCluster, clusterSize, name);
 
   const { backingFormat, featureNames } = parseExtensions(headerCluster, headerLength, extensionsEnd, fileSize, name);
 
-  // Refcounts play no part in reading, but an image whose refcount structures QEMU
-  // would refuse to open is not one to trust either.
+  assertTablesQemuOpens(fixed, clusterSize, incompatible, autoclear, name);
+
+  const l1Offset = readL1Offset(fixed, l1Entries, sizeField, clusterSize, fileSize, name);
+
+  return {
+    header: { version, clusterBits, clusterSize, virtualSize, l1Entries, l1Offset, backingFile, backingFormat },
+    incompatible,
+    cryptMethod,
+    compressionType,
+    featureNames,
+  };
+}
+
+/** The backing file name, and where the header extensions end (where the name starts, or the first cluster's end). */
+function readBackingFileName(fixed: Buffer, headerCluster: Buffer, clusterSize: number, name: string): { backingFile: string | null; extensionsEnd: number } {
+  const backingOffset = readU64(fixed, 8);
+  if (backingOffset === 0) return { backingFile: null, extensionsEnd: clusterSize };
+  const length = fixed.readUInt32BE(16);
+  if (backingOffset === null || backingOffset > clusterSize) throw malformed(name, 'the backing file name does not start inside the header cluster');
+  if (length > MAX_BACKING_NAME || length > clusterSize - backingOffset) throw malformed(name, `backing file name of ${length} bytes is too long`);
+  if (backingOffset + length > headerCluster.length) throw malformed(name, `the file ends inside its backing file name (${headerCluster.length} bytes)`);
+  return { backingFile: headerCluster.toString('utf8', backingOffset, backingOffset + length), extensionsEnd: backingOffset };
+}
+
+/**
+ * Refcounts play no part in reading, but an image whose refcount structures QEMU
+ * would refuse to open is not one to trust either.
+ */
+function assertTablesQemuOpens(fixed: Buffer, clusterSize: number, incompatible: bigint, autoclear: bigint, name: string): void {
   const refcountTableOffset = readU64(fixed, 48);
   const refcountTableClusters = fixed.readUInt32BE(56);
   if (refcountTableClusters === 0) throw malformed(name, 'the image has no refcount table');
@@ -245,7 +260,11 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   if ((autoclear & AUTOCLEAR_RAW_EXTERNAL_DATA) !== 0n && (incompatible & (1n << BigInt(INCOMPATIBLE_EXTERNAL_DATA))) === 0n) {
     throw malformed(name, 'the raw external data bit is set without an external data file');
   }
+}
 
+/** The L1 table's offset, once it is known to lie inside the file and to be large enough for the virtual size. */
+function readL1Offset(fixed: Buffer, l1Entries: number, sizeField: number, clusterSize: number, fileSize: number, name: string): number {
+  const l1Offset = readU64(fixed, 40);
   if (l1Offset === null || l1Offset % clusterSize !== 0) throw malformed(name, `L1 table offset ${fixed.readBigUInt64BE(40)} is not cluster aligned`);
   if (l1Entries > MAX_L1_ENTRIES) throw unsupported(name, `L1 table of ${l1Entries} entries is larger than the ${MAX_L1_ENTRIES} QEMU supports`);
   // QEMU sizes the L1 table from the header's size as written, before it drops a partial
@@ -253,17 +272,11 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   const guestClusters = Math.ceil(sizeField / clusterSize);
   const l2Entries = clusterSize / 8;
   const l1Needed = Math.ceil(guestClusters / l2Entries);
-  if (l1Entries < l1Needed) throw malformed(name, `the L1 table has ${l1Entries} entries, a virtual size of ${virtualSize} bytes needs ${l1Needed}`);
+  if (l1Entries < l1Needed)
+    throw malformed(name, `the L1 table has ${l1Entries} entries, a virtual size of ${sizeField - (sizeField % 512)} bytes needs ${l1Needed}`);
   if (l1Needed > 0 && l1Offset + l1Needed * 8 > fileSize)
     throw malformed(name, `the L1 table at ${l1Offset} runs past the end of the file (${fileSize} bytes)`);
-
-  return {
-    header: { version, clusterBits, clusterSize, virtualSize, l1Entries, l1Offset, backingFile, backingFormat },
-    incompatible,
-    cryptMethod,
-    compressionType,
-    featureNames,
-  };
+  return l1Offset;
 }
 
 function parseExtensions(

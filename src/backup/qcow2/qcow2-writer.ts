@@ -40,100 +40,147 @@ export async function writeQcow2(
     await file.close();
     throw error;
   });
-  const writer = new (nativeAddon().FileWriter)(file.fd);
-  let written = 0;
-  let dataBytes = 0;
-  let pending: Buffer[] = [];
-  let pendingBytes = 0;
+  const output = new BatchedWrites(new (nativeAddon().FileWriter)(file.fd), path);
+  try {
+    for (const cluster of metadataClusters(layout)) await output.append(cluster);
+    const dataBytes = await appendStoredClusters(output, input.runs, chunks, options);
+    await output.drain();
+    if (output.appended !== layout.fileSize) throw new Error(`wrote ${output.appended} bytes, the layout needs ${layout.fileSize}`);
+    const checksum = `xxh128:${await output.finish()}`;
+    return { fileSize: output.appended, checksum, dataBytes };
+  } finally {
+    await output.settle();
+    await file.close();
+  }
+}
+
+/**
+ * The file's bytes in order, gathered into batches of FLUSH_BYTES that the native
+ * writer lands a few at a time on the thread pool (positioned writes).
+ */
+class BatchedWrites {
+  /** Bytes handed to append() so far: the file's size once all have landed. */
+  appended = 0;
+  #pending: Buffer[] = [];
+  #pendingBytes = 0;
   // Receive memory of the pending pieces, given back once their write has landed.
-  let pendingReleases: Array<() => void> = [];
-  // Positioned writes run a few at a time on the thread pool.
-  const inFlight: Array<Promise<unknown>> = [];
-  let issued = 0;
+  #pendingReleases: Array<() => void> = [];
+  readonly #inFlight: Array<Promise<unknown>> = [];
+  #issued = 0;
   // Writes finish in any order, but a chunk split over two batches is released with the
   // later one: releases wait for every earlier batch, or the earlier part of the chunk
   // could still be on its way to the file when its memory is reused.
-  let earlierWritten: Promise<unknown> = Promise.resolve();
-  const flush = async () => {
-    if (pendingBytes === 0) return;
-    const pieces = pending;
-    const releases = pendingReleases;
-    const position = issued;
-    const length = pendingBytes;
-    issued += length;
-    pending = [];
-    pendingBytes = 0;
-    pendingReleases = [];
-    const written = writer.write(pieces, position).catch((error: NodeJS.ErrnoException) => {
-      throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${path}: ${error.message}`, { cause: error }), { code: error.code });
+  #earlierWritten: Promise<unknown> = Promise.resolve();
+
+  constructor(
+    readonly writer: NativeFileWriter,
+    readonly path: string,
+  ) {}
+
+  async append(bytes: Buffer): Promise<void> {
+    this.#pending.push(bytes);
+    this.#pendingBytes += bytes.length;
+    this.appended += bytes.length;
+    if (this.#pendingBytes >= FLUSH_BYTES) await this.#flush();
+  }
+
+  async appendZeroes(length: number): Promise<void> {
+    for (let left = length; left > 0; left -= ZEROES.length) await this.append(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
+  }
+
+  /** `release` runs once everything appended so far has landed. */
+  releaseAfterWrite(release: () => void): void {
+    this.#pendingReleases.push(release);
+  }
+
+  /** Every byte appended so far is written. */
+  async drain(): Promise<void> {
+    await this.#flush();
+    while (this.#inFlight.length > 0) await this.#inFlight.shift();
+  }
+
+  /** Waits for the writes still running, whatever their outcome (before the file is closed). */
+  async settle(): Promise<void> {
+    await Promise.allSettled(this.#inFlight);
+  }
+
+  /** The XXH3-128 of all bytes written, after the file's data is synced. */
+  finish(): Promise<string> {
+    return this.writer.finish();
+  }
+
+  async #flush(): Promise<void> {
+    if (this.#pendingBytes === 0) return;
+    const pieces = this.#pending;
+    const releases = this.#pendingReleases;
+    const position = this.#issued;
+    const length = this.#pendingBytes;
+    this.#issued += length;
+    this.#pending = [];
+    this.#pendingBytes = 0;
+    this.#pendingReleases = [];
+    const written = this.writer.write(pieces, position).catch((error: NodeJS.ErrnoException) => {
+      throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${this.path}: ${error.message}`, { cause: error }), { code: error.code });
     });
-    const done = Promise.all([written, earlierWritten]).then(() => {
+    const done = Promise.all([written, this.#earlierWritten]).then(() => {
       for (const release of releases) release();
     });
-    earlierWritten = done;
+    this.#earlierWritten = done;
     done.catch(() => undefined);
-    inFlight.push(done);
-    while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
-  };
-  const emit = async (bytes: Buffer) => {
-    pending.push(bytes);
-    pendingBytes += bytes.length;
-    written += bytes.length;
-    if (pendingBytes >= FLUSH_BYTES) await flush();
-  };
-  const zeroes = async (length: number) => {
-    for (let left = length; left > 0; left -= ZEROES.length) await emit(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
-  };
-  try {
-    for (const cluster of metadataClusters(layout)) await emit(cluster);
-
-    const runs: readonly ClusterRun[] = input.runs;
-    let runIndex = 0;
-    // Guest offset of the next byte to write inside the current run.
-    let cursor = runs.length > 0 ? runs[0]!.start * CLUSTER_SIZE : 0;
-    // Guest offset just past the last data byte written: data must not go back before it.
-    let dataEnd = 0;
-    const runEnd = () => (runs[runIndex]!.start + runs[runIndex]!.count) * CLUSTER_SIZE;
-    const finishRun = async () => {
-      await zeroes(runEnd() - cursor);
-      runIndex++;
-      cursor = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
-    };
-    for await (const chunk of chunks) {
-      options.signal?.throwIfAborted();
-      if (chunk.kind !== 'data') continue;
-      let offset = chunk.offset;
-      let data = chunk.data.subarray(0, chunk.length);
-      // Nothing of an empty chunk is written: its memory is free at once.
-      if (data.length === 0) chunk.release?.();
-      while (data.length > 0) {
-        while (runIndex < runs.length && offset >= runEnd()) await finishRun();
-        const runStart = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
-        if (offset < dataEnd) throw new Error(`data at guest offset ${offset} arrived out of order`);
-        if (offset < runStart) throw new Error(`data at guest offset ${offset} lies outside the planned clusters`);
-        await zeroes(offset - cursor);
-        const take = Math.min(data.length, runEnd() - offset);
-        // The chunk's memory stays ours until its release (if any) runs after the write.
-        if (take === data.length && chunk.release) pendingReleases.push(chunk.release);
-        await emit(data.subarray(0, take));
-        dataBytes += take;
-        offset += take;
-        cursor = offset;
-        dataEnd = offset;
-        data = data.subarray(take);
-      }
-      options.onProgress?.(offset);
-    }
-    while (runIndex < runs.length) await finishRun();
-    await flush();
-    while (inFlight.length > 0) await inFlight.shift();
-    if (written !== layout.fileSize) throw new Error(`wrote ${written} bytes, the layout needs ${layout.fileSize}`);
-    const checksum = `xxh128:${await writer.finish()}`;
-    return { fileSize: written, checksum, dataBytes };
-  } finally {
-    await Promise.allSettled(inFlight);
-    await file.close();
+    this.#inFlight.push(done);
+    while (this.#inFlight.length > WRITES_IN_FLIGHT) await this.#inFlight.shift();
   }
+}
+
+/**
+ * Appends the guest data of every stored cluster, in order: the chunks' bytes where
+ * they cover a cluster, zeroes where none does. Returns the guest bytes that came as data.
+ */
+async function appendStoredClusters(
+  output: BatchedWrites,
+  runs: readonly ClusterRun[],
+  chunks: AsyncIterable<ReadChunk>,
+  options: { signal?: AbortSignal; onProgress?: (guestOffset: number) => void },
+): Promise<number> {
+  let dataBytes = 0;
+  let runIndex = 0;
+  // Guest offset of the next byte to write inside the current run.
+  let cursor = runs.length > 0 ? runs[0]!.start * CLUSTER_SIZE : 0;
+  // Guest offset just past the last data byte written: data must not go back before it.
+  let dataEnd = 0;
+  const runEnd = () => (runs[runIndex]!.start + runs[runIndex]!.count) * CLUSTER_SIZE;
+  const finishRun = async () => {
+    await output.appendZeroes(runEnd() - cursor);
+    runIndex++;
+    cursor = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
+  };
+  for await (const chunk of chunks) {
+    options.signal?.throwIfAborted();
+    if (chunk.kind !== 'data') continue;
+    let offset = chunk.offset;
+    let data = chunk.data.subarray(0, chunk.length);
+    // Nothing of an empty chunk is written: its memory is free at once.
+    if (data.length === 0) chunk.release?.();
+    while (data.length > 0) {
+      while (runIndex < runs.length && offset >= runEnd()) await finishRun();
+      const runStart = runIndex < runs.length ? runs[runIndex]!.start * CLUSTER_SIZE : Number.POSITIVE_INFINITY;
+      if (offset < dataEnd) throw new Error(`data at guest offset ${offset} arrived out of order`);
+      if (offset < runStart) throw new Error(`data at guest offset ${offset} lies outside the planned clusters`);
+      await output.appendZeroes(offset - cursor);
+      const take = Math.min(data.length, runEnd() - offset);
+      // The chunk's memory stays ours until its release (if any) runs after the write.
+      if (take === data.length && chunk.release) output.releaseAfterWrite(chunk.release);
+      await output.append(data.subarray(0, take));
+      dataBytes += take;
+      offset += take;
+      cursor = offset;
+      dataEnd = offset;
+      data = data.subarray(take);
+    }
+    options.onProgress?.(offset);
+  }
+  while (runIndex < runs.length) await finishRun();
+  return dataBytes;
 }
 
 /**
