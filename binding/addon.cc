@@ -15,6 +15,10 @@
 #include "event_loop.h"
 #include "file_lock.h"
 #include "file_writer.h"
+#include "storage_connection.h"
+#include "storage_pool.h"
+#include "storage_volume.h"
+#include "stream.h"
 #include "typed_params.h"
 #include "xxh128.h"
 
@@ -104,10 +108,20 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   data->domainClass = Napi::Persistent(domain);
   Napi::Function checkpoint = CheckpointWrap::Init(env);
   data->checkpointClass = Napi::Persistent(checkpoint);
+  InstallStorageMethods(env, connection);
+  Napi::Function storagePool = StoragePoolWrap::Init(env);
+  data->storagePoolClass = Napi::Persistent(storagePool);
+  Napi::Function storageVolume = StorageVolumeWrap::Init(env);
+  data->storageVolumeClass = Napi::Persistent(storageVolume);
+  Napi::Function stream = StreamWrap::Init(env);
+  data->streamClass = Napi::Persistent(stream);
 
   exports.Set("Connection", connection);
   exports.Set("Domain", domain);
   exports.Set("Checkpoint", checkpoint);
+  exports.Set("StoragePool", storagePool);
+  exports.Set("StorageVolume", storageVolume);
+  exports.Set("Stream", stream);
   exports.Set("open", Napi::Function::New(env, ConnectionWrap::Open, "open"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("typedParamsRoundTrip", Napi::Function::New(env, TypedParamsRoundTrip, "typedParamsRoundTrip"));

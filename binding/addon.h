@@ -15,6 +15,9 @@ struct AddonData {
   Napi::FunctionReference connectionClass;
   Napi::FunctionReference domainClass;
   Napi::FunctionReference checkpointClass;
+  Napi::FunctionReference storagePoolClass;
+  Napi::FunctionReference storageVolumeClass;
+  Napi::FunctionReference streamClass;
   std::shared_ptr<CallCompletions> calls;
 };
 

@@ -50,4 +50,18 @@ unsigned int FlagsArg(const Napi::CallbackInfo& info, size_t index, const char* 
   return static_cast<unsigned int>(value);
 }
 
+uint64_t ByteCountArg(const Napi::CallbackInfo& info, size_t index, const char* name) {
+  if (info.Length() <= index || info[index].IsUndefined()) return 0;
+  if (!info[index].IsNumber()) {
+    ThrowTypeError(info.Env(), std::string("The \"") + name + "\" argument must be a number");
+  }
+  double value = info[index].As<Napi::Number>().DoubleValue();
+  if (!std::isfinite(value) || value < 0 || value > 9007199254740991.0 || std::floor(value) != value) {
+    ThrowTypeError(info.Env(), std::string("The \"") + name +
+                                   "\" argument must be a whole number of bytes from 0 to 2^53 - 1, got " +
+                                   std::to_string(value));
+  }
+  return static_cast<uint64_t>(value);
+}
+
 }  // namespace lvb

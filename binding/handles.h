@@ -9,6 +9,7 @@
 #include <libvirt/libvirt.h>
 #include <napi.h>
 
+#include <cstdint>
 #include <functional>
 #include <optional>
 #include <string>
@@ -54,9 +55,13 @@ class HeldReference {
   explicit HeldReference(virConnectPtr conn) : conn_(ShareReference(conn)) {}
   explicit HeldReference(virDomainPtr dom) : dom_(ShareReference(dom)) {}
   explicit HeldReference(virDomainCheckpointPtr cp) : cp_(ShareReference(cp)) {}
+  explicit HeldReference(virStoragePoolPtr pool) : pool_(ShareReference(pool)) {}
+  explicit HeldReference(virStorageVolPtr vol) : vol_(ShareReference(vol)) {}
   explicit HeldReference(OwnedConnection conn) : conn_(std::move(conn)) {}
 
   void Release() {
+    ReleaseHere(vol_);
+    ReleaseHere(pool_);
     ReleaseHere(cp_);
     ReleaseHere(dom_);
     ReleaseHere(conn_);
@@ -66,6 +71,8 @@ class HeldReference {
   OwnedConnection conn_;
   OwnedDomain dom_;
   OwnedCheckpoint cp_;
+  OwnedStoragePool pool_;
+  OwnedStorageVolume vol_;
 };
 
 // Method trampoline: checks that `this` really is a W (type tag) before
@@ -111,5 +118,7 @@ Napi::External<Owned<Object>> OwnerArgument(Napi::Env env, Owned<Object>& owner)
 std::string StringArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 std::optional<std::string> OptionalStringArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 unsigned int FlagsArg(const Napi::CallbackInfo& info, size_t index, const char* name = "flags");
+// A byte count or offset: a whole number from 0 to 2^53 - 1 (undefined reads as 0).
+uint64_t ByteCountArg(const Napi::CallbackInfo& info, size_t index, const char* name);
 
 }  // namespace lvb

@@ -18,10 +18,14 @@ namespace lvb {
 inline void FreeReference(virConnectPtr conn) { virConnectClose(conn); }
 inline void FreeReference(virDomainPtr dom) { virDomainFree(dom); }
 inline void FreeReference(virDomainCheckpointPtr cp) { virDomainCheckpointFree(cp); }
+inline void FreeReference(virStoragePoolPtr pool) { virStoragePoolFree(pool); }
+inline void FreeReference(virStorageVolPtr vol) { virStorageVolFree(vol); }
 
 inline void AddReference(virConnectPtr conn) { virConnectRef(conn); }
 inline void AddReference(virDomainPtr dom) { virDomainRef(dom); }
 inline void AddReference(virDomainCheckpointPtr cp) { virDomainCheckpointRef(cp); }
+inline void AddReference(virStoragePoolPtr pool) { virStoragePoolRef(pool); }
+inline void AddReference(virStorageVolPtr vol) { virStorageVolRef(vol); }
 
 struct ReleaseOnReleaseThread {
   template <typename Object>
@@ -36,6 +40,8 @@ using Owned = std::unique_ptr<Object, ReleaseOnReleaseThread>;
 using OwnedConnection = Owned<virConnect>;
 using OwnedDomain = Owned<virDomain>;
 using OwnedCheckpoint = Owned<virDomainCheckpoint>;
+using OwnedStoragePool = Owned<virStoragePool>;
+using OwnedStorageVolume = Owned<virStorageVol>;
 
 // An owner of a new reference to `handle` (which stays owned by its holder).
 template <typename Object>

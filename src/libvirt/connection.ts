@@ -4,7 +4,9 @@ import { ConnectFlags } from './constants.js';
 import { Domain } from './domain.js';
 import { EventRegistrations, isEventKind, type ConnectionEventMap, type EventKind } from './events.js';
 import { nativeAddon, type NativeConnection } from './native.js';
-import { parseDomainCapabilities } from '../xml/index.js';
+import { StoragePool } from './storage-pool.js';
+import { Stream } from './stream.js';
+import { buildStoragePoolXml, parseDomainCapabilities, type DirStoragePoolSpec } from '../xml/index.js';
 
 export interface ConnectOptions {
   /** Open read-only (`VIR_CONNECT_RO`): allowed to unprivileged users, refuses changes. */
@@ -268,5 +270,36 @@ export class Connection extends EventEmitter<ConnectionEventMap> {
   /** Creates and starts a transient domain: it disappears when it stops. */
   async createDomain(xml: string, flags = 0): Promise<Domain> {
     return new Domain(this, await this.#native.createDomain(xml, flags));
+  }
+
+  /** Rejects with `VIR_ERR_NO_STORAGE_POOL` when there is none. */
+  async lookupStoragePoolByName(name: string): Promise<StoragePool> {
+    return new StoragePool(this, await this.#native.lookupStoragePoolByName(name));
+  }
+
+  /** Creates and starts a transient pool (gone once destroyed), from XML or a typed spec. */
+  async createStoragePool(pool: string | DirStoragePoolSpec, flags = 0): Promise<StoragePool> {
+    const xml = typeof pool === 'string' ? pool : buildStoragePoolXml(pool);
+    return new StoragePool(this, await this.#native.createStoragePool(xml, flags));
+  }
+
+  /** Defines a persistent pool (not started: `StoragePool.start()`). */
+  async defineStoragePool(pool: string | DirStoragePoolSpec, flags = 0): Promise<StoragePool> {
+    const xml = typeof pool === 'string' ? pool : buildStoragePoolXml(pool);
+    return new StoragePool(this, await this.#native.defineStoragePool(xml, flags));
+  }
+
+  /** All storage pools, filtered by `ListStoragePoolsFlags`. */
+  async listAllStoragePools(flags = 0): Promise<StoragePool[]> {
+    const natives = await this.#native.listAllStoragePools(flags);
+    return natives.map((native) => new StoragePool(this, native));
+  }
+
+  /**
+   * A new stream for `StorageVolume` transfers you drive yourself (`upload()` and
+   * `download()` make their own). Throws a `LibvirtError` once the connection is closed.
+   */
+  newStream(flags = 0): Stream {
+    return new Stream(this, this.#native.newStream(flags));
   }
 }

@@ -207,6 +207,19 @@ export enum ConnectFlags {
   NO_ALIASES = 2,
 }
 
+/** What libvirt asks for while opening a connection (`CredentialRequest.type`). C: `virConnectCredentialType`. */
+export enum CredentialType {
+  USERNAME = 1,
+  AUTHNAME = 2,
+  LANGUAGE = 3,
+  CNONCE = 4,
+  PASSPHRASE = 5,
+  ECHOPROMPT = 6,
+  NOECHOPROMPT = 7,
+  REALM = 8,
+  EXTERNAL = 9,
+}
+
 /** Filters for `Connection.listAllDomains()`. C: `virConnectListAllDomainsFlags`. */
 export enum ListDomainsFlags {
   ACTIVE = 1,
@@ -584,4 +597,94 @@ export enum TypedParameterType {
   DOUBLE = 5,
   BOOLEAN = 6,
   STRING = 7,
+}
+
+/** Storage pool states (`StoragePool.getInfo().state`). C: `virStoragePoolState`. */
+export enum StoragePoolState {
+  INACTIVE = 0,
+  BUILDING = 1,
+  RUNNING = 2,
+  DEGRADED = 3,
+  INACCESSIBLE = 4,
+}
+
+/** Flags for `Connection.createStoragePool()` and `StoragePool.start()`. C: `virStoragePoolCreateFlags`. */
+export enum StoragePoolCreateFlags {
+  NORMAL = 0,
+  WITH_BUILD = 1,
+  WITH_BUILD_OVERWRITE = 2,
+  WITH_BUILD_NO_OVERWRITE = 4,
+}
+
+/** Flags for `Connection.defineStoragePool()`. C: `virStoragePoolDefineFlags`. */
+export enum StoragePoolDefineFlags {
+  VALIDATE = 1,
+}
+
+/** Filters for `Connection.listAllStoragePools()`. C: `virConnectListAllStoragePoolsFlags`. */
+export enum ListStoragePoolsFlags {
+  INACTIVE = 1,
+  ACTIVE = 2,
+  PERSISTENT = 4,
+  TRANSIENT = 8,
+  AUTOSTART = 16,
+  NO_AUTOSTART = 32,
+  DIR = 64,
+  FS = 128,
+  NETFS = 256,
+  LOGICAL = 512,
+  DISK = 1024,
+  ISCSI = 2048,
+  SCSI = 4096,
+  MPATH = 8192,
+  RBD = 16384,
+  SHEEPDOG = 32768,
+  GLUSTER = 65536,
+  ZFS = 131072,
+  VSTORAGE = 262144,
+  ISCSI_DIRECT = 524288,
+}
+
+/** Volume types (`StorageVolume.getInfo().type`). C: `virStorageVolType`. */
+export enum StorageVolumeType {
+  FILE = 0,
+  BLOCK = 1,
+  DIR = 2,
+  NETWORK = 3,
+  NETDIR = 4,
+  PLOOP = 5,
+}
+
+/** Flags for `StoragePool.createVolume()`. C: `virStorageVolCreateFlags`. */
+export enum StorageVolumeCreateFlags {
+  PREALLOC_METADATA = 1,
+  REFLINK = 2,
+  VALIDATE = 4,
+}
+
+/** Flags for `StorageVolume.delete()`. C: `virStorageVolDeleteFlags`. */
+export enum StorageVolumeDeleteFlags {
+  NORMAL = 0,
+  ZEROED = 1,
+  WITH_SNAPSHOTS = 2,
+}
+
+/** Flags for uploading to a volume (`SPARSE_STREAM`: holes are sent as holes). C: `virStorageVolUploadFlags`. */
+export enum StorageVolumeUploadFlags {
+  SPARSE_STREAM = 1,
+}
+
+/** Flags for downloading a volume (`SPARSE_STREAM`: holes arrive as holes). C: `virStorageVolDownloadFlags`. */
+export enum StorageVolumeDownloadFlags {
+  SPARSE_STREAM = 1,
+}
+
+/** Flags for `Connection.newStream()`. C: `virStreamFlags`. */
+export enum StreamFlags {
+  NONBLOCK = 1,
+}
+
+/** Flags for receiving from a stream. C: `virStreamRecvFlagsValues`. */
+export enum StreamRecvFlags {
+  STOP_AT_HOLE = 1,
 }

@@ -33,6 +33,60 @@ export interface NativeConnection {
   unregisterCloseCallback(): Promise<void>;
   /** Resolves false when libvirt says keepalive does not apply (virConnectSetKeepAlive returned 1). */
   setKeepAlive(intervalSeconds: number, count: number): Promise<boolean>;
+  lookupStoragePoolByName(name: string): Promise<NativeStoragePool>;
+  /** A transient pool, started at once (virStoragePoolCreateXML). */
+  createStoragePool(xml: string, flags: number): Promise<NativeStoragePool>;
+  defineStoragePool(xml: string, flags: number): Promise<NativeStoragePool>;
+  listAllStoragePools(flags: number): Promise<NativeStoragePool[]>;
+  /** virStreamNew, answered locally; blocking streams only (StreamFlags.NONBLOCK is refused). */
+  newStream(flags: number): NativeStream;
+}
+
+export interface NativeStoragePool {
+  getName(): string;
+  getUUIDString(): string;
+  getXMLDesc(flags: number): Promise<string>;
+  getInfo(): Promise<{ state: number; capacity: number; allocation: number; available: number }>;
+  isActive(): Promise<boolean>;
+  isPersistent(): Promise<boolean>;
+  refresh(flags: number): Promise<void>;
+  /** virStoragePoolCreate: starts a defined pool. */
+  start(flags: number): Promise<void>;
+  destroy(): Promise<void>;
+  undefine(): Promise<void>;
+  createVolume(xml: string, flags: number): Promise<NativeStorageVolume>;
+  lookupVolumeByName(name: string): Promise<NativeStorageVolume>;
+  listAllVolumes(flags: number): Promise<NativeStorageVolume[]>;
+}
+
+export interface NativeStorageVolume {
+  getName(): string;
+  getKey(): string;
+  getPool(): NativeStoragePool;
+  getPath(): Promise<string>;
+  getInfo(): Promise<{ type: number; capacity: number; allocation: number }>;
+  getXMLDesc(flags: number): Promise<string>;
+  delete(flags: number): Promise<void>;
+  /** Attaches `stream` to the volume's bytes from `offset` (`length` 0: to the end). */
+  upload(stream: NativeStream, offset: number, length: number, flags: number): Promise<void>;
+  download(stream: NativeStream, offset: number, length: number, flags: number): Promise<void>;
+}
+
+/**
+ * A blocking libvirt stream whose calls run on worker threads. One call at a time:
+ * the caller waits for each to settle before the next (binding/stream.h).
+ */
+export interface NativeStream {
+  /** Sends every byte of `buffers`, which must not change until it settles; resolves with the count. */
+  send(buffers: readonly Uint8Array[]): Promise<number>;
+  sendHole(length: number, flags: number): Promise<void>;
+  /**
+   * Fills `buffer` from its start until it is full, the stream ends (`end`), or, with
+   * `StreamRecvFlags.STOP_AT_HOLE`, a hole of `hole` bytes follows the `bytes` received.
+   */
+  recv(buffer: Uint8Array, flags: number): Promise<{ bytes: number; hole: number; end: boolean }>;
+  finish(): Promise<void>;
+  abort(): Promise<void>;
 }
 
 export type TypedParameterValue = number | bigint | boolean | string | Array<number | bigint | boolean | string>;
@@ -105,6 +159,9 @@ export interface NativeAddon {
   Connection: abstract new () => NativeConnection;
   Domain: abstract new () => NativeDomain;
   Checkpoint: abstract new () => NativeCheckpoint;
+  StoragePool: abstract new () => NativeStoragePool;
+  StorageVolume: abstract new () => NativeStorageVolume;
+  Stream: abstract new () => NativeStream;
   /** XXH3-128 of the bytes passed to `update()`, in order; `digest()` once, as `xxhsum -H2` prints it. */
   Xxh128: new () => NativeXxh128;
   /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
@@ -207,6 +264,9 @@ export const NATIVE_SURFACE = {
     Connection: true,
     Domain: true,
     Checkpoint: true,
+    StoragePool: true,
+    StorageVolume: true,
+    Stream: true,
     Xxh128: true,
     FileWriter: true,
     tryLockFile: true,
@@ -233,6 +293,11 @@ export const NATIVE_SURFACE = {
     registerCloseCallback: true,
     unregisterCloseCallback: true,
     setKeepAlive: true,
+    lookupStoragePoolByName: true,
+    createStoragePool: true,
+    defineStoragePool: true,
+    listAllStoragePools: true,
+    newStream: true,
   } satisfies Record<keyof NativeConnection, true>,
   Domain: {
     getName: true,
@@ -264,6 +329,33 @@ export const NATIVE_SURFACE = {
     listAllChildren: true,
     delete: true,
   } satisfies Record<keyof NativeCheckpoint, true>,
+  StoragePool: {
+    getName: true,
+    getUUIDString: true,
+    getXMLDesc: true,
+    getInfo: true,
+    isActive: true,
+    isPersistent: true,
+    refresh: true,
+    start: true,
+    destroy: true,
+    undefine: true,
+    createVolume: true,
+    lookupVolumeByName: true,
+    listAllVolumes: true,
+  } satisfies Record<keyof NativeStoragePool, true>,
+  StorageVolume: {
+    getName: true,
+    getKey: true,
+    getPool: true,
+    getPath: true,
+    getInfo: true,
+    getXMLDesc: true,
+    delete: true,
+    upload: true,
+    download: true,
+  } satisfies Record<keyof NativeStorageVolume, true>,
+  Stream: { send: true, sendHole: true, recv: true, finish: true, abort: true } satisfies Record<keyof NativeStream, true>,
   Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
   FileWriter: { write: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
   CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<keyof NativeCallPolicyProbe, true>,

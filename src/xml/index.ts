@@ -58,3 +58,4 @@ export {
   type DomainSummary,
 } from './domain.js';
 export { parseDomainCapabilities, type DomainCapabilitiesSummary } from './capabilities.js';
+export { buildStoragePoolXml, buildStorageVolumeXml, type DirStoragePoolSpec, type StorageVolumeSpec } from './storage.js';

@@ -1,0 +1,176 @@
+// The pumps behind StorageVolume.upload() and download(): a stream fed from (or
+// drained into) async iterables of data and holes, with one send or receive on a
+// worker thread while the JS side prepares the next, and the stream aborted on any
+// failure so the daemon drops its half of the transfer.
+import { StorageVolumeDownloadFlags, StorageVolumeUploadFlags, StreamRecvFlags } from './constants.js';
+import type { NativeStorageVolume } from './native.js';
+import type { Stream } from './stream.js';
+
+/** A run of a volume's bytes: data, or a hole (bytes that read as zeroes and need not be stored). */
+export type VolumeChunk = { kind: 'data'; data: Uint8Array; release?: () => void } | { kind: 'hole'; length: number };
+
+export interface VolumeTransferRange {
+  /** Where in the volume to start (default 0). */
+  offset?: number;
+  /** Bytes to transfer; 0 or absent: up to the end of the volume. */
+  length?: number;
+  /** Holes travel as holes (`SPARSE_STREAM`, default); false sends and receives them as zeroes. */
+  sparse?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface UploadOptions extends VolumeTransferRange {
+  /** After each send: the totals so far. */
+  onProgress?: (sent: UploadResult) => void;
+}
+
+export interface UploadResult {
+  /** Bytes sent as data. */
+  dataBytes: number;
+  /** Bytes sent as holes (or, not sparse, as zeroes counted in `dataBytes` instead). */
+  holeBytes: number;
+}
+
+export interface DownloadOptions extends VolumeTransferRange {
+  /** Largest data chunk yielded (default 4 MiB). */
+  chunkBytes?: number;
+}
+
+/** Data gathered into one send: fewer worker round trips for small chunks, no copies. */
+const SEND_BATCH_BYTES = 8 * 2 ** 20;
+const ZERO_BYTES = 2 ** 20;
+const DEFAULT_CHUNK_BYTES = 4 * 2 ** 20;
+
+function describeChunk(value: unknown): string {
+  return value === null ? 'null' : typeof value === 'object' ? JSON.stringify(Object.keys(value)) : typeof value;
+}
+
+/** Checks a chunk from a caller's source; the message names which one was wrong and how. */
+function checkChunk(chunk: unknown, index: number): VolumeChunk {
+  const value = chunk as Partial<VolumeChunk> | null;
+  if (value !== null && typeof value === 'object') {
+    if (value.kind === 'data' && value.data instanceof Uint8Array) return value as VolumeChunk;
+    if (value.kind === 'hole' && Number.isSafeInteger(value.length) && (value.length as number) >= 0) return value as VolumeChunk;
+  }
+  throw new TypeError(
+    `upload source chunk ${index} must be { kind: 'data', data: Uint8Array } or { kind: 'hole', length: whole number >= 0 }, got ${describeChunk(chunk)}`,
+  );
+}
+
+/** Sends `source` into `volume` through `stream`; finishes the stream, or aborts it and rethrows. */
+export async function uploadThrough(
+  volume: NativeStorageVolume,
+  stream: Stream,
+  source: AsyncIterable<VolumeChunk> | Iterable<VolumeChunk>,
+  options: UploadOptions,
+): Promise<UploadResult> {
+  const sparse = options.sparse !== false;
+  const signal = options.signal;
+  signal?.throwIfAborted();
+  await volume.upload(stream.native, options.offset ?? 0, options.length ?? 0, sparse ? StorageVolumeUploadFlags.SPARSE_STREAM : 0);
+  const totals: UploadResult = { dataBytes: 0, holeBytes: 0 };
+  let inFlight: Promise<void> = Promise.resolve();
+  let batch: Uint8Array[] = [];
+  let releases: Array<() => void> = [];
+  let batchBytes = 0;
+  // One send runs on a worker thread while the next batch is gathered; a failed send
+  // is seen when the next one is queued.
+  const flush = async () => {
+    if (batchBytes === 0) return;
+    const buffers = batch;
+    const done = releases;
+    const bytes = batchBytes;
+    batch = [];
+    releases = [];
+    batchBytes = 0;
+    await inFlight;
+    inFlight = stream.send(buffers).then(() => {
+      for (const release of done) release();
+      totals.dataBytes += bytes;
+      options.onProgress?.({ ...totals });
+    });
+    inFlight.catch(() => undefined);
+  };
+  const sendHole = async (length: number) => {
+    if (length === 0) return;
+    await flush();
+    if (sparse) {
+      await inFlight;
+      inFlight = stream.sendHole(length).then(() => {
+        totals.holeBytes += length;
+        options.onProgress?.({ ...totals });
+      });
+      inFlight.catch(() => undefined);
+      return;
+    }
+    const zeroes = Buffer.alloc(Math.min(length, ZERO_BYTES));
+    for (let left = length; left > 0; left -= zeroes.length) {
+      batch.push(zeroes.subarray(0, Math.min(left, zeroes.length)));
+      batchBytes += Math.min(left, zeroes.length);
+      if (batchBytes >= SEND_BATCH_BYTES) await flush();
+    }
+  };
+  try {
+    let index = 0;
+    for await (const raw of source) {
+      signal?.throwIfAborted();
+      const chunk = checkChunk(raw, index++);
+      if (chunk.kind === 'hole') {
+        await sendHole(chunk.length);
+        continue;
+      }
+      if (chunk.data.length === 0) {
+        chunk.release?.();
+        continue;
+      }
+      batch.push(chunk.data);
+      if (chunk.release) releases.push(chunk.release);
+      batchBytes += chunk.data.length;
+      if (batchBytes >= SEND_BATCH_BYTES) await flush();
+    }
+    signal?.throwIfAborted();
+    await flush();
+    await inFlight;
+    await stream.finish();
+    return totals;
+  } catch (error) {
+    await inFlight.catch(() => undefined);
+    await stream.abort().catch(() => undefined);
+    throw error;
+  }
+}
+
+/** Yields `volume`'s bytes through `stream` as data and holes; aborts the stream if the caller stops early or it fails. */
+export async function* downloadThrough(volume: NativeStorageVolume, stream: Stream, options: DownloadOptions): AsyncGenerator<VolumeChunk> {
+  const sparse = options.sparse !== false;
+  const chunkBytes = options.chunkBytes ?? DEFAULT_CHUNK_BYTES;
+  if (!Number.isSafeInteger(chunkBytes) || chunkBytes < 1) throw new RangeError(`chunkBytes must be a whole number >= 1, got ${String(options.chunkBytes)}`);
+  const signal = options.signal;
+  signal?.throwIfAborted();
+  await volume.download(stream.native, options.offset ?? 0, options.length ?? 0, sparse ? StorageVolumeDownloadFlags.SPARSE_STREAM : 0);
+  const flags = sparse ? StreamRecvFlags.STOP_AT_HOLE : 0;
+  const receive = () => {
+    const buffer = Buffer.allocUnsafe(chunkBytes);
+    const received = stream.recv(buffer, flags).then((result) => ({ buffer, ...result }));
+    received.catch(() => undefined);
+    return received;
+  };
+  let finished = false;
+  try {
+    // The next receive runs on a worker thread while the caller handles this chunk.
+    let next = receive();
+    for (;;) {
+      const { buffer, bytes, hole, end } = await next;
+      signal?.throwIfAborted();
+      if (!end) next = receive();
+      if (bytes > 0) yield { kind: 'data', data: buffer.subarray(0, bytes) };
+      if (hole > 0) yield { kind: 'hole', length: hole };
+      if (end) break;
+      signal?.throwIfAborted();
+    }
+    await stream.finish();
+    finished = true;
+  } finally {
+    if (!finished) await stream.abort().catch(() => undefined);
+  }
+}
