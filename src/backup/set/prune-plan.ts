@@ -102,25 +102,7 @@ export function planPrune(manifest: Manifest, keep: number): PrunePlan {
   for (const backup of backups) for (const disk of backup.disks) owners.set(disk.file, { backup, disk });
   const oldestKept = backups[backups.length - keep]!;
   const kept = new Set(plan.kept);
-  const retained = new Set<string>();
-
-  // Older backups a kept backup reaches without passing through the oldest kept one must stay.
-  const pending = backups.filter((backup) => kept.has(backup.id) && backup !== oldestKept);
-  while (pending.length > 0) {
-    const backup = pending.pop()!;
-    for (const disk of backup.disks) {
-      let file = disk.backingFile;
-      while (file !== null) {
-        const owner = owners.get(file)!;
-        if (owner.backup === oldestKept || kept.has(owner.backup.id)) break;
-        if (!retained.has(owner.backup.id)) {
-          retained.add(owner.backup.id);
-          pending.push(owner.backup);
-        }
-        file = owner.disk.backingFile;
-      }
-    }
-  }
+  const retained = retainedBackups(backups, kept, oldestKept, owners);
 
   if (oldestKept.parent !== null && !retained.has(oldestKept.parent)) {
     const mergedFrom = new Set(oldestKept.mergedFrom ?? []);
@@ -170,6 +152,33 @@ export function planPrune(manifest: Manifest, keep: number): PrunePlan {
   ];
   plan.creates = plan.merges.flatMap((merge) => [merge.temporaryFile, merge.newFile]);
   return plan;
+}
+
+/** Older backups a kept backup reaches without passing through the oldest kept one: they must stay. */
+function retainedBackups(
+  backups: readonly BackupRecord[],
+  kept: ReadonlySet<string>,
+  oldestKept: BackupRecord,
+  owners: ReadonlyMap<string, { backup: BackupRecord; disk: DiskRecord }>,
+): Set<string> {
+  const retained = new Set<string>();
+  const pending = backups.filter((backup) => kept.has(backup.id) && backup !== oldestKept);
+  while (pending.length > 0) {
+    const backup = pending.pop()!;
+    for (const disk of backup.disks) {
+      let file = disk.backingFile;
+      while (file !== null) {
+        const owner = owners.get(file)!;
+        if (owner.backup === oldestKept || kept.has(owner.backup.id)) break;
+        if (!retained.has(owner.backup.id)) {
+          retained.add(owner.backup.id);
+          pending.push(owner.backup);
+        }
+        file = owner.disk.backingFile;
+      }
+    }
+  }
+  return retained;
 }
 
 export interface FileFacts {
