@@ -11,6 +11,7 @@
         "binding/release_thread.cc",
         "binding/handles.cc",
         "binding/connection.cc",
+        "binding/connection_open.cc",
         "binding/domain.cc",
         "binding/checkpoint.cc",
         "binding/storage_connection.cc",

@@ -10,6 +10,7 @@
 #include "call_policy_probe.h"
 #include "checkpoint.h"
 #include "connection.h"
+#include "connection_open.h"
 #include "domain.h"
 #include "errors.h"
 #include "event_loop.h"
@@ -122,7 +123,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("StoragePool", storagePool);
   exports.Set("StorageVolume", storageVolume);
   exports.Set("Stream", stream);
-  exports.Set("open", Napi::Function::New(env, ConnectionWrap::Open, "open"));
+  Napi::Function opening = InitConnectionOpening(env);
+  data->openingClass = Napi::Persistent(opening);
+  exports.Set("ConnectionOpening", opening);
+  exports.Set("open", Napi::Function::New(env, OpenConnectionPromise, "open"));
+  exports.Set("openConnection", Napi::Function::New(env, OpenConnection, "openConnection"));
   exports.Set("setErrorClass", Napi::Function::New(env, SetErrorClass, "setErrorClass"));
   exports.Set("typedParamsRoundTrip", Napi::Function::New(env, TypedParamsRoundTrip, "typedParamsRoundTrip"));
   exports.Set("getLibraryVersion", Napi::Function::New(env, GetLibraryVersion, "getLibraryVersion"));

@@ -13,6 +13,7 @@ namespace lvb {
 struct AddonData {
   Napi::FunctionReference errorClass;
   Napi::FunctionReference connectionClass;
+  Napi::FunctionReference openingClass;
   Napi::FunctionReference domainClass;
   Napi::FunctionReference checkpointClass;
   Napi::FunctionReference storagePoolClass;

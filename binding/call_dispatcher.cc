@@ -80,12 +80,33 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
   // Call thread. Returns false once the environment is gone: the call is then
   // left alone, since freeing it would touch the dead environment's handles.
   bool Finished(std::unique_ptr<PendingCall> call) {
+    if (!Deliver(call)) {
+      call.release();
+      return false;
+    }
+    return true;
+  }
+
+  // Any thread. A message for the JS thread, not counted in flight.
+  bool Post(std::unique_ptr<PendingCall>& message) {
+    message->countsInFlight = false;
+    return Deliver(message);
+  }
+
+  // JS thread.
+  void Detach(PendingCall* call) {
+    if (!call->countsInFlight) return;
+    call->countsInFlight = false;
+    if (--inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&signal_));
+  }
+
+ private:
+  // Queues `call` for the JS thread; false (leaving it with the caller) once the
+  // environment is gone.
+  bool Deliver(std::unique_ptr<PendingCall>& call) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      if (closed_) {
-        call.release();
-        return false;
-      }
+      if (closed_) return false;
       done_.push_back(std::move(call));
       doneCount_.fetch_add(1);
       // While the JS thread polls it will see the call without being signalled.
@@ -97,7 +118,6 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
     return true;
   }
 
- private:
   void Poll() {
     if (doneCount_.load() > 0) {
       Drain();
@@ -123,8 +143,12 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
     }
     if (ready.empty()) return;
     lastActivity_ = Clock::now();
-    inFlight_ -= static_cast<int>(ready.size());
-    if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&signal_));
+    int counted = 0;
+    for (const auto& call : ready) counted += call->countsInFlight ? 1 : 0;
+    if (counted > 0) {
+      inFlight_ -= counted;
+      if (inFlight_ == 0) uv_unref(reinterpret_cast<uv_handle_t*>(&signal_));
+    }
     Napi::Env env(env_);
     Napi::HandleScope handles(env);
     // Microtasks (the awaiting code) run when this scope closes, as after any
@@ -336,6 +360,12 @@ void SubmitCall(const std::shared_ptr<CallCompletions>& completions, const void*
                 std::unique_ptr<PendingCall> call) {
   completions->Submitted();
   TheCallThreads().Submit(QueuedCall{std::move(call), completions}, lane);
+}
+
+void DetachCall(const std::shared_ptr<CallCompletions>& completions, PendingCall* call) { completions->Detach(call); }
+
+bool PostToJsThread(const std::shared_ptr<CallCompletions>& completions, std::unique_ptr<PendingCall>& message) {
+  return completions->Post(message);
 }
 
 CallTuning GetCallTuning() { return CallTuning{maxThreadsSetting.load(), busyPollSetting.load()}; }

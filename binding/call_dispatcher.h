@@ -19,6 +19,10 @@ class PendingCall {
   virtual void Execute() = 0;
   // On the JS thread of the environment that submitted the call.
   virtual void Complete(Napi::Env env) = 0;
+
+  // JS thread only: whether the call keeps its environment's event loop alive
+  // until it completes (see DetachCall).
+  bool countsInFlight = true;
 };
 
 struct CallTuning {
@@ -44,6 +48,17 @@ std::shared_ptr<CallCompletions> InitCallDispatcher(Napi::Env env);
 // quick calls run one after another, see call_policy.h.
 void SubmitCall(const std::shared_ptr<CallCompletions>& completions, const void* lane,
                 std::unique_ptr<PendingCall> call);
+
+// JS thread. `call`, submitted and not yet completed, stops keeping the event loop
+// alive: a call its caller gave up on (a connection attempt past its timeout, still
+// blocked in libvirt) must not keep the process from exiting. It still completes.
+void DetachCall(const std::shared_ptr<CallCompletions>& completions, PendingCall* call);
+
+// Any thread. Runs `message`'s Complete on the environment's JS thread, in order
+// with the calls that finish after it; its Execute is never called, and it does not
+// keep the event loop alive. False when the environment is gone: `message` is
+// then left with the caller.
+bool PostToJsThread(const std::shared_ptr<CallCompletions>& completions, std::unique_ptr<PendingCall>& message);
 
 CallTuning GetCallTuning();
 void SetCallTuning(const CallTuning& tuning);

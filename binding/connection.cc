@@ -62,24 +62,6 @@ void ConnectionWrap::MarkClosed() {
   state_->children.clear();
 }
 
-Napi::Value ConnectionWrap::Open(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  std::optional<std::string> uri = OptionalStringArg(info, 0, "uri");
-  unsigned int flags = FlagsArg(info, 1);
-  return LibvirtCall<OwnedConnection>::Run(
-      env, Napi::Object::New(env), nullptr, "virConnectOpenAuth", HeldReference(),
-      [uri, flags](OwnedConnection& out) {
-        // No auth callbacks: a prompt on the daemon's behalf would block a worker
-        // thread on stdin. Servers that need credentials fail with libvirt's message.
-        out.reset(virConnectOpenAuth(uri ? uri->c_str() : nullptr, nullptr, flags));
-        return out != nullptr;
-      },
-      [](Napi::Env env, OwnedConnection conn) -> Napi::Value {
-        AddonData* data = env.GetInstanceData<AddonData>();
-        return data->connectionClass.New({OwnerArgument(env, conn)});
-      });
-}
-
 template <typename T>
 Napi::Value ConnectionWrap::Async(const Napi::CallbackInfo& info, const char* operation,
                                   std::function<bool(virConnectPtr, T&)> work,

@@ -16,9 +16,6 @@ class ConnectionWrap : public Napi::ObjectWrap<ConnectionWrap> {
   static const napi_type_tag kTypeTag;
 
   static Napi::Function Init(Napi::Env env);
-  // open(uri: string | null, flags: number): Promise<Connection>
-  static Napi::Value Open(const Napi::CallbackInfo& info);
-
   explicit ConnectionWrap(const Napi::CallbackInfo& info);
   ~ConnectionWrap() override;
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepares a Debian 12 host to build the addon and run the tests against a real
 # libvirtd: installs packages, configures the QEMU driver for a host without
-# systemd, starts virtlogd + libvirtd and waits until qemu:///system answers.
+# systemd, starts virtlogd + libvirtd and waits until qemu:///system answers, and sets
+# up the remote test rig (scripts/remote-rig.sh: TLS, TCP+SASL and SSH on 127.0.0.1).
 # Idempotent: a second run installs nothing, rewrites nothing and returns quickly.
 set -euo pipefail
 
@@ -11,9 +12,12 @@ PACKAGES=(
   qemu-system-x86 qemu-utils libnbd-bin libxml2-utils python3-libvirt virtnbdbackup
   build-essential python3 gnutls-bin libxxhash-dev xxhash
   clang-format clang-tidy
+  openssh-server sasl2-bin libsasl2-modules
 )
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }
+# shellcheck source=remote-rig.sh
+source "$(dirname "$0")/remote-rig.sh"
 
 if [ "$(id -u)" -ne 0 ]; then
   log "must run as root (it installs packages and starts libvirtd)"
@@ -57,13 +61,34 @@ cgroup_controllers = [ ]
 CONF
 fi
 
+rig_configure
+
 answers() { timeout 10 virsh -c "$URI" version >/dev/null 2>&1; }
 
-if ! answers; then
+# The daemon this script starts, by the pid file `libvirtd -d` writes (a libvirtd in
+# another mount namespace, such as the soak's, is not it).
+PID_FILE=/run/libvirtd.pid
+our_libvirtd() {
+  local pid
+  pid=$(cat "$PID_FILE" 2>/dev/null) || return 1
+  [ -n "$pid" ] && [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = libvirtd ] && printf '%s' "$pid"
+}
+
+# Running domains survive a restart: libvirtd reconnects to their QEMU processes.
+if pid=$(our_libvirtd) && { [ "$RIG_DAEMON_CHANGED" = 1 ] || ! rig_port_open 16514; }; then
+  log "restarting libvirtd (pid $pid) to listen on 127.0.0.1 with its new configuration"
+  kill -TERM "$pid"
+  for _ in $(seq 1 300); do
+    [ -d "/proc/$pid" ] || break
+    sleep 0.1
+  done
+fi
+
+if ! answers || ! rig_port_open 16514; then
   pgrep -x virtlogd >/dev/null || virtlogd -d
-  if ! pgrep -x libvirtd >/dev/null; then
+  if ! our_libvirtd >/dev/null; then
     log "starting libvirtd"
-    libvirtd -d
+    libvirtd -d --listen
   fi
   for _ in $(seq 1 60); do
     answers && break
@@ -83,3 +108,6 @@ else
   virt=qemu
 fi
 log "libvirtd answers on $URI (virtualization: $virt)"
+
+rig_start_sshd
+rig_check

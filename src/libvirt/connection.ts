@@ -3,7 +3,9 @@ import { EventEmitter } from 'node:events';
 import { ConnectFlags } from './constants.js';
 import { Domain } from './domain.js';
 import { EventRegistrations, isEventKind, type ConnectionEventMap, type EventKind } from './events.js';
-import { nativeAddon, type NativeConnection } from './native.js';
+import { type NativeConnection } from './native.js';
+import { type ConnectAuth } from './connect-auth.js';
+import { openNative } from './open-native.js';
 import { StoragePool } from './storage-pool.js';
 import { Stream } from './stream.js';
 import { buildStoragePoolXml, parseDomainCapabilities, type DirStoragePoolSpec } from '../xml/index.js';
@@ -19,6 +21,21 @@ export interface ConnectOptions {
    * keepalive off. libvirt's default is 5 s x 5.
    */
   keepAlive?: { interval: number; count: number };
+  /**
+   * Credentials for servers that ask for them (SASL on `qemu+tcp`, `qemu+tls` with
+   * `auth_tls = "sasl"`, passphrases and host keys on `qemu+libssh`): a username and
+   * password, or a callback that answers libvirt's requests, from the caller's own secret
+   * store for instance. Without it, libvirt's `auth.conf` is still read and anything
+   * else it asks for is refused: nothing ever prompts on the terminal (`+ssh` URIs get
+   * `no_tty=1` for the same reason). Secrets never appear in errors.
+   */
+  auth?: ConnectAuth;
+  /**
+   * Milliseconds the whole attempt may take (connecting, the TLS or SSH handshake,
+   * authentication, waiting for `auth`): after that it rejects with a
+   * `LibvirtConnectError` whose `reason` is `'timeout'`. Default 30000; 0: no limit.
+   */
+  timeoutMs?: number;
 }
 
 /** Whether a connection can do checkpoints and backups, and why not. */
@@ -40,14 +57,17 @@ export interface DomainCapabilitiesQuery {
 
 /**
  * Opens a connection to libvirt. `uri` defaults to libvirt's own default
- * (`LIBVIRT_DEFAULT_URI`, then its config and probing).
+ * (`LIBVIRT_DEFAULT_URI`, then its config and probing). A failure to connect rejects
+ * with a `LibvirtConnectError`: libvirt's code and message, and a `reason` that says
+ * whether the credentials, the server's identity, this side's TLS files, the network
+ * or the timeout was at fault.
  */
 export async function connect(uri?: string, options: ConnectOptions = {}): Promise<Connection> {
   if (uri !== undefined && typeof uri !== 'string') {
     throw new TypeError('The "uri" argument must be a string');
   }
   const flags = (options.flags ?? 0) | (options.readOnly === true ? ConnectFlags.RO : 0);
-  const native = await nativeAddon().open(uri ?? null, flags);
+  const native = await openNative(uri, flags, options.auth, options.timeoutMs);
   const connection = new Connection(native);
   if (options.keepAlive) {
     try {

@@ -147,8 +147,38 @@ export interface NativeDomain {
   getJobStats(flags: number): Promise<{ type: number; params: TypedParameters }>;
 }
 
+/** One libvirt credential request, as the addon hands it to `onCredentials`. */
+export interface NativeCredentialRequest {
+  /** `CredentialType` (VIR_CRED_*). */
+  type: number;
+  prompt: string;
+  challenge: string | null;
+  defaultResult: string | null;
+}
+
+/**
+ * Receives a batch of requests while libvirt waits inside virConnectOpenAuth (on a call
+ * thread); `respond` once with one answer per request (null: none, libvirt's default if
+ * it has one), or with null to refuse them all. Throwing refuses them too.
+ */
+export type NativeCredentialHandler = (requests: NativeCredentialRequest[], respond: (answers: ReadonlyArray<string | null> | null) => void) => void;
+
+/** A connection attempt: its outcome, and a way to give up on it (see binding/connection_open.h). */
+export interface NativeConnectionOpening {
+  readonly promise: Promise<NativeConnection>;
+  /**
+   * Refuses every credential request from now on, and stops the attempt from keeping
+   * the event loop alive; a connection that still opens is closed by the addon.
+   */
+  abandon(): void;
+}
+
 export interface NativeAddon {
+  /** virConnectOpenAuth, refusing any credential request, without a time limit. */
   open(uri: string | null, flags: number): Promise<NativeConnection>;
+  /** `timeoutMs` bounds each wait for `onCredentials`' answers (0: unbounded). */
+  openConnection(uri: string | null, flags: number, onCredentials: NativeCredentialHandler | null, timeoutMs: number): NativeConnectionOpening;
+  ConnectionOpening: abstract new () => NativeConnectionOpening;
   setErrorClass(errorClass: typeof LibvirtError): void;
   getLibraryVersion(): number;
   getCallTuning(): NativeCallTuning;
@@ -256,6 +286,8 @@ export function nativeAddon(): NativeAddon {
 export const NATIVE_SURFACE = {
   exports: {
     open: true,
+    openConnection: true,
+    ConnectionOpening: true,
     setErrorClass: true,
     getLibraryVersion: true,
     getCallTuning: true,
@@ -321,6 +353,7 @@ export const NATIVE_SURFACE = {
     getJobInfo: true,
     getJobStats: true,
   } satisfies Record<keyof NativeDomain, true>,
+  ConnectionOpening: { abandon: true } satisfies Record<Exclude<keyof NativeConnectionOpening, 'promise'>, true>,
   Checkpoint: {
     getName: true,
     getDomain: true,
