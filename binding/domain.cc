@@ -40,6 +40,10 @@ Napi::Function DomainWrap::Init(Napi::Env env) {
                                         MethodProperty<W, &W::AbortJob>(env, "abortJob"),
                                         MethodProperty<W, &W::GetJobInfo>(env, "getJobInfo"),
                                         MethodProperty<W, &W::GetJobStats>(env, "getJobStats"),
+                                        MethodProperty<W, &W::BlockCopy>(env, "blockCopy"),
+                                        MethodProperty<W, &W::BlockJobAbort>(env, "blockJobAbort"),
+                                        MethodProperty<W, &W::GetBlockJobInfo>(env, "getBlockJobInfo"),
+                                        MethodProperty<W, &W::BlockJobSetSpeed>(env, "blockJobSetSpeed"),
                                     });
 }
 
@@ -303,6 +307,77 @@ Napi::Value DomainWrap::GetJobStats(const Napi::CallbackInfo& info) {
         result.Set("params", TypedParamsToJS(env, stats.params));
         return result;
       });
+}
+
+// Block copy and block jobs: how a running disk moves to new storage while the
+// guest keeps writing.
+
+struct BlockJobInfoResult {
+  bool running = false;
+  virDomainBlockJobInfo info{};
+};
+
+// blockCopy(disk, destinationXml, params, flags): params are libvirt's typed
+// parameters (bandwidth, granularity, buf-size), each { type, value }.
+Napi::Value DomainWrap::BlockCopy(const Napi::CallbackInfo& info) {
+  std::string disk = StringArg(info, 0, "disk");
+  std::string destination = StringArg(info, 1, "destinationXml");
+  TypedParams params;
+  if (info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()) {
+    if (!info[2].IsObject()) throw Napi::TypeError::New(info.Env(), "The \"params\" argument must be an object");
+    params = TypedParamsFromJS(info.Env(), info[2].As<Napi::Object>());
+  }
+  unsigned int flags = FlagsArg(info, 3);
+  return AsyncStatus(info, "virDomainBlockCopy", [disk, destination, params, flags](virDomainPtr dom) {
+    virTypedParameterPtr built = nullptr;
+    int count = 0;
+    if (!BuildTypedParams(params, &built, &count)) return -1;
+    int rc = virDomainBlockCopy(dom, disk.c_str(), destination.c_str(), built, count, flags);
+    virTypedParamsFree(built, count);
+    return rc;
+  });
+}
+
+// blockJobAbort(disk, flags): ends the disk's block job; with PIVOT a copy
+// that is ready switches the disk over to its destination.
+Napi::Value DomainWrap::BlockJobAbort(const Napi::CallbackInfo& info) {
+  std::string disk = StringArg(info, 0, "disk");
+  unsigned int flags = FlagsArg(info, 1);
+  return AsyncStatus(info, "virDomainBlockJobAbort",
+                     [disk, flags](virDomainPtr dom) { return virDomainBlockJobAbort(dom, disk.c_str(), flags); });
+}
+
+// getBlockJobInfo(disk, flags) -> { type, bandwidth, cur, end } | null (no job).
+Napi::Value DomainWrap::GetBlockJobInfo(const Napi::CallbackInfo& info) {
+  std::string disk = StringArg(info, 0, "disk");
+  unsigned int flags = FlagsArg(info, 1);
+  return Async<BlockJobInfoResult>(
+      info, "virDomainGetBlockJobInfo",
+      [disk, flags](virDomainPtr dom, BlockJobInfoResult& out) {
+        int rc = virDomainGetBlockJobInfo(dom, disk.c_str(), &out.info, flags);
+        out.running = rc == 1;
+        return rc >= 0;
+      },
+      [](Napi::Env env, const BlockJobInfoResult& result) -> Napi::Value {
+        if (!result.running) return env.Null();
+        auto num = [&env](unsigned long long v) { return Napi::Number::New(env, static_cast<double>(v)); };
+        Napi::Object out = Napi::Object::New(env);
+        out.Set("type", result.info.type);
+        out.Set("bandwidth", num(result.info.bandwidth));
+        out.Set("cur", num(result.info.cur));
+        out.Set("end", num(result.info.end));
+        return out;
+      });
+}
+
+// blockJobSetSpeed(disk, bandwidth, flags): MiB/s, or bytes/s with BANDWIDTH_BYTES.
+Napi::Value DomainWrap::BlockJobSetSpeed(const Napi::CallbackInfo& info) {
+  std::string disk = StringArg(info, 0, "disk");
+  uint64_t bandwidth = ByteCountArg(info, 1, "bandwidth");
+  unsigned int flags = FlagsArg(info, 2);
+  return AsyncStatus(info, "virDomainBlockJobSetSpeed", [disk, bandwidth, flags](virDomainPtr dom) {
+    return virDomainBlockJobSetSpeed(dom, disk.c_str(), static_cast<unsigned long>(bandwidth), flags);
+  });
 }
 
 }  // namespace lvb

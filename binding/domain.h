@@ -46,6 +46,10 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   Napi::Value AbortJob(const Napi::CallbackInfo& info);
   Napi::Value GetJobInfo(const Napi::CallbackInfo& info);
   Napi::Value GetJobStats(const Napi::CallbackInfo& info);
+  Napi::Value BlockCopy(const Napi::CallbackInfo& info);
+  Napi::Value BlockJobAbort(const Napi::CallbackInfo& info);
+  Napi::Value GetBlockJobInfo(const Napi::CallbackInfo& info);
+  Napi::Value BlockJobSetSpeed(const Napi::CallbackInfo& info);
 
   template <typename T>
   Napi::Value Async(const Napi::CallbackInfo& info, const char* operation, std::function<bool(virDomainPtr, T&)> work,

@@ -75,6 +75,10 @@ const ENUMS: EnumSpec[] = [
   { c: 'virDomainEventShutdownDetailType', ts: 'LifecycleShutdownDetail', strip: 'VIR_DOMAIN_EVENT_SHUTDOWN_', doc: 'Details of LifecycleEvent.SHUTDOWN.' },
   { c: 'virDomainBlockJobType', ts: 'BlockJobType', strip: 'VIR_DOMAIN_BLOCK_JOB_TYPE_', doc: 'Block job types (`block-job` event `type`).' },
   { c: 'virConnectDomainEventBlockJobStatus', ts: 'BlockJobStatus', strip: 'VIR_DOMAIN_BLOCK_JOB_', doc: 'Block job outcome (`block-job` event `status`).' },
+  { c: 'virDomainBlockCopyFlags', ts: 'BlockCopyFlags', strip: 'VIR_DOMAIN_BLOCK_COPY_', doc: 'Flags for `Domain.blockCopy()`.' },
+  { c: 'virDomainBlockJobAbortFlags', ts: 'BlockJobAbortFlags', strip: 'VIR_DOMAIN_BLOCK_JOB_ABORT_', doc: 'Flags for `Domain.blockJobAbort()`.' },
+  { c: 'virDomainBlockJobInfoFlags', ts: 'BlockJobInfoFlags', strip: 'VIR_DOMAIN_BLOCK_JOB_INFO_', doc: 'Flags for `Domain.getBlockJobInfo()`.' },
+  { c: 'virDomainBlockJobSetSpeedFlags', ts: 'BlockJobSetSpeedFlags', strip: 'VIR_DOMAIN_BLOCK_JOB_SPEED_', doc: 'Flags for `Domain.blockJobSetSpeed()`.' },
   { c: 'virTypedParameterType', ts: 'TypedParameterType', strip: 'VIR_TYPED_PARAM_', doc: 'Types of libvirt typed parameters.' },
   { c: 'virStoragePoolState', ts: 'StoragePoolState', strip: 'VIR_STORAGE_POOL_', doc: 'Storage pool states (`StoragePool.getInfo().state`).' },
   {

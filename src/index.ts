@@ -12,6 +12,8 @@ export { Stream } from './libvirt/stream.js';
 export type { StreamReceived } from './libvirt/stream.js';
 export type { DownloadOptions, UploadOptions, UploadResult, VolumeChunk, VolumeTransferRange } from './libvirt/volume-transfer.js';
 export { JobFailedError } from './libvirt/jobs.js';
+export { BlockJobError } from './libvirt/block-jobs.js';
+export type { BlockCopyOptions, BlockJobInfo, WaitForBlockJobOptions } from './libvirt/block-jobs.js';
 export type { JobInfo, JobStats, TypedParameters, TypedParameterValue } from './libvirt/jobs.js';
 export type { BlockJobPayload, ConnectionEventMap, ConnectionEventName, ConnectionEvents, EventKind, LifecyclePayload } from './libvirt/events.js';
 export { LibvirtError } from './libvirt/errors.js';

@@ -588,6 +588,30 @@ export enum BlockJobStatus {
   READY = 3,
 }
 
+/** Flags for `Domain.blockCopy()`. C: `virDomainBlockCopyFlags`. */
+export enum BlockCopyFlags {
+  SHALLOW = 1,
+  REUSE_EXT = 2,
+  TRANSIENT_JOB = 4,
+  SYNCHRONOUS_WRITES = 8,
+}
+
+/** Flags for `Domain.blockJobAbort()`. C: `virDomainBlockJobAbortFlags`. */
+export enum BlockJobAbortFlags {
+  ASYNC = 1,
+  PIVOT = 2,
+}
+
+/** Flags for `Domain.getBlockJobInfo()`. C: `virDomainBlockJobInfoFlags`. */
+export enum BlockJobInfoFlags {
+  BANDWIDTH_BYTES = 1,
+}
+
+/** Flags for `Domain.blockJobSetSpeed()`. C: `virDomainBlockJobSetSpeedFlags`. */
+export enum BlockJobSetSpeedFlags {
+  BANDWIDTH_BYTES = 1,
+}
+
 /** Types of libvirt typed parameters. C: `virTypedParameterType`. */
 export enum TypedParameterType {
   INT = 1,

@@ -1,9 +1,26 @@
 import { Checkpoint } from './checkpoint.js';
+import {
+  blockCopyFlags,
+  blockCopyParams,
+  getBlockJobInfo,
+  waitForBlockJobReady,
+  type BlockCopyOptions,
+  type BlockJobInfo,
+  type WaitForBlockJobOptions,
+} from './block-jobs.js';
 import type { Connection } from './connection.js';
 import { DomainState, JobStatsFlags, JobType, QemuMonitorCommandFlags } from './constants.js';
 import { JobFailedError, toJobStats, type JobInfo, type JobStats } from './jobs.js';
 import type { NativeDomain } from './native.js';
-import { buildBackupXml, buildCheckpointXml, parseBackupXml, type BackupSpec, type CheckpointSpec } from '../xml/index.js';
+import {
+  buildBackupXml,
+  buildBlockCopyDestinationXml,
+  buildCheckpointXml,
+  parseBackupXml,
+  type BackupSpec,
+  type BlockCopyDestination,
+  type CheckpointSpec,
+} from '../xml/index.js';
 
 export interface WaitForJobOptions {
   /** Stop waiting (the job itself goes on; call `abortJob()` to end it). */
@@ -154,6 +171,55 @@ export class Domain {
   async getJobStats(flags = 0): Promise<JobStats> {
     const { type, params } = await this.#native.getJobStats(flags);
     return toJobStats(params, type);
+  }
+
+  /**
+   * Starts copying `disk` (target `vda` or source path) to `destination` while the
+   * guest runs (`virDomainBlockCopy`). The copy mirrors every guest write once it is
+   * ready (`waitForBlockJobReady()`); `blockJobAbort(disk, BlockJobAbortFlags.PIVOT)`
+   * then switches the disk over to the copy, a plain `blockJobAbort(disk)` drops it.
+   * `destination` is a `<disk>` XML string or a typed destination.
+   */
+  async blockCopy(disk: string, destination: string | BlockCopyDestination, options: BlockCopyOptions = {}): Promise<void> {
+    const xml = typeof destination === 'string' ? destination : buildBlockCopyDestinationXml(destination);
+    return this.#native.blockCopy(disk, xml, blockCopyParams(options), blockCopyFlags(options));
+  }
+
+  /** Ends `disk`'s block job: `BlockJobAbortFlags.PIVOT` switches a ready copy over, `ASYNC` returns before it has ended. */
+  async blockJobAbort(disk: string, flags = 0): Promise<void> {
+    return this.#native.blockJobAbort(disk, flags);
+  }
+
+  /** `disk`'s block job, or null when it has none. `BlockJobInfoFlags.BANDWIDTH_BYTES`: bandwidth in bytes/s. */
+  async getBlockJobInfo(disk: string, flags = 0): Promise<BlockJobInfo | null> {
+    return getBlockJobInfo(this.#native, disk, flags);
+  }
+
+  /** Limits `disk`'s block job to `bandwidth` MiB/s (bytes/s with `BlockJobSetSpeedFlags.BANDWIDTH_BYTES`); 0: unlimited. */
+  async blockJobSetSpeed(disk: string, bandwidth: number, flags = 0): Promise<void> {
+    return this.#native.blockJobSetSpeed(disk, bandwidth, flags);
+  }
+
+  /**
+   * Resolves once `disk`'s copy is ready to pivot (libvirt's `READY` block-job event,
+   * or a check of the job every `recheckMs` in case the event is lost), with the job's
+   * state when a check saw it (null when the event came first). Rejects with a
+   * `BlockJobError` when the job fails, is cancelled or is gone first.
+   */
+  async waitForBlockJobReady(disk: string, options: WaitForBlockJobOptions = {}): Promise<BlockJobInfo | null> {
+    const connection = this.connection;
+    return waitForBlockJobReady(
+      {
+        domainName: this.name,
+        domainUuid: this.uuid,
+        info: () => this.getBlockJobInfo(disk),
+        on: (kind, listener) => connection.on(kind, listener),
+        off: (kind, listener) => connection.off(kind, listener),
+        eventsReady: (...kinds) => connection.eventsReady(...kinds),
+      },
+      disk,
+      options,
+    );
   }
 
   /**

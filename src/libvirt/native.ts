@@ -145,6 +145,12 @@ export interface NativeDomain {
   abortJob(): Promise<void>;
   getJobInfo(): Promise<NativeJobInfo>;
   getJobStats(flags: number): Promise<{ type: number; params: TypedParameters }>;
+  /** `params` are typed parameters as `typedParamsRoundTrip` takes them (`{ type, value }`). */
+  blockCopy(disk: string, destinationXml: string, params: Record<string, unknown> | null, flags: number): Promise<void>;
+  blockJobAbort(disk: string, flags: number): Promise<void>;
+  /** null when the disk has no block job. */
+  getBlockJobInfo(disk: string, flags: number): Promise<{ type: number; bandwidth: number; cur: number; end: number } | null>;
+  blockJobSetSpeed(disk: string, bandwidth: number, flags: number): Promise<void>;
 }
 
 /** One libvirt credential request, as the addon hands it to `onCredentials`. */
@@ -352,6 +358,10 @@ export const NATIVE_SURFACE = {
     abortJob: true,
     getJobInfo: true,
     getJobStats: true,
+    blockCopy: true,
+    blockJobAbort: true,
+    getBlockJobInfo: true,
+    blockJobSetSpeed: true,
   } satisfies Record<keyof NativeDomain, true>,
   ConnectionOpening: { abandon: true } satisfies Record<Exclude<keyof NativeConnectionOpening, 'promise'>, true>,
   Checkpoint: {

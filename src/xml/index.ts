@@ -58,4 +58,12 @@ export {
   type DomainSummary,
 } from './domain.js';
 export { parseDomainCapabilities, type DomainCapabilitiesSummary } from './capabilities.js';
+export {
+  blockCopyDestinationIssues,
+  buildBlockCopyDestinationXml,
+  type BlockCopyBlockDestination,
+  type BlockCopyDestination,
+  type BlockCopyFileDestination,
+  type BlockCopyVolumeDestination,
+} from './block-copy.js';
 export { buildStoragePoolXml, buildStorageVolumeXml, type DirStoragePoolSpec, type StorageVolumeSpec } from './storage.js';

@@ -1,0 +1,177 @@
+// Block jobs of one disk (copy, commit, pull): their options, their state, and waiting
+// for a copy to become ready to pivot. A copy mirrors every guest write once it is
+// ready, and stays ready until `blockJobAbort()` pivots to the copy or drops it.
+import { BlockCopyFlags, BlockJobStatus, BlockJobType, TypedParameterType } from './constants.js';
+import type { BlockJobPayload, EventKind } from './events.js';
+import type { NativeDomain } from './native.js';
+
+/** `virDomainGetBlockJobInfo` for a disk that has a job. */
+export interface BlockJobInfo {
+  type: BlockJobType;
+  /** MiB/s, or bytes/s when asked with `BlockJobInfoFlags.BANDWIDTH_BYTES`; 0: unlimited. */
+  bandwidth: number;
+  /** Progress: `cur` of `end` units. A copy is ready (mirroring) when they are equal. */
+  cur: number;
+  end: number;
+}
+
+export interface BlockCopyOptions {
+  /** Bytes per second the copy may use (libvirt's `bandwidth`); 0 or absent: unlimited. */
+  bandwidth?: number;
+  /** Bytes per bit of the dirty bitmap: a power of two from 512 B to 64 MiB. */
+  granularity?: number;
+  /** Bytes of copy buffer (libvirt's `buf-size`). */
+  bufSize?: number;
+  /** Copy only the top layer; the destination shares the source's backing chain. */
+  shallow?: boolean;
+  /** The destination exists already (pre-created with the right size, and backing file when shallow). */
+  reuseExternal?: boolean;
+  /**
+   * The job is not recorded to survive a restart of libvirtd. libvirt 9.0 copies the
+   * disks of a persistent domain only with this (else: "domain is not transient").
+   */
+  transientJob?: boolean;
+  /** Raw `BlockCopyFlags`, or-ed with what the options above imply. */
+  flags?: number;
+}
+
+export interface WaitForBlockJobOptions {
+  /** Stop waiting (the job goes on; `blockJobAbort()` ends it). */
+  signal?: AbortSignal;
+  /** Reject with an error named `TimeoutError` after this long (the job goes on). */
+  timeoutMs?: number;
+  /** How often the job's state is asked in case its event is lost. Default 1000. */
+  recheckMs?: number;
+  /** Called with the job's state at each check. */
+  onProgress?: (info: BlockJobInfo) => void;
+}
+
+/** A block job that failed, was cancelled, or ended before it was ready. */
+export class BlockJobError extends Error {
+  override readonly name = 'BlockJobError';
+
+  constructor(
+    message: string,
+    readonly domainName: string,
+    readonly disk: string,
+    /** The event's outcome, when libvirt sent one. */
+    readonly status: BlockJobStatus | null,
+  ) {
+    super(message);
+  }
+}
+
+type TypedValue = { type: TypedParameterType; value: number };
+
+const MAX_GRANULARITY = 64 * 1024 * 1024;
+
+/** libvirt's typed parameters for `virDomainBlockCopy`, after checking each value. */
+export function blockCopyParams(options: BlockCopyOptions): Record<string, TypedValue> {
+  const params: Record<string, TypedValue> = {};
+  const whole = (field: keyof BlockCopyOptions, value: unknown): number => {
+    if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < 0)
+      throw new TypeError(`options.${field} must be a whole number of bytes, got ${String(value)}`);
+    return value;
+  };
+  if (options.bandwidth !== undefined) params['bandwidth'] = { type: TypedParameterType.ULLONG, value: whole('bandwidth', options.bandwidth) };
+  if (options.granularity !== undefined) {
+    const granularity = whole('granularity', options.granularity);
+    if (granularity < 512 || granularity > MAX_GRANULARITY || (granularity & (granularity - 1)) !== 0)
+      throw new TypeError(`options.granularity must be a power of two from 512 to ${MAX_GRANULARITY}, got ${granularity}`);
+    params['granularity'] = { type: TypedParameterType.UINT, value: granularity };
+  }
+  if (options.bufSize !== undefined) params['buf-size'] = { type: TypedParameterType.ULLONG, value: whole('bufSize', options.bufSize) };
+  return params;
+}
+
+export function blockCopyFlags(options: BlockCopyOptions): number {
+  return (
+    (options.flags ?? 0) |
+    (options.shallow === true ? BlockCopyFlags.SHALLOW : 0) |
+    (options.reuseExternal === true ? BlockCopyFlags.REUSE_EXT : 0) |
+    (options.transientJob === true ? BlockCopyFlags.TRANSIENT_JOB : 0)
+  );
+}
+
+export async function getBlockJobInfo(native: NativeDomain, disk: string, flags: number): Promise<BlockJobInfo | null> {
+  const info = await native.getBlockJobInfo(disk, flags);
+  return info === null ? null : { ...info, type: info.type as BlockJobType };
+}
+
+/** Copies and active commits wait in a ready state for the pivot; libvirt keeps `cur < end` until then. */
+export function isReady(info: BlockJobInfo): boolean {
+  return (info.type === BlockJobType.COPY || info.type === BlockJobType.ACTIVE_COMMIT) && info.end > 0 && info.cur === info.end;
+}
+
+/** What waiting for a block job needs of its domain and connection. */
+export interface BlockJobWaitHost {
+  domainName: string;
+  domainUuid: string;
+  info(): Promise<BlockJobInfo | null>;
+  on(kind: 'block-job', listener: (domain: { uuid: string }, payload: BlockJobPayload) => void): unknown;
+  off(kind: 'block-job', listener: (domain: { uuid: string }, payload: BlockJobPayload) => void): unknown;
+  eventsReady(...kinds: EventKind[]): Promise<void>;
+}
+
+/**
+ * Resolves once `disk`'s copy (or active commit) is ready to pivot: on libvirt's
+ * `READY` event, or when a check of the job finds it so. Rejects with a
+ * `BlockJobError` when the job fails, is cancelled, or is gone before it was ready.
+ */
+export function waitForBlockJobReady(host: BlockJobWaitHost, disk: string, options: WaitForBlockJobOptions = {}): Promise<BlockJobInfo | null> {
+  const { signal, timeoutMs, recheckMs = 1000, onProgress } = options;
+  if (!(Number.isFinite(recheckMs) && recheckMs >= 1)) return Promise.reject(new TypeError(`options.recheckMs must be at least 1, got ${String(recheckMs)}`));
+  if (signal?.aborted === true) return Promise.reject(signal.reason as Error);
+  return new Promise((resolve, reject) => {
+    let settled = false;
+    let recheck: NodeJS.Timeout | undefined;
+    let timeout: NodeJS.Timeout | undefined;
+    const finish = (outcome: { info: BlockJobInfo | null } | { error: unknown }): void => {
+      if (settled) return;
+      settled = true;
+      host.off('block-job', onEvent);
+      clearTimeout(recheck);
+      clearTimeout(timeout);
+      signal?.removeEventListener('abort', onAbort);
+      if ('info' in outcome) resolve(outcome.info);
+      else reject(outcome.error as Error);
+    };
+    const failure = (what: string, status: BlockJobStatus | null): BlockJobError =>
+      new BlockJobError(`the block job on disk ${disk} of domain ${host.domainName} ${what}`, host.domainName, disk, status);
+    const onEvent = (domain: { uuid: string }, payload: BlockJobPayload): void => {
+      if (domain.uuid !== host.domainUuid || payload.disk !== disk) return;
+      if (payload.status === BlockJobStatus.READY) finish({ info: null });
+      else if (payload.status === BlockJobStatus.FAILED) finish({ error: failure('failed', payload.status) });
+      else if (payload.status === BlockJobStatus.CANCELED) finish({ error: failure('was cancelled', payload.status) });
+      else finish({ error: failure('ended before it was ready to pivot', payload.status) });
+    };
+    const onAbort = (): void => finish({ error: signal!.reason });
+    const check = async (): Promise<void> => {
+      if (settled) return;
+      try {
+        const info = await host.info();
+        if (settled) return;
+        if (info === null) return finish({ error: failure('is gone (it failed or was ended by someone else)', null) });
+        onProgress?.(info);
+        if (isReady(info)) return finish({ info });
+      } catch (error) {
+        return finish({ error });
+      }
+      recheck = setTimeout(() => void check(), recheckMs);
+    };
+    host.on('block-job', onEvent);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    if (timeoutMs !== undefined) {
+      timeout = setTimeout(() => {
+        const error = new Error(`timed out after ${timeoutMs} ms waiting for the block job on disk ${disk} of domain ${host.domainName} to be ready`);
+        error.name = 'TimeoutError';
+        finish({ error });
+      }, timeoutMs);
+    }
+    // A refused registration is no reason to stop: the checks still see the job.
+    host.eventsReady('block-job').then(
+      () => check(),
+      () => check(),
+    );
+  });
+}
