@@ -16,6 +16,7 @@ export { BlockJobError } from './libvirt/block-jobs.js';
 export type { BlockCopyOptions, BlockJobInfo, WaitForBlockJobOptions } from './libvirt/block-jobs.js';
 export type { JobInfo, JobStats, TypedParameters, TypedParameterValue } from './libvirt/jobs.js';
 export type { BlockJobPayload, ConnectionEventMap, ConnectionEventName, ConnectionEvents, EventKind, LifecyclePayload } from './libvirt/events.js';
+export type { WaitForOptions, WaitResult } from './libvirt/wait-for-event.js';
 export { LibvirtError } from './libvirt/errors.js';
 export { LibvirtConnectError } from './libvirt/connect-errors.js';
 export type { ConnectFailureReason } from './libvirt/connect-errors.js';

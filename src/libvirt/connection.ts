@@ -4,6 +4,7 @@ import { ConnectFlags } from './constants.js';
 import { Domain } from './domain.js';
 import { EventRegistrations, isEventKind, type ConnectionEventMap, type EventKind } from './events.js';
 import { type NativeConnection } from './native.js';
+import { waitForEvent, type WaitForOptions } from './wait-for-event.js';
 import { type ConnectAuth } from './connect-auth.js';
 import { openNative } from './open-native.js';
 import { StoragePool } from './storage-pool.js';
@@ -154,6 +155,20 @@ export class Connection extends EventEmitter<ConnectionEventMap> {
    */
   async eventsReady(...kinds: EventKind[]): Promise<void> {
     return this.#registrations.ready(kinds.length > 0 ? kinds : this.#registrations.knownKinds());
+  }
+
+  /**
+   * Waits for an event of `kind` that `options.match` accepts (anything it
+   * returns other than `undefined` and `false` is the result). The listener and
+   * libvirt's registration are in place before `options.check` is first asked
+   * whether it happened already, so nothing is missed between the two. Rejects
+   * with the signal's reason on abort, with an error named `TimeoutError` after
+   * `timeoutMs`, and with the registration's failure when libvirt refuses it
+   * (unless `recheckMs` makes `check` carry the wait). Its listener is removed
+   * however the wait ends.
+   */
+  waitFor<E extends EventKind, R>(kind: E, options: WaitForOptions<ConnectionEventMap[E], R>): Promise<Exclude<R, undefined | false>> {
+    return waitForEvent(this, kind, options);
   }
 
   /** Keepalive for remote drivers (see `ConnectOptions.keepAlive`); in-process drivers reject with `VIR_ERR_NO_SUPPORT`. */

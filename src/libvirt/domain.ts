@@ -1,3 +1,5 @@
+import { setTimeout as delay } from 'node:timers/promises';
+
 import { Checkpoint } from './checkpoint.js';
 import {
   blockCopyFlags,
@@ -9,7 +11,8 @@ import {
   type WaitForBlockJobOptions,
 } from './block-jobs.js';
 import type { Connection } from './connection.js';
-import { DomainState, JobStatsFlags, JobType, QemuMonitorCommandFlags } from './constants.js';
+import { type DomainState, JobStatsFlags, JobType, QemuMonitorCommandFlags } from './constants.js';
+import { LibvirtError } from './errors.js';
 import { JobFailedError, toJobStats, type JobInfo, type JobStats } from './jobs.js';
 import type { NativeDomain } from './native.js';
 import {
@@ -27,7 +30,11 @@ export interface WaitForJobOptions {
   signal?: AbortSignal;
   /** Reject with a `TimeoutError` after this long (the job goes on). */
   timeoutMs?: number;
+  /** How often the job's state is asked in case its event never comes. Default 5000. */
+  recheckMs?: number;
 }
+
+const JOB_RECHECK_MS = 5_000;
 
 export interface DomainStateInfo {
   state: DomainState;
@@ -224,75 +231,53 @@ export class Domain {
 
   /**
    * Waits until this domain's current job ends, through the `job-completed`
-   * event (no polling). Resolves with its final statistics; rejects with a
-   * `JobFailedError` carrying libvirt's message when the job failed or was
-   * aborted. A job that already ended is answered from its completed stats.
-   * Call it after the job started (e.g. after `backupBegin()` resolved).
+   * event. Resolves with its final statistics; rejects with a `JobFailedError`
+   * carrying libvirt's message when the job failed or was aborted. A job that
+   * already ended is answered from its completed stats. Call it after the job
+   * started (e.g. after `backupBegin()` resolved).
+   *
+   * The job's state is also asked every `recheckMs` (default 5 s), so a lost
+   * event, a removed or refused registration, or a daemon that stops sending
+   * events delays the answer by that much at most, never forever.
    *
    * A pull backup ends by `abortJob()`, which libvirt reports as a success.
    * libvirt releases push-backup targets only after this event: the
    * `block-job` event for each disk tells when a target file is complete.
    */
   async waitForJob(options: WaitForJobOptions = {}): Promise<JobStats> {
-    const { signal, timeoutMs } = options;
-    signal?.throwIfAborted();
-    const connection = this.connection;
-    return new Promise<JobStats>((resolve, reject) => {
-      let settled = false;
-      let timer: NodeJS.Timeout | undefined;
-      const finish = (outcome: { stats: JobStats } | { error: unknown }) => {
-        if (settled) return;
-        settled = true;
-        connection.off('job-completed', onCompleted);
-        if (timer) clearTimeout(timer);
-        signal?.removeEventListener('abort', onAbort);
-        if ('stats' in outcome) resolve(outcome.stats);
-        else reject(outcome.error);
-      };
-      const settle = (stats: JobStats) => {
-        const failed = stats.success === false || stats.type === JobType.FAILED || stats.type === JobType.CANCELLED;
-        finish(failed ? { error: new JobFailedError(this.name, stats) } : { stats });
-      };
-      const onCompleted = (domain: Domain, stats: JobStats) => {
-        if (domain.uuid === this.uuid) settle(stats);
-      };
-      const onAbort = () => finish({ error: signal!.reason });
-      connection.on('job-completed', onCompleted);
-      signal?.addEventListener('abort', onAbort, { once: true });
-      if (timeoutMs !== undefined) {
-        timer = setTimeout(() => {
-          const error = new Error(`timed out after ${timeoutMs} ms waiting for the job on domain ${this.name}`);
-          error.name = 'TimeoutError';
-          finish({ error });
-        }, timeoutMs);
-      }
-      // The job may have ended before our listener was in place: ask libvirt.
-      // Its job queries fail transiently while a job is starting or ending
-      // ("backup job data missing"), so a failed query is retried; the event
-      // stays the authoritative answer.
-      const checkEnded = async (attempt: number): Promise<void> => {
-        try {
-          const current = await this.getJobInfo();
-          if (settled || current.type !== JobType.NONE) return;
-          const completed = await this.getJobStats(JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED);
-          if (settled) return;
-          if (completed.type === JobType.NONE) {
-            finish({ error: new Error(`no job is running on domain ${this.name}, and none has completed`) });
-          } else {
-            settle(completed);
-          }
-        } catch (error) {
-          if (settled) return;
-          if (attempt >= 5) return finish({ error });
-          await new Promise((resolve) => setTimeout(resolve, 100 * attempt));
-          if (!settled) await checkEnded(attempt + 1);
-        }
-      };
-      connection
-        .eventsReady('job-completed')
-        .then(() => (settled ? undefined : checkEnded(1)))
-        .catch((error: unknown) => finish({ error }));
+    const { signal, timeoutMs, recheckMs = JOB_RECHECK_MS } = options;
+    const stats = await this.connection.waitFor('job-completed', {
+      match: (domain, completed) => domain.uuid === this.uuid && completed,
+      check: () => this.#endedJobStats(),
+      recheckMs,
+      ...(signal !== undefined ? { signal } : {}),
+      ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+      description: `the job on domain ${this.name} to end`,
     });
+    const failed = stats.success === false || stats.type === JobType.FAILED || stats.type === JobType.CANCELLED;
+    if (failed) throw new JobFailedError(this.name, stats);
+    return stats;
+  }
+
+  /**
+   * The last job's final stats once no job runs; `undefined` while one does.
+   * A domain that stopped runs no job (libvirt refuses job queries on it but
+   * keeps the completed stats). libvirt's job queries fail transiently while a
+   * job starts or ends ("backup job data missing"), so a failed query is asked
+   * again a few times.
+   */
+  async #endedJobStats(): Promise<JobStats | undefined> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        if ((await this.isActive()) && (await this.getJobInfo()).type !== JobType.NONE) return undefined;
+        const completed = await this.getJobStats(JobStatsFlags.COMPLETED | JobStatsFlags.KEEP_COMPLETED);
+        if (completed.type === JobType.NONE) throw new Error(`no job is running on domain ${this.name}, and none has completed`);
+        return completed;
+      } catch (error) {
+        if (attempt >= 5 || !(error instanceof LibvirtError)) throw error;
+        await delay(100 * attempt);
+      }
+    }
   }
 
   async #checkpointXml(checkpoint: string | CheckpointSpec): Promise<string> {
