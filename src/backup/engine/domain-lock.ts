@@ -27,6 +27,8 @@ export interface DomainRunRecord extends ProcessOwner {
  * it leaves tells the next run what to clean up (job, socket, scratch, checkpoint).
  */
 export class DomainLock {
+  private keepRecord = false;
+
   private constructor(
     private readonly lock: FileLock,
     private record: DomainRunRecord,
@@ -67,8 +69,16 @@ export class DomainLock {
     await this.save();
   }
 
+  /**
+   * Leaves the record for the next run of the domain when the lock is released, as a run
+   * that died would: for a job this run could not end, whose files it could not remove.
+   */
+  keepRecordForNextRun(): void {
+    this.keepRecord = true;
+  }
+
   async release(): Promise<void> {
-    await this.lock.release();
+    await this.lock.release({ keepRecord: this.keepRecord });
   }
 
   private async save(): Promise<void> {

@@ -15,6 +15,7 @@ import { parseDomainXml } from '../../xml/index.js';
 import { BackupSet } from '../set/backup-set.js';
 import { selectDisks } from './disk-selection.js';
 import { DomainLock } from './domain-lock.js';
+import { asDaemonLost } from './daemon-lost.js';
 import { BackupError, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine-types.js';
 import { deletePendingCheckpoints } from './leftover-checkpoints.js';
 import { ensureRunDir, sweepDeadSocketDirs } from './run-dir.js';
@@ -119,6 +120,8 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
     } finally {
       await domainLock.release();
     }
+  } catch (error) {
+    throw await asDaemonLost(conn, options.domain, error);
   } finally {
     if (ownConnection) await conn.close();
   }

@@ -3,12 +3,13 @@
 import { mkdtemp, rm, stat, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { BlockJobType, DomainState } from '../../libvirt/constants.js';
+import { BlockJobType, DomainState, JobType } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import { JobFailedError } from '../../libvirt/jobs.js';
 import type { BlockJobPayload } from '../../libvirt/events.js';
 import { BackupSet } from '../set/backup-set.js';
+import { BackupSetError } from '../errors.js';
 import { checksumFile } from '../checksum.js';
 import { BackupError, type BackupResult } from './engine-types.js';
 import { type BackupLevel, type BackupRecord, type DiskRecord } from '../set/manifest.js';
@@ -21,6 +22,7 @@ import { recordVerifiedFiles } from '../set/verified-files.js';
 import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext } from './run-context.js';
 import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
 import { pullSpaceNeed, openExports, copyDisks } from './pull-transfer.js';
+import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
 import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
 import { type BackupRun } from '../set/run-journal.js';
 
@@ -47,6 +49,11 @@ class RunState {
   readonly signal: AbortSignal;
   guard: SpaceGuard | undefined;
   jobRunning = false;
+  /**
+   * The job could not be ended, or its end not confirmed (libvirtd gone): QEMU may still
+   * write the job's files, so they stay, recorded for the next run, which ends the job first.
+   */
+  jobMayRun = false;
   committed = false;
 
   constructor(readonly context: ExecuteContext) {
@@ -75,8 +82,9 @@ export async function execute(context: ExecuteContext): Promise<BackupResult> {
     state.guard?.stop();
     context.conn.off('block-job', state.onBlockJob);
     if (layout.socketDir !== undefined) await rm(layout.socketDir, { recursive: true, force: true });
-    // Scratch outside the set: the journal does not cover it. The job has ended by now.
-    for (const file of layout.scratchOutside) await unlink(file).catch(() => undefined);
+    // Scratch outside the set: the journal does not cover it, the domain lock's record does.
+    if (state.jobMayRun) context.domainLock.keepRecordForNextRun();
+    else for (const file of layout.scratchOutside) await unlink(file).catch(() => undefined);
   }
 }
 
@@ -184,13 +192,18 @@ async function guardSpace(context: ExecuteContext, state: RunState, need: () => 
 /** Pull: reads every export into the run's qcow2 files, then ends the job. */
 async function pullData(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
   const { domain } = context;
-  const opened = await openExports(context, layout.disks, join(layout.socketDir!, 'export.sock'), state.signal);
+  const socket = exportSocketToConnect(join(layout.socketDir!, 'export.sock'));
   try {
-    await guardSpace(context, state, async () => pullSpaceNeed(domain, opened));
-    await context.hooks.afterJobStart?.();
-    await copyDisks(context, opened, state.signal);
-  } finally {
-    await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+    const opened = await openExports(context, layout.disks, socket, state.signal);
+    try {
+      await guardSpace(context, state, async () => pullSpaceNeed(domain, opened));
+      await context.hooks.afterJobStart?.();
+      await copyDisks(context, opened, state.signal);
+    } finally {
+      await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+    }
+  } catch (error) {
+    throw unreachableExportError(error, socket);
   }
   state.guard?.stop();
   await domain.abortJob();
@@ -237,7 +250,8 @@ async function commitRun(context: ExecuteContext, layout: RunLayout, state: RunS
   };
   await set.commitBackup(record, { verifyChecksums: false, ...(signal ? { signal } : {}) });
   state.committed = true;
-  await recordVerifiedFiles(set.dir, records, set.referencedFiles());
+  // A cache of verified checksums: the backup is committed whether or not it can be written.
+  await recordVerifiedFiles(set.dir, records, set.referencedFiles()).catch(() => undefined);
   const durationMs = Date.now() - context.started;
   const dataBytes = records.reduce((sum, d) => sum + d.dataBytes, 0);
   emit({ type: 'done', backupId: layout.backupId, level: plan.level, durationMs, dataBytes });
@@ -269,17 +283,55 @@ async function diskRecords(set: BackupSet, disks: readonly DiskPlan[], signal: A
 
 /** Ends the job, removes what the run created, and returns the error the caller should see. */
 async function failRun(context: ExecuteContext, layout: RunLayout, state: RunState, run: BackupRun, error: unknown): Promise<unknown> {
-  const { domain, signal } = context;
+  const { domain } = context;
   state.guard?.stop();
   const explained = state.guard?.error ?? (await explainFailure(context, error, layout.checkpointName));
-  if (state.jobRunning) {
-    await domain.abortJob().catch(() => undefined);
-    await domain.waitForJob({ timeoutMs: 60_000 }).catch(() => undefined);
-  }
+  if (state.jobRunning) state.jobMayRun = !(await endJob(domain));
+  let leftFiles: unknown;
   if (!state.committed) {
-    await run.abort().catch(() => undefined);
+    if (state.jobMayRun) {
+      const written = context.transport === 'pull' ? layout.scratchInSet : layout.disks.map((disk) => disk.file);
+      await run.keepForNextRun(written);
+      context.emit({
+        type: 'notice',
+        message: `the backup job may still be running: the files it writes are kept until the next backup of ${domain.name} ends it`,
+      });
+    } else {
+      leftFiles = await run.abort().then(
+        () => undefined,
+        (cleanupError: unknown) => cleanupError,
+      );
+    }
     await forgetCheckpoint(context, layout.checkpointName, layout.backupId);
   }
+  const reported = reportedFailure(context, state, error, explained);
+  if (leftFiles === undefined) return reported;
+  // Exit codes promise that a refused destination changed nothing: files left say otherwise.
+  const why = leftFiles instanceof Error ? leftFiles.message : String(leftFiles);
+  const said = reported instanceof Error ? reported.message : String(reported);
+  return new BackupSetError(
+    'SET_IO',
+    `${said}; the files of backup ${layout.backupId} could not be removed (${why}): the next backup or prune of this set removes them`,
+    {
+      path: context.set.dir,
+    },
+  );
+}
+
+/** Aborts the job and waits for it to end; false when its end cannot be confirmed. */
+async function endJob(domain: Domain): Promise<boolean> {
+  await domain.abortJob().catch(() => undefined);
+  await domain.waitForJob({ timeoutMs: 60_000 }).catch(() => undefined);
+  try {
+    return (await domain.getJobInfo()).type === JobType.NONE;
+  } catch {
+    return false;
+  }
+}
+
+/** The error the caller sees for a failed run. */
+function reportedFailure(context: ExecuteContext, state: RunState, error: unknown, explained: BackupError | undefined): unknown {
+  const { domain, signal } = context;
   if (signal?.aborted) return new BackupError('ABORTED', `backup of ${domain.name} was interrupted; nothing was kept from it`, { cause: error });
   if (explained !== undefined) return explained;
   if (error instanceof ChainBrokenError) return error;
@@ -311,7 +363,8 @@ async function forgetCheckpoint(context: ExecuteContext, name: string, backupId:
 
 /** Turns a failure caused by the domain stopping or the daemon going away into words that say so. */
 async function explainFailure(context: ExecuteContext, error: unknown, checkpointName: string): Promise<BackupError | undefined> {
-  if (error instanceof BackupError) return undefined;
+  // A failed transfer is what a stopped domain or a lost daemon looks like from the NBD side.
+  if (error instanceof BackupError && error.code !== 'JOB_FAILED') return undefined;
   const { conn, domain } = context;
   let state: DomainState | undefined;
   try {

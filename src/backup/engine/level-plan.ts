@@ -9,6 +9,7 @@ import { assertChainIntact } from '../set/chain-check.js';
 import { type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type RequestedLevel } from './engine-types.js';
 import { type BackupLevel, type BackupRecord } from '../set/manifest.js';
+import { daemonLost } from './daemon-lost.js';
 import { findCheckpoint } from './leftover-checkpoints.js';
 import { assertChainChecksums } from '../set/verified-files.js';
 import { type LevelPlan } from './run-context.js';
@@ -74,7 +75,7 @@ async function checkpointUsable(set: BackupSet, parent: BackupRecord, domain: Do
         if (record.id === parent.id) checkpoint = redefined;
         emit({ type: 'notice', message: `checkpoint ${record.checkpoint} was missing from libvirt; redefined it from the set's saved copy` });
       } catch (error) {
-        if (!(error instanceof LibvirtError)) throw error;
+        if (!(error instanceof LibvirtError) || (await daemonLost(domain.connection))) throw error;
         if (record.id === parent.id) return `checkpoint ${name} is missing from libvirt and could not be redefined: ${error.message}`;
       }
     }
@@ -84,7 +85,9 @@ async function checkpointUsable(set: BackupSet, parent: BackupRecord, domain: Do
     // Asking for bitmap sizes makes libvirt look at the bitmaps themselves.
     await checkpoint.getXMLDesc(CheckpointXMLFlags.SIZE | CheckpointXMLFlags.NO_DOMAIN);
   } catch (error) {
-    if (error instanceof LibvirtError) return `the bitmap of checkpoint ${name} is missing or broken (${error.message})`;
+    // A daemon that went away says nothing about the bitmap.
+    if (error instanceof LibvirtError && !(await daemonLost(domain.connection)))
+      return `the bitmap of checkpoint ${name} is missing or broken (${error.message})`;
     throw error;
   }
   return true;

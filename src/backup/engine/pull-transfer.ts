@@ -3,6 +3,7 @@
 import type { Domain } from '../../libvirt/domain.js';
 import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient } from '../../nbd/index.js';
 import { BackupError } from './engine-types.js';
+import { exportReadError } from './export-connection.js';
 import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/qcow2-layout.js';
 import { writeQcow2 } from '../qcow2/qcow2-writer.js';
 import { type SpaceNeed } from './space-guard.js';
@@ -51,7 +52,13 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], so
   }
   const opened: OpenedExport[] = [];
   try {
-    for (const disk of disks) opened.push(await openExport(disk, socket, exports.get(disk.target) ?? { name: disk.target }, signal));
+    for (const disk of disks) {
+      try {
+        opened.push(await openExport(disk, socket, exports.get(disk.target) ?? { name: disk.target }, signal));
+      } catch (error) {
+        throw exportReadError(disk.target, error);
+      }
+    }
   } catch (error) {
     await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
     throw error;
@@ -110,7 +117,7 @@ export async function copyDisks(context: ExecuteContext, opened: OpenedExport[],
       try {
         await copyDisk(context, entry, signal);
       } catch (error) {
-        failures.push(error);
+        failures.push(exportReadError(entry.disk.target, error));
       }
     }
   };

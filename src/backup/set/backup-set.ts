@@ -285,7 +285,10 @@ export class BackupSet implements SetFiles {
     }
     throwIfAborted(options.signal);
     await this.writeManifest(next);
-    if (this.run?.active) await this.run.finish();
+    // The backup is in the set from here on: a leftover that cannot be removed now (a
+    // scratch file on a disk that just turned read-only) is the next run's to remove,
+    // and must not turn a committed backup into a reported failure.
+    if (this.run?.active) await this.run.finish().catch(() => undefined);
     this.run = null;
   }
 

@@ -67,12 +67,16 @@ export class FileLock {
     }
   }
 
-  /** Removes the file, then drops the lock (in that order: see tryAcquire). */
-  async release(): Promise<void> {
+  /**
+   * Removes the file, then drops the lock (in that order: see tryAcquire). With
+   * `keepRecord` the file stays, so the next holder finds this holder's record in
+   * `previous`, as it would after a crash: for work this holder could not finish.
+   */
+  async release(options: { keepRecord?: boolean } = {}): Promise<void> {
     if (this.released) return;
     this.released = true;
     try {
-      await unlink(this.path).catch(() => undefined);
+      if (!options.keepRecord) await unlink(this.path).catch(() => undefined);
     } finally {
       await this.handle.close();
     }

@@ -186,13 +186,42 @@ export class BackupRun {
     await writeJournal(this.dir, this.state);
   }
 
-  /** Removes this run's files (those not referenced by the manifest) and the journal. */
+  /**
+   * Removes this run's files (those not referenced by the manifest) and the journal. Tried
+   * once: when a file cannot be removed (a read-only or failing disk) the journal stays for
+   * the next run's recovery, and trying again would only repeat the error over the one
+   * that made the run stop.
+   */
   async abort(): Promise<string[]> {
     if (this.finished) return [];
+    this.finished = true;
     const removed = await removeUnreferencedFiles(this.dir, this.state.creates, this.referencedFiles());
     await removeJournal(this.dir);
-    this.finished = true;
     return removed;
+  }
+
+  /**
+   * Ends the run without its backup, leaving `files` to the next run: files something
+   * outside this process may still be writing (a libvirt job that could not be ended).
+   * The other files go; the journal then lists only `files`, so the next run's recovery
+   * removes them after that run has ended the job. Best effort: if anything fails, the
+   * journal keeps listing every file of the run, which is as safe.
+   */
+  async keepForNextRun(files: readonly string[]): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    const kept = new Set(files);
+    try {
+      await removeUnreferencedFiles(
+        this.dir,
+        this.state.creates.filter((file) => !kept.has(file)),
+        this.referencedFiles(),
+      );
+      this.state = { ...this.state, creates: this.state.creates.filter((file) => kept.has(file)) };
+      await writeJournal(this.dir, this.state);
+    } catch {
+      // The journal still lists the files; recovery does the rest.
+    }
   }
 
   /**

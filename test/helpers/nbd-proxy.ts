@@ -1,0 +1,81 @@
+// A proxy between libvirt's NBD export and the backup engine's client, on a unix socket
+// the engine connects to instead of libvirt's (LIBVIRT_BACKUP_TEST_NBD_PROXY_SOCKET).
+// It forwards bytes untouched and cuts every connection once the server has sent a
+// given number of bytes: a network or a server that drops the transfer half-way.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { createConnection, createServer, type Server, type Socket } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface CuttingProxy {
+  /** Where the engine should connect. */
+  socket: string;
+  /** Bytes the server had sent through the proxy when it cut (0 while it has not). */
+  readonly cutAfter: number;
+  readonly connections: number;
+  close(): Promise<void>;
+}
+
+/**
+ * `upstream()` says where the real export listens; it is asked on each connection, once
+ * the job exists (the engine connects only after libvirt started it).
+ */
+export async function cuttingProxy(upstream: () => Promise<string>, cutAfterBytes: number): Promise<CuttingProxy> {
+  const dir = await mkdtemp(join(tmpdir(), 'lvb-nbd-proxy-'));
+  const socket = join(dir, 'proxy.sock');
+  const open = new Set<Socket>();
+  let fromServer = 0;
+  let cutAfter = 0;
+  let connections = 0;
+  const cut = () => {
+    cutAfter = fromServer;
+    for (const end of open) end.destroy();
+  };
+  const server: Server = createServer((client) => {
+    connections += 1;
+    open.add(client);
+    client.on('close', () => open.delete(client));
+    client.on('error', () => undefined);
+    if (cutAfter > 0) return void client.destroy();
+    client.pause();
+    upstream().then(
+      (path) => {
+        const far = createConnection({ path });
+        open.add(far);
+        far.on('close', () => {
+          open.delete(far);
+          client.destroy();
+        });
+        far.on('error', () => client.destroy());
+        client.on('close', () => far.destroy());
+        far.on('data', (chunk: Buffer) => {
+          fromServer += chunk.length;
+          if (cutAfter > 0) return;
+          client.write(chunk);
+          if (fromServer >= cutAfterBytes) cut();
+        });
+        client.on('data', (chunk: Buffer) => far.write(chunk));
+        client.resume();
+      },
+      () => client.destroy(),
+    );
+  });
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(socket, () => resolve());
+  });
+  return {
+    socket,
+    get cutAfter() {
+      return cutAfter;
+    },
+    get connections() {
+      return connections;
+    },
+    async close() {
+      for (const end of open) end.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+      await rm(dir, { recursive: true, force: true });
+    },
+  };
+}
