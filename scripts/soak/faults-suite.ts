@@ -225,7 +225,10 @@ async function faultedRun(
   if (!planned.nextAtOnce) {
     await checkVerify(scene, log, 'warnings-allowed');
     const handledItself = outcome.signal === null && !outcome.hung;
-    if (handledItself) await checkNothingLeft(scene, log, { ...kind.immediateCleanup, processGraceMs: 3000 });
+    // Without libvirtd the command cannot know whether its job still runs: it leaves the
+    // files QEMU may be writing to the next run, which ends the job first.
+    const jobMayRun = outcome.error?.['code'] === 'DAEMON_LOST';
+    if (handledItself) await checkNothingLeft(scene, log, { ...kind.immediateCleanup, processGraceMs: 3000, jobMayRun });
   }
   const faultedFailures = reportFailures(context, log, `${where}, right after the faulted backup`, fault);
   timer.mark('checks');

@@ -6,7 +6,7 @@
 import { readdir } from 'node:fs/promises';
 
 import { describeOutcome, runCli, type CliEnvironment } from './cli-process.js';
-import { domainCheckpoints, domainJob, entriesUnder, processesUsing } from './host-state.js';
+import { domainCheckpoints, domainJob, entriesUnder, processesUsing, type ProcessUse } from './host-state.js';
 import { checkpointsNamed, fileModes, readManifest, unexpectedEntries } from './set-state.js';
 
 export interface CheckFailure {
@@ -115,7 +115,7 @@ export async function checkNoTempLeftovers(scene: SoakScene, log: CheckLog): Pro
   log.recordLeftovers(scene, 'no-temp-leftovers', 'no socket, socket directory, scratch or temporary file left', [...temp, ...run, ...images]);
 }
 
-export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog, options: { libvirtOwed?: boolean } = {}): Promise<void> {
+export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog, options: { libvirtOwed?: boolean; jobMayRun?: boolean } = {}): Promise<void> {
   const { manifest } = await readManifest(scene.setDir);
   const extra = await unexpectedEntries(scene.setDir, manifest, options);
   log.recordLeftovers(
@@ -131,11 +131,14 @@ export async function checkSetHoldsOnlyBackups(scene: SoakScene, log: CheckLog, 
  * No process left behind: a command or qemu-img of ours may take a moment to exit after
  * the command itself (`graceMs` waits for that); a process holding a file of the set
  * open once the runs are over (QEMU still writing a push target) is reported at once.
+ * `jobMayRun`: the run could not end its job (libvirtd gone), so the domain's QEMU may
+ * still hold the job's files open, but never one that was deleted under it.
  */
-export async function checkNoStrayProcess(scene: SoakScene, log: CheckLog, graceMs = 2000): Promise<void> {
+export async function checkNoStrayProcess(scene: SoakScene, log: CheckLog, graceMs = 2000, jobMayRun = false): Promise<void> {
   const paths = [scene.setDir, ...scene.otherSetDirs(), scene.cli.tmpDir, scene.cli.runDir];
   const first = await processesUsing(paths);
-  const holders = first.filter((use) => use.by === 'open-file');
+  const owedToNextRun = (use: ProcessUse) => jobMayRun && use.command.includes(`guest=${scene.domainName},`) && !use.why.includes('(deleted)');
+  const holders = first.filter((use) => use.by === 'open-file' && !owedToNextRun(use));
   const deadline = Date.now() + graceMs;
   let named = first.filter((use) => use.by === 'arguments');
   while (named.length > 0 && Date.now() < deadline) {
@@ -197,13 +200,21 @@ export async function checkFileModes(scene: SoakScene, log: CheckLog, origins: F
   );
 }
 
-/** The full set of "nothing left behind" checks. */
-export async function checkNothingLeft(scene: SoakScene, log: CheckLog, options: { libvirt: boolean; files: boolean; processGraceMs?: number }): Promise<void> {
+/**
+ * The full set of "nothing left behind" checks. `jobMayRun`: the command said it lost
+ * libvirtd while its job ran, so the job and the files it writes are owed by the next run.
+ */
+export async function checkNothingLeft(
+  scene: SoakScene,
+  log: CheckLog,
+  options: { libvirt: boolean; files: boolean; processGraceMs?: number; jobMayRun?: boolean },
+): Promise<void> {
   if (options.libvirt) {
     await checkNoJob(scene, log);
     await checkNoStrayCheckpoint(scene, log);
   }
-  if (options.files) await checkSetHoldsOnlyBackups(scene, log, { libvirtOwed: !options.libvirt });
+  const jobMayRun = options.jobMayRun === true;
+  if (options.files) await checkSetHoldsOnlyBackups(scene, log, { libvirtOwed: !options.libvirt, jobMayRun });
   await checkNoTempLeftovers(scene, log);
-  await checkNoStrayProcess(scene, log, options.processGraceMs);
+  await checkNoStrayProcess(scene, log, options.processGraceMs, jobMayRun);
 }

@@ -85,12 +85,33 @@ const PERSISTENT_ENTRIES: Record<string, (path: string, libvirtOwed: boolean) =>
   },
 };
 
-/** Entries of the set directory other than manifest.json, the files it references and the set's own persistent state. */
-export async function unexpectedEntries(setDir: string, manifest: Manifest | null, options: { libvirtOwed?: boolean } = {}): Promise<string[]> {
+/**
+ * The run journal and the files it lists, when the run could not know whether its libvirt
+ * job had ended (libvirtd gone): QEMU may still write those files (pull scratch, push
+ * targets), so they are left for the next run, which ends the job before removing them.
+ */
+async function journalEntries(setDir: string): Promise<Set<string>> {
+  const text = await readFile(join(setDir, '.in-progress.json'), 'utf8').catch(() => null);
+  if (text === null) return new Set();
+  const creates = (JSON.parse(text) as { creates?: unknown }).creates;
+  return new Set(['.in-progress.json', ...(Array.isArray(creates) ? creates.filter((name): name is string => typeof name === 'string') : [])]);
+}
+
+/**
+ * Entries of the set directory other than manifest.json, the files it references and the
+ * set's own persistent state. `jobMayRun`: the journal of a run whose job may still run,
+ * and what it lists, are expected too.
+ */
+export async function unexpectedEntries(
+  setDir: string,
+  manifest: Manifest | null,
+  options: { libvirtOwed?: boolean; jobMayRun?: boolean } = {},
+): Promise<string[]> {
   const referenced = referencedFiles(manifest);
+  const owed = options.jobMayRun ? await journalEntries(setDir) : new Set<string>();
   const unexpected: string[] = [];
   for (const entry of (await readdir(setDir)).sort()) {
-    if (entry === 'manifest.json' || referenced.has(entry)) continue;
+    if (entry === 'manifest.json' || referenced.has(entry) || owed.has(entry)) continue;
     const persistent = PERSISTENT_ENTRIES[entry];
     if (persistent && (await persistent(join(setDir, entry), options.libvirtOwed === true).catch(() => false))) continue;
     unexpected.push(entry);
