@@ -11,7 +11,7 @@ import {
   type WaitForBlockJobOptions,
 } from './block-jobs.js';
 import type { Connection } from './connection.js';
-import { type DomainState, JobStatsFlags, JobType, QemuMonitorCommandFlags } from './constants.js';
+import { CheckpointCreateFlags, type DomainState, JobStatsFlags, JobType, QemuMonitorCommandFlags } from './constants.js';
 import { LibvirtError } from './errors.js';
 import { JobFailedError, toJobStats, type JobInfo, type JobStats } from './jobs.js';
 import type { NativeDomain } from './native.js';
@@ -128,7 +128,7 @@ export class Domain {
    * `CheckpointCreateFlags.REDEFINE`, `QUIESCE`, `REDEFINE_VALIDATE`.
    */
   async createCheckpoint(checkpoint: string | CheckpointSpec, flags = 0): Promise<Checkpoint> {
-    const xml = await this.#checkpointXml(checkpoint);
+    const xml = await this.#checkpointXml(checkpoint, (flags & CheckpointCreateFlags.REDEFINE) !== 0);
     return new Checkpoint(this, await this.#native.createCheckpoint(xml, flags));
   }
 
@@ -150,7 +150,7 @@ export class Domain {
    */
   async backupBegin(backup: string | BackupSpec, checkpoint?: string | CheckpointSpec | null, flags = 0): Promise<void> {
     const backupXml = typeof backup === 'string' ? backup : buildBackupXml(backup, { libvirtVersion: await this.connection.getLibVersion() });
-    const checkpointXml = checkpoint === undefined || checkpoint === null ? null : await this.#checkpointXml(checkpoint);
+    const checkpointXml = checkpoint === undefined || checkpoint === null ? null : await this.#checkpointXml(checkpoint, false);
     return this.#native.backupBegin(backupXml, checkpointXml, flags);
   }
 
@@ -280,8 +280,9 @@ export class Domain {
     }
   }
 
-  async #checkpointXml(checkpoint: string | CheckpointSpec): Promise<string> {
+  /** A typed spec is validated for what the XML is for: a redefinition, or a new checkpoint. */
+  async #checkpointXml(checkpoint: string | CheckpointSpec, redefine: boolean): Promise<string> {
     if (typeof checkpoint === 'string') return checkpoint;
-    return buildCheckpointXml(checkpoint, { libvirtVersion: await this.connection.getLibVersion() });
+    return buildCheckpointXml(checkpoint, { libvirtVersion: await this.connection.getLibVersion(), redefine });
   }
 }

@@ -165,6 +165,39 @@ test('metadata deleted and redefined from saved XML still serves incremental bac
   );
 });
 
+test('a typed spec is checked for what it is for: a redefinition with REDEFINE, a new checkpoint otherwise', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const vm = await createThrowawayDomain(conn, 'cptyped', twoDisks);
+  t.teardown(() => vm.cleanup());
+  const checkpoint = await vm.domain.createCheckpoint(vdaOnly('typed'));
+  const saved = parseCheckpointXml(await checkpoint.getXMLDesc());
+  t.is(typeof saved.creationTime, 'number');
+  await checkpoint.delete(CheckpointDeleteFlags.METADATA_ONLY);
+  const redefine = CheckpointCreateFlags.REDEFINE | CheckpointCreateFlags.REDEFINE_VALIDATE;
+
+  // Refused before anything is sent to libvirt, each with the rule of its call.
+  const { creationTime, ...withoutTime } = saved;
+  await t.throwsAsync(vm.domain.createCheckpoint(withoutTime, redefine), { message: /^creationTime: required with REDEFINE/ });
+  await t.throwsAsync(vm.domain.createCheckpoint(saved), { message: /^creationTime: set by libvirt when it creates the checkpoint/ });
+  const target = `${vm.disks[0]!.path}.typed.qcow2`;
+  t.teardown(() => run('rm', ['-f', target]));
+  const push = {
+    mode: 'push' as const,
+    disks: [
+      { name: 'vda', backup: 'yes' as const, type: 'file' as const, target: { file: target } },
+      { name: 'vdb', backup: 'no' as const },
+    ],
+  };
+  await t.throwsAsync(vm.domain.backupBegin(push, { ...saved, name: 'with-backup' }), { message: /^creationTime: set by libvirt/ });
+  t.deepEqual(await vm.domain.listAllCheckpoints(), []);
+
+  const redefined = await vm.domain.createCheckpoint(saved, redefine);
+  t.is(redefined.name, 'typed');
+  t.is(parseCheckpointXml(await redefined.getXMLDesc()).creationTime, creationTime);
+  t.regex(await run('virsh', ['-c', 'qemu:///system', 'checkpoint-list', vm.name, '--name']), /^typed$/m);
+});
+
 test('redefining with REDEFINE_VALIDATE refuses a checkpoint whose bitmap is gone', async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());
