@@ -25,7 +25,8 @@
         "binding/xxh128.cc"
       ],
       "variables": {
-        "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)"
+        "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)",
+        "portable_binary%": 0
       },
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")"
@@ -41,7 +42,13 @@
       "cflags_cc!": ["-fno-exceptions"],
       "cflags": ["<!@(pkg-config --cflags libvirt libvirt-qemu)"],
       "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt libvirt-qemu)"],
-      "libraries": ["<!@(pkg-config --libs libvirt libvirt-qemu)"]
+      "libraries": ["<!@(pkg-config --libs libvirt libvirt-qemu)"],
+      "conditions": [
+        ["portable_binary==1", {
+          "sources": ["binding/glibc_compat.cc"],
+          "ldflags": ["-static-libstdc++", "-Wl,--exclude-libs,ALL", "-Wl,--no-as-needed", "-l:libpthread.so.0", "-l:libdl.so.2", "-Wl,--as-needed"]
+        }]
+      ]
     }
   ]
 }
