@@ -73,6 +73,20 @@ module.exports = {
       to: { path: '^src/backup/engine/|^src/libvirt/|^src/index\\.ts$', pathNot: '^src/libvirt/native\\.ts$' },
     },
     {
+      name: 'recovery-on-set-and-binding',
+      severity: 'error',
+      comment: 'Running from a backup stands on the set, the qcow2 room, the binding and xml/: never on the engine, restore or the NBD client.',
+      from: { path: '^src/backup/recovery/' },
+      to: { path: '^src/backup/(engine|restore)/|^src/nbd/|^src/index\\.ts$' },
+    },
+    {
+      name: 'recovery-only-through-index',
+      severity: 'error',
+      comment: 'The recovery room is reached through the public module only.',
+      from: { path: '^src/', pathNot: '^src/backup/(recovery/|index\\.ts$)' },
+      to: { path: '^src/backup/recovery/' },
+    },
+    {
       name: 'src-not-to-tests-or-scripts',
       severity: 'error',
       from: { path: '^src/' },

@@ -37,6 +37,8 @@ export type BackupSetErrorCode =
   | 'INVALID_ARGUMENT'
   /** qemu-img failed or is not installed; the message carries its stderr. */
   | 'QEMU_IMG_FAILED'
+  /** A domain recovered from the set runs from files the operation would change or delete. */
+  | 'SET_IN_USE'
   /** The operation was aborted through its AbortSignal. */
   | 'ABORTED';
 

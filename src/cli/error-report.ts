@@ -52,6 +52,7 @@ const SET_EXIT: Record<BackupSetErrorCode, number> = {
   OUTPUT_EXISTS: ExitCode.USAGE,
   INVALID_ARGUMENT: ExitCode.USAGE,
   QEMU_IMG_FAILED: ExitCode.FAILED,
+  SET_IN_USE: ExitCode.FAILED,
   ABORTED: ExitCode.FAILED,
 };
 

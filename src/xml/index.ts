@@ -59,6 +59,17 @@ export {
 } from './domain.js';
 export { parseDomainCapabilities, type DomainCapabilitiesSummary } from './capabilities.js';
 export {
+  RECOVERY_METADATA_NAMESPACE,
+  parseDomainAccess,
+  parseRecoveryOrigin,
+  recoveredDomainXml,
+  type DomainAccess,
+  type RecoveredDiskFile,
+  type RecoveredDomainOptions,
+  type RecoveredDomainXml,
+  type RecoveryOrigin,
+} from './domain-recovery.js';
+export {
   blockCopyDestinationIssues,
   buildBlockCopyDestinationXml,
   type BlockCopyBlockDestination,

@@ -1,6 +1,7 @@
 import { BackupSetError } from '../errors.js';
 import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord, type Manifest } from './manifest.js';
 import type { PlannedRebase } from './run-journal.js';
+import type { SetUserCheck } from './set-users.js';
 
 export interface PruneHooks {
   /** After K's new files are complete, before the journal enters the switching phase. */
@@ -28,6 +29,12 @@ export interface PruneOptions {
   onProgress?: (progress: PruneProgress) => void;
   /** Called between steps; tests use them to simulate crashes at each point. */
   hooks?: PruneHooks;
+  /**
+   * Asks libvirt whether a domain recorded as running from the set (see set-users.ts)
+   * still does. Without it every record counts as in use, and prune refuses to touch
+   * the files such a domain reads.
+   */
+  checkSetUser?: SetUserCheck;
 }
 
 export interface PruneResult {
@@ -46,6 +53,8 @@ export interface PruneResult {
    * differential). The caller deletes them from libvirt; one may already be gone.
    */
   obsoleteCheckpoints: string[];
+  /** Records of recovered domains that no longer run from the set, removed by this prune. */
+  staleSetUsers?: Array<{ domain: string; reason: string }>;
 }
 
 export interface MergeStep {

@@ -12,6 +12,7 @@ import { factsOf, finishPrune } from './prune-finish.js';
 import { obsoleteCheckpoints, planPrune, type FileFacts, type MergeStep, type PruneOptions, type PrunePlan, type PruneResult } from './prune-plan.js';
 import { removeJournal, removeUnreferencedFiles, writeJournal, type RunJournalState } from './run-journal.js';
 import { currentOwner } from './process-liveness.js';
+import { assertFilesNotInUse } from './set-users.js';
 
 /**
  * Prune keeps the newest `keep` restore points and drops the older ones.
@@ -96,6 +97,10 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
     }
   }
 
+  const touched = new Set([...plan.deletes, ...plan.rebases.map((rebase) => rebase.file)]);
+  const stale = await assertFilesNotInUse(set.dir, touched, `prune backup${plan.removed.length === 1 ? '' : 's'} ${plan.removed.join(', ')}`, options.checkSetUser);
+  const staleSetUsers = stale.map(({ user, state }) => ({ domain: user.domain.name, reason: state.inUse ? '' : state.reason }));
+
   await assertInputsIntact(set, plan, options);
 
   await writeJournal(set.dir, journalFor(plan, 'merging'));
@@ -117,7 +122,8 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
 
   await writeJournal(set.dir, journalFor(plan, 'switching'));
   try {
-    return await finishPrune(set, plan, before, facts, options);
+    const result = await finishPrune(set, plan, before, facts, options);
+    return staleSetUsers.length > 0 ? { ...result, staleSetUsers } : result;
   } catch (error) {
     // Leave the journal: the next write-open finishes the prune (see recovery).
     if (error instanceof BackupSetError) {
