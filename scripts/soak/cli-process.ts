@@ -41,6 +41,8 @@ export interface StartOptions {
   umask?: number;
   /** SIGKILL after this long, and report the run as hung. */
   timeoutMs?: number;
+  /** More environment variables for the command. */
+  env?: Record<string, string>;
 }
 
 export class CliProcess {
@@ -66,7 +68,7 @@ export class CliProcess {
     try {
       child = spawn(process.execPath, [...entry, ...args], {
         cwd: env.repoRoot,
-        env: { ...process.env, TMPDIR: env.tmpDir, LIBVIRT_BACKUP_RUN_DIR: env.runDir, LIBVIRT_BACKUP_DEBUG: '1' },
+        env: { ...process.env, TMPDIR: env.tmpDir, LIBVIRT_BACKUP_RUN_DIR: env.runDir, LIBVIRT_BACKUP_DEBUG: '1', ...options.env },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
     } finally {

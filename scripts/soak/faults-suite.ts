@@ -185,8 +185,8 @@ async function faultedRun(
 
   const before = await readManifest(scene.setDir);
   const entriesBefore = (await readdir(scene.setDir)).sort().join('/');
-  await kind.prepare?.(faultScene, planned);
-  const cli = new CliProcess(context.cli, faultScene.backupArgs(scene.setDir, level, transport), { umask, timeoutMs: FAULTED_TIMEOUT_MS });
+  const env = (await kind.prepare?.(faultScene, planned)) ?? {};
+  const cli = new CliProcess(context.cli, faultScene.backupArgs(scene.setDir, level, transport), { umask, timeoutMs: FAULTED_TIMEOUT_MS, env });
   const injectionDone = kind.inject(faultScene, planned, cli);
   const outcome = await cli.done;
   let injection: Injection;

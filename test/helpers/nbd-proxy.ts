@@ -1,7 +1,8 @@
 // A proxy between libvirt's NBD export and the backup engine's client, on a unix socket
 // the engine connects to instead of libvirt's (LIBVIRT_BACKUP_TEST_NBD_PROXY_SOCKET).
 // It forwards bytes untouched and cuts every connection once the server has sent a
-// given number of bytes: a network or a server that drops the transfer half-way.
+// given number of bytes, or when told to: a network or a server that drops the transfer
+// half-way.
 import { mkdtemp, rm } from 'node:fs/promises';
 import { createConnection, createServer, type Server, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,6 +14,8 @@ export interface CuttingProxy {
   /** Bytes the server had sent through the proxy when it cut (0 while it has not). */
   readonly cutAfter: number;
   readonly connections: number;
+  /** Cuts every connection now, and refuses new ones; false if no connection was open. */
+  cut(): boolean;
   close(): Promise<void>;
 }
 
@@ -20,23 +23,27 @@ export interface CuttingProxy {
  * `upstream()` says where the real export listens; it is asked on each connection, once
  * the job exists (the engine connects only after libvirt started it).
  */
-export async function cuttingProxy(upstream: () => Promise<string>, cutAfterBytes: number): Promise<CuttingProxy> {
+export async function cuttingProxy(upstream: () => Promise<string>, cutAfterBytes = Infinity): Promise<CuttingProxy> {
   const dir = await mkdtemp(join(tmpdir(), 'lvb-nbd-proxy-'));
   const socket = join(dir, 'proxy.sock');
   const open = new Set<Socket>();
   let fromServer = 0;
   let cutAfter = 0;
+  let cutDone = false;
   let connections = 0;
   const cut = () => {
+    const wasOpen = open.size > 0;
+    cutDone = true;
     cutAfter = fromServer;
     for (const end of open) end.destroy();
+    return wasOpen;
   };
   const server: Server = createServer((client) => {
     connections += 1;
     open.add(client);
     client.on('close', () => open.delete(client));
     client.on('error', () => undefined);
-    if (cutAfter > 0) return void client.destroy();
+    if (cutDone) return void client.destroy();
     client.pause();
     upstream().then(
       (path) => {
@@ -50,7 +57,7 @@ export async function cuttingProxy(upstream: () => Promise<string>, cutAfterByte
         client.on('close', () => far.destroy());
         far.on('data', (chunk: Buffer) => {
           fromServer += chunk.length;
-          if (cutAfter > 0) return;
+          if (cutDone) return;
           client.write(chunk);
           if (fromServer >= cutAfterBytes) cut();
         });
@@ -72,6 +79,7 @@ export async function cuttingProxy(upstream: () => Promise<string>, cutAfterByte
     get connections() {
       return connections;
     },
+    cut,
     async close() {
       for (const end of open) end.destroy();
       await new Promise<void>((resolve) => server.close(() => resolve()));

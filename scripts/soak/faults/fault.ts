@@ -63,8 +63,8 @@ export interface FaultKind {
   immediateCleanup: ImmediateCleanup;
   plan(rng: Rng, timings: RunTimings): PlannedFault;
   describe(planned: PlannedFault): string;
-  /** Before the command starts. */
-  prepare?(scene: FaultScene, planned: PlannedFault): Promise<void>;
+  /** Before the command starts; may return environment variables for the command. */
+  prepare?(scene: FaultScene, planned: PlannedFault): Promise<Record<string, string> | void>;
   /** Waits for the trigger and strikes; runs while the command runs. */
   inject(scene: FaultScene, planned: PlannedFault, cli: CliProcess): Promise<Injection>;
   /** After the command ended: the environment as an operator would repair it. Failures to repair go into `log`. */

@@ -1,8 +1,20 @@
-// The NBD connection of a pull backup is cut. The command cannot be pointed at a
-// proxy (it connects to the socket libvirt creates), so the cut comes from QEMU's
-// side: its NBD server stopped, or the export removed with its clients disconnected.
-import { exitedCleanly, type FaultKind } from './fault.js';
+// The NBD connection of a pull backup is cut: by a proxy between libvirt's export and the
+// command that drops it (the command connects to the proxy through the engine's test
+// hook), or from QEMU's side: its NBD server stopped, or the export removed with its
+// clients disconnected.
+import { TEST_NBD_PROXY_SOCKET_VARIABLE } from '../../../src/backup/engine/export-connection.js';
+import { cuttingProxy, type CuttingProxy } from '../../../test/helpers/nbd-proxy.js';
+import { exitedCleanly, type FaultKind, type FaultScene } from './fault.js';
 import { awaitTrigger, describeTrigger, planTrigger } from './trigger.js';
+
+/** The proxy of the run in progress (runs are one at a time). */
+let proxy: CuttingProxy | undefined;
+
+async function exportSocket(scene: FaultScene): Promise<string> {
+  const spec = await scene.link.withDomain(scene.domain.name, (domain) => domain.backupGetSpec());
+  if (spec.mode !== 'pull' || spec.server?.transport !== 'unix') throw new Error('no pull backup job with a unix socket on the domain');
+  return spec.server.socket;
+}
 
 export const nbdCut: FaultKind = {
   name: 'nbd-cut',
@@ -12,13 +24,22 @@ export const nbdCut: FaultKind = {
   plan: (rng, timings) => ({
     trigger: planTrigger(rng, timings, ['start', 'progress']),
     level: 'full',
-    variant: rng.pick(['nbd-server-stop', 'block-export-del mode=hard']),
+    variant: rng.pick(['a dropping proxy', 'QMP nbd-server-stop', 'QMP block-export-del mode=hard']),
   }),
-  describe: (planned) => `NBD connection cut by QMP ${planned.variant} ${describeTrigger(planned.trigger)}`,
+  describe: (planned) => `NBD connection cut by ${planned.variant} ${describeTrigger(planned.trigger)}`,
+  async prepare(scene, planned) {
+    if (planned.variant !== 'a dropping proxy') return;
+    proxy = await cuttingProxy(() => exportSocket(scene));
+    return { [TEST_NBD_PROXY_SOCKET_VARIABLE]: proxy.socket };
+  },
   async inject(scene, planned, cli) {
     if (!(await awaitTrigger(planned.trigger, cli))) return { landed: false, detail: 'the backup had ended' };
+    if (planned.variant === 'a dropping proxy') {
+      const landed = proxy!.cut();
+      return { landed, detail: landed ? `cut after ${proxy!.cutAfter} bytes from the server` : 'no connection open through the proxy' };
+    }
     return scene.link.withDomain(scene.domain.name, async (domain) => {
-      if (planned.variant === 'nbd-server-stop') {
+      if (planned.variant === 'QMP nbd-server-stop') {
         const reply = await domain.qemuMonitorCommand(JSON.stringify({ execute: 'nbd-server-stop' }));
         return { landed: !reply.includes('"error"'), detail: reply.trim() };
       }
@@ -35,6 +56,9 @@ export const nbdCut: FaultKind = {
       };
     });
   },
-  async repair() {},
+  async repair() {
+    await proxy?.close();
+    proxy = undefined;
+  },
   expectedExit: (outcome) => exitedCleanly(outcome),
 };
