@@ -220,8 +220,10 @@ async function awaitPushedData(context: ExecuteContext, layout: RunLayout, state
   state.guard?.stop();
   state.jobRunning = false;
   await waitForTargetsReleased(
+    domain,
     state.blockJobs,
     layout.disks.map((d) => d.target),
+    state.signal,
   );
   for (const disk of layout.disks) {
     if (disk.backingFile !== null) await qemuImgRebaseUnsafe(set.pathOf(disk.file), disk.backingFile, { signal });

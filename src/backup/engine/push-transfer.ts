@@ -1,6 +1,6 @@
 // Push mode: libvirt writes the backup files itself; we watch space and wait for it to let go of them.
 
-import { BlockJobStatus } from '../../libvirt/constants.js';
+import { BlockJobStatus, BlockJobType } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
 import type { BlockJobPayload } from '../../libvirt/events.js';
 import { BackupError } from './engine-types.js';
@@ -17,14 +17,38 @@ export async function pushSpaceNeed(domain: Domain, disks: readonly DiskPlan[]):
   return { scratch: 0, output: remaining ?? fallback };
 }
 
-/** libvirt closes a push target after the job event; the block-job event follows that. */
-export async function waitForTargetsReleased(events: BlockJobPayload[], targets: string[]): Promise<void> {
-  const deadline = Date.now() + 60_000;
-  const done = () => targets.every((t) => events.some((e) => e.disk === t && e.status !== BlockJobStatus.READY));
-  while (!done()) {
-    if (Date.now() > deadline) throw new Error(`libvirt did not release the backup targets of ${targets.join(', ')}`);
-    await new Promise((resolve) => setTimeout(resolve, 10));
+/** How long libvirt gets to release the push targets once the job has ended. */
+export const TARGET_RELEASE_TIMEOUT = { ms: 60_000 };
+
+/**
+ * libvirt closes a push target after the job-completed event, then sends a block-job
+ * event for its disk: only then is the file complete. `events` is the run's record of
+ * this domain's backup block-job events, kept since before the job started.
+ */
+export async function waitForTargetsReleased(domain: Domain, events: readonly BlockJobPayload[], targets: string[], signal?: AbortSignal): Promise<void> {
+  const isReleased = (target: string, seen: readonly BlockJobPayload[]) => seen.some((e) => e.disk === target && e.status !== BlockJobStatus.READY);
+  const allReleased = (seen: readonly BlockJobPayload[]) => targets.every((t) => isReleased(t, seen)) && seen;
+  const timeoutMs = TARGET_RELEASE_TIMEOUT.ms;
+  let seen: readonly BlockJobPayload[];
+  try {
+    seen = await domain.connection.waitFor('block-job', {
+      // The event at hand counts whether or not the run's own listener has recorded it yet.
+      match: (d, payload) => d.uuid === domain.uuid && payload.type === BlockJobType.BACKUP && allReleased([...events, payload]),
+      check: () => allReleased([...events]),
+      timeoutMs,
+      ...(signal !== undefined ? { signal } : {}),
+      description: `libvirt to release the backup targets of ${targets.join(', ')}`,
+    });
+  } catch (error) {
+    if (!(error instanceof Error && error.name === 'TimeoutError')) throw error;
+    const held = targets.filter((t) => !isReleased(t, events));
+    throw new BackupError(
+      'JOB_FAILED',
+      `the backup job on ${domain.name} ended, but libvirt did not release the backup target of ${held.join(', ')} within ${timeoutMs / 1000} s ` +
+        '(no block-job event said the file was complete)',
+      { cause: error },
+    );
   }
-  const failed = events.find((e) => targets.includes(e.disk) && e.status !== BlockJobStatus.COMPLETED);
+  const failed = seen.find((e) => targets.includes(e.disk) && e.status !== BlockJobStatus.COMPLETED && e.status !== BlockJobStatus.READY);
   if (failed) throw new BackupError('JOB_FAILED', `backup of disk ${failed.disk} ended with status ${BlockJobStatus[failed.status] ?? failed.status}`);
 }
