@@ -18,12 +18,15 @@ export const DEFAULT_CHECKSUM_ALGORITHM: ChecksumAlgorithm = 'xxh128';
 /** A checksum as stored in the manifest: `xxh128:<32 hex digits>` or `sha256:<64 hex digits>`. */
 export const CHECKSUM_PATTERN = /^(?:xxh128:[0-9a-f]{32}|sha256:[0-9a-f]{64})$/;
 
+/** A checksum being computed over content that arrives in pieces. */
 export interface Checksum {
+  /** Feeds the next bytes of the content. */
   update(bytes: Uint8Array): void;
   /** `algorithm:hex`; call once, after the last update. */
   digest(): string;
 }
 
+/** An incremental checksum of the given algorithm (XXH3-128 by default), fed with `update()` and read with `digest()`. */
 export function createChecksum(algorithm: ChecksumAlgorithm = DEFAULT_CHECKSUM_ALGORITHM): Checksum {
   if (algorithm === 'xxh128') {
     const hash = new (nativeAddon().Xxh128)();
@@ -42,6 +45,7 @@ export function checksumAlgorithm(checksum: string): ChecksumAlgorithm {
   return checksum.slice(0, checksum.indexOf(':')) as ChecksumAlgorithm;
 }
 
+/** Options of `checksumFile()`. */
 export interface ChecksumOptions {
   signal?: AbortSignal;
   /** Called as bytes are hashed, with the running total. */

@@ -42,6 +42,7 @@ export type BackupSetErrorCode =
   /** The operation was aborted through its AbortSignal. */
   | 'ABORTED';
 
+/** A backup set that cannot be opened, read, changed or trusted; `code` says why and `path` names the file. */
 export class BackupSetError extends Error {
   override name = 'BackupSetError';
   readonly code: BackupSetErrorCode;
@@ -55,6 +56,7 @@ export class BackupSetError extends Error {
   }
 }
 
+/** Whether `error` is a `BackupSetError`, with the given code when one is given. */
 export function isBackupSetError(error: unknown, code?: BackupSetErrorCode): error is BackupSetError {
   return error instanceof BackupSetError && (code === undefined || error.code === code);
 }

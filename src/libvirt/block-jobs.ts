@@ -15,6 +15,7 @@ export interface BlockJobInfo {
   end: number;
 }
 
+/** Options of `Domain.blockCopy()`. */
 export interface BlockCopyOptions {
   /** Bytes per second the copy may use (libvirt's `bandwidth`); 0 or absent: unlimited. */
   bandwidth?: number;
@@ -35,6 +36,7 @@ export interface BlockCopyOptions {
   flags?: number;
 }
 
+/** Options of `Domain.waitForBlockJobReady()`. */
 export interface WaitForBlockJobOptions {
   /** Stop waiting (the job goes on; `blockJobAbort()` ends it). */
   signal?: AbortSignal;

@@ -3,6 +3,7 @@
 // sleeping. See binding/call_dispatcher.cc for why.
 import { nativeAddon } from './native.js';
 
+/** How the addon runs libvirt calls: how many at once, and how long a call thread spins before it sleeps. */
 export interface CallTuning {
   /**
    * Most libvirt calls that run at once in this process (default 16). Threads

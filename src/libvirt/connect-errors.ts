@@ -5,6 +5,7 @@
 import { ErrorCode, ErrorDomain, ErrorLevel } from './constants.js';
 import { LibvirtError } from './errors.js';
 
+/** Why `connect()` failed, as `LibvirtConnectError.reason`. */
 export type ConnectFailureReason =
   /** The server refused the credentials (password, user, SSH key). */
   | 'auth-failed'

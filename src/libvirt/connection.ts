@@ -11,6 +11,7 @@ import { StoragePool } from './storage-pool.js';
 import { Stream } from './stream.js';
 import { buildStoragePoolXml, parseDomainCapabilities, type DirStoragePoolSpec } from '../xml/index.js';
 
+/** Options of `connect()`. */
 export interface ConnectOptions {
   /** Open read-only (`VIR_CONNECT_RO`): allowed to unprivileged users, refuses changes. */
   readOnly?: boolean;
@@ -47,6 +48,7 @@ export interface BackupSupport {
   reason?: string;
 }
 
+/** Which emulator, architecture, machine and virtualization type `getDomainCapabilities()` asks about; libvirt's defaults for what is left out. */
 export interface DomainCapabilitiesQuery {
   emulatorbin?: string;
   arch?: string;
@@ -257,6 +259,7 @@ export class Connection extends EventEmitter<ConnectionEventMap> {
     return this.#native.getVersion();
   }
 
+  /** The hypervisor host's name (virConnectGetHostname). */
   async getHostname(): Promise<string> {
     return this.#native.getHostname();
   }

@@ -25,6 +25,7 @@ import {
   type CheckpointSpec,
 } from '../xml/index.js';
 
+/** Options of `Domain.waitForJob()`. */
 export interface WaitForJobOptions {
   /** Stop waiting (the job itself goes on; call `abortJob()` to end it). */
   signal?: AbortSignal;
@@ -36,12 +37,14 @@ export interface WaitForJobOptions {
 
 const JOB_RECHECK_MS = 5_000;
 
+/** A domain's state and the reason for it. */
 export interface DomainStateInfo {
   state: DomainState;
   /** One of the `Domain*Reason` enums matching `state`. */
   reason: number;
 }
 
+/** Options of `Domain.qemuMonitorCommand()`. */
 export interface QemuMonitorCommandOptions {
   /** Send a human monitor (HMP) command instead of QMP JSON. */
   hmp?: boolean;
@@ -80,15 +83,18 @@ export class Domain {
     return this.#native.getXMLDesc(flags);
   }
 
+  /** The domain's state and the reason for it (virDomainGetState). */
   async getState(): Promise<DomainStateInfo> {
     const { state, reason } = await this.#native.getState();
     return { state: state as DomainState, reason };
   }
 
+  /** Whether the domain is running (virDomainIsActive). */
   async isActive(): Promise<boolean> {
     return this.#native.isActive();
   }
 
+  /** Whether the domain has a persistent definition (virDomainIsPersistent). */
   async isPersistent(): Promise<boolean> {
     return this.#native.isPersistent();
   }
@@ -169,6 +175,7 @@ export class Domain {
     return this.#native.abortJob();
   }
 
+  /** The domain's current job, if any (virDomainGetJobInfo). */
   async getJobInfo(): Promise<JobInfo> {
     const info = await this.#native.getJobInfo();
     return { ...info, type: info.type as JobType };

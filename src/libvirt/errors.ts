@@ -73,6 +73,7 @@ export class LibvirtError extends Error {
     this.int2 = info.int2;
   }
 
+  /** The `ErrorLevel` name of `level` (`'ERROR'`, `'WARNING'`). */
   get levelName(): string {
     return ErrorLevel[this.level] ?? String(this.level);
   }

@@ -7,12 +7,14 @@ import type { Domain } from './domain.js';
 import { toJobStats, type JobStats } from './jobs.js';
 import type { NativeConnection, NativeDomain, NativeEvent } from './native.js';
 
+/** What a `'lifecycle'` event says: the event and its detail. */
 export interface LifecyclePayload {
   event: LifecycleEvent;
   /** One of the `Lifecycle*Detail` enums, depending on `event`. */
   detail: number;
 }
 
+/** What a `'block-job'` event says about a block job. */
 export interface BlockJobPayload {
   /** The disk's target (`vda`) or source path, as libvirt reports it. */
   disk: string;
@@ -46,6 +48,7 @@ export interface ConnectionEventMap {
   error: [error: Error];
 }
 
+/** The events a `Connection` emits. */
 export type ConnectionEventName = keyof ConnectionEventMap;
 
 /** Listener signatures per event name. */

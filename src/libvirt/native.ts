@@ -89,7 +89,9 @@ export interface NativeStream {
   abort(): Promise<void>;
 }
 
+/** One libvirt typed parameter's value; repeated parameters become arrays. */
 export type TypedParameterValue = number | bigint | boolean | string | Array<number | bigint | boolean | string>;
+/** libvirt typed parameters (job statistics, event details) by name. */
 export type TypedParameters = Record<string, TypedParameterValue>;
 
 /** One event from a connection's channel, by kind. */

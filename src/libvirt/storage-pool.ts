@@ -4,6 +4,7 @@ import type { NativeStoragePool } from './native.js';
 import { StorageVolume } from './storage-volume.js';
 import { buildStorageVolumeXml, type StorageVolumeSpec } from '../xml/index.js';
 
+/** A storage pool's state and sizes in bytes. */
 export interface StoragePoolInfo {
   state: StoragePoolState;
   capacity: number;
@@ -33,19 +34,23 @@ export class StoragePool {
     return this.#native.getUUIDString();
   }
 
+  /** The pool's XML (virStoragePoolGetXMLDesc). */
   async getXMLDesc(flags = 0): Promise<string> {
     return this.#native.getXMLDesc(flags);
   }
 
+  /** The pool's state, capacity, allocation and free space (virStoragePoolGetInfo). */
   async getInfo(): Promise<StoragePoolInfo> {
     const info = await this.#native.getInfo();
     return { ...info, state: info.state as StoragePoolState };
   }
 
+  /** Whether the pool is started (virStoragePoolIsActive). */
   async isActive(): Promise<boolean> {
     return this.#native.isActive();
   }
 
+  /** Whether the pool has a persistent definition (virStoragePoolIsPersistent). */
   async isPersistent(): Promise<boolean> {
     return this.#native.isPersistent();
   }
@@ -84,6 +89,7 @@ export class StoragePool {
     return new StorageVolume(this, await this.#native.lookupVolumeByName(name));
   }
 
+  /** The pool's volumes (virStoragePoolListAllVolumes). */
   async listAllVolumes(flags = 0): Promise<StorageVolume[]> {
     const list = await this.#native.listAllVolumes(flags);
     return list.map((native) => new StorageVolume(this, native));

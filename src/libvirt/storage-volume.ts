@@ -3,6 +3,7 @@ import type { NativeStorageVolume } from './native.js';
 import type { StoragePool } from './storage-pool.js';
 import { downloadThrough, uploadThrough, type DownloadOptions, type UploadOptions, type UploadResult, type VolumeChunk } from './volume-transfer.js';
 
+/** A storage volume's type and sizes in bytes. */
 export interface StorageVolumeInfo {
   type: StorageVolumeType;
   /** The size the guest sees, in bytes. */
@@ -37,11 +38,13 @@ export class StorageVolume {
     return this.#native.getPath();
   }
 
+  /** The volume's type, capacity and allocation (virStorageVolGetInfo). */
   async getInfo(): Promise<StorageVolumeInfo> {
     const info = await this.#native.getInfo();
     return { ...info, type: info.type as StorageVolumeType };
   }
 
+  /** The volume's XML (virStorageVolGetXMLDesc). */
   async getXMLDesc(flags = 0): Promise<string> {
     return this.#native.getXMLDesc(flags);
   }

@@ -5,6 +5,7 @@ export interface VersionParts {
   release: number;
 }
 
+/** Splits a libvirt version number (major * 1,000,000 + minor * 1,000 + release) into its parts. */
 export function decodeVersion(encoded: number): VersionParts {
   return {
     major: Math.floor(encoded / 1_000_000),
@@ -13,6 +14,7 @@ export function decodeVersion(encoded: number): VersionParts {
   };
 }
 
+/** A libvirt version number as `major.minor.release`. */
 export function formatVersion(encoded: number): string {
   const { major, minor, release } = decodeVersion(encoded);
   return `${major}.${minor}.${release}`;

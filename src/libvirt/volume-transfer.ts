@@ -7,8 +7,16 @@ import type { NativeStorageVolume } from './native.js';
 import type { Stream } from './stream.js';
 
 /** A run of a volume's bytes: data, or a hole (bytes that read as zeroes and need not be stored). */
-export type VolumeChunk = { kind: 'data'; data: Uint8Array; release?: () => void } | { kind: 'hole'; length: number };
+export type VolumeChunk =
+  | {
+      kind: 'data';
+      data: Uint8Array;
+      /** Called by `upload()` once the bytes are sent and may be changed or reused. */
+      release?: () => void;
+    }
+  | { kind: 'hole'; length: number };
 
+/** The part of a volume an upload or download covers. */
 export interface VolumeTransferRange {
   /** Where in the volume to start (default 0). */
   offset?: number;
@@ -19,11 +27,13 @@ export interface VolumeTransferRange {
   signal?: AbortSignal;
 }
 
+/** Options of `StorageVolume.upload()`. */
 export interface UploadOptions extends VolumeTransferRange {
   /** After each send: the totals so far. */
   onProgress?: (sent: UploadResult) => void;
 }
 
+/** What an upload sent: data bytes, and bytes skipped as holes. */
 export interface UploadResult {
   /** Bytes sent as data. */
   dataBytes: number;
@@ -31,6 +41,7 @@ export interface UploadResult {
   holeBytes: number;
 }
 
+/** Options of `StorageVolume.download()`. */
 export interface DownloadOptions extends VolumeTransferRange {
   /** Largest data chunk yielded (default 4 MiB). */
   chunkBytes?: number;

@@ -13,6 +13,7 @@ export interface EventWaitHost {
 /** A result other than `undefined` or `false` ends the wait with it. */
 export type WaitResult<R> = R | undefined | false;
 
+/** Options of `Connection.waitFor()`. */
 export interface WaitForOptions<Args extends unknown[], R> {
   /**
    * Called with the arguments of each event of the kind: anything other than

@@ -27,8 +27,10 @@ interface CommonOptions {
   stallTimeout?: number;
 }
 
+/** An NBD server: a Unix socket path, or a host and port, with TLS and timeout options. */
 export type ServerAddress = ({ path: string } | { host: string; port: number }) & CommonOptions;
 
+/** Options of `NbdClient.connect()`: the server's address, the export and the meta contexts, and how much to read at once. */
 export type ConnectOptions = ServerAddress & {
   /** Defaults to the server's default export (""). */
   exportName?: string;
@@ -46,15 +48,18 @@ export type ConnectOptions = ServerAddress & {
   structuredReplies?: boolean;
 };
 
+/** An `AbortSignal` that cancels one request. */
 export interface RequestSignalOption {
   signal?: AbortSignal;
 }
 
+/** Options of `NbdClient.write()`. */
 export interface WriteOptions extends RequestSignalOption {
   /** Force unit access: the data is on stable storage when the promise resolves. */
   fua?: boolean;
 }
 
+/** Options of `NbdClient.writeZeroes()`. */
 export interface WriteZeroesOptions extends WriteOptions {
   /** The zeroes must be allocated, not punched as a hole. */
   noHole?: boolean;
@@ -237,10 +242,12 @@ export class NbdClient implements ChunkSource {
     });
   }
 
+  /** Whether the export is read-only. */
   get readOnly(): boolean {
     return (this.flags & TransmissionFlags.READ_ONLY) !== 0;
   }
 
+  /** Whether the server allows several connections to the export (`CAN_MULTI_CONN`). */
   get canMultiConn(): boolean {
     return (this.flags & TransmissionFlags.CAN_MULTI_CONN) !== 0;
   }
@@ -256,6 +263,7 @@ export class NbdClient implements ChunkSource {
     return this;
   }
 
+  /** Whether the server agreed to the meta context (`base:allocation`, `qemu:dirty-bitmap:...`). */
   hasMetaContext(name: string): boolean {
     return this.metaContexts.includes(name);
   }

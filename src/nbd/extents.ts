@@ -5,6 +5,7 @@ export interface Extent {
   flags: number;
 }
 
+/** A range of an export, in bytes. */
 export interface ByteRange {
   offset: number;
   length: number;

@@ -21,6 +21,7 @@ import {
 import { upgradeToTls, type NbdTlsOptions } from './tls.js';
 import { HandshakeReader } from './transport.js';
 
+/** The block sizes the server asked for (`NBD_INFO_BLOCK_SIZE`). */
 export interface BlockSizeLimits {
   minimum: number;
   preferred: number;
@@ -36,6 +37,7 @@ export interface ExportInfo {
   metaContexts: Map<number, string>;
 }
 
+/** One export the server lists. */
 export interface ExportListing {
   name: string;
   description: string;

@@ -112,6 +112,7 @@ export const Command = {
 } as const;
 export type CommandCode = (typeof Command)[keyof typeof Command];
 
+/** NBD command flags. */
 export const CommandFlags = {
   FUA: 1 << 0,
   NO_HOLE: 1 << 1,
@@ -144,6 +145,7 @@ export const DirtyBitmapFlags = {
   DIRTY: 1 << 0,
 } as const;
 
+/** The meta context that reports holes and zeroes. */
 export const BASE_ALLOCATION = 'base:allocation';
 
 /** errno values the protocol allows on the wire (they are not the host's numbers). */

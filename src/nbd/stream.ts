@@ -19,6 +19,7 @@ export type ReadChunk =
     }
   | { kind: 'hole'; offset: number; length: number };
 
+/** Options of `NbdClient.chunks()` and `createReadStream()`. */
 export interface ReadStreamOptions {
   /** Part of the export to consider; the whole export by default. */
   range?: ByteRange;

@@ -2,6 +2,7 @@ import { isIP } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { connect as tlsConnect, type PeerCertificate, type TLSSocket } from 'node:tls';
 
+/** TLS for an NBD connection: the CA, the client certificate and key, and how the server is checked. */
 export interface NbdTlsOptions {
   /** CA certificate(s) the server's certificate must chain to (PEM). */
   ca?: string | Buffer | Array<string | Buffer>;
@@ -13,6 +14,7 @@ export interface NbdTlsOptions {
   servername?: string;
   /** Defaults to true; turning it off accepts any server. */
   rejectUnauthorized?: boolean;
+  /** Replaces the check of the server's certificate against its host name; return an error to refuse it. */
   checkServerIdentity?: (hostname: string, cert: PeerCertificate) => Error | undefined;
 }
 

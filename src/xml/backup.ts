@@ -24,8 +24,11 @@ import {
 } from './validate.js';
 import { BACKUP_DISK_INDEX_SOURCE, BACKUP_OUTPUT_ONLY, outputOnlyRule } from './output-only.js';
 
+/** libvirt's boolean attribute values. */
 export type YesNo = 'yes' | 'no';
+/** Whether a disk's backup holds all of it or only what changed since a checkpoint. */
 export type BackupDiskMode = 'full' | 'incremental';
+/** Whether a backup target or scratch is a file or a block device. */
 export type BackupDiskType = 'file' | 'block';
 
 /** A per-device security label override on a backup target or scratch. */
@@ -39,6 +42,7 @@ export interface Seclabel {
   extra?: XmlExtra;
 }
 
+/** LUKS encryption's `<secret>`: the libvirt secret holding the passphrase. */
 export interface EncryptionSecret {
   type: 'passphrase';
   /** Exactly one of uuid and usage. */
@@ -47,6 +51,7 @@ export interface EncryptionSecret {
   extra?: XmlExtra;
 }
 
+/** LUKS encryption's `<cipher>`. */
 export interface EncryptionCipher {
   name: string;
   size: number;
@@ -56,6 +61,7 @@ export interface EncryptionCipher {
   extra?: XmlExtra;
 }
 
+/** LUKS encryption's `<ivgen>`. */
 export interface EncryptionIvgen {
   name: string;
   hash?: string;
@@ -82,6 +88,7 @@ export interface BackupStorage {
   extra?: XmlExtra;
 }
 
+/** A backup disk's `<driver>`: the image format. */
 export interface BackupDriver {
   /** Image format: any storage format for push targets, only 'qcow2' for pull scratch. */
   type: string;
@@ -106,10 +113,12 @@ interface BackupDiskCommon {
   extra?: XmlExtra;
 }
 
+/** A disk of a push backup: where the hypervisor writes it. */
 export interface PushBackupDisk extends BackupDiskCommon {
   target?: BackupStorage;
 }
 
+/** A disk of a pull backup: its export and scratch file. */
 export interface PullBackupDisk extends BackupDiskCommon {
   /** NBD export name; libvirt defaults it to the disk name. */
   exportname?: string;
@@ -118,6 +127,7 @@ export interface PullBackupDisk extends BackupDiskCommon {
   scratch?: BackupStorage;
 }
 
+/** A pull backup's NBD server on TCP. */
 export interface TcpBackupServer {
   /** 'tcp' is the default and may be left out. */
   transport?: 'tcp';
@@ -127,6 +137,7 @@ export interface TcpBackupServer {
   extra?: XmlExtra;
 }
 
+/** A pull backup's NBD server on a Unix socket. */
 export interface UnixBackupServer {
   transport: 'unix';
   socket: string;
@@ -142,6 +153,7 @@ export interface FdBackupServer {
   extra?: XmlExtra;
 }
 
+/** Where a pull backup's NBD server listens. */
 export type BackupServer = TcpBackupServer | UnixBackupServer | FdBackupServer;
 
 /** Push mode: the hypervisor writes each disk to its target. */

@@ -27,6 +27,7 @@ export interface BlockCopyVolumeDestination {
   format?: string;
 }
 
+/** Where `Domain.blockCopy()` copies a disk: a file, a block device or a storage volume. */
 export type BlockCopyDestination = BlockCopyFileDestination | BlockCopyBlockDestination | BlockCopyVolumeDestination;
 
 function checkAbsolute(value: unknown, path: string, issues: ValidationIssue[]): void {

@@ -9,6 +9,7 @@ export interface DomainCapabilitiesSummary {
   backupSupported?: boolean;
 }
 
+/** What `<domainCapabilities>` says about backups, checkpoints and the emulator. */
 export function parseDomainCapabilities(xml: string): DomainCapabilitiesSummary {
   const root = parseDocument(xml, 'domainCapabilities');
   const summary: DomainCapabilitiesSummary = {};

@@ -42,6 +42,7 @@ export interface CheckpointExcludedDisk {
   extra?: XmlExtra;
 }
 
+/** A disk of a checkpoint: with a bitmap, or left out. */
 export type CheckpointDisk = CheckpointBitmapDisk | CheckpointExcludedDisk;
 
 /**

@@ -170,6 +170,7 @@ const READ_ONLY_PROTOCOLS = new Set(['http', 'https', 'ftp', 'ftps', 'tftp']);
 /** Disk types whose data never passes through QEMU's qcow2 driver. */
 const TYPES_WITHOUT_QCOW2 = new Set(['dir', 'vhostuser', 'nvme']);
 
+/** What to assume about which disks can take a dirty bitmap. */
 export interface BitmapSupportOptions {
   /**
    * Whether qcow2 images on network storage (NBD, RBD, iSCSI, Gluster, ...)
@@ -203,6 +204,7 @@ export function diskBitmapSupport(disk: DomainDisk, options: BitmapSupportOption
   return { supported: true };
 }
 
+/** A domain's disks, by whether a checkpoint can give them a bitmap. */
 export interface CheckpointDiskClassification {
   /** Disks that can take a bitmap. */
   bitmap: DomainDisk[];

@@ -13,6 +13,7 @@ export interface DirStoragePoolSpec {
   mode?: number;
 }
 
+/** A storage volume to create: name, size and format. */
 export interface StorageVolumeSpec {
   name: string;
   /** The size the guest sees, in bytes. */

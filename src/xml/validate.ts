@@ -34,6 +34,7 @@ export interface LibvirtVersionOptions {
   libvirtVersion?: number;
 }
 
+/** The libvirt version validation assumes when none is given: 9.0.0, Debian 12's. */
 export const DEFAULT_LIBVIRT_VERSION = 9_000_000;
 
 /**

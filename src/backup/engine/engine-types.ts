@@ -6,6 +6,7 @@ import type { BackupLevel, BackupTransport, DiskRecord } from '../set/manifest.j
 /** What the caller asks for; `auto` picks full or incremental by itself. */
 export type RequestedLevel = 'auto' | BackupLevel;
 
+/** What `runBackup()` backs up, where to, and how. */
 export interface BackupOptions {
   /** Domain name or UUID. */
   domain: string;
@@ -21,6 +22,7 @@ export interface BackupOptions {
   uri?: string;
   /** Aborts the libvirt job, removes this run's files; the manifest stays as it was. */
   signal?: AbortSignal;
+  /** Called with each step of the run: start, notices, progress per disk, disk done, done. */
   onEvent?: (event: BackupEvent) => void;
   /** Disks copied at once (pull). Default 2. */
   concurrency?: number;
@@ -39,6 +41,7 @@ export interface BackupHooks {
   afterJobStart?: () => void | Promise<void>;
 }
 
+/** One step of a backup run, as `BackupOptions.onEvent` receives it. */
 export type BackupEvent =
   | {
       type: 'start';
@@ -55,6 +58,7 @@ export type BackupEvent =
   | { type: 'disk-done'; target: string; file: string; dataBytes: number }
   | { type: 'done'; backupId: string; level: BackupLevel; durationMs: number; dataBytes: number };
 
+/** What a finished backup run added to the set: its id, level, transport, checkpoint, disk records and notices. */
 export interface BackupResult {
   backupId: string;
   level: BackupLevel;
@@ -65,6 +69,7 @@ export interface BackupResult {
   durationMs: number;
 }
 
+/** Why a backup run failed, as `BackupError.code`. */
 export type BackupErrorCode =
   | 'DOMAIN_NOT_FOUND'
   | 'DOMAIN_NOT_RUNNING'

@@ -27,6 +27,10 @@ import { execute } from './execute.js';
 export * from './engine-types.js';
 export { CHECKPOINT_PREFIX } from './run-context.js';
 
+/**
+ * Backs up a domain's disks into a backup set: picks full or incremental from the set and the domain's checkpoints, runs the libvirt backup job (pull
+ * over NBD or push), writes the qcow2 files and records them in the manifest. Rejects with a `BackupError`.
+ */
 export async function runBackup(options: BackupOptions): Promise<BackupResult> {
   const started = Date.now();
   const notices: string[] = [];

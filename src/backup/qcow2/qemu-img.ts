@@ -15,10 +15,12 @@ export function qemuImgCommand(): string {
   return process.env['LIBVIRT_BACKUP_QEMU_IMG'] ?? 'qemu-img';
 }
 
+/** Options every `qemu-img` call takes: an `AbortSignal` that ends the process. */
 export interface QemuImgOptions {
   signal?: AbortSignal;
 }
 
+/** What `qemu-img info` says about an image. */
 export interface ImageInfo {
   filename: string;
   format: string;
@@ -35,6 +37,7 @@ export interface ImageInfo {
   corrupt: boolean;
 }
 
+/** What `qemu-img check` found in an image. */
 export interface CheckResult {
   /** No corruption and no check errors; leaked clusters only waste space and do not count. */
   clean: boolean;
@@ -45,6 +48,7 @@ export interface CheckResult {
   stderr: string;
 }
 
+/** One extent of `qemu-img map`: a range of the image and whether it holds data or zeroes. */
 export interface MapExtent {
   start: number;
   length: number;
@@ -143,6 +147,7 @@ export async function qemuImgInfoChain(path: string, options: QemuImgOptions = {
   return (Array.isArray(parsed) ? parsed : [parsed]).map(toImageInfo);
 }
 
+/** Options of `qemuImgCreate()`. */
 export interface CreateOptions extends QemuImgOptions {
   format: 'qcow2' | 'raw';
   /** Bytes; may be omitted when a backing file gives the size. */
@@ -154,6 +159,7 @@ export interface CreateOptions extends QemuImgOptions {
   options?: Record<string, string>;
 }
 
+/** Creates an image with `qemu-img create`, on a backing file when one is given. */
 export async function qemuImgCreate(path: string, options: CreateOptions): Promise<void> {
   const args = ['create', '-q', '-f', options.format];
   if (options.backingFile !== undefined) args.push('-b', options.backingFile, '-F', options.backingFormat ?? 'qcow2');
@@ -163,6 +169,7 @@ export async function qemuImgCreate(path: string, options: CreateOptions): Promi
   await run(args, options);
 }
 
+/** Options of `qemuImgConvert()`. */
 export interface ConvertOptions extends QemuImgOptions {
   sourceFormat?: string;
   outputFormat: 'qcow2' | 'raw';
@@ -335,6 +342,7 @@ export async function qemuImgCompare(
   return { identical: exitCode === 0, message: stdout.trim() };
 }
 
+/** The allocation map of an image (`qemu-img map --output=json`), read while others may use it. */
 export async function qemuImgMap(path: string, options: QemuImgOptions & { format?: string } = {}): Promise<MapExtent[]> {
   const args = ['map', '--output=json', '-U', ...(options.format ? ['-f', options.format] : []), path];
   const { stdout } = await run(args, options);

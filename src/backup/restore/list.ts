@@ -5,6 +5,7 @@ import { formatBytes } from '../../common/format-bytes.js';
 /** What `list` shows of a disk: its record without the checksum and source format. */
 export type ListDisk = Pick<DiskRecord, 'target' | 'level' | 'file' | 'backingFile' | 'virtualSize' | 'fileSize' | 'dataBytes'>;
 
+/** One restore point of a set. */
 export interface ListRow {
   id: string;
   level: BackupLevel;
@@ -22,12 +23,14 @@ export interface ListRow {
   dataBytes: number;
 }
 
+/** A set's domain, directory and restore points, as `listBackups()` returns them. */
 export interface ListResult {
   domain: { name: string; uuid: string };
   dir: string;
   backups: ListRow[];
 }
 
+/** The restore points of a set, newest last, with what each needs to be restored. */
 export function listBackups(set: BackupSet): ListResult {
   return {
     domain: { name: set.domain.name, uuid: set.domain.uuid },

@@ -9,6 +9,7 @@ import { formatBytes } from '../../common/format-bytes.js';
 import { partialPathFor, removeAbandonedPartials } from './partial-output.js';
 import { DEFAULT_OUTPUT_MODE } from './restore-output.js';
 
+/** What to restore, from which point, and where to. */
 export interface RestoreOptions {
   /** Output file (one disk) or existing directory (`<to>/<target>.<format>` per disk). */
   to: string;
@@ -35,11 +36,13 @@ export interface RestoreOptions {
   /** Mode of the restored images, exactly, whatever the umask (default 0o600: disks hold secrets). */
   mode?: number;
   signal?: AbortSignal;
+  /** Called as each disk is written, with the fraction done. */
   onProgress?: (progress: { target: string; fraction: number }) => void;
   /** Things worth telling the user that do not stop the restore (also in `RestoreResult.notices`). */
   onNotice?: (message: string) => void;
 }
 
+/** One disk restored to a file. */
 export interface RestoredDisk {
   target: string;
   path: string;
@@ -54,6 +57,7 @@ export interface RestoredDisk {
   metadataBytesRead: number;
 }
 
+/** What a restore wrote: one file per disk, and notices. */
 export interface RestoreResult {
   backupId: string;
   disks: RestoredDisk[];

@@ -8,6 +8,7 @@ import { qemuImgCheck, qemuImgInfo, summariseQemuImgOutput } from '../qcow2/qemu
 import { PENDING_CHECKPOINTS_FILE, readPendingCheckpoints } from '../set/pending-checkpoints.js';
 import { JOURNAL_FILE } from '../set/run-journal.js';
 
+/** What kind of problem a `VerifyProblem` is. */
 export type VerifyProblemKind =
   | 'missing'
   | 'size-mismatch'
@@ -21,6 +22,7 @@ export type VerifyProblemKind =
   | 'interrupted-run'
   | 'pending-checkpoints';
 
+/** Something `verify()` found wrong with a set, a file or a restore point. */
 export interface VerifyProblem {
   /** Errors make the set (or some restore points) unreliable; warnings do not. */
   severity: 'error' | 'warning';
@@ -35,6 +37,7 @@ export interface VerifyProblem {
   detail?: string;
 }
 
+/** One backup file as `verify()` found it. */
 export interface VerifiedFile {
   backupId: string;
   target: string;
@@ -42,16 +45,19 @@ export interface VerifiedFile {
   ok: boolean;
 }
 
+/** The outcome of `verify()`: whether the set is sound, every file checked, and the problems found. */
 export interface VerifyReport {
   ok: boolean;
   files: VerifiedFile[];
   problems: VerifyProblem[];
 }
 
+/** What `verify()` checks, and how it reports progress. */
 export interface VerifyOptions {
   /** Re-read every file and compare its checksum (default true; false checks structure only). */
   checksums?: boolean;
   signal?: AbortSignal;
+  /** Called per file, and as its bytes are hashed. */
   onProgress?: (progress: { file: string; index: number; total: number; bytesHashed?: number }) => void;
 }
 

@@ -2,6 +2,7 @@ import { randomBytes } from 'node:crypto';
 import { open, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
+/** Options of `writeFileAtomic()`. */
 export interface AtomicWriteOptions {
   /** Default 0600: a set's files describe (or hold) a VM's disks. Applied whatever the umask. */
   mode?: number;

@@ -36,6 +36,7 @@ export interface CommitOptions {
    * the second pass: sizes, headers and virtual sizes are still checked.
    */
   verifyChecksums?: boolean;
+  /** Called as each new file is checksummed. */
   onProgress?: (progress: { file: string; bytesHashed: number; fileSize: number }) => void;
 }
 
@@ -138,18 +139,22 @@ export class BackupSet implements SetFiles {
     return set;
   }
 
+  /** Path of the set's manifest file. */
   get manifestPath(): string {
     return join(this.dir, MANIFEST_FILE);
   }
 
+  /** The manifest as last read or written. */
   get manifest(): Readonly<Manifest> {
     return this.state;
   }
 
+  /** The domain the set belongs to. */
   get domain(): Readonly<ManifestDomain> {
     return this.state.domain;
   }
 
+  /** The set's backups, oldest first. */
   get backups(): readonly BackupRecord[] {
     return this.state.backups;
   }
@@ -159,6 +164,7 @@ export class BackupSet implements SetFiles {
     return this.run?.active === true;
   }
 
+  /** Whether the set was opened for writing and holds its lock. */
   get writable(): boolean {
     return this.lock !== null;
   }
@@ -175,6 +181,7 @@ export class BackupSet implements SetFiles {
     }
   }
 
+  /** The backup with this id; throws a `BackupSetError` when the set has none. */
   getBackup(id: string): BackupRecord {
     const found = this.state.backups.find((backup) => backup.id === id);
     if (!found) {
@@ -184,10 +191,12 @@ export class BackupSet implements SetFiles {
     return found;
   }
 
+  /** The newest backup, or null when the set is empty. */
   latest(): BackupRecord | null {
     return this.state.backups.at(-1) ?? null;
   }
 
+  /** The newest full backup, or null. */
   lastFull(): BackupRecord | null {
     return this.state.backups.findLast((backup) => backup.level === 'full') ?? null;
   }
@@ -199,10 +208,12 @@ export class BackupSet implements SetFiles {
     return next.toString().padStart(4, '0');
   }
 
+  /** The file name a backup of a disk gets in the set (`<target>.<id>.<level>.qcow2`). */
   static fileName(target: string, id: string, level: BackupLevel): string {
     return backupFileName(target, id, level);
   }
 
+  /** The absolute path of a file of the set. */
   pathOf(file: string): string {
     return join(this.dir, file);
   }

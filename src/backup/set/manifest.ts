@@ -9,6 +9,7 @@ import { BackupSetError } from '../errors.js';
  */
 
 export const MANIFEST_FILE = 'manifest.json';
+/** The manifest's `format` field, which tells a backup set's manifest from any other JSON file. */
 export const MANIFEST_FORMAT = 'libvirt-backup-set';
 /**
  * Bump when a reader of the previous version would misread the new content.
@@ -17,20 +18,25 @@ export const MANIFEST_FORMAT = 'libvirt-backup-set';
  */
 export const MANIFEST_VERSION = 2;
 
+/** Full, incremental (since the previous backup) or differential (since the last full). */
 export type BackupLevel = 'full' | 'inc' | 'diff';
+/** Pull: we read the data over NBD; push: the hypervisor writes it. */
 export type BackupTransport = 'pull' | 'push';
 
+/** A domain as the set knows it: name and UUID. */
 export interface DomainIdentity {
   name: string;
   /** Canonical lowercase UUID; the set is matched to a domain by this, never by name. */
   uuid: string;
 }
 
+/** The domain a set belongs to, with its definition when the set was created. */
 export interface ManifestDomain extends DomainIdentity {
   /** The domain XML at the time the set was created (inactive definition, for re-creation). */
   xml: string;
 }
 
+/** One disk's file in a backup. */
 export interface DiskRecord {
   /** libvirt target name (`vda`); also the first part of the file name. */
   target: string;
@@ -56,6 +62,7 @@ export interface DiskRecord {
   checksum: string;
 }
 
+/** One backup (restore point) in the manifest. */
 export interface BackupRecord {
   /** Zero-padded decimal sequence (`0001`), increasing through the set, never reused. */
   id: string;
@@ -81,6 +88,7 @@ export interface BackupRecord {
   disks: DiskRecord[];
 }
 
+/** The set's `manifest.json`: its domain and its backups, in order. */
 export interface Manifest {
   format: typeof MANIFEST_FORMAT;
   version: typeof MANIFEST_VERSION;

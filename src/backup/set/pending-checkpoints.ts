@@ -12,6 +12,7 @@ import { describeFsError, errnoCode } from '../../common/fs-errors.js';
  */
 export const PENDING_CHECKPOINTS_FILE = '.pending-checkpoints.json';
 
+/** A checkpoint left in libvirt by an interrupted run, waiting to be deleted. */
 export interface PendingCheckpoint {
   name: string;
   /** Why it was left (e.g. "backup 0004 was interrupted"). */
@@ -19,6 +20,7 @@ export interface PendingCheckpoint {
   since: string;
 }
 
+/** The checkpoints waiting to be deleted; none when the file is absent. */
 export async function readPendingCheckpoints(dir: string): Promise<PendingCheckpoint[]> {
   const path = join(dir, PENDING_CHECKPOINTS_FILE);
   let text: string;
@@ -62,6 +64,7 @@ async function writePending(dir: string, list: readonly PendingCheckpoint[]): Pr
   }
 }
 
+/** Records a checkpoint libvirt still holds that the set no longer uses, to be deleted by the next run that can. */
 export async function addPendingCheckpoint(dir: string, name: string, reason: string): Promise<void> {
   const list = await readPendingCheckpoints(dir);
   if (list.some((entry) => entry.name === name)) return;

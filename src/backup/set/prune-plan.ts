@@ -3,6 +3,7 @@ import { backupFileName, type BackupLevel, type BackupRecord, type DiskRecord, t
 import type { PlannedRebase } from './run-journal.js';
 import type { SetUserCheck } from './set-users.js';
 
+/** Callbacks between prune's steps. */
 export interface PruneHooks {
   /** After K's new files are complete, before the journal enters the switching phase. */
   afterMerge?: () => void | Promise<void>;
@@ -14,6 +15,7 @@ export interface PruneHooks {
   afterManifestWrite?: () => void | Promise<void>;
 }
 
+/** One step of a prune, as `PruneOptions.onProgress` receives it. */
 export interface PruneProgress {
   /** `check`: reading a file prune depends on, to compare it with its checksum first. */
   step: 'check' | 'merge' | 'rebase' | 'checksum' | 'delete';
@@ -22,10 +24,12 @@ export interface PruneProgress {
   fraction?: number;
 }
 
+/** How many restore points `prune()` keeps, and how it reports progress. */
 export interface PruneOptions {
   /** Number of newest restore points to keep restorable (at least 1; the newest is always kept). */
   keep: number;
   signal?: AbortSignal;
+  /** Called at each step of the prune. */
   onProgress?: (progress: PruneProgress) => void;
   /** Called between steps; tests use them to simulate crashes at each point. */
   hooks?: PruneHooks;
@@ -37,6 +41,7 @@ export interface PruneOptions {
   checkSetUser?: SetUserCheck;
 }
 
+/** What a prune did: the backups kept and removed, and the files deleted. */
 export interface PruneResult {
   /** Ids of the newest `keep` backups. */
   kept: string[];
@@ -72,6 +77,7 @@ export interface RebaseStep extends PlannedRebase {
   target: string;
 }
 
+/** What a prune will do: the backups kept, the merges and rebases, the files deleted. */
 export interface PrunePlan {
   keep: number;
   kept: string[];

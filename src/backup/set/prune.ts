@@ -76,6 +76,10 @@ function journalFor(plan: PrunePlan, phase: 'merging' | 'switching'): RunJournal
   };
 }
 
+/**
+ * Removes all but the newest `keep` restore points, merging what the kept ones still need into them first; survives interruption at any step (the next
+ * open finishes or undoes it).
+ */
 export async function prune(set: BackupSet, options: PruneOptions): Promise<PruneResult> {
   if (!set.writable) throw new BackupSetError('INVALID_ARGUMENT', `backup set ${set.dir} is open read-only; prune needs BackupSet.openForWrite`);
   if (set.runInProgress) throw new BackupSetError('RUN_IN_PROGRESS', `a backup run on ${set.dir} is in progress; prune after it commits or aborts`);

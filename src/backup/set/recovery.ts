@@ -6,6 +6,7 @@ import { addPendingCheckpoint } from './pending-checkpoints.js';
 import { resumeInterruptedPrune } from './prune-finish.js';
 import { readJournal, removeJournal, removeUnreferencedFiles, type RunJournalState } from './run-journal.js';
 
+/** What opening a set for writing did about a run that had not finished. */
 export interface RecoveryReport {
   /** The interrupted run. */
   run: Pick<RunJournalState, 'kind' | 'pid' | 'hostname' | 'startedAt'>;

@@ -32,6 +32,7 @@ export interface PlannedRebase {
   to: string;
 }
 
+/** The journal of a run in progress (`.in-progress.json`): what it may create and delete, so that an interrupted run can be cleaned up. */
 export interface RunJournalState extends ProcessOwner {
   kind: 'backup' | 'prune';
   /** Files the run may create (final and temporary names); all basenames in the set directory. */
@@ -160,6 +161,7 @@ export class BackupRun {
     private readonly referencedFiles: () => ReadonlySet<string>,
   ) {}
 
+  /** Starts a backup run: writes the journal that names the files it may create, before any is created. */
   static async begin(
     dir: string,
     files: readonly string[],
@@ -171,10 +173,12 @@ export class BackupRun {
     return new BackupRun(dir, state, referencedFiles);
   }
 
+  /** The files the run may create. */
   get files(): readonly string[] {
     return this.state.creates;
   }
 
+  /** Whether the run is still going (neither committed nor abandoned). */
   get active(): boolean {
     return !this.finished;
   }

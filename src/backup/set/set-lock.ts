@@ -4,6 +4,7 @@ import { describeFsError } from '../../common/fs-errors.js';
 import { FileLock } from './file-lock.js';
 import { currentOwner, describeOwner, parseOwner, type ProcessOwner } from './process-liveness.js';
 
+/** The set's lock file, which a writer holds a lock on. */
 export const LOCK_FILE = '.lock';
 
 /**
