@@ -4,12 +4,12 @@
 # instead of a compiler error about a missing header.
 MIN=6.0.0
 if ! command -v pkg-config >/dev/null 2>&1; then
-  echo "libvirt-backup: pkg-config not found. Install it (Debian/Ubuntu: apt-get install pkg-config libvirt-dev)." >&2
+  echo "libvirt-backup: pkg-config not found. Install it (Debian/Ubuntu: apt-get install pkg-config libvirt-dev libxxhash-dev)." >&2
   exit 1
 fi
 for mod in libvirt libvirt-qemu; do
   if ! pkg-config --exists "$mod"; then
-    echo "libvirt-backup: pkg-config cannot find $mod. Install libvirt's development files (Debian/Ubuntu: apt-get install libvirt-dev; Fedora: dnf install libvirt-devel)." >&2
+    echo "libvirt-backup: pkg-config cannot find $mod. Install libvirt's development files (Debian/Ubuntu: apt-get install libvirt-dev libxxhash-dev; Fedora: dnf install libvirt-devel xxhash-devel)." >&2
     exit 1
   fi
 done

@@ -262,13 +262,26 @@ function loadAddon(): NativeAddon {
   try {
     return nodeGypBuild(packageRoot) as NativeAddon;
   } catch (cause) {
-    throw new Error(
-      'libvirt-backup: the native addon is not available for this platform and was not built. ' +
-        'Install libvirt development files and a compiler (Debian: apt-get install libvirt-dev pkg-config g++ make python3) ' +
-        'and run `npm rebuild libvirt-backup`.',
-      { cause },
+    throw new Error(`libvirt-backup: ${missingAddonAdvice()}`, { cause });
+  }
+}
+
+/** Why no addon loaded here and what to do, for the error of a failed load. */
+function missingAddonAdvice(): string {
+  // node-gyp-build takes LIBC from the environment before it looks at the system.
+  const header = (process.report.getReport() as { header?: { glibcVersionRuntime?: string } }).header;
+  if (process.env.LIBC === 'musl' || header?.glibcVersionRuntime === undefined) {
+    return (
+      'the prebuilt binaries are for glibc, and this Node runs on another C library (musl?); ' +
+      'build the addon from source: install libvirt-dev, xxhash-dev, pkgconf, python3 and a C++ toolchain ' +
+      '(Alpine: apk add libvirt-dev xxhash-dev pkgconf python3 build-base) and run `npm rebuild libvirt-backup`.'
     );
   }
+  return (
+    `no prebuilt binary loads on linux-${process.arch} and the addon was not built from source. ` +
+    'Install libvirt development files and a compiler (Debian: apt-get install libvirt-dev libxxhash-dev pkg-config g++ make python3), ' +
+    'allow the package its install script (npm >= 11: npm install-scripts approve libvirt-backup) and run `npm rebuild libvirt-backup`.'
+  );
 }
 
 let loaded: NativeAddon | undefined;
