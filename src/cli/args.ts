@@ -65,7 +65,39 @@ export interface PruneArgs {
   json: boolean;
 }
 
-export type CommandArgs = BackupArgs | RestoreArgs | VerifyArgs | ListArgs | PruneArgs;
+export interface RunArgs {
+  command: 'run';
+  dir: string;
+  at: string | undefined;
+  name: string;
+  overlayDir: string | undefined;
+  uri: string;
+  json: boolean;
+}
+
+export interface MigrateStorageArgs {
+  command: 'migrate-storage';
+  domain: string;
+  /** Exactly one of `to` (a directory on the hypervisor host) and `pool` is set. */
+  to: string | undefined;
+  pool: string | undefined;
+  uri: string;
+  json: boolean;
+}
+
+export interface ExportArgs {
+  command: 'export';
+  dir: string;
+  at: string | undefined;
+  disk: string;
+  /** A unix socket path, or a TCP address with TLS; a socket in a new private directory when neither is given. */
+  socket: string | undefined;
+  tcp: { host: string; port: number } | undefined;
+  tlsDir: string | undefined;
+  json: boolean;
+}
+
+export type CommandArgs = BackupArgs | RestoreArgs | VerifyArgs | ListArgs | PruneArgs | RunArgs | MigrateStorageArgs | ExportArgs;
 
 export type Invocation = CommandArgs | { command: 'help'; topic: CommandName | undefined } | { command: 'version' };
 
@@ -97,6 +129,9 @@ const OPTIONS: Record<CommandName, Options> = {
   },
   verify: { json, help },
   list: { json, help },
+  run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, connect: { type: 'string' }, json, help },
+  'migrate-storage': { to: { type: 'string' }, pool: { type: 'string' }, connect: { type: 'string' }, json, help },
+  export: { at: { type: 'string' }, disk: { type: 'string' }, socket: { type: 'string' }, tcp: { type: 'string' }, 'tls-dir': { type: 'string' }, json, help },
   prune: { keep: { type: 'string' }, connect: { type: 'string' }, json, help },
 };
 
@@ -112,7 +147,16 @@ const NUMERIC_OPTIONS: Partial<Record<CommandName, Record<string, { min: number 
 /** Names people reach for from other tools, and the option that does that here. */
 const OPTION_SYNONYMS: Record<string, string> = { uri: 'connect', url: 'connect', 'connect-uri': 'connect' };
 
-const POSITIONAL: Record<CommandName, string> = { backup: 'DOMAIN', restore: 'DIR', verify: 'DIR', list: 'DIR', prune: 'DIR' };
+const POSITIONAL: Record<CommandName, string> = {
+  backup: 'DOMAIN',
+  restore: 'DIR',
+  verify: 'DIR',
+  list: 'DIR',
+  prune: 'DIR',
+  run: 'DIR',
+  'migrate-storage': 'DOMAIN',
+  export: 'DIR',
+};
 
 export function parseCommandLine(argv: readonly string[]): Invocation {
   const [first, ...rest] = argv;
@@ -181,6 +225,27 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
     case 'verify':
     case 'list':
       return { command, dir: subject, json: jsonOutput };
+    case 'run':
+      return {
+        command,
+        dir: subject,
+        at: optionalString(values, 'at', command),
+        name: required(values, 'name', command),
+        overlayDir: optionalString(values, 'overlay-dir', command),
+        uri: optionalString(values, 'connect', command) ?? DEFAULT_URI,
+        json: jsonOutput,
+      };
+    case 'migrate-storage':
+      return { command, domain: subject, ...storageDestination(values), uri: optionalString(values, 'connect', command) ?? DEFAULT_URI, json: jsonOutput };
+    case 'export':
+      return {
+        command,
+        dir: subject,
+        at: optionalString(values, 'at', command),
+        disk: required(values, 'disk', command),
+        ...exportServer(values),
+        json: jsonOutput,
+      };
     case 'prune': {
       const keep = wholeNumber(values, 'keep', command);
       if (keep === undefined) throw new UsageError(`option '--keep' is required`, command);
@@ -255,6 +320,35 @@ function unknownOption(option: string, command: CommandName): string {
   const owners = COMMAND_NAMES.filter((other) => Object.hasOwn(OPTIONS[other], name));
   if (owners.length > 0) return `${unknown}: ${command} does not take it (${owners.join(', ')} ${owners.length === 1 ? 'does' : 'do'})`;
   return unknown;
+}
+
+/** `migrate-storage`: a directory (`--to`) or a storage pool (`--pool`), never both. */
+function storageDestination(values: Values): Pick<MigrateStorageArgs, 'to' | 'pool'> {
+  const command = 'migrate-storage';
+  const to = optionalString(values, 'to', command);
+  const pool = optionalString(values, 'pool', command);
+  if (to !== undefined && pool !== undefined) throw new UsageError(`options '--to' and '--pool' exclude each other: a directory or a storage pool`, command);
+  if (to === undefined && pool === undefined) throw new UsageError(`option '--to' or '--pool' is required`, command);
+  return { to, pool };
+}
+
+/** `export`: a unix socket, or TCP with TLS (`--tcp HOST:PORT --tls-dir DIR`). */
+function exportServer(values: Values): Pick<ExportArgs, 'socket' | 'tcp' | 'tlsDir'> {
+  const command = 'export';
+  const socket = optionalString(values, 'socket', command);
+  const tcpText = optionalString(values, 'tcp', command);
+  const tlsDir = optionalString(values, 'tls-dir', command);
+  if (socket !== undefined && tcpText !== undefined) throw new UsageError(`options '--socket' and '--tcp' exclude each other`, command);
+  if (tcpText === undefined) {
+    if (tlsDir !== undefined) throw new UsageError(`option '--tls-dir' goes with '--tcp' (a unix socket needs no TLS)`, command);
+    return { socket, tcp: undefined, tlsDir: undefined };
+  }
+  const match = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(tcpText);
+  const port = match ? Number(match[3]) : Number.NaN;
+  if (!match || !(port >= 1 && port <= 65535)) throw new UsageError(`--tcp must be HOST:PORT with a port from 1 to 65535, got ${tcpText}`, command);
+  if (tlsDir === undefined)
+    throw new UsageError(`option '--tcp' needs '--tls-dir DIR' (ca-cert.pem, server-cert.pem, server-key.pem): a TCP export is served over TLS only`, command);
+  return { socket: undefined, tcp: { host: match[1] ?? match[2]!, port }, tlsDir };
 }
 
 function optionalString(values: Values, option: string, command: CommandName): string | undefined {

@@ -1,5 +1,6 @@
 import { BackupError, type BackupErrorCode } from '../backup/index.js';
 import { BackupSetError, type BackupSetErrorCode } from '../backup/index.js';
+import { RecoveryError, type RecoveryErrorCode } from '../backup/index.js';
 import { describeFsError, errnoCode } from '../common/fs-errors.js';
 import { LibvirtError } from '../index.js';
 import { UsageError, type CommandArgs } from './args.js';
@@ -31,6 +32,17 @@ const BACKUP_EXIT: Record<BackupErrorCode, number> = {
   DOMAIN_STOPPED: ExitCode.FAILED,
   DAEMON_LOST: ExitCode.FAILED,
   JOB_FAILED: ExitCode.FAILED,
+  ABORTED: ExitCode.FAILED,
+};
+
+const RECOVERY_EXIT: Record<RecoveryErrorCode, number> = {
+  DOMAIN_EXISTS: ExitCode.USAGE,
+  DOMAIN_NOT_FOUND: ExitCode.USAGE,
+  DOMAIN_NOT_RUNNING: ExitCode.USAGE,
+  OUTPUT_EXISTS: ExitCode.USAGE,
+  INVALID_ARGUMENT: ExitCode.USAGE,
+  COPY_FAILED: ExitCode.FAILED,
+  EXPORT_FAILED: ExitCode.FAILED,
   ABORTED: ExitCode.FAILED,
 };
 
@@ -107,6 +119,7 @@ function fullReportFor(error: unknown, operation: string | undefined): ErrorRepo
     return { exitCode, code: error.code, message: error.message };
   }
   if (error instanceof BackupError) return { exitCode: BACKUP_EXIT[error.code] ?? ExitCode.FAILED, code: error.code, message: error.message };
+  if (error instanceof RecoveryError) return { exitCode: RECOVERY_EXIT[error.code], code: error.code, message: error.message };
   if (error instanceof LibvirtError) {
     return {
       exitCode: LIBVIRT_BAD_INPUT.has(error.codeName) ? ExitCode.USAGE : ExitCode.FAILED,
@@ -156,6 +169,12 @@ export function operationOf(args: CommandArgs): string {
       return `verify of ${args.dir}`;
     case 'list':
       return `list of ${args.dir}`;
+    case 'run':
+      return `run of ${args.name} from ${args.dir}`;
+    case 'migrate-storage':
+      return `storage migration of domain '${args.domain}'`;
+    case 'export':
+      return `export of disk ${args.disk} from ${args.dir}`;
   }
 }
 

@@ -9,4 +9,5 @@ export type CliEvent =
   | BackupEvent
   | { type: 'restore-start'; backupId: string; disks: Array<{ target: string; virtualSize: number; chain: string[] }> }
   | { type: 'file-done'; file: string }
-  | { type: 'step'; step: string; file: string; fraction?: number };
+  | { type: 'step'; step: string; file: string; fraction?: number }
+  | { type: 'export-ready'; uri: string; exportName: string; socket: string | null; backupId: string; disk: string; virtualSize: number };

@@ -1,6 +1,6 @@
 import { EXIT_CODES_HELP } from './exit-codes.js';
 
-export const COMMAND_NAMES = ['backup', 'restore', 'verify', 'list', 'prune'] as const;
+export const COMMAND_NAMES = ['backup', 'restore', 'verify', 'list', 'prune', 'run', 'migrate-storage', 'export'] as const;
 export type CommandName = (typeof COMMAND_NAMES)[number];
 
 export function isCommandName(value: string): value is CommandName {
@@ -66,6 +66,49 @@ Shows the backups of the set, oldest first.
 Options:
   --json                     the list as a JSON document
   -h, --help                 this help`,
+  run: `Usage: libvirt-backup run DIR --name NAME [options]
+
+Starts a new domain NAME straight from a backup point, in seconds whatever the size
+of its disks: each disk is a thin qcow2 overlay whose backing chain is the point's
+files (which are only read: the set never changes), and the domain is the set's
+saved definition with a new name, UUID and MAC addresses. The set records the new
+domain, and prune refuses the files it runs from until migrate-storage moved it.
+Runs on the hypervisor host itself (see "Running a VM from a backup" in the README).
+
+Options:
+  --name NAME                the new domain's name (required)
+  --at BACKUP                backup id to run from (default the newest; see 'list')
+  --overlay-dir DIR          where the overlays go (default /var/lib/libvirt/images)
+  --connect URI              libvirt URI (default qemu:///system)
+  --json                     JSON lines instead of human output
+  -h, --help                 this help`,
+  'migrate-storage': `Usage: libvirt-backup migrate-storage DOMAIN --to DIR|--pool POOL [options]
+
+Moves the disks of a domain started by 'run' to their permanent place while it runs:
+each disk is block-copied whole (the backup's data and every write since), and once
+all copies mirror their disks, each disk switches over and its overlay is removed.
+After this the domain no longer depends on the backup set. Interrupted (or failing)
+before the switch, the copies are removed and the domain runs on its overlays.
+
+Options:
+  --to DIR                   directory on the hypervisor host for DOMAIN-TARGET.qcow2
+  --pool POOL                new volumes DOMAIN-TARGET.qcow2 in this storage pool instead
+  --connect URI              libvirt URI (default qemu:///system)
+  --json                     JSON lines instead of human output
+  -h, --help                 this help`,
+  export: `Usage: libvirt-backup export DIR --disk TARGET [options]
+
+Serves one disk of a backup point read-only over NBD (qemu-nbd) until interrupted,
+for guestfish --ro, nbdfuse, nbd-client or any NBD client. Prints the NBD URI.
+
+Options:
+  --disk TARGET              the disk to serve (required)
+  --at BACKUP                backup id (default the newest)
+  --socket PATH              unix socket to listen on (default one in a new private directory)
+  --tcp HOST:PORT            listen on TCP instead, with TLS
+  --tls-dir DIR              with --tcp: ca-cert.pem, server-cert.pem and server-key.pem
+  --json                     JSON lines instead of human output
+  -h, --help                 this help`,
   prune: `Usage: libvirt-backup prune DIR --keep N [options]
 
 Keeps the newest N restore points and removes the older ones, merging their data
@@ -94,6 +137,10 @@ Commands:
   verify DIR                 check every file and chain of a backup set
   list DIR                   show the backups of a set
   prune DIR --keep N         drop old restore points, keeping the rest restorable
+  run DIR --name NAME        start a new domain straight from a backup point
+  migrate-storage DOMAIN --to DIR
+                             move a domain started by run off its backup set
+  export DIR --disk TARGET   serve a disk of a backup point read-only over NBD
 
 Run 'libvirt-backup COMMAND --help' for the options of a command.
 

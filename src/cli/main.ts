@@ -22,6 +22,12 @@ async function runCommand(args: CommandArgs, context: CommandContext): Promise<n
       return (await import('./commands/list.js')).listCommand(args, context);
     case 'prune':
       return (await import('./commands/prune.js')).pruneCommand(args, context);
+    case 'run':
+      return (await import('./commands/run.js')).runFromBackupCommand(args, context);
+    case 'migrate-storage':
+      return (await import('./commands/migrate-storage.js')).migrateStorageCommand(args, context);
+    case 'export':
+      return (await import('./commands/export.js')).exportCommand(args, context);
   }
 }
 
@@ -56,7 +62,9 @@ export async function main(argv: readonly string[], streams: OutputStreams = { s
   });
   try {
     const code = await runCommand(args, { output, signal: signals.signal });
-    if (signals.received !== null) output.event({ type: 'notice', message: `${signals.received} came too late to stop the ${args.command}; it completed` });
+    // An export runs until a signal ends it: that is its normal end.
+    if (signals.received !== null && args.command !== 'export')
+      output.event({ type: 'notice', message: `${signals.received} came too late to stop the ${args.command}; it completed` });
     return code;
   } catch (error) {
     const interruptedBy = signals.received;

@@ -117,6 +117,24 @@ export function interruptionWording(command: CommandName, signal: NodeJS.Signals
         outcome: `interrupted by ${signal}: the partial output of this restore was removed; the backup set was only read`,
         unfinishedCleanup: 'a partial output file (*.partial-*) may remain next to the --to path; the backup set was only read',
       };
+    case 'run':
+      return {
+        stopping: `${signal} received: stopping the run and removing what it made so far ${again}`,
+        outcome: `interrupted by ${signal}: the new domain and its overlays were removed; the backup set was only read`,
+        unfinishedCleanup: 'the new domain or its overlays may remain (undefine it and remove them); the backup set was only read',
+      };
+    case 'migrate-storage':
+      return {
+        stopping: `${signal} received: stopping the copies; the domain keeps running on its overlays ${again}`,
+        outcome: `interrupted by ${signal}: the copies were stopped and removed; the domain runs on its overlays as before`,
+        unfinishedCleanup: 'a partial copy may remain at the destination (remove it before the next attempt); the domain runs on its overlays',
+      };
+    case 'export':
+      return {
+        stopping: `${signal} received: stopping the export`,
+        outcome: `the export ended (${signal})`,
+        unfinishedCleanup: 'qemu-nbd may still be running; the backup set was only read',
+      };
     case 'verify':
     case 'list':
       return {

@@ -2,6 +2,7 @@ import { BackupSet } from '../../backup/index.js';
 import { deletePendingCheckpoints } from '../../backup/index.js';
 import { addPendingCheckpoint } from '../../backup/index.js';
 import { prune, type PruneResult } from '../../backup/index.js';
+import { libvirtSetUserCheck } from '../../backup/index.js';
 import type { Connection } from '../../index.js';
 import type { Domain } from '../../index.js';
 import { LibvirtError } from '../../index.js';
@@ -37,11 +38,16 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
         message: `domain '${set.domain.name}' (uuid ${set.domain.uuid}) no longer exists in ${args.uri}: its checkpoints cannot be deleted; pruning the files only`,
       });
     }
+    const setUsers = libvirtSetUserCheck(connection);
     const result = await prune(set, {
       keep: args.keep,
+      checkSetUser: setUsers.check,
       signal,
       onProgress: ({ step, file, fraction }) => output.event({ type: 'step', step, file, ...(fraction === undefined ? {} : { fraction }) }),
     });
+    await setUsers.close();
+    for (const stale of result.staleSetUsers ?? [])
+      output.event({ type: 'notice', message: `${stale.reason}: it no longer runs from the set; its record was removed` });
     // libvirt deletes checkpoints of running domains only; a stopped one's wait in the set.
     const running = domain !== null && (await domain.isActive());
     if (running) await deletePendingCheckpoints(set, domain, (message) => output.event({ type: 'notice', message }));
