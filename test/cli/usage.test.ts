@@ -5,7 +5,7 @@ import { runCli } from './helpers.js';
 test('usage errors exit 2 with a one-line message naming the culprit', async (t) => {
   const cases: Array<[string[], RegExp]> = [
     [[], /a command is required/],
-    [['frobnicate', 'x'], /unknown command 'frobnicate' \(commands: backup, restore, verify, list, prune\)/],
+    [['frobnicate', 'x'], /unknown command 'frobnicate' \(commands: backup, restore, verify, list, prune, run, migrate-storage, export\)/],
     [['list', '/tmp', '--colour'], /unknown option '--colour'.*list --help/],
     [['restore', '/tmp'], /option '--to' is required/],
     [['restore', '/tmp', '--to'], /option '--to' needs a value/],
