@@ -111,3 +111,8 @@ log "libvirtd answers on $URI (virtualization: $virt)"
 
 rig_start_sshd
 rig_check
+
+# The real guest (Debian kernel, busybox, qemu-guest-agent) that tests boot: built from
+# Debian packages once per package versions, then taken from its cache.
+test_guest=$(bash "$(dirname "$0")/test-guest/build.sh")
+log "test guest in $test_guest"
