@@ -51,3 +51,11 @@ export {
 export { libvirtSetUserCheck, type LibvirtSetUserCheck } from './recovery/set-user-check.js';
 export { exportPoint, type ExportPointOptions, type PointExport } from './recovery/export-point.js';
 export { BackupError, type BackupErrorCode, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine/engine-types.js';
+export {
+  restoreToPool,
+  restoredVolumeName,
+  type DefinedDomain,
+  type PoolRestoreOptions,
+  type PoolRestoreResult,
+  type PoolRestoredDisk,
+} from './pool-restore/pool-restore.js';

@@ -35,7 +35,13 @@ export interface BackupArgs {
 export interface RestoreArgs {
   command: 'restore';
   dir: string;
-  to: string;
+  /** Exactly one of `to` (files) and `pool` (new volumes through libvirt) is set. */
+  to: string | undefined;
+  pool: string | undefined;
+  /** With `pool`: define a domain of this name on the new volumes. */
+  define: string | undefined;
+  /** With `pool`: the libvirt connection the pool is on. */
+  uri: string;
   at: string | undefined;
   disk: string | undefined;
   format: 'qcow2' | 'raw';
@@ -119,6 +125,9 @@ const OPTIONS: Record<CommandName, Options> = {
   },
   restore: {
     to: { type: 'string' },
+    pool: { type: 'string' },
+    define: { type: 'string' },
+    connect: { type: 'string' },
     at: { type: 'string' },
     disk: { type: 'string' },
     format: { type: 'string' },
@@ -214,7 +223,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
       return {
         command,
         dir: subject,
-        to: required(values, 'to', command),
+        ...restoreDestination(values),
         at: optionalString(values, 'at', command),
         disk: optionalString(values, 'disk', command),
         format: oneOf(values, 'format', ['qcow2', 'raw'] as const, 'qcow2', command),
@@ -255,6 +264,30 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
 }
 
 type Values = Record<string, string | boolean | Array<string | boolean> | undefined>;
+
+/** Files (`--to`) or a storage pool (`--pool`, with `--connect` and `--define`), never both. */
+function restoreDestination(values: Values): Pick<RestoreArgs, 'to' | 'pool' | 'define' | 'uri'> {
+  const command = 'restore';
+  const to = optionalString(values, 'to', command);
+  const pool = optionalString(values, 'pool', command);
+  const define = optionalString(values, 'define', command);
+  const uri = optionalString(values, 'connect', command);
+  if (to !== undefined && pool !== undefined)
+    throw new UsageError(`options '--to' and '--pool' exclude each other: restore to files or into a storage pool`, command);
+  if (to === undefined && pool === undefined) throw new UsageError(`option '--to' or '--pool' is required`, command);
+  if (pool === undefined) {
+    for (const [option, value] of [
+      ['define', define],
+      ['connect', uri],
+    ] as const) {
+      if (value !== undefined) throw new UsageError(`option '--${option}' goes with '--pool' (a restore to files needs no libvirt)`, command);
+    }
+  } else {
+    if (values['overwrite'] === true) throw new UsageError(`option '--overwrite' does not apply to '--pool': existing volumes are never overwritten`, command);
+    if (define !== undefined && values['disk'] !== undefined) throw new UsageError(`option '--define' needs every disk; it does not go with '--disk'`, command);
+  }
+  return { to, pool, define, uri: uri ?? DEFAULT_URI };
+}
 
 function parseStrict(command: CommandName, args: readonly string[]): { values: Values; positionals: string[] } {
   try {

@@ -30,6 +30,7 @@ Options:
 On failure or interruption the files of this run are removed and manifest.json is
 left exactly as it was.`,
   restore: `Usage: libvirt-backup restore DIR --to PATH [options]
+       libvirt-backup restore DIR --pool POOL [--connect URI] [--define NAME] [options]
 
 Writes a standalone image (no backing file) of each disk as it was at one backup.
 PATH is a file when one disk is restored, or an existing directory that receives
@@ -40,8 +41,19 @@ the manifest in that same read: a damaged file stops the restore (exit 3) and
 nothing is written. Partial outputs left by a restore that was killed are removed
 by the next restore into the same directory.
 
+With --pool, each disk becomes a new volume NAME-TARGET.FORMAT in a libvirt storage
+pool (NAME: the --define name, else DOMAIN-BACKUP), uploaded through libvirt streams:
+this works on a remote host (qemu+tls://, qemu+ssh://) and reads none of its files.
+Ranges that read as zeroes travel as holes and stay unallocated. An existing volume
+is never overwritten; a restore that fails or is interrupted removes the volumes it
+made. --define NAME then defines a new domain (not started) from the set's domain
+XML, its disks on the new volumes, with a new UUID and new MAC addresses.
+
 Options:
-  --to PATH                  output file or directory (required)
+  --to PATH                  output file or directory
+  --pool POOL                restore into new volumes of this storage pool instead
+  --connect URI              libvirt URI of the pool's host (default qemu:///system)
+  --define NAME              with --pool: define a domain NAME on the new volumes
   --at BACKUP                backup id to restore (default the newest; see 'list')
   --disk TARGET              restore only this disk
   --format qcow2|raw         output format (default qcow2)
@@ -134,6 +146,7 @@ Full, incremental and differential backups of libvirt VM disks as plain qcow2 ch
 Commands:
   backup DOMAIN --dest DIR   take a backup (full or incremental, chosen by itself)
   restore DIR --to PATH      write a standalone image of a point in time
+  restore DIR --pool POOL    the same into new volumes of a libvirt storage pool
   verify DIR                 check every file and chain of a backup set
   list DIR                   show the backups of a set
   prune DIR --keep N         drop old restore points, keeping the rest restorable

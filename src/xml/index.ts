@@ -78,3 +78,4 @@ export {
   type BlockCopyVolumeDestination,
 } from './block-copy.js';
 export { buildStoragePoolXml, buildStorageVolumeXml, type DirStoragePoolSpec, type StorageVolumeSpec } from './storage.js';
+export { restoredDomainXml, type RestoredDiskVolume, type RestoredDomainOptions, type RestoredDomainXml } from './domain-restore.js';

@@ -58,11 +58,10 @@ export function buildStorageVolumeXml(spec: StorageVolumeSpec): string {
   writer.textElement(root, 'name', spec.name);
   writer.textElement(root, 'capacity', spec.capacity)!.setAttribute('unit', 'bytes');
   writer.textElement(root, 'allocation', spec.allocation ?? 0)!.setAttribute('unit', 'bytes');
-  if (spec.format !== undefined || spec.mode !== undefined) {
-    const target = writer.element(root, 'target');
-    if (spec.format !== undefined) writer.element(target, 'format', [['type', spec.format]]);
-    if (spec.mode !== undefined) writer.textElement(writer.element(target, 'permissions'), 'mode', `0${spec.mode.toString(8)}`);
-  }
+  // libvirt's schema wants a <target> even when it holds nothing.
+  const target = writer.element(root, 'target');
+  if (spec.format !== undefined) writer.element(target, 'format', [['type', spec.format]]);
+  if (spec.mode !== undefined) writer.textElement(writer.element(target, 'permissions'), 'mode', `0${spec.mode.toString(8)}`);
   return writer.serialize();
 }
 

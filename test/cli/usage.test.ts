@@ -7,7 +7,11 @@ test('usage errors exit 2 with a one-line message naming the culprit', async (t)
     [[], /a command is required/],
     [['frobnicate', 'x'], /unknown command 'frobnicate' \(commands: backup, restore, verify, list, prune, run, migrate-storage, export\)/],
     [['list', '/tmp', '--colour'], /unknown option '--colour'.*list --help/],
-    [['restore', '/tmp'], /option '--to' is required/],
+    [['restore', '/tmp'], /option '--to' or '--pool' is required/],
+    [['restore', '/tmp', '--to', 'out', '--pool', 'default'], /options '--to' and '--pool' exclude each other/],
+    [['restore', '/tmp', '--to', 'out', '--define', 'copy'], /option '--define' goes with '--pool'/],
+    [['restore', '/tmp', '--pool', 'default', '--overwrite'], /'--overwrite' does not apply to '--pool': existing volumes are never overwritten/],
+    [['restore', '/tmp', '--pool', 'default', '--define', 'copy', '--disk', 'vda'], /'--define' needs every disk/],
     [['restore', '/tmp', '--to'], /option '--to' needs a value/],
     [['restore', '/tmp', '--to', 'out', '--format', 'vmdk'], /option '--format' must be one of qcow2, raw, got 'vmdk'/],
     [['prune', '/tmp', '--keep', '0'], /--keep must be a whole number of at least 1, got 0 /],
@@ -59,6 +63,9 @@ test('parsed options of each command', (t) => {
     command: 'restore',
     dir: 'set',
     to: 'out.raw',
+    pool: undefined,
+    define: undefined,
+    uri: 'qemu:///system',
     at: '0003',
     disk: 'vda',
     format: 'raw',
@@ -67,6 +74,13 @@ test('parsed options of each command', (t) => {
     json: false,
   });
   t.like(parseCommandLine(['restore', 'set', '--to', 'out', '--no-verify']), { command: 'restore', verify: false });
+  t.like(parseCommandLine(['restore', 'set', '--pool', 'default', '--connect', 'qemu+tls://host/system', '--define', 'copy']), {
+    command: 'restore',
+    to: undefined,
+    pool: 'default',
+    define: 'copy',
+    uri: 'qemu+tls://host/system',
+  });
   t.deepEqual(parseCommandLine(['prune', 'set', '--keep', '3', '--connect', 'test:///default']), {
     command: 'prune',
     dir: 'set',

@@ -127,11 +127,8 @@ class Winners {
   }
 }
 
-/**
- * Plans the copy of a chain (base first) read in chunks of `chunkBytes`, which must hold
- * any compressed stream (twice the largest cluster size, 4 MiB).
- */
-export function planChainCopy(images: readonly Qcow2Image[], chunkBytes: number): ChainCopyPlan {
+/** The winning ranges of each layer (base first) and the output clusters that hold data. */
+function chainWinners(images: readonly Qcow2Image[]): { virtualSize: number; winners: Winners[]; dataRuns: ClusterRun[] } {
   if (images.length === 0) throw new Error('a chain has at least one image');
   const virtualSize = images.at(-1)!.header.virtualSize;
   const winners: Winners[] = new Array<Winners>(images.length);
@@ -176,14 +173,85 @@ export function planChainCopy(images: readonly Qcow2Image[], chunkBytes: number)
     claimed = RangeList.union(claimed, own);
     dataRanges = RangeList.union(dataRanges, dataHere);
   }
-
-  const files = images.map((image, layer) => bucketByChunk(winners[layer]!, image, chunkBytes));
   const dataRuns: ClusterRun[] = [];
   for (let index = 0; index < dataRanges.count; index++) {
     const start = dataRanges.starts[index]! / OUTPUT_CLUSTER_SIZE;
     dataRuns.push({ start, count: dataRanges.ends[index]! / OUTPUT_CLUSTER_SIZE - start });
   }
+  return { virtualSize, winners, dataRuns };
+}
+
+/**
+ * Plans the copy of a chain (base first) read in chunks of `chunkBytes`, which must hold
+ * any compressed stream (twice the largest cluster size, 4 MiB).
+ */
+export function planChainCopy(images: readonly Qcow2Image[], chunkBytes: number): ChainCopyPlan {
+  const { virtualSize, winners, dataRuns } = chainWinners(images);
+  const files = images.map((image, layer) => bucketByChunk(winners[layer]!, image, chunkBytes));
   return { virtualSize, files, dataRuns, dataBytes: files.reduce((sum, file) => sum + file.dataBytes, 0) };
+}
+
+/**
+ * Every guest range some file provides, in guest order, with the file (`layer`, base 0)
+ * and where in it: the order a stream of the whole disk needs, front to back.
+ * Data past the end of its file reads as zeroes and is left out.
+ */
+export interface GuestOrderPlan {
+  virtualSize: number;
+  /** Output clusters (of the qcow2 writer's size) that hold data. */
+  dataRuns: ClusterRun[];
+  count: number;
+  layer: Uint16Array;
+  compressed: Uint8Array;
+  guestOffset: Float64Array;
+  length: Float64Array;
+  hostOffset: Float64Array;
+  /** For compressed ranges: the stream's length, and where in the inflated cluster the range starts. */
+  streamLength: Float64Array;
+  skip: Float64Array;
+  /** Guest bytes that come from some file. */
+  dataBytes: number;
+}
+
+export function planGuestOrder(images: readonly Qcow2Image[]): GuestOrderPlan {
+  const { virtualSize, winners, dataRuns } = chainWinners(images);
+  // Each layer's ranges are in guest order and no two layers' overlap: a merge by start.
+  const order: Array<{ layer: number; index: number; start: number }> = [];
+  winners.forEach((won, layer) => {
+    for (let index = 0; index < won.count; index++) order.push({ layer, index, start: won.guestOffset[index]! });
+  });
+  order.sort((a, b) => a.start - b.start);
+  const count = order.length;
+  const plan: GuestOrderPlan = {
+    virtualSize,
+    dataRuns,
+    count: 0,
+    layer: new Uint16Array(count),
+    compressed: new Uint8Array(count),
+    guestOffset: new Float64Array(count),
+    length: new Float64Array(count),
+    hostOffset: new Float64Array(count),
+    streamLength: new Float64Array(count),
+    skip: new Float64Array(count),
+    dataBytes: 0,
+  };
+  for (const { layer, index } of order) {
+    const won = winners[layer]!;
+    const compressed = won.compressed[index] === 1;
+    let length = won.length[index]!;
+    if (!compressed) length = Math.max(0, Math.min(length, images[layer]!.fileSize - won.hostOffset[index]!));
+    if (length === 0) continue;
+    const slot = plan.count++;
+    plan.layer[slot] = layer;
+    plan.compressed[slot] = compressed ? 1 : 0;
+    plan.guestOffset[slot] = won.guestOffset[index]!;
+    plan.length[slot] = length;
+    plan.hostOffset[slot] = won.hostOffset[index]!;
+    plan.streamLength[slot] = won.streamLength[index]!;
+    plan.skip[slot] = won.skip[index]!;
+    plan.dataBytes += length;
+  }
+  return plan;
 }
 
 /** Counting sort of one layer's winners into the chunks of its file. */

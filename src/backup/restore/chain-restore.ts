@@ -4,7 +4,9 @@
 // once, front to back, and its data lands in the output as the read passes it.
 import { chmod, open, unlink, type FileHandle } from 'node:fs/promises';
 import { fsyncFile } from '../set/atomic-file.js';
-import { planChainCopy, type FileCopyPieces } from '../qcow2/chain-copy-plan.js';
+import { planChainCopy, planGuestOrder, type FileCopyPieces } from '../qcow2/chain-copy-plan.js';
+import { ChainGuestStream, type GuestRun } from '../qcow2/chain-guest-stream.js';
+import type { ClusterRun } from '../qcow2/qcow2-layout.js';
 import { CHUNK_BYTES, ReadBufferPool, streamChainFile, type GuestWriter, type StreamedFile } from '../qcow2/chain-stream.js';
 import { checksumAlgorithm } from '../checksum.js';
 import { BackupSetError, isBackupSetError, throwIfAborted } from '../errors.js';
@@ -57,6 +59,29 @@ export interface ChainRestoreReport {
 }
 
 const READER_REFUSALS = new Set(['CHAIN_BROKEN', 'IMAGE_UNSUPPORTED']);
+
+export interface GuestOrderOptions {
+  /** Fail on a checksum or size mismatch (default); false streams anyway and says so in a notice. */
+  verifyChecksums?: boolean;
+  signal?: AbortSignal;
+  onProgress?: (fraction: number) => void;
+  onNotice?: (message: string) => void;
+}
+
+/** One disk of a chain as a stream of guest runs, front to back, checked as it is read. */
+export interface GuestOrderedDisk {
+  virtualSize: number;
+  /** Output clusters that hold data (what a qcow2 image of the disk stores). */
+  dataRuns: readonly ClusterRun[];
+  /**
+   * The runs, covering the whole disk. After the last one every file has been read to its
+   * end and judged: a damaged file makes the iteration throw CHECKSUM_MISMATCH there, so a
+   * consumer that has not seen the iteration end cleanly must not keep what it wrote.
+   */
+  runs(): AsyncGenerator<GuestRun>;
+  /** Once the runs are exhausted. */
+  report(): ChainRestoreReport;
+}
 
 /**
  * A chain whose files are open and whose metadata is read and checked against the
@@ -206,6 +231,78 @@ export class OpenedChain {
     } finally {
       await file?.close();
     }
+  }
+
+  /**
+   * The disk in guest order, for writers that can only go front to back (a stream to a
+   * storage volume). Each file is still read once and checksummed as it passes (see
+   * chain-guest-stream.ts). A file our reader refused cannot be streamed this way: that
+   * throws the reader's error.
+   */
+  guestOrdered(options: GuestOrderOptions): GuestOrderedDisk {
+    if (this.refusal !== null) throw this.refusal;
+    const verify = options.verifyChecksums !== false;
+    const plan = planGuestOrder(this.images as Qcow2Image[]);
+    const totalBytes = this.sizes.reduce((sum, size) => sum + size, 0);
+    let bytesRead = 0;
+    const stream = new ChainGuestStream(
+      plan,
+      this.files.map((file, index) => ({
+        handle: this.handles[index]!,
+        size: this.sizes[index]!,
+        algorithm: checksumAlgorithm(file.checksum),
+        clusterSize: this.images[index]!.header.clusterSize,
+        name: file.name,
+      })),
+      {
+        signal: options.signal,
+        onRead: (bytes) => {
+          bytesRead += bytes;
+          options.onProgress?.(totalBytes === 0 ? 1 : Math.min(1, bytesRead / totalBytes));
+        },
+      },
+    );
+    let report: ChainRestoreReport | null = null;
+    const files = this.files;
+    const sizes = this.sizes;
+    const metadataBytesRead = this.#metadataBytesRead;
+    async function* runs(): AsyncGenerator<GuestRun> {
+      // A file of the wrong size is damaged whatever it holds: refused before anything is sent.
+      if (verify) {
+        files.forEach((file, index) => {
+          if (sizes[index] !== file.size) {
+            throw new BackupSetError(
+              'CHECKSUM_MISMATCH',
+              `${file.name}: the file is ${sizes[index]} bytes, the manifest says ${file.size}; the file is damaged`,
+              {
+                path: file.path,
+              },
+            );
+          }
+        });
+      }
+      yield* stream.runs();
+      const result = stream.result();
+      files.forEach((file, index) => {
+        const problem = damage(file, sizes[index]!, result.checksums[index]!);
+        if (problem === null) return;
+        if (verify) throw new BackupSetError('CHECKSUM_MISMATCH', problem, { path: file.path });
+        options.onNotice?.(`${problem}; restored anyway because checksum verification is off`);
+      });
+      if (result.bytesReread > 0) {
+        options.onNotice?.(`${result.bytesReread} bytes of the chain were read twice: some clusters are not stored in guest order`);
+      }
+      report = { method: 'one-pass', bytesStreamed: result.bytesRead, metadataBytesRead };
+    }
+    return {
+      virtualSize: plan.virtualSize,
+      dataRuns: plan.dataRuns,
+      runs,
+      report: () => {
+        if (report === null) throw new Error('the disk has not been streamed to its end yet');
+        return report;
+      },
+    };
   }
 }
 

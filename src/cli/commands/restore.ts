@@ -1,7 +1,7 @@
-import { BackupSet } from '../../backup/index.js';
-import { restore } from '../../backup/index.js';
+import { BackupSet, formatBytes, restore, restoreToPool } from '../../backup/index.js';
 import type { RestoreArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
+import { openConnection } from '../libvirt-connection.js';
 import type { CommandContext } from './context.js';
 
 export async function restoreCommand(args: RestoreArgs, { output, signal }: CommandContext): Promise<number> {
@@ -21,8 +21,13 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
       })),
     });
   }
+  const onProgress = ({ target, fraction }: { target: string; fraction: number }) => {
+    const bytesTotal = sizes.get(target) ?? 0;
+    output.event({ type: 'progress', target, bytesDone: Math.round(fraction * bytesTotal), bytesTotal });
+  };
+  if (args.pool !== undefined) return restoreIntoPool(set, args, args.pool, { output, signal }, onProgress);
   const result = await restore(set, {
-    to: args.to,
+    to: args.to!,
     at: args.at,
     disk: args.disk,
     format: args.format,
@@ -30,10 +35,7 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
     verifyChecksums: args.verify,
     signal,
     onNotice: (message) => output.event({ type: 'notice', message }),
-    onProgress: ({ target, fraction }) => {
-      const bytesTotal = sizes.get(target) ?? 0;
-      output.event({ type: 'progress', target, bytesDone: Math.round(fraction * bytesTotal), bytesTotal });
-    },
+    onProgress,
   });
   const width = Math.max(...result.disks.map((disk) => disk.target.length));
   const text = [
@@ -44,4 +46,41 @@ export async function restoreCommand(args: RestoreArgs, { output, signal }: Comm
   ].join('\n');
   output.result('restore', text, result);
   return ExitCode.OK;
+}
+
+async function restoreIntoPool(
+  set: BackupSet,
+  args: RestoreArgs,
+  pool: string,
+  { output, signal }: CommandContext,
+  onProgress: (progress: { target: string; fraction: number }) => void,
+): Promise<number> {
+  const connection = await openConnection(args.uri);
+  try {
+    const result = await restoreToPool(set, {
+      connection,
+      pool,
+      at: args.at,
+      disk: args.disk,
+      format: args.format,
+      define: args.define,
+      verifyChecksums: args.verify,
+      signal,
+      onNotice: (message) => output.event({ type: 'notice', message }),
+      onProgress,
+    });
+    const width = Math.max(...result.disks.map((disk) => disk.target.length));
+    const text = [
+      `restored backup ${result.backupId} of ${set.domain.name} into storage pool ${pool} on ${args.uri} as ${args.format}:`,
+      ...result.disks.map(
+        (disk) =>
+          `  ${disk.target.padEnd(width)}  ${disk.volume}  (${disk.path}; sent ${formatBytes(disk.sent.dataBytes)} of data, ${formatBytes(disk.sent.holeBytes)} as holes)`,
+      ),
+      ...(result.domain === undefined ? [] : [`defined domain ${result.domain.name} (uuid ${result.domain.uuid}), not started`]),
+    ].join('\n');
+    output.result('restore', text, { ...result, pool, uri: args.uri });
+    return ExitCode.OK;
+  } finally {
+    await connection.close();
+  }
 }
