@@ -215,6 +215,11 @@ test('a domain destroyed mid-run: a clear error, the checkpoint is kept for dele
   const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, hooks: { afterJobStart: () => m.vm.domain.destroy() } }));
   t.is((error as { code?: string }).code, 'DOMAIN_STOPPED', error?.message);
   t.regex(error!.message, /stopped during the backup/);
+  t.deepEqual(
+    (await readdir(dest)).filter((name) => name.startsWith('.in-progress') || name.startsWith('.scratch-')),
+    [],
+    "the run's journal and scratch are gone: its job ended with the domain",
+  );
   const pending = JSON.parse(await readFile(join(dest, PENDING_CHECKPOINTS_FILE), 'utf8')) as { checkpoints: Array<{ name: string }> };
   t.is(pending.checkpoints.length, 1);
   const verified = await runCli(['verify', dest]);

@@ -327,7 +327,11 @@ async function endJob(domain: Domain): Promise<boolean> {
   try {
     return (await domain.getJobInfo()).type === JobType.NONE;
   } catch {
-    return false;
+    // libvirt answers no job query for a domain that is not running: its job died with its QEMU.
+    return domain.getState().then(
+      ({ state }) => state !== DomainState.RUNNING && state !== DomainState.PAUSED,
+      () => false,
+    );
   }
 }
 
