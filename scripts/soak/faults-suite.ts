@@ -205,7 +205,12 @@ async function faultedRun(
   timer.mark('faulted backup');
 
   // Right after the faulted run.
-  const expected = kind.expectedExit(outcome, injection, setUnchanged);
+  const expected = kind.expectedExit(
+    outcome,
+    injection,
+    setUnchanged,
+    others.map((other) => other.outcome),
+  );
   log.record('cli-exit', expected === null ? null : { expected, actual: ended(outcome), output: describeOutcome(outcome) });
   for (const other of others) {
     const harmless = (other.outcome.code === 0 && other.outcome.result !== undefined) || (other.outcome.code === 1 && other.outcome.error !== undefined);

@@ -71,9 +71,10 @@ export interface FaultKind {
   repair(scene: FaultScene, planned: PlannedFault, injection: Injection, log: CheckLog): Promise<void>;
   /**
    * Null when the command's exit suits the fault, else what was expected. `setUnchanged`:
-   * the set directory holds the same entries and manifest as before the run.
+   * the set directory holds the same entries and manifest as before the run; `others`:
+   * how the commands the fault started ended.
    */
-  expectedExit(outcome: CliOutcome, injection: Injection, setUnchanged: boolean): string | null;
+  expectedExit(outcome: CliOutcome, injection: Injection, setUnchanged: boolean, others: readonly CliOutcome[]): string | null;
 }
 
 /**
