@@ -53,6 +53,7 @@ async function manifestCheckpoints(dest: string): Promise<string[]> {
     .sort();
 }
 
+/** Polls: libvirt sends no event when a job starts. */
 async function waitUntil(what: string, condition: () => Promise<boolean>, timeoutMs = 10_000): Promise<void> {
   const deadline = Date.now() + timeoutMs;
   // libvirt's job queries fail transiently while a job starts or ends.
@@ -81,7 +82,14 @@ test('a destination filling up during a pull backup ends the job before any gues
           // Another process takes the space while the job runs; the guard must see it
           // and end the job before the guest overwrites data copy-before-write must save.
           await fillUp(fs, 8);
-          await waitUntil('the job has ended', async () => (await m.vm.domain.getJobInfo()).type === JobType.NONE, 3_000).catch(() => undefined);
+          await conn
+            .waitFor('job-completed', {
+              match: (d) => d.uuid === m.vm.domain.uuid,
+              // libvirt's job queries fail transiently while a job ends: ask again at the next event.
+              check: async () => (await m.vm.domain.getJobInfo().catch(() => undefined))?.type === JobType.NONE,
+              timeoutMs: 3_000,
+            })
+            .catch(() => undefined);
           for (const offset of ['0', '16M', '32M']) await m.write(0, 0x22, offset, '16M');
         },
       },

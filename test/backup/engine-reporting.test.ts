@@ -43,6 +43,7 @@ test('a job someone else cancels is a job failure (JOB_FAILED, exit 1), and the 
   await m.write(0, 0x33, '0', '640M');
   const cli = startCli(['backup', m.vm.name, '--dest', dest, '--transport', 'push', '--json']);
   await cli.waitForLine((line) => line.includes('"type":"start"'));
+  // Polled: libvirt sends no event when a job starts.
   const deadline = Date.now() + 10_000;
   while ((await m.vm.domain.getJobInfo().catch(() => ({ type: JobType.NONE }))).type === JobType.NONE && Date.now() < deadline) {
     await new Promise((resolve) => setTimeout(resolve, 20));

@@ -17,8 +17,11 @@ export function recordEvents(conn: Connection, domain: Domain) {
      */
     async blockJobsEnded(disk: string, status: BlockJobStatus, count: number): Promise<number> {
       const matching = () => blockJobs.filter((b) => b.disk === disk && b.type === BlockJobType.BACKUP && b.status === status).length;
-      const deadline = Date.now() + 10_000;
-      while (matching() < count && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      // onBlock was added first, so it has recorded each event by the time this listener looks.
+      const enough = () => matching() >= count;
+      await conn.waitFor('block-job', { match: enough, check: enough, timeoutMs: 10_000 }).catch((error: Error) => {
+        if (error.name !== 'TimeoutError') throw error;
+      });
       return matching();
     },
   };

@@ -43,6 +43,7 @@ test('a call stuck on a frozen QEMU does not hold up other calls on the same con
         () => settled++,
       );
     }
+    // Deliberate: time in which a call not held by the frozen QEMU would have finished.
     await sleep(300);
     t.is(settled, 0, 'no monitor command can finish while QEMU is stopped');
 
@@ -81,6 +82,7 @@ test('a call still running when its worker thread is terminated is dropped witho
       });
     });
     await within(started, 30_000, 'the worker starting its call');
+    // Deliberate: lets the call reach libvirt, which gives no sign of it.
     await sleep(200);
     t.is(await worker.terminate(), 1);
     t.deepEqual(messages, ['started']);

@@ -71,9 +71,11 @@ test('close() resolves only after the calls in flight have settled', async (t) =
   try {
     // A frozen QEMU cannot answer its monitor: these calls wait until SIGCONT.
     slow = Array.from({ length: 2 }, (_, i) => domain.qemuMonitorCommand('{"execute":"query-status"}').finally(() => settled.push(`call ${i}`)));
+    // Deliberate: lets both calls reach libvirt, which gives no sign of it.
     await sleep(200);
     closing = conn.close().finally(() => settled.push('close'));
     t.true(conn.closed, 'closed from the moment close() is called');
+    // Deliberate: time in which close() would have resolved had it not waited.
     await sleep(700);
     t.deepEqual(settled, [], 'close() waits for the frozen calls');
   } finally {

@@ -28,8 +28,9 @@ test('200 lifecycle events from start/destroy cycles reach JS in order', async (
     await domain.start();
     await domain.destroy();
   }
-  const deadline = Date.now() + 10_000;
-  while (seen.length < 200 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  // listener was added first: it has recorded each event when this one looks.
+  const all = () => seen.length >= 200;
+  await conn.waitFor('lifecycle', { match: all, check: all, timeoutMs: 10_000 }).catch(() => undefined);
   conn.off('lifecycle', listener);
   t.is(seen.length, 200);
   const expected = Array.from({ length: 200 }, (_, i) => (i % 2 === 0 ? LifecycleEvent.STARTED : LifecycleEvent.STOPPED));
@@ -51,10 +52,8 @@ test('200 lifecycle events from start/destroy cycles on the real daemon reach JS
     await vm.domain.start();
     await vm.domain.destroy();
   }
-  const deadline = Date.now() + 10_000;
-  while (seen.filter(([, e]) => e === LifecycleEvent.STOPPED).length < cycles && Date.now() < deadline) {
-    await new Promise((r) => setTimeout(r, 20));
-  }
+  const allStopped = () => seen.filter(([, e]) => e === LifecycleEvent.STOPPED).length >= cycles;
+  await conn.waitFor('lifecycle', { match: allStopped, check: allStopped, timeoutMs: 10_000 }).catch(() => undefined);
   const startsAndStops = seen.filter(([, e]) => e === LifecycleEvent.STARTED || e === LifecycleEvent.STOPPED);
   const { STARTED, STOPPED } = LifecycleEvent;
   t.is(startsAndStops.length, 2 * cycles);
@@ -74,10 +73,13 @@ test('once() fires a single time and listener bookkeeping is exact', async (t) =
   await conn.eventsReady();
   const name = `lvb-once-${process.pid}`;
   const domain = await conn.defineDomain(`<domain type='test'><name>${name}</name><memory>65536</memory><os><type>hvm</type></os></domain>`);
+  // Its last event: once it is here, every earlier one has been delivered (events keep libvirt's order).
+  const lastEvent = conn.waitFor('lifecycle', { match: (d, p) => d.uuid === domain.uuid && p.event === LifecycleEvent.UNDEFINED, timeoutMs: 10_000 });
+  await conn.eventsReady('lifecycle');
   await domain.start();
   await domain.destroy();
   await domain.undefine();
-  await new Promise((r) => setTimeout(r, 200));
+  await lastEvent;
   t.is(count, 1);
   t.is(conn.listenerCount('lifecycle'), 0);
   t.throws(() => conn.on('nonsense' as 'lifecycle', () => undefined), { instanceOf: TypeError });
@@ -176,14 +178,15 @@ test('removeAllListeners() removes the registrations too, and listeners can be a
   await conn.eventsReady();
   await domain.destroy();
   await domain.start();
+  // Deliberate: time for events to arrive, if the registrations had been left behind.
   await new Promise((resolve) => setTimeout(resolve, 100));
   t.is(count, 0);
   conn.on('lifecycle', countMine);
   await conn.eventsReady();
   await domain.destroy();
   await domain.start();
-  const deadline = Date.now() + 5_000;
-  while (count < 2 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 10));
+  const both = () => count >= 2;
+  await conn.waitFor('lifecycle', { match: both, check: both, timeoutMs: 5_000 }).catch(() => undefined);
   t.is(count, 2);
 });
 
@@ -247,6 +250,22 @@ test('a refused registration without a registration-error listener raises no err
   t.is(conn.listenerCount('error'), 0);
 });
 
+/** Resolves once `done()` holds after some output of `virsh`, or after `timeoutMs`. */
+async function virshPrinted(virsh: ReturnType<typeof spawn>, done: () => boolean, timeoutMs: number): Promise<void> {
+  if (done()) return;
+  await new Promise<void>((resolve) => {
+    const finish = () => {
+      clearTimeout(timer);
+      virsh.stdout!.off('data', onData);
+      resolve();
+    };
+    // The test's own listener, added first, has appended the chunk by now.
+    const onData = () => done() && finish();
+    const timer = setTimeout(finish, timeoutMs);
+    virsh.stdout!.on('data', onData);
+  });
+}
+
 const VIRSH_EVENT_KINDS: Record<string, string> = {
   lifecycle: 'lifecycle',
   'block-job-2': 'block-job',
@@ -270,6 +289,7 @@ test('events of different kinds reach JS in the order libvirt sent them, as virs
   let virshOutput = '';
   virsh.stdout.on('data', (chunk: Buffer) => (virshOutput += chunk.toString()));
   t.teardown(() => virsh.kill());
+  // Deliberate: virsh shows no sign of its registration being in place; this gives it the time.
   await new Promise((resolve) => setTimeout(resolve, 500));
 
   const seen: string[] = [];
@@ -287,14 +307,18 @@ test('events of different kinds reach JS in the order libvirt sent them, as virs
   // that every event of the backup and the destroy is waiting at once.
   spawn('sh', ['-c', `sleep 1.5; virsh -c qemu:///system destroy ${vm.name}`], { env: toolEnvironment(), stdio: 'ignore' });
   Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 4_000);
-  const deadline = Date.now() + 20_000;
   const virshSequence = () =>
     [...virshOutput.matchAll(/^event '([a-z0-9-]+)' for domain/gm)]
       .map((match) => VIRSH_EVENT_KINDS[match[1]!])
       .filter((kind): kind is string => kind !== undefined);
-  while ((seen.length < 3 || virshSequence().length < seen.length) && Date.now() < deadline) {
-    await new Promise((resolve) => setTimeout(resolve, 50));
-  }
+  // Each kind's listener above was added before its wait's, so seen is up to date when the wait looks.
+  const arrived = (kind: 'lifecycle' | 'block-job' | 'job-completed') => () => seen.includes(kind);
+  await Promise.all(
+    (['lifecycle', 'block-job', 'job-completed'] as const).map((kind) =>
+      conn.waitFor(kind, { match: arrived(kind), check: arrived(kind), timeoutMs: 20_000 }).catch(() => undefined),
+    ),
+  );
+  await virshPrinted(virsh, () => virshSequence().length >= seen.length, 20_000);
   t.log(seen.join(' -> '));
   t.true(seen.includes('job-completed') && seen.includes('block-job') && seen.includes('lifecycle'), seen.join(', '));
   t.deepEqual(seen, virshSequence().slice(0, seen.length));

@@ -34,6 +34,7 @@ test('the addon loads and works in two worker threads at once', async (t) => {
 
 test('terminating a worker with calls in flight does not crash the process', async (t) => {
   const worker = startWorker({ uri: 'test:///default', rounds: 100_000 });
+  // Deliberate: the worker runs calls back to back; any moment has some in flight.
   await new Promise((resolve) => setTimeout(resolve, 1500));
   const code = await worker.terminate();
   t.is(code, 1);

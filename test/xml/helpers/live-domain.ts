@@ -81,12 +81,12 @@ export async function startLiveDomain(disks: readonly DiskPlan[]): Promise<LiveD
     backupXml: () => domain.backupGetXMLDesc(),
     abortJob: () => domain.abortJob(),
     waitForJobEnd: async (timeoutMs = 30_000) => {
-      const deadline = Date.now() + timeoutMs;
-      while (Date.now() < deadline) {
-        if ((await domain.getJobInfo()).type === JobType.NONE) return;
-        await new Promise((resolve) => setTimeout(resolve, 50));
-      }
-      throw new Error(`job on ${vm.name} still running after ${timeoutMs} ms`);
+      await conn.waitFor('job-completed', {
+        match: (d) => d.uuid === domain.uuid,
+        check: async () => (await domain.getJobInfo()).type === JobType.NONE,
+        timeoutMs,
+        description: `the job on ${vm.name} to end`,
+      });
     },
     guestWrite: (diskIndex, offset, length) => guestWrite(domain, diskIndex, 0xab, offset, length),
     dispose: async () => {
