@@ -11,6 +11,7 @@ import test from 'ava';
 import { BackupSet, isRecoveryError, libvirtSetUserCheck, migrateStorage, prune, readSetUsers, type MigrateStorageEvent } from '../../src/backup/index.js';
 import type { Domain } from '../../src/index.js';
 import { connectSystem, guestWrite } from '../helpers/daemon.js';
+import { createThrowawayPool } from '../helpers/storage-pool.js';
 import { run } from '../helpers/process.js';
 import { imagesIdentical } from './engine-helpers.js';
 import { backedUpDomain, diskSources, recoveredVm } from './recovery-helpers.js';
@@ -144,4 +145,23 @@ test('migrate-storage stopped halfway: the domain runs on its overlays, the copi
 
   const again = await t.throwsAsync(migrateStorage({ connection: conn, domain: domain.name, to: { dir: to } }));
   t.true(isRecoveryError(again, 'DOMAIN_NOT_RUNNING'), String(again));
+});
+
+test('migrate-storage --pool: each disk becomes a new volume of the pool; the domain runs on the volumes', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const { m, dest, points } = await backedUpDomain(t, conn, 'migrate-pool');
+  const { domain } = await recoveredVm(t, conn, dest, points[1]);
+  const pool = await createThrowawayPool(conn, 'migrate-pool');
+  t.teardown(() => pool.cleanup());
+
+  const migrated = await migrateStorage({ connection: conn, domain: domain.name, to: { pool: pool.name } });
+  t.deepEqual(
+    migrated.disks.map((disk) => disk.to),
+    [`${pool.name}/${domain.name}-vda.qcow2`, `${pool.name}/${domain.name}-vdb.qcow2`],
+  );
+  const paths = [join(pool.path, `${domain.name}-vda.qcow2`), join(pool.path, `${domain.name}-vdb.qcow2`)];
+  t.deepEqual(Object.values(await diskSources(domain.name)), paths);
+  await domain.destroy();
+  for (const [index, path] of paths.entries()) t.true(await imagesIdentical(path, 'qcow2', m.referenceAt(points[1]!, index), 'raw'), path);
 });

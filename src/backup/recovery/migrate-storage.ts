@@ -56,7 +56,10 @@ interface PlannedCopy {
   target: string;
   overlay: string;
   virtualSize: number;
-  destination: BlockCopyDestination;
+  /** Where the copy goes; for a volume, created first (libvirt 9.0 copies to a volume's path, not to the volume). */
+  prepare: () => Promise<BlockCopyDestination>;
+  /** The destination exists before the copy starts (a volume libvirt created), and only its content is written. */
+  reuseExternal: boolean;
   label: string;
   /** Removes what the copy created (the destination file or volume). */
   discard: () => Promise<void>;
@@ -149,7 +152,8 @@ async function planCopies(
       target,
       overlay,
       virtualSize,
-      destination: { type: 'file', path, format: 'qcow2' },
+      prepare: async () => ({ type: 'file', path, format: 'qcow2' }),
+      reuseExternal: false,
       label: path,
       discard: () => rm(path, { force: true }),
     });
@@ -170,7 +174,11 @@ async function planVolumeCopy(pool: StoragePool, name: string, target: string, o
     target,
     overlay,
     virtualSize,
-    destination: { type: 'volume', pool: pool.name, volume: name, format: 'qcow2' },
+    prepare: async () => {
+      const volume = await pool.createVolume({ name, capacity: virtualSize, format: 'qcow2' });
+      return { type: 'file', path: await volume.getPath(), format: 'qcow2' };
+    },
+    reuseExternal: true,
     label: `${pool.name}/${name}`,
     discard: async () => {
       const volume = await pool.lookupVolumeByName(name).catch(() => null);
@@ -185,11 +193,11 @@ async function copyUntilReady(domain: Domain, copies: PlannedCopy[], options: Mi
   const started: PlannedCopy[] = [];
   try {
     for (const copy of copies) {
-      if (copy.destination.type === 'volume') await createVolume(domain.connection, copy);
       started.push(copy);
-      await domain.blockCopy(copy.target, copy.destination, {
+      const destination = await copy.prepare();
+      await domain.blockCopy(copy.target, destination, {
         transientJob: true,
-        reuseExternal: copy.destination.type === 'volume',
+        reuseExternal: copy.reuseExternal,
         ...(options.bandwidth !== undefined ? { bandwidth: options.bandwidth } : {}),
       });
       onEvent?.({ type: 'copy', target: copy.target, destination: copy.label });
@@ -217,12 +225,6 @@ async function copyUntilReady(domain: Domain, copies: PlannedCopy[], options: Mi
       });
     throw error;
   }
-}
-
-async function createVolume(connection: Connection, copy: PlannedCopy): Promise<void> {
-  const destination = copy.destination as Extract<BlockCopyDestination, { type: 'volume' }>;
-  const pool = await connection.lookupStoragePoolByName(destination.pool);
-  await pool.createVolume({ name: destination.volume, capacity: copy.virtualSize, format: 'qcow2' });
 }
 
 async function exists(path: string): Promise<boolean> {
