@@ -7,6 +7,7 @@ import { assertChainIntact } from '../set/chain-check.js';
 import { errnoCode } from '../../common/fs-errors.js';
 import { RecoveryError } from './recovery-errors.js';
 
+/** Which backup point and disk `exportPoint()` serves, and where it listens. */
 export interface ExportPointOptions {
   /** The set directory; only read. */
   dir: string;
@@ -19,6 +20,7 @@ export interface ExportPointOptions {
   signal?: AbortSignal;
 }
 
+/** A backup point being served read-only over NBD: which one, where to reach it, and a promise that settles when the export ends. */
 export interface PointExport {
   backupId: string;
   disk: string;
