@@ -80,21 +80,21 @@ nocc_env=(env -u CC -u CXX -u npm_config_nodedir "PATH=$nocc")
 "${nocc_env[@]}" sh -c 'command -v cc || command -v c++ || command -v g++ || command -v make' >/dev/null &&
   fail "the compiler-free PATH still has a compiler or make"
 
-# A user's project; npm >= 11 runs a dependency's install script only when the
-# project allows it (allowScripts), and the tests want it to run.
-new_project() {
+# A user's project that approved the package's install script (npm >= 11 warns about
+# unapproved ones; allowScripts matches a tarball by its file: spec).
+new_project() { # dir, tarball
   rm -rf "$1"
   mkdir -p "$1"
-  printf '{ "name": "consumer", "private": true, "type": "module", "allowScripts": { "libvirt-backup": true } }\n' >"$1/package.json"
+  printf '{ "name": "consumer", "private": true, "type": "module", "allowScripts": { "file:%s": true } }\n' "$2" >"$1/package.json"
 }
 
 # 4. Install into a new project without a compiler, and use it. The install script
 #    runs and must find the prebuilt binary rather than compile.
 app="$work/app"
-new_project "$app"
+new_project "$app" "$tarball"
 cp scripts/release/consumer/* "$app/"
 log "npm install of the tarball with no compiler on PATH"
-(cd "$app" && "${nocc_env[@]}" npm install --no-audit --no-fund "$tarball" 2>&1) | tee "$work/install.log" >&2 ||
+(cd "$app" && "${nocc_env[@]}" npm install --no-audit --no-fund --foreground-scripts "$tarball" 2>&1) | tee "$work/install.log" >&2 ||
   fail "npm install of the tarball"
 [ ! -e "$app/node_modules/libvirt-backup/build" ] || fail "install compiled the addon instead of using the prebuilt binary"
 (cd "$app" && "${nocc_env[@]}" node smoke.mjs) || fail "smoke.mjs"
@@ -106,17 +106,18 @@ version=$(node -p "require('$root/package.json').version")
   fail "libvirt-backup --help"
 log "ok CLI --version ($version) and --help"
 
-# npm >= 11's default: the install script is not run at all, and the prebuilt
-# binary is found when the addon is first loaded.
-plain="$work/app-scripts-blocked"
-rm -rf "$plain"
-mkdir -p "$plain"
-printf '{ "name": "consumer", "private": true, "type": "module" }\n' >"$plain/package.json"
+grep -q 'not yet covered by allowScripts' "$work/install.log" && fail "npm did not take the project's approval of the install script"
+
+# A user who skips install scripts (--ignore-scripts, or a denied or unapproved script
+# under npm's strict-allow-scripts): the prebuilt binary is found when the addon is
+# first loaded.
+plain="$work/app-ignore-scripts"
+new_project "$plain" "$tarball"
 cp scripts/release/consumer/smoke.mjs "$plain/"
-(cd "$plain" && "${nocc_env[@]}" npm install --no-audit --no-fund "$tarball" >"$work/install-scripts-blocked.log" 2>&1) ||
-  fail "npm install without allowScripts"
+(cd "$plain" && "${nocc_env[@]}" npm install --no-audit --no-fund --ignore-scripts "$tarball" >"$work/install-ignore-scripts.log" 2>&1) ||
+  fail "npm install --ignore-scripts"
 (cd "$plain" && "${nocc_env[@]}" node smoke.mjs >/dev/null) || fail "smoke.mjs after an install whose script did not run"
-log "ok without its install script (npm's default): $(grep -c 'install-scripts' "$work/install-scripts-blocked.log") lines of npm's notice"
+log "ok without its install script (--ignore-scripts)"
 
 log "TypeScript consumer (strict, module nodenext) over the four entry points"
 (cd "$app" && npm install --no-audit --no-fund --silent "typescript@$(node -p "require('$root/node_modules/typescript/package.json').version")" "@types/node@^20" >/dev/null 2>&1) ||
@@ -135,7 +136,7 @@ tar -czf "$bare" -C "$work/bare" package
 expect_install_failure() { # name, message pattern, env...
   local name=$1 pattern=$2
   shift 2
-  new_project "$work/$name"
+  new_project "$work/$name" "$bare"
   if (cd "$work/$name" && "$@" npm install --no-audit --no-fund "$bare" >"$work/$name.log" 2>&1); then
     fail "$name: install without a prebuilt binary succeeded"
   fi
