@@ -41,7 +41,6 @@ fi
 
 arm64_node=(qemu-aarch64-static -L / "$node_dir/bin/node")
 log "$("${arm64_node[@]}" -p '`node ${process.version} ${process.arch}, glibc ${process.report.getReport().header.glibcVersionRuntime}`')"
-log "$(file -b "$app"/node_modules/libvirt-backup/prebuilds/linux-arm64/*.node | cut -d, -f1-2)"
 (cd "$app" && "${arm64_node[@]}" smoke.mjs)
 expected=$(node -p "require('$root/package.json').version")
 cli_version=$(cd "$app" && "${arm64_node[@]}" node_modules/libvirt-backup/lib/cli/main.js --version)

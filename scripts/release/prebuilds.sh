@@ -63,6 +63,6 @@ for arch in "${arches[@]}"; do
   mkdir -p prebuilds
   cp -r "$stage/prebuilds/linux-$arch" prebuilds/
   for f in "prebuilds/linux-$arch"/*.node; do
-    log "$f: $(file -b "$f" | cut -d, -f1-2), $(stat -c %s "$f") bytes"
+    log "$f: $(stat -c %s "$f") bytes"
   done
 done
