@@ -111,6 +111,19 @@ INFO
     install -m 0600 "$RIG_LIBVIRT_PKI/private/serverkey.pem" "$RIG_QEMU_PKI/server-key.pem"
     log "installed QEMU's TLS identity in $RIG_QEMU_PKI"
   fi
+  # A client identity in the layout of QEMU's directory and of libnbd's default one, for
+  # NBD clients other than ours (nbdinfo nbds://..., virtnbdbackup --tls) to present to
+  # an export that checks its clients.
+  local dir
+  for dir in "$RIG_QEMU_PKI" /etc/pki/libnbd; do
+    if [ ! -f "$dir/client-cert.pem" ]; then
+      install -d -m 0755 "$dir"
+      [ -f "$dir/ca-cert.pem" ] || install -m 0644 "$RIG_CA_DIR/cacert.pem" "$dir/ca-cert.pem"
+      install -m 0644 "$RIG_LIBVIRT_PKI/clientcert.pem" "$dir/client-cert.pem"
+      install -m 0600 "$RIG_LIBVIRT_PKI/private/clientkey.pem" "$dir/client-key.pem"
+      log "installed a client identity in $dir"
+    fi
+  done
 }
 
 # A block appended once to a libvirt config file, found again by its mark.

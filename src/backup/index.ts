@@ -50,7 +50,7 @@ export {
 } from './recovery/migrate-storage.js';
 export { libvirtSetUserCheck, type LibvirtSetUserCheck } from './recovery/set-user-check.js';
 export { exportPoint, type ExportPointOptions, type PointExport } from './recovery/export-point.js';
-export { BackupError, type BackupErrorCode, type BackupEvent, type BackupOptions, type BackupResult, type RequestedLevel } from './engine/engine-types.js';
+export { BackupError, type BackupErrorCode, type BackupEvent, type BackupOptions, type BackupResult, type RemoteOptions, type RequestedLevel } from './engine/engine-types.js';
 export {
   restoreToPool,
   restoredVolumeName,

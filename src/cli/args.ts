@@ -19,7 +19,28 @@ export class UsageError extends Error {
   }
 }
 
-export interface BackupArgs {
+/** How a command reaches and authenticates to libvirt. */
+export interface ConnectionArgs {
+  uri: string;
+  /** `--username`: the SASL or SSH user, when the URI does not say. */
+  username: string | undefined;
+  /** `--password-file`: a file whose first line is the password (never the password itself). */
+  passwordFile: string | undefined;
+  /** `--connect-timeout`, in milliseconds. */
+  connectTimeoutMs: number | undefined;
+}
+
+/** How a pull backup reads a remote hypervisor (`--nbd-host`, `--nbd-ports`, `--nbd-tls`, `--tls-dir`). */
+export interface RemoteArgs {
+  nbdHost: string | undefined;
+  nbdPorts: { first: number; last: number } | undefined;
+  nbdTls: boolean;
+  tlsDir: string | undefined;
+  /** `--dest-shared`: the hypervisor sees `--dest` at the same path (push on a remote URI). */
+  destShared: boolean;
+}
+
+export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   command: 'backup';
   domain: string;
   dest: string;
@@ -28,7 +49,6 @@ export interface BackupArgs {
   disks: string[] | undefined;
   /** Directory for the pull job's scratch files; default the set directory. */
   scratchDir: string | undefined;
-  uri: string;
   json: boolean;
 }
 
@@ -63,11 +83,10 @@ export interface ListArgs {
   json: boolean;
 }
 
-export interface PruneArgs {
+export interface PruneArgs extends ConnectionArgs {
   command: 'prune';
   dir: string;
   keep: number;
-  uri: string;
   json: boolean;
 }
 
@@ -111,6 +130,13 @@ type Options = NonNullable<ParseArgsConfig['options']>;
 
 const json = { type: 'boolean' } as const;
 const help = { type: 'boolean', short: 'h' } as const;
+/** The options of commands that connect to libvirt. */
+const CONNECTION_OPTIONS: Options = {
+  connect: { type: 'string' },
+  username: { type: 'string' },
+  'password-file': { type: 'string' },
+  'connect-timeout': { type: 'string' },
+};
 
 const OPTIONS: Record<CommandName, Options> = {
   backup: {
@@ -119,7 +145,12 @@ const OPTIONS: Record<CommandName, Options> = {
     transport: { type: 'string' },
     disk: { type: 'string', multiple: true },
     'scratch-dir': { type: 'string' },
-    connect: { type: 'string' },
+    ...CONNECTION_OPTIONS,
+    'nbd-host': { type: 'string' },
+    'nbd-ports': { type: 'string' },
+    'nbd-tls': { type: 'string' },
+    'tls-dir': { type: 'string' },
+    'dest-shared': { type: 'boolean' },
     json,
     help,
   },
@@ -141,7 +172,7 @@ const OPTIONS: Record<CommandName, Options> = {
   run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, connect: { type: 'string' }, json, help },
   'migrate-storage': { to: { type: 'string' }, pool: { type: 'string' }, connect: { type: 'string' }, json, help },
   export: { at: { type: 'string' }, disk: { type: 'string' }, socket: { type: 'string' }, tcp: { type: 'string' }, 'tls-dir': { type: 'string' }, json, help },
-  prune: { keep: { type: 'string' }, connect: { type: 'string' }, json, help },
+  prune: { keep: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
 };
 
 /**
@@ -150,11 +181,21 @@ const OPTIONS: Record<CommandName, Options> = {
  * value with the same message.
  */
 const NUMERIC_OPTIONS: Partial<Record<CommandName, Record<string, { min: number }>>> = {
-  prune: { keep: { min: 1 } },
+  backup: { 'connect-timeout': { min: 1 } },
+  prune: { keep: { min: 1 }, 'connect-timeout': { min: 1 } },
 };
 
 /** Names people reach for from other tools, and the option that does that here. */
-const OPTION_SYNONYMS: Record<string, string> = { uri: 'connect', url: 'connect', 'connect-uri': 'connect' };
+const OPTION_SYNONYMS: Record<string, string> = {
+  uri: 'connect',
+  url: 'connect',
+  'connect-uri': 'connect',
+  // A password on the command line would show in `ps`: only a file is taken.
+  password: 'password-file',
+  user: 'username',
+  'nbd-ip': 'nbd-host',
+  tls: 'nbd-tls',
+};
 
 const POSITIONAL: Record<CommandName, string> = {
   backup: 'DOMAIN',
@@ -216,7 +257,8 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         transport: oneOf(values, 'transport', ['pull', 'push'] as const, 'pull', command),
         disks: diskList(values['disk'], command),
         scratchDir: optionalString(values, 'scratch-dir', command),
-        uri: optionalString(values, 'connect', command) ?? DEFAULT_URI,
+        ...connectionArgs(values, command),
+        ...remoteArgs(values, command),
         json: jsonOutput,
       };
     case 'restore':
@@ -258,12 +300,44 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
     case 'prune': {
       const keep = wholeNumber(values, 'keep', command);
       if (keep === undefined) throw new UsageError(`option '--keep' is required`, command);
-      return { command, dir: subject, keep, uri: optionalString(values, 'connect', command) ?? DEFAULT_URI, json: jsonOutput };
+      return { command, dir: subject, keep, ...connectionArgs(values, command), json: jsonOutput };
     }
   }
 }
 
 type Values = Record<string, string | boolean | Array<string | boolean> | undefined>;
+
+function connectionArgs(values: Values, command: CommandName): ConnectionArgs {
+  const seconds = wholeNumber(values, 'connect-timeout', command);
+  return {
+    uri: optionalString(values, 'connect', command) ?? DEFAULT_URI,
+    username: optionalString(values, 'username', command),
+    passwordFile: optionalString(values, 'password-file', command),
+    connectTimeoutMs: seconds === undefined ? undefined : seconds * 1000,
+  };
+}
+
+function remoteArgs(values: Values, command: CommandName): RemoteArgs {
+  const ports = optionalString(values, 'nbd-ports', command);
+  return {
+    nbdHost: optionalString(values, 'nbd-host', command),
+    nbdPorts: ports === undefined ? undefined : portRange(ports, command),
+    nbdTls: oneOf(values, 'nbd-tls', ['yes', 'no'] as const, 'yes', command) === 'yes',
+    tlsDir: optionalString(values, 'tls-dir', command),
+    destShared: values['dest-shared'] === true,
+  };
+}
+
+/** `--nbd-ports 10809-10999`, or one port. */
+function portRange(text: string, command: CommandName): { first: number; last: number } {
+  const match = /^(\d{1,5})(?:-(\d{1,5}))?$/.exec(text);
+  const first = match ? Number(match[1]) : Number.NaN;
+  const last = match?.[2] !== undefined ? Number(match[2]) : first;
+  if (!(first >= 1 && last <= 65535 && first <= last)) {
+    throw new UsageError(`--nbd-ports must be a port or a range FIRST-LAST of ports from 1 to 65535, got ${text}`, command);
+  }
+  return { first, last };
+}
 
 /** Files (`--to`) or a storage pool (`--pool`, with `--connect` and `--define`), never both. */
 function restoreDestination(values: Values): Pick<RestoreArgs, 'to' | 'pool' | 'define' | 'uri'> {

@@ -23,9 +23,24 @@ Options:
                              overwrites during the backup (default: DIR of --dest). It may
                              need up to the data the disks hold; the run keeps that much
                              free and ends the job before it could run out (NO_SPACE)
-  --connect URI              libvirt URI (default qemu:///system)
+  --connect URI              libvirt URI (default qemu:///system); see Remote hypervisors
+  --username NAME            SASL or SSH user, when the URI does not name one
+  --password-file FILE       file whose first line is the password (SASL) or key passphrase
+  --connect-timeout SECONDS  give up connecting after this long (default 30)
   --json                     one JSON object per line per event, then a result or error object
   -h, --help                 this help
+
+Remote hypervisors (qemu+tls://HOST/system, qemu+tcp://, qemu+ssh://, qemu+libssh://):
+the job's NBD server listens on TCP on HOST and the disks are read over TLS; the
+scratch files stay on the hypervisor, next to the disks.
+  --nbd-host ADDRESS         address the NBD server listens on and is reached at
+                             (default the URI's host)
+  --nbd-ports FIRST-LAST     ports to try for it (default 10809-10999; open them to this host)
+  --nbd-tls yes|no           NBD over TLS (default yes)
+  --tls-dir DIR              cacert.pem, clientcert.pem and clientkey.pem for NBD over TLS
+                             (default the URI's pkipath, else libvirt's client PKI paths)
+  --dest-shared              --dest is storage the hypervisor sees at the same path: allows
+                             --transport push, where libvirt writes the files on its side
 
 On failure or interruption the files of this run are removed and manifest.json is
 left exactly as it was.`,
@@ -130,6 +145,9 @@ libvirt checkpoints no future backup starts from (when the domain still exists).
 Options:
   --keep N                   restore points to keep, at least 1 (required)
   --connect URI              libvirt URI (default qemu:///system)
+  --username NAME            SASL or SSH user, when the URI does not name one
+  --password-file FILE       file whose first line is the password
+  --connect-timeout SECONDS  give up connecting after this long (default 30)
   --json                     JSON lines instead of human output
   -h, --help                 this help`,
 };

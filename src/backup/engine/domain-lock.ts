@@ -18,6 +18,8 @@ export interface DomainRunRecord extends ProcessOwner {
   checkpoint?: string;
   /** Scratch files outside the set directory (the set's journal covers those inside). */
   scratchFiles?: string[];
+  /** `host:port` of a remote pull job's NBD server: how the job is known as this run's. */
+  nbdServer?: string;
 }
 
 /**
@@ -107,6 +109,7 @@ function parseRecord(text: string): DomainRunRecord | undefined {
   const socketDir = optional('socketDir');
   const checkpoint = optional('checkpoint');
   const scratchFiles = strings('scratchFiles');
+  const nbdServer = optional('nbdServer');
   return {
     ...owner,
     domain: { name: domain['name'], uuid: domain['uuid'] },
@@ -115,5 +118,6 @@ function parseRecord(text: string): DomainRunRecord | undefined {
     ...(socketDir !== undefined ? { socketDir } : {}),
     ...(checkpoint !== undefined ? { checkpoint } : {}),
     ...(scratchFiles !== undefined ? { scratchFiles } : {}),
+    ...(nbdServer !== undefined ? { nbdServer } : {}),
   };
 }

@@ -34,6 +34,33 @@ export interface BackupOptions {
   scratchDir?: string;
   /** Called between steps; tests use them to inject faults at a precise point. */
   hooks?: BackupHooks;
+  /**
+   * For a remote URI (one with a host, or a tls/tcp/ssh/libssh transport): where the
+   * hypervisor's NBD server listens and how it is read. Ignored for local URIs.
+   */
+  remote?: RemoteOptions;
+  /**
+   * `dest` is storage the hypervisor sees at the same path (NFS, a cluster file system):
+   * only then may a push backup run on a remote URI, since libvirt writes push targets on
+   * the hypervisor's own file system.
+   */
+  destShared?: boolean;
+}
+
+/** How a pull backup reads a remote hypervisor's disks. */
+export interface RemoteOptions {
+  /** The address the hypervisor's NBD server listens on and this host connects to; default the URI's host. */
+  nbdHost?: string;
+  /** Ports to try for the NBD server, the first free one taken; default 10809-10999. */
+  nbdPorts?: { first: number; last: number };
+  /** NBD over TLS (default true): false sends the disks' data in clear text. */
+  tls?: boolean;
+  /**
+   * Directory holding cacert.pem, clientcert.pem and clientkey.pem (libvirt's `pkipath`
+   * layout); default the URI's `pkipath`, then libvirt's client PKI paths (/etc/pki for
+   * root, ~/.pki/libvirt for others).
+   */
+  tlsDir?: string;
 }
 
 export interface BackupHooks {

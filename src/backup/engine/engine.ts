@@ -23,6 +23,7 @@ import { ChainBrokenError, type ExecuteContext } from './run-context.js';
 import { planLevel } from './level-plan.js';
 import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
 import { execute } from './execute.js';
+import { planRemoteRun } from './remote-export.js';
 
 export * from './engine-types.js';
 export { CHECKPOINT_PREFIX } from './run-context.js';
@@ -60,6 +61,7 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
       if (error instanceof LibvirtError) throw error;
       throw new BackupError('UNSUPPORTED', error instanceof Error ? error.message : String(error), { cause: error });
     }
+    const remote = await planRemoteRun(await conn.getURI(), transport, options);
     const { state } = await domain.getState();
     if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
       throw new BackupError(
@@ -79,7 +81,7 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
     const domainLock = await DomainLock.acquire(runDir, { domain: { name: domain.name, uuid: domain.uuid }, set: resolve(options.dest), transport });
     try {
       // The job first, then files: a push job may still be writing the files recovery deletes.
-      await endLeftoverJob(conn, domain, runDir, emit);
+      await endLeftoverJob(conn, domain, runDir, emit, domainLock.interrupted);
       await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
       const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
       try {
@@ -105,6 +107,7 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
           domainLock,
           scratchDir,
           hooks: options.hooks ?? {},
+          remote,
         };
         try {
           return await execute(context);

@@ -8,6 +8,7 @@ import type { Domain } from '../../libvirt/domain.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import { JobFailedError } from '../../libvirt/jobs.js';
 import type { BlockJobPayload } from '../../libvirt/events.js';
+import type { BackupServer } from '../../xml/index.js';
 import { BackupSet } from '../set/backup-set.js';
 import { BackupSetError } from '../errors.js';
 import { checksumFile } from '../checksum.js';
@@ -24,6 +25,7 @@ import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
 import { pullSpaceNeed, openExports, copyDisks } from './pull-transfer.js';
 import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
 import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
+import { beginOnFreePort, describeTcpExport, remoteScratchPath, serverAddress, type TcpExport } from './remote-export.js';
 import { type BackupRun } from '../set/run-journal.js';
 
 /** What one run creates, named before any of it exists. */
@@ -49,6 +51,8 @@ class RunState {
   readonly signal: AbortSignal;
   guard: SpaceGuard | undefined;
   jobRunning = false;
+  /** A remote pull job's export, once libvirt took a port for it. */
+  exportAt: TcpExport | undefined;
   /**
    * The job could not be ended, or its end not confirmed (libvirtd gone): QEMU may still
    * write the job's files, so they stay, recorded for the next run, which ends the job first.
@@ -112,9 +116,11 @@ async function layOutRun(context: ExecuteContext): Promise<RunLayout> {
   const scratchPaths = new Map(
     disks.map((disk) => [
       disk.target,
-      context.scratchDir === null
-        ? set.pathOf(scratchName(disk.target))
-        : join(context.scratchDir, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`),
+      context.remote !== null
+        ? remoteScratchPath(context.summary, disk.target, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`)
+        : context.scratchDir === null
+          ? set.pathOf(scratchName(disk.target))
+          : join(context.scratchDir, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`),
     ]),
   );
   const pull = transport === 'pull';
@@ -124,9 +130,9 @@ async function layOutRun(context: ExecuteContext): Promise<RunLayout> {
     startedAt: new Date().toISOString(),
     disks,
     scratchPaths,
-    scratchInSet: pull && context.scratchDir === null ? disks.map((disk) => scratchName(disk.target)) : [],
+    scratchInSet: pull && context.scratchDir === null && context.remote === null ? disks.map((disk) => scratchName(disk.target)) : [],
     scratchOutside: pull && context.scratchDir !== null ? [...scratchPaths.values()] : [],
-    socketDir: pull ? await mkdtemp(socketDirPrefix(context.runDir)) : undefined,
+    socketDir: pull && context.remote === null ? await mkdtemp(socketDirPrefix(context.runDir)) : undefined,
   };
 }
 
@@ -150,7 +156,8 @@ async function beginRun(context: ExecuteContext, layout: RunLayout): Promise<Bac
 async function startJob(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
   const { conn, domain, plan, transport, signal, emit } = context;
   await conn.eventsReady();
-  const spec = backupSpecFor(context, layout.disks, layout.socketDir === undefined ? undefined : join(layout.socketDir, 'export.sock'), layout.scratchPaths);
+  const specFor = (server: BackupServer | undefined) => backupSpecFor(context, layout.disks, server, layout.scratchPaths);
+  const spec = specFor(layout.socketDir === undefined ? undefined : { transport: 'unix', socket: join(layout.socketDir, 'export.sock') });
   const checkpointSpec = checkpointSpecFor(context, layout.disks, layout.checkpointName, layout.backupId);
   signal?.throwIfAborted();
   emit({
@@ -162,7 +169,15 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
     disks: layout.disks.map((d) => ({ target: d.target, level: d.level, virtualSize: d.virtualSize })),
   });
   try {
-    await domain.backupBegin(spec, checkpointSpec);
+    if (context.remote !== null && transport === 'pull') {
+      state.exportAt = await beginOnFreePort(
+        context.remote,
+        (server) => domain.backupBegin(specFor(server), checkpointSpec),
+        (server) => context.domainLock.update({ nbdServer: serverAddress(server) }),
+      );
+    } else {
+      await domain.backupBegin(spec, checkpointSpec);
+    }
   } catch (error) {
     const incremental = spec.incremental;
     if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_CHECKPOINT_INCONSISTENT' && incremental !== undefined) {
@@ -177,7 +192,7 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
 async function guardSpace(context: ExecuteContext, state: RunState, need: () => Promise<SpaceNeed>): Promise<void> {
   const { domain, set, transport } = context;
   state.guard = new SpaceGuard({
-    scratchDir: transport === 'pull' ? (context.scratchDir ?? set.dir) : null,
+    scratchDir: transport === 'pull' && context.remote === null ? (context.scratchDir ?? set.dir) : null,
     outputDir: set.dir,
     need,
     onExhausted: (error) => {
@@ -192,18 +207,18 @@ async function guardSpace(context: ExecuteContext, state: RunState, need: () => 
 /** Pull: reads every export into the run's qcow2 files, then ends the job. */
 async function pullData(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
   const { domain } = context;
-  const socket = exportSocketToConnect(join(layout.socketDir!, 'export.sock'));
+  const endpoint = state.exportAt ?? { path: exportSocketToConnect(join(layout.socketDir!, 'export.sock')) };
   try {
-    const opened = await openExports(context, layout.disks, socket, state.signal);
+    const opened = await openExports(context, layout.disks, endpoint, state.signal);
     try {
-      await guardSpace(context, state, async () => pullSpaceNeed(domain, opened));
+      await guardSpace(context, state, async () => pullSpaceNeed(domain, opened, context.remote === null));
       await context.hooks.afterJobStart?.();
       await copyDisks(context, opened, state.signal);
     } finally {
       await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
     }
   } catch (error) {
-    throw unreachableExportError(error, socket);
+    throw unreachableExportError(error, 'path' in endpoint ? endpoint.path : describeTcpExport(endpoint));
   }
   state.guard?.stop();
   await domain.abortJob();

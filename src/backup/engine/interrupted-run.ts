@@ -12,6 +12,7 @@ import { errnoCode } from '../../common/fs-errors.js';
 import { parseManifest } from '../set/manifest.js';
 import { deleteCheckpointIfPresent } from './leftover-checkpoints.js';
 import { isSocketDirOfRunDir } from './run-dir.js';
+import { serverAddress } from './remote-export.js';
 import { readJournal } from '../set/run-journal.js';
 
 /** Socket directories of versions that kept them in the temp directory. */
@@ -25,7 +26,13 @@ const LEFTOVER_JOB_END_MS = 120_000;
  * (the caller holds the domain lock): it is ended, and waited for, so that its files can
  * be removed safely. Any other job on the domain is someone else's and is left alone.
  */
-export async function endLeftoverJob(conn: Connection, domain: Domain, runDir: string, emit: (event: BackupEvent) => void): Promise<void> {
+export async function endLeftoverJob(
+  conn: Connection,
+  domain: Domain,
+  runDir: string,
+  emit: (event: BackupEvent) => void,
+  interrupted: DomainRunRecord | null = null,
+): Promise<void> {
   const job = await domain.getJobInfo();
   if (job.type === JobType.NONE) return;
   let spec: BackupSpec | undefined;
@@ -34,7 +41,7 @@ export async function endLeftoverJob(conn: Connection, domain: Domain, runDir: s
   } catch {
     spec = undefined;
   }
-  const described = spec === undefined ? undefined : await describeOurJob(spec, runDir);
+  const described = spec === undefined ? undefined : await describeOurJob(spec, runDir, interrupted);
   if (described === undefined) {
     throw new BackupError(
       'DOMAIN_BUSY',
@@ -55,7 +62,13 @@ export async function endLeftoverJob(conn: Connection, domain: Domain, runDir: s
 }
 
 /** What a running backup job of ours is, or undefined when it is not ours. */
-async function describeOurJob(spec: BackupSpec, runDir: string): Promise<string | undefined> {
+async function describeOurJob(spec: BackupSpec, runDir: string, interrupted: DomainRunRecord | null): Promise<string | undefined> {
+  if (spec.mode === 'pull' && spec.server.transport !== 'unix') {
+    // A remote hypervisor's job listens on TCP: ours when the run that died recorded that server.
+    if (spec.server.transport === 'fd' || interrupted?.nbdServer === undefined) return undefined;
+    const address = serverAddress(spec.server);
+    return interrupted.nbdServer === address ? `pull backup job (NBD server ${address})` : undefined;
+  }
   if (spec.mode === 'pull') {
     const socket = spec.server?.transport === 'unix' ? spec.server.socket : undefined;
     if (socket === undefined) return undefined;

@@ -1,6 +1,6 @@
 // The backup and checkpoint definitions handed to libvirt for one run.
 
-import { type BackupSpec, type CheckpointSpec } from '../../xml/index.js';
+import { type BackupServer, type BackupSpec, type CheckpointSpec } from '../../xml/index.js';
 import { type DiskPlan, type ExecuteContext } from './run-context.js';
 
 export function checkpointSpecFor(context: ExecuteContext, disks: DiskPlan[], name: string, backupId: string): CheckpointSpec {
@@ -14,18 +14,19 @@ export function checkpointSpecFor(context: ExecuteContext, disks: DiskPlan[], na
   };
 }
 
-export function backupSpecFor(context: ExecuteContext, disks: DiskPlan[], socket: string | undefined, scratchPaths: Map<string, string>): BackupSpec {
+/** `server`: where a pull job's NBD server listens (undefined: a push job). */
+export function backupSpecFor(context: ExecuteContext, disks: DiskPlan[], server: BackupServer | undefined, scratchPaths: Map<string, string>): BackupSpec {
   const { plan, set } = context;
   const domainTargets = context.summary.disks.map((d) => d.target?.dev).filter((t): t is string => t !== undefined);
   const selected = new Set(disks.map((d) => d.target));
   const incremental = plan.level === 'full' ? undefined : plan.parent!.checkpoint!;
   const unselected = domainTargets.filter((t) => !selected.has(t)).map((name) => ({ name, backup: 'no' as const }));
   const fullMode = (disk: DiskPlan) => (incremental !== undefined && disk.level === 'full' ? { backupmode: 'full' as const } : {});
-  if (socket !== undefined) {
+  if (server !== undefined) {
     return {
       mode: 'pull',
       ...(incremental !== undefined ? { incremental } : {}),
-      server: { transport: 'unix', socket },
+      server,
       disks: [
         ...disks.map((disk) => ({
           name: disk.target,

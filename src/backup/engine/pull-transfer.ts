@@ -1,12 +1,13 @@
 // Pull mode: our NBD client reads each disk's export, and the one-pass writer makes its qcow2 file.
 
 import type { Domain } from '../../libvirt/domain.js';
-import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient } from '../../nbd/index.js';
+import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient, type NbdTlsOptions } from '../../nbd/index.js';
 import { BackupError } from './engine-types.js';
 import { exportReadError } from './export-connection.js';
 import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/qcow2-layout.js';
 import { writeQcow2 } from '../qcow2/qcow2-writer.js';
 import { type SpaceNeed } from './space-guard.js';
+import { type TcpExport } from './remote-export.js';
 import { type DiskPlan, type ExecuteContext } from './run-context.js';
 
 const PROGRESS_INTERVAL_MS = 200;
@@ -24,8 +25,13 @@ export interface OpenedExport {
   scratchBound: number;
 }
 
-/** Pull: what copy-before-write may still add to the scratch files, and what the backup files still receive. */
-export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExport[]): Promise<SpaceNeed> {
+/**
+ * Pull: what copy-before-write may still add to the scratch files, and what the backup files
+ * still receive. Scratch files on a remote hypervisor (`scratchHere` false) take no space here.
+ */
+export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExport[], scratchHere = true): Promise<SpaceNeed> {
+  const output = opened.reduce((sum, entry) => sum + Math.max(0, entry.fileSize - entry.written), 0);
+  if (!scratchHere) return { scratch: 0, output };
   const bound = opened.reduce((sum, entry) => sum + entry.scratchBound, 0);
   // libvirt answers job queries with "backup job data missing" while a job starts or
   // ends: counting nothing as used then only makes the need larger.
@@ -33,7 +39,7 @@ export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExpor
   const scratchUsed = stats?.diskTempUsed ?? 0;
   return {
     scratch: Math.max(0, bound - scratchUsed),
-    output: opened.reduce((sum, entry) => sum + Math.max(0, entry.fileSize - entry.written), 0),
+    output,
   };
 }
 
@@ -41,7 +47,15 @@ export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExpor
  * Connects to every disk's export and works out what will be copied from it, before any
  * data moves: the space guard needs the whole run's figures from the start.
  */
-export async function openExports(context: ExecuteContext, disks: DiskPlan[], socket: string, signal: AbortSignal): Promise<OpenedExport[]> {
+/** Where a pull job's export is read: a unix socket here, or a remote hypervisor's TCP port. */
+export type ExportEndpoint = { path: string } | TcpExport;
+
+function endpointOptions(endpoint: ExportEndpoint): { path: string } | { host: string; port: number; tls?: NbdTlsOptions } {
+  if ('path' in endpoint) return { path: endpoint.path };
+  return { host: endpoint.host, port: endpoint.port, ...(endpoint.tls !== null ? { tls: endpoint.tls } : {}) };
+}
+
+export async function openExports(context: ExecuteContext, disks: DiskPlan[], endpoint: ExportEndpoint, signal: AbortSignal): Promise<OpenedExport[]> {
   const spec = await context.domain.backupGetSpec();
   const exports = new Map<string, { name: string; bitmap?: string }>();
   if (spec.mode === 'pull') {
@@ -54,7 +68,7 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], so
   try {
     for (const disk of disks) {
       try {
-        opened.push(await openExport(disk, socket, exports.get(disk.target) ?? { name: disk.target }, signal));
+        opened.push(await openExport(disk, endpoint, exports.get(disk.target) ?? { name: disk.target }, signal));
       } catch (error) {
         throw exportReadError(disk.target, error);
       }
@@ -66,13 +80,13 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], so
   return opened;
 }
 
-async function openExport(disk: DiskPlan, socket: string, exported: { name: string; bitmap?: string }, signal: AbortSignal): Promise<OpenedExport> {
+async function openExport(disk: DiskPlan, endpoint: ExportEndpoint, exported: { name: string; bitmap?: string }, signal: AbortSignal): Promise<OpenedExport> {
   const dirtyContext = disk.level !== 'full' && exported.bitmap !== undefined ? `qemu:dirty-bitmap:${exported.bitmap}` : undefined;
   if (disk.level !== 'full' && dirtyContext === undefined) {
     throw new BackupError('JOB_FAILED', `libvirt exported ${disk.target} without a dirty bitmap for an ${disk.level} backup`);
   }
   const source = await NbdClient.connect({
-    path: socket,
+    ...endpointOptions(endpoint),
     exportName: exported.name,
     metaContexts: dirtyContext ? ['base:allocation', dirtyContext] : ['base:allocation'],
     signal,

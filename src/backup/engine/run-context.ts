@@ -8,6 +8,7 @@ import { type SelectedDisk } from './disk-selection.js';
 import { type DomainLock } from './domain-lock.js';
 import { type BackupEvent, type BackupOptions } from './engine-types.js';
 import { type BackupLevel, type BackupRecord } from '../set/manifest.js';
+import { type RemoteExport } from './remote-export.js';
 
 /** Checkpoints this tool creates start with this; others on the domain are left alone. */
 export const CHECKPOINT_PREFIX = 'lvb-';
@@ -49,4 +50,6 @@ export interface ExecuteContext {
   /** Where pull scratch files go; null: the set directory. */
   scratchDir: string | null;
   hooks: NonNullable<BackupOptions['hooks']>;
+  /** How a pull job is read from a remote hypervisor; null: the hypervisor is this host. */
+  remote: RemoteExport | null;
 }

@@ -8,7 +8,7 @@ import { formatDuration } from '../progress.js';
 import type { CommandContext } from './context.js';
 
 export async function backupCommand(args: BackupArgs, { output, signal }: CommandContext): Promise<number> {
-  const connection = await openConnection(args.uri);
+  const connection = await openConnection(args.uri, args);
   try {
     await assertBackupsPossible(connection, args.uri);
     const result = await runBackup({
@@ -18,6 +18,13 @@ export async function backupCommand(args: BackupArgs, { output, signal }: Comman
       transport: args.transport,
       disks: args.disks,
       ...(args.scratchDir !== undefined ? { scratchDir: args.scratchDir } : {}),
+      remote: {
+        ...(args.nbdHost !== undefined ? { nbdHost: args.nbdHost } : {}),
+        ...(args.nbdPorts !== undefined ? { nbdPorts: args.nbdPorts } : {}),
+        tls: args.nbdTls,
+        ...(args.tlsDir !== undefined ? { tlsDir: args.tlsDir } : {}),
+      },
+      destShared: args.destShared,
       connection,
       signal,
       onEvent: (event) => output.event(event),

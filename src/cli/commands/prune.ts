@@ -30,7 +30,7 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
     reportRecovery(set, output);
     // Reach libvirt before touching files: a wrong URI or a stopped daemon must fail
     // with the set unchanged, not after old backups are gone.
-    connection = await openConnection(args.uri);
+    connection = await openConnection(args.uri, args);
     const domain = await findDomain(connection, set);
     if (domain === null) {
       output.event({

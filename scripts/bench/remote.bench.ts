@@ -1,0 +1,122 @@
+// A full backup of one 2 GiB disk of random data read the remote way (qemu+tls to libvirtd,
+// the NBD export over TLS on 127.0.0.1) against the same backup over the local unix
+// socket, and against virtnbdbackup's own remote mode, in the same run, rounds
+// alternating. virtnbdbackup takes the remote path only for a daemon whose host name
+// differs from its own: it runs in a UTS namespace with another host name (and, like a
+// backup server elsewhere, in a mount namespace that hides this host's libvirt files),
+// reaching libvirtd over TLS, the export over TLS and the host over SSH as it requires.
+// Needs the remote test rig of scripts/setup-host.sh.
+import { execFileSync } from 'node:child_process';
+import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { dirname, join } from 'node:path';
+import { performance } from 'node:perf_hooks';
+import { fileURLToPath } from 'node:url';
+
+import { runBackup } from '../../src/backup/engine/engine.js';
+import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
+import { runHidden } from '../../test/helpers/hiding-namespace.js';
+import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
+
+const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
+const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
+const benchDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.bench');
+const cacheDir = join(benchDir, 'backup');
+const baseImage = join(cacheDir, `random-${SIZE_GIB}g.qcow2`);
+
+function sh(command: string, args: string[]): string {
+  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+function median(values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.floor(sorted.length / 2)]!;
+}
+
+async function timed(fn: () => Promise<unknown>): Promise<number> {
+  // No dirty pages of the previous step left to throttle this one.
+  execFileSync('sync');
+  const start = performance.now();
+  await fn();
+  return (performance.now() - start) / 1000;
+}
+
+/** virtnbdbackup's remote mode: another host name, this host's libvirt files hidden. */
+async function peerBackup(domain: string, output: string): Promise<void> {
+  const run = await runHidden([
+    'unshare',
+    '--uts',
+    'sh',
+    '-c',
+    'hostname backup-server && exec "$@"',
+    'sh',
+    'virtnbdbackup',
+    '-U',
+    REMOTE_URIS.tls,
+    '--tls',
+    // It insists on a user and password for any URI but ssh; TLS without SASL asks for neither.
+    '--user',
+    'root',
+    '--password',
+    'unused',
+    '--nbd-ip',
+    '127.0.0.1',
+    '-d',
+    domain,
+    '-l',
+    'full',
+    '-o',
+    output,
+  ]);
+  if (run.code !== 0 || !/Connected to remote host/.test(run.stderr)) {
+    throw new Error(`virtnbdbackup did not back up ${domain} in its remote mode (exit ${run.code}): ${run.stderr.slice(-2000)}`);
+  }
+}
+
+if (!existsSync(baseImage)) {
+  mkdirSync(cacheDir, { recursive: true });
+  const raw = `${baseImage}.raw`;
+  console.log(`generating ${SIZE_GIB} GiB of random data (cached in ${cacheDir})...`);
+  sh('sh', ['-c', `head -c ${SIZE_GIB}G /dev/urandom > '${raw}'`]);
+  sh('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', raw, baseImage]);
+  rmSync(raw);
+}
+
+const conn = await connectSystem();
+// Outside every path the namespace hides, so that virtnbdbackup can write there too.
+mkdirSync(benchDir, { recursive: true });
+const work = mkdtempSync(join(benchDir, 'remote-'));
+const ours = await createThrowawayDomain(conn, 'bench-remote', [{ sizeMiB: 16 }], { start: false });
+const peer = await createThrowawayDomain(conn, 'bench-remote-peer', [{ sizeMiB: 16 }], { start: false });
+try {
+  for (const vm of [ours, peer]) {
+    sh('cp', [baseImage, vm.disks[0]!.path]);
+    await vm.domain.start();
+  }
+  const times = { local: [] as number[], remote: [] as number[], peer: [] as number[] };
+  for (let round = 0; round < ROUNDS; round++) {
+    for (const name of ['local', 'remote', 'peer']) rmSync(join(work, name), { recursive: true, force: true });
+    times.local.push(await timed(() => runBackup({ domain: ours.name, dest: join(work, 'local'), connection: conn, level: 'full' })));
+    times.remote.push(await timed(() => runBackup({ domain: ours.name, dest: join(work, 'remote'), uri: REMOTE_URIS.tls, level: 'full' })));
+    times.peer.push(await timed(() => peerBackup(peer.name, join(work, 'peer'))));
+  }
+  const local = median(times.local);
+  const remote = median(times.remote);
+  const peerTime = median(times.peer);
+  const gib = SIZE_GIB * 2 ** 30;
+  const rate = (seconds: number) => `${(gib / seconds / 1e6).toFixed(0)} MB/s`;
+  const list = (values: number[]) => values.map((v) => v.toFixed(2)).join(', ');
+  console.log(`one ${SIZE_GIB} GiB qcow2 disk of random data, full backups; times in seconds, medians of ${ROUNDS} alternating rounds`);
+  console.log('| what | time | throughput |');
+  console.log('| --- | ---: | ---: |');
+  console.log(`| libvirt-backup, qemu:///system, NBD on a unix socket | ${local.toFixed(2)} | ${rate(local)} |`);
+  console.log(`| libvirt-backup, qemu+tls://127.0.0.1, NBD over TLS | ${remote.toFixed(2)} | ${rate(remote)} |`);
+  console.log(`| virtnbdbackup -U qemu+tls://127.0.0.1 --tls (remote mode) | ${peerTime.toFixed(2)} | ${rate(peerTime)} |`);
+  console.log(`remote / local throughput: ${(local / remote).toFixed(2)}x (target >= 0.7x)`);
+  console.log(`libvirt-backup remote / virtnbdbackup remote throughput: ${(peerTime / remote).toFixed(2)}x (target >= 3x)`);
+  console.log(`rounds: local ${list(times.local)}; remote ${list(times.remote)}; virtnbdbackup ${list(times.peer)}`);
+} finally {
+  await ours.cleanup();
+  await peer.cleanup();
+  await conn.close();
+  rmSync(work, { recursive: true, force: true });
+}
