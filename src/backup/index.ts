@@ -30,15 +30,7 @@ export { listBackups, formatListTable, formatListJson, type ListResult, type Lis
 export { formatBytes } from '../common/format-bytes.js';
 export { prune, planPrune, type PruneOptions, type PruneResult, type PruneHooks, type PruneProgress, type PrunePlan } from './set/prune.js';
 export { runBackup, CHECKPOINT_PREFIX } from './engine/engine.js';
-export {
-  SET_USERS_DIR,
-  findSetUsers,
-  readSetUsers,
-  type SetUser,
-  type SetUserCheck,
-  type SetUserFinding,
-  type SetUserState,
-} from './set/set-users.js';
+export { SET_USERS_DIR, findSetUsers, readSetUsers, type SetUser, type SetUserCheck, type SetUserFinding, type SetUserState } from './set/set-users.js';
 export { RecoveryError, isRecoveryError, type RecoveryErrorCode } from './recovery/recovery-errors.js';
 export { DEFAULT_OVERLAY_DIR, runFromBackup, type RunFromBackupEvent, type RunFromBackupOptions, type RunFromBackupResult } from './recovery/run-point.js';
 export {
@@ -50,7 +42,15 @@ export {
 } from './recovery/migrate-storage.js';
 export { libvirtSetUserCheck, type LibvirtSetUserCheck } from './recovery/set-user-check.js';
 export { exportPoint, type ExportPointOptions, type PointExport } from './recovery/export-point.js';
-export { BackupError, type BackupErrorCode, type BackupEvent, type BackupOptions, type BackupResult, type RemoteOptions, type RequestedLevel } from './engine/engine-types.js';
+export {
+  BackupError,
+  type BackupErrorCode,
+  type BackupEvent,
+  type BackupOptions,
+  type BackupResult,
+  type RemoteOptions,
+  type RequestedLevel,
+} from './engine/engine-types.js';
 export {
   restoreToPool,
   restoredVolumeName,

@@ -4,7 +4,7 @@ import type { Checkpoint } from '../../libvirt/checkpoint.js';
 import { CheckpointCreateFlags, CheckpointXMLFlags } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
 import { LibvirtError } from '../../libvirt/errors.js';
-import { BackupSet } from '../set/backup-set.js';
+import { type BackupSet } from '../set/backup-set.js';
 import { assertChainIntact } from '../set/chain-check.js';
 import { type SelectedDisk } from './disk-selection.js';
 import { BackupError, type BackupEvent, type RequestedLevel } from './engine-types.js';

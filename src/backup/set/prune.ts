@@ -102,7 +102,12 @@ export async function prune(set: BackupSet, options: PruneOptions): Promise<Prun
   }
 
   const touched = new Set([...plan.deletes, ...plan.rebases.map((rebase) => rebase.file)]);
-  const stale = await assertFilesNotInUse(set.dir, touched, `prune backup${plan.removed.length === 1 ? '' : 's'} ${plan.removed.join(', ')}`, options.checkSetUser);
+  const stale = await assertFilesNotInUse(
+    set.dir,
+    touched,
+    `prune backup${plan.removed.length === 1 ? '' : 's'} ${plan.removed.join(', ')}`,
+    options.checkSetUser,
+  );
   const staleSetUsers = stale.map(({ user, state }) => ({ domain: user.domain.name, reason: state.inUse ? '' : state.reason }));
 
   await assertInputsIntact(set, plan, options);
