@@ -21,21 +21,21 @@ if [ ! -f "$libasan" ]; then
 fi
 
 tests=(
-  test/arguments.test.ts
-  test/call-dispatch.test.ts
-  test/call-policy.test.ts
-  test/checkpoints-test-driver.test.ts
-  test/close.test.ts
-  test/errors.test.ts
-  test/event-loop.test.ts
-  test/events.test.ts
-  test/gc.test.ts
-  test/lib-version.test.ts
-  test/native-surface.test.ts
-  test/test-driver.test.ts
-  test/typed-params.test.ts
-  test/worker-events.test.ts
-  test/worker-threads.test.ts
+  test/libvirt/arguments.test.ts
+  test/libvirt/call-dispatch.test.ts
+  test/libvirt/call-policy.test.ts
+  test/libvirt/checkpoints-test-driver.test.ts
+  test/libvirt/close.test.ts
+  test/libvirt/errors.test.ts
+  test/libvirt/event-loop.test.ts
+  test/libvirt/events.test.ts
+  test/libvirt/gc.test.ts
+  test/libvirt/lib-version.test.ts
+  test/libvirt/native-surface.test.ts
+  test/libvirt/test-driver.test.ts
+  test/libvirt/typed-params.test.ts
+  test/libvirt/worker-events.test.ts
+  test/libvirt/worker-threads.test.ts
 )
 
 # libasan intercepts the XDR functions that glibc used to have and libtirpc has
