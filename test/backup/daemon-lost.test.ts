@@ -106,3 +106,42 @@ for (const where of ['the set', 'a scratch directory'] as const) {
     );
   });
 }
+
+test.serial('libvirtd lost while the job is being started: the push targets are left to the next run, which ends any job first', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const m = await mirroredDomain(t, conn, 'lost-begin', [{ sizeMiB: 16 }]);
+  const dest = join(m.dir, 'set');
+  await m.write(0, 0x61, '0', '4M');
+  await runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' });
+  const manifest = await readFile(join(dest, 'manifest.json'));
+  await m.write(0, 0x62, '0', '1M');
+
+  // Dropped as the run asks libvirt to start the job: whether libvirt got to start it
+  // (and QEMU to write the targets) is what the run cannot know.
+  const victim = await droppableConnection();
+  t.teardown(() => victim.conn.close());
+  const error = await t.throwsAsync(
+    runBackup({
+      domain: m.vm.name,
+      dest,
+      transport: 'push',
+      connection: victim.conn,
+      onEvent: (event) => {
+        if (event.type === 'start') victim.drop();
+      },
+    }),
+  );
+  t.is((error as { code?: string }).code, 'DAEMON_LOST', error?.message);
+  t.deepEqual(await readFile(join(dest, 'manifest.json')), manifest);
+  const journal = JSON.parse(await readFile(join(dest, JOURNAL_FILE), 'utf8')) as { creates: string[] };
+  t.deepEqual(journal.creates, ['vda.0002.inc.qcow2'], 'the journal still lists the push target');
+
+  const next = await runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' });
+  t.is(next.level, 'inc');
+  t.is((await m.vm.domain.getJobInfo()).type, JobType.NONE);
+  t.deepEqual(
+    (await readdir(dest)).filter((name) => name.startsWith('.in-progress')),
+    [],
+  );
+});

@@ -24,6 +24,7 @@ import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext
 import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
 import { pullSpaceNeed, openExports, copyDisks } from './pull-transfer.js';
 import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
+import { daemonLost } from './daemon-lost.js';
 import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
 import { beginOnFreePort, describeTcpExport, remoteScratchPath, serverAddress, type TcpExport } from './remote-export.js';
 import { type BackupRun } from '../set/run-journal.js';
@@ -179,6 +180,9 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
       await domain.backupBegin(spec, checkpointSpec);
     }
   } catch (error) {
+    // libvirtd went away during the call: it may have started the job all the same, and
+    // QEMU may be writing the job's files; the failure path must not take it for none.
+    if (await daemonLost(conn)) state.jobRunning = true;
     const incremental = spec.incremental;
     if (error instanceof LibvirtError && error.codeName === 'VIR_ERR_CHECKPOINT_INCONSISTENT' && incremental !== undefined) {
       throw new ChainBrokenError(`the bitmap of checkpoint ${incremental} is missing or broken (${error.message})`, { cause: error });
