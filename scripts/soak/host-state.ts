@@ -4,12 +4,22 @@
 import { lstat, readdir, readFile, readlink } from 'node:fs/promises';
 import { join } from 'node:path';
 
-import { run } from '../../test/helpers/process.js';
+import { run, tryRun } from '../../test/helpers/process.js';
 
-/** libvirt's job on the domain: 'None' when there is none. */
+/**
+ * libvirt's job on the domain: 'None' when there is none. libvirt fails job queries
+ * while a backup job starts or ends ("backup job data missing"): asked again a few
+ * times, then the failure is the answer, for the check to report (never a crash).
+ */
 export async function domainJob(uri: string, domain: string): Promise<string> {
-  const out = await run('virsh', ['-c', uri, 'domjobinfo', domain]);
-  return /Job type:\s*(\S+)/.exec(out)?.[1] ?? `unreadable: ${out.trim()}`;
+  let failure = '';
+  for (let attempt = 0; attempt < 5; attempt += 1) {
+    const result = await tryRun('virsh', ['-c', uri, 'domjobinfo', domain]);
+    if (result.code === 0) return /Job type:\s*(\S+)/.exec(result.stdout)?.[1] ?? `unreadable: ${result.stdout.trim()}`;
+    failure = result.stderr.trim();
+    await new Promise((resolve) => setTimeout(resolve, 200 * (attempt + 1)));
+  }
+  return `unreadable: ${failure}`;
 }
 
 export async function domainCheckpoints(uri: string, domain: string): Promise<string[]> {
