@@ -2,8 +2,8 @@
 // for a copy to become ready to pivot. A copy mirrors every guest write once it is
 // ready, and stays ready until `blockJobAbort()` pivots to the copy or drops it.
 import { BlockCopyFlags, BlockJobStatus, BlockJobType, TypedParameterType } from './constants.js';
-import type { BlockJobPayload, EventKind } from './events.js';
 import type { NativeDomain } from './native.js';
+import { waitForEvent, type EventWaitHost } from './wait-for-event.js';
 
 /** `virDomainGetBlockJobInfo` for a disk that has a job. */
 export interface BlockJobInfo {
@@ -107,12 +107,11 @@ export function isReady(info: BlockJobInfo): boolean {
 
 /** What waiting for a block job needs of its domain and connection. */
 export interface BlockJobWaitHost {
+  /** The domain's connection, whose events are awaited. */
+  events: EventWaitHost;
   domainName: string;
   domainUuid: string;
   info(): Promise<BlockJobInfo | null>;
-  on(kind: 'block-job', listener: (domain: { uuid: string }, payload: BlockJobPayload) => void): unknown;
-  off(kind: 'block-job', listener: (domain: { uuid: string }, payload: BlockJobPayload) => void): unknown;
-  eventsReady(...kinds: EventKind[]): Promise<void>;
 }
 
 /**
@@ -120,60 +119,29 @@ export interface BlockJobWaitHost {
  * `READY` event, or when a check of the job finds it so. Rejects with a
  * `BlockJobError` when the job fails, is cancelled, or is gone before it was ready.
  */
-export function waitForBlockJobReady(host: BlockJobWaitHost, disk: string, options: WaitForBlockJobOptions = {}): Promise<BlockJobInfo | null> {
+export async function waitForBlockJobReady(host: BlockJobWaitHost, disk: string, options: WaitForBlockJobOptions = {}): Promise<BlockJobInfo | null> {
   const { signal, timeoutMs, recheckMs = 1000, onProgress } = options;
-  if (!(Number.isFinite(recheckMs) && recheckMs >= 1)) return Promise.reject(new TypeError(`options.recheckMs must be at least 1, got ${String(recheckMs)}`));
-  if (signal?.aborted === true) return Promise.reject(signal.reason as Error);
-  return new Promise((resolve, reject) => {
-    let settled = false;
-    let recheck: NodeJS.Timeout | undefined;
-    let timeout: NodeJS.Timeout | undefined;
-    const finish = (outcome: { info: BlockJobInfo | null } | { error: unknown }): void => {
-      if (settled) return;
-      settled = true;
-      host.off('block-job', onEvent);
-      clearTimeout(recheck);
-      clearTimeout(timeout);
-      signal?.removeEventListener('abort', onAbort);
-      if ('info' in outcome) resolve(outcome.info);
-      else reject(outcome.error as Error);
-    };
-    const failure = (what: string, status: BlockJobStatus | null): BlockJobError =>
-      new BlockJobError(`the block job on disk ${disk} of domain ${host.domainName} ${what}`, host.domainName, disk, status);
-    const onEvent = (domain: { uuid: string }, payload: BlockJobPayload): void => {
-      if (domain.uuid !== host.domainUuid || payload.disk !== disk) return;
-      if (payload.status === BlockJobStatus.READY) finish({ info: null });
-      else if (payload.status === BlockJobStatus.FAILED) finish({ error: failure('failed', payload.status) });
-      else if (payload.status === BlockJobStatus.CANCELED) finish({ error: failure('was cancelled', payload.status) });
-      else finish({ error: failure('ended before it was ready to pivot', payload.status) });
-    };
-    const onAbort = (): void => finish({ error: signal!.reason });
-    const check = async (): Promise<void> => {
-      if (settled) return;
-      try {
-        const info = await host.info();
-        if (settled) return;
-        if (info === null) return finish({ error: failure('is gone (it failed or was ended by someone else)', null) });
-        onProgress?.(info);
-        if (isReady(info)) return finish({ info });
-      } catch (error) {
-        return finish({ error });
-      }
-      recheck = setTimeout(() => void check(), recheckMs);
-    };
-    host.on('block-job', onEvent);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    if (timeoutMs !== undefined) {
-      timeout = setTimeout(() => {
-        const error = new Error(`timed out after ${timeoutMs} ms waiting for the block job on disk ${disk} of domain ${host.domainName} to be ready`);
-        error.name = 'TimeoutError';
-        finish({ error });
-      }, timeoutMs);
-    }
+  const failure = (what: string, status: BlockJobStatus | null): BlockJobError =>
+    new BlockJobError(`the block job on disk ${disk} of domain ${host.domainName} ${what}`, host.domainName, disk, status);
+  const outcome = await waitForEvent<'block-job', { info: BlockJobInfo | null }>(host.events, 'block-job', {
+    match: (domain, payload) => {
+      if (domain.uuid !== host.domainUuid || payload.disk !== disk) return undefined;
+      if (payload.status === BlockJobStatus.READY) return { info: null };
+      if (payload.status === BlockJobStatus.FAILED) throw failure('failed', payload.status);
+      if (payload.status === BlockJobStatus.CANCELED) throw failure('was cancelled', payload.status);
+      throw failure('ended before it was ready to pivot', payload.status);
+    },
     // A refused registration is no reason to stop: the checks still see the job.
-    host.eventsReady('block-job').then(
-      () => check(),
-      () => check(),
-    );
+    check: async () => {
+      const info = await host.info();
+      if (info === null) throw failure('is gone (it failed or was ended by someone else)', null);
+      onProgress?.(info);
+      return isReady(info) ? { info } : undefined;
+    },
+    recheckMs,
+    ...(signal !== undefined ? { signal } : {}),
+    ...(timeoutMs !== undefined ? { timeoutMs } : {}),
+    description: `the block job on disk ${disk} of domain ${host.domainName} to be ready`,
   });
+  return outcome.info;
 }
