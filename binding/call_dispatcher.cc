@@ -81,7 +81,7 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
   // left alone, since freeing it would touch the dead environment's handles.
   bool Finished(std::unique_ptr<PendingCall> call) {
     if (!Deliver(call)) {
-      call.release();
+      static_cast<void>(call.release());
       return false;
     }
     return true;
