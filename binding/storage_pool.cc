@@ -88,7 +88,7 @@ Napi::Value StoragePoolWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
       [flags](virStoragePoolPtr pool, std::string& out) {
         return TakeCString(virStoragePoolGetXMLDesc(pool, flags), out);
       },
-      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, const std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 Napi::Value StoragePoolWrap::GetInfo(const Napi::CallbackInfo& info) {

@@ -73,7 +73,7 @@ Napi::Value StorageVolumeWrap::GetPath(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virStorageVolGetPath",
       [](virStorageVolPtr vol, std::string& out) { return TakeCString(virStorageVolGetPath(vol), out); },
-      [](Napi::Env env, std::string path) -> Napi::Value { return Napi::String::New(env, path); });
+      [](Napi::Env env, const std::string& path) -> Napi::Value { return Napi::String::New(env, path); });
 }
 
 Napi::Value StorageVolumeWrap::GetInfo(const Napi::CallbackInfo& info) {
@@ -94,7 +94,7 @@ Napi::Value StorageVolumeWrap::GetXMLDesc(const Napi::CallbackInfo& info) {
   return Async<std::string>(
       info, "virStorageVolGetXMLDesc",
       [flags](virStorageVolPtr vol, std::string& out) { return TakeCString(virStorageVolGetXMLDesc(vol, flags), out); },
-      [](Napi::Env env, std::string xml) -> Napi::Value { return Napi::String::New(env, xml); });
+      [](Napi::Env env, const std::string& xml) -> Napi::Value { return Napi::String::New(env, xml); });
 }
 
 Napi::Value StorageVolumeWrap::Delete(const Napi::CallbackInfo& info) {
