@@ -52,7 +52,7 @@ export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   json: boolean;
 }
 
-export interface RestoreArgs {
+export interface RestoreArgs extends ConnectionArgs {
   command: 'restore';
   dir: string;
   /** Exactly one of `to` (files) and `pool` (new volumes through libvirt) is set. */
@@ -60,8 +60,6 @@ export interface RestoreArgs {
   pool: string | undefined;
   /** With `pool`: define a domain of this name on the new volumes. */
   define: string | undefined;
-  /** With `pool`: the libvirt connection the pool is on. */
-  uri: string;
   at: string | undefined;
   disk: string | undefined;
   format: 'qcow2' | 'raw';
@@ -158,7 +156,7 @@ const OPTIONS: Record<CommandName, Options> = {
     to: { type: 'string' },
     pool: { type: 'string' },
     define: { type: 'string' },
-    connect: { type: 'string' },
+    ...CONNECTION_OPTIONS,
     at: { type: 'string' },
     disk: { type: 'string' },
     format: { type: 'string' },
@@ -182,6 +180,7 @@ const OPTIONS: Record<CommandName, Options> = {
  */
 const NUMERIC_OPTIONS: Partial<Record<CommandName, Record<string, { min: number }>>> = {
   backup: { 'connect-timeout': { min: 1 } },
+  restore: { 'connect-timeout': { min: 1 } },
   prune: { keep: { min: 1 }, 'connect-timeout': { min: 1 } },
 };
 
@@ -266,6 +265,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         command,
         dir: subject,
         ...restoreDestination(values),
+        ...connectionArgs(values, command),
         at: optionalString(values, 'at', command),
         disk: optionalString(values, 'disk', command),
         format: oneOf(values, 'format', ['qcow2', 'raw'] as const, 'qcow2', command),
@@ -339,28 +339,24 @@ function portRange(text: string, command: CommandName): { first: number; last: n
   return { first, last };
 }
 
-/** Files (`--to`) or a storage pool (`--pool`, with `--connect` and `--define`), never both. */
-function restoreDestination(values: Values): Pick<RestoreArgs, 'to' | 'pool' | 'define' | 'uri'> {
+/** Files (`--to`) or a storage pool (`--pool`, with `--define` and the connection options), never both. */
+function restoreDestination(values: Values): Pick<RestoreArgs, 'to' | 'pool' | 'define'> {
   const command = 'restore';
   const to = optionalString(values, 'to', command);
   const pool = optionalString(values, 'pool', command);
   const define = optionalString(values, 'define', command);
-  const uri = optionalString(values, 'connect', command);
   if (to !== undefined && pool !== undefined)
     throw new UsageError(`options '--to' and '--pool' exclude each other: restore to files or into a storage pool`, command);
   if (to === undefined && pool === undefined) throw new UsageError(`option '--to' or '--pool' is required`, command);
   if (pool === undefined) {
-    for (const [option, value] of [
-      ['define', define],
-      ['connect', uri],
-    ] as const) {
-      if (value !== undefined) throw new UsageError(`option '--${option}' goes with '--pool' (a restore to files needs no libvirt)`, command);
+    for (const option of ['define', ...Object.keys(CONNECTION_OPTIONS)]) {
+      if (values[option] !== undefined) throw new UsageError(`option '--${option}' goes with '--pool' (a restore to files needs no libvirt)`, command);
     }
   } else {
     if (values['overwrite'] === true) throw new UsageError(`option '--overwrite' does not apply to '--pool': existing volumes are never overwritten`, command);
     if (define !== undefined && values['disk'] !== undefined) throw new UsageError(`option '--define' needs every disk; it does not go with '--disk'`, command);
   }
-  return { to, pool, define, uri: uri ?? DEFAULT_URI };
+  return { to, pool, define };
 }
 
 function parseStrict(command: CommandName, args: readonly string[]): { values: Values; positionals: string[] } {

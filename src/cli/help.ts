@@ -68,6 +68,8 @@ Options:
   --to PATH                  output file or directory
   --pool POOL                restore into new volumes of this storage pool instead
   --connect URI              libvirt URI of the pool's host (default qemu:///system)
+  --username NAME, --password-file FILE, --connect-timeout SECONDS
+                             how to log in to it (see 'backup --help')
   --define NAME              with --pool: define a domain NAME on the new volumes
   --at BACKUP                backup id to restore (default the newest; see 'list')
   --disk TARGET              restore only this disk

@@ -3,8 +3,8 @@
 // qemu+tls:// from a mount namespace where this host's libvirt sockets, images and
 // temporary directories are hidden, so nothing local can stand in for the daemon.
 import { spawn } from 'node:child_process';
-import { mkdir, rm } from 'node:fs/promises';
-import { join } from 'node:path';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 import test, { type ExecutionContext } from 'ava';
@@ -14,7 +14,7 @@ import { DomainState, type Connection } from '../../src/index.js';
 import { imagesIdentical, mirroredDomain, type MirroredDomain } from '../backup/engine-helpers.js';
 import { connectSystem, destroyAndUndefine, uniqueName } from '../helpers/daemon.js';
 import { toolEnvironment } from '../helpers/process.js';
-import { REMOTE_URIS } from '../helpers/remote-rig.js';
+import { REMOTE_URIS, saslCredentials } from '../helpers/remote-rig.js';
 import { createThrowawayPool, type ThrowawayPool } from '../helpers/storage-pool.js';
 import { REPO_ROOT, jsonLines, runCli, type CliRun } from './helpers.js';
 
@@ -172,6 +172,27 @@ test('a domain name that is taken is refused before any volume is made', async (
   const taken = await runCli(['restore', dest, '--pool', throwaway.name, '--define', m.vm.name]);
   t.is(taken.code, 2, taken.stderr);
   t.regex(taken.stderr, new RegExp(`a domain named '${m.vm.name}' already exists on qemu:///system`));
+  // Over qemu+tcp:// with the rig's SASL user: the credentials come from --username and --password-file.
+  const { username, password } = await saslCredentials();
+  const passwordFile = join(dirname(dest), 'password');
+  await writeFile(passwordFile, `${password}\n`, { mode: 0o600 });
+  const overTcp = await runCli([
+    'restore',
+    dest,
+    '--pool',
+    throwaway.name,
+    '--connect',
+    REMOTE_URIS.tcp,
+    '--username',
+    username,
+    '--password-file',
+    passwordFile,
+    '--define',
+    m.vm.name,
+  ]);
+  t.is(overTcp.code, 2, overTcp.stderr);
+  t.regex(overTcp.stderr, new RegExp(`a domain named '${m.vm.name}' already exists on ${REMOTE_URIS.tcp.replace(/[+/.]/g, '\\$&')}`));
+  t.false(overTcp.stderr.includes(password));
   t.deepEqual(await throwaway.pool.listAllVolumes(), []);
   const usage = await runCli(['restore', dest, '--pool', throwaway.name, '--to', '/tmp/x']);
   t.is(usage.code, 2);

@@ -55,7 +55,7 @@ async function restoreIntoPool(
   { output, signal }: CommandContext,
   onProgress: (progress: { target: string; fraction: number }) => void,
 ): Promise<number> {
-  const connection = await openConnection(args.uri);
+  const connection = await openConnection(args.uri, args);
   try {
     const result = await restoreToPool(set, {
       connection,
