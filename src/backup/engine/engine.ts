@@ -11,7 +11,7 @@ import { connect, type Connection } from '../../libvirt/connection.js';
 import { DomainState } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
 import { LibvirtError } from '../../libvirt/errors.js';
-import { parseDomainXml } from '../../xml/index.js';
+import { parseDomainXml, type DomainSummary } from '../../xml/index.js';
 import { BackupSet } from '../set/backup-set.js';
 import { selectDisks } from './disk-selection.js';
 import { DomainLock } from './domain-lock.js';
@@ -39,58 +39,101 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
     if (event.type === 'notice') notices.push(event.message);
     options.onEvent?.(event);
   };
-  const signal = options.signal;
-  signal?.throwIfAborted();
-  const requested: RequestedLevel = options.level ?? 'auto';
-  if (!['auto', 'full', 'inc', 'diff'].includes(requested)) {
-    throw new BackupError('INVALID_ARGUMENT', `level must be auto, full, inc or diff, got '${String(requested)}'`);
-  }
-  const transport = options.transport ?? 'pull';
-  if (transport !== 'pull' && transport !== 'push') {
-    throw new BackupError('INVALID_ARGUMENT', `transport must be pull or push, got '${String(transport)}'`);
-  }
+  options.signal?.throwIfAborted();
+  const requested = checkLevel(options.level ?? 'auto');
+  const transport = checkTransport(options.transport ?? 'pull');
   const scratchDir = options.scratchDir === undefined ? null : await checkScratchDir(options.scratchDir, transport);
 
   const ownConnection = options.connection === undefined;
   const conn = options.connection ?? (await connect(options.uri ?? 'qemu:///system'));
   try {
-    const domain = await lookupDomain(conn, options.domain);
-    try {
-      await conn.assertBackupSupport();
-    } catch (error) {
-      if (error instanceof LibvirtError) throw error;
-      throw new BackupError('UNSUPPORTED', error instanceof Error ? error.message : String(error), { cause: error });
-    }
-    const remote = await planRemoteRun(await conn.getURI(), transport, options);
-    const { state } = await domain.getState();
-    if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
-      throw new BackupError(
-        'DOMAIN_NOT_RUNNING',
-        `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`,
-      );
-    }
-    if (requested === 'inc' || requested === 'diff') await assertSetExists(options.dest, requested);
-    const summary = parseDomainXml(await domain.getXMLDesc());
-    const selection = selectDisks(summary, options.disks);
-    for (const skipped of selection.skipped) emit({ type: 'notice', message: `skipping ${skipped.target}: ${skipped.reason}` });
+    const run: RunStart = { conn, options, requested, transport, scratchDir, started, notices, emit };
+    return await backUpUnderDomainLock(run, await inspectDomain(run));
+  } catch (error) {
+    throw await asDaemonLost(conn, options.domain, error);
+  } finally {
+    if (ownConnection) await conn.close();
+  }
+}
 
-    const runDir = await ensureRunDir();
-    await sweepDeadSocketDirs(runDir);
-    // One run per domain, whatever the set: from here on, any backup job on the domain
-    // that libvirt-backup started belongs to a run that is gone.
-    const domainLock = await DomainLock.acquire(runDir, { domain: { name: domain.name, uuid: domain.uuid }, set: resolve(options.dest), transport });
+/** What a run knows before it looks at the domain. */
+interface RunStart {
+  conn: Connection;
+  options: BackupOptions;
+  requested: RequestedLevel;
+  transport: 'pull' | 'push';
+  scratchDir: string | null;
+  started: number;
+  notices: string[];
+  emit: (event: BackupEvent) => void;
+}
+
+/** What the checks of the domain found, before anything is created. */
+interface InspectedDomain {
+  domain: Domain;
+  remote: ExecuteContext['remote'];
+  summary: DomainSummary;
+  selection: ReturnType<typeof selectDisks>;
+}
+
+function checkLevel(requested: RequestedLevel): RequestedLevel {
+  if (!['auto', 'full', 'inc', 'diff'].includes(requested)) {
+    throw new BackupError('INVALID_ARGUMENT', `level must be auto, full, inc or diff, got '${String(requested)}'`);
+  }
+  return requested;
+}
+
+function checkTransport(transport: 'pull' | 'push'): 'pull' | 'push' {
+  if (transport !== 'pull' && transport !== 'push') {
+    throw new BackupError('INVALID_ARGUMENT', `transport must be pull or push, got '${String(transport)}'`);
+  }
+  return transport;
+}
+
+/** The domain exists, can be backed up now, and has these disks to back up. */
+async function inspectDomain({ conn, options, requested, transport, emit }: RunStart): Promise<InspectedDomain> {
+  const domain = await lookupDomain(conn, options.domain);
+  try {
+    await conn.assertBackupSupport();
+  } catch (error) {
+    if (error instanceof LibvirtError) throw error;
+    throw new BackupError('UNSUPPORTED', error instanceof Error ? error.message : String(error), { cause: error });
+  }
+  const remote = await planRemoteRun(await conn.getURI(), transport, options);
+  const { state } = await domain.getState();
+  if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
+    throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`);
+  }
+  if (requested === 'inc' || requested === 'diff') await assertSetExists(options.dest, requested);
+  const summary = parseDomainXml(await domain.getXMLDesc());
+  const selection = selectDisks(summary, options.disks);
+  for (const skipped of selection.skipped) emit({ type: 'notice', message: `skipping ${skipped.target}: ${skipped.reason}` });
+  return { domain, remote, summary, selection };
+}
+
+/**
+ * One run per domain, whatever the set: under the domain lock, any backup job on the
+ * domain that libvirt-backup started belongs to a run that is gone, and is cleaned up
+ * before the set is opened and the level planned.
+ */
+async function backUpUnderDomainLock(run: RunStart, { domain, remote, summary, selection }: InspectedDomain): Promise<BackupResult> {
+  const { conn, options, requested, transport, emit } = run;
+  const runDir = await ensureRunDir();
+  await sweepDeadSocketDirs(runDir);
+  const domainLock = await DomainLock.acquire(runDir, { domain: { name: domain.name, uuid: domain.uuid }, set: resolve(options.dest), transport });
+  try {
+    // The job first, then files: a push job may still be writing the files recovery deletes.
+    await endLeftoverJob(conn, domain, runDir, emit, domainLock.interrupted);
+    await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
+    const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
     try {
-      // The job first, then files: a push job may still be writing the files recovery deletes.
-      await endLeftoverJob(conn, domain, runDir, emit, domainLock.interrupted);
-      await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
-      const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
-      try {
-        if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {
-          emit({ type: 'notice', message: `cleaned up after an interrupted run: removed ${set.recovery.removedFiles.join(', ')}` });
-        }
-        await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
-        const plan = await planLevel(set, requested, domain, selection.disks, emit, signal);
-        const context: ExecuteContext = {
+      if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {
+        emit({ type: 'notice', message: `cleaned up after an interrupted run: removed ${set.recovery.removedFiles.join(', ')}` });
+      }
+      await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
+      const plan = await planLevel(set, requested, domain, selection.disks, emit, options.signal);
+      return await executeOrFallBackToFull(
+        {
           conn,
           domain,
           summary,
@@ -98,39 +141,39 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
           plan,
           selection: selection.disks,
           transport,
-          signal,
+          signal: options.signal,
           emit,
-          started,
-          notices,
+          started: run.started,
+          notices: run.notices,
           concurrency: options.concurrency ?? 2,
           runDir,
           domainLock,
-          scratchDir,
+          scratchDir: run.scratchDir,
           hooks: options.hooks ?? {},
           remote,
-        };
-        try {
-          return await execute(context);
-        } catch (error) {
-          // Some broken bitmaps only show when QEMU is asked to use them.
-          if (!(error instanceof ChainBrokenError)) throw error;
-          if (requested !== 'auto')
-            throw new BackupError('CHAIN_UNUSABLE', `cannot take ${plan.level === 'inc' ? 'an incremental' : 'a differential'} backup: ${error.message}`, {
-              cause: error.cause,
-            });
-          emit({ type: 'notice', message: `taking a full backup: ${error.message}` });
-          return await execute({ ...context, plan: { level: 'full', parent: null, reason: error.message } });
-        }
-      } finally {
-        await set.close();
-      }
+        },
+        requested,
+      );
     } finally {
-      await domainLock.release();
+      await set.close();
     }
-  } catch (error) {
-    throw await asDaemonLost(conn, options.domain, error);
   } finally {
-    if (ownConnection) await conn.close();
+    await domainLock.release();
+  }
+}
+
+/** Some broken bitmaps only show when QEMU is asked to use them: an auto run then takes a full. */
+async function executeOrFallBackToFull(context: ExecuteContext, requested: RequestedLevel): Promise<BackupResult> {
+  try {
+    return await execute(context);
+  } catch (error) {
+    if (!(error instanceof ChainBrokenError)) throw error;
+    if (requested !== 'auto') {
+      const what = context.plan.level === 'inc' ? 'an incremental' : 'a differential';
+      throw new BackupError('CHAIN_UNUSABLE', `cannot take ${what} backup: ${error.message}`, { cause: error.cause });
+    }
+    context.emit({ type: 'notice', message: `taking a full backup: ${error.message}` });
+    return execute({ ...context, plan: { level: 'full', parent: null, reason: error.message } });
   }
 }
 
