@@ -90,22 +90,7 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
     options.onNotice?.(message);
   };
   const outputs = await outputPaths(options.to, targets, options.format);
-  for (const directory of new Set([...outputs.values()].map((output) => dirname(output)))) {
-    const sweep = await removeAbandonedPartials(directory);
-    for (const partial of sweep.removed) {
-      notice(
-        `removed ${partial.path} (${formatBytes(partial.bytes)}): the partial ${basename(partial.output)} of a restore (pid ${partial.pid}) that did not finish`,
-      );
-    }
-    for (const path of sweep.ownerless)
-      notice(`left ${path} in place: a partial output of an older version whose owner cannot be told; delete it if no restore is running`);
-  }
-  if (!options.overwrite) {
-    for (const output of outputs.values()) {
-      if (await exists(output))
-        throw new BackupSetError('OUTPUT_EXISTS', `${output} already exists; choose another path or allow overwriting`, { path: output });
-    }
-  }
+  await prepareOutputs(outputs, options, notice);
 
   const pendingPrune =
     set.interruptedRun?.kind === 'prune' ? ' (an interrupted prune is pending; opening the set for writing, e.g. the next backup or prune, finishes it)' : '';
@@ -155,6 +140,24 @@ export async function restore(set: BackupSet, options: RestoreOptions): Promise<
   } finally {
     for (const temporary of temporaries.values()) await unlink(temporary).catch(() => undefined);
     for (const { files } of opened) await files.close();
+  }
+}
+
+/** Sweeps partial outputs of restores that died, and refuses outputs that exist unless overwriting is allowed. */
+async function prepareOutputs(outputs: Map<string, string>, options: RestoreOptions, notice: (message: string) => void): Promise<void> {
+  for (const directory of new Set([...outputs.values()].map((output) => dirname(output)))) {
+    const sweep = await removeAbandonedPartials(directory);
+    for (const partial of sweep.removed) {
+      notice(
+        `removed ${partial.path} (${formatBytes(partial.bytes)}): the partial ${basename(partial.output)} of a restore (pid ${partial.pid}) that did not finish`,
+      );
+    }
+    for (const path of sweep.ownerless)
+      notice(`left ${path} in place: a partial output of an older version whose owner cannot be told; delete it if no restore is running`);
+  }
+  if (options.overwrite) return;
+  for (const output of outputs.values()) {
+    if (await exists(output)) throw new BackupSetError('OUTPUT_EXISTS', `${output} already exists; choose another path or allow overwriting`, { path: output });
   }
 }
 
