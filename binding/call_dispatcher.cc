@@ -167,7 +167,7 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
     {
       std::lock_guard<std::mutex> lock(mutex_);
       closed_ = true;
-      for (auto& call : done_) call.release();
+      for (auto& call : done_) static_cast<void>(call.release());
       done_.clear();
     }
     hook_ = hook;

@@ -71,7 +71,7 @@ Napi::Value ConnectionWrap::Async(const Napi::CallbackInfo& info, const char* op
 
 namespace {
 
-Napi::Value StringResult(Napi::Env env, std::string value) { return Napi::String::New(env, value); }
+Napi::Value StringResult(Napi::Env env, const std::string& value) { return Napi::String::New(env, value); }
 
 Napi::Value NumberResult(Napi::Env env, unsigned long value) {
   return Napi::Number::New(env, static_cast<double>(value));
@@ -308,7 +308,7 @@ Napi::Value ConnectionWrap::RegisterDomainEvent(const Napi::CallbackInfo& info) 
         if (out.callbackId < 0) {
           out.error = CaptureLastError("virConnectDomainEventRegisterAny");
         } else {
-          registration.release();  // libvirt's now, until it calls FreeEventRegistration
+          static_cast<void>(registration.release());  // libvirt's now, until it calls FreeEventRegistration
         }
         return true;
       },
@@ -347,7 +347,7 @@ Napi::Value ConnectionWrap::RegisterCloseCallback(const Napi::CallbackInfo& info
         if (virConnectRegisterCloseCallback(conn, OnConnectionClosed, registration.get(), FreeEventRegistration) < 0) {
           out.error = CaptureLastError("virConnectRegisterCloseCallback");
         } else {
-          registration.release();  // libvirt's now, until it calls FreeEventRegistration
+          static_cast<void>(registration.release());  // libvirt's now, until it calls FreeEventRegistration
         }
         return true;
       },
