@@ -2,7 +2,6 @@
 // volumes through libvirt streams, defined as a new domain and booted; locally, and over
 // qemu+tls:// from a mount namespace where this host's libvirt sockets, images and
 // temporary directories are hidden, so nothing local can stand in for the daemon.
-import { spawn } from 'node:child_process';
 import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +12,7 @@ import { BackupSet } from '../../src/backup/index.js';
 import { DomainState, type Connection } from '../../src/index.js';
 import { imagesIdentical, mirroredDomain, type MirroredDomain } from '../backup/engine-helpers.js';
 import { connectSystem, destroyAndUndefine, uniqueName } from '../helpers/daemon.js';
-import { toolEnvironment } from '../helpers/process.js';
+import { runHidden as runHiddenCommand } from '../helpers/hiding-namespace.js';
 import { REMOTE_URIS, saslCredentials } from '../helpers/remote-rig.js';
 import { createThrowawayPool, type ThrowawayPool } from '../helpers/storage-pool.js';
 import { REPO_ROOT, jsonLines, runCli, type CliRun } from './helpers.js';
@@ -24,20 +23,7 @@ const HIDDEN = ['/run/libvirt', '/var/lib/libvirt', '/tmp', '/var/tmp'];
 
 /** Runs `argv` inside a mount namespace that hides HIDDEN behind empty tmpfs mounts. */
 function runHidden(argv: readonly string[]): Promise<CliRun> {
-  const script = `set -e; for d in ${HIDDEN.join(' ')}; do mount -t tmpfs none "$d"; done; exec "$@"`;
-  const child = spawn('unshare', ['-m', '--propagation', 'private', '--', 'sh', '-c', script, 'sh', ...argv], {
-    cwd: REPO_ROOT,
-    env: { ...toolEnvironment(), LIBVIRT_BACKUP_DEBUG: '' },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
-  let stdout = '';
-  let stderr = '';
-  child.stdout.setEncoding('utf8').on('data', (chunk: string) => (stdout += chunk));
-  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
-  return new Promise((resolve, reject) => {
-    child.on('error', reject);
-    child.on('close', (code, signal) => resolve({ code, signal, stdout, stderr }));
-  });
+  return runHiddenCommand(argv, { hidden: HIDDEN, cwd: REPO_ROOT, env: { LIBVIRT_BACKUP_DEBUG: '' } });
 }
 
 /** A domain with two disks, backed up full then incremental into `dest`. */

@@ -3,6 +3,7 @@
 // are empty tmpfs mounts. A code path that takes a local shortcut (the unix socket, an
 // image file, a socket in a shared /tmp) fails there; the network (127.0.0.1) is shared.
 import { spawn, type ChildProcess } from 'node:child_process';
+import { fileURLToPath } from 'node:url';
 
 import { toolEnvironment } from './process.js';
 
@@ -16,14 +17,26 @@ export interface HiddenRun {
   stderr: string;
 }
 
+// The package's own tree stays visible wherever it lies (a clone under /tmp is common):
+// a client host has the program it runs. It is bound aside on a private tmpfs first,
+// then bound back over its place once the paths are hidden.
+const PACKAGE_ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
+
 // Each path gets an empty tmpfs (created inside the previous one when it is hidden
 // already); then, as a proof, the local libvirt socket must be gone.
 const SCRIPT = `set -e
+keep="$1"; shift
+aside=$(mktemp -d /dev/shm/lvb-keep.XXXXXX)
+mount --bind "$keep" "$aside"
 for dir in "$@"; do
   [ "$dir" = -- ] && break
   mkdir -p "$dir"
   mount -t tmpfs -o size=256m,mode=1777 lvb-hidden "$dir"
 done
+mkdir -p "$keep"
+mount --bind "$aside" "$keep"
+umount -l "$aside"
+rmdir "$aside" 2>/dev/null || true
 while [ "$1" != -- ]; do shift; done
 shift
 if [ -e /run/libvirt/libvirt-sock ] || [ -n "$(ls -A /var/lib/libvirt/images 2>/dev/null)" ]; then
@@ -45,7 +58,7 @@ export interface HiddenProcess {
  */
 export function startHidden(command: readonly string[], options: { env?: NodeJS.ProcessEnv; hidden?: readonly string[]; cwd?: string } = {}): HiddenProcess {
   const hidden = options.hidden ?? HIDDEN_PATHS;
-  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', SCRIPT, 'sh', ...hidden, '--', ...command], {
+  const child = spawn('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', SCRIPT, 'sh', PACKAGE_ROOT, ...hidden, '--', ...command], {
     env: { ...toolEnvironment(), ...options.env },
     stdio: ['ignore', 'pipe', 'pipe'],
     ...(options.cwd !== undefined ? { cwd: options.cwd } : {}),
