@@ -4,6 +4,7 @@
 // it can run beside the domain it was backed up from.
 import type { Document, Element } from '@xmldom/xmldom';
 import { XmlValidationError, quote, type ValidationIssue } from './errors.js';
+import { repointDisk, setChildText } from './disk-rewrite.js';
 import { childElements, parseDocument, serializeElement } from './node.js';
 
 /** Where one disk of the recovered domain lives. */
@@ -103,7 +104,7 @@ export function recoveredDomainXml(domainXml: string, options: RecoveredDomainOp
       freeDisplayPorts(element);
     } else if (element.nodeName === 'disk') {
       const recovered = byTarget.get(diskTarget(element));
-      if (recovered !== undefined) pointAtFile(document, element, recovered);
+      if (recovered !== undefined) repointDisk(document, element, 'file', recovered.format, { file: recovered.file });
       else if (['disk', 'lun'].includes(element.getAttribute('device') ?? 'disk') && !isReadOnly(element)) {
         droppedDisks.push(diskTarget(element));
         devices!.removeChild(element);
@@ -163,33 +164,6 @@ function isReadOnly(disk: Element): boolean {
 function freeDisplayPorts(graphics: Element): void {
   for (const attribute of ['port', 'tlsPort', 'websocket']) graphics.removeAttribute(attribute);
   if (graphics.hasAttribute('autoport')) graphics.setAttribute('autoport', 'yes');
-}
-
-function pointAtFile(document: Document, disk: Element, recovered: RecoveredDiskFile): void {
-  disk.setAttribute('type', 'file');
-  for (const child of childElements(disk)) {
-    if (['source', 'backingStore', 'mirror'].includes(child.nodeName)) disk.removeChild(child);
-  }
-  let driver = childElements(disk).find((child) => child.nodeName === 'driver');
-  if (driver === undefined) {
-    driver = document.createElement('driver');
-    driver.setAttribute('name', 'qemu');
-    disk.insertBefore(driver, disk.firstChild);
-  }
-  driver.setAttribute('type', recovered.format);
-  const source = document.createElement('source');
-  source.setAttribute('file', recovered.file);
-  disk.insertBefore(source, driver.nextSibling);
-}
-
-function setChildText(document: Document, parent: Element, name: string, text: string): void {
-  let element = childElements(parent).find((child) => child.nodeName === name);
-  if (element === undefined) {
-    element = document.createElement(name);
-    parent.insertBefore(element, parent.firstChild);
-  }
-  while (element.firstChild !== null) element.removeChild(element.firstChild);
-  element.appendChild(document.createTextNode(text));
 }
 
 /** How a running domain can be reached: its displays, network interfaces and serial consoles. */

@@ -3,6 +3,7 @@
 // restored volumes, so it can run beside the domain it was backed up from.
 import type { Document, Element } from '@xmldom/xmldom';
 import { XmlValidationError, type ValidationIssue } from './errors.js';
+import { repointDisk, setChildText } from './disk-rewrite.js';
 import { childElements, parseDocument, serializeElement } from './node.js';
 
 /** Where one restored disk now lives. */
@@ -67,7 +68,7 @@ export function restoredDomainXml(domainXml: string, options: RestoredDomainOpti
       for (const mac of childElements(element).filter((child) => child.nodeName === 'mac')) element.removeChild(mac);
     } else if (element.nodeName === 'disk') {
       const restored = byTarget.get(diskTarget(element));
-      if (restored !== undefined) pointAtVolume(document, element, restored);
+      if (restored !== undefined) repointDisk(document, element, 'volume', restored.format, { pool: restored.pool, volume: restored.volume });
       else if (['disk', 'lun'].includes(element.getAttribute('device') ?? 'disk')) {
         droppedDisks.push(diskTarget(element));
         devices!.removeChild(element);
@@ -83,32 +84,4 @@ function diskTarget(disk: Element): string {
       .find((child) => child.nodeName === 'target')
       ?.getAttribute('dev') ?? ''
   );
-}
-
-function pointAtVolume(document: Document, disk: Element, volume: RestoredDiskVolume): void {
-  disk.setAttribute('type', 'volume');
-  for (const child of childElements(disk)) {
-    if (['source', 'backingStore', 'mirror'].includes(child.nodeName)) disk.removeChild(child);
-  }
-  let driver = childElements(disk).find((child) => child.nodeName === 'driver');
-  if (driver === undefined) {
-    driver = document.createElement('driver');
-    driver.setAttribute('name', 'qemu');
-    disk.insertBefore(driver, disk.firstChild);
-  }
-  driver.setAttribute('type', volume.format);
-  const source = document.createElement('source');
-  source.setAttribute('pool', volume.pool);
-  source.setAttribute('volume', volume.volume);
-  disk.insertBefore(source, driver.nextSibling);
-}
-
-function setChildText(document: Document, parent: Element, name: string, text: string): void {
-  let element = childElements(parent).find((child) => child.nodeName === name);
-  if (element === undefined) {
-    element = document.createElement(name);
-    parent.insertBefore(element, parent.firstChild);
-  }
-  while (element.firstChild !== null) element.removeChild(element.firstChild);
-  element.appendChild(document.createTextNode(text));
 }
