@@ -2,21 +2,23 @@
 // drop the run's connection: what libvirt then says about its broken socket must never
 // pass for an answer to a check, and the files QEMU may still be writing must never be
 // deleted under it.
-import { mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, readFile, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import test from 'ava';
 
-import { BackupError } from '../../src/backup/index.js';
+import { BackupError, BackupSet, restore } from '../../src/backup/index.js';
 import { runBackup } from '../../src/backup/engine/engine.js';
+import { DomainLock } from '../../src/backup/engine/domain-lock.js';
+import { ensureRunDir } from '../../src/backup/engine/run-dir.js';
 import { JOURNAL_FILE } from '../../src/backup/set/run-journal.js';
-import { JobType } from '../../src/index.js';
+import { type Domain, JobType } from '../../src/index.js';
 import { reportFor } from '../../src/cli/error-report.js';
 import { connectSystem } from '../helpers/daemon.js';
 import { droppableConnection } from '../helpers/libvirt-admin.js';
 import { run } from '../helpers/process.js';
-import { mirroredDomain } from './engine-helpers.js';
+import { imagesIdentical, mirroredDomain } from './engine-helpers.js';
 
 // Each test tells its connection apart from the others of this process by client id.
 test.serial('libvirtd lost while the chain is checked is DAEMON_LOST (exit 1), not a broken bitmap; nothing changes', async (t) => {
@@ -145,3 +147,105 @@ test.serial('libvirtd lost while the job is being started: the push targets are 
     [],
   );
 });
+
+/** QMP through libvirt-qemu, as the test stands in for what libvirt lost. */
+async function qmp(domain: Domain, execute: string, args?: Record<string, unknown>): Promise<unknown> {
+  const reply = JSON.parse(await domain.qemuMonitorCommand(JSON.stringify(args === undefined ? { execute } : { execute, arguments: args }))) as {
+    return?: unknown;
+    error?: { desc: string };
+  };
+  if (reply.error !== undefined) throw new Error(`${execute}: ${reply.error.desc}`);
+  return reply.return;
+}
+
+interface QemuNode {
+  'node-name': string;
+  file: string;
+  'dirty-bitmaps'?: { name?: string }[];
+}
+
+// libvirt 9.0 restarted at the wrong moment of a push job forgets the job while QEMU's
+// block job goes on: that state is made here by ending libvirt's job and starting, behind
+// libvirt's back, the block job libvirt would have run (same node and job names, the
+// `backup-vda` bitmap an incremental works from, the run's own target file).
+for (const owner of ['the interrupted run', 'someone else'] as const) {
+  test.serial(
+    `a push job libvirt forgot while QEMU still runs it, writing a file of ${owner}: ${owner === 'someone else' ? 'left alone, and the run refused' : 'ended through QEMU before its target is removed; the next push works'}`,
+    async (t) => {
+      const conn = await connectSystem();
+      t.teardown(() => conn.close());
+      const m = await mirroredDomain(t, conn, 'lost-forgot', [{ sizeMiB: 32 }]);
+      const dest = join(m.dir, 'set');
+      await m.write(0, 0x71, '0', '8M');
+      await runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' });
+      const manifest = await readFile(join(dest, 'manifest.json'));
+      await m.write(0, 0x72, '4M', '2M');
+
+      const victim = await droppableConnection();
+      t.teardown(() => victim.conn.close());
+      const error = await t.throwsAsync(
+        runBackup({ domain: m.vm.name, dest, transport: 'push', connection: victim.conn, hooks: { afterJobStart: () => victim.drop() } }),
+      );
+      t.is((error as { code?: string }).code, 'DAEMON_LOST', error?.message);
+      const journal = JSON.parse(await readFile(join(dest, JOURNAL_FILE), 'utf8')) as { creates: string[] };
+      const target = owner === 'someone else' ? join(m.dir, 'elsewhere.qcow2') : join(dest, journal.creates[0]!);
+
+      const domain = m.vm.domain;
+      await domain.abortJob().catch(() => undefined);
+      await domain.waitForJob({ timeoutMs: 60_000 }).catch(() => undefined);
+      t.is((await domain.getJobInfo()).type, JobType.NONE, 'libvirt knows no job');
+      await run('qemu-img', ['create', '-q', '-f', 'qcow2', target, '32M']);
+      const nodes = (await qmp(domain, 'query-named-block-nodes', { flat: true })) as QemuNode[];
+      const source = nodes.find((node) => node.file === m.vm.disks[0]!.path && /-format$/.test(node['node-name']))!;
+      t.truthy(source, `the disk's format node among ${nodes.map((node) => node['node-name']).join(', ')}`);
+      await qmp(domain, 'blockdev-add', { driver: 'file', filename: target, 'node-name': 'libvirt-900-storage' });
+      await qmp(domain, 'blockdev-add', { driver: 'qcow2', file: 'libvirt-900-storage', 'node-name': 'libvirt-900-format' });
+      await qmp(domain, 'block-dirty-bitmap-add', { node: source['node-name'], name: 'backup-vda' });
+      await qmp(domain, 'blockdev-backup', {
+        'job-id': 'backup-vda-libvirt-900-format',
+        device: source['node-name'],
+        target: 'libvirt-900-format',
+        sync: 'full',
+        speed: 64 * 1024,
+        'auto-dismiss': false,
+      });
+
+      if (owner === 'someone else') {
+        const refused = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' }));
+        t.is((refused as { code?: string }).code, 'DOMAIN_BUSY', refused?.message);
+        t.regex(
+          refused!.message,
+          /QEMU runs a backup job \(backup-vda-libvirt-900-format, writing .*elsewhere\.qcow2\) .* that no interrupted run of libvirt-backup started/,
+        );
+        t.is(((await qmp(domain, 'query-jobs')) as unknown[]).length, 1, 'the job is left alone');
+        const kept = JSON.parse(await readFile(DomainLock.path(await ensureRunDir(), domain.uuid), 'utf8')) as { checkpoint?: string; transport: string };
+        t.true(kept.transport === 'push' && kept.checkpoint !== undefined, "the interrupted run's record stays for the next run");
+        t.deepEqual(await readFile(join(dest, 'manifest.json')), manifest);
+        await qmp(domain, 'block-job-cancel', { device: 'backup-vda-libvirt-900-format', force: true });
+        return;
+      }
+      const next = await runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' });
+      t.is(next.level, 'inc');
+      t.true(
+        next.notices.some((notice) => /ended the push backup job \(.*vda\.0002\.inc\.qcow2\) that QEMU still ran .* tainted/.test(notice)),
+        next.notices.join('\n'),
+      );
+      t.deepEqual(await qmp(domain, 'query-jobs'), []);
+      const after = (await qmp(domain, 'query-named-block-nodes', { flat: true })) as QemuNode[];
+      t.false(
+        after.some((node) => node['node-name'].startsWith('libvirt-900-')),
+        'the nodes of the forgotten job are gone',
+      );
+      t.false(
+        after.some((node) => (node['dirty-bitmaps'] ?? []).some((bitmap) => bitmap.name === 'backup-vda')),
+        'no backup-vda bitmap is left',
+      );
+      t.notDeepEqual(await readFile(join(dest, 'manifest.json')), manifest);
+      await m.snapshot('now');
+      const out = join(m.dir, 'restore');
+      await mkdir(out);
+      const restored = await restore(await BackupSet.open(dest), { to: out, format: 'raw' });
+      t.true(await imagesIdentical(restored.disks[0]!.path, 'raw', m.referenceAt('now', 0), 'raw'), 'the incremental equals the disk');
+    },
+  );
+}

@@ -79,6 +79,14 @@ export class DomainLock {
     this.keepRecord = true;
   }
 
+  /** The clean-up after a run that died could not be finished: its record is left for the next run, as that run left it. */
+  async keepInterruptedForNextRun(): Promise<void> {
+    if (this.interrupted === null) return;
+    this.record = this.interrupted;
+    await this.save();
+    this.keepRecord = true;
+  }
+
   async release(): Promise<void> {
     await this.lock.release({ keepRecord: this.keepRecord });
   }

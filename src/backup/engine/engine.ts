@@ -123,8 +123,13 @@ async function backUpUnderDomainLock(run: RunStart, { domain, remote, summary, s
   const domainLock = await DomainLock.acquire(runDir, { domain: { name: domain.name, uuid: domain.uuid }, set: resolve(options.dest), transport });
   try {
     // The job first, then files: a push job may still be writing the files recovery deletes.
-    await endLeftoverJob(conn, domain, runDir, emit, domainLock.interrupted);
-    await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
+    try {
+      await endLeftoverJob(conn, domain, runDir, emit, domainLock.interrupted);
+      await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
+    } catch (error) {
+      await domainLock.keepInterruptedForNextRun();
+      throw error;
+    }
     const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
     try {
       if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {

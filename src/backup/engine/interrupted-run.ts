@@ -10,6 +10,7 @@ import { type DomainRunRecord } from './domain-lock.js';
 import { BackupError, type BackupEvent } from './engine-types.js';
 import { errnoCode } from '../../common/fs-errors.js';
 import { parseManifest } from '../set/manifest.js';
+import { endPushJobLibvirtForgot } from './forgotten-push-job.js';
 import { deleteCheckpointIfPresent } from './leftover-checkpoints.js';
 import { isSocketDirOfRunDir } from './run-dir.js';
 import { serverAddress } from './remote-export.js';
@@ -34,7 +35,10 @@ export async function endLeftoverJob(
   interrupted: DomainRunRecord | null = null,
 ): Promise<void> {
   const job = await domain.getJobInfo();
-  if (job.type === JobType.NONE) return;
+  if (job.type === JobType.NONE) {
+    await endPushJobLibvirtForgot(domain, interrupted, emit);
+    return;
+  }
   let spec: BackupSpec | undefined;
   try {
     spec = await domain.backupGetSpec();
@@ -43,6 +47,10 @@ export async function endLeftoverJob(
   }
   const described = spec === undefined ? undefined : await describeOurJob(spec, runDir, interrupted);
   if (described === undefined) {
+    if (spec === undefined && (await endPushJobLibvirtForgot(domain, interrupted, emit)) > 0) {
+      await awaitJobLibvirtCannotDescribe(domain);
+      return;
+    }
     throw new BackupError(
       'DOMAIN_BUSY',
       `domain ${domain.name} already has a job running (${JobType[job.type] ?? job.type}) that libvirt-backup did not start; wait for it or abort it`,
@@ -59,6 +67,22 @@ export async function endLeftoverJob(
     throw new BackupError('DOMAIN_BUSY', `domain ${domain.name} still runs the ${described} left by an interrupted run after it was aborted; try again later`);
   }
   emit({ type: 'notice', message: `ended the ${described} left behind by an interrupted run` });
+}
+
+/**
+ * libvirt 9.0 restarted during a push backup may also keep a job it can no longer
+ * describe ("backup job data missing"), which neither a query nor an abort through
+ * libvirt ends; once QEMU's part of it is gone, libvirt may let it go by itself.
+ */
+async function awaitJobLibvirtCannotDescribe(domain: Domain): Promise<void> {
+  await domain.abortJob().catch(() => undefined);
+  await domain.waitForJob({ timeoutMs: 10_000 }).catch(() => undefined);
+  if ((await domain.getJobInfo().catch(() => null))?.type === JobType.NONE) return;
+  throw new BackupError(
+    'DOMAIN_BUSY',
+    `libvirt still reports a backup job on domain ${domain.name} that it can no longer describe or abort (libvirtd was restarted while an interrupted push backup ran; ` +
+      `QEMU's part of it has been ended): restart libvirtd once more, which clears it, then run the backup again`,
+  );
 }
 
 /** What a running backup job of ours is, or undefined when it is not ours. */
