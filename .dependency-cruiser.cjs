@@ -80,6 +80,13 @@ module.exports = {
       to: { path: '^src/backup/(engine|restore)/|^src/nbd/|^src/index\\.ts$' },
     },
     {
+      name: 'pool-restore-beside-the-engine',
+      severity: 'error',
+      comment: 'Restoring into a pool stands on the set, restore, the qcow2 room, the binding and xml/: never on the engine, recovery or the NBD client.',
+      from: { path: '^src/backup/pool-restore/' },
+      to: { path: '^src/backup/(engine|recovery)/|^src/nbd/|^src/index\\.ts$' },
+    },
+    {
       name: 'recovery-only-through-index',
       severity: 'error',
       comment: 'The recovery room is reached through the public module only.',

@@ -13,7 +13,7 @@ import { tryRun } from '../../test/helpers/process.js';
 import { BackupPoints } from './backup-points.js';
 import { CliProcess, describeOutcome, runCli, type CliOutcome } from './cli-process.js';
 import { LoopExt4 } from './destination-fs.js';
-import { FAULT_KINDS, type FaultKind, type FaultScene, type Injection } from './faults/index.js';
+import { FAULT_KINDS, type FaultKind, type FaultScene, type Injection, type PlannedFault } from './faults/index.js';
 import { RunTimings } from './faults/trigger.js';
 import { planWrites } from './guest-writes.js';
 import { domainJob } from './host-state.js';
@@ -151,6 +151,18 @@ function ended(outcome: CliOutcome): string {
       : `exit ${outcome.code}${outcome.error ? ` (${String(outcome.error['code'])}: ${String(outcome.error['message'])})` : ''}`;
 }
 
+/** A fault-injected backup and what the checks need about it. */
+interface FaultedBackup {
+  planned: PlannedFault;
+  fault: string;
+  outcome: CliOutcome;
+  injection: Injection;
+  others: { dest: string; outcome: CliOutcome }[];
+  before: ManifestSnapshot;
+  after: ManifestSnapshot;
+  setUnchanged: boolean;
+}
+
 async function faultedRun(
   context: SuiteContext,
   faultScene: FaultScene,
@@ -160,20 +172,71 @@ async function faultedRun(
   runNumber: number,
   sourceCount: number,
 ): Promise<void> {
-  const { report } = context;
   const rng = Rng.derive(context.seed, 'run', runNumber);
   const timer = new PhaseTimer();
-  const domain = faultScene.domain;
   const log = new CheckLog();
+  const where = `run ${runNumber}`;
 
-  const writes = planWrites(rng, domain.disks, sourceCount, 4);
-  await domain.apply(writes);
-  report.guestWrites += writes.length;
-  report.guestBytesWritten += writes.reduce((sum, write) => sum + write.length, 0);
+  const writes = planWrites(rng, faultScene.domain.disks, sourceCount, 4);
+  await faultScene.domain.apply(writes);
+  context.report.guestWrites += writes.length;
+  context.report.guestBytesWritten += writes.reduce((sum, write) => sum + write.length, 0);
   const snapshot = `r${runNumber}`;
-  await domain.snapshot(snapshot);
+  await faultScene.domain.snapshot(snapshot);
   timer.mark('writes');
 
+  const faulted = await backUpWithFault(context, faultScene, scene, state, kind, rng);
+  await kind.repair(faultScene, faulted.planned, faulted.injection, log);
+  timer.mark('faulted backup');
+  const added = judgeFaultedBackup(kind, faulted, scene, state, log, snapshot, runNumber);
+  if (!faulted.planned.nextAtOnce) {
+    await checkVerify(scene, log, 'warnings-allowed');
+    const { outcome } = faulted;
+    const handledItself = outcome.signal === null && !outcome.hung;
+    // Without libvirtd the command cannot know whether its job still runs: it leaves the
+    // files QEMU may be writing to the next run, which ends the job first.
+    const jobMayRun = outcome.error?.['code'] === 'DAEMON_LOST';
+    if (handledItself) await checkNothingLeft(scene, log, { ...kind.immediateCleanup, processGraceMs: 3000, jobMayRun });
+  }
+  const faultedFailures = reportFailures(context, log, `${where}, right after the faulted backup`, faulted.fault);
+  timer.mark('checks');
+
+  // The next backup must work and leave nothing behind, whatever the fault left. It is
+  // `auto`, as a nightly job's would be: a fault may legitimately break the chain (a
+  // domain destroyed leaves its bitmaps inconsistent), and then only a full can follow.
+  const recoveryLevel = 'auto';
+  const recovery = await plainBackup(
+    context,
+    faultScene,
+    scene,
+    state,
+    snapshot,
+    recoveryLevel,
+    rng.pick(['pull', 'push'] as const),
+    rng,
+    log,
+    added.map((record) => record.id),
+  );
+  const recoveryFailures = reportFailures(context, log, `${where}, the backup after the fault`, faulted.fault);
+  timer.mark('next backup');
+
+  await tidyAfterRun(context, faultScene, scene, state, rng, runNumber, log, faulted.fault);
+  const failed = faultedFailures + recoveryFailures;
+  context.say(
+    `run ${runNumber}/${context.report.settings['runs']}: ${faulted.fault} -> ${ended(faulted.outcome)}${faulted.injection.landed ? '' : ' (fault came after the end)'}, ${faulted.injection.detail}; ` +
+      `${added.length > 0 ? `kept ${added.map((record) => record.id).join(', ')}; ` : ''}next ${recoveryLevel}: ${recovery}${failed > 0 ? `; ${failed} FAILED` : ''} [${timer}]`,
+  );
+}
+
+/** The backup command with the fault drawn for this run injected into it (and any second command the fault starts). */
+async function backUpWithFault(
+  context: SuiteContext,
+  faultScene: FaultScene,
+  scene: SoakScene,
+  state: RunState,
+  kind: FaultKind,
+  rng: Rng,
+): Promise<FaultedBackup> {
   const drawnLevel = rng.pick(LEVELS);
   const drawnTransport: BackupTransport = rng.pick(kind.transports);
   const umask = rng.pick(UMASKS);
@@ -181,7 +244,6 @@ async function faultedRun(
   const level = planned.level ?? drawnLevel;
   const transport = planned.transport ?? drawnTransport;
   const fault = `${kind.name}: ${kind.describe(planned)}; ${level}/${transport} backup, umask ${octal(umask)}`;
-  const where = `run ${runNumber}`;
 
   const before = await readManifest(scene.setDir);
   const entriesBefore = (await readdir(scene.setDir)).sort().join('/');
@@ -196,15 +258,24 @@ async function faultedRun(
     throw new Error(`injecting ${fault} failed: ${(error as Error).message}`, { cause: error });
   }
   const others = await Promise.all((injection.others ?? []).map(async (other) => ({ dest: other.dest, outcome: await other.outcome })));
-  report.backups += 1 + others.length;
+  context.report.backups += 1 + others.length;
   for (const other of others) injection.detail += ` (${ended(other.outcome)})`;
-  report.countFault(kind.name, injection.landed);
+  context.report.countFault(kind.name, injection.landed);
   const after = await readManifest(scene.setDir);
   const setUnchanged = (await readdir(scene.setDir)).sort().join('/') === entriesBefore && manifestChange(before, after).kind === 'unchanged';
-  await kind.repair(faultScene, planned, injection, log);
-  timer.mark('faulted backup');
+  return { planned, fault, outcome, injection, others, before, after, setUnchanged };
+}
 
-  // Right after the faulted run.
+/** Right after the faulted run: its exit, any second command's, and the manifest; the backups it added become points. */
+function judgeFaultedBackup(
+  kind: FaultKind,
+  { outcome, injection, others, before, after, setUnchanged }: FaultedBackup,
+  scene: SoakScene,
+  state: RunState,
+  log: CheckLog,
+  snapshot: string,
+  runNumber: number,
+): BackupRecord[] {
   const expected = kind.expectedExit(
     outcome,
     injection,
@@ -227,53 +298,31 @@ async function faultedRun(
     state.points.add(record.id, snapshot);
     for (const disk of record.disks) state.origins.set(disk.file, `backup ${record.id}, ${record.transport}, faulted run ${runNumber}`);
   }
-  if (!planned.nextAtOnce) {
-    await checkVerify(scene, log, 'warnings-allowed');
-    const handledItself = outcome.signal === null && !outcome.hung;
-    // Without libvirtd the command cannot know whether its job still runs: it leaves the
-    // files QEMU may be writing to the next run, which ends the job first.
-    const jobMayRun = outcome.error?.['code'] === 'DAEMON_LOST';
-    if (handledItself) await checkNothingLeft(scene, log, { ...kind.immediateCleanup, processGraceMs: 3000, jobMayRun });
-  }
-  const faultedFailures = reportFailures(context, log, `${where}, right after the faulted backup`, fault);
-  timer.mark('checks');
+  return added;
+}
 
-  // The next backup must work and leave nothing behind, whatever the fault left. It is
-  // `auto`, as a nightly job's would be: a fault may legitimately break the chain (a
-  // domain destroyed leaves its bitmaps inconsistent), and then only a full can follow.
-  const recoveryLevel = 'auto';
-  const recovery = await plainBackup(
-    context,
-    faultScene,
-    scene,
-    state,
-    snapshot,
-    recoveryLevel,
-    rng.pick(['pull', 'push'] as const),
-    rng,
-    log,
-    added.map((record) => record.id),
-  );
-  const recoveryFailures = reportFailures(context, log, `${where}, the backup after the fault`, fault);
-  timer.mark('next backup');
-
+/** Between runs: the domain's job settled, a prune when the set is full, the model checked now and then. */
+async function tidyAfterRun(
+  context: SuiteContext,
+  faultScene: FaultScene,
+  scene: SoakScene,
+  state: RunState,
+  rng: Rng,
+  runNumber: number,
+  log: CheckLog,
+  fault: string,
+): Promise<void> {
   await settleDomainJob(scene, context);
   await pruneIfFull(context, faultScene, scene, state, rng, runNumber);
   const ids = ((await readManifest(scene.setDir)).manifest?.backups ?? []).map((backup) => backup.id);
   await state.points.trim(ids);
-  if (runNumber % 5 === 0) {
-    const wrong = await domain.modelMismatches();
-    log.record(
-      'model-in-step',
-      wrong.length === 0 ? null : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') },
-    );
-    reportFailures(context, log, where, fault);
-  }
-  const failed = faultedFailures + recoveryFailures;
-  context.say(
-    `run ${runNumber}/${report.settings['runs']}: ${fault} -> ${ended(outcome)}${injection.landed ? '' : ' (fault came after the end)'}, ${injection.detail}; ` +
-      `${added.length > 0 ? `kept ${added.map((record) => record.id).join(', ')}; ` : ''}next ${recoveryLevel}: ${recovery}${failed > 0 ? `; ${failed} FAILED` : ''} [${timer}]`,
+  if (runNumber % 5 !== 0) return;
+  const wrong = await faultScene.domain.modelMismatches();
+  log.record(
+    'model-in-step',
+    wrong.length === 0 ? null : { expected: 'the running disks equal their references (else the soak, not the product, is wrong)', actual: wrong.join('; ') },
   );
+  reportFailures(context, log, `run ${runNumber}`, fault);
 }
 
 /**

@@ -79,75 +79,101 @@ export async function uploadThrough(
   const signal = options.signal;
   signal?.throwIfAborted();
   await volume.upload(stream.native, options.offset ?? 0, options.length ?? 0, sparse ? StorageVolumeUploadFlags.SPARSE_STREAM : 0);
-  const totals: UploadResult = { dataBytes: 0, holeBytes: 0 };
-  let inFlight: Promise<void> = Promise.resolve();
-  let batch: Uint8Array[] = [];
-  let releases: Array<() => void> = [];
-  let batchBytes = 0;
-  // One send runs on a worker thread while the next batch is gathered; a failed send
-  // is seen when the next one is queued.
-  const flush = async () => {
-    if (batchBytes === 0) return;
-    const buffers = batch;
-    const done = releases;
-    const bytes = batchBytes;
-    batch = [];
-    releases = [];
-    batchBytes = 0;
-    await inFlight;
-    inFlight = stream.send(buffers).then(() => {
-      for (const release of done) release();
-      totals.dataBytes += bytes;
-      options.onProgress?.({ ...totals });
-    });
-    inFlight.catch(() => undefined);
-  };
-  const sendHole = async (length: number) => {
-    if (length === 0) return;
-    await flush();
-    if (sparse) {
-      await inFlight;
-      inFlight = stream.sendHole(length).then(() => {
-        totals.holeBytes += length;
-        options.onProgress?.({ ...totals });
-      });
-      inFlight.catch(() => undefined);
-      return;
-    }
-    const zeroes = Buffer.alloc(Math.min(length, ZERO_BYTES));
-    for (let left = length; left > 0; left -= zeroes.length) {
-      batch.push(zeroes.subarray(0, Math.min(left, zeroes.length)));
-      batchBytes += Math.min(left, zeroes.length);
-      if (batchBytes >= SEND_BATCH_BYTES) await flush();
-    }
-  };
+  const sender = new PipelinedSender(stream, sparse, options.onProgress);
   try {
     let index = 0;
     for await (const raw of source) {
       signal?.throwIfAborted();
       const chunk = checkChunk(raw, index++);
-      if (chunk.kind === 'hole') {
-        await sendHole(chunk.length);
-        continue;
-      }
-      if (chunk.data.length === 0) {
-        chunk.release?.();
-        continue;
-      }
-      batch.push(chunk.data);
-      if (chunk.release) releases.push(chunk.release);
-      batchBytes += chunk.data.length;
-      if (batchBytes >= SEND_BATCH_BYTES) await flush();
+      if (chunk.kind === 'hole') await sender.hole(chunk.length);
+      else await sender.data(chunk.data, chunk.release);
     }
     signal?.throwIfAborted();
-    await flush();
-    await inFlight;
+    await sender.drain();
     await stream.finish();
-    return totals;
+    return sender.totals;
   } catch (error) {
-    await inFlight.catch(() => undefined);
+    await sender.settled();
     await stream.abort().catch(() => undefined);
     throw error;
+  }
+}
+
+/**
+ * Data gathered into batches, one send running on a worker thread while the next batch
+ * is gathered; a failed send is seen when the next one is queued. Holes go as holes on a
+ * sparse stream, as zeroes otherwise.
+ */
+class PipelinedSender {
+  readonly totals: UploadResult = { dataBytes: 0, holeBytes: 0 };
+  private inFlight: Promise<void> = Promise.resolve();
+  private batch: Uint8Array[] = [];
+  private releases: Array<() => void> = [];
+  private batchBytes = 0;
+
+  constructor(
+    private readonly stream: Stream,
+    private readonly sparse: boolean,
+    private readonly onProgress: UploadOptions['onProgress'],
+  ) {}
+
+  async data(bytes: Uint8Array, release?: () => void): Promise<void> {
+    if (bytes.length === 0) {
+      release?.();
+      return;
+    }
+    this.batch.push(bytes);
+    if (release) this.releases.push(release);
+    this.batchBytes += bytes.length;
+    if (this.batchBytes >= SEND_BATCH_BYTES) await this.flush();
+  }
+
+  async hole(length: number): Promise<void> {
+    if (length === 0) return;
+    await this.flush();
+    if (this.sparse) {
+      await this.queue(() => this.stream.sendHole(length).then(() => this.count('holeBytes', length)));
+      return;
+    }
+    const zeroes = Buffer.alloc(Math.min(length, ZERO_BYTES));
+    for (let left = length; left > 0; left -= zeroes.length) await this.data(zeroes.subarray(0, Math.min(left, zeroes.length)));
+  }
+
+  /** Everything gathered sent, and every send done. */
+  async drain(): Promise<void> {
+    await this.flush();
+    await this.inFlight;
+  }
+
+  /** The send in flight over, whether it worked or not. */
+  async settled(): Promise<void> {
+    await this.inFlight.catch(() => undefined);
+  }
+
+  private async flush(): Promise<void> {
+    if (this.batchBytes === 0) return;
+    const { batch, releases, batchBytes } = this;
+    this.batch = [];
+    this.releases = [];
+    this.batchBytes = 0;
+    await this.queue(() =>
+      this.stream.send(batch).then(() => {
+        for (const release of releases) release();
+        this.count('dataBytes', batchBytes);
+      }),
+    );
+  }
+
+  /** Waits for the send before, then starts this one and lets it run in the background. */
+  private async queue(send: () => Promise<void>): Promise<void> {
+    await this.inFlight;
+    this.inFlight = send();
+    this.inFlight.catch(() => undefined);
+  }
+
+  private count(kind: keyof UploadResult, bytes: number): void {
+    this.totals[kind] += bytes;
+    this.onProgress?.({ ...this.totals });
   }
 }
 

@@ -88,13 +88,7 @@ export function restoredVolumeName(base: string, target: string, format: 'qcow2'
  * anything is made), and a restore that fails or is aborted deletes the volumes it made.
  */
 export async function restoreToPool(set: BackupSet, options: PoolRestoreOptions): Promise<PoolRestoreResult> {
-  if (options.format !== 'qcow2' && options.format !== 'raw') {
-    throw new BackupSetError('INVALID_ARGUMENT', `format must be 'qcow2' or 'raw', got '${String(options.format)}'`);
-  }
-  if (options.define !== undefined && options.disk !== undefined) {
-    throw new BackupSetError('INVALID_ARGUMENT', 'defining a domain needs every disk of the backup; do not choose one disk with define');
-  }
-  throwIfAborted(options.signal);
+  checkOptions(options);
   const backup = options.at === undefined ? set.latest() : set.getBackup(options.at);
   if (backup === null) throw new BackupSetError('NOT_FOUND', `${set.dir} holds no backups to restore`);
   const targets = options.disk === undefined ? backup.disks.map((disk) => disk.target) : [options.disk];
@@ -124,41 +118,10 @@ export async function restoreToPool(set: BackupSet, options: PoolRestoreOptions)
     }
     const disks: PoolRestoredDisk[] = [];
     for (const { target, chain, files } of opened) {
-      const disk = files.guestOrdered({
-        verifyChecksums: options.verifyChecksums,
-        signal: options.signal,
-        onNotice: notice,
-        onProgress: (fraction) => options.onProgress?.({ target, fraction }),
-      });
-      const name = names.get(target)!;
-      const volume = await createVolume(pool, name, disk.virtualSize, options.format, uri);
-      created.push(volume);
-      const chunks = options.format === 'raw' ? rawChunks(disk.runs()) : qcow2ImageChunks(imageLayout(disk.virtualSize, disk.dataRuns), disk.runs());
-      const sent = await volume.upload(chunks, { signal: options.signal });
-      disks.push({
-        target,
-        pool: pool.name,
-        volume: name,
-        path: await volume.getPath(),
-        format: options.format,
-        chain: chain.map((link) => link.disk.file),
-        bytesRead: disk.report().bytesStreamed,
-        sent,
-      });
+      disks.push(await uploadDisk({ pool, name: names.get(target)!, uri, options, notice, created }, target, chain, files));
     }
     throwIfAborted(options.signal);
-    let domain: DefinedDomain | undefined;
-    if (options.define !== undefined) {
-      const rewritten = restoredDomainXml(set.domain.xml, {
-        name: options.define,
-        disks: disks.map((disk) => ({ target: disk.target, pool: disk.pool, volume: disk.volume, format: disk.format })),
-      });
-      for (const target of rewritten.droppedDisks) notice(`disk ${target} of the saved definition was not backed up: left out of ${options.define}`);
-      if (rewritten.droppedNvram) notice(`${options.define} gets a new NVRAM file from its firmware template (the original's variables are not in the backup)`);
-      // Defined, not started; libvirt fills in the new UUID and MAC addresses.
-      const defined = await options.connection.defineDomain(rewritten.xml);
-      domain = { name: defined.name, uuid: defined.uuid };
-    }
+    const domain = options.define === undefined ? undefined : await defineRestoredDomain(set, options.connection, options.define, disks, notice);
     return { backupId: backup.id, disks, ...(domain === undefined ? {} : { domain }), notices };
   } catch (error) {
     for (const volume of created) {
@@ -168,6 +131,73 @@ export async function restoreToPool(set: BackupSet, options: PoolRestoreOptions)
   } finally {
     for (const { files } of opened) await files.close();
   }
+}
+
+function checkOptions(options: PoolRestoreOptions): void {
+  if (options.format !== 'qcow2' && options.format !== 'raw') {
+    throw new BackupSetError('INVALID_ARGUMENT', `format must be 'qcow2' or 'raw', got '${String(options.format)}'`);
+  }
+  if (options.define !== undefined && options.disk !== undefined) {
+    throw new BackupSetError('INVALID_ARGUMENT', 'defining a domain needs every disk of the backup; do not choose one disk with define');
+  }
+  throwIfAborted(options.signal);
+}
+
+/** Where one disk goes, and the list of volumes made so far (for the clean-up of a failure). */
+interface VolumeTarget {
+  pool: StoragePool;
+  name: string;
+  uri: string;
+  options: PoolRestoreOptions;
+  notice: (message: string) => void;
+  created: StorageVolume[];
+}
+
+/** A new volume, filled from the chain in one checked pass. */
+async function uploadDisk(
+  { pool, name, uri, options, notice, created }: VolumeTarget,
+  target: string,
+  chain: ChainLink[],
+  files: OpenedChain,
+): Promise<PoolRestoredDisk> {
+  const disk = files.guestOrdered({
+    verifyChecksums: options.verifyChecksums,
+    signal: options.signal,
+    onNotice: notice,
+    onProgress: (fraction) => options.onProgress?.({ target, fraction }),
+  });
+  const volume = await createVolume(pool, name, disk.virtualSize, options.format, uri);
+  created.push(volume);
+  const chunks = options.format === 'raw' ? rawChunks(disk.runs()) : qcow2ImageChunks(imageLayout(disk.virtualSize, disk.dataRuns), disk.runs());
+  const sent = await volume.upload(chunks, { signal: options.signal });
+  return {
+    target,
+    pool: pool.name,
+    volume: name,
+    path: await volume.getPath(),
+    format: options.format,
+    chain: chain.map((link) => link.disk.file),
+    bytesRead: disk.report().bytesStreamed,
+    sent,
+  };
+}
+
+/** The saved definition with its disks on the new volumes; defined, not started (libvirt fills in the new UUID and MAC addresses). */
+async function defineRestoredDomain(
+  set: BackupSet,
+  connection: Connection,
+  name: string,
+  disks: PoolRestoredDisk[],
+  notice: (message: string) => void,
+): Promise<DefinedDomain> {
+  const rewritten = restoredDomainXml(set.domain.xml, {
+    name,
+    disks: disks.map((disk) => ({ target: disk.target, pool: disk.pool, volume: disk.volume, format: disk.format })),
+  });
+  for (const target of rewritten.droppedDisks) notice(`disk ${target} of the saved definition was not backed up: left out of ${name}`);
+  if (rewritten.droppedNvram) notice(`${name} gets a new NVRAM file from its firmware template (the original's variables are not in the backup)`);
+  const defined = await connection.defineDomain(rewritten.xml);
+  return { name: defined.name, uuid: defined.uuid };
 }
 
 function chainFile(link: ChainLink): ChainFile {
