@@ -227,7 +227,9 @@ for (const owner of ['the interrupted run', 'someone else'] as const) {
       const next = await runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' });
       t.is(next.level, 'inc');
       t.true(
-        next.notices.some((notice) => /ended the push backup job \(.*vda\.0002\.inc\.qcow2\) that QEMU still ran .* tainted/.test(notice)),
+        next.notices.some((notice) =>
+          /ended the push backup job that QEMU still ran and released the target \(.*vda\.0002\.inc\.qcow2\) .* tainted/.test(notice),
+        ),
         next.notices.join('\n'),
       );
       t.deepEqual(await qmp(domain, 'query-jobs'), []);

@@ -2,6 +2,7 @@
 import { basename, dirname } from 'node:path';
 
 import type { Domain } from '../../libvirt/domain.js';
+import { parseDomainXml } from '../../xml/index.js';
 import { readJournal } from '../set/run-journal.js';
 import type { DomainRunRecord } from './domain-lock.js';
 import { BackupError, type BackupEvent } from './engine-types.js';
@@ -22,7 +23,7 @@ interface QemuJob {
 interface QemuNode {
   'node-name': string;
   file?: string;
-  'dirty-bitmaps'?: { name?: string }[];
+  'dirty-bitmaps'?: { name?: string; persistent?: boolean }[];
 }
 
 /** One block job of a push backup that libvirt no longer knows, and what it left in QEMU. */
@@ -30,7 +31,6 @@ interface ForgottenJob {
   jobId: string;
   disk: string;
   targetFile: string;
-  nodes: string[];
 }
 
 /**
@@ -46,7 +46,6 @@ export async function endPushJobLibvirtForgot(domain: Domain, interrupted: Domai
   if (interrupted?.transport !== 'push') return 0;
   const qemu = new QemuMonitor(domain);
   const jobs = await findForgottenJobs(qemu);
-  if (jobs.length === 0) return 0;
   for (const job of jobs) {
     if (!(await journalOwns(interrupted.set, job.targetFile))) {
       throw new BackupError(
@@ -58,16 +57,29 @@ export async function endPushJobLibvirtForgot(domain: Domain, interrupted: Domai
   for (const job of jobs) {
     await qemu.command('block-job-cancel', { device: job.jobId, force: true });
     await waitUntilJobGone(qemu, job.jobId, domain.name);
-    for (const node of job.nodes) await qemu.command('blockdev-del', { 'node-name': node }).catch(() => undefined);
   }
-  await removeBackupBitmaps(qemu, jobs);
+  const released = await releaseTargetNodes(qemu, interrupted.set);
+  await removeBackupBitmaps(qemu, domain);
+  if (jobs.length === 0 && released.length === 0) return 0;
+  const files = [...new Set([...jobs.map((job) => job.targetFile), ...released])];
   emit({
     type: 'notice',
     message:
-      `ended ${jobs.length === 1 ? 'the push backup job' : `${jobs.length} push backup jobs`} (${jobs.map((job) => job.targetFile).join(', ')}) ` +
-      `that QEMU still ran for an interrupted run after libvirtd had lost track of it; libvirt marks the domain as tainted (custom-monitor) for this`,
+      `${jobs.length > 0 ? `ended the push backup job${jobs.length === 1 ? '' : 's'} that QEMU still ran and ` : ''}released the target${files.length === 1 ? '' : 's'} ` +
+      `(${files.join(', ')}) QEMU still held for an interrupted run after libvirtd had lost track of its job; libvirt marks the domain as tainted (custom-monitor) for this`,
   });
-  return jobs.length;
+  return jobs.length + released.length;
+}
+
+/** The nodes QEMU still has open on files the dead run's journal lists (its targets), removed format first. */
+async function releaseTargetNodes(qemu: QemuMonitor, setDir: string): Promise<string[]> {
+  const nodes = (await qemu.command('query-named-block-nodes', { flat: true })) as QemuNode[];
+  const owned: QemuNode[] = [];
+  for (const node of nodes) if (node.file !== undefined && (await journalOwns(setDir, node.file))) owned.push(node);
+  // A format node sits on its storage node, which cannot go first.
+  owned.sort((a, b) => Number(b['node-name'].endsWith('-format')) - Number(a['node-name'].endsWith('-format')));
+  for (const node of owned) await qemu.command('blockdev-del', { 'node-name': node['node-name'] });
+  return [...new Set(owned.map((node) => node.file!))];
 }
 
 async function findForgottenJobs(qemu: QemuMonitor): Promise<ForgottenJob[]> {
@@ -78,11 +90,9 @@ async function findForgottenJobs(qemu: QemuMonitor): Promise<ForgottenJob[]> {
   const found: ForgottenJob[] = [];
   for (const job of backups) {
     const [, disk, formatNode] = LIBVIRT_BACKUP_JOB.exec(job.id)!;
-    const storageNode = formatNode!.replace(/-format$/, '-storage');
     const target = nodes.find((node) => node['node-name'] === formatNode);
     if (target?.file === undefined) continue;
-    const present = new Set(nodes.map((node) => node['node-name']));
-    found.push({ jobId: job.id, disk: disk!, targetFile: target.file, nodes: [formatNode!, storageNode].filter((name) => present.has(name)) });
+    found.push({ jobId: job.id, disk: disk!, targetFile: target.file });
   }
   return found;
 }
@@ -113,13 +123,18 @@ async function waitUntilJobGone(qemu: QemuMonitor, jobId: string, domainName: st
   }
 }
 
-/** The bitmaps libvirt builds for a push job's incremental part, named `backup-<disk>`. */
-async function removeBackupBitmaps(qemu: QemuMonitor, jobs: ForgottenJob[]): Promise<void> {
-  const names = new Set(jobs.map((job) => `backup-${job.disk}`));
+/**
+ * The bitmaps libvirt builds for a push job's incremental part: `backup-<disk>`, and
+ * never persistent (a checkpoint's bitmap always is, whatever its name).
+ */
+async function removeBackupBitmaps(qemu: QemuMonitor, domain: Domain): Promise<void> {
+  const names = new Set(
+    parseDomainXml(await domain.getXMLDesc()).disks.flatMap((disk) => (disk.target?.dev === undefined ? [] : [`backup-${disk.target.dev}`])),
+  );
   const nodes = (await qemu.command('query-named-block-nodes', { flat: true })) as QemuNode[];
   for (const node of nodes) {
     for (const bitmap of node['dirty-bitmaps'] ?? []) {
-      if (bitmap.name !== undefined && names.has(bitmap.name)) {
+      if (bitmap.name !== undefined && bitmap.persistent !== true && names.has(bitmap.name)) {
         await qemu.command('block-dirty-bitmap-remove', { node: node['node-name'], name: bitmap.name });
       }
     }

@@ -3,6 +3,7 @@ import { readFile, rm, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 import { type Connection } from '../../libvirt/connection.js';
+import { LibvirtError } from '../../libvirt/errors.js';
 import { JobType } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
 import { type BackupSpec } from '../../xml/index.js';
@@ -34,7 +35,13 @@ export async function endLeftoverJob(
   emit: (event: BackupEvent) => void,
   interrupted: DomainRunRecord | null = null,
 ): Promise<void> {
-  const job = await domain.getJobInfo();
+  const job = await jobInfoUnlessUndescribable(domain);
+  if (job === 'undescribable') {
+    // Whatever the job was, it is not one libvirt can end: QEMU's side of ours is ended.
+    await endPushJobLibvirtForgot(domain, interrupted, emit);
+    await awaitJobLibvirtCannotDescribe(domain);
+    return;
+  }
   if (job.type === JobType.NONE) {
     await endPushJobLibvirtForgot(domain, interrupted, emit);
     return;
@@ -47,7 +54,8 @@ export async function endLeftoverJob(
   }
   const described = spec === undefined ? undefined : await describeOurJob(spec, runDir, interrupted);
   if (described === undefined) {
-    if (spec === undefined && (await endPushJobLibvirtForgot(domain, interrupted, emit)) > 0) {
+    if (spec === undefined && interrupted?.transport === 'push') {
+      await endPushJobLibvirtForgot(domain, interrupted, emit);
       await awaitJobLibvirtCannotDescribe(domain);
       return;
     }
@@ -77,12 +85,30 @@ export async function endLeftoverJob(
 async function awaitJobLibvirtCannotDescribe(domain: Domain): Promise<void> {
   await domain.abortJob().catch(() => undefined);
   await domain.waitForJob({ timeoutMs: 10_000 }).catch(() => undefined);
-  if ((await domain.getJobInfo().catch(() => null))?.type === JobType.NONE) return;
+  const job = await jobInfoUnlessUndescribable(domain).catch(() => 'undescribable' as const);
+  if (job !== 'undescribable' && job.type === JobType.NONE) return;
   throw new BackupError(
     'DOMAIN_BUSY',
     `libvirt still reports a backup job on domain ${domain.name} that it can no longer describe or abort (libvirtd was restarted while an interrupted push backup ran; ` +
       `QEMU's part of it has been ended): restart libvirtd once more, which clears it, then run the backup again`,
   );
+}
+
+/** How often, and how far apart, a job query that fails with "backup job data missing" is asked again before the job is taken as one libvirt lost. */
+const UNDESCRIBABLE_ATTEMPTS = 6;
+const UNDESCRIBABLE_RETRY_MS = 400;
+
+/** libvirt answers "backup job data missing" for a moment while a job starts or ends, and for good after it lost a job in a restart. */
+async function jobInfoUnlessUndescribable(domain: Domain): Promise<Awaited<ReturnType<Domain['getJobInfo']>> | 'undescribable'> {
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await domain.getJobInfo();
+    } catch (error) {
+      if (!(error instanceof LibvirtError) || !/backup job data missing/.test(error.message)) throw error;
+      if (attempt >= UNDESCRIBABLE_ATTEMPTS) return 'undescribable';
+      await new Promise((resolveSleep) => setTimeout(resolveSleep, UNDESCRIBABLE_RETRY_MS));
+    }
+  }
 }
 
 /** What a running backup job of ours is, or undefined when it is not ours. */
