@@ -40,9 +40,22 @@ export interface RemoteArgs {
   destShared: boolean;
 }
 
+/** `--all`: every running domain of each `--connect` URI (or those `--match` selects), each into `--dest ROOT/<host>/<domain>`. */
+export interface AllDomainsArgs {
+  /** Every `--connect` URI, in the order given (the default URI when none is). */
+  uris: string[];
+  /** `--match` glob patterns on domain names; a domain matching any is taken (every one when empty). */
+  match: string[];
+  /** `--parallel N`: how many domains are backed up at once. */
+  parallel: number;
+}
+
 export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   command: 'backup';
+  /** The DOMAIN argument; empty with `--all`. */
   domain: string;
+  /** Set with `--all` (then `domain` is empty and `dest` is the root of the sets). */
+  all: AllDomainsArgs | undefined;
   dest: string;
   level: RequestedLevel;
   transport: BackupTransport;
@@ -138,17 +151,22 @@ const CONNECTION_OPTIONS: Options = {
 
 const OPTIONS: Record<CommandName, Options> = {
   backup: {
+    ...CONNECTION_OPTIONS,
+    // Several with --all: one run backs up many hypervisors.
+    connect: { type: 'string', multiple: true },
     dest: { type: 'string' },
     level: { type: 'string' },
     transport: { type: 'string' },
     disk: { type: 'string', multiple: true },
     'scratch-dir': { type: 'string' },
-    ...CONNECTION_OPTIONS,
     'nbd-host': { type: 'string' },
     'nbd-ports': { type: 'string' },
     'nbd-tls': { type: 'string' },
     'tls-dir': { type: 'string' },
     'dest-shared': { type: 'boolean' },
+    all: { type: 'boolean' },
+    match: { type: 'string', multiple: true },
+    parallel: { type: 'string' },
     json,
     help,
   },
@@ -179,7 +197,7 @@ const OPTIONS: Record<CommandName, Options> = {
  * value with the same message.
  */
 const NUMERIC_OPTIONS: Partial<Record<CommandName, Record<string, { min: number }>>> = {
-  backup: { 'connect-timeout': { min: 1 } },
+  backup: { 'connect-timeout': { min: 1 }, parallel: { min: 1 } },
   restore: { 'connect-timeout': { min: 1 } },
   prune: { keep: { min: 1 }, 'connect-timeout': { min: 1 } },
 };
@@ -238,6 +256,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
   const values = parsed.values;
   if (values['help'] === true) return { command: 'help', topic: command };
 
+  if (command === 'backup') normaliseBackupTargets(values, parsed.positionals);
   const positionals = parsed.positionals;
   const name = POSITIONAL[command];
   if (positionals.length === 0) throw new UsageError(`${name} is required`, command);
@@ -250,7 +269,8 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
     case 'backup':
       return {
         command,
-        domain: subject,
+        domain: values['all'] === true ? '' : subject,
+        all: allDomains(values),
         dest: required(values, 'dest', command),
         level: oneOf(values, 'level', ['auto', 'full', 'inc', 'diff'] as const, 'auto', command),
         transport: oneOf(values, 'transport', ['pull', 'push'] as const, 'pull', command),
@@ -315,6 +335,44 @@ function connectionArgs(values: Values, command: CommandName): ConnectionArgs {
     passwordFile: optionalString(values, 'password-file', command),
     connectTimeoutMs: seconds === undefined ? undefined : seconds * 1000,
   };
+}
+
+/**
+ * `backup --all` takes no DOMAIN and may take several `--connect`; one DOMAIN takes one
+ * `--connect` and none of the options that choose domains. Called before the positional
+ * check, which then sees a stand-in for the absent DOMAIN.
+ */
+function normaliseBackupTargets(values: Values, positionals: string[]): void {
+  const command = 'backup';
+  const connects = values['connect'] === undefined ? [] : (values['connect'] as string[]);
+  if (connects.some((uri) => uri === '')) throw new UsageError(`option '--connect' needs a value`, command);
+  values['all-connects'] = connects;
+  if (values['all'] === true) {
+    if (positionals.length > 0)
+      throw new UsageError(`'--all' backs up every running domain: give no DOMAIN (got '${positionals[0]}'), or use --match`, command);
+    if (values['disk'] !== undefined) throw new UsageError(`option '--disk' chooses disks of one domain; it does not go with '--all'`, command);
+    if (connects.length > 1 && values['nbd-host'] !== undefined) {
+      throw new UsageError(`option '--nbd-host' names one hypervisor's address; it does not go with several '--connect'`, command);
+    }
+    positionals.push('--all');
+  } else {
+    for (const option of ['match', 'parallel']) {
+      if (values[option] !== undefined) throw new UsageError(`option '--${option}' goes with '--all'`, command);
+    }
+    if (connects.length > 1) throw new UsageError(`several '--connect' go with '--all'; one DOMAIN is on one hypervisor`, command);
+  }
+  values['connect'] = connects[0];
+}
+
+function allDomains(values: Values): AllDomainsArgs | undefined {
+  const command = 'backup';
+  if (values['all'] !== true) return undefined;
+  const raw = values['all-connects'] as string[] | undefined;
+  const match = ((values['match'] as string[] | undefined) ?? []).map((pattern) => {
+    if (pattern === '') throw new UsageError(`option '--match' needs a pattern such as 'web-*'`, command);
+    return pattern;
+  });
+  return { uris: raw !== undefined && raw.length > 0 ? raw : [DEFAULT_URI], match, parallel: wholeNumber(values, 'parallel', command) ?? 1 };
 }
 
 function remoteArgs(values: Values, command: CommandName): RemoteArgs {

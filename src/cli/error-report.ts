@@ -160,7 +160,7 @@ function firstLine(text: string): { line: string; more: number } {
 export function operationOf(args: CommandArgs): string {
   switch (args.command) {
     case 'backup':
-      return `backup of domain '${args.domain}'`;
+      return args.all === undefined ? `backup of domain '${args.domain}'` : `backup of the domains of ${args.all.uris.join(', ')}`;
     case 'prune':
       return `prune of ${args.dir}`;
     case 'restore':

@@ -7,6 +7,8 @@ import type { BackupEvent } from '../backup/index.js';
  */
 export type CliEvent =
   | BackupEvent
+  /** `backup --all`: a domain's event, with whose it is. */
+  | (BackupEvent & { host: string; domain: string })
   | { type: 'restore-start'; backupId: string; disks: Array<{ target: string; virtualSize: number; chain: string[] }> }
   | { type: 'file-done'; file: string }
   | { type: 'step'; step: string; file: string; fraction?: number }

@@ -9,6 +9,7 @@ export function isCommandName(value: string): value is CommandName {
 
 const COMMAND_HELP: Record<CommandName, string> = {
   backup: `Usage: libvirt-backup backup DOMAIN --dest DIR [options]
+       libvirt-backup backup --all --dest ROOT [--match PATTERN] [--connect URI]... [--parallel N] [options]
 
 Backs up the disks of DOMAIN (name or UUID) into the backup set DIR, created on
 first use. With --level auto, takes a full backup when the set has no usable chain
@@ -41,6 +42,15 @@ scratch files stay on the hypervisor, next to the disks.
                              (default the URI's pkipath, else libvirt's client PKI paths)
   --dest-shared              --dest is storage the hypervisor sees at the same path: allows
                              --transport push, where libvirt writes the files on its side
+
+Many domains (--all): every running domain of each --connect URI, each into its own
+set ROOT/HOST/DOMAIN (HOST: the hypervisor's host name; a domain reached through two
+URIs is backed up once). One domain's failure does not stop the others; the summary
+(and --json's result) says per domain what happened, and the exit code is 0 only when
+every domain was backed up.
+  --all                      back up every running domain (--dest is then the root)
+  --match PATTERN            only domains whose name matches this glob (*, ?, [a-z]); repeat for more
+  --parallel N               back up N domains at once (default 1)
 
 On failure or interruption the files of this run are removed and manifest.json is
 left exactly as it was.`,

@@ -53,6 +53,7 @@ test('parsed options of each command', (t) => {
   t.deepEqual(parseCommandLine(['backup', 'vm1', '--dest', 'd', '--disk', 'vda,vdb', '--disk', 'vdc', '--level', 'inc', '--json']), {
     command: 'backup',
     domain: 'vm1',
+    all: undefined,
     dest: 'd',
     level: 'inc',
     transport: 'pull',

@@ -1,5 +1,6 @@
 import { runBackup } from '../../backup/index.js';
 import type { BackupResult } from '../../backup/index.js';
+import { backupOptions } from './backup-options.js';
 import { formatBytes } from '../../common/format-bytes.js';
 import type { BackupArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
@@ -7,24 +8,16 @@ import { assertBackupsPossible, openConnection } from '../libvirt-connection.js'
 import { formatDuration } from '../progress.js';
 import type { CommandContext } from './context.js';
 
-export async function backupCommand(args: BackupArgs, { output, signal }: CommandContext): Promise<number> {
+export async function backupCommand(args: BackupArgs, context: CommandContext): Promise<number> {
+  if (args.all !== undefined) return (await import('./backup-all.js')).backupAllCommand({ ...args, all: args.all }, context);
+  const { output, signal } = context;
   const connection = await openConnection(args.uri, args);
   try {
     await assertBackupsPossible(connection, args.uri);
     const result = await runBackup({
+      ...backupOptions(args),
       domain: args.domain,
       dest: args.dest,
-      level: args.level,
-      transport: args.transport,
-      disks: args.disks,
-      ...(args.scratchDir !== undefined ? { scratchDir: args.scratchDir } : {}),
-      remote: {
-        ...(args.nbdHost !== undefined ? { nbdHost: args.nbdHost } : {}),
-        ...(args.nbdPorts !== undefined ? { nbdPorts: args.nbdPorts } : {}),
-        tls: args.nbdTls,
-        ...(args.tlsDir !== undefined ? { tlsDir: args.tlsDir } : {}),
-      },
-      destShared: args.destShared,
       connection,
       signal,
       onEvent: (event) => output.event(event),

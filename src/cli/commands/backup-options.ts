@@ -1,0 +1,19 @@
+import type { BackupOptions } from '../../backup/index.js';
+import type { BackupArgs } from '../args.js';
+
+/** What the command line says about how each domain is backed up. */
+export function backupOptions(args: BackupArgs): Omit<BackupOptions, 'domain' | 'dest' | 'connection'> {
+  return {
+    level: args.level,
+    transport: args.transport,
+    disks: args.disks,
+    ...(args.scratchDir !== undefined ? { scratchDir: args.scratchDir } : {}),
+    remote: {
+      ...(args.nbdHost !== undefined ? { nbdHost: args.nbdHost } : {}),
+      ...(args.nbdPorts !== undefined ? { nbdPorts: args.nbdPorts } : {}),
+      tls: args.nbdTls,
+      ...(args.tlsDir !== undefined ? { tlsDir: args.tlsDir } : {}),
+    },
+    destShared: args.destShared,
+  };
+}
