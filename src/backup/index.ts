@@ -30,6 +30,7 @@ export { listBackups, formatListTable, formatListJson, type ListResult, type Lis
 export { formatBytes } from '../common/format-bytes.js';
 export { prune, planPrune, type PruneOptions, type PruneResult, type PruneHooks, type PruneProgress, type PrunePlan } from './set/prune.js';
 export { runBackup, CHECKPOINT_PREFIX } from './engine/engine.js';
+export { estimateBackup, type BackupEstimate, type DiskEstimate, type EstimateBasis } from './engine/estimate.js';
 export { SET_USERS_DIR, findSetUsers, readSetUsers, type SetUser, type SetUserCheck, type SetUserFinding, type SetUserState } from './set/set-users.js';
 export { RecoveryError, isRecoveryError, type RecoveryErrorCode } from './recovery/recovery-errors.js';
 export { DEFAULT_OVERLAY_DIR, runFromBackup, type RunFromBackupEvent, type RunFromBackupOptions, type RunFromBackupResult } from './recovery/run-point.js';

@@ -62,6 +62,8 @@ export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   disks: string[] | undefined;
   /** Directory for the pull job's scratch files; default the set directory. */
   scratchDir: string | undefined;
+  /** `--dry-run`: say the level and the bytes per disk, create nothing. */
+  dryRun: boolean;
   json: boolean;
 }
 
@@ -164,6 +166,7 @@ const OPTIONS: Record<CommandName, Options> = {
     'nbd-tls': { type: 'string' },
     'tls-dir': { type: 'string' },
     'dest-shared': { type: 'boolean' },
+    'dry-run': { type: 'boolean' },
     all: { type: 'boolean' },
     match: { type: 'string', multiple: true },
     parallel: { type: 'string' },
@@ -276,6 +279,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         transport: oneOf(values, 'transport', ['pull', 'push'] as const, 'pull', command),
         disks: diskList(values['disk'], command),
         scratchDir: optionalString(values, 'scratch-dir', command),
+        dryRun: values['dry-run'] === true,
         ...connectionArgs(values, command),
         ...remoteArgs(values, command),
         json: jsonOutput,

@@ -28,6 +28,8 @@ Options:
   --username NAME            SASL or SSH user, when the URI does not name one
   --password-file FILE       file whose first line is the password (SASL) or key passphrase
   --connect-timeout SECONDS  give up connecting after this long (default 30)
+  --dry-run                  say the level and, per disk, the bytes the backup would copy
+                             (bitmap sizes, or the allocated data for a full); create nothing
   --json                     one JSON object per line per event, then a result or error object
   -h, --help                 this help
 

@@ -59,6 +59,7 @@ test('parsed options of each command', (t) => {
     transport: 'pull',
     disks: ['vda', 'vdb', 'vdc'],
     scratchDir: undefined,
+    dryRun: false,
     uri: 'qemu:///system',
     username: undefined,
     passwordFile: undefined,

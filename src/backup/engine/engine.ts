@@ -69,11 +69,26 @@ interface RunStart {
 }
 
 /** What the checks of the domain found, before anything is created. */
-interface InspectedDomain {
+export interface InspectedDomain {
   domain: Domain;
   remote: ExecuteContext['remote'];
   summary: DomainSummary;
   selection: ReturnType<typeof selectDisks>;
+}
+
+/** The domain a run (or an estimate) would back up, checked, with the disks it would take. */
+export async function inspectDomainForRun(
+  conn: Connection,
+  options: BackupOptions,
+  requested: RequestedLevel,
+  emit: (event: BackupEvent) => void,
+): Promise<InspectedDomain> {
+  const transport = checkTransport(options.transport ?? 'pull');
+  return inspectDomain({ conn, options, requested, transport, scratchDir: null, started: Date.now(), notices: [], emit });
+}
+
+export function checkRequestedLevel(requested: RequestedLevel): RequestedLevel {
+  return checkLevel(requested);
 }
 
 function checkLevel(requested: RequestedLevel): RequestedLevel {

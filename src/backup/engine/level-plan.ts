@@ -21,6 +21,8 @@ export async function planLevel(
   disks: readonly SelectedDisk[],
   emit: (event: BackupEvent) => void,
   signal: AbortSignal | undefined,
+  /** `redefine: false` (an estimate): a checkpoint libvirt lost is not redefined from the set's copy; the plan takes it as usable. */
+  options: { redefine?: boolean } = {},
 ): Promise<LevelPlan> {
   if (requested === 'full') return { level: 'full', parent: null, reason: 'full backup requested' };
   const auto = requested === 'auto';
@@ -42,7 +44,10 @@ export async function planLevel(
     await assertChainIntact(set, chain);
     await assertChainChecksums(set.dir, chain, set.referencedFiles(), signal ? { signal } : {});
   }
-  const usable = await checkpointUsable(set, parent, domain, emit);
+  const usable =
+    options.redefine === false && (await findCheckpoint(domain, parent.checkpoint ?? '')) === undefined && parent.checkpointXml !== null
+      ? true
+      : await checkpointUsable(set, parent, domain, emit);
   if (usable !== true) return refuse(usable);
   return {
     level: wanted,

@@ -371,3 +371,9 @@ export async function qemuImgOwnDataBytes(path: string, options: QemuImgOptions 
   const extents = await qemuImgMap(path, { ...options, format: 'qcow2' });
   return extents.filter((extent) => extent.depth === 0 && extent.data).reduce((sum, extent) => sum + extent.length, 0);
 }
+
+/** Bytes of guest data an image and its backing chain hold (allocated and not reading as zeroes): what a full copy reads. */
+export async function qemuImgDataBytes(path: string, format: string, options: QemuImgOptions = {}): Promise<number> {
+  const extents = await qemuImgMap(path, { ...options, format });
+  return extents.filter((extent) => extent.data && !extent.zero).reduce((sum, extent) => sum + extent.length, 0);
+}

@@ -1,7 +1,8 @@
 // `backup --all`: many domains of many hypervisors in one run, each into its own set.
 import { join } from 'node:path';
 
-import { runBackup, type BackupEvent, type BackupResult } from '../../backup/index.js';
+import { estimateBackup, runBackup, type BackupEstimate, type BackupEvent, type BackupResult } from '../../backup/index.js';
+import { formatEstimate } from './backup-estimate.js';
 import { formatBytes } from '../../common/format-bytes.js';
 import { ListDomainsFlags, type Connection } from '../../index.js';
 import type { AllDomainsArgs, BackupArgs } from '../args.js';
@@ -40,6 +41,8 @@ export interface DomainOutcome {
   status: 'ok' | 'failed' | 'not-started';
   durationMs: number;
   result?: BackupResult;
+  /** With `--dry-run`: what the backup would do. */
+  estimate?: BackupEstimate;
   error?: ErrorReport;
 }
 
@@ -146,6 +149,11 @@ async function backUpOne(task: DomainTask, args: AllArgs, signal: AbortSignal, e
     };
   const started = Date.now();
   try {
+    if (args.dryRun) {
+      const estimate = await estimateBackup({ ...backupOptions(args), domain: task.uuid, dest: task.dest, connection: task.host.connection!, signal });
+      emit({ type: 'notice', message: `${task.host.name}/${task.domain}: ${formatEstimate(estimate, task.dest)}`, host: task.host.name, domain: task.domain });
+      return { ...base, status: 'ok', durationMs: Date.now() - started, estimate };
+    }
     const result = await runBackup({
       ...backupOptions(args),
       // The same domain, wherever it is reached from, is known by its UUID.
@@ -203,8 +211,14 @@ function summary(outcomes: DomainOutcome[], args: AllArgs, durationMs: number): 
     outcome.host,
     outcome.domain ?? '(host)',
     outcome.status === 'ok' ? 'ok' : outcome.status === 'failed' ? 'FAILED' : 'not started',
-    outcome.result ? `${outcome.result.backupId} ${outcome.result.level}` : '-',
-    outcome.result ? formatBytes(outcome.result.disks.reduce((sum, disk) => sum + disk.dataBytes, 0)) : '-',
+    outcome.result ? `${outcome.result.backupId} ${outcome.result.level}` : outcome.estimate ? `would be ${outcome.estimate.level}` : '-',
+    outcome.result
+      ? formatBytes(outcome.result.disks.reduce((sum, disk) => sum + disk.dataBytes, 0))
+      : outcome.estimate
+        ? outcome.estimate.totalBytes === null
+          ? 'unknown'
+          : formatBytes(outcome.estimate.totalBytes)
+        : '-',
     formatDuration(outcome.durationMs),
     outcome.error ? `${outcome.error.code}: ${outcome.error.message}` : (outcome.dest ?? ''),
   ]);
@@ -212,7 +226,7 @@ function summary(outcomes: DomainOutcome[], args: AllArgs, durationMs: number): 
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
   const line = (cells: string[]) => `  ${cells.map((cell, column) => (column === cells.length - 1 ? cell : cell.padEnd(widths[column]!))).join('  ')}`;
   return [
-    `backed up ${ok} of ${outcomes.length} domain${outcomes.length === 1 ? '' : 's'} into ${args.dest} in ${formatDuration(durationMs)}${ok < outcomes.length ? `; ${outcomes.length - ok} FAILED` : ''}`,
+    `${args.dryRun ? 'dry run: estimated' : 'backed up'} ${ok} of ${outcomes.length} domain${outcomes.length === 1 ? '' : 's'} into ${args.dest} in ${formatDuration(durationMs)}${ok < outcomes.length ? `; ${outcomes.length - ok} FAILED` : ''}`,
     line(header),
     ...rows.map(line),
   ].join('\n');

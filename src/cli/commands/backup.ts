@@ -1,4 +1,5 @@
-import { runBackup } from '../../backup/index.js';
+import { estimateBackup, runBackup } from '../../backup/index.js';
+import { formatEstimate } from './backup-estimate.js';
 import type { BackupResult } from '../../backup/index.js';
 import { backupOptions } from './backup-options.js';
 import { formatBytes } from '../../common/format-bytes.js';
@@ -14,6 +15,18 @@ export async function backupCommand(args: BackupArgs, context: CommandContext): 
   const connection = await openConnection(args.uri, args);
   try {
     await assertBackupsPossible(connection, args.uri);
+    if (args.dryRun) {
+      const estimate = await estimateBackup({
+        ...backupOptions(args),
+        domain: args.domain,
+        dest: args.dest,
+        connection,
+        signal,
+        onEvent: (event) => output.event(event),
+      });
+      output.result('backup', formatEstimate(estimate, args.dest), { dryRun: true, ...estimate });
+      return ExitCode.OK;
+    }
     const result = await runBackup({
       ...backupOptions(args),
       domain: args.domain,
