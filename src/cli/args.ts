@@ -103,23 +103,21 @@ export interface PruneArgs extends ConnectionArgs {
   json: boolean;
 }
 
-export interface RunArgs {
+export interface RunArgs extends ConnectionArgs {
   command: 'run';
   dir: string;
   at: string | undefined;
   name: string;
   overlayDir: string | undefined;
-  uri: string;
   json: boolean;
 }
 
-export interface MigrateStorageArgs {
+export interface MigrateStorageArgs extends ConnectionArgs {
   command: 'migrate-storage';
   domain: string;
   /** Exactly one of `to` (a directory on the hypervisor host) and `pool` is set. */
   to: string | undefined;
   pool: string | undefined;
-  uri: string;
   json: boolean;
 }
 
@@ -188,8 +186,8 @@ const OPTIONS: Record<CommandName, Options> = {
   },
   verify: { json, help },
   list: { json, help },
-  run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, connect: { type: 'string' }, json, help },
-  'migrate-storage': { to: { type: 'string' }, pool: { type: 'string' }, connect: { type: 'string' }, json, help },
+  run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
+  'migrate-storage': { to: { type: 'string' }, pool: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
   export: { at: { type: 'string' }, disk: { type: 'string' }, socket: { type: 'string' }, tcp: { type: 'string' }, 'tls-dir': { type: 'string' }, json, help },
   prune: { keep: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
 };
@@ -202,6 +200,8 @@ const OPTIONS: Record<CommandName, Options> = {
 const NUMERIC_OPTIONS: Partial<Record<CommandName, Record<string, { min: number }>>> = {
   backup: { 'connect-timeout': { min: 1 }, parallel: { min: 1 } },
   restore: { 'connect-timeout': { min: 1 } },
+  run: { 'connect-timeout': { min: 1 } },
+  'migrate-storage': { 'connect-timeout': { min: 1 } },
   prune: { keep: { min: 1 }, 'connect-timeout': { min: 1 } },
 };
 
@@ -307,11 +307,11 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         at: optionalString(values, 'at', command),
         name: required(values, 'name', command),
         overlayDir: optionalString(values, 'overlay-dir', command),
-        uri: optionalString(values, 'connect', command) ?? DEFAULT_URI,
+        ...connectionArgs(values, command),
         json: jsonOutput,
       };
     case 'migrate-storage':
-      return { command, domain: subject, ...storageDestination(values), uri: optionalString(values, 'connect', command) ?? DEFAULT_URI, json: jsonOutput };
+      return { command, domain: subject, ...storageDestination(values), ...connectionArgs(values, command), json: jsonOutput };
     case 'export':
       return {
         command,

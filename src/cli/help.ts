@@ -121,6 +121,9 @@ Options:
   --at BACKUP                backup id to run from (default the newest; see 'list')
   --overlay-dir DIR          where the overlays go (default /var/lib/libvirt/images)
   --connect URI              libvirt URI (default qemu:///system)
+  --username NAME            SASL or SSH user, when the URI does not name one
+  --password-file FILE       file whose first line is the password (SASL) or key passphrase
+  --connect-timeout SECONDS  give up connecting after this long (default 30)
   --json                     JSON lines instead of human output
   -h, --help                 this help`,
   'migrate-storage': `Usage: libvirt-backup migrate-storage DOMAIN --to DIR|--pool POOL [options]
@@ -135,6 +138,9 @@ Options:
   --to DIR                   directory on the hypervisor host for DOMAIN-TARGET.qcow2
   --pool POOL                new volumes DOMAIN-TARGET.qcow2 in this storage pool instead
   --connect URI              libvirt URI (default qemu:///system)
+  --username NAME            SASL or SSH user, when the URI does not name one
+  --password-file FILE       file whose first line is the password (SASL) or key passphrase
+  --connect-timeout SECONDS  give up connecting after this long (default 30)
   --json                     JSON lines instead of human output
   -h, --help                 this help`,
   export: `Usage: libvirt-backup export DIR --disk TARGET [options]
@@ -160,7 +166,7 @@ Options:
   --keep N                   restore points to keep, at least 1 (required)
   --connect URI              libvirt URI (default qemu:///system)
   --username NAME            SASL or SSH user, when the URI does not name one
-  --password-file FILE       file whose first line is the password
+  --password-file FILE       file whose first line is the password (SASL) or key passphrase
   --connect-timeout SECONDS  give up connecting after this long (default 30)
   --json                     JSON lines instead of human output
   -h, --help                 this help`,

@@ -74,3 +74,23 @@ test('an unreadable password file is bad input, said before connecting', async (
   t.is(run.code, 2, run.stderr);
   t.regex(run.stderr, /cannot read the password file \/nonexistent\/password/);
 });
+
+test('run and migrate-storage take the connection options of the other commands', (t) => {
+  for (const argv of [
+    ['run', '/srv/set', '--name', 'vm2'],
+    ['migrate-storage', 'vm2', '--to', '/var/lib/libvirt/images'],
+  ]) {
+    t.like(
+      parseCommandLine([...argv, '--connect', 'qemu+tcp://hv1/system', '--username', 'backup', '--password-file', '/etc/secret', '--connect-timeout', '7']),
+      {
+        uri: 'qemu+tcp://hv1/system',
+        username: 'backup',
+        passwordFile: '/etc/secret',
+        connectTimeoutMs: 7000,
+      },
+    );
+    const error = t.throws(() => parseCommandLine([...argv, '--connect-timeout', '0']));
+    t.true(error instanceof UsageError);
+    t.regex(error!.message, /--connect-timeout must be a whole number of at least 1, got 0/);
+  }
+});

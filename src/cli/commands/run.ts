@@ -5,7 +5,7 @@ import { openConnection } from '../libvirt-connection.js';
 import type { CommandContext } from './context.js';
 
 export async function runFromBackupCommand(args: RunArgs, { output, signal }: CommandContext): Promise<number> {
-  const connection = await openConnection(args.uri);
+  const connection = await openConnection(args.uri, args);
   try {
     const started = performance.now();
     const result = await runFromBackup({
