@@ -44,6 +44,9 @@ Napi::Function DomainWrap::Init(Napi::Env env) {
                                         MethodProperty<W, &W::BlockJobAbort>(env, "blockJobAbort"),
                                         MethodProperty<W, &W::GetBlockJobInfo>(env, "getBlockJobInfo"),
                                         MethodProperty<W, &W::BlockJobSetSpeed>(env, "blockJobSetSpeed"),
+                                        MethodProperty<W, &W::FSFreeze>(env, "fsFreeze"),
+                                        MethodProperty<W, &W::FSThaw>(env, "fsThaw"),
+                                        MethodProperty<W, &W::GetFSInfo>(env, "getFSInfo"),
                                     });
 }
 
@@ -378,6 +381,105 @@ Napi::Value DomainWrap::BlockJobSetSpeed(const Napi::CallbackInfo& info) {
   return AsyncStatus(info, "virDomainBlockJobSetSpeed", [disk, bandwidth, flags](virDomainPtr dom) {
     return virDomainBlockJobSetSpeed(dom, disk.c_str(), static_cast<unsigned long>(bandwidth), flags);
   });
+}
+
+// Guest file systems, through the guest agent: freezing them makes the disks
+// consistent for a backup that starts meanwhile.
+
+namespace {
+
+using FSFreezeCall = int (*)(virDomainPtr, const char**, unsigned int, unsigned int);
+
+// Mount points as the guest names them; none (undefined, null or []) means every
+// file system the agent knows.
+std::vector<std::string> MountpointsArg(const Napi::CallbackInfo& info, size_t index) {
+  if (info.Length() <= index || info[index].IsUndefined() || info[index].IsNull()) return {};
+  const char* problem = "The \"mountpoints\" argument must be an array of strings without NUL characters";
+  if (!info[index].IsArray()) ThrowTypeError(info.Env(), problem);
+  auto list = info[index].As<Napi::Array>();
+  std::vector<std::string> mountpoints;
+  for (uint32_t i = 0; i < list.Length(); i++) {
+    Napi::Value value = list.Get(i);
+    if (!value.IsString()) ThrowTypeError(info.Env(), problem);
+    std::string mountpoint = value.As<Napi::String>().Utf8Value();
+    if (mountpoint.find('\0') != std::string::npos) ThrowTypeError(info.Env(), problem);
+    mountpoints.push_back(std::move(mountpoint));
+  }
+  return mountpoints;
+}
+
+struct FSInfo {
+  std::string mountpoint;
+  std::string name;
+  std::string fstype;
+  std::vector<std::string> devAliases;
+};
+
+std::string CopyCString(const char* str) { return str == nullptr ? std::string() : std::string(str); }
+
+}  // namespace
+
+Napi::Value DomainWrap::FSFreezeOrThaw(const Napi::CallbackInfo& info, const char* operation, FSFreezeCall call) {
+  std::vector<std::string> mountpoints = MountpointsArg(info, 0);
+  unsigned int flags = FlagsArg(info, 1);
+  return Async<int>(
+      info, operation,
+      [mountpoints, flags, call](virDomainPtr dom, int& out) {
+        std::vector<const char*> list;
+        list.reserve(mountpoints.size());
+        for (const std::string& mountpoint : mountpoints) list.push_back(mountpoint.c_str());
+        out = call(dom, list.empty() ? nullptr : list.data(), static_cast<unsigned int>(list.size()), flags);
+        return out >= 0;
+      },
+      [](Napi::Env env, int count) -> Napi::Value { return Napi::Number::New(env, count); });
+}
+
+// fsFreeze(mountpoints?, flags?) -> Promise<number>: how many file systems were frozen.
+Napi::Value DomainWrap::FSFreeze(const Napi::CallbackInfo& info) {
+  return FSFreezeOrThaw(info, "virDomainFSFreeze", virDomainFSFreeze);
+}
+
+// fsThaw(mountpoints?, flags?) -> Promise<number>: how many file systems were thawed.
+Napi::Value DomainWrap::FSThaw(const Napi::CallbackInfo& info) {
+  return FSFreezeOrThaw(info, "virDomainFSThaw", virDomainFSThaw);
+}
+
+// getFSInfo(flags?) -> Promise<{ mountpoint, name, fstype, devAliases }[]>
+Napi::Value DomainWrap::GetFSInfo(const Napi::CallbackInfo& info) {
+  unsigned int flags = FlagsArg(info, 0);
+  return Async<std::vector<FSInfo>>(
+      info, "virDomainGetFSInfo",
+      [flags](virDomainPtr dom, std::vector<FSInfo>& out) {
+        virDomainFSInfoPtr* list = nullptr;
+        int count = virDomainGetFSInfo(dom, &list, flags);
+        if (count < 0) return false;
+        for (int i = 0; i < count; i++) {
+          const virDomainFSInfo& fs = *list[i];
+          FSInfo entry{CopyCString(fs.mountpoint), CopyCString(fs.name), CopyCString(fs.fstype), {}};
+          for (size_t alias = 0; alias < fs.ndevAlias; alias++)
+            entry.devAliases.push_back(CopyCString(fs.devAlias[alias]));
+          out.push_back(std::move(entry));
+          virDomainFSInfoFree(list[i]);
+        }
+        free(list);  // NOLINT(cppcoreguidelines-no-malloc): libvirt allocated it with malloc
+        return true;
+      },
+      [](Napi::Env env, const std::vector<FSInfo>& list) -> Napi::Value {
+        Napi::Array result = Napi::Array::New(env, list.size());
+        for (size_t i = 0; i < list.size(); i++) {
+          Napi::Object fs = Napi::Object::New(env);
+          fs.Set("mountpoint", list[i].mountpoint);
+          fs.Set("name", list[i].name);
+          fs.Set("fstype", list[i].fstype);
+          Napi::Array aliases = Napi::Array::New(env, list[i].devAliases.size());
+          for (size_t alias = 0; alias < list[i].devAliases.size(); alias++) {
+            aliases.Set(static_cast<uint32_t>(alias), list[i].devAliases[alias]);
+          }
+          fs.Set("devAliases", aliases);
+          result.Set(static_cast<uint32_t>(i), fs);
+        }
+        return result;
+      });
 }
 
 }  // namespace lvb

@@ -50,6 +50,11 @@ class DomainWrap : public Napi::ObjectWrap<DomainWrap>, public ChildHandle {
   Napi::Value BlockJobAbort(const Napi::CallbackInfo& info);
   Napi::Value GetBlockJobInfo(const Napi::CallbackInfo& info);
   Napi::Value BlockJobSetSpeed(const Napi::CallbackInfo& info);
+  Napi::Value FSFreeze(const Napi::CallbackInfo& info);
+  Napi::Value FSThaw(const Napi::CallbackInfo& info);
+  Napi::Value GetFSInfo(const Napi::CallbackInfo& info);
+  Napi::Value FSFreezeOrThaw(const Napi::CallbackInfo& info, const char* operation,
+                             int (*call)(virDomainPtr, const char**, unsigned int, unsigned int));
 
   template <typename T>
   Napi::Value Async(const Napi::CallbackInfo& info, const char* operation, std::function<bool(virDomainPtr, T&)> work,

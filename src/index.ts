@@ -2,7 +2,7 @@ export { connect, Connection } from './libvirt/connection.js';
 export type { ConnectOptions, DomainCapabilitiesQuery } from './libvirt/connection.js';
 export type { BackupSupport } from './libvirt/connection.js';
 export { Domain } from './libvirt/domain.js';
-export type { DomainStateInfo, QemuMonitorCommandOptions, WaitForJobOptions } from './libvirt/domain.js';
+export type { DomainStateInfo, GuestFileSystem, QemuMonitorCommandOptions, WaitForJobOptions } from './libvirt/domain.js';
 export { Checkpoint } from './libvirt/checkpoint.js';
 export { StoragePool } from './libvirt/storage-pool.js';
 export type { StoragePoolInfo } from './libvirt/storage-pool.js';

@@ -52,6 +52,18 @@ export interface QemuMonitorCommandOptions {
   flags?: number;
 }
 
+/** A file system mounted in the guest, as the guest agent reports it (`Domain.getFSInfo()`). */
+export interface GuestFileSystem {
+  /** Where the guest mounted it (`/`, `/var`). */
+  mountpoint: string;
+  /** The guest's name for its device (`vda1`). */
+  name: string;
+  /** `ext4`, `xfs`, ... */
+  fstype: string;
+  /** The domain's disk targets (`vda`) under it, when the agent could tell. */
+  devAliases: string[];
+}
+
 /** A libvirt domain (virtual machine), obtained from a `Connection`. */
 export class Domain {
   readonly connection: Connection;
@@ -212,6 +224,34 @@ export class Domain {
   /** Limits `disk`'s block job to `bandwidth` MiB/s (bytes/s with `BlockJobSetSpeedFlags.BANDWIDTH_BYTES`); 0: unlimited. */
   async blockJobSetSpeed(disk: string, bandwidth: number, flags = 0): Promise<void> {
     return this.#native.blockJobSetSpeed(disk, bandwidth, flags);
+  }
+
+  /**
+   * Freezes the guest's file systems through the QEMU guest agent (`virDomainFSFreeze`):
+   * each is synced, then takes no more writes until `fsThaw()`, so that disks copied
+   * meanwhile hold consistent file systems. `mountpoints` (as the guest names them)
+   * limits it to those (a path that is no mount point is passed over: compare the count);
+   * none or an empty list freezes all. Resolves with how many were frozen. Rejects with a
+   * `LibvirtError` when the domain has no agent channel (`VIR_ERR_ARGUMENT_UNSUPPORTED`)
+   * or its agent does not answer (`VIR_ERR_AGENT_UNRESPONSIVE`). A frozen guest stays
+   * frozen until thawed, whatever happens to the caller.
+   */
+  async fsFreeze(mountpoints: readonly string[] = [], flags = 0): Promise<number> {
+    return this.#native.fsFreeze(mountpoints.length === 0 ? null : mountpoints, flags);
+  }
+
+  /**
+   * Thaws what `fsFreeze()` froze (`virDomainFSThaw`); resolves with how many file systems.
+   * Thawing a guest that is not frozen thaws none. libvirt's QEMU driver thaws every file
+   * system and refuses a `mountpoints` list (`VIR_ERR_ARGUMENT_UNSUPPORTED`); other drivers may take one.
+   */
+  async fsThaw(mountpoints: readonly string[] = [], flags = 0): Promise<number> {
+    return this.#native.fsThaw(mountpoints.length === 0 ? null : mountpoints, flags);
+  }
+
+  /** The file systems the guest has mounted, through its agent (`virDomainGetFSInfo`). */
+  async getFSInfo(flags = 0): Promise<GuestFileSystem[]> {
+    return this.#native.getFSInfo(flags);
   }
 
   /**

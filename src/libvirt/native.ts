@@ -153,6 +153,11 @@ export interface NativeDomain {
   /** null when the disk has no block job. */
   getBlockJobInfo(disk: string, flags: number): Promise<{ type: number; bandwidth: number; cur: number; end: number } | null>;
   blockJobSetSpeed(disk: string, bandwidth: number, flags: number): Promise<void>;
+  /** Empty or null `mountpoints`: every file system. Resolves with how many were frozen. */
+  fsFreeze(mountpoints: readonly string[] | null, flags: number): Promise<number>;
+  /** Resolves with how many file systems were thawed. */
+  fsThaw(mountpoints: readonly string[] | null, flags: number): Promise<number>;
+  getFSInfo(flags: number): Promise<Array<{ mountpoint: string; name: string; fstype: string; devAliases: string[] }>>;
 }
 
 /** One libvirt credential request, as the addon hands it to `onCredentials`. */
@@ -377,6 +382,9 @@ export const NATIVE_SURFACE = {
     blockJobAbort: true,
     getBlockJobInfo: true,
     blockJobSetSpeed: true,
+    fsFreeze: true,
+    fsThaw: true,
+    getFSInfo: true,
   } satisfies Record<keyof NativeDomain, true>,
   ConnectionOpening: { abandon: true } satisfies Record<Exclude<keyof NativeConnectionOpening, 'promise'>, true>,
   Checkpoint: {
