@@ -64,6 +64,8 @@ export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   scratchDir: string | undefined;
   /** `--dry-run`: say the level and the bytes per disk, create nothing. */
   dryRun: boolean;
+  /** `--start-paused`: a shut-off domain is started paused for the backup instead of read from its images. */
+  startPaused: boolean;
   json: boolean;
 }
 
@@ -165,6 +167,7 @@ const OPTIONS: Record<CommandName, Options> = {
     'tls-dir': { type: 'string' },
     'dest-shared': { type: 'boolean' },
     'dry-run': { type: 'boolean' },
+    'start-paused': { type: 'boolean' },
     all: { type: 'boolean' },
     match: { type: 'string', multiple: true },
     parallel: { type: 'string' },
@@ -280,6 +283,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         disks: diskList(values['disk'], command),
         scratchDir: optionalString(values, 'scratch-dir', command),
         dryRun: values['dry-run'] === true,
+        startPaused: values['start-paused'] === true,
         ...connectionArgs(values, command),
         ...remoteArgs(values, command),
         json: jsonOutput,

@@ -12,8 +12,10 @@ const COMMAND_HELP: Record<CommandName, string> = {
        libvirt-backup backup --all --dest ROOT [--match PATTERN] [--connect URI]... [--parallel N] [options]
 
 Backs up the disks of DOMAIN (name or UUID) into the backup set DIR, created on
-first use. With --level auto, takes a full backup when the set has no usable chain
-and an incremental otherwise.
+first use. A shut-off domain is backed up too: its image files are read here with
+qemu-nbd, read-only, none of its code runs, and its checkpoints go on as if it ran.
+With --level auto, takes a full backup when the set has no usable chain and an
+incremental otherwise.
 
 Options:
   --dest DIR                 backup set directory of this domain (required)
@@ -28,6 +30,9 @@ Options:
   --username NAME            SASL or SSH user, when the URI does not name one
   --password-file FILE       file whose first line is the password (SASL) or key passphrase
   --connect-timeout SECONDS  give up connecting after this long (default 30)
+  --start-paused             a shut-off domain: start it paused for the backup (then shut it
+                             off) instead of reading its images here with qemu-nbd; needed
+                             on a remote hypervisor and for push
   --dry-run                  say the level and, per disk, the bytes the backup would copy
                              (bitmap sizes, or the allocated data for a full); create nothing
   --json                     one JSON object per line per event, then a result or error object

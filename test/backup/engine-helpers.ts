@@ -14,6 +14,8 @@ export interface MirroredDomain {
   vm: ThrowawayDomain;
   /** Writes into the running domain's disk and into its reference image. */
   write(diskIndex: number, pattern: number, offset: string, length: string): Promise<void>;
+  /** Writes into a shut-off domain's image file (`qemu-io`) and into its reference. */
+  writeOffline(diskIndex: number, pattern: number, offset: string, length: string): Promise<void>;
   /** Copies each disk's reference as it is now, under `label`. */
   snapshot(label: string): Promise<void>;
   referenceAt(label: string, diskIndex: number): string;
@@ -34,6 +36,11 @@ export async function mirroredDomain(t: ExecutionContext, conn: Connection, labe
     dir,
     async write(diskIndex, pattern, offset, length) {
       await guestWrite(vm.domain, diskIndex, pattern, offset, length);
+      await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x${pattern.toString(16)} ${offset} ${length}`, refs[diskIndex]!]);
+    },
+    async writeOffline(diskIndex, pattern, offset, length) {
+      const disk = vm.disks[diskIndex]!;
+      await run('qemu-io', ['-f', disk.format, '-c', `write -P 0x${pattern.toString(16)} ${offset} ${length}`, disk.path]);
       await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x${pattern.toString(16)} ${offset} ${length}`, refs[diskIndex]!]);
     },
     async snapshot(name) {

@@ -60,6 +60,7 @@ test('parsed options of each command', (t) => {
     disks: ['vda', 'vdb', 'vdc'],
     scratchDir: undefined,
     dryRun: false,
+    startPaused: false,
     uri: 'qemu:///system',
     username: undefined,
     passwordFile: undefined,

@@ -20,6 +20,8 @@ export interface DomainRunRecord extends ProcessOwner {
   scratchFiles?: string[];
   /** `host:port` of a remote pull job's NBD server: how the job is known as this run's. */
   nbdServer?: string;
+  /** The run started the shut-off domain paused (the next run stops it if it died). */
+  startedPaused?: boolean;
 }
 
 /**
@@ -118,6 +120,7 @@ function parseRecord(text: string): DomainRunRecord | undefined {
   const checkpoint = optional('checkpoint');
   const scratchFiles = strings('scratchFiles');
   const nbdServer = optional('nbdServer');
+  const startedPaused = record['startedPaused'] === true;
   return {
     ...owner,
     domain: { name: domain['name'], uuid: domain['uuid'] },
@@ -127,5 +130,6 @@ function parseRecord(text: string): DomainRunRecord | undefined {
     ...(checkpoint !== undefined ? { checkpoint } : {}),
     ...(scratchFiles !== undefined ? { scratchFiles } : {}),
     ...(nbdServer !== undefined ? { nbdServer } : {}),
+    ...(startedPaused ? { startedPaused } : {}),
   };
 }

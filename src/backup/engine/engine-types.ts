@@ -45,6 +45,13 @@ export interface BackupOptions {
    * the hypervisor's own file system.
    */
   destShared?: boolean;
+  /**
+   * A shut-off domain is read from its image files with qemu-nbd, read-only, running none
+   * of its code (the default, on this host only). `startPaused` starts it paused instead,
+   * backs it up as a running domain and stops it again: for a remote hypervisor, or disks
+   * that are not image files here.
+   */
+  startPaused?: boolean;
 }
 
 /** How a pull backup reads a remote hypervisor's disks. */

@@ -24,6 +24,8 @@ import { planLevel } from './level-plan.js';
 import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
 import { execute } from './execute.js';
 import { planRemoteRun } from './remote-export.js';
+import { offlineImages } from './offline-images.js';
+import { startPausedForRun, stopAfterRun } from './paused-start.js';
 
 export * from './engine-types.js';
 export { CHECKPOINT_PREFIX } from './run-context.js';
@@ -74,6 +76,10 @@ export interface InspectedDomain {
   remote: ExecuteContext['remote'];
   summary: DomainSummary;
   selection: ReturnType<typeof selectDisks>;
+  /** A shut-off domain read from these images; null when libvirt's job reads it. */
+  offline: ExecuteContext['offline'];
+  /** A shut-off domain started paused for the run, and stopped after it. */
+  startPaused: boolean;
 }
 
 /** The domain a run (or an estimate) would back up, checked, with the disks it would take. */
@@ -115,15 +121,50 @@ async function inspectDomain({ conn, options, requested, transport, emit }: RunS
     throw new BackupError('UNSUPPORTED', error instanceof Error ? error.message : String(error), { cause: error });
   }
   const remote = await planRemoteRun(await conn.getURI(), transport, options);
-  const { state } = await domain.getState();
-  if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
-    throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is not running (${DomainState[state] ?? state}); libvirt backs up running domains only`);
-  }
+  const whenShutOff = await shutOffHandling(domain, options, transport, remote !== null);
   if (requested === 'inc' || requested === 'diff') await assertSetExists(options.dest, requested);
   const summary = parseDomainXml(await domain.getXMLDesc());
   const selection = selectDisks(summary, options.disks);
   for (const skipped of selection.skipped) emit({ type: 'notice', message: `skipping ${skipped.target}: ${skipped.reason}` });
-  return { domain, remote, summary, selection };
+  const offline =
+    whenShutOff === 'read-images'
+      ? offlineImages(
+          summary,
+          selection.disks.map((disk) => disk.target),
+        )
+      : null;
+  return { domain, remote, summary, selection, offline, startPaused: whenShutOff === 'start-paused' };
+}
+
+/**
+ * A running (or paused) domain is backed up through libvirt's job; a shut-off one is read
+ * from its images here (`read-images`), or started paused for the run when asked.
+ */
+async function shutOffHandling(
+  domain: Domain,
+  options: BackupOptions,
+  transport: 'pull' | 'push',
+  remote: boolean,
+): Promise<'running' | 'read-images' | 'start-paused'> {
+  const { state } = await domain.getState();
+  if (state === DomainState.RUNNING || state === DomainState.PAUSED) return 'running';
+  if (await domain.isActive()) {
+    throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is ${DomainState[state] ?? state}; wait until it runs or is shut off`);
+  }
+  if (options.startPaused === true) return 'start-paused';
+  if (remote) {
+    throw new BackupError(
+      'DOMAIN_NOT_RUNNING',
+      `domain ${domain.name} is shut off on a remote hypervisor, whose images only a QEMU there can read: start it paused for the backup (--start-paused)`,
+    );
+  }
+  if (transport === 'push') {
+    throw new BackupError(
+      'INVALID_ARGUMENT',
+      `domain ${domain.name} is shut off: its images are read here (pull); a push backup needs libvirt's job, so start it paused for that (--start-paused)`,
+    );
+  }
+  return 'read-images';
 }
 
 /**
@@ -131,8 +172,9 @@ async function inspectDomain({ conn, options, requested, transport, emit }: RunS
  * domain that libvirt-backup started belongs to a run that is gone, and is cleaned up
  * before the set is opened and the level planned.
  */
-async function backUpUnderDomainLock(run: RunStart, { domain, remote, summary, selection }: InspectedDomain): Promise<BackupResult> {
-  const { conn, options, requested, transport, emit } = run;
+async function backUpUnderDomainLock(run: RunStart, inspected: InspectedDomain): Promise<BackupResult> {
+  const { conn, options, transport, emit } = run;
+  const { domain } = inspected;
   const runDir = await ensureRunDir();
   await sweepDeadSocketDirs(runDir);
   const domainLock = await DomainLock.acquire(runDir, { domain: { name: domain.name, uuid: domain.uuid }, set: resolve(options.dest), transport });
@@ -145,40 +187,60 @@ async function backUpUnderDomainLock(run: RunStart, { domain, remote, summary, s
       await domainLock.keepInterruptedForNextRun();
       throw error;
     }
-    const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
+    if (!inspected.startPaused) return await backUpIntoSet(run, inspected, runDir, domainLock);
+    await startPausedForRun(domain, domainLock, emit);
     try {
-      if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {
-        emit({ type: 'notice', message: `cleaned up after an interrupted run: removed ${set.recovery.removedFiles.join(', ')}` });
-      }
-      await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
-      const plan = await planLevel(set, requested, domain, selection.disks, emit, options.signal);
-      return await executeOrFallBackToFull(
-        {
-          conn,
-          domain,
-          summary,
-          set,
-          plan,
-          selection: selection.disks,
-          transport,
-          signal: options.signal,
-          emit,
-          started: run.started,
-          notices: run.notices,
-          concurrency: options.concurrency ?? 2,
-          runDir,
-          domainLock,
-          scratchDir: run.scratchDir,
-          hooks: options.hooks ?? {},
-          remote,
-        },
-        requested,
-      );
+      return await backUpIntoSet(run, inspected, runDir, domainLock);
     } finally {
-      await set.close();
+      await stopAfterRun(domain, emit);
     }
   } finally {
     await domainLock.release();
+  }
+}
+
+/** The set opened (or made), the level planned, and the run executed into it. */
+async function backUpIntoSet(
+  run: RunStart,
+  { domain, remote, summary, selection, offline }: InspectedDomain,
+  runDir: string,
+  domainLock: DomainLock,
+): Promise<BackupResult> {
+  const { conn, options, requested, transport, emit } = run;
+  const set = await BackupSet.openOrCreate(options.dest, { name: domain.name, uuid: domain.uuid, xml: summary.xml });
+  try {
+    if (set.recovery && (set.recovery.removedFiles?.length ?? 0) > 0) {
+      emit({ type: 'notice', message: `cleaned up after an interrupted run: removed ${set.recovery.removedFiles.join(', ')}` });
+    }
+    await deletePendingCheckpoints(set, domain, (message) => emit({ type: 'notice', message }));
+    const plan = await planLevel(set, requested, domain, selection.disks, emit, options.signal, offline === null ? {} : { offlineImages: offline });
+    if (offline !== null)
+      emit({ type: 'notice', message: `domain ${domain.name} is shut off: its images are read with qemu-nbd, read-only; none of its code runs` });
+    return await executeOrFallBackToFull(
+      {
+        conn,
+        domain,
+        summary,
+        set,
+        plan,
+        selection: selection.disks,
+        transport,
+        signal: options.signal,
+        emit,
+        started: run.started,
+        notices: run.notices,
+        concurrency: options.concurrency ?? 2,
+        runDir,
+        domainLock,
+        scratchDir: run.scratchDir,
+        hooks: options.hooks ?? {},
+        remote,
+        offline,
+      },
+      requested,
+    );
+  } finally {
+    await set.close();
   }
 }
 

@@ -1,6 +1,7 @@
 // What a backup would do, without doing it: the level it would take and, per disk, the
 // bytes it would copy. Nothing is created: no set, no lock, no job, no checkpoint.
-import { stat } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 
 import { connect } from '../../libvirt/connection.js';
@@ -9,7 +10,9 @@ import type { Domain } from '../../libvirt/domain.js';
 import { parseCheckpointXml, type DomainSummary } from '../../xml/index.js';
 import { qemuImgDataBytes } from '../qcow2/qemu-img.js';
 import { BackupSet } from '../set/backup-set.js';
-import type { BackupLevel } from '../set/manifest.js';
+import type { BackupLevel, BackupRecord } from '../set/manifest.js';
+import { DirtyBitmapFlags, NbdClient } from '../../nbd/index.js';
+import { checkpointBitmap, OfflineExports, type OfflineImage } from './offline-images.js';
 import { asDaemonLost } from './daemon-lost.js';
 import { checkRequestedLevel, inspectDomainForRun } from './engine.js';
 import { BackupError, type BackupEvent, type BackupOptions } from './engine-types.js';
@@ -69,17 +72,26 @@ export async function estimateBackup(options: BackupOptions): Promise<BackupEsti
   const ownConnection = options.connection === undefined;
   const conn = options.connection ?? (await connect(options.uri ?? 'qemu:///system'));
   try {
-    const { domain, remote, summary, selection } = await inspectDomainForRun(conn, options, requested, emit);
+    const { domain, remote, summary, selection, offline } = await inspectDomainForRun(conn, options, requested, emit);
     const set = await openSetIfAny(options.dest, domain);
     const plan: LevelPlan =
-      set === null ? noSetPlan(options.dest, requested) : await planLevel(set, requested, domain, selection.disks, emit, options.signal, { redefine: false });
+      set === null
+        ? noSetPlan(options.dest, requested)
+        : await planLevel(set, requested, domain, selection.disks, emit, options.signal, {
+            redefine: false,
+            ...(offline !== null ? { offlineImages: offline } : {}),
+          });
     const disks: DiskEstimate[] = [];
     for (const disk of selection.disks) {
       const inParent = plan.parent?.disks.some((d) => d.target === disk.target) ?? false;
       const level: BackupLevel = plan.level !== 'full' && disk.tracksChanges && inParent ? plan.level : 'full';
       const note = plan.level !== 'full' && level === 'full' ? `full copy (${disk.fullCopyReason ?? 'not in the parent backup'})` : undefined;
       const counted =
-        level === 'full' ? await allocatedData(summary, disk.target, remote !== null) : await changedSince(domain, plan.parent!.checkpoint!, disk.target);
+        level === 'full'
+          ? await allocatedData(summary, disk.target, remote !== null)
+          : offline !== null
+            ? await changedInImage(offline.get(disk.target)!, plan.parent!, disk.target, options.signal)
+            : await changedSince(domain, plan.parent!.checkpoint!, disk.target);
       disks.push({ target: disk.target, level, ...counted, ...(note !== undefined && counted.note === undefined ? { note } : {}) });
     }
     const unknown = disks.some((disk) => disk.bytes === null);
@@ -133,6 +145,38 @@ async function changedSince(domain: Domain, checkpointName: string, target: stri
   const size = disk !== undefined && 'size' in disk ? disk.size : undefined;
   if (size === undefined) return { bytes: null, basis: 'unknown', note: `libvirt reports no bitmap size for ${target} in checkpoint ${checkpointName}` };
   return { bytes: size, basis: 'changed-since-checkpoint' };
+}
+
+/** A shut-off domain's changes, counted from the checkpoint's bitmap in the image (libvirt counts only for a running domain). */
+async function changedInImage(
+  image: OfflineImage,
+  parent: BackupRecord,
+  target: string,
+  signal: AbortSignal | undefined,
+): Promise<Pick<DiskEstimate, 'bytes' | 'basis' | 'note'>> {
+  const socketDir = await mkdtemp(join(tmpdir(), 'lvb-estimate-'));
+  const bitmap = checkpointBitmap(parent, target);
+  const exports = await OfflineExports.start([{ target, level: 'inc', tracksChanges: true }], new Map([[target, image]]), parent, socketDir);
+  try {
+    const client = await NbdClient.connect({
+      path: exports.exportOf(target).path,
+      exportName: target,
+      metaContexts: [`qemu:dirty-bitmap:${bitmap}`],
+      ...(signal ? { signal } : {}),
+    });
+    try {
+      let bytes = 0;
+      for await (const extent of client.extents(`qemu:dirty-bitmap:${bitmap}`, undefined, signal ? { signal } : {})) {
+        if (extent.flags & DirtyBitmapFlags.DIRTY) bytes += extent.length;
+      }
+      return { bytes, basis: 'changed-since-checkpoint' };
+    } finally {
+      await client.close().catch(() => undefined);
+    }
+  } finally {
+    await exports.stop();
+    await rm(socketDir, { recursive: true, force: true });
+  }
 }
 
 /** What a full copies: the image chain's allocated, non-zero data, read on this host. */

@@ -22,7 +22,8 @@ import { SpaceGuard, type SpaceNeed } from './space-guard.js';
 import { recordVerifiedFiles } from '../set/verified-files.js';
 import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext } from './run-context.js';
 import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
-import { pullSpaceNeed, openExports, copyDisks } from './pull-transfer.js';
+import { pullSpaceNeed, openExports, openOfflineExports, copyDisks } from './pull-transfer.js';
+import { createOfflineCheckpoint, OfflineExports, removeOfflineCheckpoint } from './offline-images.js';
 import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
 import { daemonLost } from './daemon-lost.js';
 import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
@@ -54,6 +55,8 @@ class RunState {
   jobRunning = false;
   /** A remote pull job's export, once libvirt took a port for it. */
   exportAt: TcpExport | undefined;
+  /** A shut-off domain's images, exported by qemu-nbd. */
+  offlineExports: OfflineExports | undefined;
   /**
    * The job could not be ended, or its end not confirmed (libvirtd gone): QEMU may still
    * write the job's files, so they stay, recorded for the next run, which ends the job first.
@@ -85,6 +88,7 @@ export async function execute(context: ExecuteContext): Promise<BackupResult> {
     throw await failRun(context, layout, state, run, error);
   } finally {
     state.guard?.stop();
+    await state.offlineExports?.stop();
     context.conn.off('block-job', state.onBlockJob);
     if (layout.socketDir !== undefined) await rm(layout.socketDir, { recursive: true, force: true });
     // Scratch outside the set: the journal does not cover it, the domain lock's record does.
@@ -124,7 +128,8 @@ async function layOutRun(context: ExecuteContext): Promise<RunLayout> {
           : join(context.scratchDir, `.lvb-scratch-${domain.uuid}-${backupId}-${disk.target}.qcow2`),
     ]),
   );
-  const pull = transport === 'pull';
+  // A shut-off domain is read from its images: no job, so no copy-before-write scratch.
+  const pull = transport === 'pull' && context.offline === null;
   return {
     backupId,
     checkpointName: `${CHECKPOINT_PREFIX}${backupId}-${Date.now().toString(36)}`,
@@ -133,7 +138,7 @@ async function layOutRun(context: ExecuteContext): Promise<RunLayout> {
     scratchPaths,
     scratchInSet: pull && context.scratchDir === null && context.remote === null ? disks.map((disk) => scratchName(disk.target)) : [],
     scratchOutside: pull && context.scratchDir !== null ? [...scratchPaths.values()] : [],
-    socketDir: pull && context.remote === null ? await mkdtemp(socketDirPrefix(context.runDir)) : undefined,
+    socketDir: transport === 'pull' && context.remote === null ? await mkdtemp(socketDirPrefix(context.runDir)) : undefined,
   };
 }
 
@@ -169,6 +174,10 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
     reason: plan.reason,
     disks: layout.disks.map((d) => ({ target: d.target, level: d.level, virtualSize: d.virtualSize })),
   });
+  if (context.offline !== null) {
+    state.offlineExports = await OfflineExports.start(layout.disks, context.offline, plan.parent, layout.socketDir!);
+    return;
+  }
   try {
     if (context.remote !== null && transport === 'pull') {
       state.exportAt = await beginOnFreePort(
@@ -212,10 +221,12 @@ async function guardSpace(context: ExecuteContext, state: RunState, need: () => 
 async function pullData(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<void> {
   const { domain } = context;
   const endpoint = state.exportAt ?? { path: exportSocketToConnect(join(layout.socketDir!, 'export.sock')) };
+  const offline = state.offlineExports;
   try {
-    const opened = await openExports(context, layout.disks, endpoint, state.signal);
+    const opened =
+      offline === undefined ? await openExports(context, layout.disks, endpoint, state.signal) : await openOfflineExports(layout.disks, offline, state.signal);
     try {
-      await guardSpace(context, state, async () => pullSpaceNeed(domain, opened, context.remote === null));
+      await guardSpace(context, state, async () => pullSpaceNeed(domain, opened, context.remote === null && offline === undefined));
       await context.hooks.afterJobStart?.();
       await copyDisks(context, opened, state.signal);
     } finally {
@@ -225,6 +236,7 @@ async function pullData(context: ExecuteContext, layout: RunLayout, state: RunSt
     throw unreachableExportError(error, 'path' in endpoint ? endpoint.path : describeTcpExport(endpoint));
   }
   state.guard?.stop();
+  if (offline !== undefined) return;
   await domain.abortJob();
   await domain.waitForJob({ timeoutMs: 120_000 });
   state.jobRunning = false;
@@ -255,6 +267,9 @@ async function awaitPushedData(context: ExecuteContext, layout: RunLayout, state
 /** Writes the backup into the manifest: from here on it is part of the set. */
 async function commitRun(context: ExecuteContext, layout: RunLayout, state: RunState): Promise<BackupResult> {
   const { domain, set, plan, transport, signal, emit } = context;
+  if (context.offline !== null) {
+    await createOfflineCheckpoint(domain, context.offline, layout.disks, layout.checkpointName, set.latest()?.checkpoint ?? null);
+  }
   const checkpoint = await domain.lookupCheckpointByName(layout.checkpointName);
   const checkpointXml = await checkpoint.getXMLDesc();
   const records = await diskRecords(set, layout.disks, signal);
@@ -377,6 +392,10 @@ function reportedFailure(context: ExecuteContext, state: RunState, error: unknow
  * stopped, the daemon is gone), the set keeps its name for the next run.
  */
 async function forgetCheckpoint(context: ExecuteContext, name: string, backupId: string): Promise<void> {
+  if (context.offline !== null) {
+    await removeOfflineCheckpoint(context.domain, context.offline.values(), name);
+    return;
+  }
   try {
     await deleteCheckpointIfPresent(context.domain, name);
   } catch (error) {

@@ -12,6 +12,7 @@ import { BackupError, type BackupEvent } from './engine-types.js';
 import { errnoCode } from '../../common/fs-errors.js';
 import { parseManifest } from '../set/manifest.js';
 import { endPushJobLibvirtForgot } from './forgotten-push-job.js';
+import { stopDomainLeftPaused } from './paused-start.js';
 import { deleteCheckpointIfPresent } from './leftover-checkpoints.js';
 import { isSocketDirOfRunDir } from './run-dir.js';
 import { serverAddress } from './remote-export.js';
@@ -35,6 +36,8 @@ export async function endLeftoverJob(
   emit: (event: BackupEvent) => void,
   interrupted: DomainRunRecord | null = null,
 ): Promise<void> {
+  // A shut-off domain has no QEMU, so no job of any run.
+  if (!(await domain.isActive())) return;
   const job = await jobInfoUnlessUndescribable(domain);
   if (job === 'undescribable') {
     // Whatever the job was, it is not one libvirt can end: QEMU's side of ours is ended.
@@ -142,6 +145,7 @@ async function describeOurJob(spec: BackupSpec, runDir: string, interrupted: Dom
  */
 export async function cleanUpAfterInterruptedRun(domain: Domain, interrupted: DomainRunRecord | null, emit: (event: BackupEvent) => void): Promise<void> {
   if (interrupted === null) return;
+  await stopDomainLeftPaused(domain, interrupted, emit);
   if (interrupted.socketDir !== undefined) await rm(interrupted.socketDir, { recursive: true, force: true });
   for (const file of interrupted.scratchFiles ?? []) {
     await unlink(file).then(

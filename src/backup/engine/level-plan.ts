@@ -13,6 +13,7 @@ import { daemonLost } from './daemon-lost.js';
 import { findCheckpoint } from './leftover-checkpoints.js';
 import { assertChainChecksums } from '../set/verified-files.js';
 import { type LevelPlan } from './run-context.js';
+import { offlineBitmapsUsable, type OfflineImage } from './offline-images.js';
 
 export async function planLevel(
   set: BackupSet,
@@ -21,8 +22,12 @@ export async function planLevel(
   disks: readonly SelectedDisk[],
   emit: (event: BackupEvent) => void,
   signal: AbortSignal | undefined,
-  /** `redefine: false` (an estimate): a checkpoint libvirt lost is not redefined from the set's copy; the plan takes it as usable. */
-  options: { redefine?: boolean } = {},
+  /**
+   * `redefine: false` (an estimate): a checkpoint libvirt lost is not redefined from the
+   * set's copy; the plan takes it as usable. `offlineImages` (a shut-off domain): the
+   * bitmaps are looked for in these images, since no QEMU can be asked.
+   */
+  options: { redefine?: boolean; offlineImages?: Map<string, OfflineImage> } = {},
 ): Promise<LevelPlan> {
   if (requested === 'full') return { level: 'full', parent: null, reason: 'full backup requested' };
   const auto = requested === 'auto';
@@ -47,7 +52,7 @@ export async function planLevel(
   const usable =
     options.redefine === false && (await findCheckpoint(domain, parent.checkpoint ?? '')) === undefined && parent.checkpointXml !== null
       ? true
-      : await checkpointUsable(set, parent, domain, emit);
+      : await checkpointUsable(set, parent, domain, emit, disks, options.offlineImages);
   if (usable !== true) return refuse(usable);
   return {
     level: wanted,
@@ -61,7 +66,14 @@ export async function planLevel(
  * redefining it (and any older ones of the set) from the saved XML if libvirt lost
  * them; otherwise why not.
  */
-async function checkpointUsable(set: BackupSet, parent: BackupRecord, domain: Domain, emit: (event: BackupEvent) => void): Promise<true | string> {
+async function checkpointUsable(
+  set: BackupSet,
+  parent: BackupRecord,
+  domain: Domain,
+  emit: (event: BackupEvent) => void,
+  disks: readonly SelectedDisk[],
+  offline: Map<string, OfflineImage> | undefined,
+): Promise<true | string> {
   const name = parent.checkpoint;
   if (name === null) return `backup ${parent.id} has no checkpoint to start from`;
   let checkpoint: Checkpoint | undefined = await findCheckpoint(domain, name);
@@ -76,7 +88,9 @@ async function checkpointUsable(set: BackupSet, parent: BackupRecord, domain: Do
     }
     for (const record of missing) {
       try {
-        const redefined = await domain.createCheckpoint(record.checkpointXml!, CheckpointCreateFlags.REDEFINE | CheckpointCreateFlags.REDEFINE_VALIDATE);
+        // Validation asks QEMU about the bitmaps: a shut-off domain has none running.
+        const flags = CheckpointCreateFlags.REDEFINE | (offline === undefined ? CheckpointCreateFlags.REDEFINE_VALIDATE : 0);
+        const redefined = await domain.createCheckpoint(record.checkpointXml!, flags);
         if (record.id === parent.id) checkpoint = redefined;
         emit({ type: 'notice', message: `checkpoint ${record.checkpoint} was missing from libvirt; redefined it from the set's saved copy` });
       } catch (error) {
@@ -86,6 +100,7 @@ async function checkpointUsable(set: BackupSet, parent: BackupRecord, domain: Do
     }
     if (checkpoint === undefined) return `checkpoint ${name} could not be restored`;
   }
+  if (offline !== undefined) return offlineBitmapsUsable(offline, parent, disks);
   try {
     // Asking for bitmap sizes makes libvirt look at the bitmaps themselves.
     await checkpoint.getXMLDesc(CheckpointXMLFlags.SIZE | CheckpointXMLFlags.NO_DOMAIN);

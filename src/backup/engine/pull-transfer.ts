@@ -8,6 +8,7 @@ import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/
 import { writeQcow2 } from '../qcow2/qcow2-writer.js';
 import { type SpaceNeed } from './space-guard.js';
 import { type TcpExport } from './remote-export.js';
+import type { OfflineExports } from './offline-images.js';
 import { type DiskPlan, type ExecuteContext } from './run-context.js';
 
 const PROGRESS_INTERVAL_MS = 200;
@@ -72,6 +73,21 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], en
       } catch (error) {
         throw exportReadError(disk.target, error);
       }
+    }
+  } catch (error) {
+    await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+    throw error;
+  }
+  return opened;
+}
+
+/** A shut-off domain's disks, each exported by its own qemu-nbd. */
+export async function openOfflineExports(disks: DiskPlan[], exports: OfflineExports, signal: AbortSignal): Promise<OpenedExport[]> {
+  const opened: OpenedExport[] = [];
+  try {
+    for (const disk of disks) {
+      const { path, bitmap } = exports.exportOf(disk.target);
+      opened.push(await openExport(disk, { path }, { name: disk.target, ...(bitmap !== undefined ? { bitmap } : {}) }, signal));
     }
   } catch (error) {
     await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));

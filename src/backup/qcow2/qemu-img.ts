@@ -377,3 +377,30 @@ export async function qemuImgDataBytes(path: string, format: string, options: Qe
   const extents = await qemuImgMap(path, { ...options, format });
   return extents.filter((extent) => extent.data && !extent.zero).reduce((sum, extent) => sum + extent.length, 0);
 }
+
+/** A persistent dirty bitmap stored in a qcow2 image, as `qemu-img info` lists it. */
+export interface ImageBitmap {
+  name: string;
+  /** `auto`: recording (enabled); `in-use`: the image was not closed cleanly, so the bitmap is inconsistent. */
+  flags: string[];
+  granularity: number;
+}
+
+/** The persistent bitmaps of a qcow2 image (none for other formats). */
+export async function qemuImgBitmaps(path: string, options: QemuImgOptions = {}): Promise<ImageBitmap[]> {
+  const args = ['info', '--output=json', '-U', path];
+  const { stdout } = await run(args, options);
+  const info = parseJson(stdout, args) as { format?: string; 'format-specific'?: { data?: { bitmaps?: unknown } } };
+  const bitmaps = info['format-specific']?.data?.bitmaps;
+  if (!Array.isArray(bitmaps)) return [];
+  return bitmaps.map((raw: Record<string, unknown>) => ({
+    name: String(raw['name']),
+    flags: Array.isArray(raw['flags']) ? raw['flags'].map(String) : [],
+    granularity: Number(raw['granularity']),
+  }));
+}
+
+/** Adds (recording) or removes a persistent bitmap of a qcow2 image no process has open (`qemu-img bitmap`). */
+export async function qemuImgBitmap(path: string, action: 'add' | 'remove', name: string, options: QemuImgOptions = {}): Promise<void> {
+  await run(['bitmap', `--${action}`, '-f', 'qcow2', path, name], options);
+}

@@ -15,5 +15,6 @@ export function backupOptions(args: BackupArgs): Omit<BackupOptions, 'domain' | 
       ...(args.tlsDir !== undefined ? { tlsDir: args.tlsDir } : {}),
     },
     destShared: args.destShared,
+    ...(args.startPaused ? { startPaused: true } : {}),
   };
 }
