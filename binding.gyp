@@ -22,7 +22,8 @@
         "binding/typed_params.cc",
         "binding/file_lock.cc",
         "binding/file_writer.cc",
-        "binding/xxh128.cc"
+        "binding/xxh128.cc",
+        "binding/zstd_clusters.cc"
       ],
       "variables": {
         "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)",
@@ -40,13 +41,16 @@
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags": ["<!@(pkg-config --cflags libvirt libvirt-qemu)"],
-      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt libvirt-qemu)"],
+      "cflags": ["<!@(pkg-config --cflags libvirt libvirt-qemu libzstd)"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt libvirt-qemu libzstd)"],
       "libraries": ["<!@(pkg-config --libs libvirt libvirt-qemu)"],
       "conditions": [
         ["portable_binary==1", {
           "sources": ["binding/glibc_compat.cc"],
-          "ldflags": ["-static-libstdc++", "-Wl,--exclude-libs,ALL", "-Wl,--no-as-needed", "-l:libpthread.so.0", "-l:libdl.so.2", "-Wl,--as-needed"]
+          "ldflags": ["-static-libstdc++", "-Wl,--exclude-libs,ALL", "-Wl,--no-as-needed", "-l:libpthread.so.0", "-l:libdl.so.2", "-Wl,--as-needed"],
+          "libraries": ["-l:libzstd.a"]
+        }, {
+          "libraries": ["<!@(pkg-config --libs libzstd)"]
         }]
       ]
     }

@@ -22,6 +22,7 @@
 #include "stream.h"
 #include "typed_params.h"
 #include "xxh128.h"
+#include "zstd_clusters.h"
 
 namespace lvb {
 
@@ -135,6 +136,8 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setCallTuning", Napi::Function::New(env, SetCallTuningJS, "setCallTuning"));
   exports.Set("Xxh128", InitXxh128(env));
   exports.Set("FileWriter", InitFileWriter(env));
+  exports.Set("zstdCompressClusters", Napi::Function::New(env, ZstdCompressClusters, "zstdCompressClusters"));
+  exports.Set("zstdDecompressCluster", Napi::Function::New(env, ZstdDecompressCluster, "zstdDecompressCluster"));
   exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
   exports.Set("CallPolicyProbe", InitCallPolicyProbe(env));
   return exports;

@@ -134,10 +134,12 @@ class WriterWorker : public Napi::AsyncWorker {
 
 class WriteWorker final : public WriterWorker {
  public:
+  // `zeroes`: a hole of that many bytes, hashed as zeroes and never written (pieces empty).
   WriteWorker(Napi::Env env, Napi::Object owner, StatePtr state, off64_t position,
-              std::vector<Napi::ObjectReference> held, std::vector<iovec> pieces)
+              std::vector<Napi::ObjectReference> held, std::vector<iovec> pieces, off64_t zeroes = 0)
       : WriterWorker(env, owner, "FileWriter.write", std::move(state)),
         position_(position),
+        zeroes_(zeroes),
         held_(std::move(held)),
         pieces_(std::move(pieces)) {
     for (const iovec& piece : pieces_) length_ += static_cast<off64_t>(piece.iov_len);
@@ -156,6 +158,9 @@ class WriteWorker final : public WriterWorker {
       std::unique_lock<std::mutex> lock(state.hashMutex);
       state.hashTurn.wait(lock, [&] { return state.nextToHash == sequence_; });
       for (const iovec& piece : pieces_) state.hash.Update(piece.iov_base, piece.iov_len);
+      static const uint8_t kZeroes[65536] = {};
+      for (off64_t left = zeroes_; left > 0; left -= static_cast<off64_t>(sizeof kZeroes))
+        state.hash.Update(kZeroes, static_cast<size_t>(std::min<off64_t>(left, sizeof kZeroes)));
       state.nextToHash++;
     }
     state.hashTurn.notify_all();
@@ -219,6 +224,7 @@ class WriteWorker final : public WriterWorker {
 
   uint64_t sequence_ = 0;
   off64_t position_;
+  off64_t zeroes_;
   off64_t length_ = 0;
   std::vector<Napi::ObjectReference> held_;
   std::vector<iovec> pieces_;
@@ -312,6 +318,23 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
     return promise;  // NOLINT(clang-analyzer-cplusplus.NewDeleteLeaks): the worker is queued, not leaked
   }
 
+  // hashHole(length: number): Promise<void>: `length` zero bytes taken into the checksum
+  // in issue order, nothing written: a hole that the file's later writes leave behind.
+  Napi::Value HashHole(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    if (state_->digested) throw Napi::Error::New(env, "FileWriter: hashHole() after finish()");
+    if (info.Length() < 1 || !info[0].IsNumber()) ThrowTypeError(env, "The \"length\" argument must be a number");
+    double length = info[0].As<Napi::Number>().DoubleValue();
+    if (!(length >= 0) || length > 9007199254740991.0 || length != static_cast<double>(static_cast<int64_t>(length))) {
+      ThrowTypeError(env, "The \"length\" argument must be a non-negative integer");
+    }
+    auto* worker =
+        new WriteWorker(env, info.This().As<Napi::Object>(), state_, 0, {}, {}, static_cast<off64_t>(length));
+    Napi::Promise promise = worker->Promise();
+    worker->Queue();
+    return promise;  // NOLINT(clang-analyzer-cplusplus.NewDeleteLeaks): the worker is queued, not leaked
+  }
+
   // finish(): Promise<string>, once every write has settled: waits for the write-back,
   // fsyncs, and resolves with the XXH3-128 of all bytes written (32 hex digits).
   Napi::Value Finish(const Napi::CallbackInfo& info) {
@@ -332,11 +355,12 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
 }  // namespace
 
 Napi::Function InitFileWriter(Napi::Env env) {
-  return DefineCheckedClass<FileWriterWrap>(env,
-                                            {
-                                                MethodProperty<FileWriterWrap, &FileWriterWrap::Write>(env, "write"),
-                                                MethodProperty<FileWriterWrap, &FileWriterWrap::Finish>(env, "finish"),
-                                            });
+  return DefineCheckedClass<FileWriterWrap>(
+      env, {
+               MethodProperty<FileWriterWrap, &FileWriterWrap::Write>(env, "write"),
+               MethodProperty<FileWriterWrap, &FileWriterWrap::HashHole>(env, "hashHole"),
+               MethodProperty<FileWriterWrap, &FileWriterWrap::Finish>(env, "finish"),
+           });
 }
 
 }  // namespace lvb

@@ -15,10 +15,10 @@ if [ -n "$missing" ]; then
   {
     echo "libvirt-backup: no prebuilt binary matches this system (linux-$(uname -m), $libc), and building the addon from source needs:$missing."
     if [ "$libc" = musl ]; then
-      echo "  The prebuilt binaries are for glibc; on musl (Alpine) build from source: apk add build-base python3 pkgconf libvirt-dev xxhash-dev"
+      echo "  The prebuilt binaries are for glibc; on musl (Alpine) build from source: apk add build-base python3 pkgconf libvirt-dev xxhash-dev zstd-dev"
     else
-      echo "  Debian/Ubuntu: apt-get install g++ make python3 pkg-config libvirt-dev libxxhash-dev"
-      echo "  Fedora/RHEL:   dnf install gcc-c++ make python3 pkgconf-pkg-config libvirt-devel xxhash-devel"
+      echo "  Debian/Ubuntu: apt-get install g++ make python3 pkg-config libvirt-dev libxxhash-dev libzstd-dev"
+      echo "  Fedora/RHEL:   dnf install gcc-c++ make python3 pkgconf-pkg-config libvirt-devel xxhash-devel libzstd-devel"
     fi
     echo "  Then run the install again."
   } >&2

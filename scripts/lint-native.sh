@@ -26,7 +26,7 @@ flags=(
   -std=c++17 -x c++
   -I"$nodedir/include/node"
   -I"$(node -p "require('node-addon-api').include_dir")"
-  $(pkg-config --cflags libvirt libvirt-qemu)
+  $(pkg-config --cflags libvirt libvirt-qemu libzstd)
   -DNAPI_VERSION=8 -DNAPI_CPP_EXCEPTIONS -DNODE_ADDON_API_CPP_EXCEPTIONS_ALL
   -DNODE_ADDON_API_DISABLE_DEPRECATED -DNODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS
 )

@@ -209,6 +209,13 @@ export interface NativeAddon {
   Xxh128: new () => NativeXxh128;
   /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
   FileWriter: new (fd: number) => NativeFileWriter;
+  /**
+   * zstd frames of qcow2 clusters at `level`, compressed on the thread pool; null for a
+   * cluster whose frame would not be smaller than the cluster. See binding/zstd_clusters.h.
+   */
+  zstdCompressClusters(clusters: readonly Uint8Array[], level: number): Promise<Array<Buffer | null>>;
+  /** The cluster of `clusterSize` bytes a zstd frame (perhaps followed by other bytes) holds. */
+  zstdDecompressCluster(frame: Uint8Array, clusterSize: number): Promise<Buffer>;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
   tryLockFile(fd: number): boolean;
   /** Test hook: the call dispatcher's policy (binding/call_policy.h) on a clock the caller sets. */
@@ -237,6 +244,8 @@ export interface NativeCallTuning {
 export interface NativeFileWriter {
   /** pwritev of `buffers` at `position`; they must not change until the promise settles. */
   write(buffers: readonly Uint8Array[], position: number): Promise<void>;
+  /** `length` zero bytes taken into the checksum in issue order, nothing written: a hole later writes leave behind. */
+  hashHole(length: number): Promise<void>;
   /** After every write settled: waits for write-back, fsyncs, resolves with the XXH3-128 (32 hex digits). */
   finish(): Promise<string>;
 }
@@ -278,13 +287,13 @@ function missingAddonAdvice(): string {
   if (process.env.LIBC === 'musl' || header?.glibcVersionRuntime === undefined) {
     return (
       'the prebuilt binaries are for glibc, and this Node runs on another C library (musl?); ' +
-      'build the addon from source: install libvirt-dev, xxhash-dev, pkgconf, python3 and a C++ toolchain ' +
-      '(Alpine: apk add libvirt-dev xxhash-dev pkgconf python3 build-base) and run `npm rebuild libvirt-backup`.'
+      'build the addon from source: install libvirt-dev, xxhash-dev, zstd-dev, pkgconf, python3 and a C++ toolchain ' +
+      '(Alpine: apk add libvirt-dev xxhash-dev zstd-dev pkgconf python3 build-base) and run `npm rebuild libvirt-backup`.'
     );
   }
   return (
     `no prebuilt binary loads on linux-${process.arch} and the addon was not built from source. ` +
-    'Install libvirt development files and a compiler (Debian: apt-get install libvirt-dev libxxhash-dev pkg-config g++ make python3), ' +
+    'Install libvirt development files and a compiler (Debian: apt-get install libvirt-dev libxxhash-dev libzstd-dev pkg-config g++ make python3), ' +
     'allow the package its install script (npm >= 11: npm install-scripts approve libvirt-backup) and run `npm rebuild libvirt-backup`.'
   );
 }
@@ -327,6 +336,8 @@ export const NATIVE_SURFACE = {
     Stream: true,
     Xxh128: true,
     FileWriter: true,
+    zstdCompressClusters: true,
+    zstdDecompressCluster: true,
     tryLockFile: true,
     CallPolicyProbe: true,
   } satisfies Record<keyof NativeAddon, true>,
@@ -423,7 +434,7 @@ export const NATIVE_SURFACE = {
   } satisfies Record<keyof NativeStorageVolume, true>,
   Stream: { send: true, sendHole: true, recv: true, finish: true, abort: true } satisfies Record<keyof NativeStream, true>,
   Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
-  FileWriter: { write: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
+  FileWriter: { write: true, hashHole: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
   CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<keyof NativeCallPolicyProbe, true>,
 };
 

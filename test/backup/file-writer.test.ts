@@ -47,6 +47,23 @@ test('160 MiB in 8 MiB writes: intact on disk, checksum as xxhsum, evicted from 
   t.true((await readFile(path)).equals(Buffer.concat(blocks)));
 });
 
+test('a hole between writes is hashed as zeroes and left unwritten: the checksum is xxhsum of the sparse file', async (t) => {
+  const path = await tempFile(t, 'holed');
+  const file = await open(path, 'wx');
+  t.teardown(() => file.close());
+  const writer = new addon.FileWriter(file.fd);
+  const head = randomBytes(MiB);
+  const tail = randomBytes(MiB);
+  const writes = [writer.write([head], 0), writer.hashHole(64 * MiB + 512), writer.write([tail], 65 * MiB + 512)];
+  await Promise.all(writes);
+  const digest = await writer.finish();
+  t.is(digest, await xxhsum(path));
+  const size = await file.stat();
+  t.is(size.size, 66 * MiB + 512);
+  t.true(size.blocks * 512 < 4 * MiB, `${size.blocks * 512} bytes allocated`);
+  t.throws(() => writer.hashHole(1), { message: /hashHole\(\) after finish\(\)/ });
+});
+
 test('many small concurrent writes: the checksum follows issue order, not completion order', async (t) => {
   const path = await tempFile(t, 'small');
   const file = await open(path, 'wx');

@@ -72,20 +72,24 @@ test('v3: data, zero clusters with and without an offset, discarded and unalloca
   await assertRestoresLikeQemu(t, [preallocated], await tempDir(t, 'reader-'));
 });
 
-test('compressed clusters (qemu-img convert -c) at 512 B, 4 KiB, 64 KiB and 2 MiB clusters', async (t) => {
+test('compressed clusters (qemu-img convert -c), zlib and zstd, at 512 B, 4 KiB, 64 KiB and 2 MiB clusters', async (t) => {
   const dir = await tempDir(t, 'reader-');
   const source = join(dir, 'source.raw');
   // Compressible text, incompressible noise, and zeroes.
   const text = Buffer.from('the quick brown fox jumps over the lazy dog. '.repeat(30_000));
   await writeFile(source, Buffer.concat([text, randomBytes(MiB + 777), Buffer.alloc(MiB), text.subarray(0, 300_000)]));
   await qemuImg('resize', '-f', 'raw', source, String(6 * MiB));
-  for (const clusterSize of [512, 4 * KiB, 64 * KiB, 2 * MiB]) {
-    const here = await tempDir(t, 'reader-');
-    const compressed = join(here, `compressed-${clusterSize}.qcow2`);
-    await qemuImg('convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', `cluster_size=${clusterSize}`, source, compressed);
-    const image = await readImage(compressed);
-    t.true(kindsOf(image).has(EXTENT_COMPRESSED), `${clusterSize}: compressed clusters present`);
-    await assertRestoresLikeQemu(t, [compressed], here);
+  for (const compressionType of ['zlib', 'zstd'] as const) {
+    for (const clusterSize of [512, 4 * KiB, 64 * KiB, 2 * MiB]) {
+      const here = await tempDir(t, 'reader-');
+      const compressed = join(here, `compressed-${compressionType}-${clusterSize}.qcow2`);
+      const options = `cluster_size=${clusterSize},compression_type=${compressionType}`;
+      await qemuImg('convert', '-c', '-f', 'raw', '-O', 'qcow2', '-o', options, source, compressed);
+      const image = await readImage(compressed);
+      t.is(image.header.compression, compressionType);
+      t.true(kindsOf(image).has(EXTENT_COMPRESSED), `${options}: compressed clusters present`);
+      await assertRestoresLikeQemu(t, [compressed], here);
+    }
   }
   // Compressed writes into an overlay, over a base.
   const base = join(dir, 'base.qcow2');
@@ -184,7 +188,11 @@ test('refuses what it does not read, naming the feature', async (t) => {
     return path;
   };
   const cases: Array<[string, Promise<string>, RegExp]> = [
-    ['zstd', made('zstd.qcow2', { compression_type: 'zstd' }), /compressed clusters use zstd \(incompatible feature "compression type"\)/],
+    [
+      'compression type 2',
+      made('zstd.qcow2', { compression_type: 'zstd' }).then((path) => patched(path, join(dir, 'type2.qcow2'), [{ at: 104, bytes: [2] }])),
+      /compressed clusters use compression type 2 \(incompatible feature "compression type"\)/,
+    ],
     ['extended L2', made('extended.qcow2', { extended_l2: 'on' }), /extended L2 entries/],
     ['external data file', made('external.qcow2', { data_file: join(dir, 'external.raw') }), /external data file/],
     [

@@ -5,6 +5,7 @@
 // for reads as zeroes. A backing file smaller than its overlay reads as zeroes past its
 // end, as QEMU reads it, whatever the layers below it hold there.
 import { CLUSTER_SIZE as OUTPUT_CLUSTER_SIZE, type ClusterRun } from './qcow2-layout.js';
+import type { ClusterCompression } from './cluster-compression.js';
 import { EXTENT_COMPRESSED, EXTENT_DATA, EXTENT_ZERO, type Qcow2Image } from './qcow2-reader.js';
 
 /** Sorted, disjoint `[start, end)` ranges; appending a range that touches the last one extends it. */
@@ -61,6 +62,8 @@ export interface FileCopyPieces {
   chunkBytes: number;
   chunkCount: number;
   clusterSize: number;
+  /** How the file's compressed clusters are compressed. */
+  compression: ClusterCompression;
   data: {
     /** Pieces of chunk k are indexes `bucketStart[k]` to `bucketStart[k + 1]`. */
     bucketStart: Uint32Array;
@@ -317,5 +320,5 @@ function bucketByChunk(won: Winners, image: Qcow2Image, chunkBytes: number): Fil
       });
     }
   }
-  return { chunkBytes, chunkCount, clusterSize, data, compressed, dataBytes };
+  return { chunkBytes, chunkCount, clusterSize, compression: image.header.compression, data, compressed, dataBytes };
 }

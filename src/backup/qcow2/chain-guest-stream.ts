@@ -9,6 +9,7 @@ import type { GuestOrderPlan } from './chain-copy-plan.js';
 import { createChecksum, type Checksum, type ChecksumAlgorithm } from '../checksum.js';
 import { BackupSetError, throwIfAborted } from '../errors.js';
 import { inflateCluster } from './qcow2-reader.js';
+import type { ClusterCompression } from './cluster-compression.js';
 
 /** A run of the disk: bytes that some file provides, or a range that reads as zeroes. */
 export type GuestRun = { kind: 'data'; offset: number; data: Buffer } | { kind: 'zero'; offset: number; length: number };
@@ -19,6 +20,8 @@ export interface GuestStreamFile {
   algorithm: ChecksumAlgorithm;
   /** The image's cluster size: what a compressed cluster inflates to. */
   clusterSize: number;
+  /** How its compressed clusters are compressed (default zlib). */
+  compression?: ClusterCompression;
   /** Name in messages. */
   name: string;
 }
@@ -196,6 +199,7 @@ export class ChainGuestStream {
             stream,
             file.clusterSize,
             () => `${file.name}: compressed cluster at ${plan.hostOffset[index]!} (guest offset ${guest})`,
+            file.compression,
           );
           sourceAt = plan.skip[index]!;
         }

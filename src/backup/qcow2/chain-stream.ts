@@ -220,12 +220,15 @@ async function writeCompressedPieces(
     const guest = guestOffset[index]!;
     const from = skip[index]!;
     const bytes = length[index]!;
-    const task = inflateCluster(stream, pieces.clusterSize, () => `${name}: compressed cluster at ${start} (guest offset ${guest - from})`).then(
-      async (inflated) => {
-        await writes.roomFor(bytes);
-        writes.track(output.write([inflated.subarray(from, from + bytes)], guest), () => undefined, bytes);
-      },
-    );
+    const task = inflateCluster(
+      stream,
+      pieces.clusterSize,
+      () => `${name}: compressed cluster at ${start} (guest offset ${guest - from})`,
+      pieces.compression,
+    ).then(async (inflated) => {
+      await writes.roomFor(bytes);
+      writes.track(output.write([inflated.subarray(from, from + bytes)], guest), () => undefined, bytes);
+    });
     const settled = task.then(
       () => void inflating.delete(settled),
       (error: unknown) => {

@@ -16,12 +16,15 @@
 
 export const CLUSTER_BITS = 16;
 export const CLUSTER_SIZE = 1 << CLUSTER_BITS;
-const L2_ENTRIES = CLUSTER_SIZE / 8;
+export const L2_ENTRIES = CLUSTER_SIZE / 8;
 const REFCOUNT_ORDER = 4; // 16-bit refcounts, QEMU's default
-const REFCOUNTS_PER_BLOCK = (CLUSTER_SIZE * 8) / (1 << REFCOUNT_ORDER);
+export const REFCOUNTS_PER_BLOCK = (CLUSTER_SIZE * 8) / (1 << REFCOUNT_ORDER);
 const HEADER_LENGTH = 104;
+/** With the compression_type byte (and padding to 8 bytes). */
+const HEADER_LENGTH_WITH_COMPRESSION_TYPE = 112;
+const INCOMPATIBLE_COMPRESSION_TYPE = 1n << 3n;
 const BACKING_FORMAT_EXTENSION = 0xe2792aca;
-const COPIED = 1n << 63n;
+export const COPIED = 1n << 63n;
 /** qemu counts a qcow2 image's size in 512-byte sectors. */
 const SECTOR_SIZE = 512;
 /** qemu opens L1 tables of up to 32 MiB (QCOW_MAX_L1_SIZE): 2^22 entries, each mapping one L2 table. */
@@ -96,7 +99,7 @@ export function clusterRuns(ranges: Iterable<{ offset: number; length: number }>
   return runs;
 }
 
-function checkInput(input: Qcow2LayoutInput): void {
+export function checkInput(input: Qcow2LayoutInput): void {
   const { virtualSize, runs, backingFile, backingFormat } = input;
   if (!Number.isSafeInteger(virtualSize) || virtualSize < 0 || virtualSize > MAX_VIRTUAL_SIZE) {
     throw new RangeError(`virtual size ${virtualSize} must be a whole number of bytes from 0 to ${MAX_VIRTUAL_SIZE}`);
@@ -187,16 +190,8 @@ export function planQcow2(input: Qcow2LayoutInput): Qcow2Layout {
 /** The metadata clusters, in file order, generated one at a time (bounded memory). */
 export function* metadataClusters(layout: Qcow2Layout): Generator<Buffer> {
   yield headerCluster(layout);
-
-  const l1 = Buffer.alloc(layout.l1Clusters * CLUSTER_SIZE);
-  layout.l2Indexes.forEach((index, n) => l1.writeBigUInt64BE(BigInt(layout.l2Offset + n * CLUSTER_SIZE) | COPIED, index * 8));
-  yield l1;
-
-  const table = Buffer.alloc(layout.refcountTableClusters * CLUSTER_SIZE);
-  for (let block = 0; block < layout.refcountBlocks; block++) {
-    table.writeBigUInt64BE(BigInt(layout.refcountBlocksOffset + block * CLUSTER_SIZE), block * 8);
-  }
-  yield table;
+  yield l1Table(layout);
+  yield refcountTable(layout);
 
   for (let block = 0; block < layout.refcountBlocks; block++) {
     const refcounts = Buffer.alloc(CLUSTER_SIZE);
@@ -229,7 +224,27 @@ export function* metadataClusters(layout: Qcow2Layout): Generator<Buffer> {
   }
 }
 
-function headerCluster(layout: Qcow2Layout): Buffer {
+/** The L1 table: one entry per L2 table, each at `layout.l2Offset` onwards in order. */
+export function l1Table(layout: Qcow2Layout): Buffer {
+  const l1 = Buffer.alloc(layout.l1Clusters * CLUSTER_SIZE);
+  layout.l2Indexes.forEach((index, n) => l1.writeBigUInt64BE(BigInt(layout.l2Offset + n * CLUSTER_SIZE) | COPIED, index * 8));
+  return l1;
+}
+
+/** The refcount table: the refcount blocks lie one after the other from `layout.refcountBlocksOffset`. */
+export function refcountTable(layout: Qcow2Layout): Buffer {
+  const table = Buffer.alloc(layout.refcountTableClusters * CLUSTER_SIZE);
+  for (let block = 0; block < layout.refcountBlocks; block++) {
+    table.writeBigUInt64BE(BigInt(layout.refcountBlocksOffset + block * CLUSTER_SIZE), block * 8);
+  }
+  return table;
+}
+
+/**
+ * The header cluster. `compressionType` other than 0 (zlib) is written to the
+ * compression_type field, with the incompatible feature bit that tells readers to look.
+ */
+export function headerCluster(layout: Qcow2Layout, compressionType = 0): Buffer {
   const header = Buffer.alloc(CLUSTER_SIZE);
   const { backingFile, backingFormat } = layout.input;
   header.writeUInt32BE(0x514649fb, 0); // "QFI\xfb"
@@ -242,8 +257,13 @@ function headerCluster(layout: Qcow2Layout): Buffer {
   header.writeBigUInt64BE(BigInt(layout.refcountTableOffset), 48);
   header.writeUInt32BE(layout.refcountTableClusters, 56);
   header.writeUInt32BE(REFCOUNT_ORDER, 96);
-  header.writeUInt32BE(HEADER_LENGTH, 100);
   let at = HEADER_LENGTH;
+  if (compressionType !== 0) {
+    header.writeBigUInt64BE(INCOMPATIBLE_COMPRESSION_TYPE, 72);
+    header.writeUInt8(compressionType, HEADER_LENGTH);
+    at = HEADER_LENGTH_WITH_COMPRESSION_TYPE;
+  }
+  header.writeUInt32BE(at, 100);
   if (backingFile !== undefined && backingFormat !== undefined) {
     const format = Buffer.from(backingFormat, 'utf8');
     header.writeUInt32BE(BACKING_FORMAT_EXTENSION, at);

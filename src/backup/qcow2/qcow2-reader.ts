@@ -6,9 +6,9 @@
 // size and the specification before it is used: a damaged or hostile file ends in a
 // BackupSetError, CHAIN_BROKEN when it is malformed, IMAGE_UNSUPPORTED when it is
 // valid qcow2 using something this reader does not do.
-import { inflateRaw, constants as zlibConstants } from 'node:zlib';
 import type { FileHandle } from 'node:fs/promises';
 import { BackupSetError, throwIfAborted } from '../errors.js';
+import { decompressCluster, type ClusterCompression } from './cluster-compression.js';
 
 /** Positioned reads of a file of known size. */
 export interface ByteSource {
@@ -50,6 +50,8 @@ export interface Qcow2Header {
   /** As stored in the header (relative names stay relative), or null. */
   backingFile: string | null;
   backingFormat: string | null;
+  /** How compressed clusters are compressed (qcow2's compression_type; zlib when the header has none). */
+  compression: ClusterCompression;
 }
 
 export const EXTENT_DATA = 0;
@@ -137,7 +139,7 @@ const AUTOCLEAR_RAW_EXTERNAL_DATA = 1n << 1n;
 /** QEMU's limit on the refcount table. */
 const MAX_REFCOUNT_TABLE_BYTES = 8 * 2 ** 20;
 
-const COMPRESSION_TYPES: Record<number, string> = { 0: 'zlib', 1: 'zstd' };
+const COMPRESSION_TYPES: Record<number, ClusterCompression> = { 0: 'zlib', 1: 'zstd' };
 
 const TWO_32 = 2 ** 32;
 
@@ -220,7 +222,17 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   const l1Offset = readL1Offset(fixed, l1Entries, sizeField, clusterSize, fileSize, name);
 
   return {
-    header: { version, clusterBits, clusterSize, virtualSize, l1Entries, l1Offset, backingFile, backingFormat },
+    header: {
+      version,
+      clusterBits,
+      clusterSize,
+      virtualSize,
+      l1Entries,
+      l1Offset,
+      backingFile,
+      backingFormat,
+      compression: COMPRESSION_TYPES[compressionType] ?? 'zlib',
+    },
     incompatible,
     cryptMethod,
     compressionType,
@@ -322,12 +334,12 @@ function assertSupported(fields: HeaderFields, name: string): void {
   if (has(INCOMPATIBLE_EXTENDED_L2)) throw unsupported(name, 'the image uses extended L2 entries (incompatible feature "extended L2", subclusters)');
   if (has(INCOMPATIBLE_COMPRESSION_TYPE)) {
     if (compressionType === 0) throw malformed(name, 'the compression type feature bit is set but compression_type is 0 (zlib)');
-    throw unsupported(
-      name,
-      `compressed clusters use ${COMPRESSION_TYPES[compressionType] ?? `compression type ${compressionType}`} (incompatible feature "compression type"); only zlib is supported`,
-    );
-  }
-  if (compressionType !== 0) throw malformed(name, `compression_type is ${compressionType} but the compression type feature bit is clear`);
+    if (COMPRESSION_TYPES[compressionType] === undefined)
+      throw unsupported(
+        name,
+        `compressed clusters use compression type ${compressionType} (incompatible feature "compression type"); only zlib and zstd are supported`,
+      );
+  } else if (compressionType !== 0) throw malformed(name, `compression_type is ${compressionType} but the compression type feature bit is clear`);
   const unknown: string[] = [];
   for (let bit = 5; bit < 64; bit++) {
     if (has(bit)) unknown.push(featureNames.has(bit) ? `"${featureNames.get(bit)}" (bit ${bit})` : `bit ${bit}`);
@@ -416,24 +428,22 @@ export async function readQcow2Image(source: ByteSource, name: string, options: 
 }
 
 /**
- * Inflates one compressed cluster (raw deflate, as QEMU writes it). The stream may end
- * without its final block marker or be followed by the next cluster's bytes; it must
- * produce exactly one cluster.
+ * Inflates one compressed cluster (raw deflate or a zstd frame, as QEMU writes them).
+ * A deflate stream may end without its final block marker; either may be followed by
+ * the next cluster's bytes; it must produce exactly one cluster.
  */
-export async function inflateCluster(compressed: Buffer, clusterSize: number, describe: () => string): Promise<Buffer> {
-  const inflated = await new Promise<Buffer>((resolve, reject) => {
-    inflateRaw(compressed, { finishFlush: zlibConstants.Z_SYNC_FLUSH, maxOutputLength: clusterSize }, (error, result) => {
-      if (error) reject(error);
-      else resolve(result);
+export async function inflateCluster(
+  compressed: Buffer,
+  clusterSize: number,
+  describe: () => string,
+  compression: ClusterCompression = 'zlib',
+): Promise<Buffer> {
+  try {
+    return await decompressCluster(compression, compressed, clusterSize);
+  } catch (error) {
+    const kind = compression === 'zlib' ? 'deflate stream' : 'zstd frame';
+    throw new BackupSetError('CHAIN_BROKEN', `${describe()} is not a valid ${kind} of one cluster: ${error instanceof Error ? error.message : String(error)}`, {
+      cause: error,
     });
-  }).catch((error: unknown) => {
-    throw new BackupSetError(
-      'CHAIN_BROKEN',
-      `${describe()} is not a valid deflate stream of one cluster: ${error instanceof Error ? error.message : String(error)}`,
-      { cause: error },
-    );
-  });
-  if (inflated.length !== clusterSize)
-    throw new BackupSetError('CHAIN_BROKEN', `${describe()} inflates to ${inflated.length} bytes, not one cluster of ${clusterSize}`);
-  return inflated;
+  }
 }

@@ -7,7 +7,21 @@ import { open, type FileHandle } from 'node:fs/promises';
 
 import type { ReadChunk } from '../../nbd/index.js';
 import { nativeAddon, type NativeFileWriter } from '../../libvirt/native.js';
-import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2Layout, type Qcow2LayoutInput } from './qcow2-layout.js';
+import { BatchedWrites, FLUSH_BYTES, WRITES_IN_FLIGHT } from './batched-writes.js';
+import { COMPRESSION_TYPE_CODES, type ClusterCompression } from './cluster-compression.js';
+import { planCompressedQcow2 } from './compressed-layout.js';
+import { appendCompressedData } from './compressed-writer.js';
+import {
+  CLUSTER_SIZE,
+  headerCluster,
+  l1Table,
+  metadataClusters,
+  planQcow2,
+  refcountTable,
+  type ClusterRun,
+  type Qcow2Layout,
+  type Qcow2LayoutInput,
+} from './qcow2-layout.js';
 
 export interface Qcow2WriteResult {
   fileSize: number;
@@ -15,11 +29,16 @@ export interface Qcow2WriteResult {
   checksum: string;
   /** Guest bytes that came from the export as data (not holes, not padding). */
   dataBytes: number;
+  /** Bytes the file holds: `fileSize` less the hole a compressed image leaves unwritten. */
+  storedBytes: number;
 }
 
-const ZEROES = Buffer.alloc(CLUSTER_SIZE * 16);
-const FLUSH_BYTES = 8 * 2 ** 20;
-const WRITES_IN_FLIGHT = 4;
+export interface Qcow2WriteOptions {
+  signal?: AbortSignal;
+  onProgress?: (guestOffset: number) => void;
+  /** Store the clusters compressed (those that shrink); see compressed-layout.ts. */
+  compression?: ClusterCompression;
+}
 
 /**
  * Writes `path` (which must not exist) holding the clusters `input.runs`, filled
@@ -31,9 +50,10 @@ export async function writeQcow2(
   path: string,
   input: Qcow2LayoutInput,
   chunks: AsyncIterable<ReadChunk>,
-  options: { signal?: AbortSignal; onProgress?: (guestOffset: number) => void } = {},
+  options: Qcow2WriteOptions = {},
 ): Promise<Qcow2WriteResult> {
-  const layout = planQcow2(input);
+  const { compression } = options;
+  const layout = compression ? planCompressedQcow2(input) : planQcow2(input);
   // A backup file is a copy of a VM's disk: private whatever the umask.
   const file = await open(path, 'wx', 0o600);
   await file.chmod(0o600).catch(async (error: unknown) => {
@@ -42,93 +62,24 @@ export async function writeQcow2(
   });
   const output = new BatchedWrites(new (nativeAddon().FileWriter)(file.fd), path);
   try {
-    for (const cluster of metadataClusters(layout)) await output.append(cluster);
-    const dataBytes = await appendStoredClusters(output, input.runs, chunks, options);
+    let dataBytes: number;
+    let storedBytes: number;
+    if (compression) {
+      for (const cluster of [headerCluster(layout, COMPRESSION_TYPE_CODES[compression]), l1Table(layout), refcountTable(layout)]) await output.append(cluster);
+      ({ dataBytes, storedBytes } = await appendCompressedData(output, layout, compression, chunks, options));
+    } else {
+      for (const cluster of metadataClusters(layout)) await output.append(cluster);
+      dataBytes = await appendStoredClusters(output, input.runs, chunks, options);
+      storedBytes = layout.fileSize;
+    }
     await output.drain();
     if (output.appended !== layout.fileSize) throw new Error(`wrote ${output.appended} bytes, the layout needs ${layout.fileSize}`);
     const checksum = `xxh128:${await output.finish()}`;
-    return { fileSize: output.appended, checksum, dataBytes };
+    // The hole at the end of a compressed image's data lies before its last writes: the file has its full size.
+    return { fileSize: output.appended, checksum, dataBytes, storedBytes };
   } finally {
     await output.settle();
     await file.close();
-  }
-}
-
-/**
- * The file's bytes in order, gathered into batches of FLUSH_BYTES that the native
- * writer lands a few at a time on the thread pool (positioned writes).
- */
-class BatchedWrites {
-  /** Bytes handed to append() so far: the file's size once all have landed. */
-  appended = 0;
-  #pending: Buffer[] = [];
-  #pendingBytes = 0;
-  // Receive memory of the pending pieces, given back once their write has landed.
-  #pendingReleases: Array<() => void> = [];
-  readonly #inFlight: Array<Promise<unknown>> = [];
-  #issued = 0;
-  // Writes finish in any order, but a chunk split over two batches is released with the
-  // later one: releases wait for every earlier batch, or the earlier part of the chunk
-  // could still be on its way to the file when its memory is reused.
-  #earlierWritten: Promise<unknown> = Promise.resolve();
-
-  constructor(
-    readonly writer: NativeFileWriter,
-    readonly path: string,
-  ) {}
-
-  async append(bytes: Buffer): Promise<void> {
-    this.#pending.push(bytes);
-    this.#pendingBytes += bytes.length;
-    this.appended += bytes.length;
-    if (this.#pendingBytes >= FLUSH_BYTES) await this.#flush();
-  }
-
-  async appendZeroes(length: number): Promise<void> {
-    for (let left = length; left > 0; left -= ZEROES.length) await this.append(ZEROES.subarray(0, Math.min(left, ZEROES.length)));
-  }
-
-  /** `release` runs once everything appended so far has landed. */
-  releaseAfterWrite(release: () => void): void {
-    this.#pendingReleases.push(release);
-  }
-
-  /** Every byte appended so far is written. */
-  async drain(): Promise<void> {
-    await this.#flush();
-    while (this.#inFlight.length > 0) await this.#inFlight.shift();
-  }
-
-  /** Waits for the writes still running, whatever their outcome (before the file is closed). */
-  async settle(): Promise<void> {
-    await Promise.allSettled(this.#inFlight);
-  }
-
-  /** The XXH3-128 of all bytes written, after the file's data is synced. */
-  finish(): Promise<string> {
-    return this.writer.finish();
-  }
-
-  async #flush(): Promise<void> {
-    if (this.#pendingBytes === 0) return;
-    const pieces = this.#pending;
-    const releases = this.#pendingReleases;
-    const position = this.#issued;
-    const length = this.#pendingBytes;
-    this.#issued += length;
-    this.#pending = [];
-    this.#pendingBytes = 0;
-    this.#pendingReleases = [];
-    const written = this.writer.write(pieces, position).catch((error: NodeJS.ErrnoException) => {
-      throw Object.assign(new Error(`writing ${length} bytes at ${position} of ${this.path}: ${error.message}`, { cause: error }), { code: error.code });
-    });
-    const done = Promise.all([written, this.#earlierWritten]).then(() => {
-      for (const release of releases) release();
-    });
-    this.#earlierWritten = done;
-    done.catch(() => undefined);
-    this.#inFlight.push(done);
-    while (this.#inFlight.length > WRITES_IN_FLIGHT) await this.#inFlight.shift();
   }
 }
 

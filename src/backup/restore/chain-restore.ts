@@ -252,6 +252,7 @@ export class OpenedChain {
         size: this.sizes[index]!,
         algorithm: checksumAlgorithm(file.checksum),
         clusterSize: this.images[index]!.header.clusterSize,
+        compression: this.images[index]!.header.compression,
         name: file.name,
       })),
       {
