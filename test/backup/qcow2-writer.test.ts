@@ -1,7 +1,6 @@
 // Our one-pass qcow2 writer, judged by qemu-img: `check` finds nothing wrong and
 // `compare` sees the guest data of the source, full and on top of a backing file.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -11,23 +10,11 @@ import { clusterRuns, planQcow2, CLUSTER_SIZE } from '../../src/backup/qcow2/qco
 import { writeQcow2 } from '../../src/backup/qcow2/qcow2-writer.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { run } from '../helpers/process.js';
+import { startQemuNbd } from '../nbd/helpers.js';
 
 async function serve(t: ExecutionContext, image: string, dir: string, name: string): Promise<NbdClient> {
   const socket = join(dir, `${name}.sock`);
-  const child: ChildProcess = spawn('qemu-nbd', ['-r', '-f', 'qcow2', '-k', socket, '--persistent', '--shared=4', image], { stdio: 'ignore' });
-  t.teardown(() => {
-    child.kill('SIGKILL');
-  });
-  for (let i = 0; i < 400; i++) {
-    if (
-      await stat(socket).then(
-        (s) => s.isSocket(),
-        () => false,
-      )
-    )
-      break;
-    await new Promise((resolve) => setTimeout(resolve, 10));
-  }
+  await startQemuNbd(t, { path: socket }, ['-r', '-f', 'qcow2', image]);
   const client = await NbdClient.connect({ path: socket, exportName: '', metaContexts: ['base:allocation'] });
   t.teardown(() => client.close());
   return client;

@@ -236,7 +236,8 @@ async function pullData(context: ExecuteContext, layout: RunLayout, state: RunSt
     throw unreachableExportError(error, 'path' in endpoint ? endpoint.path : describeTcpExport(endpoint));
   }
   state.guard?.stop();
-  if (offline !== undefined) return;
+  // The images must be free before the run's checkpoint adds its bitmap to them.
+  if (offline !== undefined) return offline.stop();
   await domain.abortJob();
   await domain.waitForJob({ timeoutMs: 120_000 });
   state.jobRunning = false;
@@ -409,6 +410,8 @@ async function forgetCheckpoint(context: ExecuteContext, name: string, backupId:
 async function explainFailure(context: ExecuteContext, error: unknown, checkpointName: string): Promise<BackupError | undefined> {
   // A failed transfer is what a stopped domain or a lost daemon looks like from the NBD side.
   if (error instanceof BackupError && error.code !== 'JOB_FAILED') return undefined;
+  // A shut-off domain read from its images did not stop: what failed says so itself.
+  if (context.offline !== null) return undefined;
   const { conn, domain } = context;
   let state: DomainState | undefined;
   try {

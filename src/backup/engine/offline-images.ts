@@ -4,12 +4,13 @@
 // bitmap in each image, then the checkpoint defined in libvirt's metadata, so the chain
 // goes on seamlessly once the domain runs again.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { stat } from 'node:fs/promises';
+import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { CheckpointCreateFlags, CheckpointDeleteFlags } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
+import { dieWithParent } from '../../common/die-with-parent.js';
 import { buildCheckpointXml, parseCheckpointXml, type DomainSummary } from '../../xml/index.js';
 import { qemuImgBitmap, qemuImgBitmaps } from '../qcow2/qemu-img.js';
 import type { BackupLevel, BackupRecord } from '../set/manifest.js';
@@ -121,9 +122,11 @@ export class OfflineExports {
 
 async function startQemuNbd(image: OfflineImage, socket: string, exportName: string, bitmap: string | undefined): Promise<ChildProcess> {
   // Read-only, so QEMU's image locking keeps anyone from starting the domain (which takes
-  // the write lock) while it is read; no --persistent, so it ends with its last client.
+  // the write lock) while it is read. Persistent, so that probing it does not end it; it
+  // dies with this process (parent-death signal), and stop() ends it otherwise.
   const args = [
     '--read-only',
+    '--persistent',
     '-f',
     image.format,
     '--shared=8',
@@ -132,7 +135,8 @@ async function startQemuNbd(image: OfflineImage, socket: string, exportName: str
     ...(bitmap ? [`--bitmap=${bitmap}`] : []),
     image.path,
   ];
-  const child = spawn('qemu-nbd', args, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
+  const [command, commandArgs] = dieWithParent('qemu-nbd', args);
+  const child = spawn(command, commandArgs, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, LC_ALL: 'C' } });
   let stderr = '';
   child.stderr!.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
   const failed = new Promise<never>((_, reject) => {
@@ -143,21 +147,26 @@ async function startQemuNbd(image: OfflineImage, socket: string, exportName: str
   });
   failed.catch(() => undefined);
   const deadline = Date.now() + EXPORT_READY_MS;
-  for (;;) {
-    const ready = await Promise.race([
-      stat(socket).then(
-        () => true,
-        () => false,
-      ),
-      failed,
-    ]);
-    if (ready) return child;
+  // The socket file exists a moment before qemu-nbd listens on it: only a connection says it is ready.
+  while (!(await Promise.race([accepts(socket), failed]))) {
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       throw new BackupError('JOB_FAILED', `qemu-nbd did not export ${image.path} within ${EXPORT_READY_MS / 1000} s`);
     }
     await Promise.race([sleep(50), failed]);
   }
+  return child;
+}
+
+function accepts(socket: string): Promise<boolean> {
+  return new Promise((resolveProbe) => {
+    const probe = createConnection(socket);
+    probe.once('connect', () => {
+      probe.destroy();
+      resolveProbe(true);
+    });
+    probe.once('error', () => resolveProbe(false));
+  });
 }
 
 /**

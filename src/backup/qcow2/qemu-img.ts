@@ -1,8 +1,7 @@
 import { execFile, spawn } from 'node:child_process';
-import { accessSync, constants as fsConstants } from 'node:fs';
-import { join } from 'node:path';
 import { BackupSetError, abortedError, throwIfAborted } from '../errors.js';
 import { errnoCode } from '../../common/fs-errors.js';
+import { dieWithParent } from '../../common/die-with-parent.js';
 
 /**
  * Typed wrappers around the `qemu-img` command. Using the tool rather than parsing qcow2
@@ -217,32 +216,10 @@ export function qemuImgRebaseSafe(
   return runWithProgress(['rebase', '-p', '-f', 'qcow2', '-F', options.backingFormat ?? 'qcow2', '-b', backingFile, path], options);
 }
 
-let setprivPath: string | null | undefined;
-
-/** util-linux's setpriv, if installed: it can set the parent-death signal Node cannot. */
-function setpriv(): string | null {
-  if (setprivPath === undefined) {
-    setprivPath = null;
-    for (const directory of (process.env['PATH'] ?? '/usr/bin:/bin').split(':')) {
-      const candidate = join(directory || '.', 'setpriv');
-      try {
-        accessSync(candidate, fsConstants.X_OK);
-        setprivPath = candidate;
-        break;
-      } catch {
-        // not here
-      }
-    }
-  }
-  return setprivPath;
-}
-
 /** Spawned rather than execFile'd so `-p` progress can be read as it is printed. */
 function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?: (fraction: number) => void; dieWithParent?: boolean }): Promise<void> {
   throwIfAborted(options.signal);
-  const wrapper = options.dieWithParent ? setpriv() : null;
-  // setpriv sets PR_SET_PDEATHSIG and execs qemu-img in the same process, so killing the child still kills qemu-img.
-  const [command, commandArgs] = wrapper === null ? [qemuImgCommand(), args] : [wrapper, ['--pdeathsig', 'KILL', '--', qemuImgCommand(), ...args]];
+  const [command, commandArgs] = options.dieWithParent ? dieWithParent(qemuImgCommand(), args) : [qemuImgCommand(), args];
   return new Promise((resolve, reject) => {
     const child = spawn(command, commandArgs, {
       signal: options.signal,
@@ -270,7 +247,7 @@ function runWithProgress(args: string[], options: QemuImgOptions & { onProgress?
     child.on('close', (code, signalName) => {
       if (options.signal?.aborted) reject(abortedError(options.signal));
       else if (code === 0) resolve();
-      else if (wrapper !== null && code === 127 && /failed to execute/.test(stderr))
+      else if (command !== qemuImgCommand() && code === 127 && /failed to execute/.test(stderr))
         reject(qemuImgError(args, Object.assign(new Error(stderr.trim()), { code: 'ENOENT' }), stderr));
       else reject(qemuImgError(args, new Error(`exited with ${code ?? signalName}`), stderr));
     });
