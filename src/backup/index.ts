@@ -49,6 +49,8 @@ export {
   type BackupEvent,
   type BackupOptions,
   type BackupResult,
+  type FreezeTiming,
+  type QuiesceMode,
   type RemoteOptions,
   type RequestedLevel,
 } from './engine/engine-types.js';

@@ -32,6 +32,7 @@ const BACKUP_EXIT: Record<BackupErrorCode, number> = {
   DOMAIN_STOPPED: ExitCode.FAILED,
   DAEMON_LOST: ExitCode.FAILED,
   JOB_FAILED: ExitCode.FAILED,
+  QUIESCE_FAILED: ExitCode.FAILED,
   ABORTED: ExitCode.FAILED,
 };
 

@@ -93,7 +93,22 @@ test('a foreign file and a newer version are refused clearly', (t) => {
   );
 });
 
+test('quiesced is read and written when present, and a backup without it (written before it was recorded) still reads', (t) => {
+  const manifest = validManifest();
+  manifest.backups[0]!.quiesced = true;
+  manifest.backups[1]!.quiesced = false;
+  const read = parseManifest(serializeManifest(manifest));
+  t.deepEqual(read, manifest);
+  t.deepEqual(
+    read.backups.map((backup) => backup.quiesced),
+    [true, false, undefined],
+  );
+  t.false(Object.hasOwn(read.backups[2]!, 'quiesced'));
+});
+
 const fieldCases: Array<[string, (manifest: any) => void, string]> = [
+  ['quiesced not a boolean', (m) => (m.backups[1].quiesced = 'yes'), 'backups[1].quiesced: must be true or false when present, found string "yes"'],
+  ['quiesced null', (m) => (m.backups[0].quiesced = null), 'backups[0].quiesced: must be true or false when present, found null'],
   [
     'checksum too short',
     (m) => (m.backups[2].disks[0].checksum = 'xxh128:abc'),

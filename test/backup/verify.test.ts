@@ -35,7 +35,7 @@ test('a good set verifies, and list shows it', async (t) => {
   );
   const table = formatListTable(listing);
   t.regex(table, /^vm1 \(4dea22b3-1d52-d8f3-2516-782e98ab3fa0\) in /);
-  t.regex(table, /\n0002 +inc +0001 +\S+ +cp-0002 +vda,vdb\(full\) /);
+  t.regex(table, /\n0002 +inc +- +0001 +\S+ +cp-0002 +vda,vdb\(full\) /);
   t.deepEqual(
     JSON.parse(formatListJson(listing)).backups[2].disks.map((disk: { file: string }) => disk.file),
     ['vda.0003.inc.qcow2', 'vdb.0003.full.qcow2'],

@@ -32,7 +32,7 @@ test('backup: full then auto incremental, with JSON events and a restorable resu
   t.regex(inc.stderr, /vdb: full copy/);
 
   const listed = await runCli(['list', dest]);
-  t.regex(listed.stdout, /0002\s+inc\s+0001/);
+  t.regex(listed.stdout, /0002\s+inc\s+no\s+0001/);
   t.is((await runCli(['verify', dest])).code, 0);
   const out = join(m.dir, 'restored');
   await mkdir(out);

@@ -20,6 +20,8 @@ export interface DomainRunRecord extends ProcessOwner {
   scratchFiles?: string[];
   /** `host:port` of a remote pull job's NBD server: how the job is known as this run's. */
   nbdServer?: string;
+  /** Set before the run asks the guest agent to freeze, cleared once thawed: a run that dies between leaves the guest for the next to thaw. */
+  guestFrozen?: boolean;
   /** The run started the shut-off domain paused (the next run stops it if it died). */
   startedPaused?: boolean;
 }
@@ -121,6 +123,7 @@ function parseRecord(text: string): DomainRunRecord | undefined {
   const scratchFiles = strings('scratchFiles');
   const nbdServer = optional('nbdServer');
   const startedPaused = record['startedPaused'] === true;
+  const guestFrozen = record['guestFrozen'] === true;
   return {
     ...owner,
     domain: { name: domain['name'], uuid: domain['uuid'] },
@@ -131,5 +134,6 @@ function parseRecord(text: string): DomainRunRecord | undefined {
     ...(scratchFiles !== undefined ? { scratchFiles } : {}),
     ...(nbdServer !== undefined ? { nbdServer } : {}),
     ...(startedPaused ? { startedPaused } : {}),
+    ...(guestFrozen ? { guestFrozen } : {}),
   };
 }

@@ -3,6 +3,9 @@
 import type { Connection } from '../../libvirt/connection.js';
 import type { BackupLevel, BackupTransport, DiskRecord } from '../set/manifest.js';
 
+/** Whether the guest's file systems are frozen while the job starts: `try` goes on crash-consistent when they cannot be. */
+export type QuiesceMode = 'no' | 'yes' | 'try';
+
 /** What the caller asks for; `auto` picks full or incremental by itself. */
 export type RequestedLevel = 'auto' | BackupLevel;
 
@@ -32,6 +35,15 @@ export interface BackupOptions {
    * need up to the data the disks hold. The run keeps that much free (see SpaceGuard).
    */
   scratchDir?: string;
+  /**
+   * Guest-consistent backup: the guest's file systems are frozen through the QEMU guest
+   * agent while libvirt starts the job, and thawed right after. `yes` fails the run,
+   * before anything is created, when no agent answers; `try` then backs up
+   * crash-consistent with a notice. Default `no`, or `yes` with `freezeMountpoints`.
+   */
+  quiesce?: QuiesceMode;
+  /** Guest mount points to freeze (`/`, `/var`) instead of all; each must be mounted. */
+  freezeMountpoints?: string[];
   /** Called between steps; tests use them to inject faults at a precise point. */
   hooks?: BackupHooks;
   /**
@@ -73,6 +85,8 @@ export interface RemoteOptions {
 export interface BackupHooks {
   /** After libvirt started the job (and the space check passed), before data moves. */
   afterJobStart?: () => void | Promise<void>;
+  /** With the guest's file systems frozen, before the job starts (quiesce). */
+  whileFrozen?: () => void | Promise<void>;
 }
 
 /** One step of a backup run, as `BackupOptions.onEvent` receives it. */
@@ -92,6 +106,18 @@ export type BackupEvent =
   | { type: 'disk-done'; target: string; file: string; dataBytes: number }
   | { type: 'done'; backupId: string; level: BackupLevel; durationMs: number; dataBytes: number };
 
+/** How long a quiesced backup kept the guest's file systems frozen, as the agent's replies bound it. */
+export interface FreezeTiming {
+  /** File systems the agent froze. */
+  fileSystems: number;
+  /** From asking the agent to freeze to its reply that they are thawed: the longest any guest write waited. */
+  frozenMs: number;
+  /** The freeze call alone: the agent syncs each file system as it freezes it. */
+  freezeMs: number;
+  /** The thaw call alone. */
+  thawMs: number;
+}
+
 /** What a finished backup run added to the set: its id, level, transport, checkpoint, disk records and notices. */
 export interface BackupResult {
   backupId: string;
@@ -101,6 +127,10 @@ export interface BackupResult {
   disks: DiskRecord[];
   notices: string[];
   durationMs: number;
+  /** The guest's file systems were frozen while the job started. */
+  quiesced: boolean;
+  /** How long, when they were. */
+  freeze: FreezeTiming | null;
 }
 
 /** Why a backup run failed, as `BackupError.code`. */
@@ -119,6 +149,8 @@ export type BackupErrorCode =
   /** The connection to libvirtd was lost while the backup ran. */
   | 'DAEMON_LOST'
   | 'JOB_FAILED'
+  /** The guest's file systems could not be frozen (quiesce `yes`) or thawed. */
+  | 'QUIESCE_FAILED'
   | 'ABORTED';
 
 /** A backup run that could not be done; `code` says which rule, the message says why. */

@@ -24,6 +24,7 @@ import { planLevel } from './level-plan.js';
 import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
 import { execute } from './execute.js';
 import { planRemoteRun } from './remote-export.js';
+import { planQuiesce, thawAfterInterruptedRun, type QuiescePlan } from './quiesce.js';
 import { offlineImages } from './offline-images.js';
 import { startPausedForRun, stopAfterRun } from './paused-start.js';
 
@@ -50,7 +51,9 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
   const conn = options.connection ?? (await connect(options.uri ?? 'qemu:///system'));
   try {
     const run: RunStart = { conn, options, requested, transport, scratchDir, started, notices, emit };
-    return await backUpUnderDomainLock(run, await inspectDomain(run));
+    const inspected = await inspectDomain(run);
+    const quiesce = await planQuiesce(inspected.domain, options, emit);
+    return await backUpUnderDomainLock({ ...run, quiesce }, inspected);
   } catch (error) {
     throw await asDaemonLost(conn, options.domain, error);
   } finally {
@@ -68,6 +71,11 @@ interface RunStart {
   started: number;
   notices: string[];
   emit: (event: BackupEvent) => void;
+}
+
+/** A run whose guest agent was asked what it can freeze. */
+interface QuiescedRun extends RunStart {
+  quiesce: QuiescePlan;
 }
 
 /** What the checks of the domain found, before anything is created. */
@@ -172,7 +180,7 @@ async function shutOffHandling(
  * domain that libvirt-backup started belongs to a run that is gone, and is cleaned up
  * before the set is opened and the level planned.
  */
-async function backUpUnderDomainLock(run: RunStart, inspected: InspectedDomain): Promise<BackupResult> {
+async function backUpUnderDomainLock(run: QuiescedRun, inspected: InspectedDomain): Promise<BackupResult> {
   const { conn, options, transport, emit } = run;
   const { domain } = inspected;
   const runDir = await ensureRunDir();
@@ -181,6 +189,8 @@ async function backUpUnderDomainLock(run: RunStart, inspected: InspectedDomain):
   try {
     // The job first, then files: a push job may still be writing the files recovery deletes.
     try {
+      // A guest left frozen writes nothing: it is thawed before anything else.
+      await thawAfterInterruptedRun(domain, domainLock.interrupted, emit);
       await endLeftoverJob(conn, domain, runDir, emit, domainLock.interrupted);
       await cleanUpAfterInterruptedRun(domain, domainLock.interrupted, emit);
     } catch (error) {
@@ -201,7 +211,7 @@ async function backUpUnderDomainLock(run: RunStart, inspected: InspectedDomain):
 
 /** The set opened (or made), the level planned, and the run executed into it. */
 async function backUpIntoSet(
-  run: RunStart,
+  run: QuiescedRun,
   { domain, remote, summary, selection, offline }: InspectedDomain,
   runDir: string,
   domainLock: DomainLock,
@@ -236,6 +246,7 @@ async function backUpIntoSet(
         hooks: options.hooks ?? {},
         remote,
         offline,
+        quiesce: run.quiesce,
       },
       requested,
     );

@@ -29,6 +29,7 @@ import { daemonLost } from './daemon-lost.js';
 import { pushSpaceNeed, waitForTargetsReleased } from './push-transfer.js';
 import { beginOnFreePort, describeTcpExport, remoteScratchPath, serverAddress, type TcpExport } from './remote-export.js';
 import { type BackupRun } from '../set/run-journal.js';
+import { withGuestFrozen, type QuiesceOutcome } from './quiesce.js';
 
 /** What one run creates, named before any of it exists. */
 interface RunLayout {
@@ -63,6 +64,8 @@ class RunState {
    */
   jobMayRun = false;
   committed = false;
+  /** Whether the guest's file systems were frozen while the job started. */
+  quiesce: QuiesceOutcome = { quiesced: false, freeze: null };
 
   constructor(readonly context: ExecuteContext) {
     this.signal = context.signal ? AbortSignal.any([context.signal, this.stopRun.signal]) : this.stopRun.signal;
@@ -179,15 +182,17 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
     return;
   }
   try {
-    if (context.remote !== null && transport === 'pull') {
-      state.exportAt = await beginOnFreePort(
-        context.remote,
-        (server) => domain.backupBegin(specFor(server), checkpointSpec),
-        (server) => context.domainLock.update({ nbdServer: serverAddress(server) }),
-      );
-    } else {
-      await domain.backupBegin(spec, checkpointSpec);
-    }
+    state.quiesce = await withGuestFrozen(context, async () => {
+      if (context.remote !== null && transport === 'pull') {
+        state.exportAt = await beginOnFreePort(
+          context.remote,
+          (server) => domain.backupBegin(specFor(server), checkpointSpec),
+          (server) => context.domainLock.update({ nbdServer: serverAddress(server) }),
+        );
+      } else {
+        await domain.backupBegin(spec, checkpointSpec);
+      }
+    });
   } catch (error) {
     // libvirtd went away during the call: it may have started the job all the same, and
     // QEMU may be writing the job's files; the failure path must not take it for none.
@@ -283,6 +288,7 @@ async function commitRun(context: ExecuteContext, layout: RunLayout, state: RunS
     checkpoint: layout.checkpointName,
     checkpointXml,
     parent: plan.parent?.id ?? null,
+    quiesced: state.quiesce.quiesced,
     disks: records,
   };
   await set.commitBackup(record, { verifyChecksums: false, ...(signal ? { signal } : {}) });
@@ -292,7 +298,16 @@ async function commitRun(context: ExecuteContext, layout: RunLayout, state: RunS
   const durationMs = Date.now() - context.started;
   const dataBytes = records.reduce((sum, d) => sum + d.dataBytes, 0);
   emit({ type: 'done', backupId: layout.backupId, level: plan.level, durationMs, dataBytes });
-  return { backupId: layout.backupId, level: plan.level, transport, checkpoint: layout.checkpointName, disks: records, notices: context.notices, durationMs };
+  return {
+    backupId: layout.backupId,
+    level: plan.level,
+    transport,
+    checkpoint: layout.checkpointName,
+    disks: records,
+    notices: context.notices,
+    durationMs,
+    ...state.quiesce,
+  };
 }
 
 /** One hashing pass per file, all files at once (they are independent); files this run wrote were hashed as they were written. */
@@ -313,6 +328,7 @@ async function diskRecords(set: BackupSet, disks: readonly DiskPlan[], signal: A
         fileSize: size,
         dataBytes: disk.dataBytes,
         checksum,
+        ...(disk.written?.compression ? { compression: disk.written.compression, storedBytes: disk.written.storedBytes } : {}),
       };
     }),
   );

@@ -9,6 +9,7 @@ import { type DomainLock } from './domain-lock.js';
 import { type BackupEvent, type BackupOptions } from './engine-types.js';
 import { type BackupLevel, type BackupRecord } from '../set/manifest.js';
 import { type RemoteExport } from './remote-export.js';
+import { type QuiescePlan } from './quiesce.js';
 import { type OfflineImage } from './offline-images.js';
 
 /** Checkpoints this tool creates start with this; others on the domain are left alone. */
@@ -53,6 +54,8 @@ export interface ExecuteContext {
   hooks: NonNullable<BackupOptions['hooks']>;
   /** How a pull job is read from a remote hypervisor; null: the hypervisor is this host. */
   remote: RemoteExport | null;
+  /** Whether the guest's file systems are frozen while the job starts. */
+  quiesce: QuiescePlan;
   /** A shut-off domain's images, read with qemu-nbd instead of a libvirt job; null for a running domain. */
   offline: Map<string, OfflineImage> | null;
 }

@@ -16,6 +16,8 @@ export interface ListRow {
   durationSeconds: number;
   checkpoint: string | null;
   mergedFrom: string[];
+  /** The guest's file systems were frozen while the backup's job started; null: not recorded (written before it was). */
+  quiesced: boolean | null;
   disks: ListDisk[];
   /** Sum over disks of the files' sizes. */
   fileSize: number;
@@ -45,6 +47,7 @@ export function listBackups(set: BackupSet): ListResult {
       durationSeconds: Math.max(0, (Date.parse(backup.completedAt) - Date.parse(backup.startedAt)) / 1000),
       checkpoint: backup.checkpoint,
       mergedFrom: backup.mergedFrom ?? [],
+      quiesced: backup.quiesced ?? null,
       disks: backup.disks.map(({ target, level, file, backingFile, virtualSize, fileSize, dataBytes }) => ({
         target,
         level,
@@ -69,10 +72,11 @@ export function formatListJson(result: ListResult): string {
 
 /** A plain-text table, one backup per line, for terminals. */
 export function formatListTable(result: ListResult): string {
-  const header = ['ID', 'LEVEL', 'PARENT', 'COMPLETED', 'CHECKPOINT', 'DISKS', 'DATA', 'SIZE'];
+  const header = ['ID', 'LEVEL', 'QUIESCED', 'PARENT', 'COMPLETED', 'CHECKPOINT', 'DISKS', 'DATA', 'SIZE'];
   const rows = result.backups.map((row) => [
     row.id,
     row.mergedFrom.length > 0 ? `${row.level}*` : row.level,
+    row.quiesced === null ? '-' : row.quiesced ? 'yes' : 'no',
     row.parent ?? '-',
     row.completedAt.replace(/\.\d+/, ''),
     row.checkpoint ?? '-',
@@ -81,7 +85,7 @@ export function formatListTable(result: ListResult): string {
     formatBytes(row.fileSize),
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
-  const rightAligned = new Set([6, 7]);
+  const rightAligned = new Set([header.indexOf('DATA'), header.indexOf('SIZE')]);
   const line = (cells: string[]): string =>
     cells
       .map((cell, column) => (rightAligned.has(column) ? cell.padStart(widths[column]!) : cell.padEnd(widths[column]!)))

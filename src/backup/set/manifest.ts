@@ -85,6 +85,12 @@ export interface BackupRecord {
    * backup is as it was written.
    */
   mergedFrom?: string[];
+  /**
+   * Whether the guest's file systems were frozen through its agent while the backup's job
+   * started (a guest-consistent point) or not (crash-consistent). Absent in backups
+   * written before it was recorded, which were not.
+   */
+  quiesced?: boolean;
   disks: DiskRecord[];
 }
 
@@ -253,7 +259,19 @@ function validateDisk(value: Json, at: string, version: number): DiskRecord {
 }
 
 function validateBackup(value: Json, at: string, version: number): BackupRecord {
-  const backup = object(value, at, ['id', 'level', 'transport', 'startedAt', 'completedAt', 'checkpoint', 'checkpointXml', 'parent', 'mergedFrom', 'disks']);
+  const backup = object(value, at, [
+    'id',
+    'level',
+    'transport',
+    'startedAt',
+    'completedAt',
+    'checkpoint',
+    'checkpointXml',
+    'parent',
+    'mergedFrom',
+    'quiesced',
+    'disks',
+  ]);
   const record: BackupRecord = {
     id: string(backup, at, 'id', idProblem),
     level: oneOf(backup, at, 'level', BACKUP_LEVELS),
@@ -272,6 +290,11 @@ function validateBackup(value: Json, at: string, version: number): BackupRecord 
       if (typeof id !== 'string' || idProblem(id)) throw new FieldError(`${at}.mergedFrom[${index}]`, 'must be a backup id');
       return id;
     });
+  }
+  if (Object.hasOwn(backup, 'quiesced')) {
+    const quiesced = backup['quiesced'];
+    if (typeof quiesced !== 'boolean') throw new FieldError(`${at}.quiesced`, `must be true or false when present, found ${describe(quiesced)}`);
+    record.quiesced = quiesced;
   }
   if (Date.parse(record.completedAt) < Date.parse(record.startedAt)) throw new FieldError(`${at}.completedAt`, 'must not be before startedAt');
   if (record.checkpointXml !== null && record.checkpoint === null) throw new FieldError(`${at}.checkpointXml`, 'must be null when checkpoint is null');
