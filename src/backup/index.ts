@@ -9,6 +9,7 @@ export {
   type BackupLevel,
   type BackupRecord,
   type BackupTransport,
+  type DiskCompression,
   type DiskRecord,
   type DomainIdentity,
   type Manifest,

@@ -30,6 +30,11 @@ export interface BackupOptions {
   /** Disks copied at once (pull). Default 2. */
   concurrency?: number;
   /**
+   * Store the backup's clusters compressed, as qcow2 compressed clusters that qemu-img and
+   * QEMU read: `zstd` (the image's compression_type says so) or `zlib`. Pull only.
+   */
+  compress?: 'zstd' | 'zlib';
+  /**
    * Directory for the pull job's scratch files (default: the set directory). While the job
    * runs, QEMU saves there the old content of every cluster the guest overwrites; it may
    * need up to the data the disks hold. The run keeps that much free (see SpaceGuard).

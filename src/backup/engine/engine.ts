@@ -23,6 +23,7 @@ import { ChainBrokenError, type ExecuteContext } from './run-context.js';
 import { planLevel } from './level-plan.js';
 import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
 import { execute } from './execute.js';
+import { CLUSTER_COMPRESSIONS } from '../qcow2/cluster-compression.js';
 import { planRemoteRun } from './remote-export.js';
 import { planQuiesce, thawAfterInterruptedRun, type QuiescePlan } from './quiesce.js';
 import { offlineImages } from './offline-images.js';
@@ -45,6 +46,7 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
   options.signal?.throwIfAborted();
   const requested = checkLevel(options.level ?? 'auto');
   const transport = checkTransport(options.transport ?? 'pull');
+  checkCompression(options.compress, transport);
   const scratchDir = options.scratchDir === undefined ? null : await checkScratchDir(options.scratchDir, transport);
 
   const ownConnection = options.connection === undefined;
@@ -117,6 +119,16 @@ function checkTransport(transport: 'pull' | 'push'): 'pull' | 'push' {
     throw new BackupError('INVALID_ARGUMENT', `transport must be pull or push, got '${String(transport)}'`);
   }
   return transport;
+}
+
+function checkCompression(compress: BackupOptions['compress'], transport: 'pull' | 'push'): void {
+  if (compress === undefined) return;
+  if (!(CLUSTER_COMPRESSIONS as readonly string[]).includes(compress)) {
+    throw new BackupError('INVALID_ARGUMENT', `compress must be zstd or zlib, got '${String(compress)}'`);
+  }
+  if (transport === 'push') {
+    throw new BackupError('INVALID_ARGUMENT', 'compress needs the pull transport: in a push backup QEMU writes the files, uncompressed');
+  }
 }
 
 /** The domain exists, can be backed up now, and has these disks to back up. */
@@ -240,6 +252,7 @@ async function backUpIntoSet(
         started: run.started,
         notices: run.notices,
         concurrency: options.concurrency ?? 2,
+        compression: options.compress ?? null,
         runDir,
         domainLock,
         scratchDir: run.scratchDir,

@@ -186,6 +186,7 @@ async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: Ab
     chunks,
     {
       signal,
+      ...(context.compression ? { compression: context.compression } : {}),
       onProgress: () => {
         copied = entry.written;
         const now = Date.now();
@@ -197,7 +198,7 @@ async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: Ab
   );
   entry.written = entry.fileSize;
   disk.dataBytes = written.dataBytes;
-  disk.written = { fileSize: written.fileSize, checksum: written.checksum };
+  disk.written = { fileSize: written.fileSize, checksum: written.checksum, storedBytes: written.storedBytes, compression: context.compression };
   emit({ type: 'progress', target: disk.target, bytesDone: total, bytesTotal: total });
   emit({ type: 'disk-done', target: disk.target, file: disk.file, dataBytes: disk.dataBytes });
 }

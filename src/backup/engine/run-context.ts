@@ -11,6 +11,7 @@ import { type BackupLevel, type BackupRecord } from '../set/manifest.js';
 import { type RemoteExport } from './remote-export.js';
 import { type QuiescePlan } from './quiesce.js';
 import { type OfflineImage } from './offline-images.js';
+import { type ClusterCompression } from '../qcow2/cluster-compression.js';
 
 /** Checkpoints this tool creates start with this; others on the domain are left alone. */
 export const CHECKPOINT_PREFIX = 'lvb-';
@@ -31,7 +32,7 @@ export interface DiskPlan extends SelectedDisk {
   virtualSize: number;
   dataBytes: number;
   /** Set when this run wrote the file itself and hashed it on the way. */
-  written?: { fileSize: number; checksum: string };
+  written?: { fileSize: number; checksum: string; storedBytes: number; compression: ClusterCompression | null };
 }
 
 export interface ExecuteContext {
@@ -47,6 +48,8 @@ export interface ExecuteContext {
   started: number;
   notices: string[];
   concurrency: number;
+  /** How the pull copy compresses the files' clusters; null: stored plain. */
+  compression: ClusterCompression | null;
   runDir: string;
   domainLock: DomainLock;
   /** Where pull scratch files go; null: the set directory. */

@@ -60,7 +60,18 @@ export interface DiskRecord {
   dataBytes: number;
   /** Checksum of the file's bytes: `xxh128:<32 hex>` (as `xxhsum -H2` prints it) or `sha256:<64 hex>`. */
   checksum: string;
+  /** How the backup compressed the file's clusters (qcow2 compressed clusters); absent: stored plain. */
+  compression?: DiskCompression;
+  /**
+   * Bytes the file holds, when fewer than `fileSize`: a compressed file leaves the room its
+   * clusters saved as a hole. Absent: `fileSize`.
+   */
+  storedBytes?: number;
 }
+
+/** qcow2's two compression types. */
+export type DiskCompression = 'zstd' | 'zlib';
+const DISK_COMPRESSIONS: readonly DiskCompression[] = ['zstd', 'zlib'];
 
 /** One backup (restore point) in the manifest. */
 export interface BackupRecord {
@@ -234,7 +245,19 @@ function validateDomain(value: Json): ManifestDomain {
 
 function validateDisk(value: Json, at: string, version: number): DiskRecord {
   const checksumKey = version === 1 ? 'sha256' : 'checksum';
-  const disk = object(value, at, ['target', 'sourceFormat', 'level', 'file', 'backingFile', 'virtualSize', 'fileSize', 'dataBytes', checksumKey]);
+  const disk = object(value, at, [
+    'target',
+    'sourceFormat',
+    'level',
+    'file',
+    'backingFile',
+    'virtualSize',
+    'fileSize',
+    'dataBytes',
+    checksumKey,
+    'compression',
+    'storedBytes',
+  ]);
   const result: DiskRecord = {
     target: string(disk, at, 'target', (target) =>
       TARGET_PATTERN.test(target) ? undefined : 'must be a disk target name like vda (up to 64 letters, digits, _ and -)',
@@ -251,6 +274,11 @@ function validateDisk(value: Json, at: string, version: number): DiskRecord {
         ? `sha256:${string(disk, at, 'sha256', (sha) => (SHA256_PATTERN.test(sha) ? undefined : 'must be 64 hex characters (lowercase)'))}`
         : string(disk, at, 'checksum', (sum) => (CHECKSUM_PATTERN.test(sum) ? undefined : 'must be xxh128: and 32 lowercase hex digits, or sha256: and 64')),
   };
+  if (Object.hasOwn(disk, 'compression')) result.compression = oneOf(disk, at, 'compression', DISK_COMPRESSIONS);
+  if (Object.hasOwn(disk, 'storedBytes')) {
+    result.storedBytes = size(disk, at, 'storedBytes');
+    if (result.storedBytes > result.fileSize) throw new FieldError(`${at}.storedBytes`, `must not be more than fileSize (${result.fileSize})`);
+  }
   if (result.level === 'full' && result.backingFile !== null) throw new FieldError(`${at}.backingFile`, 'must be null for a full disk image');
   if (result.level !== 'full' && result.backingFile === null)
     throw new FieldError(`${at}.backingFile`, `must name the backing file of an ${result.level} disk image`);

@@ -214,8 +214,10 @@ export function applyPlan(manifest: Manifest, plan: PrunePlan, facts: Map<string
         const merge = isMerged ? mergesByTarget.get(disk.target) : undefined;
         if (merge) {
           const fact = facts.get(merge.newFile)!;
+          // The merged file is made anew, by qemu-img: what the backup stored no longer describes it.
+          const { compression: _compression, storedBytes: _storedBytes, ...written } = disk;
           return {
-            ...disk,
+            ...written,
             level: merge.level,
             file: merge.newFile,
             backingFile: merge.backingFile,
