@@ -62,6 +62,8 @@ export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   disks: string[] | undefined;
   /** Directory for the pull job's scratch files; default the set directory. */
   scratchDir: string | undefined;
+  /** `--compress zstd|zlib`: the files' clusters stored compressed. */
+  compress: 'zstd' | 'zlib' | undefined;
   /** `--dry-run`: say the level and the bytes per disk, create nothing. */
   dryRun: boolean;
   /** `--start-paused`: a shut-off domain is started paused for the backup instead of read from its images. */
@@ -159,6 +161,7 @@ const OPTIONS: Record<CommandName, Options> = {
     dest: { type: 'string' },
     level: { type: 'string' },
     transport: { type: 'string' },
+    compress: { type: 'string' },
     disk: { type: 'string', multiple: true },
     'scratch-dir': { type: 'string' },
     'nbd-host': { type: 'string' },
@@ -282,6 +285,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         transport: oneOf(values, 'transport', ['pull', 'push'] as const, 'pull', command),
         disks: diskList(values['disk'], command),
         scratchDir: optionalString(values, 'scratch-dir', command),
+        compress: values['compress'] === undefined ? undefined : oneOf(values, 'compress', ['zstd', 'zlib'] as const, 'zstd', command),
         dryRun: values['dry-run'] === true,
         startPaused: values['start-paused'] === true,
         ...connectionArgs(values, command),

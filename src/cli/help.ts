@@ -26,6 +26,8 @@ Options:
                              overwrites during the backup (default: DIR of --dest). It may
                              need up to the data the disks hold; the run keeps that much
                              free and ends the job before it could run out (NO_SPACE)
+  --compress zstd|zlib       pull: store the clusters compressed (qcow2 compressed clusters,
+                             which qemu-img and QEMU read); zstd is faster and smaller
   --connect URI              libvirt URI (default qemu:///system); see Remote hypervisors
   --username NAME            SASL or SSH user, when the URI does not name one
   --password-file FILE       file whose first line is the password (SASL) or key passphrase

@@ -22,6 +22,7 @@ test('usage errors exit 2 with a one-line message naming the culprit', async (t)
     [['verify', 'a', 'b'], /unexpected argument 'b'/],
     [['backup', 'vm1', '--dest', '/tmp/x', '--level', 'weekly'], /option '--level' must be one of auto, full, inc, diff/],
     [['backup', 'vm1'], /option '--dest' is required/],
+    [['backup', 'vm1', '--dest', '/tmp/x', '--compress', 'lz4'], /option '--compress' must be one of zstd, zlib, got 'lz4'/],
   ];
   await Promise.all(
     cases.map(async ([args, message]) => {
@@ -59,6 +60,7 @@ test('parsed options of each command', (t) => {
     transport: 'pull',
     disks: ['vda', 'vdb', 'vdc'],
     scratchDir: undefined,
+    compress: undefined,
     dryRun: false,
     startPaused: false,
     uri: 'qemu:///system',
@@ -115,6 +117,13 @@ test('parsed options of each command', (t) => {
     ['list', 's', '--json=yes'],
   ]) {
     t.throws(() => parseCommandLine(bad), { instanceOf: UsageError }, bad.join(' '));
+  }
+});
+
+test('--compress takes zstd or zlib', (t) => {
+  for (const compress of ['zstd', 'zlib'] as const) {
+    const parsed = parseCommandLine(['backup', 'vm1', '--dest', 'd', '--compress', compress]);
+    t.is(parsed.command === 'backup' ? parsed.compress : undefined, compress);
   }
 });
 

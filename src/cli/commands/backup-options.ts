@@ -8,6 +8,7 @@ export function backupOptions(args: BackupArgs): Omit<BackupOptions, 'domain' | 
     transport: args.transport,
     disks: args.disks,
     ...(args.scratchDir !== undefined ? { scratchDir: args.scratchDir } : {}),
+    ...(args.compress !== undefined ? { compress: args.compress } : {}),
     remote: {
       ...(args.nbdHost !== undefined ? { nbdHost: args.nbdHost } : {}),
       ...(args.nbdPorts !== undefined ? { nbdPorts: args.nbdPorts } : {}),
