@@ -1,5 +1,5 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
-import type { RequestedLevel } from '../backup/index.js';
+import type { QuiesceMode, RequestedLevel } from '../backup/index.js';
 import type { BackupTransport } from '../backup/index.js';
 import { COMMAND_NAMES, isCommandName, type CommandName } from './help.js';
 import { closestMatch } from './suggest.js';
@@ -68,6 +68,10 @@ export interface BackupArgs extends ConnectionArgs, RemoteArgs {
   dryRun: boolean;
   /** `--start-paused`: a shut-off domain is started paused for the backup instead of read from its images. */
   startPaused: boolean;
+  /** `--quiesce[=yes|try|no]`: freeze the guest's file systems while the job starts; `--freeze-mountpoint` implies yes. */
+  quiesce: QuiesceMode | undefined;
+  /** `--freeze-mountpoint PATH` (repeatable): the guest mount points to freeze instead of all. */
+  freezeMountpoints: string[];
   json: boolean;
 }
 
@@ -171,6 +175,9 @@ const OPTIONS: Record<CommandName, Options> = {
     'dest-shared': { type: 'boolean' },
     'dry-run': { type: 'boolean' },
     'start-paused': { type: 'boolean' },
+    // A bare --quiesce means yes (see OPTIONAL_VALUES).
+    quiesce: { type: 'string' },
+    'freeze-mountpoint': { type: 'string', multiple: true },
     all: { type: 'boolean' },
     match: { type: 'string', multiple: true },
     parallel: { type: 'string' },
@@ -288,6 +295,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         compress: values['compress'] === undefined ? undefined : oneOf(values, 'compress', ['zstd', 'zlib'] as const, 'zstd', command),
         dryRun: values['dry-run'] === true,
         startPaused: values['start-paused'] === true,
+        ...quiesceArgs(values, command),
         ...connectionArgs(values, command),
         ...remoteArgs(values, command),
         json: jsonOutput,
@@ -431,11 +439,45 @@ function restoreDestination(values: Values): Pick<RestoreArgs, 'to' | 'pool' | '
 
 function parseStrict(command: CommandName, args: readonly string[]): { values: Values; positionals: string[] } {
   try {
-    const { values, positionals } = parseArgs({ args: attachNegativeNumbers(command, args), options: OPTIONS[command], strict: true, allowPositionals: true });
+    const { values, positionals } = parseArgs({
+      args: attachNegativeNumbers(command, defaultOptionalValues(command, args)),
+      options: OPTIONS[command],
+      strict: true,
+      allowPositionals: true,
+    });
     return { values: values as Values, positionals };
   } catch (error) {
     throw new UsageError(describeParseError(error, command), command);
   }
+}
+
+/** Options whose value may be left out (`--quiesce` alone), and the value that stands for it then. */
+const OPTIONAL_VALUES: Partial<Record<CommandName, Record<string, string>>> = { backup: { quiesce: 'yes' } };
+
+/** node:util has no options with an optional value: a bare one gets its default (`--quiesce` is `--quiesce=yes`). */
+function defaultOptionalValues(command: CommandName, args: readonly string[]): readonly string[] {
+  const optional = OPTIONAL_VALUES[command];
+  if (optional === undefined) return args;
+  const end = args.indexOf('--');
+  return args.map((arg, index) => {
+    if ((end !== -1 && index >= end) || !arg.startsWith('--')) return arg;
+    const value = optional[arg.slice(2)];
+    return value === undefined ? arg : `${arg}=${value}`;
+  });
+}
+
+/** `--quiesce[=yes|try|no]` and `--freeze-mountpoint PATH`, which implies yes and needs an absolute path. */
+function quiesceArgs(values: Values, command: CommandName): Pick<BackupArgs, 'quiesce' | 'freezeMountpoints'> {
+  const quiesce = values['quiesce'] === undefined ? undefined : oneOf(values, 'quiesce', ['yes', 'try', 'no'] as const, 'yes', command);
+  const freezeMountpoints = (values['freeze-mountpoint'] as string[] | undefined) ?? [];
+  for (const mountpoint of freezeMountpoints) {
+    if (!mountpoint.startsWith('/'))
+      throw new UsageError(`option '--freeze-mountpoint' takes a mount point in the guest, an absolute path; got '${mountpoint}'`, command);
+  }
+  if (quiesce === 'no' && freezeMountpoints.length > 0) {
+    throw new UsageError(`option '--freeze-mountpoint' freezes file systems: it does not go with '--quiesce=no'`, command);
+  }
+  return { quiesce, freezeMountpoints };
 }
 
 /**

@@ -35,6 +35,13 @@ Options:
   --start-paused             a shut-off domain: start it paused for the backup (then shut it
                              off) instead of reading its images here with qemu-nbd; needed
                              on a remote hypervisor and for push
+  --quiesce[=yes|try|no]     guest-consistent: freeze the guest's file systems through its
+                             QEMU guest agent while the backup job starts, thaw them right
+                             after (the manifest records it). yes (--quiesce alone): fail,
+                             creating nothing, when no agent answers; try: then back up
+                             crash-consistent with a notice. Default no
+  --freeze-mountpoint PATH   freeze only this guest mount point (/, /var); repeat for more;
+                             implies --quiesce
   --dry-run                  say the level and, per disk, the bytes the backup would copy
                              (bitmap sizes, or the allocated data for a full); create nothing
   --json                     one JSON object per line per event, then a result or error object

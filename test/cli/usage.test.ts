@@ -63,6 +63,8 @@ test('parsed options of each command', (t) => {
     compress: undefined,
     dryRun: false,
     startPaused: false,
+    quiesce: undefined,
+    freezeMountpoints: [],
     uri: 'qemu:///system',
     username: undefined,
     passwordFile: undefined,

@@ -17,5 +17,7 @@ export function backupOptions(args: BackupArgs): Omit<BackupOptions, 'domain' | 
     },
     destShared: args.destShared,
     ...(args.startPaused ? { startPaused: true } : {}),
+    ...(args.quiesce !== undefined ? { quiesce: args.quiesce } : {}),
+    ...(args.freezeMountpoints.length > 0 ? { freezeMountpoints: args.freezeMountpoints } : {}),
   };
 }
