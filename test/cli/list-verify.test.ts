@@ -11,7 +11,7 @@ test('list prints the chain as a table, and as JSON with --json', async (t) => {
   t.is(table.stderr, '');
   const lines = table.stdout.trimEnd().split('\n');
   t.is(lines[0], `vm1 (4dea22b3-1d52-d8f3-2516-782e98ab3fa0) in ${builder.dir}`);
-  t.regex(lines[1]!, /^ID\s+LEVEL\s+QUIESCED\s+PARENT\s+COMPLETED\s+CHECKPOINT\s+DISKS\s+DATA\s+SIZE$/);
+  t.regex(lines[1]!, /^ID\s+LEVEL\s+QUIESCED\s+PARENT\s+COMPLETED\s+CHECKPOINT\s+DISKS\s+COMPRESSED\s+DATA\s+STORED\s+SIZE$/);
   t.regex(lines[2]!, /^0001\s+full\s+-\s+-\s+\S+\s+cp-0001\s+vda,vdb\s/);
   t.regex(lines[3]!, /^0002\s+inc\s+-\s+0001\s+\S+\s+cp-0002\s+vda,vdb\(full\)\s/);
   t.regex(lines[4]!, /^0003\s+diff\s+-\s+0001\s+/);

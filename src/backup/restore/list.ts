@@ -1,9 +1,14 @@
 import type { BackupSet } from '../set/backup-set.js';
-import type { BackupLevel, BackupTransport, DiskRecord } from '../set/manifest.js';
+import type { BackupLevel, BackupTransport, DiskCompression, DiskRecord } from '../set/manifest.js';
 import { formatBytes } from '../../common/format-bytes.js';
 
 /** What `list` shows of a disk: its record without the checksum and source format. */
-export type ListDisk = Pick<DiskRecord, 'target' | 'level' | 'file' | 'backingFile' | 'virtualSize' | 'fileSize' | 'dataBytes'>;
+export type ListDisk = Pick<DiskRecord, 'target' | 'level' | 'file' | 'backingFile' | 'virtualSize' | 'fileSize' | 'dataBytes'> & {
+  /** Bytes the file holds: less than `fileSize` for a compressed file, whose saved room is a hole. */
+  storedBytes: number;
+  /** How the backup compressed the file's clusters; null: stored plain. */
+  compression: DiskCompression | null;
+};
 
 /** One restore point of a set. */
 export interface ListRow {
@@ -21,6 +26,8 @@ export interface ListRow {
   disks: ListDisk[];
   /** Sum over disks of the files' sizes. */
   fileSize: number;
+  /** Sum over disks of the bytes the files hold (what the backup takes on disk). */
+  storedBytes: number;
   /** Sum over disks of the data each backup copied. */
   dataBytes: number;
 }
@@ -48,7 +55,7 @@ export function listBackups(set: BackupSet): ListResult {
       checkpoint: backup.checkpoint,
       mergedFrom: backup.mergedFrom ?? [],
       quiesced: backup.quiesced ?? null,
-      disks: backup.disks.map(({ target, level, file, backingFile, virtualSize, fileSize, dataBytes }) => ({
+      disks: backup.disks.map(({ target, level, file, backingFile, virtualSize, fileSize, dataBytes, storedBytes, compression }) => ({
         target,
         level,
         file,
@@ -56,8 +63,11 @@ export function listBackups(set: BackupSet): ListResult {
         virtualSize,
         fileSize,
         dataBytes,
+        storedBytes: storedBytes ?? fileSize,
+        compression: compression ?? null,
       })),
       fileSize: backup.disks.reduce((sum, disk) => sum + disk.fileSize, 0),
+      storedBytes: backup.disks.reduce((sum, disk) => sum + (disk.storedBytes ?? disk.fileSize), 0),
       dataBytes: backup.disks.reduce((sum, disk) => sum + disk.dataBytes, 0),
     })),
   };
@@ -68,11 +78,14 @@ export function formatListJson(result: ListResult): string {
   return `${JSON.stringify(result, null, 2)}\n`;
 }
 
-/** `1.5 GiB`: binary units, because disk sizes are powers of two. */
+/** `zstd`, `-` for plain files, `zstd,-` when only some disks were compressed. */
+function compressionCell(disks: readonly ListDisk[]): string {
+  return [...new Set(disks.map((disk) => disk.compression ?? '-'))].join(',');
+}
 
 /** A plain-text table, one backup per line, for terminals. */
 export function formatListTable(result: ListResult): string {
-  const header = ['ID', 'LEVEL', 'QUIESCED', 'PARENT', 'COMPLETED', 'CHECKPOINT', 'DISKS', 'DATA', 'SIZE'];
+  const header = ['ID', 'LEVEL', 'QUIESCED', 'PARENT', 'COMPLETED', 'CHECKPOINT', 'DISKS', 'COMPRESSED', 'DATA', 'STORED', 'SIZE'];
   const rows = result.backups.map((row) => [
     row.id,
     row.mergedFrom.length > 0 ? `${row.level}*` : row.level,
@@ -81,11 +94,13 @@ export function formatListTable(result: ListResult): string {
     row.completedAt.replace(/\.\d+/, ''),
     row.checkpoint ?? '-',
     row.disks.map((disk) => (disk.level === row.level ? disk.target : `${disk.target}(${disk.level})`)).join(','),
+    compressionCell(row.disks),
     formatBytes(row.dataBytes),
+    formatBytes(row.storedBytes),
     formatBytes(row.fileSize),
   ]);
   const widths = header.map((title, column) => Math.max(title.length, ...rows.map((row) => row[column]!.length)));
-  const rightAligned = new Set([header.indexOf('DATA'), header.indexOf('SIZE')]);
+  const rightAligned = new Set([header.indexOf('DATA'), header.indexOf('STORED'), header.indexOf('SIZE')]);
   const line = (cells: string[]): string =>
     cells
       .map((cell, column) => (rightAligned.has(column) ? cell.padStart(widths[column]!) : cell.padEnd(widths[column]!)))
