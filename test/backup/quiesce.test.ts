@@ -136,7 +136,7 @@ test('a domain without a guest agent: quiesce yes fails before anything is creat
   t.regex(relative.message, /freezeMountpoints\[0\]: must be an absolute path/);
 });
 
-test('a run killed while the guest is frozen leaves it for the next run, which thaws it first', async (t) => {
+test('a run killed while the guest is frozen leaves it for the next run, which thaws it first; a run failing while it is frozen thaws it at once', async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());
   const guest = await startRealGuest(t, conn, 'qz-kill');
@@ -166,4 +166,29 @@ test('a run killed while the guest is frozen leaves it for the next run, which t
   t.false(result.quiesced);
   await guest.sh('echo written after the thaw > /root/after && sync');
   t.is((await guest.sh('cat /root/after')).trim(), 'written after the thaw');
+
+  // A failure while the guest is frozen thaws it at once, and the run leaves nothing behind.
+  const failed = await t.throwsAsync(
+    runBackup({
+      domain: guest.name,
+      dest,
+      connection: conn,
+      quiesce: 'yes',
+      hooks: {
+        whileFrozen: () => {
+          throw new Error('failed while frozen');
+        },
+      },
+    }),
+  );
+  t.is(failed.message, 'failed while frozen');
+  t.is(await guest.agent('guest-fsfreeze-status'), 'thawed');
+  t.deepEqual(
+    (await BackupSet.open(dest)).backups.map((backup) => backup.id),
+    [result.backupId],
+  );
+  t.deepEqual(
+    (await guest.domain.listAllCheckpoints()).map((checkpoint) => checkpoint.name),
+    [result.checkpoint],
+  );
 });
