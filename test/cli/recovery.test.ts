@@ -1,15 +1,17 @@
 // The recovery commands as a user runs them: run, prune refused while the recovered
 // domain runs from the set, verify unaffected, migrate-storage with --json progress,
 // prune allowed again; export read by our own NBD client equals restore of the point.
-import { mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, rm, stat } from 'node:fs/promises';
+import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import test from 'ava';
 
 import { BackupSet, restore } from '../../src/backup/index.js';
-import { NbdClient } from '../../src/nbd/index.js';
+import { NbdClient, NbdOptionError } from '../../src/nbd/index.js';
 import { backedUpDomain, diskSources } from '../backup/recovery-helpers.js';
+import { makeCa, makeSignedCert } from '../helpers/certificates.js';
 import { connectSystem, destroyAndUndefine, uniqueName } from '../helpers/daemon.js';
 import { jsonLines, runCli, startCli } from './helpers.js';
 
@@ -105,4 +107,49 @@ test('export serves a point read-only over NBD until interrupted: our NBD client
   t.is(ended.code, 0, ended.stderr);
   t.is(jsonLines(ended.stdout).at(-1)!['type'], 'result');
   await t.throwsAsync(stat(socket), { code: 'ENOENT' }, 'the socket is gone');
+});
+
+async function freePort(): Promise<number> {
+  const server = createServer();
+  await new Promise<void>((resolveListen) => server.listen(0, '127.0.0.1', resolveListen));
+  const { port } = server.address() as AddressInfo;
+  await new Promise((resolveClose) => server.close(resolveClose));
+  return port;
+}
+
+test('export over TCP with TLS: a client holding a certificate of the CA reads the point; a client without TLS is refused', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const { dest, points } = await backedUpDomain(t, conn, 'cli-export-tls');
+  const work = await scratch(t, 'cli-export-tls');
+  const ca = await makeCa(work, 'ca');
+  const server = await makeSignedCert(work, 'server', ca, 'tls_www_server');
+  const client = await makeSignedCert(work, 'client', ca, 'tls_www_client');
+  const tlsDir = join(work, 'tls');
+  await mkdir(tlsDir);
+  await copyFile(ca.cert, join(tlsDir, 'ca-cert.pem'));
+  await copyFile(server.cert, join(tlsDir, 'server-cert.pem'));
+  await copyFile(server.key, join(tlsDir, 'server-key.pem'));
+  const port = await freePort();
+
+  const exporting = startCli(['export', dest, '--disk', 'vda', '--tcp', `127.0.0.1:${port}`, '--tls-dir', tlsDir, '--json']);
+  t.teardown(() => void exporting.child.kill('SIGKILL'));
+  const ready = JSON.parse(await exporting.waitForLine((line) => line.includes('"export-ready"'))) as Record<string, unknown>;
+  t.is(ready['uri'], `nbds://127.0.0.1:${port}/vda`);
+  await t.throwsAsync(NbdClient.connect({ host: '127.0.0.1', port, exportName: 'vda' }), { instanceOf: NbdOptionError }, 'TLS is required');
+  const nbd = await NbdClient.connect({
+    host: '127.0.0.1',
+    port,
+    exportName: 'vda',
+    tls: { ca: await readFile(ca.cert), cert: await readFile(client.cert), key: await readFile(client.key) },
+  });
+  const exported = await nbd.read(0, nbd.size);
+  await nbd.close();
+
+  const out = join(work, 'restored');
+  await mkdir(out);
+  const restored = await restore(await BackupSet.open(dest), { to: out, at: points.at(-1)!, disk: 'vda', format: 'raw' });
+  t.true(exported.equals(await readFile(restored.disks[0]!.path)), 'the export over TLS holds the bytes restore writes');
+  exporting.child.kill('SIGINT');
+  t.is((await exporting.done).code, 0);
 });

@@ -93,7 +93,7 @@ export async function exportPoint(options: ExportPointOptions): Promise<PointExp
   return { backupId: point.id, disk: options.disk, exportName: options.disk, uri, socket, virtualSize: top.disk.virtualSize, done };
 }
 
-/** qemu-nbd says nothing when it is ready: the socket appearing (or the port taking connections) does. */
+/** qemu-nbd says nothing when it is ready: its socket or port taking connections does (the socket file exists a moment before). */
 async function waitUntilListening(child: ChildProcess, socket: string | null, tcp: { host: string; port: number } | null): Promise<void> {
   let stderr = '';
   child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
@@ -112,16 +112,16 @@ async function waitUntilListening(child: ChildProcess, socket: string | null, tc
         'EXPORT_FAILED',
         `qemu-nbd exited (code ${(exited as { code: number | null }).code ?? 'none'}): ${stderr.trim() || 'no message'}`,
       );
-    if (socket !== null ? await exists(socket) : await portOpen(tcp!.host, tcp!.port)) return;
+    if (await accepts(socket !== null ? { path: socket } : tcp!)) return;
     if (Date.now() > deadline) throw new RecoveryError('EXPORT_FAILED', `qemu-nbd did not start listening within 15 s: ${stderr.trim() || 'no message'}`);
     await new Promise((resolveWait) => setTimeout(resolveWait, 20));
   }
 }
 
-async function portOpen(host: string, port: number): Promise<boolean> {
+async function accepts(where: { path: string } | { host: string; port: number }): Promise<boolean> {
   const { createConnection } = await import('node:net');
   return new Promise((resolveOpen) => {
-    const probe = createConnection({ host, port });
+    const probe = createConnection(where);
     probe.once('connect', () => {
       probe.destroy();
       resolveOpen(true);
