@@ -286,3 +286,18 @@ test('a journal from another host is cleaned once its lock is gone', async (t) =
   t.deepEqual(set.recovery?.removedFiles, ['vda.0002.inc.qcow2']);
   t.false(await fileExists(join(dir, JOURNAL_FILE)));
 });
+
+test('opening a set for writing removes the temporary file of an atomic write whose process died, and only those', async (t) => {
+  const set = (await buildSet(t, ['full'])).set;
+  await set.close();
+  const stale = `.manifest.json.tmp-${deadPid()}-0123abcd`;
+  const live = `.manifest.json.tmp-${process.pid}-89abcdef`;
+  await writeFile(join(set.dir, stale), '{"partial":');
+  await writeFile(join(set.dir, live), '{"partial":');
+  const manifest = await readFile(join(set.dir, 'manifest.json'));
+  const opened = await BackupSet.openForWrite(set.dir);
+  await opened.close();
+  t.false(await fileExists(join(set.dir, stale)), 'a dead writer left it: removed');
+  t.true(await fileExists(join(set.dir, live)), 'a live writer may still rename it: kept');
+  t.deepEqual(await readFile(join(set.dir, 'manifest.json')), manifest);
+});

@@ -180,7 +180,7 @@ async function shutOffHandling(
   }
   if (transport === 'push') {
     throw new BackupError(
-      'INVALID_ARGUMENT',
+      'DOMAIN_NOT_RUNNING',
       `domain ${domain.name} is shut off: its images are read here (pull); a push backup needs libvirt's job, so start it paused for that (--start-paused)`,
     );
   }

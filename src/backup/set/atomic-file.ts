@@ -1,5 +1,5 @@
 import { randomBytes } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
+import { open, readdir, rename, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** Options of `writeFileAtomic()`. */
@@ -65,5 +65,36 @@ export async function fsyncFile(path: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+/** `.NAME.tmp-PID-HEX`, as `writeFileAtomic()` names its temporary files. */
+const TEMPORARY_FILE = /^\.(.+)\.tmp-(\d+)-[0-9a-f]{8}$/;
+
+/**
+ * Removes the temporary files of atomic writes whose process is gone (killed between
+ * writing and renaming): the caller holds the directory's lock, so no one else is
+ * writing them. Files of a process that may be alive are left. Returns the names removed.
+ */
+export async function removeStaleTemporaryFiles(directory: string): Promise<string[]> {
+  const removed: string[] = [];
+  for (const name of await readdir(directory)) {
+    const match = TEMPORARY_FILE.exec(name);
+    if (match === null || processMayBeAlive(Number(match[2]))) continue;
+    await unlink(join(directory, name)).then(
+      () => removed.push(name),
+      () => undefined,
+    );
+  }
+  return removed;
+}
+
+function processMayBeAlive(pid: number): boolean {
+  if (pid === process.pid) return true;
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== 'ESRCH';
   }
 }

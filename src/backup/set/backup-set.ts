@@ -1,6 +1,6 @@
 import { chmod, mkdir, readdir, readFile, stat } from 'node:fs/promises';
 import { dirname, join, resolve } from 'node:path';
-import { writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
+import { removeStaleTemporaryFiles, writeFileAtomic, type AtomicWriteOptions } from './atomic-file.js';
 import { fileChecksumMatches } from '../checksum.js';
 import { BackupSetError, throwIfAborted } from '../errors.js';
 import { describeFsError, errnoCode } from '../../common/fs-errors.js';
@@ -116,6 +116,8 @@ export class BackupSet implements SetFiles {
     await readManifestFile(absolute);
     const lock = await SetLock.acquire(absolute);
     try {
+      // A run killed between writing a temporary file and renaming it over its target left it.
+      await removeStaleTemporaryFiles(absolute);
       const set = new BackupSet(absolute, await readManifestFile(absolute), lock, null);
       set.recovery = await recoverInterruptedRun(set);
       return set;
