@@ -3,6 +3,7 @@
 #include <zstd.h>
 #include <zstd_errors.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -87,8 +88,13 @@ class CodecWorker : public Napi::AsyncWorker {
 
 class CompressWorker final : public CodecWorker {
  public:
-  CompressWorker(Napi::Env env, std::vector<Napi::ObjectReference> held, std::vector<Input> inputs, int level)
-      : CodecWorker(env, "zstdCompressClusters", std::move(held)), inputs_(std::move(inputs)), level_(level) {}
+  CompressWorker(Napi::Env env, std::vector<Napi::ObjectReference> held, std::vector<Input> inputs, int level,
+                 uint8_t* output, size_t outputLength)
+      : CodecWorker(env, "zstdCompressClusters", std::move(held)),
+        inputs_(std::move(inputs)),
+        level_(level),
+        output_(output),
+        outputLength_(outputLength) {}
 
  protected:
   void Execute() override {
@@ -97,42 +103,40 @@ class CompressWorker final : public CodecWorker {
     ZSTD_CCtx_reset(context, ZSTD_reset_session_and_parameters);
     size_t status = ZSTD_CCtx_setParameter(context, ZSTD_c_compressionLevel, level_);
     if (ZSTD_isError(status)) return SetError(std::string("zstd: ") + ZSTD_getErrorName(status));
-    outputs_.resize(inputs_.size());
+    lengths_.assign(inputs_.size(), 0);
+    size_t at = 0;
     for (size_t i = 0; i < inputs_.size(); i++) {
       const Input& input = inputs_[i];
       if (input.length == 0) continue;
       // One byte short of the cluster: a frame that does not fit is not worth storing.
-      std::vector<uint8_t>& output = outputs_[i];
-      output.resize(input.length - 1);
-      size_t written = ZSTD_compress2(context, output.data(), output.size(), input.data, input.length);
+      size_t room = std::min(input.length - 1, outputLength_ - at);
+      size_t written = ZSTD_compress2(context, output_ + at, room, input.data, input.length);
       if (ZSTD_isError(written)) {
         if (ZSTD_getErrorCode(written) != ZSTD_error_dstSize_tooSmall)
           return SetError(std::string("zstd: ") + ZSTD_getErrorName(written));
-        output.clear();
         ZSTD_CCtx_reset(context, ZSTD_reset_session_only);
         continue;
       }
-      output.resize(written);
+      lengths_[i] = written;
+      at += written;
     }
   }
 
+  // The frames' lengths, 0 for a cluster stored plain: numbers, so that a batch leaves
+  // no memory behind for the collector.
   Napi::Value Result(Napi::Env env) override {
-    Napi::Array results = Napi::Array::New(env, outputs_.size());
-    for (uint32_t i = 0; i < outputs_.size(); i++) {
-      const std::vector<uint8_t>& output = outputs_[i];
-      if (output.empty()) {
-        results.Set(i, env.Null());
-      } else {
-        results.Set(i, Napi::Buffer<uint8_t>::Copy(env, output.data(), output.size()));
-      }
-    }
+    Napi::Array results = Napi::Array::New(env, lengths_.size());
+    for (uint32_t i = 0; i < lengths_.size(); i++)
+      results.Set(i, Napi::Number::New(env, static_cast<double>(lengths_[i])));
     return results;
   }
 
  private:
   std::vector<Input> inputs_;
   int level_;
-  std::vector<std::vector<uint8_t>> outputs_;
+  uint8_t* output_;
+  size_t outputLength_;
+  std::vector<size_t> lengths_;
 };
 
 class DecompressWorker final : public CodecWorker {
@@ -191,6 +195,7 @@ Napi::Value ZstdCompressClusters(const Napi::CallbackInfo& info) {
     if (!value.IsTypedArray() || value.As<Napi::TypedArray>().ByteLength() > kMaxClusterSize)
       ThrowTypeError(env, "The \"clusters\" argument must be an array of Uint8Arrays of at most 2 MiB");
   }
+  if (info.Length() < 3 || !info[2].IsTypedArray()) ThrowTypeError(env, "The \"output\" argument must be a Uint8Array");
   double level = info[1].As<Napi::Number>().DoubleValue();
   if (!(level >= ZSTD_minCLevel() && level <= ZSTD_maxCLevel()) ||
       level != static_cast<double>(static_cast<int>(level))) {
@@ -199,8 +204,12 @@ Napi::Value ZstdCompressClusters(const Napi::CallbackInfo& info) {
   }
   std::vector<Napi::ObjectReference> held;
   std::vector<Input> inputs = HoldInputs(arrays, &held);
+  auto output = info[2].As<Napi::TypedArray>();
+  held.push_back(Napi::Persistent(output.As<Napi::Object>()));
+  auto* outputData = static_cast<uint8_t*>(output.ArrayBuffer().Data()) + output.ByteOffset();
   // An AsyncWorker deletes itself once its completion has run.
-  auto* worker = new CompressWorker(env, std::move(held), std::move(inputs), static_cast<int>(level));
+  auto* worker = new CompressWorker(env, std::move(held), std::move(inputs), static_cast<int>(level), outputData,
+                                    output.ByteLength());
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;  // NOLINT(clang-analyzer-cplusplus.NewDeleteLeaks): the worker is queued, not leaked

@@ -9,8 +9,10 @@
 
 namespace lvb {
 
-// zstdCompressClusters(clusters: Uint8Array[], level: number): Promise<Array<Buffer | null>>
-// A cluster whose frame would not be smaller than the cluster itself gives null.
+// zstdCompressClusters(clusters: Uint8Array[], level: number, output: Uint8Array): Promise<number[]>
+// The frames are written one after the other into `output`; the result is each one's
+// length, 0 for a cluster whose frame would not be smaller than the cluster itself (or
+// that no longer fits in `output`).
 Napi::Value ZstdCompressClusters(const Napi::CallbackInfo& info);
 
 // zstdDecompressCluster(frame: Uint8Array, clusterSize: number): Promise<Buffer>

@@ -210,10 +210,11 @@ export interface NativeAddon {
   /** Writes a file front to back on worker threads, checksumming in issue order; see binding/file_writer.h. */
   FileWriter: new (fd: number) => NativeFileWriter;
   /**
-   * zstd frames of qcow2 clusters at `level`, compressed on the thread pool; null for a
-   * cluster whose frame would not be smaller than the cluster. See binding/zstd_clusters.h.
+   * zstd frames of qcow2 clusters at `level`, compressed on the thread pool into `output`,
+   * one after the other; resolves with each frame's length, 0 for a cluster whose frame
+   * would not be smaller than the cluster. See binding/zstd_clusters.h.
    */
-  zstdCompressClusters(clusters: readonly Uint8Array[], level: number): Promise<Array<Buffer | null>>;
+  zstdCompressClusters(clusters: readonly Uint8Array[], level: number, output: Uint8Array): Promise<number[]>;
   /** The cluster of `clusterSize` bytes a zstd frame (perhaps followed by other bytes) holds. */
   zstdDecompressCluster(frame: Uint8Array, clusterSize: number): Promise<Buffer>;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */

@@ -140,22 +140,24 @@ for (const compression of ['zstd', 'zlib'] as const) {
   });
 }
 
-test('zstd and zlib: a cluster that does not shrink comes back null, others round-trip with trailing bytes after the stream', async (t) => {
+test('zstd and zlib: a cluster that does not shrink gets length 0, others round-trip with trailing bytes after the stream', async (t) => {
   const text = Buffer.alloc(CLUSTER_SIZE, 'compressible ');
   const noise = randomBytes(CLUSTER_SIZE);
   for (const compression of ['zstd', 'zlib'] as const) {
-    const [packed, plain] = await compressClusters(compression, [text, noise]);
-    t.is(plain, null, compression);
-    t.truthy(packed);
+    const output = Buffer.alloc(2 * CLUSTER_SIZE);
+    const [packed, plain] = await compressClusters(compression, [text, noise], output);
+    t.is(plain, 0, compression);
+    t.true(packed! > 0 && packed! < CLUSTER_SIZE);
     // qcow2 rounds a stream up to whole sectors: whatever follows it is not part of it.
-    const followed = Buffer.concat([packed!, randomBytes(700)]);
+    const followed = Buffer.concat([output.subarray(0, packed), randomBytes(700)]);
     t.true((await decompressCluster(compression, followed, CLUSTER_SIZE)).equals(text), compression);
   }
 });
 
 test('a damaged compressed cluster is refused as a broken chain, naming where it lies', async (t) => {
-  const [packed] = await compressClusters('zstd', [Buffer.alloc(CLUSTER_SIZE, 'abc')]);
-  const cut = packed!.subarray(0, packed!.length - 4);
+  const output = Buffer.alloc(CLUSTER_SIZE);
+  const [packed] = await compressClusters('zstd', [Buffer.alloc(CLUSTER_SIZE, 'abc')], output);
+  const cut = output.subarray(0, packed! - 4);
   const error = await t.throwsAsync(inflateCluster(cut, CLUSTER_SIZE, () => 'x.qcow2: compressed cluster at 4096', 'zstd'));
   t.is((error as { code?: string }).code, 'CHAIN_BROKEN');
   t.regex(error!.message, /x\.qcow2: compressed cluster at 4096 is not a valid zstd frame/);

@@ -15,8 +15,11 @@ export const CLUSTER_COMPRESSIONS: readonly ClusterCompression[] = ['zstd', 'zli
 /** qcow2's compression_type header field (QCOW2_COMPRESSION_TYPE_*). */
 export const COMPRESSION_TYPE_CODES: Record<ClusterCompression, number> = { zlib: 0, zstd: 1 };
 
-/** QEMU's choices: zstd's default level, zlib's default level. */
-const ZSTD_LEVEL = 3;
+/**
+ * zstd level 2 rather than QEMU's 3 (zstd's default): on file system data about 1 %
+ * larger and a third faster. zlib at QEMU's level, its default (6).
+ */
+const ZSTD_LEVEL = 2;
 const ZLIB_WINDOW_BITS = 12;
 
 function deflateCluster(cluster: Uint8Array): Promise<Buffer | null> {
@@ -28,13 +31,25 @@ function deflateCluster(cluster: Uint8Array): Promise<Buffer | null> {
   });
 }
 
+async function deflateClusters(clusters: readonly Uint8Array[], output: Uint8Array): Promise<number[]> {
+  const streams = await Promise.all(clusters.map(deflateCluster));
+  let at = 0;
+  return streams.map((stream) => {
+    if (stream === null || at + stream.length > output.length) return 0;
+    output.set(stream, at);
+    at += stream.length;
+    return stream.length;
+  });
+}
+
 /**
- * Compresses whole clusters; the result has one entry per cluster, null where the
- * compressed form would not be smaller (the cluster is then stored plain).
+ * Compresses whole clusters into `output`, one compressed stream after the other (room
+ * for the clusters' own size is always enough). Resolves with each stream's length, 0
+ * where the compressed form would not be smaller (the cluster is then stored plain).
  */
-export function compressClusters(kind: ClusterCompression, clusters: readonly Uint8Array[]): Promise<Array<Buffer | null>> {
-  if (kind === 'zstd') return nativeAddon().zstdCompressClusters(clusters, ZSTD_LEVEL);
-  return Promise.all(clusters.map(deflateCluster));
+export function compressClusters(kind: ClusterCompression, clusters: readonly Uint8Array[], output: Uint8Array): Promise<number[]> {
+  if (kind === 'zstd') return nativeAddon().zstdCompressClusters(clusters, ZSTD_LEVEL, output);
+  return deflateClusters(clusters, output);
 }
 
 /**

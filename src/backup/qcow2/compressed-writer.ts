@@ -3,13 +3,14 @@
 // and appended in guest order as they come back: a compressed cluster packed right
 // after the previous one, a cluster that did not shrink plain at the next cluster
 // boundary. Where each landed is noted in the L2 tables and refcounts, written once the
-// data is done. Memory: the batches in flight, the L2 tables (64 KiB per 512 MiB of
-// guest range with data) and a 2-byte refcount per cluster of room.
+// data is done. Memory: the batches in flight and their compressed output (both
+// reused), the L2 tables (64 KiB per 512 MiB of guest range with data) and a 2-byte
+// refcount per cluster of room.
 import type { ReadChunk } from '../../nbd/index.js';
 import type { BatchedWrites } from './batched-writes.js';
 import { compressClusters, type ClusterCompression } from './cluster-compression.js';
 import { CLUSTER_BITS, CLUSTER_SIZE, COPIED, L2_ENTRIES, REFCOUNTS_PER_BLOCK, type Qcow2Layout } from './qcow2-layout.js';
-import { storedClusterBatches, type ClusterBatch } from './stored-cluster-batches.js';
+import { BATCH_CLUSTERS, storedClusterBatches, type ClusterBatch } from './stored-cluster-batches.js';
 
 /** Batches being compressed at once: enough to keep both cores busy while one is written. */
 const BATCHES_IN_FLIGHT = 4;
@@ -110,32 +111,42 @@ export async function appendCompressedData(
   const placement = new Placement(layout);
   let dataBytes = 0;
   let storedBytes = output.appended;
-  const inFlight: Array<{ batch: ClusterBatch; clusters: Buffer[]; compressed: Promise<Array<Buffer | null>> }> = [];
+  const inFlight: Array<{ batch: ClusterBatch; clusters: Buffer[]; packed: Buffer; compressed: Promise<number[]> }> = [];
+  const freeOutputs: Buffer[] = [];
   const place = async () => {
-    const { batch, clusters, compressed } = inFlight.shift()!;
-    const results = await compressed;
+    const { batch, clusters, packed, compressed } = inFlight.shift()!;
+    const lengths = await compressed;
+    let plainClusters = false;
+    let at = 0;
     for (let index = 0; index < clusters.length; index++) {
-      const stream = results[index];
+      const length = lengths[index]!;
       const guestCluster = batch.guestClusters[index]!;
-      if (stream) {
-        placement.compressed(guestCluster, stream.length);
-        await output.append(stream);
+      if (length > 0) {
+        placement.compressed(guestCluster, length);
+        await output.append(packed.subarray(at, at + length));
+        at += length;
       } else {
         const padding = placement.alignment();
         await output.appendZeroes(padding);
         placement.position += padding;
         placement.plain(guestCluster);
         await output.append(clusters[index]!);
+        plainClusters = true;
       }
     }
+    // Plain clusters are written from the batch's memory: it is reused once they landed.
+    if (plainClusters) output.releaseAfterWrite(batch.release);
+    else batch.release();
+    output.releaseAfterWrite(() => void freeOutputs.push(packed));
     dataBytes += batch.dataBytes;
   };
   try {
     for await (const batch of storedClusterBatches(layout.input.runs, chunks, options)) {
       const clusters = batch.guestClusters.map((_, index) => batch.data.subarray(index * CLUSTER_SIZE, (index + 1) * CLUSTER_SIZE));
-      const compressed = compressClusters(compression, clusters);
+      const packed = freeOutputs.pop() ?? Buffer.allocUnsafe(BATCH_CLUSTERS * CLUSTER_SIZE);
+      const compressed = compressClusters(compression, clusters, packed);
       compressed.catch(() => undefined);
-      inFlight.push({ batch, clusters, compressed });
+      inFlight.push({ batch, clusters, packed, compressed });
       if (inFlight.length >= BATCHES_IN_FLIGHT) await place();
     }
     while (inFlight.length > 0) await place();

@@ -1,7 +1,9 @@
 // The stored clusters of an image, in guest order, as whole clusters gathered into
 // batches: what compression works on. Bytes of a stored cluster that no data chunk
 // covers read as zeroes. Each chunk's bytes are copied into the batch, so its
-// `release()` runs as soon as they are.
+// `release()` runs as soon as they are. A batch's memory comes back through its own
+// `release()` and is reused: fresh 1 MiB buffers would each cost the JS thread their
+// page faults (and the collector its work).
 import type { ReadChunk } from '../../nbd/index.js';
 import { CLUSTER_SIZE, type ClusterRun } from './qcow2-layout.js';
 
@@ -12,6 +14,8 @@ export interface ClusterBatch {
   data: Buffer;
   /** Guest bytes in this batch that came as data. */
   dataBytes: number;
+  /** Gives `data` back for a later batch, once nothing reads it any more. */
+  release(): void;
 }
 
 /** Clusters per batch: one unit of compression work (1 MiB). */
@@ -25,7 +29,12 @@ export async function* storedClusterBatches(
   let runIndex = 0;
   // Guest cluster of the current slot (the next stored cluster not yet complete).
   let cluster = runs.length > 0 ? runs[0]!.start : Number.POSITIVE_INFINITY;
-  let batch: ClusterBatch = { guestClusters: [], data: Buffer.alloc(BATCH_CLUSTERS * CLUSTER_SIZE), dataBytes: 0 };
+  const free: Buffer[] = [];
+  const newBatch = (): ClusterBatch => {
+    const data = free.pop()?.fill(0) ?? Buffer.alloc(BATCH_CLUSTERS * CLUSTER_SIZE);
+    return { guestClusters: [], data, dataBytes: 0, release: () => void free.push(data) };
+  };
+  let batch = newBatch();
   // The current cluster already has its place in the batch (some of its data arrived).
   let slotOpen = false;
   let dataEnd = 0;
@@ -41,7 +50,7 @@ export async function* storedClusterBatches(
     }
     if (batch.guestClusters.length < BATCH_CLUSTERS) return null;
     const full = batch;
-    batch = { guestClusters: [], data: Buffer.alloc(BATCH_CLUSTERS * CLUSTER_SIZE), dataBytes: 0 };
+    batch = newBatch();
     return full;
   };
   for await (const chunk of chunks) {
@@ -81,4 +90,5 @@ export async function* storedClusterBatches(
     if (full) yield full;
   }
   if (batch.guestClusters.length > 0) yield batch;
+  else batch.release();
 }
