@@ -117,6 +117,8 @@ export interface RunArgs extends ConnectionArgs {
   at: string | undefined;
   name: string;
   overlayDir: string | undefined;
+  /** `--overlay-pool`: the overlays are volumes of this storage pool of the hypervisor. */
+  overlayPool: string | undefined;
   json: boolean;
 }
 
@@ -199,7 +201,7 @@ const OPTIONS: Record<CommandName, Options> = {
   },
   verify: { json, help },
   list: { json, help },
-  run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
+  run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, 'overlay-pool': { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
   'migrate-storage': { to: { type: 'string' }, pool: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
   export: { at: { type: 'string' }, disk: { type: 'string' }, socket: { type: 'string' }, tcp: { type: 'string' }, 'tls-dir': { type: 'string' }, json, help },
   prune: { keep: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
@@ -322,7 +324,7 @@ function parseCommand(command: CommandName, args: readonly string[]): Invocation
         dir: subject,
         at: optionalString(values, 'at', command),
         name: required(values, 'name', command),
-        overlayDir: optionalString(values, 'overlay-dir', command),
+        ...overlayPlace(values),
         ...connectionArgs(values, command),
         json: jsonOutput,
       };
@@ -535,6 +537,16 @@ function unknownOption(option: string, command: CommandName): string {
   const owners = COMMAND_NAMES.filter((other) => Object.hasOwn(OPTIONS[other], name));
   if (owners.length > 0) return `${unknown}: ${command} does not take it (${owners.join(', ')} ${owners.length === 1 ? 'does' : 'do'})`;
   return unknown;
+}
+
+/** `run`: the overlays in a directory of this host (`--overlay-dir`) or a storage pool (`--overlay-pool`), never both. */
+function overlayPlace(values: Values): Pick<RunArgs, 'overlayDir' | 'overlayPool'> {
+  const command = 'run';
+  const overlayDir = optionalString(values, 'overlay-dir', command);
+  const overlayPool = optionalString(values, 'overlay-pool', command);
+  if (overlayDir !== undefined && overlayPool !== undefined)
+    throw new UsageError(`options '--overlay-dir' and '--overlay-pool' exclude each other: a directory of this host or a storage pool of the hypervisor`, command);
+  return { overlayDir, overlayPool };
 }
 
 /** `migrate-storage`: a directory (`--to`) or a storage pool (`--pool`), never both. */

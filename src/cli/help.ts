@@ -128,12 +128,15 @@ of its disks: each disk is a thin qcow2 overlay whose backing chain is the point
 files (which are only read: the set never changes), and the domain is the set's
 saved definition with a new name, UUID and MAC addresses. The set records the new
 domain, and prune refuses the files it runs from until migrate-storage moved it.
-Runs on the hypervisor host itself (see "Running a VM from a backup" in the README).
+On the hypervisor host itself the overlays are files (--overlay-dir); with
+--overlay-pool they are volumes of a storage pool, which also works on a remote
+hypervisor that sees the set at the same path (see "Running a VM from a backup").
 
 Options:
   --name NAME                the new domain's name (required)
   --at BACKUP                backup id to run from (default the newest; see 'list')
   --overlay-dir DIR          where the overlays go (default /var/lib/libvirt/images)
+  --overlay-pool POOL        make the overlays as volumes of this storage pool instead
   --connect URI              libvirt URI (default qemu:///system)
   --username NAME            SASL or SSH user, when the URI does not name one
   --password-file FILE       file whose first line is the password (SASL) or key passphrase

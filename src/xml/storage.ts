@@ -24,6 +24,11 @@ export interface StorageVolumeSpec {
   format?: string;
   /** Mode of the file libvirt creates, e.g. 0o600. */
   mode?: number;
+  /**
+   * The image the new volume is a thin overlay of (`<backingStore>`): its path as the
+   * hypervisor sees it, and its format. Reads of clusters the volume does not hold go there.
+   */
+  backingStore?: { path: string; format: string };
 }
 
 function checkName(name: unknown, path: string, issues: ValidationIssue[]): void {
@@ -52,6 +57,12 @@ export function buildStorageVolumeXml(spec: StorageVolumeSpec): string {
   checkMode(spec.mode, 'mode', issues);
   if (spec.format !== undefined && !/^[a-z0-9_-]+$/.test(spec.format))
     issues.push({ path: 'format', rule: `must be a format name such as raw or qcow2, got ${quote(String(spec.format))}` });
+  if (spec.backingStore !== undefined) {
+    if (typeof spec.backingStore.path !== 'string' || !spec.backingStore.path.startsWith('/'))
+      issues.push({ path: 'backingStore.path', rule: `must be an absolute path, got ${quote(String(spec.backingStore.path))}` });
+    if (typeof spec.backingStore.format !== 'string' || !/^[a-z0-9_-]+$/.test(spec.backingStore.format))
+      issues.push({ path: 'backingStore.format', rule: `must be a format name such as qcow2, got ${quote(String(spec.backingStore.format))}` });
+  }
   if (issues.length > 0) throw new XmlValidationError(issues);
   const writer = new DocumentWriter('volume');
   const root = writer.root;
@@ -62,6 +73,11 @@ export function buildStorageVolumeXml(spec: StorageVolumeSpec): string {
   const target = writer.element(root, 'target');
   if (spec.format !== undefined) writer.element(target, 'format', [['type', spec.format]]);
   if (spec.mode !== undefined) writer.textElement(writer.element(target, 'permissions'), 'mode', `0${spec.mode.toString(8)}`);
+  if (spec.backingStore !== undefined) {
+    const backing = writer.element(root, 'backingStore');
+    writer.textElement(backing, 'path', spec.backingStore.path);
+    writer.element(backing, 'format', [['type', spec.backingStore.format]]);
+  }
   return writer.serialize();
 }
 

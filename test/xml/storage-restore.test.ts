@@ -89,10 +89,20 @@ test('volume and pool documents are valid by libvirt schemas; bad specs name the
   const volumes = [
     buildStorageVolumeXml({ name: 'a.qcow2', capacity: 1024 ** 3, format: 'qcow2', mode: 0o600 }),
     buildStorageVolumeXml({ name: 'b <&> "c".raw', capacity: 0, allocation: 0 }),
+    buildStorageVolumeXml({
+      name: 'vm-vda.overlay.qcow2',
+      capacity: 1024 ** 3,
+      format: 'qcow2',
+      backingStore: { path: '/srv/set/vda.0002.inc.qcow2', format: 'qcow2' },
+    }),
   ];
   for (const verdict of await validateWithXmllint(`${SCHEMA_DIR}/storagevol.rng`, volumes)) t.true(verdict.valid, verdict.messages.join('\n'));
   t.regex(volumes[0]!, /<capacity unit="bytes">1073741824<\/capacity>/);
   t.regex(volumes[0]!, /<mode>0600<\/mode>/);
+  t.regex(volumes[2]!, /<backingStore>\s*<path>\/srv\/set\/vda\.0002\.inc\.qcow2<\/path>\s*<format type="qcow2"\/>\s*<\/backingStore>/);
+  t.throws(() => buildStorageVolumeXml({ name: 'x', capacity: 1, backingStore: { path: 'set/vda.qcow2', format: 'qcow2' } }), {
+    message: /backingStore\.path: must be an absolute path, got 'set\/vda\.qcow2'/,
+  });
   const pool = buildStoragePoolXml({ type: 'dir', name: 'restores', path: '/srv/restores', mode: 0o711 });
   const [verdict] = await validateWithXmllint(`${SCHEMA_DIR}/storagepool.rng`, [pool]);
   t.true(verdict!.valid, verdict!.messages.join('\n'));

@@ -1,13 +1,10 @@
 import { randomUUID } from 'node:crypto';
-import { rm, stat } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
 import { BackupSet } from '../set/backup-set.js';
 import { assertChainIntact } from '../set/chain-check.js';
 import { recordSetUser, removeSetUser } from '../set/set-users.js';
 import { SetLock } from '../set/set-lock.js';
 import { throwIfAborted } from '../errors.js';
 import { errnoCode } from '../../common/fs-errors.js';
-import { qemuImgCreate } from '../qcow2/qemu-img.js';
 import type { Connection } from '../../libvirt/connection.js';
 import type { Domain } from '../../libvirt/domain.js';
 import { LibvirtError } from '../../libvirt/errors.js';
@@ -15,6 +12,7 @@ import { parseDomainAccess, recoveredDomainXml, type DomainAccess } from '../../
 import { RecoveryError } from './recovery-errors.js';
 import { isRemoteConnection } from './remote-uri.js';
 import { readJournal } from '../set/run-journal.js';
+import { directoryOverlays, poolOverlays, type OverlayStore, type PlannedOverlay } from './run-overlays.js';
 
 /** Where overlays go unless told otherwise: libvirt's default image directory. */
 export const DEFAULT_OVERLAY_DIR = '/var/lib/libvirt/images';
@@ -30,6 +28,12 @@ export interface RunFromBackupOptions {
   connection: Connection;
   /** Directory on the hypervisor host for the overlays; default `/var/lib/libvirt/images`. */
   overlayDir?: string;
+  /**
+   * A storage pool of the hypervisor for the overlays instead (libvirt makes them as
+   * volumes backed by the set's files): needed on a remote hypervisor, which must see the
+   * set at the same path as this host (shared storage).
+   */
+  overlayPool?: string;
   signal?: AbortSignal;
   /** Called at each step (check, overlay, define, start) and with notices. */
   onEvent?: (event: RunFromBackupEvent) => void;
@@ -63,10 +67,12 @@ export interface RunFromBackupResult {
 export async function runFromBackup(options: RunFromBackupOptions): Promise<RunFromBackupResult> {
   const { connection, signal, onEvent } = options;
   const uri = await connection.getURI();
-  if (isRemoteConnection(uri)) {
+  if (options.overlayPool !== undefined && options.overlayDir !== undefined)
+    throw new RecoveryError('INVALID_ARGUMENT', 'overlayDir and overlayPool exclude each other: a directory of this host or a storage pool of the hypervisor');
+  if (isRemoteConnection(uri) && options.overlayPool === undefined) {
     throw new RecoveryError(
       'INVALID_ARGUMENT',
-      `run creates the overlays with qemu-img where it runs, so it must run on the hypervisor host itself (${uri} is remote); see "Running a VM from a backup" in the README`,
+      `on a remote hypervisor (${uri}) the overlays are made in one of its storage pools (--overlay-pool POOL), and it must see the backup set at the path it has here; see "Running a VM from a backup" in the README`,
     );
   }
   checkName(options.name);
@@ -79,16 +85,12 @@ export async function runFromBackup(options: RunFromBackupOptions): Promise<RunF
   for (const { chain } of chains) await assertChainIntact(set, chain, { signal });
   throwIfAborted(signal);
 
-  const overlayDir = resolve(options.overlayDir ?? DEFAULT_OVERLAY_DIR);
+  const store =
+    options.overlayPool === undefined ? directoryOverlays(options.overlayDir ?? DEFAULT_OVERLAY_DIR) : await poolOverlays(connection, options.overlayPool, uri);
   const uuid = randomUUID();
-  const overlays = chains.map(({ disk, chain }) => ({
-    target: disk.target,
-    path: join(overlayDir, `${options.name}-${disk.target}.overlay.qcow2`),
-    backingFile: chain.at(-1)!.path,
-    virtualSize: disk.virtualSize,
-  }));
-  for (const overlay of overlays) {
-    if (await exists(overlay.path)) throw new RecoveryError('OUTPUT_EXISTS', `${overlay.path} already exists; remove it or choose another --name`);
+  const overlays: PlannedOverlay[] = [];
+  for (const { disk, chain } of chains) {
+    overlays.push({ target: disk.target, path: await store.plan(options.name, disk.target), backingFile: chain.at(-1)!.path, virtualSize: disk.virtualSize });
   }
   const files = [...new Set(chains.flatMap(({ chain }) => chain.map((link) => link.disk.file)))];
   const recorded = await recordUse(set, {
@@ -105,10 +107,12 @@ export async function runFromBackup(options: RunFromBackupOptions): Promise<RunF
     });
 
   let domain: Domain | undefined;
+  const created: PlannedOverlay[] = [];
   try {
     for (const overlay of overlays) {
       onEvent?.({ type: 'step', step: 'overlay', target: overlay.target });
-      await qemuImgCreate(overlay.path, { format: 'qcow2', size: overlay.virtualSize, backingFile: overlay.backingFile, backingFormat: 'qcow2', signal });
+      await store.create(overlay, signal);
+      created.push(overlay);
     }
     const built = recoveredDomainXml(set.domain.xml, {
       name: options.name,
@@ -134,7 +138,7 @@ export async function runFromBackup(options: RunFromBackupOptions): Promise<RunF
       access,
     };
   } catch (error) {
-    await undo(domain, overlays, set.dir, uuid, recorded);
+    await undo(domain, store, created, set.dir, uuid, recorded);
     throw error;
   }
 }
@@ -183,21 +187,11 @@ async function recordUse(set: BackupSet, user: Parameters<typeof recordSetUser>[
   }
 }
 
-async function undo(domain: Domain | undefined, overlays: Array<{ path: string }>, dir: string, uuid: string, recorded: boolean): Promise<void> {
+async function undo(domain: Domain | undefined, store: OverlayStore, overlays: PlannedOverlay[], dir: string, uuid: string, recorded: boolean): Promise<void> {
   if (domain !== undefined) {
     await domain.destroy().catch(() => undefined);
     await domain.undefine().catch(() => undefined);
   }
-  for (const overlay of overlays) await rm(overlay.path, { force: true }).catch(() => undefined);
+  for (const overlay of overlays) await store.remove(overlay).catch(() => undefined);
   if (recorded) await removeSetUser(dir, uuid).catch(() => undefined);
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if (errnoCode(error) === 'ENOENT') return false;
-    throw error;
-  }
 }

@@ -14,6 +14,7 @@ export async function runFromBackupCommand(args: RunArgs, { output, signal }: Co
       name: args.name,
       connection,
       ...(args.overlayDir !== undefined ? { overlayDir: args.overlayDir } : {}),
+      ...(args.overlayPool !== undefined ? { overlayPool: args.overlayPool } : {}),
       signal,
       onEvent: (event) => {
         if (event.type === 'notice') output.event(event);
