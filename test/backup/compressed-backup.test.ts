@@ -1,13 +1,14 @@
 // Compressed backups against the real daemon: zstd and zlib sets, full and incremental,
 // with a plain backup in the middle of the chain. Every point restores equal to what
 // the disk held; qemu-img checks every file clean and converts every chain to the same
-// bytes; unwritten ranges stay unallocated; verify finds nothing wrong.
+// bytes; unwritten ranges stay unallocated; verify finds nothing wrong, and prune's
+// merge keeps the points it keeps restorable.
 import { mkdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import test from 'ava';
 
-import { BackupSet, BackupError, restore, runBackup, verify } from '../../src/backup/index.js';
+import { BackupSet, BackupError, prune, restore, runBackup, verify } from '../../src/backup/index.js';
 import { connectSystem } from '../helpers/daemon.js';
 import { run } from '../helpers/process.js';
 import { imagesIdentical, mirroredDomain } from './engine-helpers.js';
@@ -78,6 +79,30 @@ for (const compress of ['zstd', 'zlib'] as const) {
     }
     const report = await verify(set);
     t.true(report.ok, JSON.stringify(report.problems));
+
+    // Prune merges the compressed full and the first incremental into a new file; the
+    // points kept still restore to their references.
+    const writable = await BackupSet.openForWrite(dest);
+    try {
+      await prune(writable, { keep: 2 });
+    } finally {
+      await writable.close();
+    }
+    const pruned = await BackupSet.open(dest);
+    t.deepEqual(
+      pruned.backups.map((b) => b.id),
+      [plain.backupId, inc2.backupId],
+    );
+    // The merged point is written anew by qemu-img; the compressed one above it keeps its clusters.
+    t.is(pruned.backups[0]!.disks[0]!.compression, undefined);
+    t.is(pruned.backups[1]!.disks[0]!.compression, compress);
+    t.true((await verify(pruned)).ok);
+    for (const point of [plain, inc2]) {
+      const out = join(m.dir, `pruned-${point.backupId}`);
+      await mkdir(out);
+      const restored = await restore(pruned, { to: out, at: point.backupId, format: 'raw' });
+      t.true(await imagesIdentical(restored.disks[0]!.path, 'raw', m.referenceAt(point.backupId, 0), 'raw'), `after prune: ${point.backupId}`);
+    }
   });
 }
 
