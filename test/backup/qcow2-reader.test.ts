@@ -261,6 +261,19 @@ test('malformed headers and tables end in CHAIN_BROKEN, naming what is wrong', a
     t.is(error?.code, 'CHAIN_BROKEN', label);
     t.regex(error!.message, message, label);
   }
+  // An overlay whose backing format extension names something else than qcow2 (one bit
+  // flipped: "qgow2", which QEMU refuses to open).
+  const base = join(dir, 'base.qcow2');
+  const overlay = join(dir, 'overlay.qcow2');
+  await createImage({ path: base, size: 2 * MiB });
+  await createImage({ path: overlay, size: 2 * MiB, backing: base });
+  const overlayBytes = await readFile(overlay);
+  const format = overlayBytes.indexOf('qcow2', 72);
+  t.true(format > 0, 'the backing format extension');
+  const renamed = await patched(overlay, join(dir, 'qgow2.qcow2'), [{ at: format + 1, bytes: ['g'.charCodeAt(0)] }]);
+  const wrongFormat = await t.throwsAsync(readImage(renamed), { instanceOf: BackupSetError });
+  t.is(wrongFormat?.code, 'CHAIN_BROKEN');
+  t.regex(wrongFormat!.message, /backing file format is "qgow2", expected qcow2/);
   // Truncated inside the header, inside the L1 table, inside an L2 table.
   for (const length of [50, l1 + 4, l2 + 100]) {
     const path = join(dir, `truncated-${length}.qcow2`);

@@ -216,6 +216,10 @@ async function readHeaderFields(source: ByteSource, name: string): Promise<Heade
   const { backingFile, extensionsEnd } = readBackingFileName(fixed, headerCluster, clusterSize, name);
 
   const { backingFormat, featureNames } = parseExtensions(headerCluster, headerLength, extensionsEnd, fileSize, name);
+  // The chain is read as qcow2 all the way down: a backing file named as anything else is
+  // not what this reader can read, and a name QEMU does not know makes QEMU refuse the image.
+  if (backingFile !== null && backingFormat !== null && backingFormat !== 'qcow2')
+    throw malformed(name, `backing file format is ${JSON.stringify(backingFormat)}, expected qcow2`);
 
   assertTablesQemuOpens(fixed, clusterSize, incompatible, autoclear, name);
 
