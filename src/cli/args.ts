@@ -201,7 +201,15 @@ const OPTIONS: Record<CommandName, Options> = {
   },
   verify: { json, help },
   list: { json, help },
-  run: { at: { type: 'string' }, name: { type: 'string' }, 'overlay-dir': { type: 'string' }, 'overlay-pool': { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
+  run: {
+    at: { type: 'string' },
+    name: { type: 'string' },
+    'overlay-dir': { type: 'string' },
+    'overlay-pool': { type: 'string' },
+    ...CONNECTION_OPTIONS,
+    json,
+    help,
+  },
   'migrate-storage': { to: { type: 'string' }, pool: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
   export: { at: { type: 'string' }, disk: { type: 'string' }, socket: { type: 'string' }, tcp: { type: 'string' }, 'tls-dir': { type: 'string' }, json, help },
   prune: { keep: { type: 'string' }, ...CONNECTION_OPTIONS, json, help },
@@ -545,7 +553,10 @@ function overlayPlace(values: Values): Pick<RunArgs, 'overlayDir' | 'overlayPool
   const overlayDir = optionalString(values, 'overlay-dir', command);
   const overlayPool = optionalString(values, 'overlay-pool', command);
   if (overlayDir !== undefined && overlayPool !== undefined)
-    throw new UsageError(`options '--overlay-dir' and '--overlay-pool' exclude each other: a directory of this host or a storage pool of the hypervisor`, command);
+    throw new UsageError(
+      `options '--overlay-dir' and '--overlay-pool' exclude each other: a directory of this host or a storage pool of the hypervisor`,
+      command,
+    );
   return { overlayDir, overlayPool };
 }
 

@@ -4,12 +4,12 @@
 // bitmap in each image, then the checkpoint defined in libvirt's metadata, so the chain
 // goes on seamlessly once the domain runs again.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { createConnection } from 'node:net';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 
 import { CheckpointCreateFlags, CheckpointDeleteFlags } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
+import { acceptsConnections } from '../../common/accepts-connections.js';
 import { dieWithParent } from '../../common/die-with-parent.js';
 import { buildCheckpointXml, parseCheckpointXml, type DomainSummary } from '../../xml/index.js';
 import { qemuImgBitmap, qemuImgBitmaps } from '../qcow2/qemu-img.js';
@@ -148,7 +148,7 @@ async function startQemuNbd(image: OfflineImage, socket: string, exportName: str
   failed.catch(() => undefined);
   const deadline = Date.now() + EXPORT_READY_MS;
   // The socket file exists a moment before qemu-nbd listens on it: only a connection says it is ready.
-  while (!(await Promise.race([accepts(socket), failed]))) {
+  while (!(await Promise.race([acceptsConnections({ path: socket }), failed]))) {
     if (Date.now() > deadline) {
       child.kill('SIGKILL');
       throw new BackupError('JOB_FAILED', `qemu-nbd did not export ${image.path} within ${EXPORT_READY_MS / 1000} s`);
@@ -156,17 +156,6 @@ async function startQemuNbd(image: OfflineImage, socket: string, exportName: str
     await Promise.race([sleep(50), failed]);
   }
   return child;
-}
-
-function accepts(socket: string): Promise<boolean> {
-  return new Promise((resolveProbe) => {
-    const probe = createConnection(socket);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolveProbe(true);
-    });
-    probe.once('error', () => resolveProbe(false));
-  });
 }
 
 /**

@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { BackupSet } from '../set/backup-set.js';
 import { assertChainIntact } from '../set/chain-check.js';
-import { errnoCode } from '../../common/fs-errors.js';
 import { RecoveryError } from './recovery-errors.js';
+import { pathExists } from '../../common/path-exists.js';
+import { acceptsConnections } from '../../common/accepts-connections.js';
 
 /** Which backup point and disk `exportPoint()` serves, and where it listens. */
 export interface ExportPointOptions {
@@ -62,7 +63,7 @@ export async function exportPoint(options: ExportPointOptions): Promise<PointExp
   let socket: string | null = null;
   if ('socket' in listen) {
     socket = resolve(listen.socket);
-    if (await exists(socket)) throw new RecoveryError('OUTPUT_EXISTS', `${socket} already exists; remove it or choose another --socket`);
+    if (await pathExists(socket)) throw new RecoveryError('OUTPUT_EXISTS', `${socket} already exists; remove it or choose another --socket`);
     args.push(`--socket=${socket}`);
     uri = `nbd+unix:///${options.disk}?socket=${socket}`;
   } else {
@@ -112,22 +113,10 @@ async function waitUntilListening(child: ChildProcess, socket: string | null, tc
         'EXPORT_FAILED',
         `qemu-nbd exited (code ${(exited as { code: number | null }).code ?? 'none'}): ${stderr.trim() || 'no message'}`,
       );
-    if (await accepts(socket !== null ? { path: socket } : tcp!)) return;
+    if (await acceptsConnections(socket !== null ? { path: socket } : tcp!)) return;
     if (Date.now() > deadline) throw new RecoveryError('EXPORT_FAILED', `qemu-nbd did not start listening within 15 s: ${stderr.trim() || 'no message'}`);
     await new Promise((resolveWait) => setTimeout(resolveWait, 20));
   }
-}
-
-async function accepts(where: { path: string } | { host: string; port: number }): Promise<boolean> {
-  const { createConnection } = await import('node:net');
-  return new Promise((resolveOpen) => {
-    const probe = createConnection(where);
-    probe.once('connect', () => {
-      probe.destroy();
-      resolveOpen(true);
-    });
-    probe.once('error', () => resolveOpen(false));
-  });
 }
 
 function superviseExport(child: ChildProcess, signal: AbortSignal | undefined, cleanup: () => Promise<void>): Promise<void> {
@@ -147,14 +136,4 @@ function superviseExport(child: ChildProcess, signal: AbortSignal | undefined, c
       });
     });
   });
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if (errnoCode(error) === 'ENOENT') return false;
-    throw error;
-  }
 }

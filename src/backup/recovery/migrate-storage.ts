@@ -1,7 +1,6 @@
-import { rm, stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { removeSetUser } from '../set/set-users.js';
-import { errnoCode } from '../../common/fs-errors.js';
 import { qemuImgInfo } from '../qcow2/qemu-img.js';
 import { BlockJobAbortFlags } from '../../libvirt/constants.js';
 import { BlockJobError } from '../../libvirt/block-jobs.js';
@@ -11,6 +10,7 @@ import { LibvirtError } from '../../libvirt/errors.js';
 import type { StoragePool } from '../../libvirt/storage-pool.js';
 import { parseDomainXml, parseRecoveryOrigin, type BlockCopyDestination, type RecoveryOrigin } from '../../xml/index.js';
 import { RecoveryError } from './recovery-errors.js';
+import { pathExists } from '../../common/path-exists.js';
 
 /** Which recovered domain's disks to move off the backup set, and where. */
 export interface MigrateStorageOptions {
@@ -147,7 +147,7 @@ async function planCopies(
       continue;
     }
     const path = join(resolve((to as { dir: string }).dir), name);
-    if (await exists(path)) throw new RecoveryError('OUTPUT_EXISTS', `${path} already exists; move it away or choose another --to`);
+    if (await pathExists(path)) throw new RecoveryError('OUTPUT_EXISTS', `${path} already exists; move it away or choose another --to`);
     copies.push({
       target,
       overlay,
@@ -223,16 +223,6 @@ async function copyUntilReady(domain: Domain, copies: PlannedCopy[], options: Mi
       throw new RecoveryError('COPY_FAILED', `storage migration of '${domain.name}' failed (${error.message}); it runs on its overlays as before`, {
         cause: error,
       });
-    throw error;
-  }
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if (errnoCode(error) === 'ENOENT') return false;
     throw error;
   }
 }

@@ -2,15 +2,15 @@
 // the point's chain, made with qemu-img in a directory of this host, or as a volume of a
 // libvirt storage pool (on this host or a remote hypervisor that sees the set at the same
 // path).
-import { rm, stat } from 'node:fs/promises';
+import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 
-import { errnoCode } from '../../common/fs-errors.js';
 import type { Connection } from '../../libvirt/connection.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import type { StoragePool } from '../../libvirt/storage-pool.js';
 import { qemuImgCreate } from '../qcow2/qemu-img.js';
 import { RecoveryError } from './recovery-errors.js';
+import { pathExists } from '../../common/path-exists.js';
 
 /** One disk's overlay: where it goes and what it sits on. */
 export interface PlannedOverlay {
@@ -36,7 +36,7 @@ export function directoryOverlays(dir: string): OverlayStore {
   return {
     async plan(name, target) {
       const path = join(absolute, overlayName(name, target));
-      if (await exists(path)) throw new RecoveryError('OUTPUT_EXISTS', `${path} already exists; remove it or choose another --name`);
+      if (await pathExists(path)) throw new RecoveryError('OUTPUT_EXISTS', `${path} already exists; remove it or choose another --name`);
       return path;
     },
     async create(overlay, signal) {
@@ -118,14 +118,4 @@ export async function poolOverlays(connection: Connection, poolName: string, uri
 
 function overlayName(name: string, target: string): string {
   return `${name}-${target}.overlay.qcow2`;
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch (error) {
-    if (errnoCode(error) === 'ENOENT') return false;
-    throw error;
-  }
 }
