@@ -49,10 +49,11 @@ test('backup --all --parallel 2: a domain that stops halfway fails alone, its se
   await b.write(0, 0x42, '0', '384M');
   await c.write(0, 0x43, '2M', '1M');
   const manifestOfB = await readFile(join(root, host, b.vm.name, 'manifest.json'));
+  // Destroyed once its data is moving: halfway through its backup.
   const second = startCli(['backup', '--all', '--match', match, '--dest', root, '--parallel', '2', '--json']);
   await second.waitForLine((line) => {
     const event = JSON.parse(line) as { type?: string; domain?: string };
-    return event.type === 'start' && event.domain === b.vm.name;
+    return event.type === 'progress' && event.domain === b.vm.name;
   });
   await b.vm.domain.destroy();
   const run = await second.done;

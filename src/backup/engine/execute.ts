@@ -422,6 +422,9 @@ async function forgetCheckpoint(context: ExecuteContext, name: string, backupId:
   }
 }
 
+/** How long libvirt may take to see that a QEMU that went away has stopped. */
+const QEMU_GONE_SETTLE_MS = 1000;
+
 /** Turns a failure caused by the domain stopping or the daemon going away into words that say so. */
 async function explainFailure(context: ExecuteContext, error: unknown, checkpointName: string): Promise<BackupError | undefined> {
   // A failed transfer is what a stopped domain or a lost daemon looks like from the NBD side.
@@ -432,6 +435,14 @@ async function explainFailure(context: ExecuteContext, error: unknown, checkpoin
   let state: DomainState | undefined;
   try {
     state = (await domain.getState()).state;
+    // QEMU gone under a call or a transfer (its monitor or its NBD server closed) shows
+    // before libvirt has marked the domain shut off: asked once more, a moment later.
+    const running = state === DomainState.RUNNING || state === DomainState.PAUSED;
+    const qemuMayBeGone = error instanceof LibvirtError || (error instanceof BackupError && error.code === 'JOB_FAILED');
+    if (running && qemuMayBeGone && !context.signal?.aborted) {
+      await new Promise((resolveWait) => setTimeout(resolveWait, QEMU_GONE_SETTLE_MS));
+      state = (await domain.getState()).state;
+    }
   } catch {
     if (!(await conn.isAlive().catch(() => false))) {
       return new BackupError(
