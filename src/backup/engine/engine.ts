@@ -283,16 +283,17 @@ async function executeOrFallBackToFull(context: ExecuteContext, requested: Reque
   }
 }
 
+/** Whether `dest` holds a set already (its manifest). */
+export async function setExists(dest: string): Promise<boolean> {
+  return stat(join(resolve(dest), 'manifest.json')).then(
+    () => true,
+    () => false,
+  );
+}
+
 /** An incremental or differential needs a set to start from; refused before anything is created. */
 async function assertSetExists(dest: string, level: 'inc' | 'diff'): Promise<void> {
-  const manifest = join(resolve(dest), 'manifest.json');
-  if (
-    await stat(manifest).then(
-      () => true,
-      () => false,
-    )
-  )
-    return;
+  if (await setExists(dest)) return;
   throw new BackupError(
     'CHAIN_UNUSABLE',
     `cannot take ${level === 'inc' ? 'an incremental' : 'a differential'} backup: ${resolve(dest)} holds no backup set yet; take a full (or auto) backup first`,

@@ -1,8 +1,8 @@
 // What a backup would do, without doing it: the level it would take and, per disk, the
 // bytes it would copy. Nothing is created: no set, no lock, no job, no checkpoint.
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 
 import { connect } from '../../libvirt/connection.js';
 import { CheckpointXMLFlags } from '../../libvirt/constants.js';
@@ -14,8 +14,8 @@ import type { BackupLevel, BackupRecord } from '../set/manifest.js';
 import { DirtyBitmapFlags, NbdClient } from '../../nbd/index.js';
 import { checkpointBitmap, OfflineExports, type OfflineImage } from './offline-images.js';
 import { asDaemonLost } from './daemon-lost.js';
-import { checkRequestedLevel, inspectDomainForRun } from './engine.js';
-import { BackupError, type BackupEvent, type BackupOptions } from './engine-types.js';
+import { checkRequestedLevel, inspectDomainForRun, setExists } from './engine.js';
+import type { BackupEvent, BackupOptions } from './engine-types.js';
 import { findCheckpoint } from './leftover-checkpoints.js';
 import { planLevel } from './level-plan.js';
 import type { LevelPlan } from './run-context.js';
@@ -76,7 +76,7 @@ export async function estimateBackup(options: BackupOptions): Promise<BackupEsti
     const set = await openSetIfAny(options.dest, domain);
     const plan: LevelPlan =
       set === null
-        ? noSetPlan(options.dest, requested)
+        ? noSetPlan(requested)
         : await planLevel(set, requested, domain, selection.disks, emit, options.signal, {
             redefine: false,
             ...(offline !== null ? { offlineImages: offline } : {}),
@@ -113,24 +113,14 @@ export async function estimateBackup(options: BackupOptions): Promise<BackupEsti
 
 /** The set at `dest` read as it is (no lock, no recovery), or null when there is none yet. */
 async function openSetIfAny(dest: string, domain: Domain): Promise<BackupSet | null> {
-  const manifest = join(resolve(dest), 'manifest.json');
-  const present = await stat(manifest).then(
-    () => true,
-    () => false,
-  );
-  if (!present) return null;
+  if (!(await setExists(dest))) return null;
   const set = await BackupSet.open(dest);
   set.assertDomain({ name: domain.name, uuid: domain.uuid });
   return set;
 }
 
-function noSetPlan(dest: string, requested: string): LevelPlan {
-  if (requested === 'inc' || requested === 'diff') {
-    throw new BackupError(
-      'CHAIN_UNUSABLE',
-      `cannot take ${requested === 'inc' ? 'an incremental' : 'a differential'} backup: ${resolve(dest)} holds no backup set yet; take a full (or auto) backup first`,
-    );
-  }
+/** Without a set there is only a full to take (an incremental or differential was refused when the domain was inspected). */
+function noSetPlan(requested: string): LevelPlan {
   return { level: 'full', parent: null, reason: requested === 'full' ? 'full backup requested' : 'the set has no backup yet' };
 }
 

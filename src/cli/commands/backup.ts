@@ -1,6 +1,6 @@
 import { estimateBackup, runBackup } from '../../backup/index.js';
 import { formatEstimate } from './backup-estimate.js';
-import type { BackupResult } from '../../backup/index.js';
+import type { BackupEvent, BackupResult } from '../../backup/index.js';
 import { backupOptions } from './backup-options.js';
 import { formatBytes } from '../../common/format-bytes.js';
 import type { BackupArgs } from '../args.js';
@@ -15,26 +15,13 @@ export async function backupCommand(args: BackupArgs, context: CommandContext): 
   const connection = await openConnection(args.uri, args);
   try {
     await assertBackupsPossible(connection, args.uri);
+    const options = { ...backupOptions(args), domain: args.domain, dest: args.dest, connection, signal, onEvent: (event: BackupEvent) => output.event(event) };
     if (args.dryRun) {
-      const estimate = await estimateBackup({
-        ...backupOptions(args),
-        domain: args.domain,
-        dest: args.dest,
-        connection,
-        signal,
-        onEvent: (event) => output.event(event),
-      });
+      const estimate = await estimateBackup(options);
       output.result('backup', formatEstimate(estimate, args.dest), { dryRun: true, ...estimate });
       return ExitCode.OK;
     }
-    const result = await runBackup({
-      ...backupOptions(args),
-      domain: args.domain,
-      dest: args.dest,
-      connection,
-      signal,
-      onEvent: (event) => output.event(event),
-    });
+    const result = await runBackup(options);
     output.result('backup', summary(args, result), result);
     return ExitCode.OK;
   } finally {
