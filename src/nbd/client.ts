@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import { Readable } from 'node:stream';
-import { Connection, type ReadSink } from './connection.js';
+import { Connection, PLACE, type PlacingReadSink, type ReadSink } from './connection.js';
 import { abortReason, NbdConnectionError, NbdError, NbdProtocolError, NbdTimeoutError } from './errors.js';
 import { decodeDescriptors, ExtentMerger, type ByteRange, type Extent } from './extents.js';
 import { negotiate, OptionPhase, type BlockSizeLimits, type ExportInfo, type ExportListing } from './handshake.js';
@@ -51,6 +51,20 @@ export type ConnectOptions = ServerAddress & {
 /** An `AbortSignal` that cancels one request. */
 export interface RequestSignalOption {
   signal?: AbortSignal;
+}
+
+/** Options of `NbdClient.read()`. */
+export interface ReadOptions extends RequestSignalOption {
+  /**
+   * Memory to read into instead of a new Buffer: any `ArrayBufferView` (Buffer,
+   * Uint8Array, DataView...), written from byte `intoOffset` on. The socket reads
+   * payloads straight into it (no copy, no allocation), holes are zero-filled there.
+   * Until the promise settles the client writes into it; what it holds after a
+   * rejection is unspecified (only the requested part, never beyond it).
+   */
+  into?: ArrayBufferView;
+  /** Byte offset in `into` where the data starts (default 0). */
+  intoOffset?: number;
 }
 
 /** Options of `NbdClient.write()`. */
@@ -268,19 +282,14 @@ export class NbdClient implements ChunkSource {
     return this.metaContexts.includes(name);
   }
 
-  /** Reads `length` bytes at `offset`. */
-  async read(offset: number, length: number, options: RequestSignalOption = {}): Promise<Buffer> {
+  /**
+   * Reads `length` bytes at `offset`, into `options.into` when given (see `ReadOptions`),
+   * else into a new Buffer. Resolves with a Buffer over exactly the bytes read.
+   */
+  async read(offset: number, length: number, options: ReadOptions = {}): Promise<Buffer> {
     this.checkRange(offset, length);
-    const target = Buffer.allocUnsafe(length);
-    const sink: ReadSink = {
-      holds: 'call',
-      data(at, bytes) {
-        bytes.copy(target, at - offset);
-      },
-      hole(at, size) {
-        target.fill(0, at - offset, at - offset + size);
-      },
-    };
+    const target = options.into === undefined ? Buffer.allocUnsafe(length) : destinationOf(options, length);
+    const sink = placingSink(target, offset);
     const shared = shareSignal(options.signal);
     try {
       const requests: Promise<void>[] = [];
@@ -469,8 +478,11 @@ export class NbdClient implements ChunkSource {
   }
 
   private checkRange(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > this.size) {
-      throw new RangeError(`range ${offset}+${length} lies outside the export (${this.size} bytes)`);
+    if (!Number.isInteger(offset) || offset < 0) throw new RangeError(`offset must be a non-negative integer, not ${String(offset)}`);
+    if (!Number.isInteger(length) || length < 0) throw new RangeError(`length must be a non-negative integer, not ${String(length)}`);
+    // Past 2^53 an integer is past the end of any export too.
+    if (offset + length > this.size) {
+      throw new RangeError(`range ${offset}+${length} lies outside the export (${this.size} bytes): it ends ${offset + length - this.size} bytes past the end`);
     }
   }
 
@@ -503,6 +515,43 @@ export class NbdClient implements ChunkSource {
   toString(): string {
     return `NbdClient(${this.exportName || '(default export)'})`;
   }
+}
+
+/** The part of `options.into` a read of `length` bytes fills, checked. */
+function destinationOf(options: ReadOptions, length: number): Buffer {
+  const into: unknown = options.into;
+  if (!ArrayBuffer.isView(into)) throw new TypeError(`into must be a Buffer, Uint8Array or other ArrayBufferView, not ${describe(into)}`);
+  const at = options.intoOffset ?? 0;
+  if (!Number.isSafeInteger(at) || at < 0) throw new RangeError(`intoOffset must be a non-negative integer, not ${String(at)}`);
+  if (at + length > into.byteLength) {
+    throw new RangeError(`into holds ${into.byteLength} bytes: ${length} bytes from intoOffset ${at} need ${at + length}`);
+  }
+  return Buffer.from(into.buffer, into.byteOffset + at, length);
+}
+
+function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (typeof value === 'object') return value.constructor?.name ?? 'an object';
+  return typeof value;
+}
+
+/** A sink that reads into `target`, which holds the bytes from `offset` on. */
+function placingSink(target: Buffer, offset: number): PlacingReadSink {
+  return {
+    holds: 'call',
+    data(at, bytes) {
+      const place = at - offset;
+      // Read there directly by the socket: nothing to copy.
+      if (bytes.buffer === target.buffer && bytes.byteOffset === target.byteOffset + place) return;
+      bytes.copy(target, place);
+    },
+    hole(at, size) {
+      target.fill(0, at - offset, at - offset + size);
+    },
+    [PLACE](at, size) {
+      return target.subarray(at - offset, at - offset + size);
+    },
+  };
 }
 
 function withSignal<T extends object>(options: T, from: { signal?: AbortSignal | undefined }): T & { signal?: AbortSignal } {

@@ -1,6 +1,6 @@
 import type { Duplex } from 'node:stream';
 import { ByteQueue } from './byte-queue.js';
-import { keepReceived, lendReceived } from './slabs.js';
+import { keepReceived, lendReceived, type ReadPlacement } from './slabs.js';
 import { slabReaderOf } from './transport.js';
 import { abortReason, NbdConnectionError, NbdError, NbdProtocolError, NbdTimeoutError } from './errors.js';
 import type { ExportInfo } from './handshake.js';
@@ -33,6 +33,22 @@ export interface ReadSink {
    * them to `returnReceived()`. Receive memory is reused only after 'call' and 'lend'.
    */
   readonly holds?: 'keep' | 'call' | 'lend';
+}
+
+/** Names the method of a `PlacingReadSink`. */
+export const PLACE = Symbol('nbd read placement');
+
+/**
+ * A sink with memory of its own for the whole READ: the socket may read a payload
+ * straight into it, and `data()` then receives that very memory (nothing to copy).
+ */
+export interface PlacingReadSink extends ReadSink {
+  /** Where the bytes of `offset`..`offset + length` belong. */
+  [PLACE](offset: number, length: number): Uint8Array;
+}
+
+function placesReads(sink: ReadSink | undefined): sink is PlacingReadSink {
+  return sink !== undefined && PLACE in sink;
 }
 
 /**
@@ -74,6 +90,13 @@ interface PendingRequest {
   structured: boolean;
   /** Settled early (aborted): the reply is still parsed, then dropped. */
   abandoned: boolean;
+  /** Its sink places its payload in memory of its own (see `PlacingReadSink`). */
+  placing: boolean;
+  /**
+   * Aborted while the socket's next read was to land in its sink's memory: the caller
+   * hears of the abort once that read is done, so nothing writes there afterwards.
+   */
+  lateRejection: Error | undefined;
   resolve(): void;
   reject(error: Error): void;
   detachSignal: (() => void) | undefined;
@@ -89,6 +112,8 @@ const HEADER: ParseState = { kind: 'header' };
 const commandName = (command: number): string => nameOf(Command, command, 'NBD_CMD_');
 const TWO_32 = 2 ** 32;
 const HEADER_BATCH_SIZE = REQUEST_HEADER_SIZE * 256;
+/** Payload left below this goes through receive memory with what follows it, in one read. */
+const MIN_PLACED_READ = 16 * 1024;
 
 /**
  * One socket in the transmission phase: sends requests tagged with cookies and matches
@@ -114,6 +139,11 @@ export class Connection {
   private stallTimer: NodeJS.Timeout | undefined;
   /** When the server last sent anything, or requests started waiting (performance.now()). */
   private lastHeard = 0;
+  /** Pending READs whose payload may go straight to their sink's memory. */
+  private placingRequests = 0;
+  /** The request whose sink's memory the socket's next read lands in. */
+  private receivingInto: PendingRequest | undefined;
+  private readonly replyHeaderSize: number;
 
   constructor(socket: Duplex, info: ExportInfo, leftover: Buffer[] = [], options: ConnectionOptions = {}) {
     this.socket = socket;
@@ -121,8 +151,11 @@ export class Connection {
     const stallTimeout = options.stallTimeout ?? 0;
     this.stallTimeout = stallTimeout > 0 && Number.isFinite(stallTimeout) ? stallTimeout : 0;
     for (const chunk of leftover) this.queue.push(chunk);
+    this.replyHeaderSize = info.structuredReplies ? STRUCTURED_REPLY_HEADER_SIZE + 8 : SIMPLE_REPLY_HEADER_SIZE;
+    const reader = slabReaderOf(socket);
     // Past the handshake, every holder of received bytes says how long it holds them.
-    slabReaderOf(socket)?.startRecycling();
+    reader?.startRecycling();
+    reader?.placeReadsWith(this.placeNextRead);
     socket.on('data', this.onData);
     socket.on('error', this.onError);
     socket.on('end', this.onClose);
@@ -149,6 +182,8 @@ export class Connection {
     if (signal?.aborted) return Promise.reject(abortReason(signal));
     return new Promise<void>((resolve, reject) => {
       const cookie = this.allocateCookie();
+      const placing = placesReads(options.sink) && length >= MIN_PLACED_READ;
+      if (placing) this.placingRequests++;
       const request: PendingRequest = {
         cookie,
         command,
@@ -161,6 +196,8 @@ export class Connection {
         answeredContexts: undefined,
         structured: false,
         abandoned: false,
+        placing,
+        lateRejection: undefined,
         resolve,
         reject,
         detachSignal: undefined,
@@ -171,7 +208,8 @@ export class Connection {
           request.abandoned = true;
           request.sink = undefined;
           request.blockStatus = undefined;
-          reject(abortReason(signal));
+          if (this.receivingInto === request) request.lateRejection = abortReason(signal);
+          else reject(abortReason(signal));
           // close() waits only for requests someone still waits for.
           this.wakeIdleWaiters();
         };
@@ -242,8 +280,11 @@ export class Connection {
     header.writeUInt32BE(length, at + 24);
     this.batchUsed += REQUEST_HEADER_SIZE;
     if (payload) {
+      // Header and payload leave in one writev, not two writes.
+      this.socket.cork();
       this.flushHeaders();
       this.socket.write(payload);
+      this.socket.uncork();
     } else if (!this.flushScheduled) {
       // Headers issued in the same tick leave in one write.
       this.flushScheduled = true;
@@ -261,7 +302,32 @@ export class Connection {
     if (!this.socket.destroyed) this.socket.write(headers);
   };
 
+  /** Where the socket's next read should land (see `ReadPlacement`). */
+  private readonly placeNextRead = (): ReadPlacement => {
+    const state = this.state;
+    if (this.failure || this.placingRequests === 0) return undefined;
+    if (state.kind === 'payload') {
+      const sink = state.request.sink;
+      if (state.remaining >= MIN_PLACED_READ && placesReads(sink)) {
+        this.receivingInto = state.request;
+        return sink[PLACE](state.offset, state.remaining);
+      }
+      return state.remaining + this.replyHeaderSize;
+    }
+    // No further than where the next payload starts, so that it can go to its place.
+    const wanted = state.kind === 'header' ? this.replyHeaderSize : state.kind === 'data-offset' ? 8 : state.length;
+    return Math.max(1, wanted - this.queue.length);
+  };
+
   private readonly onData = (chunk: Buffer): void => {
+    const landed = this.receivingInto;
+    if (landed) {
+      this.receivingInto = undefined;
+      if (landed.lateRejection) {
+        landed.reject(landed.lateRejection);
+        this.wakeIdleWaiters();
+      }
+    }
     if (this.failure) return;
     if (this.stallTimer) this.lastHeard = performance.now();
     this.queue.push(chunk);
@@ -518,6 +584,7 @@ export class Connection {
       return this.violation(`READ of ${request.length} bytes at ${request.offset} answered with ${covered} bytes`);
     }
     this.pending.delete(request.cookie);
+    if (request.placing) this.placingRequests--;
     request.detachSignal?.();
     if (!request.abandoned) {
       if (request.error) request.reject(request.error);
@@ -555,9 +622,13 @@ export class Connection {
     this.socket.destroy();
     const requests = [...this.pending.values()];
     this.pending.clear();
+    this.placingRequests = 0;
+    // The socket is destroyed: no read lands anywhere any more.
+    this.receivingInto = undefined;
     for (const request of requests) {
       request.detachSignal?.();
       if (!request.abandoned) request.reject(error);
+      else if (request.lateRejection) request.reject(request.lateRejection);
     }
     const waiters = this.idleWaiters;
     this.idleWaiters = [];

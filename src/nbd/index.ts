@@ -1,5 +1,5 @@
 export { NbdClient } from './client.js';
-export type { ConnectOptions, ServerAddress, RequestSignalOption, WriteOptions, WriteZeroesOptions } from './client.js';
+export type { ConnectOptions, ServerAddress, ReadOptions, RequestSignalOption, WriteOptions, WriteZeroesOptions } from './client.js';
 export { NbdError, NbdOptionError, NbdProtocolError, NbdConnectionError, NbdTimeoutError } from './errors.js';
 export type { Extent, ByteRange } from './extents.js';
 export type { ReadChunk, ReadStreamOptions } from './stream.js';

@@ -77,6 +77,14 @@ export function returnReceived(bytes: Uint8Array): void {
   recycle(slab);
 }
 
+/**
+ * Where the connection wants the next socket read: straight into memory it names (a
+ * read's destination, so the bytes are not copied again), into a slab but no more than
+ * this many bytes (so a payload that follows can go straight to its destination), or
+ * anywhere (undefined).
+ */
+export type ReadPlacement = Uint8Array | number | undefined;
+
 export interface SlabReader {
   /** Where the next read lands (net.Socket's `onread.buffer`). */
   buffer(): Uint8Array;
@@ -87,6 +95,8 @@ export interface SlabReader {
    * on to what it reads) every slab counts as kept.
    */
   startRecycling(): void;
+  /** Asked before every read where it should land. */
+  placeReadsWith(place: () => ReadPlacement): void;
 }
 
 export function slabReader(pool: SlabPool, emit: (chunk: Buffer) => void): SlabReader {
@@ -98,8 +108,14 @@ export function slabReader(pool: SlabPool, emit: (chunk: Buffer) => void): SlabR
   };
   let slab = fresh();
   let used = 0;
+  let place: (() => ReadPlacement) | undefined;
+  /** The last buffer handed out was the connection's, not a slab's. */
+  let direct = false;
   return {
     buffer() {
+      const placement = place?.();
+      direct = placement instanceof Uint8Array;
+      if (placement instanceof Uint8Array) return placement;
       if (SLAB_SIZE - used < MIN_READ_ROOM) {
         slab.active = false;
         recycle(slab);
@@ -110,15 +126,18 @@ export function slabReader(pool: SlabPool, emit: (chunk: Buffer) => void): SlabR
         if (!recycling) slab.kept = true;
         used = 0;
       }
-      return slab.memory.subarray(used);
+      return slab.memory.subarray(used, placement === undefined ? SLAB_SIZE : Math.min(SLAB_SIZE, used + placement));
     },
     callback(nread, buf) {
-      used += nread;
+      if (!direct) used += nread;
       emit(Buffer.from(buf.buffer, buf.byteOffset, nread));
       return true;
     },
     startRecycling() {
       recycling = true;
+    },
+    placeReadsWith(placer) {
+      place = placer;
     },
   };
 }
