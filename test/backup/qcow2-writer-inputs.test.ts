@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import type { ReadChunk } from '../../src/nbd/index.js';
-import { CLUSTER_SIZE, clusterRuns, MAX_VIRTUAL_SIZE, planQcow2, type Qcow2LayoutInput } from '../../src/backup/qcow2/qcow2-layout.js';
+import { CLUSTER_SIZE, clusterRuns, MAX_VIRTUAL_SIZE, metadataInTurns, planQcow2, type Qcow2LayoutInput } from '../../src/backup/qcow2/qcow2-layout.js';
 import { writeQcow2 } from '../../src/backup/qcow2/qcow2-writer.js';
 import { tryRun } from '../helpers/process.js';
 
@@ -177,4 +177,33 @@ test('data between the planned runs is called outside them, data going backwards
   await t.throwsAsync(writeQcow2(join(dir, 'past.qcow2'), { virtualSize: MiB, runs }, chunksOf(data(5 * CLUSTER_SIZE))), {
     message: `data at guest offset ${5 * CLUSTER_SIZE} lies outside the planned clusters`,
   });
+});
+
+test('a disk with a thousand L2 tables lets the event loop turn while its metadata is made', async (t) => {
+  // One stored cluster at the start of each of 1024 L2 tables: 1024 L2 tables to make.
+  const runs = Array.from({ length: 1024 }, (_, i) => ({ start: i * (CLUSTER_SIZE / 8), count: 1 }));
+  const layout = planQcow2({ virtualSize: 1024 * (CLUSTER_SIZE / 8) * CLUSTER_SIZE, runs });
+  let turns = 0;
+  let counting = true;
+  const count = (): void => {
+    turns++;
+    if (counting) setImmediate(count);
+  };
+  setImmediate(count);
+  // Clusters made since the event loop last turned, at most.
+  let longestRun = 0;
+  let run = 0;
+  let lastTurn = turns;
+  let clusters = 0;
+  for await (const cluster of metadataInTurns(layout)) {
+    t.is(cluster.length, CLUSTER_SIZE);
+    clusters++;
+    run = turns === lastTurn ? run + 1 : 1;
+    lastTurn = turns;
+    longestRun = Math.max(longestRun, run);
+  }
+  counting = false;
+  t.is(clusters, layout.dataOffset / CLUSTER_SIZE);
+  t.true(clusters > 1024);
+  t.true(longestRun <= 16, `${longestRun} metadata clusters made without a turn of the event loop`);
 });

@@ -1,12 +1,12 @@
 // Our one-pass qcow2 writer, judged by qemu-img: `check` finds nothing wrong and
 // `compare` sees the guest data of the source, full and on top of a backing file.
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, open, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import test, { type ExecutionContext } from 'ava';
 
-import { clusterRuns, planQcow2, CLUSTER_SIZE } from '../../src/backup/qcow2/qcow2-layout.js';
+import { clusterRuns, metadataClusters, planQcow2, CLUSTER_SIZE } from '../../src/backup/qcow2/qcow2-layout.js';
 import { writeQcow2 } from '../../src/backup/qcow2/qcow2-writer.js';
 import { NbdClient } from '../../src/nbd/index.js';
 import { run } from '../helpers/process.js';
@@ -123,4 +123,42 @@ test('layouts stay consistent for large disks (several refcount blocks, many L2 
   t.true(layout.refcountBlocks >= 2);
   t.is(layout.totalClusters, 1 + layout.l1Clusters + layout.refcountTableClusters + layout.refcountBlocks + layout.l2Indexes.length + 40_004);
   t.throws(() => planQcow2({ virtualSize: CLUSTER_SIZE, runs: [{ start: 1, count: 1 }] }), { message: /beyond the disk/ });
+});
+
+test('data clusters beyond 4 GiB into the file: qemu-img map finds every guest cluster where the L2 tables put it', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lvb-qcow2w-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  // 70 000 clusters of data take the host offsets past 2^32, inside one run and across an L2 table.
+  const runs = [
+    { start: 0, count: 70_000 },
+    { start: 100_000, count: 5 },
+    { start: 150_000, count: 1 },
+  ];
+  const layout = planQcow2({ virtualSize: 10 * 2 ** 30, runs });
+  const out = join(dir, 'big.qcow2');
+  // The metadata as written; the data clusters left as a hole (they read as zeroes, qemu-img check reads no data).
+  const file = await open(out, 'wx');
+  try {
+    let at = 0;
+    for (const cluster of metadataClusters(layout)) at += (await file.write(cluster, 0, cluster.length, at)).bytesWritten;
+    t.is(at, layout.dataOffset);
+    await file.truncate(layout.fileSize);
+  } finally {
+    await file.close();
+  }
+  const check = JSON.parse(await run('qemu-img', ['check', '--output=json', out])) as Record<string, unknown>;
+  t.is(check['check-errors'], 0);
+  t.is(check['corruptions'] ?? 0, 0);
+  t.is(check['leaks'] ?? 0, 0);
+  const mapped = (JSON.parse(await run('qemu-img', ['map', '--output=json', '-f', 'qcow2', out])) as Array<{ start: number; length: number; offset?: number }>)
+    .filter((range) => range.offset !== undefined)
+    .map(({ start, length, offset }) => ({ start, length, offset }));
+  let host = layout.dataOffset;
+  const expected = runs.map((run) => {
+    const range = { start: run.start * CLUSTER_SIZE, length: run.count * CLUSTER_SIZE, offset: host };
+    host += range.length;
+    return range;
+  });
+  t.deepEqual(mapped, expected);
+  t.true(host > 2 ** 32);
 });

@@ -3,7 +3,7 @@
 // Stored clusters lie in the file in guest order after the metadata, so a guest run maps
 // to one file position; zero runs inside stored clusters, and the gaps between, are holes.
 import type { GuestRun } from './chain-guest-stream.js';
-import { CLUSTER_SIZE, metadataClusters, planQcow2, type ClusterRun, type Qcow2Layout } from './qcow2-layout.js';
+import { CLUSTER_SIZE, metadataInTurns, planQcow2, type ClusterRun, type Qcow2Layout } from './qcow2-layout.js';
 
 /** A run of the image file: bytes, or a hole that reads as zeroes. */
 export type ImageChunk = { kind: 'data'; data: Buffer } | { kind: 'hole'; length: number };
@@ -18,7 +18,7 @@ export function imageLayout(virtualSize: number, runs: readonly ClusterRun[]): Q
  * `runs` (the disk's runs in guest order; data only inside the layout's clusters).
  */
 export async function* qcow2ImageChunks(layout: Qcow2Layout, runs: AsyncIterable<GuestRun>): AsyncGenerator<ImageChunk> {
-  for (const cluster of metadataClusters(layout)) yield { kind: 'data', data: cluster };
+  for await (const cluster of metadataInTurns(layout)) yield { kind: 'data', data: cluster };
   const stored = layout.input.runs;
   let written = layout.dataOffset;
   let run = 0;

@@ -15,7 +15,7 @@ import {
   CLUSTER_SIZE,
   headerCluster,
   l1Table,
-  metadataClusters,
+  metadataInTurns,
   planQcow2,
   refcountTable,
   type ClusterRun,
@@ -68,7 +68,7 @@ export async function writeQcow2(
       for (const cluster of [headerCluster(layout, COMPRESSION_TYPE_CODES[compression]), l1Table(layout), refcountTable(layout)]) await output.append(cluster);
       ({ dataBytes, storedBytes } = await appendCompressedData(output, layout, compression, chunks, options));
     } else {
-      for (const cluster of metadataClusters(layout)) await output.append(cluster);
+      for await (const cluster of metadataInTurns(layout)) await output.append(cluster);
       dataBytes = await appendStoredClusters(output, input.runs, chunks, options);
       storedBytes = layout.fileSize;
     }
@@ -165,11 +165,15 @@ export class Qcow2PositionedWriter {
     });
   }
 
-  /** Sizes `file` (empty, opened for writing) for `input` and writes its metadata. */
-  static async create(file: FileHandle, input: Qcow2LayoutInput, options: { signal?: AbortSignal } = {}): Promise<Qcow2PositionedWriter> {
+  /**
+   * Sizes `file` (empty, opened for writing) for `input` and writes its metadata.
+   * `writeFd`: a descriptor of the same file to write through instead of `file`'s (one
+   * opened with O_DIRECT, see binding/file_writer.h); the caller closes it.
+   */
+  static async create(file: FileHandle, input: Qcow2LayoutInput, options: { signal?: AbortSignal; writeFd?: number } = {}): Promise<Qcow2PositionedWriter> {
     const layout = planQcow2(input);
     await file.truncate(layout.fileSize);
-    const writer = new (nativeAddon().FileWriter)(file.fd);
+    const writer = new (nativeAddon().FileWriter)(options.writeFd ?? file.fd);
     const self = new Qcow2PositionedWriter(layout, writer);
     const inFlight: Array<Promise<void>> = [];
     let position = 0;
@@ -186,7 +190,7 @@ export class Qcow2PositionedWriter {
       while (inFlight.length > WRITES_IN_FLIGHT) await inFlight.shift();
     };
     try {
-      for (const cluster of metadataClusters(layout)) {
+      for await (const cluster of metadataInTurns(layout)) {
         options.signal?.throwIfAborted();
         pending.push(cluster);
         pendingBytes += cluster.length;
