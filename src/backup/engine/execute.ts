@@ -22,7 +22,7 @@ import { SpaceGuard, type SpaceNeed } from './space-guard.js';
 import { recordVerifiedFiles } from '../set/verified-files.js';
 import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext } from './run-context.js';
 import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
-import { pullSpaceNeed, openExports, openOfflineExports, copyDisks } from './pull-transfer.js';
+import { pullSpaceNeed, openExports, openOfflineExports, copyDisks, closeExports } from './pull-transfer.js';
 import { createOfflineCheckpoint, OfflineExports, removeOfflineCheckpoint } from './offline-images.js';
 import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
 import { daemonLost } from './daemon-lost.js';
@@ -235,7 +235,7 @@ async function pullData(context: ExecuteContext, layout: RunLayout, state: RunSt
       await context.hooks.afterJobStart?.();
       await copyDisks(context, opened, state.signal);
     } finally {
-      await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+      await closeExports(opened);
     }
   } catch (error) {
     throw unreachableExportError(error, 'path' in endpoint ? endpoint.path : describeTcpExport(endpoint));

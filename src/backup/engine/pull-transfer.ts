@@ -16,7 +16,12 @@ const PROGRESS_INTERVAL_MS = 200;
 /** A disk's pull export, opened, with what will be copied from it. */
 export interface OpenedExport {
   disk: DiskPlan;
-  source: NbdClient;
+  /**
+   * Null once the disk is copied and its export closed: a client keeps its receive memory
+   * (tens of MiB when writes are in flight) until nothing refers to it, and the disks still
+   * to copy need that memory more.
+   */
+  source: NbdClient | null;
   runs: ClusterRun[];
   /** Bytes of the backup file to be written (metadata included). */
   fileSize: number;
@@ -75,10 +80,21 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], en
       }
     }
   } catch (error) {
-    await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+    await closeExports(opened);
     throw error;
   }
   return opened;
+}
+
+/** Closes the exports not closed yet; never fails (the run has its own error to report). */
+export async function closeExports(opened: readonly OpenedExport[]): Promise<void> {
+  await Promise.all(
+    opened.map(async (entry) => {
+      const source = entry.source;
+      entry.source = null;
+      await source?.close().catch(() => undefined);
+    }),
+  );
 }
 
 /** A shut-off domain's disks, each exported by its own qemu-nbd. */
@@ -90,7 +106,7 @@ export async function openOfflineExports(disks: DiskPlan[], exports: OfflineExpo
       opened.push(await openExport(disk, { path }, { name: disk.target, ...(bitmap !== undefined ? { bitmap } : {}) }, signal));
     }
   } catch (error) {
-    await Promise.all(opened.map((entry) => entry.source.close().catch(() => undefined)));
+    await closeExports(opened);
     throw error;
   }
   return opened;
@@ -148,6 +164,8 @@ export async function copyDisks(context: ExecuteContext, opened: OpenedExport[],
         await copyDisk(context, entry, signal);
       } catch (error) {
         failures.push(exportReadError(entry.disk.target, error));
+      } finally {
+        await closeExports([entry]);
       }
     }
   };
@@ -159,6 +177,7 @@ export async function copyDisks(context: ExecuteContext, opened: OpenedExport[],
 async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: AbortSignal): Promise<void> {
   const { set, emit } = context;
   const { disk, source, runs } = entry;
+  if (source === null) throw new Error(`the export of ${disk.target} is closed`);
   // Whole clusters are read, so a cluster only partly dirty still gets its current
   // bytes, never zeroes standing in for data the backing file has.
   const chunks = (async function* () {
