@@ -7,6 +7,7 @@
         "binding/event_loop.cc",
         "binding/call_dispatcher.cc",
         "binding/call_policy_probe.cc",
+        "binding/spin_governor_probe.cc",
         "binding/errors.cc",
         "binding/release_thread.cc",
         "binding/handles.cc",

@@ -16,6 +16,7 @@
 #include "event_loop.h"
 #include "file_lock.h"
 #include "file_writer.h"
+#include "spin_governor_probe.h"
 #include "storage_connection.h"
 #include "storage_pool.h"
 #include "storage_volume.h"
@@ -140,6 +141,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("zstdDecompressCluster", Napi::Function::New(env, ZstdDecompressCluster, "zstdDecompressCluster"));
   exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
   exports.Set("CallPolicyProbe", InitCallPolicyProbe(env));
+  exports.Set("SpinGovernorProbe", InitSpinGovernorProbe(env));
   return exports;
 }
 

@@ -19,6 +19,7 @@ struct AddonData {
   Napi::FunctionReference storagePoolClass;
   Napi::FunctionReference storageVolumeClass;
   Napi::FunctionReference streamClass;
+  Napi::FunctionReference attachCallers;  // see WithCallers (errors.h)
   std::shared_ptr<CallCompletions> calls;
 };
 

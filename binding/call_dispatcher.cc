@@ -3,6 +3,7 @@
 #include <node_api.h>
 #include <pthread.h>
 #include <sched.h>
+#include <semaphore.h>
 #include <uv.h>
 
 #include <atomic>
@@ -16,6 +17,7 @@
 #include <vector>
 
 #include "call_policy.h"
+#include "spin_governor.h"
 
 namespace lvb {
 
@@ -29,7 +31,9 @@ namespace lvb {
 // calls in flight, keeps its loop turning (a uv_idle handle: timers and I/O
 // still run) instead of sleeping until the result is signalled. Both stop
 // after busyPollMicroseconds without activity, so a long call costs at most
-// that much spinning, and setting it to 0 restores plain sleeping.
+// that much spinning, and setting it to 0 restores plain sleeping. And each
+// polling site asks its SpinGovernor (spin_governor.h) first: polling stops where
+// it does not pay, and at once while other work wants the cores.
 
 namespace {
 
@@ -71,10 +75,12 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
   void Submitted() {
     if (inFlight_++ == 0) uv_ref(reinterpret_cast<uv_handle_t*>(&signal_));
     lastActivity_ = Clock::now();
-    if (!polling_.load(std::memory_order_relaxed) && busyPollSetting.load(std::memory_order_relaxed) > 0) {
-      polling_.store(true);
-      uv_idle_start(&poll_, [](uv_idle_t* handle) { static_cast<CallCompletions*>(handle->data)->Poll(); });
-    }
+    if (polling_.load(std::memory_order_relaxed)) return;
+    int window = governor_.Window(busyPollSetting.load(std::memory_order_relaxed));
+    if (window <= 0) return;
+    pollWindow_ = std::chrono::microseconds(window);
+    polling_.store(true);
+    uv_idle_start(&poll_, [](uv_idle_t* handle) { static_cast<CallCompletions*>(handle->data)->Poll(); });
   }
 
   // Call thread. Returns false once the environment is gone: the call is then
@@ -120,18 +126,28 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
 
   void Poll() {
     if (doneCount_.load() > 0) {
+      governor_.Found();
       Drain();
       return;
     }
-    auto window = std::chrono::microseconds(busyPollSetting.load(std::memory_order_relaxed));
-    if (inFlight_ == 0 || Clock::now() - lastActivity_ > window) {
-      uv_idle_stop(&poll_);
-      polling_.store(false);
-      if (doneCount_.load() > 0) Drain();
+    if (inFlight_ == 0 || Clock::now() - lastActivity_ > pollWindow_) {
+      if (inFlight_ > 0) governor_.RanOut();
+      StopPolling();
       return;
     }
     // Lets a thread this one waits for run if it shares the core.
+    Clock::time_point before = Clock::now();
     sched_yield();
+    if (SpinGovernor::LostTheCore(before, Clock::now())) {
+      governor_.Contended();
+      StopPolling();
+    }
+  }
+
+  void StopPolling() {
+    uv_idle_stop(&poll_);
+    polling_.store(false);
+    if (doneCount_.load() > 0) Drain();
   }
 
   void Drain() {
@@ -196,6 +212,8 @@ class CallCompletions : public std::enable_shared_from_this<CallCompletions> {
   // JS thread only.
   int inFlight_ = 0;
   Clock::time_point lastActivity_{};
+  Clock::duration pollWindow_{};
+  SpinGovernor governor_;
 };
 
 namespace {
@@ -211,72 +229,95 @@ using Policy = CallPolicy<QueuedCall>;
 // started on demand, up to maxThreads, and never exit: an idle one sleeps.
 // Which call starts when is the policy's business (call_policy.h); this class
 // only keeps enough threads awake for what the policy says may start.
+//
+// Each thread sleeps on a semaphore of its own, and the one woken is the one
+// that went to sleep last (its stack and caches are the warmest). Wake-ups are
+// posted after the lock is released, so a woken thread never runs straight
+// into a lock its waker still holds.
 class CallThreads {
  public:
   void Submit(QueuedCall queued, const void* lane) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    changes_.fetch_add(1);
-    Arrange(policy_.Enqueue(std::move(queued), lane, Clock::now()));
+    Sleeper* toWake = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      changes_.fetch_add(1);
+      toWake = Arrange(policy_.Enqueue(std::move(queued), lane, Clock::now()));
+    }
+    if (toWake != nullptr) toWake->Post();
   }
 
  private:
+  struct Sleeper {
+    sem_t semaphore;
+    Sleeper() { sem_init(&semaphore, 0, 0); }
+    void Post() { sem_post(&semaphore); }
+    void Wait() {
+      while (sem_wait(&semaphore) != 0) {
+        // EINTR: a signal handler ran; keep waiting.
+      }
+    }
+  };
+
+  struct Finished {
+    const void* lane;
+    uint64_t runId;
+  };
+
   void Loop() {
-    bool justFinished = false;
+    Sleeper self;
+    std::optional<Finished> finished;
+    bool fromCall = false;
     for (;;) {
-      Policy::Started next = Take(justFinished);
-      justFinished = true;
+      Policy::Started next = Take(self, fromCall, finished);
+      fromCall = true;
       next.call.call->Execute();
+      // The result first: the JS thread needs a while to wake, and the policy's
+      // bookkeeping in Take is done by then. A call submitted meanwhile counts on
+      // this thread instead of waking another (which would find nothing to do).
+      returning_.fetch_add(1);
       next.call.completions->Finished(std::move(next.call.call));
       next.call.completions.reset();
-      if (next.lane != nullptr) EndRun(next.lane, next.runId);
+      finished.reset();
+      if (next.lane != nullptr) finished = Finished{next.lane, next.runId};
     }
   }
 
   // Caller holds mutex_. A call may start now, or once a full lane frees a slot.
-  void Arrange(const Policy::Wake& wake) {
-    if (wake.kind == Policy::Wake::kNow) {
-      WakeForEligible();
-    } else if (wake.kind == Policy::Wake::kAt) {
-      EnsureTimekeeper(wake.at);
-    }
+  // Returns the sleeper to wake once the lock is released, if any.
+  Sleeper* Arrange(const Policy::Wake& wake) {
+    if (wake.kind == Policy::Wake::kNow) return WakeForEligible();
+    if (wake.kind == Policy::Wake::kAt) return EnsureTimekeeper(wake.at);
+    return nullptr;
   }
 
-  // The call `runId` on `lane` is over: its slot frees up.
-  void EndRun(const void* lane, uint64_t runId) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    policy_.Finished(lane, runId, Clock::now());
-    changes_.fetch_add(1);
-  }
-
-  // `justFinished`: the thread comes straight from a call. Only such a thread
-  // polls for the next one, and it takes over from any thread already polling:
-  // the one that ran last is the one most likely still on a core.
-  Policy::Started Take(bool justFinished) {
+  // The next call for this thread. `fromCall`: it comes straight from a call,
+  // whose lane slot `finished` is freed here under the same lock. Only such a
+  // thread polls for the next one, and it takes over from any thread already
+  // polling: the one that ran last is the most likely still on a core.
+  Policy::Started Take(Sleeper& self, bool fromCall, const std::optional<Finished>& finished) {
     std::unique_lock<std::mutex> lock(mutex_);
-    bool mayPoll = justFinished;
+    if (fromCall) {
+      returning_.fetch_sub(1);
+      if (claimedReturning_ > 0) claimedReturning_--;
+    }
+    if (finished) {
+      policy_.Finished(finished->lane, finished->runId, Clock::now());
+      changes_.fetch_add(1);
+    }
+    bool mayPoll = fromCall;
     for (;;) {
       Clock::time_point nextReady;
       std::optional<Policy::Started> started = policy_.Take(Clock::now(), nextReady);
       if (started) {
-        Arrange(started->next);
+        Sleeper* toWake = Arrange(started->next);
+        lock.unlock();
+        if (toWake != nullptr) toWake->Post();
         return std::move(*started);
       }
-      int pollMicroseconds = busyPollSetting.load(std::memory_order_relaxed);
-      if (mayPoll && pollMicroseconds > 0) {
-        mayPoll = false;
-        uint64_t turn = pollTurn_.fetch_add(1) + 1;  // an earlier poller sees this and stops
-        if (spinners_ == 0) spinners_ = 1;
-        uint64_t seen = changes_.load();
-        lock.unlock();
-        auto deadline = Clock::now() + std::chrono::microseconds(pollMicroseconds);
-        // sched_yield rather than a pause instruction: with two cores, the
-        // thread this one waits for may need the very core it spins on.
-        while (changes_.load() == seen && pollTurn_.load() == turn && Clock::now() < deadline) sched_yield();
-        lock.lock();
-        if (pollTurn_.load() == turn) {
-          spinners_ = 0;
-          claimedSpinners_ = 0;
-        }
+      int pollMicroseconds = mayPoll ? governor_.Window(busyPollSetting.load(std::memory_order_relaxed)) : 0;
+      mayPoll = false;
+      if (pollMicroseconds > 0) {
+        PollForWork(lock, pollMicroseconds);
         continue;
       }
       if (nextReady != Clock::time_point::max() && !timekeeper_) {
@@ -288,36 +329,75 @@ class CallThreads {
         timerDeadline_ = Clock::time_point::max();
         continue;
       }
-      sleepers_++;
-      wake_.wait(lock, [this] { return signals_ > 0; });
-      signals_--;
+      sleepers_.push_back(&self);
+      lock.unlock();
+      self.Wait();
+      lock.lock();
     }
   }
 
-  // A call may start now: the polling thread takes it if it has not been
-  // counted on already, else a thread is woken or started.
-  void WakeForEligible() {
+  // Caller holds `lock`, which is released while polling and held again after.
+  void PollForWork(std::unique_lock<std::mutex>& lock, int pollMicroseconds) {
+    uint64_t turn = pollTurn_.fetch_add(1) + 1;  // an earlier poller sees this and stops
+    if (spinners_ == 0) spinners_ = 1;
+    uint64_t seen = changes_.load();
+    lock.unlock();
+    Clock::time_point deadline = Clock::now() + std::chrono::microseconds(pollMicroseconds);
+    bool lostTheCore = false;
+    for (;;) {
+      if (changes_.load() != seen || pollTurn_.load() != turn) break;
+      Clock::time_point before = Clock::now();
+      if (before >= deadline) break;
+      // sched_yield rather than a pause instruction: with two cores, the
+      // thread this one waits for may need the very core it spins on.
+      sched_yield();
+      if (SpinGovernor::LostTheCore(before, Clock::now())) {
+        lostTheCore = true;
+        break;
+      }
+    }
+    lock.lock();
+    if (pollTurn_.load() != turn) return;  // another thread polls now, and owns the state
+    spinners_ = 0;
+    claimedSpinners_ = 0;
+    if (lostTheCore) {
+      governor_.Contended();
+    } else if (changes_.load() != seen) {
+      governor_.Found();
+    } else {
+      governor_.RanOut();
+    }
+  }
+
+  // A call may start now: the polling thread, or one on its way back from a
+  // call, takes it if not counted on already; else a thread is woken or started.
+  Sleeper* WakeForEligible() {
     if (claimedSpinners_ < spinners_) {
       claimedSpinners_++;
-      return;
+      return nullptr;
     }
-    WakeOrStart();
+    if (claimedReturning_ < returning_.load()) {
+      claimedReturning_++;
+      return nullptr;
+    }
+    return WakeOrStart();
   }
 
-  void EnsureTimekeeper(Clock::time_point readyAt) {
+  Sleeper* EnsureTimekeeper(Clock::time_point readyAt) {
     if (timekeeper_) {
       if (readyAt < timerDeadline_) timer_.notify_one();
-      return;
+      return nullptr;
     }
-    WakeOrStart();
+    return WakeOrStart();
   }
 
-  void WakeOrStart() {
-    if (sleepers_ > 0) {
-      sleepers_--;
-      signals_++;
-      wake_.notify_one();
-    } else if (threads_ < maxThreadsSetting.load()) {
+  Sleeper* WakeOrStart() {
+    if (!sleepers_.empty()) {
+      Sleeper* last = sleepers_.back();
+      sleepers_.pop_back();
+      return last;
+    }
+    if (threads_ < maxThreadsSetting.load()) {
       threads_++;
       // Detached: it may be inside a libvirt call when the process exits.
       std::thread([this] {
@@ -325,19 +405,21 @@ class CallThreads {
         Loop();
       }).detach();
     }
+    return nullptr;
   }
 
   std::mutex mutex_;
-  std::condition_variable wake_;
   std::condition_variable timer_;
   Policy policy_;
+  SpinGovernor governor_;              // under mutex_
   std::atomic<uint64_t> changes_{0};   // queue or lane changes, watched by the poller
   std::atomic<uint64_t> pollTurn_{0};  // bumped by each thread that starts polling
   int threads_ = 0;
-  int spinners_ = 0;         // 0 or 1: the thread polling for work
-  int claimedSpinners_ = 0;  // pollers a new call already counts on
-  int sleepers_ = 0;         // sleeping and not yet signalled
-  int signals_ = 0;          // wake-ups sent and not yet consumed
+  int spinners_ = 0;                // 0 or 1: the thread polling for work
+  int claimedSpinners_ = 0;         // pollers a new call already counts on
+  std::atomic<int> returning_{0};   // threads between a call's end and their next Take
+  int claimedReturning_ = 0;        // of those, how many a new call already counts on
+  std::vector<Sleeper*> sleepers_;  // asleep and not yet woken, the latest last
   bool timekeeper_ = false;
   Clock::time_point timerDeadline_ = Clock::time_point::max();
 };

@@ -14,12 +14,22 @@
 // one. A slow or hung call still holds up the rest of its connection for at
 // most kSlowCall. Calls without a lane are never held back.
 //
+// Wide lanes: the two-call limit is for a daemon close by, where a call's time is
+// CPU on both ends. A connection whose quickest recent calls take kLatencyBound
+// or more waits on the network (a hypervisor a millisecond or two away): calls in
+// flight there overlap their waiting instead of competing for a core, so such a
+// lane runs up to kWideLaneWidth at once. "Quickest recent" is the least duration
+// among the lane's last calls (two windows of kWindowCalls), so one slow call
+// never widens a lane, and a link that turns fast narrows it again within two
+// windows.
+//
 // Order: among the calls that may start, the one submitted first starts first.
 // Each lane keeps its own queue; the lanes whose first call may start are kept
 // ordered by that call's submission number, and the lanes that are full by the
 // moment their oldest quick call turns slow.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <deque>
@@ -37,6 +47,9 @@ class CallPolicy {
   using Clock = std::chrono::steady_clock;
   static constexpr size_t kLaneWidth = 2;
   static constexpr Clock::duration kSlowCall = std::chrono::microseconds(1000);
+  static constexpr Clock::duration kLatencyBound = std::chrono::microseconds(500);
+  static constexpr size_t kWideLaneWidth = 16;
+  static constexpr int kWindowCalls = 32;
 
   // What the threads should do about a call that became startable, or will.
   struct Wake {
@@ -115,6 +128,7 @@ class CallPolicy {
     std::vector<Running>& running = state.running;
     for (size_t i = 0; i < running.size(); i++) {
       if (running[i].id == runId) {
+        Measure(lane, now - running[i].start);
         running[i] = running.back();
         running.pop_back();
         break;
@@ -154,7 +168,8 @@ class CallPolicy {
 
   // How many more calls the lane may start now; when none, `readyAt` is when
   // its oldest quick call turns slow and frees a slot.
-  static size_t FreeSlots(const Lane& state, Clock::time_point now, Clock::time_point& readyAt) {
+  size_t FreeSlots(const Lane& state, Clock::time_point now, Clock::time_point& readyAt) const {
+    const size_t width = Width(state.id);
     size_t quick = 0;
     Clock::time_point oldestQuick = Clock::time_point::max();
     for (const Running& running : state.running) {
@@ -163,9 +178,41 @@ class CallPolicy {
         if (running.start < oldestQuick) oldestQuick = running.start;
       }
     }
-    if (quick < kLaneWidth) return kLaneWidth - quick;
+    if (quick < width) return width - quick;
     readyAt = oldestQuick + kSlowCall;
     return 0;
+  }
+
+  // How many quick calls `lane` may run at once: see "Wide lanes" above.
+  size_t Width(const void* lane) const {
+    auto it = links_.find(lane);
+    if (it == links_.end() || !it->second.Known()) return kLaneWidth;
+    return it->second.Quickest() >= kLatencyBound ? kWideLaneWidth : kLaneWidth;
+  }
+
+  // The quickest of a lane's recent calls: the least duration over the current
+  // window of kWindowCalls and the one before.
+  struct LinkEstimate {
+    Clock::duration previous = Clock::duration::max();
+    Clock::duration current = Clock::duration::max();
+    int inWindow = 0;
+
+    void Add(Clock::duration took) {
+      if (took < current) current = took;
+      if (++inWindow < kWindowCalls) return;
+      previous = current;
+      current = Clock::duration::max();
+      inWindow = 0;
+    }
+    bool Known() const { return previous != Clock::duration::max() || current != Clock::duration::max(); }
+    Clock::duration Quickest() const { return std::min(previous, current); }
+  };
+
+  void Measure(const void* lane, Clock::duration took) {
+    // Lanes are connections, and connections come and go: forgetting every
+    // estimate now and then keeps the map small (an estimate is back in one call).
+    if (links_.size() > kMaxLinks && links_.find(lane) == links_.end()) links_.clear();
+    links_[lane].Add(took);
   }
 
   // Files a lane with queued calls under open_ or full_.
@@ -202,6 +249,8 @@ class CallPolicy {
     }
   }
 
+  static constexpr size_t kMaxLinks = 1024;
+
   uint64_t nextSequence_ = 0;
   uint64_t nextRunId_ = 0;
   size_t queued_ = 0;
@@ -209,6 +258,7 @@ class CallPolicy {
   std::unordered_map<const void*, Lane> lanes_;
   std::set<std::pair<uint64_t, const void*>> open_;
   std::set<std::pair<Clock::time_point, const void*>> full_;
+  std::unordered_map<const void*, LinkEstimate> links_;
 };
 
 }  // namespace lvb

@@ -134,7 +134,7 @@ Napi::Value ConnectionWrap::Close(const Napi::CallbackInfo& info) {
         if (events_) events_->Shutdown();
         return env.Undefined();
       }));
-  Napi::Promise promise = (*pending)->Promise();
+  Napi::Value promise = WithCallers(env, (*pending)->Promise());
   state_->WhenIdle([this, env, toRemove, pending] {
     if (events_) {
       toRemove->domainCallbackIds = events_->domainCallbackIds();

@@ -96,6 +96,38 @@ void AttachCallSite(Napi::Env env, Napi::Value error, const Napi::ObjectReferenc
   error.As<Napi::Object>().Set("stack", header + frames.substr(firstFrame));
 }
 
+namespace {
+
+// The rejection handler of WithCallers: runs as a promise reaction, so a new
+// Error made here carries the awaiting async functions as "at async" frames.
+Napi::Value AttachAwaitingCallers(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Value error = info[0];
+  if (error.IsObject()) {
+    Napi::Value siteStack = Napi::Error::New(env, "").Value().Get("stack");
+    if (siteStack.IsString()) {
+      std::string frames = siteStack.As<Napi::String>().Utf8Value();
+      size_t firstFrame = frames.find('\n');
+      if (firstFrame != std::string::npos) {
+        std::string header = error.ToString().Utf8Value();
+        error.As<Napi::Object>().Set("stack", header + frames.substr(firstFrame));
+      }
+    }
+  }
+  throw Napi::Error(env, error);
+}
+
+}  // namespace
+
+Napi::Value WithCallers(Napi::Env env, Napi::Promise promise) {
+  AddonData* data = env.GetInstanceData<AddonData>();
+  if (data->attachCallers.IsEmpty()) {
+    data->attachCallers = Napi::Persistent(Napi::Function::New(env, AttachAwaitingCallers, "attachCallers"));
+  }
+  Napi::Function then = promise.Get("then").As<Napi::Function>();
+  return then.Call(promise, {env.Undefined(), data->attachCallers.Value()});
+}
+
 void ThrowTypeError(Napi::Env env, const std::string& message) { throw Napi::TypeError::New(env, message); }
 
 }  // namespace lvb

@@ -37,8 +37,16 @@ Napi::Error MakeLibvirtError(Napi::Env env, const LibvirtErrorInfo& info);
 
 // An Error created on the JS thread when an async call is made: its stack holds
 // the caller's frames, which the error a failed call rejects with lacks (it is
-// created later, from the event loop).
+// created later, from the event loop). Costs a stack capture per call: used for
+// the rare calls (opening a connection); the others use WithCallers.
 Napi::ObjectReference CaptureCallSite(Napi::Env env);
+
+// `promise`, whose rejection gets the frames of the async functions awaiting it,
+// captured when it fails (V8's async stack trace of the rejection's handler),
+// so a call that succeeds pays for no stack at all. A caller that returns the
+// promise without awaiting it is not among the frames, as with Node's own
+// promise APIs.
+Napi::Value WithCallers(Napi::Env env, Napi::Promise promise);
 
 // Gives `error` the frames of `callSite` under its own "Name: message" line.
 void AttachCallSite(Napi::Env env, Napi::Value error, const Napi::ObjectReference& callSite);

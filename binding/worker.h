@@ -27,7 +27,7 @@ class LibvirtCall final : public PendingCall {
   using Convert = std::function<Napi::Value(Napi::Env, T)>;
 
   // JS thread. `owner` is the JS object the call was made on: kept alive until the
-  // call ends. The caller's stack is recorded here, for the error if it fails.
+  // call ends.
   // `counted`: the connection whose calls in flight this one counts among.
   static std::unique_ptr<LibvirtCall> Prepare(Napi::Env env, Napi::Object owner, const char* operation,
                                               HeldReference held, Work work, Convert convert,
@@ -43,15 +43,18 @@ class LibvirtCall final : public PendingCall {
     SubmitCall(env.GetInstanceData<AddonData>()->calls, lane, std::move(call));
   }
 
-  static Napi::Promise Run(Napi::Env env, Napi::Object owner, const void* lane, const char* operation,
-                           HeldReference held, Work work, Convert convert, ConnectionStatePtr counted = nullptr) {
+  // JS thread. The call's promise, whose rejection names the async functions
+  // awaiting it (see WithCallers).
+  static Napi::Value Run(Napi::Env env, Napi::Object owner, const void* lane, const char* operation, HeldReference held,
+                         Work work, Convert convert, ConnectionStatePtr counted = nullptr) {
     std::unique_ptr<LibvirtCall> call =
         Prepare(env, owner, operation, std::move(held), std::move(work), std::move(convert), std::move(counted));
     Napi::Promise promise = call->Promise();
     Submit(env, lane, std::move(call));
-    return promise;
+    return WithCallers(env, promise);
   }
 
+  // The bare promise, without the callers' frames on failure: see Run.
   Napi::Promise Promise() const { return deferred_.Promise(); }
 
   void Execute() override {
@@ -93,21 +96,16 @@ class LibvirtCall final : public PendingCall {
               ConnectionStatePtr counted)
       : deferred_(Napi::Promise::Deferred::New(env)),
         owner_(Napi::Persistent(owner)),
-        callSite_(CaptureCallSite(env)),
         operation_(operation),
         held_(std::move(held)),
         work_(std::move(work)),
         convert_(std::move(convert)),
         counted_(std::move(counted)) {}
 
-  void Reject(Napi::Env env, Napi::Value error) {
-    AttachCallSite(env, error, callSite_);
-    deferred_.Reject(error);
-  }
+  void Reject(Napi::Env, Napi::Value error) { deferred_.Reject(error); }
 
   Napi::Promise::Deferred deferred_;
   Napi::ObjectReference owner_;
-  Napi::ObjectReference callSite_;
   const char* operation_;
   HeldReference held_;
   Work work_;

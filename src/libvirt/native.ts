@@ -221,6 +221,8 @@ export interface NativeAddon {
   tryLockFile(fd: number): boolean;
   /** Test hook: the call dispatcher's policy (binding/call_policy.h) on a clock the caller sets. */
   CallPolicyProbe: new () => NativeCallPolicyProbe;
+  /** Test hook: the dispatcher's rule for how long a waiting thread polls (binding/spin_governor.h). */
+  SpinGovernorProbe: new () => NativeSpinGovernorProbe;
 }
 
 /** What the dispatcher's threads should do about a call: start it, look again at `at`, or nothing yet. */
@@ -235,6 +237,15 @@ export interface NativeCallPolicyProbe {
   };
   finished(lane: number, runId: number, now: number): void;
   queued(): number;
+}
+
+/** Microseconds; each call says how the last poll went. */
+export interface NativeSpinGovernorProbe {
+  /** How long the next wait may poll, given the most allowed. */
+  window(setting: number): number;
+  found(): void;
+  ranOut(): void;
+  contended(): void;
 }
 
 export interface NativeCallTuning {
@@ -341,6 +352,7 @@ export const NATIVE_SURFACE = {
     zstdDecompressCluster: true,
     tryLockFile: true,
     CallPolicyProbe: true,
+    SpinGovernorProbe: true,
   } satisfies Record<keyof NativeAddon, true>,
   Connection: {
     close: true,
@@ -437,6 +449,7 @@ export const NATIVE_SURFACE = {
   Xxh128: { update: true, digest: true } satisfies Record<keyof NativeXxh128, true>,
   FileWriter: { write: true, hashHole: true, finish: true } satisfies Record<keyof NativeFileWriter, true>,
   CallPolicyProbe: { enqueue: true, take: true, finished: true, queued: true } satisfies Record<keyof NativeCallPolicyProbe, true>,
+  SpinGovernorProbe: { window: true, found: true, ranOut: true, contended: true } satisfies Record<keyof NativeSpinGovernorProbe, true>,
 };
 
 /** The classes the addon exports, by name. */

@@ -5,6 +5,9 @@ import test from 'ava';
 import { nativeAddon, type NativeCallPolicyProbe } from '../../src/libvirt/native.js';
 
 const SLOW_CALL = 1000; // kSlowCall, microseconds
+const LATENCY_BOUND = 500; // kLatencyBound, microseconds
+const WIDE_LANE = 16; // kWideLaneWidth
+const WINDOW_CALLS = 32; // kWindowCalls
 
 function policy(): NativeCallPolicyProbe {
   return new (nativeAddon().CallPolicyProbe)();
@@ -89,6 +92,60 @@ test('a lane whose calls keep getting stuck still moves one call per millisecond
     [5, 2 * SLOW_CALL],
     [6, 2 * SLOW_CALL],
   ]);
+});
+
+/** Runs `count` calls on `lane` one after another, each taking `took` µs; returns the clock after. */
+function runSequentially(probe: NativeCallPolicyProbe, lane: number, count: number, took: number, now: number): number {
+  for (let i = 0; i < count; i++) {
+    probe.enqueue(i, lane, now);
+    const started = probe.take(now);
+    if (started.call === null) throw new Error(`call ${i} on lane ${lane} did not start`);
+    now += took;
+    probe.finished(lane, started.runId, now);
+  }
+  return now;
+}
+
+/** How many of 20 calls queued on `lane` at `now` may start at once. */
+function startableAt(probe: NativeCallPolicyProbe, lane: number, now: number): Array<{ call: number; lane: number; runId: number }> {
+  for (let call = 0; call < 20; call++) probe.enqueue(100 + call, lane, now);
+  return takeAll(probe, now);
+}
+
+test('a lane whose quickest calls wait on the network runs up to 16 at once; a close one stays at two', (t) => {
+  const probe = policy();
+  // Lane 1: a daemon close by (150 µs calls); lane 2: a link 2 ms away.
+  let now = runSequentially(probe, 1, 10, 150, 0);
+  now = runSequentially(probe, 2, 10, 2000 + LATENCY_BOUND, now);
+  t.is(startableAt(probe, 1, now).length, 2);
+  const wide = startableAt(probe, 2, now);
+  t.is(wide.length, WIDE_LANE);
+  t.true(
+    wide.every((s) => s.lane === 2),
+    'only the far lane widens',
+  );
+});
+
+test('one slow call among quick ones does not widen a lane', (t) => {
+  const probe = policy();
+  let now = runSequentially(probe, 3, 20, 150, 0);
+  now = runSequentially(probe, 3, 1, 50_000, now);
+  t.is(startableAt(probe, 3, now).length, 2);
+});
+
+test('a far link that turns fast is narrow again within two windows of calls', (t) => {
+  const probe = policy();
+  let now = runSequentially(probe, 4, WINDOW_CALLS, 3000, 0);
+  now = runSequentially(probe, 4, WINDOW_CALLS, 150, now);
+  t.is(startableAt(probe, 5, now).length, 2, 'another lane is unaffected');
+  now = runSequentially(probe, 4, WINDOW_CALLS, 150, now);
+  t.is(startableAt(probe, 4, now).length, 2);
+});
+
+test('one call is enough to learn that a link is far', (t) => {
+  const probe = policy();
+  const now = runSequentially(probe, 6, 1, 2500, 0);
+  t.is(startableAt(probe, 6, now).length, WIDE_LANE);
 });
 
 test('a burst stays cheap: 40 000 calls queued behind a full lane are taken without scanning the queue', (t) => {

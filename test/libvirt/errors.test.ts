@@ -1,21 +1,25 @@
-// A LibvirtError says where it was asked for (the caller's frames, recorded when
-// the call was made) and which libvirt function failed.
+// A LibvirtError says where it was asked for (the async functions awaiting the
+// call, as V8's async stack traces give them when it fails) and which libvirt
+// function failed.
 import test from 'ava';
 
 import { connect, type Connection, ErrorDomain, LibvirtError } from '../../src/index.js';
 
 async function lookUpAMissingDomain(conn: Connection): Promise<unknown> {
-  return conn.lookupDomainByName('no-such-domain');
+  const domain = await conn.lookupDomainByName('no-such-domain');
+  return domain;
 }
 
 async function startTheRunningDomain(conn: Connection): Promise<unknown> {
   const domain = await conn.lookupDomainByName('test');
-  return domain.start();
+  await domain.start();
+  return domain;
 }
 
 async function lookUpAMissingCheckpoint(conn: Connection): Promise<unknown> {
   const domain = await conn.lookupDomainByName('test');
-  return domain.lookupCheckpointByName('no-such-checkpoint');
+  const checkpoint = await domain.lookupCheckpointByName('no-such-checkpoint');
+  return checkpoint;
 }
 
 async function callAfterClose(conn: Connection): Promise<unknown> {
