@@ -5,6 +5,9 @@
 // base:allocation reports as zero and read everything else, and both times include
 // connecting. Images are cached in .bench/nbd (gitignored); NBD_BENCH_KEEP_IMAGES=0
 // deletes them afterwards; NBD_BENCH_RUNS sets the runs per reader (default 5).
+// Then random access (nbd-random-access.ts): reads of 2 MiB at shuffled offsets into
+// caller buffers and into fresh ones, and writes of 2 MiB, against nbdcopy.
+// NBD_BENCH_PARTS=sequential or =random runs one part only.
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, renameSync, rmSync } from 'node:fs';
 import { connect } from 'node:net';
@@ -12,10 +15,12 @@ import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdClient } from '../../src/nbd/index.js';
+import { benchRandomAccess } from './nbd-random-access.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
 const RUNS = Number(process.env.NBD_BENCH_RUNS ?? 5);
+const PARTS = process.env.NBD_BENCH_PARTS ?? 'sequential,random';
 const TARGET_RATIO = 0.9;
 const TARGET_RSS_MIB = 200;
 const here = fileURLToPath(import.meta.url);
@@ -172,6 +177,20 @@ async function benchImage(label: string, image: string, work: string): Promise<{
 
 async function main(): Promise<void> {
   mkdirSync(cacheDir, { recursive: true });
+  const work = mkdtempSync(join(tmpdir(), 'nbd-bench-'));
+  try {
+    if (PARTS.includes('sequential')) await benchSequential(work);
+    if (PARTS.includes('random')) {
+      console.log('\nRandom access, 1 GiB export of random data (raw, qemu-nbd):\n');
+      console.log((await benchRandomAccess(cacheDir, work, RUNS)).join('\n'));
+    }
+  } finally {
+    rmSync(work, { recursive: true, force: true });
+    if (process.env.NBD_BENCH_KEEP_IMAGES === '0') rmSync(cacheDir, { recursive: true, force: true });
+  }
+}
+
+async function benchSequential(work: string): Promise<void> {
   const randomImage = join(cacheDir, 'random-2g.qcow2');
   const sparseImage = join(cacheDir, 'sparse-8g.qcow2');
   if (!existsSync(randomImage)) {
@@ -179,23 +198,17 @@ async function main(): Promise<void> {
     makeRandomImage(randomImage);
   }
   if (!existsSync(sparseImage)) makeSparseImage(sparseImage);
-  const work = mkdtempSync(join(tmpdir(), 'nbd-bench-'));
-  try {
-    const results = [await benchImage('2 GiB random', randomImage, work), await benchImage('8 GiB sparse', sparseImage, work)];
-    const rows = [
-      `| export | reader | median of ${RUNS} | runs (s) | MB/s | ratio vs nbdcopy | peak RSS | target met |`,
-      '| --- | --- | --- | --- | --- | --- | --- | --- |',
-      ...results.flatMap((result) => result.rows),
-    ];
-    console.log(rows.join('\n'));
-    console.log('');
-    for (const result of results) console.log(result.phases);
-    console.log("\nTimes include connecting; ours exclude Node start-up, nbdcopy's include its process start (nbdcopy's peak RSS is from one untimed run).");
-    console.log(`Target: ratio >= ${TARGET_RATIO.toFixed(2)} and peak RSS < ${TARGET_RSS_MIB} MiB (peak: the largest of the runs).`);
-  } finally {
-    rmSync(work, { recursive: true, force: true });
-    if (process.env.NBD_BENCH_KEEP_IMAGES === '0') rmSync(cacheDir, { recursive: true, force: true });
-  }
+  const results = [await benchImage('2 GiB random', randomImage, work), await benchImage('8 GiB sparse', sparseImage, work)];
+  const rows = [
+    `| export | reader | median of ${RUNS} | runs (s) | MB/s | ratio vs nbdcopy | peak RSS | target met |`,
+    '| --- | --- | --- | --- | --- | --- | --- | --- |',
+    ...results.flatMap((result) => result.rows),
+  ];
+  console.log(rows.join('\n'));
+  console.log('');
+  for (const result of results) console.log(result.phases);
+  console.log("\nTimes include connecting; ours exclude Node start-up, nbdcopy's include its process start (nbdcopy's peak RSS is from one untimed run).");
+  console.log(`Target: ratio >= ${TARGET_RATIO.toFixed(2)} and peak RSS < ${TARGET_RSS_MIB} MiB (peak: the largest of the runs).`);
 }
 
 if (process.argv[2] === '--child') {

@@ -42,7 +42,7 @@ export type ConnectOptions = ServerAddress & {
   requestsPerConnection?: number;
   /** Payload bytes in flight across all connections (default 4 MiB). */
   maxBytesInFlight?: number;
-  /** Largest READ/WRITE sent; clamped to the server's maximum block size (default 1 MiB). */
+  /** Largest READ/WRITE sent; clamped to the server's maximum block size (default 512 KiB). */
   requestSize?: number;
   /** Ask for structured replies (default true); needed for holes and meta contexts. */
   structuredReplies?: boolean;
@@ -86,7 +86,14 @@ const DEFAULT_CONNECTIONS = 4;
 const DEFAULT_REQUESTS_PER_CONNECTION = 16;
 // Measured: more bytes in flight only adds fresh memory to fault in, not throughput.
 const DEFAULT_MAX_BYTES_IN_FLIGHT = 4 * 1024 * 1024;
-const DEFAULT_REQUEST_SIZE = 1024 * 1024;
+/**
+ * A server copies each payload twice (between the socket and its buffer, between its
+ * buffer and the image): 512 KiB still sits in the CPU cache for the second copy, 1 MiB
+ * does not. Measured with qemu-nbd on 1 GiB: 1 MiB requests cost it 0.7-0.9 s of CPU
+ * for reads or writes, 512 KiB 0.5 s, as much as nbdcopy's requests; ours a few
+ * percent more. Received pieces are slab-sized (256 KiB) either way.
+ */
+const DEFAULT_REQUEST_SIZE = 512 * 1024;
 /** Extra connections that cannot finish their handshake by then are given up. */
 const EXTRA_CONNECTION_TIMEOUT_MS = 10_000;
 /**

@@ -1,0 +1,242 @@
+// Random access through the NBD client, part of the `nbd` suite: 16 reads of 2 MiB in
+// flight at shuffled offsets covering a 1 GiB export of random data, once into caller
+// buffers that are reused (`read(offset, length, { into })`) and once into fresh
+// buffers (`read(offset, length)`), against `nbdcopy` of the same export to `null:`;
+// then 16 writes of 2 MiB in flight into a writable export, of that file's data held in
+// memory, against `nbdcopy` from the file to the same export (reading the file from the
+// page cache is nbdcopy's extra work; in Node an async fs.read of 2 MiB pieces costs
+// about as much CPU as the writes themselves, which would measure fs, not write()). Rounds alternate between the readers (and between
+// the writers), medians are compared. Each of our measurements runs in a process of its
+// own and is timed from connecting to closing, as nbdcopy's are (its process start included).
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
+import { connect } from 'node:net';
+import { loadavg } from 'node:os';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { NbdClient } from '../../src/nbd/index.js';
+
+const MiB = 1024 ** 2;
+const EXPORT_SIZE = 1024 * MiB;
+const PIECE = 2 * MiB;
+const IN_FLIGHT = 16;
+const TARGETS = { into: 0.9, fresh: 0.6, write: 0.8 } as const;
+const here = fileURLToPath(import.meta.url);
+/** Client options for experiments, as JSON (the sequential part reads it too). */
+const tuning = JSON.parse(process.env.NBD_BENCH_CLIENT_OPTIONS ?? '{}') as Record<string, number>;
+
+interface Timed {
+  seconds: number;
+  bytes: number;
+  /** CPU of the whole process (all threads) and minor page faults, from connecting to closing. */
+  cpuSeconds: number;
+  pageFaults: number;
+}
+
+/** Starts the clock; the function it returns stops it and says what was spent. */
+function clock(): (bytes: number) => Timed {
+  const started = performance.now();
+  const usage = process.resourceUsage();
+  return (bytes) => {
+    const now = process.resourceUsage();
+    return {
+      seconds: (performance.now() - started) / 1000,
+      bytes,
+      cpuSeconds: (now.userCPUTime + now.systemCPUTime - usage.userCPUTime - usage.systemCPUTime) / 1e6,
+      pageFaults: now.minorPageFault - usage.minorPageFault,
+    };
+  };
+}
+
+/** Offsets of every piece of the export, in random order. */
+function shuffledOffsets(): number[] {
+  const offsets = Array.from({ length: EXPORT_SIZE / PIECE }, (_, i) => i * PIECE);
+  for (let i = offsets.length - 1; i > 0; i--) {
+    const j = Math.floor(Math.random() * (i + 1));
+    [offsets[i], offsets[j]] = [offsets[j]!, offsets[i]!];
+  }
+  return offsets;
+}
+
+/** Runs `work` on every offset with IN_FLIGHT workers; each worker has its own index. */
+async function inFlight(offsets: number[], work: (offset: number, worker: number) => Promise<void>): Promise<void> {
+  let next = 0;
+  await Promise.all(
+    Array.from({ length: IN_FLIGHT }, async (_, worker) => {
+      while (next < offsets.length) await work(offsets[next++]!, worker);
+    }),
+  );
+}
+
+async function childRead(socket: string, into: boolean): Promise<void> {
+  const offsets = shuffledOffsets();
+  // Caller buffers in use already: allocated and touched before the clock starts.
+  const buffers = into ? Array.from({ length: IN_FLIGHT }, () => Buffer.alloc(PIECE)) : [];
+  const stop = clock();
+  const client = await NbdClient.connect({ path: socket, ...tuning });
+  let bytes = 0;
+  await inFlight(offsets, async (offset, worker) => {
+    const data = await client.read(offset, PIECE, into ? { into: buffers[worker]! } : {});
+    bytes += data.length;
+  });
+  await client.close();
+  process.stdout.write(JSON.stringify(stop(bytes)) + '\n');
+}
+
+async function childWrite(socket: string, source: string): Promise<void> {
+  const offsets = shuffledOffsets().sort((a, b) => a - b);
+  // The data is in memory already, as a caller's would be: write() is what is timed.
+  const data = readFileSync(source);
+  const stop = clock();
+  const client = await NbdClient.connect({ path: socket, ...tuning });
+  let bytes = 0;
+  await inFlight(offsets, async (offset) => {
+    const piece = data.subarray(offset, offset + PIECE);
+    await client.write(offset, piece);
+    bytes += piece.length;
+  });
+  await client.close();
+  process.stdout.write(JSON.stringify(stop(bytes)) + '\n');
+}
+
+function sh(command: string, args: string[]): void {
+  const result = spawnSync(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  if (result.status !== 0) throw new Error(`${command} ${args.join(' ')} failed (${result.status ?? result.signal})`);
+}
+
+function makeRandomRaw(path: string): void {
+  // AES-CTR over zeroes: incompressible and far quicker than /dev/urandom.
+  sh('sh', ['-c', `openssl enc -aes-128-ctr -pass pass:nbd-random -nosalt -pbkdf2 < /dev/zero 2>/dev/null | head -c ${EXPORT_SIZE} > '${path}.tmp'`]);
+  renameSync(`${path}.tmp`, path);
+}
+
+async function serve(socket: string, args: string[]): Promise<ChildProcess> {
+  const server = spawn('qemu-nbd', ['--persistent', '--shared=8', '-k', socket, ...args], { stdio: 'ignore' });
+  for (let i = 0; i < 400; i++) {
+    if (server.exitCode !== null) throw new Error('qemu-nbd exited');
+    const ok = await new Promise<boolean>((done) => {
+      const probe = connect({ path: socket });
+      probe.once('connect', () => (probe.destroy(), done(true)));
+      probe.once('error', () => done(false));
+    });
+    if (ok) return server;
+    await new Promise((r) => setTimeout(r, 25));
+  }
+  server.kill('SIGTERM');
+  throw new Error('qemu-nbd did not start');
+}
+
+async function stop(server: ChildProcess): Promise<void> {
+  server.kill('SIGTERM');
+  await new Promise((r) => (server.exitCode !== null ? r(null) : server.once('exit', r)));
+}
+
+function timeProcess(command: string, args: string[]): Measured {
+  const started = performance.now();
+  const result = spawnSync(command, args, { encoding: 'utf8' });
+  const seconds = (performance.now() - started) / 1000;
+  if (result.status !== 0) throw new Error(`${command} failed: ${result.stderr}`);
+  return { seconds };
+}
+
+function timeChild(args: string[]): Measured {
+  const result = spawnSync(process.execPath, ['--import=tsx', here, ...args], { encoding: 'utf8' });
+  if (result.status !== 0) throw new Error(`${args[0]} failed: ${result.stderr}`);
+  const timed = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as Timed;
+  if (timed.bytes !== EXPORT_SIZE) throw new Error(`${args[0]} moved ${timed.bytes} bytes of ${EXPORT_SIZE}`);
+  return timed;
+}
+
+const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
+
+interface Measured {
+  seconds: number;
+  cpuSeconds?: number;
+  pageFaults?: number;
+}
+
+interface Contender {
+  name: string;
+  time: () => Measured;
+  runs: Measured[];
+}
+
+/** Alternating rounds after one untimed pass of each; the first contender is the reference. */
+function race(contenders: Contender[], rounds: number): { rows: string[]; ratios: number[] } {
+  for (const contender of contenders) contender.time();
+  for (let i = 0; i < rounds; i++) for (const contender of contenders) contender.runs.push(contender.time());
+  const seconds = (c: Contender): number => median(c.runs.map((m) => m.seconds));
+  const reference = seconds(contenders[0]!);
+  const ratios = contenders.map((c) => reference / seconds(c));
+  const rows = contenders.map((c, i) => {
+    const cpu = c.runs[0]!.cpuSeconds === undefined ? 'n/a' : `${median(c.runs.map((m) => m.cpuSeconds!)).toFixed(2)} s`;
+    const faults = c.runs[0]!.pageFaults === undefined ? 'n/a' : median(c.runs.map((m) => m.pageFaults!)).toFixed(0);
+    const all = c.runs.map((m) => m.seconds.toFixed(3)).join(' ');
+    return `| ${c.name} | ${seconds(c).toFixed(3)} s | ${all} | ${(EXPORT_SIZE / seconds(c) / MiB).toFixed(0)} | ${ratios[i]!.toFixed(2)} | ${cpu} | ${faults} |`;
+  });
+  return { rows, ratios };
+}
+
+/** The random-access part of the suite; images are cached in `cacheDir`, sockets and the write target go to `work`. */
+export async function benchRandomAccess(cacheDir: string, work: string, rounds: number): Promise<string[]> {
+  const source = join(cacheDir, 'random-1g.raw');
+  if (!existsSync(source)) makeRandomRaw(source);
+  const loadBefore = loadavg();
+  const readSocket = join(work, 'random-read.sock');
+  const reader = await serve(readSocket, ['--read-only', '-f', 'raw', source]);
+  let reads;
+  try {
+    reads = race(
+      [
+        { name: 'nbdcopy → null:', time: () => timeProcess('nbdcopy', [`nbd+unix:///?socket=${readSocket}`, 'null:']), runs: [] },
+        { name: `ours, ${IN_FLIGHT} × read(2 MiB, { into }) at shuffled offsets`, time: () => timeChild(['--child-read', readSocket, 'into']), runs: [] },
+        {
+          name: `ours, ${IN_FLIGHT} × read(2 MiB) (fresh buffers) at shuffled offsets`,
+          time: () => timeChild(['--child-read', readSocket, 'fresh']),
+          runs: [],
+        },
+      ],
+      rounds,
+    );
+  } finally {
+    await stop(reader);
+  }
+  const target = join(work, 'write-target.raw');
+  writeFileSync(target, '');
+  sh('truncate', ['-s', String(EXPORT_SIZE), target]);
+  const writeSocket = join(work, 'random-write.sock');
+  const writer = await serve(writeSocket, ['-f', 'raw', target]);
+  let writes;
+  try {
+    writes = race(
+      [
+        { name: 'nbdcopy file → export', time: () => timeProcess('nbdcopy', [source, `nbd+unix:///?socket=${writeSocket}`]), runs: [] },
+        { name: `ours, ${IN_FLIGHT} × write(2 MiB) from memory, in order`, time: () => timeChild(['--child-write', writeSocket, source]), runs: [] },
+      ],
+      rounds,
+    );
+    // The last round was ours: the export must now hold the file.
+    sh('cmp', ['--silent', source, target]);
+  } finally {
+    await stop(writer);
+    rmSync(target, { force: true });
+  }
+  const loadAfter = loadavg();
+  const met = (ratio: number, wanted: number): string => `${ratio.toFixed(2)}x ${ratio >= wanted ? 'met' : 'MISSED'}`;
+  return [
+    `| 1 GiB random, raw | median of ${rounds} | runs (s) | MiB/s | ratio vs nbdcopy | our CPU (all threads) | our page faults |`,
+    '| --- | --- | --- | --- | --- | --- | --- |',
+    ...reads.rows,
+    ...writes.rows,
+    '',
+    `ratios: into ${reads.ratios[1]!.toFixed(2)}x, fresh ${reads.ratios[2]!.toFixed(2)}x, write ${writes.ratios[1]!.toFixed(2)}x nbdcopy`,
+    `targets: into >= ${TARGETS.into}x ${met(reads.ratios[1]!, TARGETS.into)}; fresh >= ${TARGETS.fresh}x ${met(reads.ratios[2]!, TARGETS.fresh)}; write >= ${TARGETS.write}x ${met(writes.ratios[1]!, TARGETS.write)}`,
+    `load average (1/5/15 min) before: ${loadBefore.map((l) => l.toFixed(2)).join(' ')}, after: ${loadAfter.map((l) => l.toFixed(2)).join(' ')}`,
+  ];
+}
+
+if (process.argv[2] === '--child-read') {
+  await childRead(process.argv[3]!, process.argv[4] === 'into');
+} else if (process.argv[2] === '--child-write') {
+  await childWrite(process.argv[3]!, process.argv[4]!);
+}
