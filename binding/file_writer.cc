@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstring>
@@ -27,6 +28,10 @@ namespace {
 // copy goes on; older ranges are waited for and evicted.
 constexpr off64_t kWritebackWindow = 64LL << 20;
 
+// What O_DIRECT asks of a write's position, lengths and memory (the logical block size
+// of any disk in use; 4096 covers both 512-byte and 4K-sector devices).
+constexpr uintptr_t kDirectAlignment = 4096;
+
 struct Failure {
   int error = 0;
   const char* syscall = "";
@@ -39,7 +44,26 @@ struct Range {
 
 // Shared by the wrapper and every write in flight.
 struct WriterState {
+  // Where writes go through the page cache, and where finish() fsyncs.
   int fd = -1;
+  // The caller's descriptor when it was opened with O_DIRECT: aligned writes go there,
+  // straight to the disk (fd is then our own reopening of the file without O_DIRECT).
+  int directFd = -1;
+  int ownedFd = -1;
+  std::atomic<bool> directUsable{true};
+
+  WriterState() = default;
+  WriterState(const WriterState&) = delete;
+  WriterState& operator=(const WriterState&) = delete;
+  ~WriterState() { CloseOwned(); }
+
+  // Once nothing more will be written: the caller's descriptor stays the caller's to close.
+  void CloseOwned() {
+    if (ownedFd < 0) return;
+    close(ownedFd);
+    ownedFd = -1;
+    fd = -1;
+  }
 
   std::mutex hashMutex;
   std::condition_variable hashTurn;
@@ -62,6 +86,34 @@ struct WriterState {
 };
 
 using StatePtr = std::shared_ptr<WriterState>;
+
+// A descriptor opened with O_DIRECT takes only aligned writes: the rest (metadata,
+// a disk's unaligned tail, memory the caller did not align) goes through a second
+// descriptor of the same file without it. Where /proc cannot reopen the file, the
+// descriptor loses O_DIRECT and every write goes through the page cache.
+void SetUpDirectWrites(WriterState& state, int fd) {
+  int flags = fcntl(fd, F_GETFL);
+  if (flags < 0 || (flags & O_DIRECT) == 0) return;
+  std::string self = "/proc/self/fd/" + std::to_string(fd);
+  int buffered = open(self.c_str(), (flags & O_ACCMODE) | O_CLOEXEC);
+  if (buffered >= 0) {
+    state.fd = buffered;
+    state.ownedFd = buffered;
+    state.directFd = fd;
+  } else {
+    fcntl(fd, F_SETFL, flags & ~O_DIRECT);
+  }
+}
+
+bool DirectAligned(const iovec* pieces, size_t count, off64_t position) {
+  if (static_cast<uintptr_t>(position) % kDirectAlignment != 0) return false;
+  for (size_t i = 0; i < count; i++) {
+    if (reinterpret_cast<uintptr_t>(pieces[i].iov_base) % kDirectAlignment != 0 ||
+        pieces[i].iov_len % kDirectAlignment != 0)
+      return false;
+  }
+  return true;
+}
 
 bool WritebackUnsupported(int error) {
   return error == EINVAL || error == ENOSYS || error == EOPNOTSUPP || error == ESPIPE;
@@ -168,15 +220,24 @@ class WriteWorker final : public WriterWorker {
     std::vector<iovec> left = pieces_;
     size_t first = 0;
     off64_t position = position_;
+    bool cached = false;  // whether any of it went through the page cache
     while (first < left.size()) {
       int count = static_cast<int>(std::min<size_t>(left.size() - first, IOV_MAX));
-      ssize_t written = pwritev64(state.fd, &left[first], count, position);
+      bool direct = state.directFd >= 0 && state.directUsable.load(std::memory_order_relaxed) &&
+                    DirectAligned(&left[first], left.size() - first, position);
+      ssize_t written = pwritev64(direct ? state.directFd : state.fd, &left[first], count, position);
       if (written < 0) {
         if (errno == EINTR) continue;
+        // A disk that wants more alignment than we give it: the page cache takes every write from now on.
+        if (direct && errno == EINVAL) {
+          state.directUsable.store(false, std::memory_order_relaxed);
+          continue;
+        }
         failure_ = {errno, "pwritev"};
         state.Fail(errno, "pwritev");
         return;
       }
+      cached = cached || !direct;
       position += written;
       // Skip what was written; a short write resumes inside a piece.
       while (written > 0 && first < left.size()) {
@@ -187,7 +248,8 @@ class WriteWorker final : public WriterWorker {
         if (left[first].iov_len == 0) first++;
       }
     }
-    StartWriteback();
+    // Direct writes are on the disk already; the page cache holds nothing of them.
+    if (cached) StartWriteback();
   }
 
  private:
@@ -250,13 +312,13 @@ class FinishWorker final : public WriterWorker {
       // A write-back failure may not show in fsync any more: report it from here.
       if (state.failure.error != 0) {
         failure_ = state.failure;
+        state.CloseOwned();
         return;
       }
     }
-    if (fsync(state.fd) != 0) {
-      failure_ = {errno, "fsync"};
-      return;
-    }
+    if (fsync(state.fd) != 0) failure_ = {errno, "fsync"};
+    state.CloseOwned();
+    if (failure_.error != 0) return;
     digest_ = state.hash.HexDigest();
   }
 
@@ -280,6 +342,7 @@ class FileWriterWrap : public Napi::ObjectWrap<FileWriterWrap> {
     }
     state_ = std::make_shared<WriterState>();
     state_->fd = static_cast<int>(fd);
+    SetUpDirectWrites(*state_, state_->fd);
     info.This().As<Napi::Object>().TypeTag(&kTypeTag);
   }
 

@@ -3,10 +3,12 @@
 // out of the page cache (fincore counts what stays resident), files that cannot do
 // write-back falling back to fsync, and errors that say which system call failed.
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, open, readFile, rm } from 'node:fs/promises';
+import { constants } from 'node:fs';
+import { mkdtemp, open, readdir, readFile, readlink, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
+import { pageAlignedBuffers } from '../../src/common/page-aligned.js';
 import { nativeAddon } from '../../src/libvirt/native.js';
 import { run } from '../helpers/process.js';
 
@@ -80,6 +82,70 @@ test('many small concurrent writes: the checksum follows issue order, not comple
   await Promise.all(writes);
   t.is(await writer.finish(), await xxhsum(path));
   t.true((await readFile(path)).equals(data));
+});
+
+async function residentBytes(path: string): Promise<number> {
+  return Number((await run('fincore', ['--bytes', '--noheadings', '--output', 'RES', path])).trim());
+}
+
+/** This process's descriptors open on `path`. */
+async function descriptorsOf(path: string): Promise<number> {
+  let count = 0;
+  for (const fd of await readdir('/proc/self/fd')) {
+    if ((await readlink(`/proc/self/fd/${fd}`).catch(() => '')) === path) count++;
+  }
+  return count;
+}
+
+test('given an O_DIRECT descriptor, aligned writes bypass the page cache and unaligned ones go through it; all land, checksum as xxhsum', async (t) => {
+  const path = await tempFile(t, 'direct');
+  const file = await open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o600);
+  t.teardown(() => file.close());
+  const expected = Buffer.alloc(48 * MiB + 2 * 4096 + 5000 + 4096 + 1000);
+  const writer = new addon.FileWriter(file.fd);
+  // A second descriptor of the file, without O_DIRECT, for what cannot go straight to the disk.
+  t.is(await descriptorsOf(path), 2);
+
+  const aligned = pageAlignedBuffers(6, 8 * MiB);
+  const writes: Array<Promise<void>> = [];
+  aligned.forEach((buffer, index) => {
+    buffer.fill(index + 1);
+    buffer.copy(expected, index * 8 * MiB);
+    writes.push(writer.write([buffer.subarray(0, 4 * MiB), buffer.subarray(4 * MiB)], index * 8 * MiB));
+  });
+  // Then, front to back: aligned position and length from memory that is not aligned,
+  // an unaligned length, an unaligned position.
+  const unalignedMemory = Buffer.alloc(2 * 4096 + 1, 0xee).subarray(1);
+  const unalignedLength = randomBytes(5000);
+  const unalignedPosition = randomBytes(4096 + 1000);
+  let position = 48 * MiB;
+  for (const buffer of [unalignedMemory, unalignedLength, unalignedPosition]) {
+    buffer.copy(expected, position);
+    writes.push(writer.write([buffer], position));
+    position += buffer.length;
+  }
+  await Promise.all(writes);
+
+  // Before finish() nothing has been evicted: only the unaligned writes are cached (a plain descriptor caches all 50 MiB).
+  const resident = await residentBytes(path);
+  t.true(resident > 0 && resident <= 64 * 1024, `${resident} bytes cached`);
+  const digest = await writer.finish();
+  t.is(await descriptorsOf(path), 1);
+  t.is(digest, await xxhsum(path));
+  t.true((await readFile(path)).equals(expected));
+});
+
+test('the same aligned writes through a plain descriptor are cached until finish() evicts them', async (t) => {
+  const path = await tempFile(t, 'buffered');
+  const file = await open(path, 'wx');
+  t.teardown(() => file.close());
+  const writer = new addon.FileWriter(file.fd);
+  t.is(await descriptorsOf(path), 1);
+  const aligned = pageAlignedBuffers(6, 8 * MiB);
+  await Promise.all(aligned.map((buffer, index) => writer.write([buffer.fill(index + 1)], index * 8 * MiB)));
+  t.true((await residentBytes(path)) >= 40 * MiB);
+  await writer.finish();
+  t.true((await residentBytes(path)) <= 8 * MiB);
 });
 
 test('a file without write-back (/dev/null) still takes writes; its fsync failure is reported', async (t) => {

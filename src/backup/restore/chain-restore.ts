@@ -13,7 +13,7 @@ import { BackupSetError, isBackupSetError, throwIfAborted } from '../errors.js';
 import { describeFsError, errnoCode } from '../../common/fs-errors.js';
 import { qemuImgConvert, qemuImgInfo } from '../qcow2/qemu-img.js';
 import { fileByteSource, readQcow2Image, type Qcow2Image } from '../qcow2/qcow2-reader.js';
-import { createPrivateFile, DEFAULT_OUTPUT_MODE, openRestoreOutput } from './restore-output.js';
+import { createPrivateFile, DEFAULT_OUTPUT_MODE, openRestoreOutput, type RestoreOutput } from './restore-output.js';
 
 /** One file of a chain as the manifest describes it. */
 export interface ChainFile {
@@ -188,13 +188,14 @@ export class OpenedChain {
     }
 
     let file: FileHandle | null = null;
+    let sink: RestoreOutput | null = null;
     let created = false;
     try {
       if (this.refusal === null) {
         const plan = planChainCopy(this.images as Qcow2Image[], CHUNK_BYTES);
         file = await createPrivateFile(output, options.mode ?? DEFAULT_OUTPUT_MODE);
         created = true;
-        const sink = await openRestoreOutput(file, options.format, plan, { signal: options.signal });
+        sink = await openRestoreOutput(file, options.format, plan, { signal: options.signal });
         for (let index = 0; index < this.files.length; index++) judge(index, await stream(index, plan.files[index]!, sink));
         await sink.finish();
         return { method: 'one-pass', bytesStreamed, metadataBytesRead: this.#metadataBytesRead };
@@ -229,6 +230,8 @@ export class OpenedChain {
       if (created) await unlink(output).catch(() => undefined);
       throw error;
     } finally {
+      // streamChainFile settles every write before it returns or throws.
+      await sink?.close();
       await file?.close();
     }
   }

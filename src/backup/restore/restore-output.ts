@@ -1,5 +1,6 @@
 // The file a restore writes: created with a fixed mode, then filled by positioned
 // writes of guest ranges in whatever order the chain files yield them.
+import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
 import { nativeAddon } from '../../libvirt/native.js';
 import type { ChainCopyPlan } from '../qcow2/chain-copy-plan.js';
@@ -32,6 +33,23 @@ export async function createPrivateFile(path: string, mode = DEFAULT_OUTPUT_MODE
 export interface RestoreOutput extends GuestWriter {
   /** After every write has settled: waits for write-back and fsyncs. */
   finish(): Promise<void>;
+  /** Once no write is in flight, whatever happened: releases what the output holds besides `file`. */
+  close(): Promise<void>;
+}
+
+/**
+ * `file` opened again with O_DIRECT, or null where its file system refuses that. The
+ * file writer sends the aligned data writes through it, straight to the disk: a restore
+ * then spends no CPU copying the disk into the page cache and writing it back, and
+ * leaves nothing of it cached. Reopening the open file (not its path) cannot reach
+ * another file.
+ */
+async function openDirect(file: FileHandle): Promise<FileHandle | null> {
+  try {
+    return await open(`/proc/self/fd/${file.fd}`, constants.O_WRONLY | constants.O_DIRECT);
+  } catch {
+    return null;
+  }
 }
 
 /** Sizes the empty `file` for `plan` and returns where its guest bytes go. */
@@ -41,21 +59,31 @@ export async function openRestoreOutput(
   plan: ChainCopyPlan,
   options: { signal?: AbortSignal } = {},
 ): Promise<RestoreOutput> {
-  if (format === 'raw') {
-    // Sparse: ranges that read as zeroes are never written.
-    await file.truncate(plan.virtualSize);
-    const writer = new (nativeAddon().FileWriter)(file.fd);
+  if (format === 'qcow2' && plan.virtualSize > MAX_QCOW2_VIRTUAL_SIZE) {
+    throw new BackupSetError('INVALID_ARGUMENT', `a disk of ${plan.virtualSize} bytes is too large for a qcow2 image with 64 KiB clusters; restore it as raw`);
+  }
+  const direct = await openDirect(file);
+  const close = async () => void (await direct?.close());
+  try {
+    const writeFd = (direct ?? file).fd;
+    if (format === 'raw') {
+      // Sparse: ranges that read as zeroes are never written.
+      await file.truncate(plan.virtualSize);
+      const writer = new (nativeAddon().FileWriter)(writeFd);
+      return {
+        write: (buffers, guestOffset) => writer.write(buffers, guestOffset),
+        finish: async () => void (await writer.finish()),
+        close,
+      };
+    }
+    const writer = await Qcow2PositionedWriter.create(file, { virtualSize: plan.virtualSize, runs: plan.dataRuns }, { ...options, writeFd });
     return {
       write: (buffers, guestOffset) => writer.write(buffers, guestOffset),
       finish: async () => void (await writer.finish()),
+      close,
     };
+  } catch (error) {
+    await close();
+    throw error;
   }
-  if (plan.virtualSize > MAX_QCOW2_VIRTUAL_SIZE) {
-    throw new BackupSetError('INVALID_ARGUMENT', `a disk of ${plan.virtualSize} bytes is too large for a qcow2 image with 64 KiB clusters; restore it as raw`);
-  }
-  const writer = await Qcow2PositionedWriter.create(file, { virtualSize: plan.virtualSize, runs: plan.dataRuns }, options);
-  return {
-    write: (buffers, guestOffset) => writer.write(buffers, guestOffset),
-    finish: async () => void (await writer.finish()),
-  };
 }
