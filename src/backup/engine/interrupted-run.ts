@@ -84,6 +84,9 @@ export async function endLeftoverJob(
  * libvirt 9.0 restarted during a push backup may also keep a job it can no longer
  * describe ("backup job data missing"), which neither a query nor an abort through
  * libvirt ends; once QEMU's part of it is gone, libvirt may let it go by itself.
+ * A restart of libvirtd usually drops it; but when the domain's saved state names the
+ * job without its description, libvirt recovers the same job at every start, and it
+ * ends only with the domain's QEMU process. The message says both, in that order.
  */
 async function awaitJobLibvirtCannotDescribe(domain: Domain): Promise<void> {
   await domain.abortJob().catch(() => undefined);
@@ -93,7 +96,9 @@ async function awaitJobLibvirtCannotDescribe(domain: Domain): Promise<void> {
   throw new BackupError(
     'DOMAIN_BUSY',
     `libvirt still reports a backup job on domain ${domain.name} that it can no longer describe or abort (libvirtd was restarted while an interrupted push backup ran; ` +
-      `QEMU's part of it has been ended): restart libvirtd once more, which clears it, then run the backup again`,
+      `QEMU's part of it has been ended): restart libvirtd once more, which usually clears it, then run the backup again; ` +
+      `if it is still there after that restart, libvirt recovers it from the domain's saved state at every start, and it ends only ` +
+      `when the domain stops: stop the domain and start it again, then run the backup again`,
   );
 }
 
