@@ -11,10 +11,12 @@ export interface CallTuning {
    */
   maxThreads: number;
   /**
-   * How long an idle call thread, and the JS thread while calls are in flight,
-   * keep polling before they sleep (default 200). Polling saves the thread
-   * wake-ups that otherwise dominate short calls; 0 never polls, for the least
-   * CPU use at the cost of per-call latency.
+   * The longest an idle call thread, and the JS thread while calls are in flight,
+   * poll before they sleep (default 200). Polling saves the thread wake-ups that
+   * otherwise dominate short calls. Each thread polls only while it pays: a poll
+   * that runs out shortens the next, and polling stops for a while when another
+   * process takes the core (a busy host). 0 never polls, for the least CPU use at
+   * the cost of per-call latency.
    */
   busyPollMicroseconds: number;
 }
