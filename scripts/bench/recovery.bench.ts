@@ -172,7 +172,7 @@ try {
   const restored = median(rounds.map((r) => r.restore));
   console.log('| | MiB/s |');
   console.log('| --- | --- |');
-  console.log(`| migrate-storage (block copy while running, pivot) | ${migrate.toFixed(0)} |`);
+  console.log(`| migrate-storage (restore of the point, block copy of the overlay while running, pivot) | ${migrate.toFixed(0)} |`);
   console.log(`| restore to qcow2 | ${restored.toFixed(0)} |`);
   console.log(`ratio: ${(migrate / restored).toFixed(2)}x`);
 } finally {

@@ -59,11 +59,17 @@ test('migrate-storage while the guest writes: the permanent disks hold every wri
   // The truth: the point's content plus every write the writer makes.
   const references = [0, 1].map((index) => join(to, `expected-${index}.raw`));
   for (const [index, reference] of references.entries()) await run('cp', ['--sparse=always', m.referenceAt(points[0]!, index), reference]);
+  // The copy moves what the guest wrote since the run (the point itself is restored):
+  // 12 MiB of it per disk, at a limited bandwidth, keep the copies running for a few
+  // seconds of further writes.
+  for (const [index, reference] of references.entries()) {
+    await guestWrite(domain, index, 0x5a, 4 * MiB, '12M');
+    await run('qemu-io', ['-f', 'raw', '-c', `write -P 0x5a ${4 * MiB} 12M`, reference]);
+  }
 
   const writer = continuousWriter(domain, references);
   const events: MigrateStorageEvent[] = [];
   const writesAt: Partial<Record<MigrateStorageEvent['type'], number>> = {};
-  // A limited bandwidth keeps the copies running for a few seconds of writes.
   const migrated = await migrateStorage({
     connection: conn,
     domain: domain.name,
@@ -77,6 +83,11 @@ test('migrate-storage while the guest writes: the permanent disks hold every wri
   await writer.stop();
   const writesDuringCopy = (writesAt.ready ?? 0) - (writesAt.copy ?? 0);
   t.true(writesDuringCopy >= 5, `the guest wrote ${writesDuringCopy} times while the disks were copied`);
+  t.deepEqual(
+    events.filter((event) => event.type === 'notice' && /restoring point/.test(event.message)).length,
+    2,
+    'each permanent image was restored from the point, and the copy moved only the overlay',
+  );
 
   t.deepEqual(
     migrated.disks.map((disk) => disk.to),

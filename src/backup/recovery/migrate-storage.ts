@@ -1,6 +1,8 @@
 import { rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
+import { BackupSet } from '../set/backup-set.js';
 import { removeSetUser } from '../set/set-users.js';
+import { restore } from '../restore/restore.js';
 import { qemuImgInfo } from '../qcow2/qemu-img.js';
 import { BlockJobAbortFlags } from '../../libvirt/constants.js';
 import { BlockJobError } from '../../libvirt/block-jobs.js';
@@ -58,8 +60,10 @@ interface PlannedCopy {
   virtualSize: number;
   /** Where the copy goes; for a volume, created first (libvirt 9.0 copies to a volume's path, not to the volume). */
   prepare: () => Promise<BlockCopyDestination>;
-  /** The destination exists before the copy starts (a volume libvirt created), and only its content is written. */
+  /** The destination exists before the copy starts (a volume libvirt created, or a restore), and only its content is written. */
   reuseExternal: boolean;
+  /** The destination holds the point already (restored): the copy moves only the overlay, the guest's writes. */
+  shallow: boolean;
   label: string;
   /** Removes what the copy created (the destination file or volume). */
   discard: () => Promise<void>;
@@ -67,9 +71,16 @@ interface PlannedCopy {
 
 /**
  * Moves a domain started by `runFromBackup()` off its set while it runs: each disk still
- * on an overlay is block-copied whole (the set's data and the guest's writes since) to
- * its permanent place; once every copy mirrors the live disk, each disk pivots to its
- * copy and its overlay is removed, and so is the set's record of the domain.
+ * on an overlay gets its permanent image, and once every copy mirrors the live disk,
+ * each disk pivots to its copy and its overlay is removed, and so is the set's record
+ * of the domain.
+ *
+ * Into a directory the set can be read from here, the image is first restored from the
+ * point the domain runs from (restore reads the chain at the speed of a backup), and
+ * QEMU's copy then moves only the overlay onto it: the guest's writes since `run`, and
+ * those it makes meanwhile. QEMU's own copy of the whole chain (one coroutine reading it
+ * and allocating the new image) ran at about half a restore's speed. Into a storage
+ * pool, or where the set is not readable here, the disk is block-copied whole.
  *
  * An abort or a failure before the pivots stops the copies and removes what they wrote:
  * the domain runs on as before, on its overlays, and the next attempt starts afresh.
@@ -85,7 +96,7 @@ export async function migrateStorage(options: MigrateStorageOptions): Promise<Mi
   const result: MigrateStorageResult = { domain: { name: domain.name, uuid: domain.uuid }, disks: [], releasedSet: null };
   if (onOverlay.length > 0) {
     signal?.throwIfAborted();
-    const copies = await planCopies(connection, domain, onOverlay, options.to);
+    const copies = await planCopies(connection, domain, origin, onOverlay, options.to, options);
     await copyUntilReady(domain, copies, options);
     for (const copy of copies) {
       await domain.blockJobAbort(copy.target, BlockJobAbortFlags.PIVOT);
@@ -134,10 +145,13 @@ async function disksOnOverlays(domain: Domain, origin: RecoveryOrigin): Promise<
 async function planCopies(
   connection: Connection,
   domain: Domain,
+  origin: RecoveryOrigin,
   disks: Array<{ target: string; overlay: string }>,
   to: MigrateStorageOptions['to'],
+  options: Pick<MigrateStorageOptions, 'signal' | 'onEvent'>,
 ): Promise<PlannedCopy[]> {
   const pool = 'pool' in to ? await connection.lookupStoragePoolByName(to.pool) : null;
+  const set = pool === null ? await readableSet(origin, disks) : null;
   const copies: PlannedCopy[] = [];
   for (const { target, overlay } of disks) {
     const virtualSize = (await qemuImgInfo(overlay)).virtualSize;
@@ -152,13 +166,57 @@ async function planCopies(
       target,
       overlay,
       virtualSize,
-      prepare: async () => ({ type: 'file', path, format: 'qcow2' }),
-      reuseExternal: false,
+      prepare: async () => {
+        if (set !== null) await restorePoint(set, origin.backupId, target, path, options);
+        return { type: 'file', path, format: 'qcow2' };
+      },
+      reuseExternal: set !== null,
+      shallow: set !== null,
       label: path,
       discard: () => rm(path, { force: true }),
     });
   }
   return copies;
+}
+
+/**
+ * The set the domain runs from, when this process can read it and every overlay stands
+ * right on the point's files (so that a restore of the point is what the overlay's
+ * backing chain reads as); null otherwise, and the disks are copied whole.
+ */
+async function readableSet(origin: RecoveryOrigin, disks: Array<{ target: string; overlay: string }>): Promise<BackupSet | null> {
+  let set: BackupSet;
+  try {
+    set = await BackupSet.open(origin.set);
+  } catch {
+    return null;
+  }
+  const backup = set.backups.find((entry) => entry.id === origin.backupId);
+  if (backup === undefined) return null;
+  for (const { target, overlay } of disks) {
+    const file = backup.disks.find((disk) => disk.target === target)?.file;
+    if (file === undefined || !(await pathExists(overlay))) return null;
+    const backing = (await qemuImgInfo(overlay)).backingFilename;
+    if (backing === undefined || resolve(origin.set, file) !== resolve(backing)) return null;
+  }
+  return set;
+}
+
+async function restorePoint(
+  set: BackupSet,
+  backupId: string,
+  target: string,
+  path: string,
+  options: Pick<MigrateStorageOptions, 'signal' | 'onEvent'>,
+): Promise<void> {
+  options.onEvent?.({ type: 'notice', message: `${target}: restoring point ${backupId} into ${path}; the copy then moves only the guest's writes` });
+  await restore(set, {
+    to: path,
+    at: backupId,
+    disk: target,
+    format: 'qcow2',
+    ...(options.signal !== undefined ? { signal: options.signal } : {}),
+  });
 }
 
 async function planVolumeCopy(pool: StoragePool, name: string, target: string, overlay: string, virtualSize: number): Promise<PlannedCopy> {
@@ -179,6 +237,7 @@ async function planVolumeCopy(pool: StoragePool, name: string, target: string, o
       return { type: 'file', path: await volume.getPath(), format: 'qcow2' };
     },
     reuseExternal: true,
+    shallow: false,
     label: `${pool.name}/${name}`,
     discard: async () => {
       const volume = await pool.lookupVolumeByName(name).catch(() => null);
@@ -198,6 +257,7 @@ async function copyUntilReady(domain: Domain, copies: PlannedCopy[], options: Mi
       await domain.blockCopy(copy.target, destination, {
         transientJob: true,
         reuseExternal: copy.reuseExternal,
+        shallow: copy.shallow,
         ...(options.bandwidth !== undefined ? { bandwidth: options.bandwidth } : {}),
       });
       onEvent?.({ type: 'copy', target: copy.target, destination: copy.label });
