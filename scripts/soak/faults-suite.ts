@@ -370,9 +370,16 @@ async function applyAdvisedRemedies(context: SuiteContext, faultScene: FaultScen
   context.report.notes.push(`${String(outcome.error?.['message'])}: libvirtd restarted as the command advised`);
   outcome = await again();
   if (!advisesLibvirtdRestart(outcome)) return outcome;
+  // libvirtd's reconnect to the domain may itself hang in a monitor call then (its job
+  // "init" holds the domain), which only a restart of libvirtd after the stop ends.
   await faultScene.domain.destroy();
+  await faultScene.daemon.kill();
+  await faultScene.daemon.startLibvirtd();
+  await faultScene.link.drop();
   await faultScene.domain.start();
-  context.report.notes.push('the job was still there after the libvirtd restart: the domain was stopped and started again as the command advised');
+  context.report.notes.push(
+    'the job was still there after the libvirtd restart: the domain was stopped, libvirtd restarted and the domain started, as the command advised',
+  );
   return again();
 }
 

@@ -98,7 +98,7 @@ async function awaitJobLibvirtCannotDescribe(domain: Domain): Promise<void> {
     `libvirt still reports a backup job on domain ${domain.name} that it can no longer describe or abort (libvirtd was restarted while an interrupted push backup ran; ` +
       `QEMU's part of it has been ended): restart libvirtd once more, which usually clears it, then run the backup again; ` +
       `if it is still there after that restart, libvirt recovers it from the domain's saved state at every start, and it ends only ` +
-      `when the domain stops: stop the domain and start it again, then run the backup again`,
+      `when the domain stops: stop the domain, restart libvirtd, start the domain, then run the backup again`,
   );
 }
 
