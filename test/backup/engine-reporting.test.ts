@@ -62,3 +62,29 @@ test('a job someone else cancels is a job failure (JOB_FAILED, exit 1), and the 
     'the run removed its checkpoint',
   );
 });
+
+test('a four-disk domain is copied two disks at a time by default, all four at once with concurrency 4', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const m = await mirroredDomain(t, conn, 'rep-disks', [{ sizeMiB: 64 }, { sizeMiB: 64 }, { sizeMiB: 64 }, { sizeMiB: 64 }]);
+  for (let disk = 0; disk < 4; disk++) await m.write(disk, 0x31 + disk, '0', '48M');
+  // The disks whose copy had begun (a progress event) when the first disk was done.
+  const startedBeforeFirstDone = async (dest: string, concurrency?: number): Promise<string[]> => {
+    const started = new Set<string>();
+    let atFirstDone: string[] | undefined;
+    await runBackup({
+      domain: m.vm.name,
+      dest,
+      connection: conn,
+      level: 'full',
+      ...(concurrency !== undefined ? { concurrency } : {}),
+      onEvent: (event) => {
+        if (event.type === 'progress') started.add(event.target);
+        if (event.type === 'disk-done') atFirstDone ??= [...started].sort();
+      },
+    });
+    return atFirstDone ?? [];
+  };
+  t.deepEqual(await startedBeforeFirstDone(join(m.dir, 'default')), ['vda', 'vdb']);
+  t.deepEqual(await startedBeforeFirstDone(join(m.dir, 'all'), 4), ['vda', 'vdb', 'vdc', 'vdd']);
+});
