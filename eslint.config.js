@@ -5,7 +5,7 @@ import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
 
 export default tseslint.config(
-  { ignores: ['lib/', 'build/', 'build-asan/', 'build-prebuilds/', 'docs/api/', 'prebuilds/', 'node_modules/', 'test/xml/fixtures/'] },
+  { ignores: ['lib/', 'build/', 'build-asan/', 'build-prebuilds/', 'docs/api/', 'prebuilds/', 'node_modules/', 'test/xml/fixtures/', '.bench/'] },
   {
     files: ['**/*.ts'],
     extends: [js.configs.recommended, ...tseslint.configs.recommended],
