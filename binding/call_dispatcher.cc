@@ -3,7 +3,6 @@
 #include <node_api.h>
 #include <pthread.h>
 #include <sched.h>
-#include <semaphore.h>
 #include <uv.h>
 
 #include <atomic>
@@ -230,7 +229,7 @@ using Policy = CallPolicy<QueuedCall>;
 // Which call starts when is the policy's business (call_policy.h); this class
 // only keeps enough threads awake for what the policy says may start.
 //
-// Each thread sleeps on a semaphore of its own, and the one woken is the one
+// Each thread sleeps on a wake-up of its own, and the one woken is the one
 // that went to sleep last (its stack and caches are the warmest). Wake-ups are
 // posted after the lock is released, so a woken thread never runs straight
 // into a lock its waker still holds.
@@ -247,14 +246,23 @@ class CallThreads {
   }
 
  private:
+  // One thread's bed: a flag under a mutex of its own (POSIX semaphores would do, but
+  // glibc 2.34 gave them new symbol versions, past the floor the prebuilt binary keeps).
   struct Sleeper {
-    sem_t semaphore;
-    Sleeper() { sem_init(&semaphore, 0, 0); }
-    void Post() { sem_post(&semaphore); }
-    void Wait() {
-      while (sem_wait(&semaphore) != 0) {
-        // EINTR: a signal handler ran; keep waiting.
+    std::mutex mutex;
+    std::condition_variable wake;
+    bool posted = false;
+    void Post() {
+      {
+        std::lock_guard<std::mutex> lock(mutex);
+        posted = true;
       }
+      wake.notify_one();
+    }
+    void Wait() {
+      std::unique_lock<std::mutex> lock(mutex);
+      wake.wait(lock, [this] { return posted; });
+      posted = false;
     }
   };
 
