@@ -50,7 +50,7 @@ function daemonPid(): string {
 }
 
 /** CPU µs the process `pid` (the daemon, the proxy) has used so far (user + system, all threads). */
-function daemonCpuMicros(pid: string): number {
+function processCpuMicros(pid: string): number {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
@@ -82,8 +82,8 @@ print(n / elapsed, (time.process_time() - cpu) * 1e6 / n, (daemon_cpu() - daemon
 }
 
 async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, proxyPid?: number): Promise<Round> {
-  const daemonBefore = daemonCpuMicros(daemon);
-  const proxyBefore = proxyPid === undefined ? 0 : daemonCpuMicros(String(proxyPid));
+  const daemonBefore = processCpuMicros(daemon);
+  const proxyBefore = proxyPid === undefined ? 0 : processCpuMicros(String(proxyPid));
   const cpuBefore = process.cpuUsage();
   const start = performance.now();
   await run();
@@ -92,8 +92,8 @@ async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, 
   return {
     rate: calls / seconds,
     clientCpu: (cpu.user + cpu.system) / calls,
-    daemonCpu: (daemonCpuMicros(daemon) - daemonBefore) / calls,
-    ...(proxyPid === undefined ? {} : { proxyCpu: (daemonCpuMicros(String(proxyPid)) - proxyBefore) / calls }),
+    daemonCpu: (processCpuMicros(daemon) - daemonBefore) / calls,
+    ...(proxyPid === undefined ? {} : { proxyCpu: (processCpuMicros(String(proxyPid)) - proxyBefore) / calls }),
   };
 }
 

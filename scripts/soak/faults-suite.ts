@@ -356,6 +356,12 @@ function advisesLibvirtdRestart(outcome: CliOutcome): boolean {
   return outcome.error?.['code'] === 'DOMAIN_BUSY' && /restart libvirtd once more/.test(String(outcome.error['message']));
 }
 
+async function restartLibvirtd(faultScene: FaultScene): Promise<void> {
+  await faultScene.daemon.kill();
+  await faultScene.daemon.startLibvirtd();
+  await faultScene.link.drop();
+}
+
 /**
  * libvirt 9.0 can keep a job it no longer describes, which a restart of libvirtd
  * usually ends and otherwise only the domain's stop (README); the command says so,
@@ -364,18 +370,14 @@ function advisesLibvirtdRestart(outcome: CliOutcome): boolean {
 async function applyAdvisedRemedies(context: SuiteContext, faultScene: FaultScene, first: CliOutcome, again: () => Promise<CliOutcome>): Promise<CliOutcome> {
   let outcome = first;
   if (!advisesLibvirtdRestart(outcome)) return outcome;
-  await faultScene.daemon.kill();
-  await faultScene.daemon.startLibvirtd();
-  await faultScene.link.drop();
+  await restartLibvirtd(faultScene);
   context.report.notes.push(`${String(outcome.error?.['message'])}: libvirtd restarted as the command advised`);
   outcome = await again();
   if (!advisesLibvirtdRestart(outcome)) return outcome;
   // libvirtd's reconnect to the domain may itself hang in a monitor call then (its job
   // "init" holds the domain), which only a restart of libvirtd after the stop ends.
   await faultScene.domain.destroy();
-  await faultScene.daemon.kill();
-  await faultScene.daemon.startLibvirtd();
-  await faultScene.link.drop();
+  await restartLibvirtd(faultScene);
   await faultScene.domain.start();
   context.report.notes.push(
     'the job was still there after the libvirtd restart: the domain was stopped, libvirtd restarted and the domain started, as the command advised',

@@ -142,6 +142,14 @@ async function disksOnOverlays(domain: Domain, origin: RecoveryOrigin): Promise<
     .map(({ target, path }) => ({ target, overlay: path }));
 }
 
+/** A disk on its overlay, with what qemu-img says of the overlay (read once). */
+interface InspectedOverlay {
+  target: string;
+  overlay: string;
+  virtualSize: number;
+  backingFilename: string | undefined;
+}
+
 async function planCopies(
   connection: Connection,
   domain: Domain,
@@ -151,10 +159,11 @@ async function planCopies(
   options: Pick<MigrateStorageOptions, 'signal' | 'onEvent'>,
 ): Promise<PlannedCopy[]> {
   const pool = 'pool' in to ? await connection.lookupStoragePoolByName(to.pool) : null;
-  const set = pool === null ? await readableSet(origin, disks) : null;
+  const inspected: InspectedOverlay[] = [];
+  for (const disk of disks) inspected.push({ ...disk, ...(await qemuImgInfo(disk.overlay)) });
+  const set = pool === null ? await readableSet(origin, inspected) : null;
   const copies: PlannedCopy[] = [];
-  for (const { target, overlay } of disks) {
-    const virtualSize = (await qemuImgInfo(overlay)).virtualSize;
+  for (const { target, overlay, virtualSize } of inspected) {
     const name = `${domain.name}-${target}.qcow2`;
     if (pool !== null) {
       copies.push(await planVolumeCopy(pool, name, target, overlay, virtualSize));
@@ -184,7 +193,7 @@ async function planCopies(
  * right on the point's files (so that a restore of the point is what the overlay's
  * backing chain reads as); null otherwise, and the disks are copied whole.
  */
-async function readableSet(origin: RecoveryOrigin, disks: Array<{ target: string; overlay: string }>): Promise<BackupSet | null> {
+async function readableSet(origin: RecoveryOrigin, overlays: readonly InspectedOverlay[]): Promise<BackupSet | null> {
   let set: BackupSet;
   try {
     set = await BackupSet.open(origin.set);
@@ -193,11 +202,9 @@ async function readableSet(origin: RecoveryOrigin, disks: Array<{ target: string
   }
   const backup = set.backups.find((entry) => entry.id === origin.backupId);
   if (backup === undefined) return null;
-  for (const { target, overlay } of disks) {
+  for (const { target, backingFilename } of overlays) {
     const file = backup.disks.find((disk) => disk.target === target)?.file;
-    if (file === undefined || !(await pathExists(overlay))) return null;
-    const backing = (await qemuImgInfo(overlay)).backingFilename;
-    if (backing === undefined || resolve(origin.set, file) !== resolve(backing)) return null;
+    if (file === undefined || backingFilename === undefined || resolve(origin.set, file) !== resolve(backingFilename)) return null;
   }
   return set;
 }
