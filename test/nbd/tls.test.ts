@@ -46,6 +46,10 @@ test('a TLS export reads the same bytes, with a client certificate', async (t) =
   });
   t.teardown(() => client.close());
   await client.ready();
+  // Over TLS every request in flight goes on one connection, 8 MiB deep (see client.ts).
+  t.true(client.canMultiConn);
+  t.is(client.connectionCount, 1);
+  t.is(client.maxBytesInFlight, 8 * 1024 * 1024);
   t.true((await client.read(0, client.size)).equals(expected));
   let dataBytes = 0;
   for await (const chunk of client.chunks()) if (chunk.kind === 'data') dataBytes += chunk.length;
