@@ -24,7 +24,8 @@
         "binding/file_lock.cc",
         "binding/file_writer.cc",
         "binding/xxh128.cc",
-        "binding/zstd_clusters.cc"
+        "binding/zstd_clusters.cc",
+        "binding/tls_relay.cc"
       ],
       "variables": {
         "libvirt_checked": "<!(sh scripts/check-libvirt-dev.sh)",
@@ -42,9 +43,9 @@
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions"],
-      "cflags": ["<!@(pkg-config --cflags libvirt libvirt-qemu libzstd)"],
-      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt libvirt-qemu libzstd)"],
-      "libraries": ["<!@(pkg-config --libs libvirt libvirt-qemu)"],
+      "cflags": ["<!@(pkg-config --cflags libvirt libvirt-qemu libzstd gnutls)"],
+      "cflags_cc": ["-std=c++17", "-fexceptions", "-Wall", "-Wextra", "-Wno-unused-parameter", "<!@(pkg-config --cflags libvirt libvirt-qemu libzstd gnutls)"],
+      "libraries": ["<!@(pkg-config --libs libvirt libvirt-qemu gnutls)"],
       "conditions": [
         ["portable_binary==1", {
           "sources": ["binding/glibc_compat.cc"],

@@ -23,6 +23,7 @@
 #include "stream.h"
 #include "typed_params.h"
 #include "xxh128.h"
+#include "tls_relay.h"
 #include "zstd_clusters.h"
 
 namespace lvb {
@@ -140,6 +141,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("zstdCompressClusters", Napi::Function::New(env, ZstdCompressClusters, "zstdCompressClusters"));
   exports.Set("zstdDecompressCluster", Napi::Function::New(env, ZstdDecompressCluster, "zstdDecompressCluster"));
   exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
+  exports.Set("startTlsRelay", Napi::Function::New(env, StartTlsRelay, "startTlsRelay"));
   exports.Set("CallPolicyProbe", InitCallPolicyProbe(env));
   exports.Set("SpinGovernorProbe", InitSpinGovernorProbe(env));
   return exports;

@@ -4,7 +4,7 @@
 # instead of a compiler error about a missing header.
 MIN=6.0.0
 if ! command -v pkg-config >/dev/null 2>&1; then
-  echo "libvirt-backup: pkg-config not found. Install it (Debian/Ubuntu: apt-get install pkg-config libvirt-dev libxxhash-dev libzstd-dev)." >&2
+  echo "libvirt-backup: pkg-config not found. Install it (Debian/Ubuntu: apt-get install pkg-config libvirt-dev libxxhash-dev libzstd-dev libgnutls28-dev)." >&2
   exit 1
 fi
 for mod in libvirt libvirt-qemu; do
@@ -25,6 +25,11 @@ fi
 # zstd compression of backup clusters: libzstd, linked in for the prebuilt binaries.
 if ! pkg-config --exists libzstd; then
   echo "libvirt-backup: pkg-config cannot find libzstd. Install zstd's development files (Debian/Ubuntu: apt-get install libzstd-dev; Fedora: dnf install libzstd-devel)." >&2
+  exit 1
+fi
+# NBD over TLS on the addon's own threads (binding/tls_relay.h): GnuTLS, which libvirt links too.
+if ! pkg-config --exists gnutls; then
+  echo "libvirt-backup: pkg-config cannot find gnutls. Install GnuTLS's development files (Debian/Ubuntu: apt-get install libgnutls28-dev; Fedora: dnf install gnutls-devel)." >&2
   exit 1
 fi
 echo ok

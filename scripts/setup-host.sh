@@ -10,7 +10,7 @@ URI=qemu:///system
 PACKAGES=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev pkg-config
   qemu-system-x86 qemu-utils libnbd-bin libxml2-utils python3-libvirt virtnbdbackup
-  build-essential python3 gnutls-bin libxxhash-dev xxhash libzstd-dev
+  build-essential python3 gnutls-bin libgnutls28-dev libxxhash-dev xxhash libzstd-dev
   clang-format clang-tidy
   openssh-server sasl2-bin libsasl2-modules
 )

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs the binding's own tests (handle lifetimes, GC, close with calls in flight,
-# worker threads, events, the call dispatcher) with the addon from the sanitizer
+# worker threads, events, the call dispatcher, the TLS relay's threads) with the addon from the sanitizer
 # build (scripts/build-asan.sh), and fails on any AddressSanitizer or
 # UndefinedBehaviorSanitizer report, even one a test survived.
 #
@@ -36,6 +36,7 @@ tests=(
   test/libvirt/typed-params.test.ts
   test/libvirt/worker-events.test.ts
   test/libvirt/worker-threads.test.ts
+  test/nbd/tls.test.ts
 )
 
 # libasan intercepts the XDR functions that glibc used to have and libtirpc has

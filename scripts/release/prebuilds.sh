@@ -43,7 +43,7 @@ for arch in "${arches[@]}"; do
       ;;
     arm64)
       apt_ensure_arm64
-      apt_ensure g++-aarch64-linux-gnu binutils-aarch64-linux-gnu libvirt-dev:arm64 libxxhash-dev:arm64 libzstd-dev:arm64
+      apt_ensure g++-aarch64-linux-gnu binutils-aarch64-linux-gnu libvirt-dev:arm64 libxxhash-dev:arm64 libzstd-dev:arm64 libgnutls28-dev:arm64
       log "linux-arm64 (cross-compiled)"
       # The cross compiler looks for headers in its own sysroot first; libvirt's and
       # xxHash's (architecture-independent, from the multiarch -dev packages) after it.

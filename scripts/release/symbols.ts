@@ -27,10 +27,12 @@ export interface SymbolFloor {
  * The floor of the prebuilt binaries. glibc 2.28 is what Node 20's own Linux
  * binaries need, so the addon never narrows what Node runs on; libvirt 6.0.0 is
  * the first release with the backup API; libgcc_s has had GCC_4.2.0 since 2007.
+ * GnuTLS (NBD over TLS, binding/tls_relay.h) is there wherever libvirt is, which
+ * links it; GnuTLS 3.4 (2015) renamed every symbol GNUTLS_3_4.
  * libstdc++ is linked in: no GLIBCXX or CXXABI import is allowed.
  */
 export const PORTABLE_FLOOR: SymbolFloor = {
-  versions: { GLIBC: '2.28', GCC: '4.2.0', LIBVIRT: '6.0.0', LIBVIRT_QEMU: '6.0.0' },
+  versions: { GLIBC: '2.28', GCC: '4.2.0', LIBVIRT: '6.0.0', LIBVIRT_QEMU: '6.0.0', GNUTLS: '3.4' },
   libraries: [
     /^libc\.so\.6$/,
     /^libpthread\.so\.0$/,
@@ -39,6 +41,7 @@ export const PORTABLE_FLOOR: SymbolFloor = {
     /^ld-linux-[\w-]+\.so\.\d$/,
     /^libvirt\.so\.0$/,
     /^libvirt-qemu\.so\.0$/,
+    /^libgnutls\.so\.30$/,
   ],
 };
 
@@ -65,8 +68,9 @@ export function compareVersions(a: string, b: string): number {
   return 0;
 }
 
-// `0000000000000000      DF *UND*	0000000000000000 (GLIBC_2.17) pthread_create`
-const IMPORT = /\*UND\*\s+[0-9a-f]+\s+\(?([A-Z][A-Z_]*?)_(\d+(?:\.\d+)*)\)?\s+(\S+)$/;
+// `0000000000000000      DF *UND*	0000000000000000 (GLIBC_2.17) pthread_create`;
+// some libraries write the version with underscores (GNUTLS_3_4).
+const IMPORT = /\*UND\*\s+[0-9a-f]+\s+\(?([A-Z][A-Z_]*?)_(\d+(?:[._]\d+)*)\)?\s+(\S+)$/;
 
 const ELF_MACHINES: Record<number, string> = { 62: 'x86-64', 183: 'aarch64' };
 
@@ -84,7 +88,8 @@ export function readBinaryReport(file: string): BinaryReport {
   for (const line of symbols.split('\n')) {
     const match = IMPORT.exec(line);
     if (!match) continue;
-    const [, family, version, symbol] = match as unknown as [string, string, string, string];
+    const [, family, written, symbol] = match as unknown as [string, string, string, string];
+    const version = written.replaceAll('_', '.');
     const current = maximum[family];
     const order = current === undefined ? 1 : compareVersions(version, current.version);
     if (order > 0) maximum[family] = { version, symbols: [symbol] };

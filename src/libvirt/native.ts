@@ -219,10 +219,23 @@ export interface NativeAddon {
   zstdDecompressCluster(frame: Uint8Array, clusterSize: number): Promise<Buffer>;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
   tryLockFile(fd: number): boolean;
+  /** TLS of a connected socket on GnuTLS threads, plain text over a local socket pair; see binding/tls_relay.h. */
+  startTlsRelay(fd: number, options: NativeTlsRelayOptions): { promise: Promise<number>; cancel(): void };
   /** Test hook: the call dispatcher's policy (binding/call_policy.h) on a clock the caller sets. */
   CallPolicyProbe: new () => NativeCallPolicyProbe;
   /** Test hook: the dispatcher's rule for how long a waiting thread polls (binding/spin_governor.h). */
   SpinGovernorProbe: new () => NativeSpinGovernorProbe;
+}
+
+/** The handshake a TLS relay runs: PEM texts, the name to verify, SNI, and its time limit. */
+export interface NativeTlsRelayOptions {
+  ca?: string | Uint8Array;
+  cert?: string | Uint8Array;
+  key?: string | Uint8Array;
+  verifyName?: string;
+  serverName?: string;
+  verify: boolean;
+  timeoutMs: number;
 }
 
 /** What the dispatcher's threads should do about a call: start it, look again at `at`, or nothing yet. */
@@ -351,6 +364,7 @@ export const NATIVE_SURFACE = {
     zstdCompressClusters: true,
     zstdDecompressCluster: true,
     tryLockFile: true,
+    startTlsRelay: true,
     CallPolicyProbe: true,
     SpinGovernorProbe: true,
   } satisfies Record<keyof NativeAddon, true>,

@@ -149,7 +149,7 @@ async function handshakeOn<T>(
   options: CommonOptions,
   signal: AbortSignal | undefined,
   slabs: SlabPool | undefined,
-  handshake: (socket: Socket) => Promise<T>,
+  handshake: (socket: Socket, bounded: AbortSignal) => Promise<T>,
 ): Promise<T> {
   const timeout = stallTimeoutOf(options);
   const deadline = new AbortController();
@@ -165,7 +165,7 @@ async function handshakeOn<T>(
     };
     bounded.addEventListener('abort', onAbort, { once: true });
     try {
-      return await handshake(socket);
+      return await handshake(socket, bounded);
     } catch (error) {
       socket.destroy();
       // What the socket reports after an abort is a consequence; the reason is the news.
@@ -181,8 +181,8 @@ async function handshakeOn<T>(
 /** Opens an option phase, asks what `ask` asks, and leaves with NBD_OPT_ABORT: all within the bounds. */
 async function askServer<T>(address: ServerAddress, ask: (phase: OptionPhase) => Promise<T>): Promise<T> {
   const endpoint = endpointOf(address);
-  return handshakeOn(endpoint, address, address.signal, undefined, async (socket) => {
-    const phase = await OptionPhase.open(socket, address.tls, tlsDefaultName(endpoint));
+  return handshakeOn(endpoint, address, address.signal, undefined, async (socket, bounded) => {
+    const phase = await OptionPhase.open(socket, address.tls, tlsDefaultName(endpoint), { signal: bounded });
     try {
       return await ask(phase);
     } finally {
@@ -193,13 +193,15 @@ async function askServer<T>(address: ServerAddress, ask: (phase: OptionPhase) =>
 
 function openConnection(endpoint: Endpoint, options: ConnectOptions, signal: AbortSignal | undefined, slabs: SlabPool): Promise<Connection> {
   const slabReads = options.tls === undefined ? slabs : undefined;
-  return handshakeOn(endpoint, options, signal, slabReads, async (socket) => {
+  return handshakeOn(endpoint, options, signal, slabReads, async (socket, bounded) => {
     const negotiated = await negotiate(socket, {
       exportName: options.exportName ?? '',
       metaContexts: options.metaContexts ?? [BASE_ALLOCATION],
       structuredReplies: options.structuredReplies ?? true,
       tls: options.tls,
       tlsDefaultName: tlsDefaultName(endpoint),
+      // A relayed connection's plain side reads into the shared slabs, as a plain one does.
+      tlsContext: { slabs, signal: bounded },
     });
     const connection = new Connection(negotiated.socket, negotiated.info, negotiated.leftover, { stallTimeout: stallTimeoutOf(options) });
     // Bytes that came with the end of the handshake may already have broken it.

@@ -18,7 +18,7 @@ import {
   OPTION_REPLY_MAGIC,
   OptionReply,
 } from './protocol.js';
-import { upgradeToTls, type NbdTlsOptions } from './tls.js';
+import { upgradeToTls, type NbdTlsOptions, type TlsUpgradeContext } from './tls.js';
 import { HandshakeReader } from './transport.js';
 
 /** The block sizes the server asked for (`NBD_INFO_BLOCK_SIZE`). */
@@ -50,6 +50,8 @@ export interface NegotiateOptions {
   tls: NbdTlsOptions | undefined;
   /** Name to check the server certificate against when `tls.servername` is absent. */
   tlsDefaultName: string;
+  /** Receive memory and the bound of the negotiation, for a TLS relay. */
+  tlsContext?: TlsUpgradeContext;
 }
 
 interface OptionReplyFrame {
@@ -88,10 +90,10 @@ export class OptionPhase {
     this.reader = new HandshakeReader(socket);
   }
 
-  static async open(socket: Duplex, tls: NbdTlsOptions | undefined, tlsDefaultName: string): Promise<OptionPhase> {
+  static async open(socket: Duplex, tls: NbdTlsOptions | undefined, tlsDefaultName: string, tlsContext?: TlsUpgradeContext): Promise<OptionPhase> {
     const phase = new OptionPhase(socket);
     await phase.greet();
-    if (tls) await phase.startTls(tls, tlsDefaultName);
+    if (tls) await phase.startTls(tls, tlsDefaultName, tlsContext);
     return phase;
   }
 
@@ -111,12 +113,12 @@ export class OptionPhase {
     this.socket.write(clientFlags);
   }
 
-  private async startTls(tls: NbdTlsOptions, defaultName: string): Promise<void> {
+  private async startTls(tls: NbdTlsOptions, defaultName: string, context: TlsUpgradeContext | undefined): Promise<void> {
     this.send(Option.STARTTLS);
     const reply = await this.reply(Option.STARTTLS);
     if (reply.type !== OptionReply.ACK) throw this.refusal(Option.STARTTLS, reply);
     this.reader.detach();
-    this.socket = await upgradeToTls(this.socket, tls, defaultName);
+    this.socket = await upgradeToTls(this.socket, tls, defaultName, context);
     this.reader = new HandshakeReader(this.socket);
   }
 
@@ -313,7 +315,7 @@ function normaliseBlockSize(limits: BlockSizeLimits | undefined, size: number): 
 
 /** Full handshake into transmission for one connection. */
 export async function negotiate(socket: Duplex, options: NegotiateOptions): Promise<{ socket: Duplex; leftover: Buffer[]; info: ExportInfo }> {
-  const phase = await OptionPhase.open(socket, options.tls, options.tlsDefaultName);
+  const phase = await OptionPhase.open(socket, options.tls, options.tlsDefaultName, options.tlsContext);
   const structuredReplies = options.structuredReplies ? await phase.structuredReplies() : false;
   const metaContexts = new Map<number, string>();
   if (structuredReplies && options.metaContexts.length > 0) {

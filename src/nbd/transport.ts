@@ -1,4 +1,4 @@
-import { connect as netConnect, type Socket } from 'node:net';
+import { connect as netConnect, Socket } from 'node:net';
 import type { Duplex } from 'node:stream';
 import { ByteQueue } from './byte-queue.js';
 import { abortReason, NbdConnectionError } from './errors.js';
@@ -56,6 +56,17 @@ export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabs?: Sla
     socket.once('error', settle);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
+}
+
+/** A socket over a descriptor already connected (a TLS relay's plain side), reading into `slabs` if given. */
+export function socketOnDescriptor(fd: number, slabs?: SlabPool): Socket {
+  // Declared before the reader, whose callback needs it; assigned once, just below.
+  // eslint-disable-next-line prefer-const
+  let socket: Socket | undefined;
+  const reader = slabs ? slabReader(slabs, (chunk) => socket!.emit('data', chunk)) : undefined;
+  socket = new Socket({ fd, readable: true, writable: true, ...(reader ? { onread: { buffer: reader.buffer, callback: reader.callback } } : {}) });
+  if (reader) readers.set(socket, reader);
+  return socket;
 }
 
 /**

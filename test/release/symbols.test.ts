@@ -21,6 +21,14 @@ test('the addon imports no libvirt symbol newer than LIBVIRT_6.0.0', (t) => {
   t.deepEqual(floorViolations(report, PORTABLE_FLOOR, ['LIBVIRT', 'LIBVIRT_QEMU']), [], 'resolve newer libvirt functions at run time');
 });
 
+test('GnuTLS symbols, versioned with underscores (GNUTLS_3_4), are read and within the floor', (t) => {
+  const report = readBinaryReport(ADDON);
+  t.is(report.maximum.GNUTLS?.version, '3.4');
+  t.true(report.maximum.GNUTLS!.symbols.includes('gnutls_handshake'));
+  t.deepEqual(floorViolations(report, PORTABLE_FLOOR, ['GNUTLS']), []);
+  t.false(floorViolations(report, PORTABLE_FLOOR).includes('needs libgnutls.so.30'));
+});
+
 test('the floor check flags a build that needs the system libstdc++ and the build machine glibc', (t) => {
   // build/Release is a plain source build: libstdc++ as a shared library and glibc's
   // newest symbol versions, which the portable prebuilt binaries must not need.

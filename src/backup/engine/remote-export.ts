@@ -12,6 +12,7 @@ import { isRemoteUri, parseLibvirtUri, type LibvirtUri } from '../../libvirt/uri
 import type { NbdTlsOptions } from '../../nbd/index.js';
 import type { DomainSummary, TcpBackupServer } from '../../xml/index.js';
 import { BackupError, type BackupOptions, type RemoteOptions } from './engine-types.js';
+import { tlsRelay } from './tls-relay.js';
 
 /** NBD's registered port and the 190 above it. */
 export const DEFAULT_NBD_PORTS = { first: 10809, last: 10999 } as const;
@@ -97,7 +98,8 @@ export async function planRemoteExport(uri: string, options: RemoteOptions = {})
   if (options.tls === false) return { uri, host, ports, tls: null };
   const files = clientPkiFiles(options.tlsDir, parsed);
   const [ca, cert, key] = await Promise.all([readPki(files.ca, 'CA certificate'), readPki(files.cert, 'client certificate'), readPki(files.key, 'client key')]);
-  return { uri, host, ports, tls: { ca, cert, key } };
+  // The decryption runs beside the JS thread, which then only copies and writes.
+  return { uri, host, ports, tls: { ca, cert, key, relay: tlsRelay } };
 }
 
 export function tcpServer(remote: RemoteExport, port: number): TcpBackupServer {
