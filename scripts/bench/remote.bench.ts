@@ -7,7 +7,7 @@
 // reaching libvirtd over TLS, the export over TLS and the host over SSH as it requires.
 // Needs the remote test rig of scripts/setup-host.sh.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -38,6 +38,50 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   const start = performance.now();
   await fn();
   return (performance.now() - start) / 1000;
+}
+
+/** CPU seconds of each thread of a process, by thread id (threads that ended are gone). */
+function threadCpu(pid: number | 'self'): Map<string, number> {
+  const seconds = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ');
+      seconds.set(tid, (Number(fields[11]) + Number(fields[12])) / 100);
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return seconds;
+}
+
+/** Where the CPU of one backup went: each process's total and its busiest thread. */
+interface CpuSplit {
+  qemuTotal: number;
+  qemuBusiest: number;
+  oursTotal: number;
+  oursBusiest: number;
+}
+
+/** Runs `fn` and says how much CPU QEMU (`qemuPid`) and this process spent on it. */
+async function cpuDuring(qemuPid: number, fn: () => Promise<unknown>): Promise<{ seconds: number; cpu: CpuSplit }> {
+  const qemuBefore = threadCpu(qemuPid);
+  const oursBefore = threadCpu('self');
+  const usage = process.resourceUsage();
+  const seconds = await timed(fn);
+  const after = process.resourceUsage();
+  const busiest = (before: Map<string, number>, now: Map<string, number>) => Math.max(0, ...[...now].map(([tid, cpu]) => cpu - (before.get(tid) ?? 0)));
+  const qemuNow = threadCpu(qemuPid);
+  const qemuTotal = [...qemuNow].reduce((sum, [tid, cpu]) => sum + cpu - (qemuBefore.get(tid) ?? 0), 0);
+  return {
+    seconds,
+    cpu: {
+      qemuTotal,
+      qemuBusiest: busiest(qemuBefore, qemuNow),
+      oursTotal: (after.userCPUTime + after.systemCPUTime - usage.userCPUTime - usage.systemCPUTime) / 1e6,
+      // The relay's threads end with each run: the busiest thread that is left is the JS thread.
+      oursBusiest: busiest(oursBefore, threadCpu('self')),
+    },
+  };
 }
 
 /** virtnbdbackup's remote mode: another host name, this host's libvirt files hidden. */
@@ -92,11 +136,17 @@ try {
     sh('cp', [baseImage, vm.disks[0]!.path]);
     await vm.domain.start();
   }
+  const qemuPid = Number(readFileSync(`/run/libvirt/qemu/${ours.name}.pid`, 'utf8'));
   const times = { local: [] as number[], remote: [] as number[], peer: [] as number[] };
+  const cpu = { local: [] as CpuSplit[], remote: [] as CpuSplit[] };
   for (let round = 0; round < ROUNDS; round++) {
     for (const name of ['local', 'remote', 'peer']) rmSync(join(work, name), { recursive: true, force: true });
-    times.local.push(await timed(() => runBackup({ domain: ours.name, dest: join(work, 'local'), connection: conn, level: 'full' })));
-    times.remote.push(await timed(() => runBackup({ domain: ours.name, dest: join(work, 'remote'), uri: REMOTE_URIS.tls, level: 'full' })));
+    const local = await cpuDuring(qemuPid, () => runBackup({ domain: ours.name, dest: join(work, 'local'), connection: conn, level: 'full' }));
+    times.local.push(local.seconds);
+    cpu.local.push(local.cpu);
+    const remote = await cpuDuring(qemuPid, () => runBackup({ domain: ours.name, dest: join(work, 'remote'), uri: REMOTE_URIS.tls, level: 'full' }));
+    times.remote.push(remote.seconds);
+    cpu.remote.push(remote.cpu);
     times.peer.push(await timed(() => peerBackup(peer.name, join(work, 'peer'))));
   }
   const local = median(times.local);
@@ -114,6 +164,13 @@ try {
   console.log(`remote / local throughput: ${(local / remote).toFixed(2)}x (target >= 0.7x)`);
   console.log(`libvirt-backup remote / virtnbdbackup remote throughput: ${(peerTime / remote).toFixed(2)}x (target >= 3x)`);
   console.log(`rounds: local ${list(times.local)}; remote ${list(times.remote)}; virtnbdbackup ${list(times.peer)}`);
+  // Where the time goes: QEMU's NBD server encrypts on one thread, the bound of the remote case.
+  for (const kind of ['local', 'remote'] as const) {
+    const of = (field: keyof CpuSplit) => median(cpu[kind].map((split) => split[field])).toFixed(2);
+    console.log(
+      `cpu (${kind}, s, medians): QEMU ${of('qemuTotal')} (busiest thread ${of('qemuBusiest')}), libvirt-backup ${of('oursTotal')} (JS thread ${of('oursBusiest')})`,
+    );
+  }
 } finally {
   await ours.cleanup();
   await peer.cleanup();
