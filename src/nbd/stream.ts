@@ -1,4 +1,5 @@
-import type { ReadSink } from './connection.js';
+import { pageAlignedBuffers } from '../common/page-aligned.js';
+import { PLACE, type PlacingReadSink, type ReadSink } from './connection.js';
 import type { ByteRange, Extent } from './extents.js';
 import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags } from './protocol.js';
 import { shareSignal } from './shared-signal.js';
@@ -68,6 +69,42 @@ interface InFlightRead {
   done: Promise<void>;
   pieces: ReadChunk[];
   outOfOrder: boolean;
+  /** The page-aligned memory the read landed in (`'until-release'`), lent out with its pieces. */
+  memory?: LentMemory;
+}
+
+/** Request-sized buffers that each start on a page, reused as their readers give them back. */
+class AlignedBuffers {
+  readonly #free: Buffer[] = [];
+  constructor(readonly size: number) {}
+
+  take(): Buffer {
+    const free = this.#free.pop();
+    if (free) return free;
+    // A few at a time: each group is one memory mapping of its own.
+    const group = pageAlignedBuffers(ALIGNED_GROUP, this.size);
+    const first = group.pop()!;
+    this.#free.push(...group);
+    return first;
+  }
+
+  give(buffer: Buffer): void {
+    this.#free.push(buffer);
+  }
+}
+
+const ALIGNED_GROUP = 8;
+
+/** One read's aligned buffer, back to its pool once every data piece is released. */
+interface LentMemory {
+  buffer: Buffer;
+  pool: AlignedBuffers;
+  /** Data pieces handed out and not released, plus one while pieces are still being handed out. */
+  holders: number;
+}
+
+function giveBack(memory: LentMemory): void {
+  if (--memory.holders === 0) memory.pool.give(memory.buffer);
 }
 
 function defaultSelect(context: string): (extent: Extent) => boolean {
@@ -89,6 +126,15 @@ async function* plan(source: ChunkSource, range: ByteRange, options: ReadStreamO
   } else {
     yield { offset: range.offset, length: range.length, read: true };
   }
+}
+
+function releaseMemoryOnce(memory: LentMemory): () => void {
+  let released = false;
+  return () => {
+    if (released) throw new Error('a read chunk was released twice');
+    released = true;
+    giveBack(memory);
+  };
 }
 
 function releaseOnce(data: Buffer): () => void {
@@ -126,6 +172,49 @@ function startRead(source: ChunkSource, offset: number, length: number, signal: 
 }
 
 /**
+ * A read whose payload the socket puts straight into a page-aligned buffer of its own
+ * (no copy out of receive slabs), handed on as views of that buffer. Aligned memory is
+ * what O_DIRECT writes take, and the kernel copies into it faster.
+ */
+function startPlacedRead(source: ChunkSource, offset: number, length: number, signal: AbortSignal | undefined, pool: AlignedBuffers): InFlightRead {
+  const buffer = pool.take();
+  const target = buffer.subarray(0, length);
+  const pieces: ReadChunk[] = [];
+  const flight: InFlightRead = { length, done: Promise.resolve(), pieces, outOfOrder: false, memory: { buffer, pool, holders: 1 } };
+  let nextOffset = offset;
+  const note = (at: number, size: number): void => {
+    if (at !== nextOffset) flight.outOfOrder = true;
+    nextOffset = at + size;
+  };
+  const sink: PlacingReadSink = {
+    holds: 'call',
+    data(at, bytes) {
+      const place = at - offset;
+      // Read there directly by the socket, or a few bytes that came with a reply header.
+      if (bytes.buffer !== target.buffer || bytes.byteOffset !== target.byteOffset + place) target.set(bytes, place);
+      note(at, bytes.length);
+      const last = pieces.at(-1);
+      if (last?.kind === 'data' && last.offset + last.length === at) {
+        last.length += bytes.length;
+        last.data = target.subarray(last.offset - offset, last.offset - offset + last.length);
+      } else {
+        pieces.push({ kind: 'data', offset: at, length: bytes.length, data: target.subarray(place, place + bytes.length) });
+      }
+    },
+    hole(at, size) {
+      note(at, size);
+      pieces.push({ kind: 'hole', offset: at, length: size });
+    },
+    [PLACE](at, size) {
+      return target.subarray(at - offset, at - offset + size);
+    },
+  };
+  flight.done = source.readRequest(offset, length, sink, signal);
+  flight.done.catch(() => {});
+  return flight;
+}
+
+/**
  * Reads the chosen extents in offset order, with up to `readAhead` bytes of requests
  * in flight across all connections, handing on received memory without copying it.
  */
@@ -140,6 +229,8 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
   const signal = shared.signal;
   const reuse = options.reuseMemory === true || options.reuseMemory === 'until-release';
   const releasedByConsumer = options.reuseMemory === 'until-release';
+  // Consumers that keep chunks until they release them get page-aligned memory per read.
+  const aligned = releasedByConsumer ? new AlignedBuffers(source.requestSize) : undefined;
   const queue: Array<InFlightRead | ReadChunk> = [];
   let queuedBytes = 0;
   const segments = plan(source, range, signal ? { ...options, signal } : options);
@@ -164,7 +255,7 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
         continue;
       }
       const length = Math.min(segment.length, source.requestSize);
-      queue.push(startRead(source, segment.offset, length, signal, reuse));
+      queue.push(aligned ? startPlacedRead(source, segment.offset, length, signal, aligned) : startRead(source, segment.offset, length, signal, reuse));
       queuedBytes += length;
       segment.offset += length;
       segment.length -= length;
@@ -186,7 +277,13 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
       // Keep the server busy while the consumer deals with this read's pieces.
       await fill();
       if (head.outOfOrder) head.pieces.sort((a, b) => a.offset - b.offset);
+      const memory = head.memory;
       for (const piece of head.pieces) {
+        if (memory && piece.kind === 'data') {
+          memory.holders++;
+          yield { ...piece, release: releaseMemoryOnce(memory) };
+          continue;
+        }
         if (releasedByConsumer && piece.kind === 'data') {
           yield { ...piece, release: releaseOnce(piece.data) };
           continue;
@@ -195,6 +292,8 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
         // The consumer asked for the next chunk: it is done with this one's memory.
         if (reuse && piece.kind === 'data') returnReceived(piece.data);
       }
+      // Every piece is out: the buffer returns once the last one is released.
+      if (memory) giveBack(memory);
     }
   } finally {
     shared.release();

@@ -1,10 +1,12 @@
 // The bytes of a file written front to back, gathered into large batches that the
 // native FileWriter lands a few at a time on the thread pool (positioned writes),
 // checksummed in the order they were appended.
+import { pageAlignedBuffers } from '../../common/page-aligned.js';
 import type { NativeFileWriter } from '../../libvirt/native.js';
 import { CLUSTER_SIZE } from './qcow2-layout.js';
 
-const ZEROES = Buffer.alloc(CLUSTER_SIZE * 16);
+// Page-aligned, so that a batch with zeroes among aligned data can still go to the disk directly.
+const ZEROES = pageAlignedBuffers(1, CLUSTER_SIZE * 16)[0]!.fill(0);
 export const FLUSH_BYTES = 8 * 2 ** 20;
 export const WRITES_IN_FLIGHT = 4;
 

@@ -5,6 +5,8 @@
 // disk while the copy runs.
 import { open, type FileHandle } from 'node:fs/promises';
 
+import { openDirect } from '../../common/direct-io.js';
+
 import type { ReadChunk } from '../../nbd/index.js';
 import { nativeAddon, type NativeFileWriter } from '../../libvirt/native.js';
 import { BatchedWrites, FLUSH_BYTES, WRITES_IN_FLIGHT } from './batched-writes.js';
@@ -60,7 +62,10 @@ export async function writeQcow2(
     await file.close();
     throw error;
   });
-  const output = new BatchedWrites(new (nativeAddon().FileWriter)(file.fd), path);
+  // Data read into page-aligned memory (NBD chunks released by the consumer) goes
+  // straight to the disk; metadata and anything unaligned through the page cache.
+  const direct = compression ? null : await openDirect(file);
+  const output = new BatchedWrites(new (nativeAddon().FileWriter)((direct ?? file).fd), path);
   try {
     let dataBytes: number;
     let storedBytes: number;
@@ -79,6 +84,7 @@ export async function writeQcow2(
     return { fileSize: output.appended, checksum, dataBytes, storedBytes };
   } finally {
     await output.settle();
+    await direct?.close();
     await file.close();
   }
 }

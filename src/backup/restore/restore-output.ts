@@ -1,7 +1,7 @@
 // The file a restore writes: created with a fixed mode, then filled by positioned
 // writes of guest ranges in whatever order the chain files yield them.
-import { constants } from 'node:fs';
 import { open, type FileHandle } from 'node:fs/promises';
+import { openDirect } from '../../common/direct-io.js';
 import { nativeAddon } from '../../libvirt/native.js';
 import type { ChainCopyPlan } from '../qcow2/chain-copy-plan.js';
 import type { GuestWriter } from '../qcow2/chain-stream.js';
@@ -35,21 +35,6 @@ export interface RestoreOutput extends GuestWriter {
   finish(): Promise<void>;
   /** Once no write is in flight, whatever happened: releases what the output holds besides `file`. */
   close(): Promise<void>;
-}
-
-/**
- * `file` opened again with O_DIRECT, or null where its file system refuses that. The
- * file writer sends the aligned data writes through it, straight to the disk: a restore
- * then spends no CPU copying the disk into the page cache and writing it back, and
- * leaves nothing of it cached. Reopening the open file (not its path) cannot reach
- * another file.
- */
-async function openDirect(file: FileHandle): Promise<FileHandle | null> {
-  try {
-    return await open(`/proc/self/fd/${file.fd}`, constants.O_WRONLY | constants.O_DIRECT);
-  } catch {
-    return null;
-  }
 }
 
 /** Sizes the empty `file` for `plan` and returns where its guest bytes go. */
