@@ -128,21 +128,13 @@ async function* plan(source: ChunkSource, range: ByteRange, options: ReadStreamO
   }
 }
 
-function releaseMemoryOnce(memory: LentMemory): () => void {
+/** A chunk's `release()`: gives its memory back once, and refuses a second call. */
+function releaseOnce(giveMemoryBack: () => void): () => void {
   let released = false;
   return () => {
     if (released) throw new Error('a read chunk was released twice');
     released = true;
-    giveBack(memory);
-  };
-}
-
-function releaseOnce(data: Buffer): () => void {
-  let released = false;
-  return () => {
-    if (released) throw new Error('a read chunk was released twice');
-    released = true;
-    returnReceived(data);
+    giveMemoryBack();
   };
 }
 
@@ -281,11 +273,11 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
       for (const piece of head.pieces) {
         if (memory && piece.kind === 'data') {
           memory.holders++;
-          yield { ...piece, release: releaseMemoryOnce(memory) };
+          yield { ...piece, release: releaseOnce(() => giveBack(memory)) };
           continue;
         }
         if (releasedByConsumer && piece.kind === 'data') {
-          yield { ...piece, release: releaseOnce(piece.data) };
+          yield { ...piece, release: releaseOnce(() => returnReceived(piece.data)) };
           continue;
         }
         yield piece;
