@@ -12,6 +12,7 @@ import { fileURLToPath } from 'node:url';
 import { runBackup } from '../../src/backup/engine/engine.js';
 import { BackupSet, restore } from '../../src/backup/index.js';
 import { connectSystem, createThrowawayDomain, guestWrite, IMAGE_DIR } from '../../test/helpers/daemon.js';
+import { waitForSettledGuests } from './settled-guests.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_BACKUP_ROUNDS ?? 3);
@@ -85,6 +86,7 @@ try {
     sh('cp', [baseImage, vm.disks[0]!.path]);
     await vm.domain.start();
   }
+  await waitForSettledGuests([ours.name, peer.name]);
 
   // nbdcopy of the same export to a file: the speed limit for reading it. With
   // --flush it also makes the file durable, as every backup of ours is.

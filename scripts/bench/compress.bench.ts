@@ -15,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 
 import { runBackup } from '../../src/backup/engine/engine.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
+import { waitForSettledGuests } from './settled-guests.js';
 
 const SOURCE_DIR = process.env.BENCH_COMPRESS_DIR ?? '/usr';
 const ROUNDS = Number(process.env.BENCH_COMPRESS_ROUNDS ?? 1);
@@ -83,6 +84,7 @@ try {
     sh('cp', ['--sparse=always', baseImage, vm.disks[0]!.path]);
     await vm.domain.start();
   }
+  await waitForSettledGuests([ours.name, ...(peer ? [peer.name] : [])]);
   const info = JSON.parse(sh('qemu-img', ['info', '--output=json', baseImage])) as { 'virtual-size': number; 'actual-size': number };
   const guestData = info['actual-size'];
   const times = { zstd: [] as number[], zlib: [] as number[], qemuImg: [] as number[], peer: [] as number[] };

@@ -16,6 +16,7 @@ import { runBackup } from '../../src/backup/engine/engine.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
+import { waitForSettledGuests } from './settled-guests.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
@@ -136,6 +137,7 @@ try {
     sh('cp', [baseImage, vm.disks[0]!.path]);
     await vm.domain.start();
   }
+  await waitForSettledGuests([ours.name, peer.name]);
   const qemuPid = Number(readFileSync(`/run/libvirt/qemu/${ours.name}.pid`, 'utf8'));
   const times = { local: [] as number[], remote: [] as number[], peer: [] as number[] };
   const cpu = { local: [] as CpuSplit[], remote: [] as CpuSplit[] };
