@@ -21,9 +21,9 @@
 #include "storage_pool.h"
 #include "storage_volume.h"
 #include "stream.h"
+#include "tls_relay.h"
 #include "typed_params.h"
 #include "xxh128.h"
-#include "tls_relay.h"
 #include "zstd_clusters.h"
 
 namespace lvb {

@@ -244,7 +244,7 @@ void CarryDown(const std::shared_ptr<Relay>& relay) {
 }
 
 // JS to server. Ends when JS closes its end (or the server is gone).
-void CarryUp(std::shared_ptr<Relay> relay) {
+void CarryUp(const std::shared_ptr<Relay>& relay) {
   std::vector<char> buffer(kUpBatch);
   bool failed = false;
   for (;;) {
@@ -270,7 +270,8 @@ void CarryUp(std::shared_ptr<Relay> relay) {
   shutdown(relay->local, SHUT_RDWR);
 }
 
-void Handshake(std::shared_ptr<Relay> relay, Settings settings, Napi::ThreadSafeFunction done, Outcome* outcome) {
+void Handshake(std::shared_ptr<Relay> relay, const Settings& settings, Napi::ThreadSafeFunction done,
+               Outcome* outcome) {
   std::string error = Configure(*relay, settings);
   if (error.empty()) {
     int code;
