@@ -312,8 +312,8 @@ function missingAddonAdvice(): string {
   if (process.env.LIBC === 'musl' || header?.glibcVersionRuntime === undefined) {
     return (
       'the prebuilt binaries are for glibc, and this Node runs on another C library (musl?); ' +
-      'build the addon from source: install libvirt-dev, xxhash-dev, zstd-dev, pkgconf, python3 and a C++ toolchain ' +
-      '(Alpine: apk add libvirt-dev xxhash-dev zstd-dev pkgconf python3 build-base) and run `npm rebuild libvirt-backup`.'
+      'build the addon from source: install libvirt-dev, xxhash-dev, zstd-dev, gnutls-dev, pkgconf, python3 and a C++ toolchain ' +
+      '(Alpine: apk add libvirt-dev xxhash-dev zstd-dev gnutls-dev pkgconf python3 build-base) and run `npm rebuild libvirt-backup`.'
     );
   }
   return (
