@@ -66,10 +66,10 @@ interface SocketHandle {
   readStop?: () => number;
 }
 
-/** The descriptor under a Node socket, if it has one a relay can take over. */
-function descriptorOf(socket: Duplex): number | undefined {
+/** The handle under a Node socket, if it has a descriptor a relay can take over. */
+function relayableHandle(socket: Duplex): (SocketHandle & { fd: number }) | undefined {
   const handle = (socket as { _handle?: SocketHandle | null })._handle;
-  return typeof handle?.fd === 'number' && handle.fd >= 0 ? handle.fd : undefined;
+  return typeof handle?.fd === 'number' && handle.fd >= 0 ? (handle as SocketHandle & { fd: number }) : undefined;
 }
 
 /** Where a connection's TLS runs, and what its plain side may use. */
@@ -82,21 +82,21 @@ export interface TlsUpgradeContext {
 
 /** Runs the TLS handshake over a socket that has just been acknowledged NBD_OPT_STARTTLS. */
 export function upgradeToTls(socket: Duplex, options: NbdTlsOptions, defaultName: string, context: TlsUpgradeContext = {}): Promise<Duplex> {
-  const fd = options.relay && !options.checkServerIdentity ? descriptorOf(socket) : undefined;
-  if (options.relay && fd !== undefined) return relayTls(socket as Socket, fd, options.relay, options, defaultName, context);
+  const handle = options.relay && !options.checkServerIdentity ? relayableHandle(socket) : undefined;
+  if (options.relay && handle) return relayTls(socket as Socket, handle, options.relay, options, defaultName, context);
   return nodeTls(socket, options, defaultName);
 }
 
 async function relayTls(
   socket: Socket,
-  fd: number,
+  handle: SocketHandle & { fd: number },
   relay: NbdTlsRelay,
   options: NbdTlsOptions,
   defaultName: string,
   context: TlsUpgradeContext,
 ): Promise<Duplex> {
   // Nothing may be read from the descriptor once the relay has it.
-  (socket as { _handle?: SocketHandle | null })._handle?.readStop?.();
+  handle.readStop?.();
   // The TCP socket carries nothing itself from now on: an error it reports (an abort
   // destroying it) reaches the caller through the relay's own failure.
   socket.on('error', () => {});
@@ -112,7 +112,7 @@ async function relayTls(
     verify: options.rejectUnauthorized ?? true,
     timeoutMs: RELAY_HANDSHAKE_TIMEOUT_MS,
   };
-  const plainFd = await relay(fd, request, context.signal);
+  const plainFd = await relay(handle.fd, request, context.signal);
   const plain = socketOnDescriptor(plainFd, context.slabs);
   // The TCP socket stays open but idle under the relay's own descriptor: destroying
   // it (as an aborted handshake does) ends the plain side too, and the other way round.

@@ -25,21 +25,15 @@ export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabs?: Sla
       reject(abortReason(signal));
       return;
     }
-    // Declared before the reader, whose callback needs it; assigned once, just below.
-    // eslint-disable-next-line prefer-const
-    let socket: Socket | undefined;
-    const reader = slabs ? slabReader(slabs, (chunk) => socket!.emit('data', chunk)) : undefined;
-    const onread = reader ? { onread: { buffer: reader.buffer, callback: reader.callback } } : {};
-    socket =
+    const opened = readingInto(slabs, (onread) =>
       endpoint.path !== undefined
         ? netConnect({ path: endpoint.path, ...onread })
-        : netConnect({ host: endpoint.host, port: endpoint.port, noDelay: true, ...onread });
+        : netConnect({ host: endpoint.host, port: endpoint.port, noDelay: true, ...onread }),
+    );
     const onAbort = (): void => {
-      socket!.destroy();
+      opened.destroy();
       settle(abortReason(signal!));
     };
-    const opened = socket;
-    if (reader) readers.set(opened, reader);
     const settle = (error?: Error): void => {
       signal?.removeEventListener('abort', onAbort);
       opened.off('error', settle);
@@ -52,20 +46,28 @@ export function openSocket(endpoint: Endpoint, signal?: AbortSignal, slabs?: Sla
       if (endpoint.path === undefined) opened.setNoDelay(true);
       settle();
     };
-    socket.once('connect', onConnect);
-    socket.once('error', settle);
+    opened.once('connect', onConnect);
+    opened.once('error', settle);
     signal?.addEventListener('abort', onAbort, { once: true });
   });
 }
 
 /** A socket over a descriptor already connected (a TLS relay's plain side), reading into `slabs` if given. */
 export function socketOnDescriptor(fd: number, slabs?: SlabPool): Socket {
+  return readingInto(slabs, (onread) => new Socket({ fd, readable: true, writable: true, ...onread }));
+}
+
+type OnRead = { onread?: { buffer: () => Uint8Array; callback: (nread: number, buf: Uint8Array) => boolean } };
+
+/** The socket `make` creates, with its reads landing in `slabs` (see `slabReader`) when given. */
+function readingInto(slabs: SlabPool | undefined, make: (onread: OnRead) => Socket): Socket {
+  if (!slabs) return make({});
   // Declared before the reader, whose callback needs it; assigned once, just below.
   // eslint-disable-next-line prefer-const
   let socket: Socket | undefined;
-  const reader = slabs ? slabReader(slabs, (chunk) => socket!.emit('data', chunk)) : undefined;
-  socket = new Socket({ fd, readable: true, writable: true, ...(reader ? { onread: { buffer: reader.buffer, callback: reader.callback } } : {}) });
-  if (reader) readers.set(socket, reader);
+  const reader = slabReader(slabs, (chunk) => socket!.emit('data', chunk));
+  socket = make({ onread: { buffer: reader.buffer, callback: reader.callback } });
+  readers.set(socket, reader);
   return socket;
 }
 
