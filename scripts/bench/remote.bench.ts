@@ -16,7 +16,7 @@ import { runBackup } from '../../src/backup/engine/engine.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
-import { waitForSettledGuests } from './settled-guests.js';
+import { cpuSecondsOfStat, waitForSettledGuests } from './settled-guests.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
@@ -46,8 +46,7 @@ function threadCpu(pid: number | 'self'): Map<string, number> {
   const seconds = new Map<string, number>();
   for (const tid of readdirSync(`/proc/${pid}/task`)) {
     try {
-      const fields = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-      seconds.set(tid, (Number(fields[11]) + Number(fields[12])) / 100);
+      seconds.set(tid, cpuSecondsOfStat(`/proc/${pid}/task/${tid}/stat`));
     } catch {
       // The thread ended meanwhile.
     }

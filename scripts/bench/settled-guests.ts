@@ -8,10 +8,15 @@ import { readFileSync } from 'node:fs';
 const QUIET_CPU_SECONDS = 0.05;
 const WINDOW_MS = 1000;
 
+/** User plus system CPU seconds from a /proc stat file (of a process or of one of its threads). */
+export function cpuSecondsOfStat(path: string): number {
+  const fields = readFileSync(path, 'utf8').split(') ')[1]!.split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / 100;
+}
+
 function qemuCpuSeconds(domain: string): number {
   const pid = readFileSync(`/run/libvirt/qemu/${domain}.pid`, 'utf8').trim();
-  const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
+  return cpuSecondsOfStat(`/proc/${pid}/stat`);
 }
 
 /** Waits until each domain's QEMU spends under 50 ms of CPU in a second (at most `timeoutMs`); says how long it took. */
