@@ -6,16 +6,21 @@
 //
 // Then the case concurrency is for: the same calls to a daemon a millisecond away
 // (libvirtd's TLS listener of the remote test rig, through a proxy on 127.0.0.1
-// that delays every chunk by 1 ms each way), both clients through the same proxy.
+// that delays every chunk by 1 ms each way, delaying-proxy.c), both clients
+// through the same proxy.
 import { execFileSync, spawn } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
 import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
 import { configureCalls, connect, getCallTuning, type Connection } from '../../src/index.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
+import { waitForSettledGuests } from './settled-guests.js';
+import { busiestThread, threadCpu } from './thread-cpu.js';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 3000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -34,6 +39,8 @@ interface Round {
   daemonCpu: number;
   /** CPU µs per call of the delaying proxy (remote case only). */
   proxyCpu?: number;
+  /** Share of the wall time the daemon's busiest thread was on a core. */
+  daemonBusiest: number;
 }
 
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -78,11 +85,12 @@ print(n / elapsed, (time.process_time() - cpu) * 1e6 / n, (daemon_cpu() - daemon
 `;
   const out = execFileSync('/usr/bin/python3', ['-c', script, domainName, String(calls), daemon, uri], { encoding: 'utf8' });
   const [rate, clientCpu, daemonCpu] = out.trim().split(' ').map(Number) as [number, number, number];
-  return { rate, clientCpu, daemonCpu };
+  return { rate, clientCpu, daemonCpu, daemonBusiest: Number.NaN };
 }
 
 async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, proxyPid?: number): Promise<Round> {
   const daemonBefore = processCpuMicros(daemon);
+  const daemonThreadsBefore = threadCpu(daemon);
   const proxyBefore = proxyPid === undefined ? 0 : processCpuMicros(String(proxyPid));
   const cpuBefore = process.cpuUsage();
   const start = performance.now();
@@ -93,6 +101,7 @@ async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, 
     rate: calls / seconds,
     clientCpu: (cpu.user + cpu.system) / calls,
     daemonCpu: (processCpuMicros(daemon) - daemonBefore) / calls,
+    daemonBusiest: busiestThread(daemonThreadsBefore, threadCpu(daemon)) / seconds,
     ...(proxyPid === undefined ? {} : { proxyCpu: (processCpuMicros(String(proxyPid)) - proxyBefore) / calls }),
   };
 }
@@ -107,11 +116,20 @@ async function callsInFlight(domains: Array<{ getXMLDesc(): Promise<string> }>, 
   await Promise.all(Array.from({ length: width }, (_, index) => lane(index)));
 }
 
+/** The delaying proxy (delaying-proxy.c), compiled into .bench the first time and whenever its source changes. */
+function delayingProxyBinary(): string {
+  const source = fileURLToPath(new URL('./delaying-proxy.c', import.meta.url));
+  const binary = join(dirname(source), '..', '..', '.bench', 'delaying-proxy');
+  if (!existsSync(binary) || statSync(binary).mtimeMs < statSync(source).mtimeMs) {
+    mkdirSync(dirname(binary), { recursive: true });
+    execFileSync('cc', ['-O2', '-Wall', '-Wextra', '-o', binary, source], { stdio: 'inherit' });
+  }
+  return binary;
+}
+
 /** The delaying proxy in a process of its own; resolves with its port. */
 async function startProxy(): Promise<{ port: number; pid: number; stop: () => void }> {
-  const child = spawn(process.execPath, ['--import=tsx', new URL('./delaying-proxy.ts', import.meta.url).pathname, String(TLS_PORT), String(LINK_DELAY_MS)], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const child = spawn(delayingProxyBinary(), [String(TLS_PORT), String(LINK_DELAY_MS)], { stdio: ['ignore', 'pipe', 'inherit'] });
   const [line] = await Promise.race([
     (async () => {
       for await (const out of createInterface({ input: child.stdout! })) return [out];
@@ -125,24 +143,28 @@ async function startProxy(): Promise<{ port: number; pid: number; stop: () => vo
 /** CPU µs of one futex hand-off between two threads: a worker and this one ping-pong. */
 async function handOffCost(): Promise<number> {
   const { Worker } = await import('node:worker_threads');
-  const flag = new Int32Array(new SharedArrayBuffer(4));
+  // Turn numbers, not a flag: odd is the worker's turn, even this thread's, so a
+  // wait that returns early just waits again and no turn is taken twice.
+  const turn = new Int32Array(new SharedArrayBuffer(4));
   const trips = 20_000;
   const worker = new Worker(
     `const { workerData } = require('node:worker_threads');
-     const flag = new Int32Array(workerData.buffer);
+     const turn = new Int32Array(workerData.buffer);
      for (let i = 0; i < workerData.trips; i++) {
-       Atomics.wait(flag, 0, 0);
-       Atomics.store(flag, 0, 0);
-       Atomics.notify(flag, 0);
+       while (Atomics.load(turn, 0) !== 2 * i + 1) Atomics.wait(turn, 0, 2 * i);
+       Atomics.store(turn, 0, 2 * i + 2);
+       Atomics.notify(turn, 0);
      }`,
-    { eval: true, workerData: { buffer: flag.buffer, trips } },
+    { eval: true, workerData: { buffer: turn.buffer, trips } },
   );
   await new Promise((resolve) => worker.once('online', resolve));
   const before = process.cpuUsage();
   for (let i = 0; i < trips; i++) {
-    Atomics.store(flag, 0, 1);
-    Atomics.notify(flag, 0);
-    Atomics.wait(flag, 0, 1);
+    Atomics.store(turn, 0, 2 * i + 1);
+    Atomics.notify(turn, 0);
+    while (Atomics.load(turn, 0) !== 2 * i + 2) {
+      if (Atomics.wait(turn, 0, 2 * i + 1, 10_000) === 'timed-out') throw new Error('the hand-off worker stopped answering');
+    }
   }
   const cpu = process.cpuUsage(before);
   await worker.terminate();
@@ -175,8 +197,10 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
     const row = (what: string, rounds: Round[]) => {
       const rate = median(rounds.map((r) => r.rate));
       const proxyCpu = cpu(rounds, 'proxyCpu');
+      const busiest = median(rounds.map((r) => r.daemonBusiest));
       return (
         `| ${what} | ${rate.toFixed(0)} | ${(rate / p).toFixed(2)}x | ${cpu(rounds, 'daemonCpu').toFixed(0)} | ` +
+        `${Number.isNaN(busiest) ? '' : `${(100 * busiest).toFixed(0)} %`} | ` +
         `${Number.isNaN(proxyCpu) ? '' : proxyCpu.toFixed(0)} | ${cpu(rounds, 'clientCpu').toFixed(0)} | ${rounds.map((r) => r.rate.toFixed(0)).join(' ')} |`
       );
     };
@@ -184,8 +208,10 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
       `\ngetXMLDesc over qemu+tls through a proxy adding ${LINK_DELAY_MS} ms each way, ${REMOTE_CALLS} calls per concurrent round ` +
         `(${REMOTE_CALLS / 8} sequential), ${REMOTE_ROUNDS} alternating rounds, medians`,
     );
-    console.log('| what | calls/s | vs libvirt-python sequential | daemon CPU µs/call | proxy CPU µs/call | client CPU µs/call | rounds (calls/s) |');
-    console.log('| --- | ---: | ---: | ---: | ---: | ---: | --- |');
+    console.log(
+      "| what | calls/s | vs libvirt-python sequential | daemon CPU µs/call | daemon's busiest thread, share of the time | proxy CPU µs/call | client CPU µs/call | rounds (calls/s) |",
+    );
+    console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
     console.log(row('libvirt-python, sequential', cases.python));
     console.log(row('libvirt-backup, sequential', cases.sequential));
     console.log(row('libvirt-backup, 16 concurrent, one connection', cases.concurrent));
@@ -212,6 +238,7 @@ const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floo
 const conn = await connectSystem();
 const vm = await createThrowawayDomain(conn, 'bench-calls', [{ sizeMiB: 8 }]);
 try {
+  await waitForSettledGuests([vm.name]);
   const { domain } = vm;
   for (let i = 0; i < 200; i++) await domain.getXMLDesc();
   const sequentialRun = async () => {

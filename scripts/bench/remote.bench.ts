@@ -7,7 +7,7 @@
 // reaching libvirtd over TLS, the export over TLS and the host over SSH as it requires.
 // Needs the remote test rig of scripts/setup-host.sh.
 import { execFileSync } from 'node:child_process';
-import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +16,8 @@ import { runBackup } from '../../src/backup/engine/engine.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
-import { cpuSecondsOfStat, waitForSettledGuests } from './settled-guests.js';
+import { waitForSettledGuests } from './settled-guests.js';
+import { busiestThread, threadCpu } from './thread-cpu.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
@@ -41,19 +42,6 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return (performance.now() - start) / 1000;
 }
 
-/** CPU seconds of each thread of a process, by thread id (threads that ended are gone). */
-function threadCpu(pid: number | 'self'): Map<string, number> {
-  const seconds = new Map<string, number>();
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try {
-      seconds.set(tid, cpuSecondsOfStat(`/proc/${pid}/task/${tid}/stat`));
-    } catch {
-      // The thread ended meanwhile.
-    }
-  }
-  return seconds;
-}
-
 /** Where the CPU of one backup went: each process's total and its busiest thread. */
 interface CpuSplit {
   qemuTotal: number;
@@ -69,17 +57,16 @@ async function cpuDuring(qemuPid: number, fn: () => Promise<unknown>): Promise<{
   const usage = process.resourceUsage();
   const seconds = await timed(fn);
   const after = process.resourceUsage();
-  const busiest = (before: Map<string, number>, now: Map<string, number>) => Math.max(0, ...[...now].map(([tid, cpu]) => cpu - (before.get(tid) ?? 0)));
   const qemuNow = threadCpu(qemuPid);
   const qemuTotal = [...qemuNow].reduce((sum, [tid, cpu]) => sum + cpu - (qemuBefore.get(tid) ?? 0), 0);
   return {
     seconds,
     cpu: {
       qemuTotal,
-      qemuBusiest: busiest(qemuBefore, qemuNow),
+      qemuBusiest: busiestThread(qemuBefore, qemuNow),
       oursTotal: (after.userCPUTime + after.systemCPUTime - usage.userCPUTime - usage.systemCPUTime) / 1e6,
       // The relay's threads end with each run: the busiest thread that is left is the JS thread.
-      oursBusiest: busiest(oursBefore, threadCpu('self')),
+      oursBusiest: busiestThread(oursBefore, threadCpu('self')),
     },
   };
 }
