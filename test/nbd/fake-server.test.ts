@@ -261,3 +261,69 @@ test('close() says NBD_CMD_DISC and does not wait for the server to hang up', as
   t.deepEqual(seen, [`request ${READ}`, 'disc']);
   await t.throwsAsync(client.read(0, 4096), { instanceOf: NbdConnectionError });
 });
+
+test('writes go out in requests of writeRequestSize (256 KiB by default), reads of requestSize', async (t) => {
+  const writes: Array<{ offset: number; length: number }> = [];
+  const reads: number[] = [];
+  const { path } = await startFakeServer(t, {
+    size: 8 * 1024 * 1024,
+    onRequest: (request, reply) => {
+      if (request.type === 1) {
+        t.is(request.payload?.length, request.length);
+        writes.push({ offset: request.offset, length: request.length });
+        reply.simple(request.cookie);
+      } else if (request.type === 0) {
+        reads.push(request.length);
+        reply.simple(request.cookie, 0, Buffer.alloc(request.length));
+      } else {
+        reply.simple(request.cookie);
+      }
+    },
+  });
+  const byDefault = await NbdClient.connect({ path });
+  t.is(byDefault.requestSize, 512 * 1024);
+  t.is(byDefault.writeRequestSize, 256 * 1024);
+  await byDefault.write(4096, Buffer.alloc(600 * 1024, 1));
+  t.deepEqual(
+    writes.sort((a, b) => a.offset - b.offset),
+    [
+      { offset: 4096, length: 256 * 1024 },
+      { offset: 4096 + 256 * 1024, length: 256 * 1024 },
+      { offset: 4096 + 512 * 1024, length: 88 * 1024 },
+    ],
+  );
+  await byDefault.read(0, 1024 * 1024);
+  t.deepEqual(reads, [512 * 1024, 512 * 1024]);
+  await byDefault.close();
+
+  // An explicit requestSize applies to writes too, unless writeRequestSize is given.
+  writes.length = 0;
+  const sized = await NbdClient.connect({ path, requestSize: 128 * 1024 });
+  t.is(sized.writeRequestSize, 128 * 1024);
+  await sized.write(0, Buffer.alloc(256 * 1024));
+  t.deepEqual(
+    writes.map((w) => w.length),
+    [128 * 1024, 128 * 1024],
+  );
+  await sized.close();
+  const both = await NbdClient.connect({ path, requestSize: 128 * 1024, writeRequestSize: 64 * 1024 });
+  t.is(both.requestSize, 128 * 1024);
+  t.is(both.writeRequestSize, 64 * 1024);
+  await both.close();
+});
+
+test('sizing options that are not positive integers are refused before connecting, naming the option', async (t) => {
+  let connected = false;
+  const { path } = await startFakeServer(t, { onRequest: () => (connected = true) });
+  for (const [name, value] of [
+    ['requestSize', 0],
+    ['writeRequestSize', -4096],
+    ['maxBytesInFlight', 1.5],
+    ['requestsPerConnection', Number.NaN],
+    ['connections', 0],
+  ] as const) {
+    const error = await t.throwsAsync(NbdClient.connect({ path, [name]: value }), { instanceOf: RangeError });
+    t.is(error.message, `${name} must be a positive integer, not ${String(value)}`);
+  }
+  t.false(connected);
+});
