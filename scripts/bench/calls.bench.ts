@@ -41,6 +41,8 @@ interface Round {
   proxyCpu?: number;
   /** Share of the wall time the daemon's busiest thread was on a core. */
   daemonBusiest: number;
+  /** Share of the machine's CPU time that was busy (anyone's work, the background load's too). */
+  coresBusy: number;
 }
 
 const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
@@ -65,9 +67,9 @@ function processCpuMicros(pid: string): number {
 
 // One timed round of libvirt-python in a fresh interpreter (start-up not timed). It
 // reads the daemon's CPU around its own timed loop.
-function pythonRound(domainName: string, daemon: string, uri = 'qemu:///system', calls = CALLS): Round {
+function pythonRound(domainName: string, daemon: string, uri = 'qemu:///system', calls = CALLS, threads = 1): Round {
   const script = `
-import libvirt, os, sys, time
+import libvirt, os, sys, threading, time
 def daemon_cpu():
     stat = open('/proc/%s/stat' % sys.argv[3]).read()
     fields = stat[stat.rindex(')') + 2:].split(' ')
@@ -75,22 +77,45 @@ def daemon_cpu():
 conn = libvirt.open(sys.argv[4])
 dom = conn.lookupByName(sys.argv[1])
 n = int(sys.argv[2])
+threads = int(sys.argv[5])
+left = [n]
+lock = threading.Lock()
+def lane():
+    while True:
+        with lock:
+            if left[0] <= 0: return
+            left[0] -= 1
+        dom.XMLDesc(0)
 for _ in range(min(200, n // 5)): dom.XMLDesc(0)
 daemon = daemon_cpu()
 cpu = time.process_time()
 start = time.perf_counter()
-for _ in range(n): dom.XMLDesc(0)
+if threads == 1:
+    for _ in range(n): dom.XMLDesc(0)
+else:
+    lanes = [threading.Thread(target=lane) for _ in range(threads)]
+    for t in lanes: t.start()
+    for t in lanes: t.join()
 elapsed = time.perf_counter() - start
 print(n / elapsed, (time.process_time() - cpu) * 1e6 / n, (daemon_cpu() - daemon) / n)
 `;
-  const out = execFileSync('/usr/bin/python3', ['-c', script, domainName, String(calls), daemon, uri], { encoding: 'utf8' });
+  const out = execFileSync('/usr/bin/python3', ['-c', script, domainName, String(calls), daemon, uri, String(threads)], { encoding: 'utf8' });
   const [rate, clientCpu, daemonCpu] = out.trim().split(' ').map(Number) as [number, number, number];
-  return { rate, clientCpu, daemonCpu, daemonBusiest: Number.NaN };
+  return { rate, clientCpu, daemonCpu, daemonBusiest: Number.NaN, coresBusy: Number.NaN };
+}
+
+/** Busy and total CPU ticks of the whole machine so far (/proc/stat). */
+function machineTicks(): { busy: number; total: number } {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = fields.reduce((sum, ticks) => sum + ticks, 0);
+  // idle and iowait are the time no one wanted the cores
+  return { busy: total - fields[3]! - fields[4]!, total };
 }
 
 async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, proxyPid?: number): Promise<Round> {
   const daemonBefore = processCpuMicros(daemon);
   const daemonThreadsBefore = threadCpu(daemon);
+  const machineBefore = machineTicks();
   const proxyBefore = proxyPid === undefined ? 0 : processCpuMicros(String(proxyPid));
   const cpuBefore = process.cpuUsage();
   const start = performance.now();
@@ -102,6 +127,10 @@ async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, 
     clientCpu: (cpu.user + cpu.system) / calls,
     daemonCpu: (processCpuMicros(daemon) - daemonBefore) / calls,
     daemonBusiest: busiestThread(daemonThreadsBefore, threadCpu(daemon)) / seconds,
+    coresBusy: (() => {
+      const now = machineTicks();
+      return (now.busy - machineBefore.busy) / (now.total - machineBefore.total);
+    })(),
     ...(proxyPid === undefined ? {} : { proxyCpu: (processCpuMicros(String(proxyPid)) - proxyBefore) / calls }),
   };
 }
@@ -182,12 +211,16 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
     await callsInFlight(domains, 100, 16);
     const cases = {
       python: [] as Round[],
+      pythonThreads: [] as Round[],
       sequential: [] as Round[],
       concurrent: [] as Round[],
       pooled: [] as Round[],
     };
     for (let round = 0; round < REMOTE_ROUNDS; round++) {
       cases.python.push(pythonRound(domainName, daemon, uri, Math.ceil(REMOTE_CALLS / 8)));
+      // The same library's client with 16 threads on one connection: what libvirt's
+      // own client does with that many calls in flight, on the same cores.
+      cases.pythonThreads.push(pythonRound(domainName, daemon, uri, REMOTE_CALLS, 16));
       cases.sequential.push(await measure(daemon, () => callsInFlight(domains.slice(0, 1), REMOTE_CALLS / 8, 1), REMOTE_CALLS / 8, proxy.pid));
       cases.concurrent.push(await measure(daemon, () => callsInFlight(domains.slice(0, 1), REMOTE_CALLS, 16), REMOTE_CALLS, proxy.pid));
       cases.pooled.push(await measure(daemon, () => callsInFlight(domains, REMOTE_CALLS, 16), REMOTE_CALLS, proxy.pid));
@@ -213,6 +246,7 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
     );
     console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |');
     console.log(row('libvirt-python, sequential', cases.python));
+    console.log(row('libvirt-python, 16 threads, one connection', cases.pythonThreads));
     console.log(row('libvirt-backup, sequential', cases.sequential));
     console.log(row('libvirt-backup, 16 concurrent, one connection', cases.concurrent));
     console.log(row(`libvirt-backup, 16 concurrent over ${POOL_SIZE} connections`, cases.pooled));
@@ -223,9 +257,14 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
     const target = 8 * p;
     const perCall = (availableParallelism() * 1e6) / target;
     const taken = cpu(cases.concurrent, 'daemonCpu') + cpu(cases.concurrent, 'proxyCpu') + cpu(cases.concurrent, 'clientCpu');
+    // Whether the cores had room left: the share of the machine that was busy, and how
+    // much of it the calls took (the rest is the background load, when there is one).
+    const busy = median(cases.concurrent.map((r) => r.coresBusy));
+    const ours = (taken * median(cases.concurrent.map((r) => r.rate))) / (availableParallelism() * 1e6);
     console.log(
       `CPU budget at 8x (${target.toFixed(0)} calls/s) on ${availableParallelism()} cores: ${perCall.toFixed(0)} µs per call in all; ` +
-        `daemon, proxy and client took ${taken.toFixed(0)} per call with 16 in flight`,
+        `daemon, proxy and client took ${taken.toFixed(0)} per call with 16 in flight; the cores were ${(100 * busy).toFixed(0)} % busy, ` +
+        `${(100 * ours).toFixed(0)} % with these calls and ${(100 * Math.max(0, busy - ours)).toFixed(0)} % with other work`,
     );
   } finally {
     await Promise.all(pool.map((c) => c.close()));
