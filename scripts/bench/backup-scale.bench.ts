@@ -191,6 +191,8 @@ interface ChildFigures {
   peakRssKiB: number;
   seconds: number;
   dataBytes: number;
+  /** At the largest RSS sampled: the V8 heap, ArrayBuffer memory (Buffers, WebAssembly memory), MiB. */
+  atPeak: { rss: number; heap: number; arrayBuffers: number };
 }
 
 const libDir = join(cacheDir, 'lib');
@@ -221,11 +223,19 @@ import { readFileSync } from 'node:fs';
 const { runBackup } = await import(process.env.ENGINE);
 const kib = (field) => Number(readFileSync('/proc/self/status', 'utf8').split('\\n').find((l) => l.startsWith(field + ':')).split(/\\s+/)[1]);
 const startRssKiB = kib('VmRSS');
+// What the resident memory is made of at its sampled peak (every 20 ms): the JS heap,
+// memory behind ArrayBuffers, and the rest (native allocations, code, stacks).
+let atPeak = { rss: 0, heap: 0, arrayBuffers: 0 };
+const sampler = setInterval(() => {
+  const usage = process.memoryUsage();
+  if (usage.rss > atPeak.rss * 1048576) atPeak = { rss: usage.rss / 1048576, heap: usage.heapTotal / 1048576, arrayBuffers: usage.arrayBuffers / 1048576 };
+}, 20);
 const started = performance.now();
 const result = await runBackup({ domain: process.env.DOMAIN, dest: process.env.DEST, uri: 'qemu:///system', level: 'full' });
 const seconds = (performance.now() - started) / 1000;
+clearInterval(sampler);
 const dataBytes = result.disks.reduce((sum, disk) => sum + disk.dataBytes, 0);
-console.log(JSON.stringify({ startRssKiB, peakRssKiB: kib('VmHWM'), seconds, dataBytes }));
+console.log(JSON.stringify({ startRssKiB, peakRssKiB: kib('VmHWM'), seconds, dataBytes, atPeak }));
 `;
 
 /** A full backup in a process of its own, running the compiled library, for its peak RSS. */
@@ -343,8 +353,8 @@ try {
   // What the backup adds to the process: the peak less what Node and the modules held before.
   const addedOf = (runs: ChildFigures[]) => mib(median(runs.map((r) => r.peakRssKiB - r.startRssKiB)));
   console.log('peak RSS of a process doing one full backup (VmHWM; the compiled library, as a service runs it), MiB:');
-  console.log('| disks | peak RSS | before the backup | added by the backup | time | peak per round |');
-  console.log('| --- | ---: | ---: | ---: | ---: | --- |');
+  console.log('| disks | peak RSS | before the backup | added by the backup | time | peak per round | at the sampled peak: V8 heap, ArrayBuffers, the rest |');
+  console.log('| --- | ---: | ---: | ---: | ---: | --- | --- |');
   for (const [what, runs] of [
     ['2 GiB', rssSmall],
     [`${BIG_MIB / 1024} GiB`, rssBig],
@@ -356,8 +366,10 @@ try {
       runs.map((r) => mib(r.peakRssKiB)),
       0,
     );
+    const part = (key: 'rss' | 'heap' | 'arrayBuffers') => median(runs.map((r) => r.atPeak[key]));
+    const composition = `${part('heap').toFixed(0)}, ${part('arrayBuffers').toFixed(0)}, ${(part('rss') - part('heap') - part('arrayBuffers')).toFixed(0)} of ${part('rss').toFixed(0)}`;
     console.log(
-      `| ${what} | ${peakOf(runs).toFixed(0)} | ${before.toFixed(0)} | ${addedOf(runs).toFixed(0)} | ${median(secondsOf(runs)).toFixed(2)} s | ${peaks} |`,
+      `| ${what} | ${peakOf(runs).toFixed(0)} | ${before.toFixed(0)} | ${addedOf(runs).toFixed(0)} | ${median(secondsOf(runs)).toFixed(2)} s | ${peaks} | ${composition} |`,
     );
   }
   console.log('');

@@ -264,7 +264,9 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
     console.log(
       `CPU budget at 8x (${target.toFixed(0)} calls/s) on ${availableParallelism()} cores: ${perCall.toFixed(0)} µs per call in all; ` +
         `daemon, proxy and client took ${taken.toFixed(0)} per call with 16 in flight; the cores were ${(100 * busy).toFixed(0)} % busy, ` +
-        `${(100 * ours).toFixed(0)} % with these calls and ${(100 * Math.max(0, busy - ours)).toFixed(0)} % with other work`,
+        `${(100 * ours).toFixed(0)} % with these calls and ${(100 * Math.max(0, busy - ours)).toFixed(0)} % with other work; ` +
+        `at 8x the calls would take ${((taken * target) / 1e6).toFixed(2)} cores, they had ${(ours * availableParallelism()).toFixed(2)}` +
+        `${busy >= 0.95 ? ' and no core was idle' : ''}`,
     );
   } finally {
     await Promise.all(pool.map((c) => c.close()));
