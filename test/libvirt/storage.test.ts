@@ -146,7 +146,14 @@ test('a source that fails halfway aborts the stream: the upload rejects with its
   await t.throwsAsync(volume.upload(endless(), { signal: controller.signal }), { message: 'stopped by the caller' });
   await t.throwsAsync(volume.upload([{ kind: 'data', data: 'text' } as unknown as VolumeChunk]), { instanceOf: TypeError, message: /chunk 0 must be/ });
   // More data than the range announced is the daemon's to refuse; the stream is aborted all the same.
-  const tooLong = await t.throwsAsync(volume.upload([{ kind: 'data', data: Buffer.alloc(2 * MiB) }], { length: MiB }), { instanceOf: LibvirtError });
+  // On a connection of its own: after such a refusal libvirt 9.0's client now and then
+  // drops its connection (about once in a hundred on a loaded machine: the daemon logs
+  // end of file right after the refusal), which would fail the rest of this test for a
+  // reason that is libvirt's.
+  const other = await connectSystem();
+  t.teardown(() => other.close().catch(() => undefined));
+  const sameVolume = await (await other.lookupStoragePoolByName(pool.name)).lookupVolumeByName('half.raw');
+  const tooLong = await t.throwsAsync(sameVolume.upload([{ kind: 'data', data: Buffer.alloc(2 * MiB) }], { length: MiB }), { instanceOf: LibvirtError });
   t.is(tooLong.codeName, 'VIR_ERR_SYSTEM_ERROR');
   t.regex(tooLong.message, /cannot write to stream/);
   // libvirt holds no part of the aborted transfers: the volume goes, and the pool is usable.
