@@ -225,16 +225,18 @@ const kib = (field) => Number(readFileSync('/proc/self/status', 'utf8').split('\
 const startRssKiB = kib('VmRSS');
 // What the resident memory is made of at its sampled peak (every 20 ms): the JS heap,
 // memory behind ArrayBuffers, and the rest (native allocations, code, stacks).
-let atPeak = { rss: 0, heap: 0, arrayBuffers: 0 };
+let peak = process.memoryUsage();
 const sampler = setInterval(() => {
   const usage = process.memoryUsage();
-  if (usage.rss > atPeak.rss * 1048576) atPeak = { rss: usage.rss / 1048576, heap: usage.heapTotal / 1048576, arrayBuffers: usage.arrayBuffers / 1048576 };
+  if (usage.rss > peak.rss) peak = usage;
 }, 20);
 const started = performance.now();
 const result = await runBackup({ domain: process.env.DOMAIN, dest: process.env.DEST, uri: 'qemu:///system', level: 'full' });
 const seconds = (performance.now() - started) / 1000;
 clearInterval(sampler);
 const dataBytes = result.disks.reduce((sum, disk) => sum + disk.dataBytes, 0);
+const mib = (bytes) => bytes / 1048576;
+const atPeak = { rss: mib(peak.rss), heap: mib(peak.heapTotal), arrayBuffers: mib(peak.arrayBuffers) };
 console.log(JSON.stringify({ startRssKiB, peakRssKiB: kib('VmHWM'), seconds, dataBytes, atPeak }));
 `;
 

@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { configureCalls, connect, getCallTuning, type Connection } from '../../src/index.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { waitForSettledGuests } from './settled-guests.js';
-import { busiestThread, threadCpu } from './thread-cpu.js';
+import { busiestThread, processCpuSeconds, threadCpu } from './process-cpu.js';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 3000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -45,8 +45,6 @@ interface Round {
   coresBusy: number;
 }
 
-const CLOCK_TICKS = Number(execFileSync('getconf', ['CLK_TCK'], { encoding: 'utf8' }).trim()) || 100;
-
 function daemonPid(): string {
   for (const name of ['virtqemud', 'libvirtd']) {
     try {
@@ -56,13 +54,6 @@ function daemonPid(): string {
     }
   }
   throw new Error('neither virtqemud nor libvirtd is running');
-}
-
-/** CPU µs the process `pid` (the daemon, the proxy) has used so far (user + system, all threads). */
-function processCpuMicros(pid: string): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  return ((Number(fields[11]) + Number(fields[12])) * 1e6) / CLOCK_TICKS;
 }
 
 // One timed round of libvirt-python in a fresh interpreter (start-up not timed). It
@@ -113,25 +104,24 @@ function machineTicks(): { busy: number; total: number } {
 }
 
 async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, proxyPid?: number): Promise<Round> {
-  const daemonBefore = processCpuMicros(daemon);
+  const daemonBefore = processCpuSeconds(daemon);
   const daemonThreadsBefore = threadCpu(daemon);
   const machineBefore = machineTicks();
-  const proxyBefore = proxyPid === undefined ? 0 : processCpuMicros(String(proxyPid));
+  const proxyBefore = proxyPid === undefined ? 0 : processCpuSeconds(proxyPid);
   const cpuBefore = process.cpuUsage();
   const start = performance.now();
   await run();
   const seconds = (performance.now() - start) / 1000;
   const cpu = process.cpuUsage(cpuBefore);
+  const machine = machineTicks();
+  const microsPerCall = (cpuSeconds: number) => (cpuSeconds * 1e6) / calls;
   return {
     rate: calls / seconds,
     clientCpu: (cpu.user + cpu.system) / calls,
-    daemonCpu: (processCpuMicros(daemon) - daemonBefore) / calls,
+    daemonCpu: microsPerCall(processCpuSeconds(daemon) - daemonBefore),
     daemonBusiest: busiestThread(daemonThreadsBefore, threadCpu(daemon)) / seconds,
-    coresBusy: (() => {
-      const now = machineTicks();
-      return (now.busy - machineBefore.busy) / (now.total - machineBefore.total);
-    })(),
-    ...(proxyPid === undefined ? {} : { proxyCpu: (processCpuMicros(String(proxyPid)) - proxyBefore) / calls }),
+    coresBusy: (machine.busy - machineBefore.busy) / (machine.total - machineBefore.total),
+    ...(proxyPid === undefined ? {} : { proxyCpu: microsPerCall(processCpuSeconds(proxyPid) - proxyBefore) }),
   };
 }
 

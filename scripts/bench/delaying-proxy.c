@@ -36,24 +36,27 @@ struct chunk {
   char data[];
 };
 
-// One direction of a proxied connection.
+// One direction of a proxied connection (see struct pair for its sockets).
 struct line {
-  int from, to;
   struct chunk *head, *tail;
-  int ended;     // `from` has closed its side; `to` is shut down once the queue drains
+  int ended;     // its reading socket has closed; the writing one is shut down once the queue drains
   int shutDown;  // done
 };
 
-struct pair {
-  struct line lines[2];  // client to target, target to client
-  struct pair *next, *prev;
-  int closed;
-};
+struct pair;
 
 // What an epoll event points at: one socket of a pair.
 struct endpoint {
   struct pair* pair;
   int fd;
+};
+
+// Line i reads from ends[i] and writes to ends[1 - i].
+struct pair {
+  struct line lines[2];     // client to target, target to client
+  struct endpoint ends[2];  // the client's socket, the target's
+  struct pair *next, *prev;
+  int closed;
 };
 
 static int epollFd, timerFd;
@@ -74,8 +77,8 @@ static void die(const char* what) {
 static void close_pair(struct pair* pair) {
   if (pair->closed) return;
   pair->closed = 1;
-  close(pair->lines[0].from);
-  close(pair->lines[0].to);
+  close(pair->ends[0].fd);
+  close(pair->ends[1].fd);
   for (int i = 0; i < 2; i++) {
     while (pair->lines[i].head != NULL) {
       struct chunk* c = pair->lines[i].head;
@@ -86,26 +89,24 @@ static void close_pair(struct pair* pair) {
   // Freed after the event batch (an endpoint may still be referenced in it).
 }
 
-// Which events the socket `fd` of `pair` waits for now.
-static void watch(struct pair* pair, int fd, struct endpoint* endpoint) {
+// Which events the socket `end` (0 or 1) of `pair` waits for now: reading for the line
+// it feeds, writing room for a chunk half written into it.
+static void watch(struct pair* pair, int end) {
+  const struct line* reads = &pair->lines[end];
+  const struct line* writes = &pair->lines[1 - end];
   uint32_t events = 0;
-  for (int i = 0; i < 2; i++) {
-    struct line* l = &pair->lines[i];
-    if (l->from == fd && !l->ended) events |= EPOLLIN;
-    // A chunk half written waits for room in the socket.
-    if (l->to == fd && l->head != NULL && l->head->sent > 0) events |= EPOLLOUT;
-  }
-  struct epoll_event event = {.events = events, .data.ptr = endpoint};
-  epoll_ctl(epollFd, EPOLL_CTL_MOD, fd, &event);
+  if (!reads->ended) events |= EPOLLIN;
+  if (writes->head != NULL && writes->head->sent > 0) events |= EPOLLOUT;
+  struct epoll_event event = {.events = events, .data.ptr = &pair->ends[end]};
+  epoll_ctl(epollFd, EPOLL_CTL_MOD, pair->ends[end].fd, &event);
 }
 
-static struct endpoint* endpoint_of(struct pair* pair, int fd);
-
-// Writes the chunks of `l` that are due; returns the next one's due time (0: none waits).
-static uint64_t flush_line(struct pair* pair, struct line* l, uint64_t now) {
+// Writes the chunks of line `i` that are due; returns the next one's due time (0: none waits).
+static uint64_t flush_line(struct pair* pair, int i, uint64_t now) {
+  struct line* l = &pair->lines[i];
   while (l->head != NULL && l->head->due <= now) {
     struct chunk* c = l->head;
-    ssize_t n = write(l->to, c->data + c->sent, c->length - c->sent);
+    ssize_t n = write(pair->ends[1 - i].fd, c->data + c->sent, c->length - c->sent);
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) n = 0;
     if (n < 0) {
       close_pair(pair);
@@ -113,7 +114,7 @@ static uint64_t flush_line(struct pair* pair, struct line* l, uint64_t now) {
     }
     c->sent += (size_t)n;
     if (c->sent < c->length) {
-      watch(pair, l->to, endpoint_of(pair, l->to));
+      watch(pair, 1 - i);
       return 0;  // EPOLLOUT brings it back
     }
     l->head = c->next;
@@ -121,17 +122,18 @@ static uint64_t flush_line(struct pair* pair, struct line* l, uint64_t now) {
     free(c);
   }
   if (l->head == NULL && l->ended && !l->shutDown) {
-    shutdown(l->to, SHUT_WR);
+    shutdown(pair->ends[1 - i].fd, SHUT_WR);
     l->shutDown = 1;
     if (pair->lines[0].shutDown && pair->lines[1].shutDown) close_pair(pair);
   }
   return l->head != NULL && l->head->sent == 0 ? l->head->due : 0;
 }
 
-static void read_line(struct pair* pair, struct line* l) {
+static void read_line(struct pair* pair, int i) {
+  struct line* l = &pair->lines[i];
   struct chunk* c = malloc(sizeof(struct chunk) + CHUNK_BYTES);
   if (c == NULL) die("malloc");
-  ssize_t n = read(l->from, c->data, CHUNK_BYTES);
+  ssize_t n = read(pair->ends[i].fd, c->data, CHUNK_BYTES);
   if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
     free(c);
     return;
@@ -144,7 +146,7 @@ static void read_line(struct pair* pair, struct line* l) {
   if (n == 0) {
     free(c);
     l->ended = 1;
-    watch(pair, l->from, endpoint_of(pair, l->from));
+    watch(pair, i);
     return;
   }
   c->next = NULL;
@@ -157,16 +159,6 @@ static void read_line(struct pair* pair, struct line* l) {
     l->head = c;
   }
   l->tail = c;
-}
-
-struct pair_endpoints {
-  struct pair pair;
-  struct endpoint ends[2];
-};
-
-static struct endpoint* endpoint_of(struct pair* pair, int fd) {
-  struct pair_endpoints* whole = (struct pair_endpoints*)pair;
-  return whole->ends[0].fd == fd ? &whole->ends[0] : &whole->ends[1];
 }
 
 static void accept_client(int listener, int targetPort) {
@@ -184,16 +176,13 @@ static void accept_client(int listener, int targetPort) {
   setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   setsockopt(upstream, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   if (fcntl(upstream, F_SETFL, O_NONBLOCK) < 0) die("fcntl");
-  struct pair_endpoints* whole = calloc(1, sizeof *whole);
-  if (whole == NULL) die("calloc");
-  struct pair* pair = &whole->pair;
-  pair->lines[0] = (struct line){.from = client, .to = upstream};
-  pair->lines[1] = (struct line){.from = upstream, .to = client};
-  whole->ends[0] = (struct endpoint){pair, client};
-  whole->ends[1] = (struct endpoint){pair, upstream};
+  struct pair* pair = calloc(1, sizeof *pair);
+  if (pair == NULL) die("calloc");
+  pair->ends[0] = (struct endpoint){pair, client};
+  pair->ends[1] = (struct endpoint){pair, upstream};
   for (int i = 0; i < 2; i++) {
-    struct epoll_event event = {.events = EPOLLIN, .data.ptr = &whole->ends[i]};
-    if (epoll_ctl(epollFd, EPOLL_CTL_ADD, whole->ends[i].fd, &event) < 0) die("epoll_ctl");
+    struct epoll_event event = {.events = EPOLLIN, .data.ptr = &pair->ends[i]};
+    if (epoll_ctl(epollFd, EPOLL_CTL_ADD, pair->ends[i].fd, &event) < 0) die("epoll_ctl");
   }
   pair->next = pairs;
   if (pairs != NULL) pairs->prev = pair;
@@ -254,11 +243,9 @@ int main(int argc, char** argv) {
           continue;
         }
         // EPOLLOUT needs nothing here: the flush below sends the rest of a half-written chunk.
-        for (int l = 0; l < 2 && !pair->closed; l++) {
-          struct line* line = &pair->lines[l];
-          if (line->from == endpoint->fd && (events[i].events & (EPOLLIN | EPOLLHUP))) read_line(pair, line);
-        }
-        if (!pair->closed) watch(pair, endpoint->fd, endpoint);
+        int end = (int)(endpoint - pair->ends);
+        if (events[i].events & (EPOLLIN | EPOLLHUP)) read_line(pair, end);
+        if (!pair->closed) watch(pair, end);
       }
     }
     // Send what is due, free what closed, and sleep until the next chunk is due.
@@ -266,7 +253,7 @@ int main(int argc, char** argv) {
     for (struct pair* pair = pairs; pair != NULL;) {
       struct pair* following = pair->next;
       for (int l = 0; l < 2 && !pair->closed; l++) {
-        uint64_t due = flush_line(pair, &pair->lines[l], now);
+        uint64_t due = flush_line(pair, l, now);
         if (due != 0 && (next == 0 || due < next)) next = due;
       }
       if (pair->closed) {

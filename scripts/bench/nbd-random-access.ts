@@ -157,10 +157,15 @@ function timeProcess(command: string, args: string[]): Measured {
   return { seconds };
 }
 
-function timeChild(args: string[]): Measured {
+/** Runs this file with `args` in a process of its own; resolves with the JSON of its last line. */
+function runChild<T>(args: string[]): T {
   const result = spawnSync(process.execPath, ['--import=tsx', here, ...args], { encoding: 'utf8' });
   if (result.status !== 0) throw new Error(`${args[0]} failed: ${result.stderr}`);
-  const timed = JSON.parse(result.stdout.trim().split('\n').at(-1)!) as Timed;
+  return JSON.parse(result.stdout.trim().split('\n').at(-1)!) as T;
+}
+
+function timeChild(args: string[]): Measured {
+  const timed = runChild<Timed>(args);
   if (timed.bytes !== EXPORT_SIZE) throw new Error(`${args[0]} moved ${timed.bytes} bytes of ${EXPORT_SIZE}`);
   return timed;
 }
@@ -241,19 +246,16 @@ export async function benchRandomAccess(cacheDir: string, work: string, rounds: 
   }
   // What fresh Buffers cost that `into` does not: their first touches. Measured, not
   // assumed, in a process of its own (median of three).
-  const touches = [0, 1, 2].map(() => {
-    const result = spawnSync(process.execPath, ['--import=tsx', here, '--child-touch'], { encoding: 'utf8' });
-    if (result.status !== 0) throw new Error(`--child-touch failed: ${result.stderr}`);
-    return (JSON.parse(result.stdout.trim()) as { microsPerFault: number }).microsPerFault;
-  });
+  const touches = [0, 1, 2].map(() => runChild<{ microsPerFault: number }>(['--child-touch']).microsPerFault);
   const perFault = median(touches);
   const of = (runs: Measured[], key: 'seconds' | 'pageFaults' | 'cpuSeconds') => median(runs.map((m) => m[key] ?? Number.NaN));
   const extraFaults = of(reads.runs[2]!, 'pageFaults') - of(reads.runs[1]!, 'pageFaults');
   // A CPU second of the fresh reads took this much of their time: more than one when
   // other work shares the cores, so the faults' CPU stretches alike.
-  const stretch = Math.max(1, of(reads.runs[2]!, 'seconds') / of(reads.runs[2]!, 'cpuSeconds'));
+  const freshSeconds = of(reads.runs[2]!, 'seconds');
+  const stretch = Math.max(1, freshSeconds / of(reads.runs[2]!, 'cpuSeconds'));
   const faultSeconds = (extraFaults * perFault * stretch) / 1e6;
-  const withoutFaults = of(reads.runs[0]!, 'seconds') / (of(reads.runs[2]!, 'seconds') - faultSeconds);
+  const withoutFaults = of(reads.runs[0]!, 'seconds') / (freshSeconds - faultSeconds);
   const loadAfter = loadavg();
   const met = (ratio: number, wanted: number): string => `${ratio.toFixed(2)}x ${ratio >= wanted ? 'met' : 'MISSED'}`;
   return [

@@ -17,7 +17,7 @@ import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.
 import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
 import { waitForSettledGuests } from './settled-guests.js';
-import { busiestThread, threadCpu } from './thread-cpu.js';
+import { busiestThread, threadCpu } from './process-cpu.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);

@@ -5,18 +5,14 @@
 // first backup of a suite up to twice as slow as the next ones).
 import { readFileSync } from 'node:fs';
 
+import { processCpuSeconds } from './process-cpu.js';
+
 const QUIET_CPU_SECONDS = 0.05;
 const WINDOW_MS = 1000;
 
-/** User plus system CPU seconds from a /proc stat file (of a process or of one of its threads). */
-export function cpuSecondsOfStat(path: string): number {
-  const fields = readFileSync(path, 'utf8').split(') ')[1]!.split(' ');
-  return (Number(fields[11]) + Number(fields[12])) / 100;
-}
-
 function qemuCpuSeconds(domain: string): number {
   const pid = readFileSync(`/run/libvirt/qemu/${domain}.pid`, 'utf8').trim();
-  return cpuSecondsOfStat(`/proc/${pid}/stat`);
+  return processCpuSeconds(pid);
 }
 
 /** Waits until each domain's QEMU spends under 50 ms of CPU in a second (at most `timeoutMs`); says how long it took. */

@@ -1,0 +1,38 @@
+// CPU time from /proc: of a whole process (the daemon, the proxy, a guest's QEMU) and
+// thread by thread, a figure that bounds a throughput when one thread (a daemon's event
+// loop, QEMU's NBD server) does its work alone.
+import { readdirSync, readFileSync } from 'node:fs';
+
+/** /proc counts CPU time in USER_HZ ticks, which Linux fixes at 100 a second whatever the kernel's own HZ. */
+const TICKS_PER_SECOND = 100;
+
+/** User plus system CPU seconds from a /proc stat file (of a process or of one of its threads). */
+function cpuSecondsOfStat(path: string): number {
+  const stat = readFileSync(path, 'utf8');
+  // The command name may hold spaces and parentheses: the fields start after the last ')'.
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
+}
+
+/** CPU seconds the process `pid` has used so far, all its threads (those that ended too). */
+export function processCpuSeconds(pid: number | string): number {
+  return cpuSecondsOfStat(`/proc/${pid}/stat`);
+}
+
+/** CPU seconds of each thread of a process, by thread id (threads that ended are gone). */
+export function threadCpu(pid: number | string | 'self'): Map<string, number> {
+  const seconds = new Map<string, number>();
+  for (const tid of readdirSync(`/proc/${pid}/task`)) {
+    try {
+      seconds.set(tid, cpuSecondsOfStat(`/proc/${pid}/task/${tid}/stat`));
+    } catch {
+      // The thread ended meanwhile.
+    }
+  }
+  return seconds;
+}
+
+/** CPU seconds of the thread that used most between two `threadCpu` readings. */
+export function busiestThread(before: Map<string, number>, now: Map<string, number>): number {
+  return Math.max(0, ...[...now].map(([tid, cpu]) => cpu - (before.get(tid) ?? 0)));
+}
