@@ -112,7 +112,9 @@ async function snapshotNow(m: Awaited<ReturnType<typeof mirroredDomain>>): Promi
 test('a pull backup whose scratch could outgrow the free space is refused before any data moves', async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());
-  const fs = await smallFileSystem(t, 72);
+  // 48 MiB of data: with its scratch it needs 48 + 48 + 16 MiB of reserve, more than the 80;
+  // without, 64, which leaves the guard's samples a margin while the copy runs.
+  const fs = await smallFileSystem(t, 80);
   const m = await mirroredDomain(t, conn, 'flt-nospace', [{ sizeMiB: 64 }]);
   await m.write(0, 0x31, '0', '48M');
   const dest = join(fs, 'set');

@@ -36,8 +36,11 @@ export interface OpenedExport {
  * still receive. Scratch files on a remote hypervisor (`scratchHere` false) take no space here.
  */
 export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExport[], scratchHere = true): Promise<SpaceNeed> {
-  const output = opened.reduce((sum, entry) => sum + Math.max(0, entry.fileSize - entry.written), 0);
-  if (!scratchHere) return { scratch: 0, output };
+  // What the files still need is read last, just before the guard reads the free space:
+  // counted before the job query, it would miss what the copy wrote meanwhile, and a
+  // busy daemon's answer can take long enough for that to be megabytes.
+  const output = () => opened.reduce((sum, entry) => sum + Math.max(0, entry.fileSize - entry.written), 0);
+  if (!scratchHere) return { scratch: 0, output: output() };
   const bound = opened.reduce((sum, entry) => sum + entry.scratchBound, 0);
   // libvirt answers job queries with "backup job data missing" while a job starts or
   // ends: counting nothing as used then only makes the need larger.
@@ -45,7 +48,7 @@ export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExpor
   const scratchUsed = stats?.diskTempUsed ?? 0;
   return {
     scratch: Math.max(0, bound - scratchUsed),
-    output,
+    output: output(),
   };
 }
 
