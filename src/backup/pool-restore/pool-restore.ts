@@ -206,7 +206,7 @@ function chainFile(link: ChainLink): ChainFile {
 }
 
 async function* rawChunks(runs: AsyncIterable<GuestRun>): AsyncGenerator<ImageChunk> {
-  for await (const run of runs) yield run.kind === 'data' ? { kind: 'data', data: run.data } : { kind: 'hole', length: run.length };
+  for await (const run of runs) yield run.kind === 'data' ? { kind: 'data', data: run.data, release: run.release } : { kind: 'hole', length: run.length };
 }
 
 function isLibvirtError(error: unknown, codeName: string): boolean {

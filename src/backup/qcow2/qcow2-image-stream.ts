@@ -5,8 +5,8 @@
 import type { GuestRun } from './chain-guest-stream.js';
 import { CLUSTER_SIZE, metadataInTurns, planQcow2, type ClusterRun, type Qcow2Layout } from './qcow2-layout.js';
 
-/** A run of the image file: bytes, or a hole that reads as zeroes. */
-export type ImageChunk = { kind: 'data'; data: Buffer } | { kind: 'hole'; length: number };
+/** A run of the image file: bytes (`release` once sent, when they came from a guest run), or a hole that reads as zeroes. */
+export type ImageChunk = { kind: 'data'; data: Buffer; release?: () => void } | { kind: 'hole'; length: number };
 
 /** The layout of the image for a disk of `virtualSize` bytes whose data lies in `runs`. */
 export function imageLayout(virtualSize: number, runs: readonly ClusterRun[]): Qcow2Layout {
@@ -27,6 +27,11 @@ export async function* qcow2ImageChunks(layout: Qcow2Layout, runs: AsyncIterable
     if (piece.kind !== 'data') continue;
     let offset = piece.offset;
     let data = piece.data;
+    // A run may land in several stored ranges: its memory goes back once every piece is released.
+    let pieces = 1;
+    const releasePiece = () => {
+      if (--pieces === 0) piece.release();
+    };
     while (data.length > 0) {
       while (run < stored.length && offset >= (stored[run]!.start + stored[run]!.count) * CLUSTER_SIZE) {
         runHost += stored[run]!.count * CLUSTER_SIZE;
@@ -38,11 +43,22 @@ export async function* qcow2ImageChunks(layout: Qcow2Layout, runs: AsyncIterable
       if (host < written) throw new Error(`data at guest offset ${offset} arrived out of order`);
       if (host > written) yield { kind: 'hole', length: host - written };
       const take = Math.min(data.length, (stored[run]!.start + stored[run]!.count) * CLUSTER_SIZE - offset);
-      yield { kind: 'data', data: data.subarray(0, take) };
+      pieces++;
+      yield { kind: 'data', data: data.subarray(0, take), release: once(releasePiece) };
       written = host + take;
       offset += take;
       data = data.subarray(take);
     }
+    releasePiece();
   }
   if (layout.fileSize > written) yield { kind: 'hole', length: layout.fileSize - written };
+}
+
+function once(action: () => void): () => void {
+  let done = false;
+  return () => {
+    if (done) return;
+    done = true;
+    action();
+  };
 }
