@@ -9,7 +9,7 @@
 // that delays every chunk by 1 ms each way, delaying-proxy.c), both clients
 // through the same proxy.
 import { execFileSync, spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, statSync } from 'node:fs';
+import { existsSync, mkdirSync, statSync } from 'node:fs';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
@@ -20,7 +20,7 @@ import { fileURLToPath } from 'node:url';
 import { configureCalls, connect, getCallTuning, type Connection } from '../../src/index.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { waitForSettledGuests } from './settled-guests.js';
-import { busiestThread, processCpuSeconds, threadCpu } from './process-cpu.js';
+import { busiestThread, busyShare, daemonPid, machineTicks, processCpuSeconds, threadCpu } from './process-cpu.js';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 3000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -43,17 +43,6 @@ interface Round {
   daemonBusiest: number;
   /** Share of the machine's CPU time that was busy (anyone's work, the background load's too). */
   coresBusy: number;
-}
-
-function daemonPid(): string {
-  for (const name of ['virtqemud', 'libvirtd']) {
-    try {
-      return execFileSync('pgrep', ['-o', '-x', name], { encoding: 'utf8' }).trim();
-    } catch {
-      // not running under this name
-    }
-  }
-  throw new Error('neither virtqemud nor libvirtd is running');
 }
 
 // One timed round of libvirt-python in a fresh interpreter (start-up not timed). It
@@ -95,14 +84,6 @@ print(n / elapsed, (time.process_time() - cpu) * 1e6 / n, (daemon_cpu() - daemon
   return { rate, clientCpu, daemonCpu, daemonBusiest: Number.NaN, coresBusy: Number.NaN };
 }
 
-/** Busy and total CPU ticks of the whole machine so far (/proc/stat). */
-function machineTicks(): { busy: number; total: number } {
-  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
-  const total = fields.reduce((sum, ticks) => sum + ticks, 0);
-  // idle and iowait are the time no one wanted the cores
-  return { busy: total - fields[3]! - fields[4]!, total };
-}
-
 async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, proxyPid?: number): Promise<Round> {
   const daemonBefore = processCpuSeconds(daemon);
   const daemonThreadsBefore = threadCpu(daemon);
@@ -120,7 +101,7 @@ async function measure(daemon: string, run: () => Promise<void>, calls = CALLS, 
     clientCpu: (cpu.user + cpu.system) / calls,
     daemonCpu: microsPerCall(processCpuSeconds(daemon) - daemonBefore),
     daemonBusiest: busiestThread(daemonThreadsBefore, threadCpu(daemon)) / seconds,
-    coresBusy: (machine.busy - machineBefore.busy) / (machine.total - machineBefore.total),
+    coresBusy: busyShare(machineBefore, machine),
     ...(proxyPid === undefined ? {} : { proxyCpu: microsPerCall(processCpuSeconds(proxyPid) - proxyBefore) }),
   };
 }
@@ -278,7 +259,7 @@ try {
   const concurrentRun = () => callsInFlight([domain], CALLS, 16);
   // Rounds alternate between the four, so drift in the machine's speed hits all alike.
   const tuning = getCallTuning();
-  const daemon = daemonPid();
+  const daemon = daemonPid(['virtqemud', 'libvirtd']);
   const python: Round[] = [];
   const sequential: Round[] = [];
   const concurrent: Round[] = [];

@@ -1,6 +1,7 @@
 // CPU time from /proc: of a whole process (the daemon, the proxy, a guest's QEMU) and
 // thread by thread, a figure that bounds a throughput when one thread (a daemon's event
 // loop, QEMU's NBD server) does its work alone.
+import { execFileSync } from 'node:child_process';
 import { readdirSync, readFileSync } from 'node:fs';
 
 /** /proc counts CPU time in USER_HZ ticks, which Linux fixes at 100 a second whatever the kernel's own HZ. */
@@ -35,4 +36,29 @@ export function threadCpu(pid: number | string | 'self'): Map<string, number> {
 /** CPU seconds of the thread that used most between two `threadCpu` readings. */
 export function busiestThread(before: Map<string, number>, now: Map<string, number>): number {
   return Math.max(0, ...[...now].map(([tid, cpu]) => cpu - (before.get(tid) ?? 0)));
+}
+
+/** Busy and total CPU ticks of the whole machine so far (/proc/stat): their differences say how busy the cores were. */
+export function machineTicks(): { busy: number; total: number } {
+  const fields = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1, 9).map(Number);
+  const total = fields.reduce((sum, ticks) => sum + ticks, 0);
+  // idle and iowait are the time no one wanted the cores
+  return { busy: total - fields[3]! - fields[4]!, total };
+}
+
+/** The share of the machine's cores that was busy between two `machineTicks` readings. */
+export function busyShare(before: { busy: number; total: number }, after: { busy: number; total: number }): number {
+  return (after.busy - before.busy) / Math.max(1, after.total - before.total);
+}
+
+/** The pid of the first of `names` that runs (a modular daemon, or the monolithic libvirtd). */
+export function daemonPid(names: readonly string[]): string {
+  for (const name of names) {
+    try {
+      return execFileSync('pgrep', ['-o', '-x', name], { encoding: 'utf8' }).trim();
+    } catch {
+      // not running under this name
+    }
+  }
+  throw new Error(`none of ${names.join(', ')} is running`);
 }

@@ -4,7 +4,7 @@
 // medians are reported. The chain is in the page cache for all of them. Needs the remote
 // test rig of scripts/setup-host.sh for the TLS figures.
 import { mkdtempSync, rmSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 
@@ -12,6 +12,7 @@ import { restore, restoreToPool } from '../../src/backup/index.js';
 import { connect, StoragePoolCreateFlags, type Connection } from '../../src/index.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
 import { SIZE_GIB, benchSet, median, sh } from './restore-set.js';
+import { busiestThread, busyShare, daemonPid, machineTicks, processCpuSeconds, threadCpu } from './process-cpu.js';
 
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
 const POOL_DIR = process.env.BENCH_POOL_DIR ?? '/var/lib/libvirt/images';
@@ -24,6 +25,35 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
   return (performance.now() - start) / 1000;
 }
 
+/** Where an upload's CPU went: the daemon that writes the volume, its busiest thread, this process; and how busy the cores were. */
+interface UploadCpu {
+  daemon: number;
+  daemonBusiest: number;
+  ours: number;
+  busy: number;
+}
+
+/** The daemon that runs the storage driver: the modular one, or the monolithic libvirtd. */
+const storageDaemon = daemonPid(['virtstoraged', 'libvirtd']);
+
+async function timedWithCpu(fn: () => Promise<unknown>): Promise<{ seconds: number; cpu: UploadCpu }> {
+  const daemonBefore = processCpuSeconds(storageDaemon);
+  const threadsBefore = threadCpu(storageDaemon);
+  const machineBefore = machineTicks();
+  const usage = process.cpuUsage();
+  const seconds = await timed(fn);
+  const ours = process.cpuUsage(usage);
+  return {
+    seconds,
+    cpu: {
+      daemon: processCpuSeconds(storageDaemon) - daemonBefore,
+      daemonBusiest: busiestThread(threadsBefore, threadCpu(storageDaemon)),
+      ours: (ours.user + ours.system) / 1e6,
+      busy: busyShare(machineBefore, machineTicks()),
+    },
+  };
+}
+
 const { set } = await benchSet();
 const poolName = `lvb-bench-restore-${process.pid}`;
 const poolPath = join(POOL_DIR, poolName);
@@ -34,6 +64,7 @@ const work = mkdtempSync(join(process.env['BENCH_RESTORE_DIR'] ?? tmpdir(), 'lvb
 const results: Record<string, number[]> = {};
 const note = (key: string, seconds: number) => (results[key] ??= []).push(seconds);
 const sent: Record<string, number> = {};
+const cpu: Record<string, UploadCpu[]> = {};
 try {
   for (let round = 0; round < ROUNDS; round++) {
     for (const format of ['raw', 'qcow2'] as const) {
@@ -42,13 +73,12 @@ try {
       rmSync(file);
       for (const [via, connection] of Object.entries(connections)) {
         let bytes = 0;
-        note(
-          `${via} ${format}`,
-          await timed(async () => {
-            const result = await restoreToPool(set, { connection, pool: poolName, format });
-            bytes = result.disks[0]!.sent.dataBytes;
-          }),
-        );
+        const upload = await timedWithCpu(async () => {
+          const result = await restoreToPool(set, { connection, pool: poolName, format });
+          bytes = result.disks[0]!.sent.dataBytes;
+        });
+        note(`${via} ${format}`, upload.seconds);
+        (cpu[`${via} ${format}`] ??= []).push(upload.cpu);
         sent[`${via} ${format}`] = bytes;
         for (const volume of await pool.listAllVolumes()) await volume.delete();
       }
@@ -75,6 +105,23 @@ for (const format of ['raw', 'qcow2'] as const) {
   console.log(
     `| ${format} | ${file.toFixed(2)} s (${rate(file)}) | ${tls.toFixed(2)} s (${rate(tls)}) | ${(file / tls).toFixed(2)}x | ${unix.toFixed(2)} s (${rate(unix)}) | ${(file / unix).toFixed(2)}x | ${(sent[`tls ${format}`]! / 2 ** 20).toFixed(0)} MiB |`,
   );
+}
+// A stream into a volume is received, decoded and written by the daemon: at 0.7x of the
+// file restore, the CPU the upload took against what the cores could give it.
+const cores = availableParallelism();
+console.log('\n| upload | daemon CPU (busiest thread) | libvirt-backup CPU | cores busy | at 0.7x would take | had |');
+console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
+for (const format of ['raw', 'qcow2'] as const) {
+  const target = median(results[`file ${format}`]!) / 0.7;
+  for (const via of ['tls', 'unix']) {
+    const key = `${via} ${format}`;
+    const of = (field: keyof UploadCpu) => median(cpu[key]!.map((entry) => entry[field]));
+    const total = median(cpu[key]!.map((entry) => entry.daemon + entry.ours));
+    console.log(
+      `| ${format} over ${via} | ${of('daemon').toFixed(2)} s (${of('daemonBusiest').toFixed(2)} s) | ${of('ours').toFixed(2)} s | ${(100 * of('busy')).toFixed(0)} % of ${cores} | ` +
+        `${(total / target).toFixed(2)} cores | ${(total / median(results[key]!)).toFixed(2)} cores |`,
+    );
+  }
 }
 console.log(
   `\nall rounds (s): ${JSON.stringify(Object.fromEntries(Object.entries(results).map(([key, values]) => [key, values.map((value) => Number(value.toFixed(2)))])))}`,

@@ -17,7 +17,8 @@ import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.
 import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
 import { waitForSettledGuests } from './settled-guests.js';
-import { busiestThread, threadCpu } from './process-cpu.js';
+import { availableParallelism } from 'node:os';
+import { busiestThread, busyShare, machineTicks, threadCpu } from './process-cpu.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
@@ -48,6 +49,8 @@ interface CpuSplit {
   qemuBusiest: number;
   oursTotal: number;
   oursBusiest: number;
+  /** Share of the machine's cores busy meanwhile, with anyone's work. */
+  busy: number;
 }
 
 /** Runs `fn` and says how much CPU QEMU (`qemuPid`) and this process spent on it. */
@@ -55,7 +58,9 @@ async function cpuDuring(qemuPid: number, fn: () => Promise<unknown>): Promise<{
   const qemuBefore = threadCpu(qemuPid);
   const oursBefore = threadCpu('self');
   const usage = process.resourceUsage();
+  const machineBefore = machineTicks();
   const seconds = await timed(fn);
+  const machine = machineTicks();
   const after = process.resourceUsage();
   const qemuNow = threadCpu(qemuPid);
   const qemuTotal = [...qemuNow].reduce((sum, [tid, cpu]) => sum + cpu - (qemuBefore.get(tid) ?? 0), 0);
@@ -67,6 +72,7 @@ async function cpuDuring(qemuPid: number, fn: () => Promise<unknown>): Promise<{
       oursTotal: (after.userCPUTime + after.systemCPUTime - usage.userCPUTime - usage.systemCPUTime) / 1e6,
       // The relay's threads end with each run: the busiest thread that is left is the JS thread.
       oursBusiest: busiestThread(oursBefore, threadCpu('self')),
+      busy: busyShare(machineBefore, machine),
     },
   };
 }
@@ -159,6 +165,19 @@ try {
       `cpu (${kind}, s, medians): QEMU ${of('qemuTotal')} (busiest thread ${of('qemuBusiest')}), libvirt-backup ${of('oursTotal')} (JS thread ${of('oursBusiest')})`,
     );
   }
+  // Both ends share these cores: QEMU encrypts what the client decrypts. At 0.7x, the CPU
+  // the remote backup took against what the cores could give it in that time.
+  const cores = availableParallelism();
+  const total = (kind: 'local' | 'remote') => median(cpu[kind].map((split) => split.qemuTotal + split.oursTotal));
+  const target = local / 0.7;
+  const busy = median(cpu.remote.map((split) => split.busy));
+  const had = total('remote') / remote;
+  console.log(
+    `CPU budget at 0.7x (${target.toFixed(2)} s) on ${cores} cores: QEMU and libvirt-backup took ${total('remote').toFixed(2)} s of CPU over TLS, ` +
+      `${total('local').toFixed(2)} s over the unix socket; the cores were ${(100 * busy).toFixed(0)} % busy, ${((100 * had) / cores).toFixed(0)} % with this backup ` +
+      `and ${Math.max(0, 100 * busy - (100 * had) / cores).toFixed(0)} % with other work; at 0.7x the backup would take ${(total('remote') / target).toFixed(2)} cores${total('remote') / target > cores ? ', more than the machine has' : ''}, ` +
+      `it had ${had.toFixed(2)}${busy >= 0.95 ? ' and no core was idle' : ''}; QEMU's busiest thread alone needed ${median(cpu.remote.map((split) => split.qemuBusiest)).toFixed(2)} s`,
+  );
 } finally {
   await ours.cleanup();
   await peer.cleanup();
