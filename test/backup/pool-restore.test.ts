@@ -8,6 +8,7 @@ import test, { type ExecutionContext } from 'ava';
 import { BackupSet, isBackupSetError, restoreToPool, type PoolRestoreResult } from '../../src/backup/index.js';
 import type { Connection } from '../../src/index.js';
 import { connectSystem } from '../helpers/daemon.js';
+import { droppableConnection } from '../helpers/libvirt-admin.js';
 import { run } from '../helpers/process.js';
 import { createThrowawayPool, type ThrowawayPool } from '../helpers/storage-pool.js';
 import { MiB, SetBuilder, TWO_DISKS, buildSet, imagesEqual, qemuImg } from './helpers.js';
@@ -117,6 +118,54 @@ test('a restore aborted halfway deletes the volumes it made, and only those', as
   await t.throwsAsync(aborted, { message: 'stopped halfway' });
   t.deepEqual(await volumeNames(throwaway), ['bystander.raw']);
   t.is((await bystander.getInfo()).capacity, MiB);
+});
+
+// The daemon drops the restore's connection halfway, as a restart or a network cut would.
+test.serial('a restore that loses its connection halfway removes its volumes over a new one, or names each with the command that removes it', async (t) => {
+  const builder = await SetBuilder.create(t, [
+    { target: 'vda', sourceFormat: 'qcow2', size: 64 * MiB },
+    { target: 'vdb', sourceFormat: 'qcow2', size: 64 * MiB },
+  ]);
+  for (const target of ['vda', 'vdb']) await builder.guestWrite(target, { pattern: 0x66, offset: 0, length: 48 * MiB });
+  await builder.backup('full');
+  const { throwaway } = await poolFor(t, 'lost');
+  await throwaway.pool.createVolume({ name: 'bystander.raw', capacity: MiB, format: 'raw' });
+  for (const reconnect of [true, false]) {
+    const victim = await droppableConnection();
+    t.teardown(() => victim.conn.close());
+    const notices: string[] = [];
+    let dropped = false;
+    await t.throwsAsync(
+      restoreToPool(builder.set, {
+        connection: victim.conn,
+        pool: throwaway.name,
+        format: 'raw',
+        onNotice: (message) => notices.push(message),
+        onProgress: ({ target, fraction }) => {
+          if (dropped || target !== 'vdb' || fraction < 0.3) return;
+          dropped = true;
+          victim.drop();
+        },
+        ...(reconnect ? { reconnect: () => connectSystem() } : {}),
+      }),
+    );
+    t.true(dropped, 'the connection was dropped during the upload');
+    if (reconnect) {
+      t.deepEqual(await volumeNames(throwaway), ['bystander.raw'], 'both volumes removed over the new connection');
+      t.deepEqual(
+        notices.filter((notice) => notice.includes('could not remove')),
+        [],
+      );
+      continue;
+    }
+    t.deepEqual(await volumeNames(throwaway), ['bystander.raw', 'vm1-0001-vda.raw', 'vm1-0001-vdb.raw']);
+    const commands = notices.flatMap(
+      (notice) => /^could not remove volume (\S+) after the failure \(.+\); remove it with: (virsh .*)$/.exec(notice)?.[2] ?? [],
+    );
+    t.is(commands.length, 2, notices.join('\n'));
+    for (const command of commands) await run('sh', ['-c', command]);
+    t.deepEqual(await volumeNames(throwaway), ['bystander.raw'], 'the commands the notices give remove the volumes');
+  }
 });
 
 test('a damaged chain file fails the restore with CHECKSUM_MISMATCH and leaves no volume', async (t) => {

@@ -40,6 +40,13 @@ export interface PoolRestoreOptions {
   onProgress?: (progress: { target: string; fraction: number }) => void;
   /** Things worth telling the user that do not stop the restore. */
   onNotice?: (message: string) => void;
+  /**
+   * Opens a new connection to the same host. Used only when a failed restore cannot
+   * remove the volumes it made over its own connection (lost with a daemon restart, a
+   * network cut, or libvirt's client giving up after the daemon refused stream data):
+   * they are removed over the new one. Without it, each volume left is named in a notice.
+   */
+  reconnect?: () => Promise<Connection>;
 }
 
 /** The domain a pool restore defined, by name and UUID. */
@@ -124,12 +131,53 @@ export async function restoreToPool(set: BackupSet, options: PoolRestoreOptions)
     const domain = options.define === undefined ? undefined : await defineRestoredDomain(set, options.connection, options.define, disks, notice);
     return { backupId: backup.id, disks, ...(domain === undefined ? {} : { domain }), notices };
   } catch (error) {
-    for (const volume of created) {
-      await volume.delete().catch((cause: unknown) => notice(`could not remove volume ${volume.name} after the failure: ${(cause as Error).message}`));
-    }
+    await removeVolumes(created, { poolName: pool.name, uri, reconnect: options.reconnect, notice });
     throw error;
   } finally {
     for (const { files } of opened) await files.close();
+  }
+}
+
+/**
+ * Deletes the volumes a failed restore made: over the restore's connection, or, where
+ * that fails (the connection is gone), over a new one. What cannot be removed is named,
+ * with the command that removes it.
+ */
+async function removeVolumes(
+  created: readonly StorageVolume[],
+  {
+    poolName,
+    uri,
+    reconnect,
+    notice,
+  }: { poolName: string; uri: string; reconnect: (() => Promise<Connection>) | undefined; notice: (message: string) => void },
+): Promise<void> {
+  const left = new Map<string, string>();
+  for (const volume of created) {
+    await volume.delete().catch((cause: unknown) => left.set(volume.name, (cause as Error).message));
+  }
+  if (left.size > 0 && reconnect !== undefined) {
+    let fresh: Connection | undefined;
+    try {
+      fresh = await reconnect();
+      const pool = await fresh.lookupStoragePoolByName(poolName);
+      for (const name of [...left.keys()]) {
+        try {
+          await (await pool.lookupVolumeByName(name)).delete();
+          left.delete(name);
+        } catch (cause) {
+          if (isLibvirtError(cause, 'VIR_ERR_NO_STORAGE_VOL')) left.delete(name);
+          else left.set(name, (cause as Error).message);
+        }
+      }
+    } catch (cause) {
+      for (const name of left.keys()) left.set(name, `${left.get(name)!}; a new connection did not help either: ${(cause as Error).message}`);
+    } finally {
+      await fresh?.close().catch(() => undefined);
+    }
+  }
+  for (const [name, reason] of left) {
+    notice(`could not remove volume ${name} after the failure (${reason}); remove it with: virsh -c ${uri} vol-delete --pool ${poolName} ${name}`);
   }
 }
 

@@ -68,6 +68,7 @@ async function restoreIntoPool(
       signal,
       onNotice: (message) => output.event({ type: 'notice', message }),
       onProgress,
+      reconnect: () => openConnection(args.uri, args),
     });
     const width = Math.max(...result.disks.map((disk) => disk.target.length));
     const text = [
