@@ -11,7 +11,11 @@ export type VolumeChunk =
   | {
       kind: 'data';
       data: Uint8Array;
-      /** Called by `upload()` once the bytes are sent and may be changed or reused. */
+      /**
+       * Upload: called by `upload()` once the bytes are sent and may be changed or reused.
+       * Download: call it once done with the bytes, and `download()` fills that memory
+       * again instead of allocating more; a chunk never released stays the caller's.
+       */
       release?: () => void;
     }
   | { kind: 'hole'; length: number };
@@ -51,6 +55,8 @@ export interface DownloadOptions extends VolumeTransferRange {
 const SEND_BATCH_BYTES = 8 * 2 ** 20;
 const ZERO_BYTES = 2 ** 20;
 const DEFAULT_CHUNK_BYTES = 4 * 2 ** 20;
+// Released download chunks kept for the next receives.
+const SPARE_CHUNKS = 4;
 
 function describeChunk(value: unknown): string {
   return value === null ? 'null' : typeof value === 'object' ? JSON.stringify(Object.keys(value)) : typeof value;
@@ -186,8 +192,14 @@ export async function* downloadThrough(volume: NativeStorageVolume, stream: Stre
   signal?.throwIfAborted();
   await volume.download(stream.native, options.offset ?? 0, options.length ?? 0, sparse ? StorageVolumeDownloadFlags.SPARSE_STREAM : 0);
   const flags = sparse ? StreamRecvFlags.STOP_AT_HOLE : 0;
+  // Fresh memory for every chunk costs page faults, and V8 answers each few megabytes of
+  // new external memory with a full garbage collection: chunks released are filled again.
+  const spare: Buffer[] = [];
+  const giveBack = (buffer: Buffer) => {
+    if (spare.length < SPARE_CHUNKS) spare.push(buffer);
+  };
   const receive = () => {
-    const buffer = Buffer.allocUnsafe(chunkBytes);
+    const buffer = spare.pop() ?? Buffer.allocUnsafeSlow(chunkBytes);
     const received = stream.recv(buffer, flags).then((result) => ({ buffer, ...result }));
     received.catch(() => undefined);
     return received;
@@ -200,7 +212,17 @@ export async function* downloadThrough(volume: NativeStorageVolume, stream: Stre
       const { buffer, bytes, hole, end } = await next;
       signal?.throwIfAborted();
       if (!end) next = receive();
-      if (bytes > 0) yield { kind: 'data', data: buffer.subarray(0, bytes) };
+      if (bytes > 0) {
+        let released = false;
+        const release = () => {
+          if (released) return;
+          released = true;
+          giveBack(buffer);
+        };
+        yield { kind: 'data', data: bytes === buffer.length ? buffer : buffer.subarray(0, bytes), release };
+      } else {
+        giveBack(buffer);
+      }
       if (hole > 0) yield { kind: 'hole', length: hole };
       if (end) break;
       signal?.throwIfAborted();

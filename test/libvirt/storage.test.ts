@@ -163,6 +163,32 @@ test('a source that fails halfway aborts the stream: the upload rejects with its
   t.deepEqual(await again.upload([{ kind: 'data', data: pattern(MiB, 3) }]), { dataBytes: MiB, holeBytes: 0 });
 });
 
+test('a download fills released chunks again, and never a chunk still held', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const { pool, cleanup } = await createThrowawayPool(conn, 'reuse');
+  t.teardown(cleanup);
+  const volume = await pool.createVolume({ name: 'reuse.raw', capacity: 32 * MiB, format: 'raw' });
+  await volume.upload([{ kind: 'data', data: pattern(32 * MiB, 7) }]);
+  const released = new Set<ArrayBufferLike>();
+  const pieces: Buffer[] = [];
+  for await (const chunk of volume.download({ chunkBytes: MiB })) {
+    if (chunk.kind !== 'data') continue;
+    pieces.push(Buffer.from(chunk.data));
+    released.add(chunk.data.buffer);
+    chunk.release!();
+    chunk.release!();
+  }
+  t.true(Buffer.concat(pieces).equals(pattern(32 * MiB, 7)), 'the bytes, each copied before its chunk was released');
+  t.true(pieces.length >= 32, `${pieces.length} chunks`);
+  t.true(released.size <= 3, `${released.size} pieces of memory served ${pieces.length} chunks`);
+  // Held chunks are never filled again: each keeps its bytes to the end.
+  const held = (await collect(volume, { chunkBytes: MiB })).filter((chunk) => chunk.kind === 'data');
+  t.is(new Set(held.map((chunk) => chunk.data.buffer)).size, held.length);
+  t.true(flatten(held).equals(pattern(32 * MiB, 7)));
+  await volume.delete();
+});
+
 test('a download stopped early aborts its stream; the volume stays usable', async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());
