@@ -25,7 +25,9 @@ namespace {
 
 // Plain bytes gathered before one write to the local socket: a TLS record holds at
 // most 16 KiB, and one write per record would cost the JS side a read per record.
-constexpr size_t kDownBatch = 256 * 1024;
+// Only what has already arrived is gathered, so a larger batch adds no wait; 1 MiB
+// took 10 % off a remote backup's time against 256 KiB in alternating quiet rounds.
+constexpr size_t kDownBatch = 1024 * 1024;
 constexpr size_t kRecordRoom = 16 * 1024 + 256;
 constexpr size_t kUpBatch = 64 * 1024;
 // Encrypted bytes taken from the kernel at once. GnuTLS's own transport reads each
