@@ -119,6 +119,12 @@ const TLS_MAX_BYTES_IN_FLIGHT = 8 * 1024 * 1024;
 /** Extra connections that cannot finish their handshake by then are given up. */
 const EXTRA_CONNECTION_TIMEOUT_MS = 10_000;
 /**
+ * How long close() lets extra connections still in their handshake finish it, so that
+ * each ends with NBD_CMD_DISC: a server logs a connection cut mid-handshake as an error
+ * (qemu-nbd: "Connection reset by peer"). Handshakes take milliseconds.
+ */
+const CLOSE_GRACE_MS = 2_000;
+/**
  * Long enough for a flush of a large write-back cache or zeroing a large range on slow
  * storage, short enough that a hung server fails a nightly backup instead of stopping it.
  */
@@ -450,8 +456,12 @@ export class NbdClient implements ChunkSource {
   /** Waits for requests in flight, disconnects politely and closes every connection. */
   close(): Promise<void> {
     this.closed ??= (async () => {
-      this.extraConnections.abort(new NbdConnectionError('the client was closed'));
-      await this.joining;
+      const cut = setTimeout(() => this.extraConnections.abort(new NbdConnectionError('the client was closed')), CLOSE_GRACE_MS);
+      try {
+        await this.joining;
+      } finally {
+        clearTimeout(cut);
+      }
       const connections = this.scheduler.connections;
       this.scheduler.shutdown(new NbdConnectionError('the client is closed'));
       await Promise.all(connections.map((connection) => connection.close()));
@@ -538,9 +548,9 @@ export class NbdClient implements ChunkSource {
       if (result.status !== 'fulfilled') continue;
       const connection = result.value;
       // A connection to a different export would corrupt reads, one that negotiated
-      // otherwise would answer differently; a closing client wants none.
-      if (!this.agreesWith(connection.info) || this.extraConnections.signal.aborted) {
-        connection.destroy();
+      // otherwise would answer differently: ended politely, and not used.
+      if (!this.agreesWith(connection.info)) {
+        connection.close().catch(() => undefined);
         continue;
       }
       this.scheduler.add(connection);

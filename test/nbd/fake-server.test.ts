@@ -262,6 +262,17 @@ test('close() says NBD_CMD_DISC and does not wait for the server to hang up', as
   await t.throwsAsync(client.read(0, 4096), { instanceOf: NbdConnectionError });
 });
 
+test('close() right after connect lets extra connections finish their handshake and ends each with NBD_CMD_DISC', async (t) => {
+  let disconnects = 0;
+  // HAS_FLAGS | SEND_FLUSH | SEND_WRITE_ZEROES | CAN_MULTI_CONN
+  const { path } = await startFakeServer(t, { transmissionFlags: 1 | 4 | 64 | 256, onDisconnect: () => disconnects++ });
+  const client = await NbdClient.connect({ path, connections: 4 });
+  // The three extra handshakes are still on their way: a cut one is an error in the server's log.
+  await client.close();
+  for (let i = 0; i < 100 && disconnects < 4; i++) await new Promise((resolve) => setTimeout(resolve, 10));
+  t.is(disconnects, 4, 'every connection said NBD_CMD_DISC');
+});
+
 test('writes go out in requests of writeRequestSize (256 KiB by default), reads of requestSize', async (t) => {
   const writes: Array<{ offset: number; length: number }> = [];
   const reads: number[] = [];
