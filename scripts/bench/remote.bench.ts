@@ -8,6 +8,7 @@
 // Needs the remote test rig of scripts/setup-host.sh.
 import { execFileSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
 import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
@@ -17,7 +18,6 @@ import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.
 import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
 import { waitForSettledGuests } from './settled-guests.js';
-import { availableParallelism } from 'node:os';
 import { busiestThread, busyShare, machineTicks, threadCpu } from './process-cpu.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);

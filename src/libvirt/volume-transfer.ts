@@ -2,6 +2,7 @@
 // drained into) async iterables of data and holes, with one send or receive on a
 // worker thread while the JS side prepares the next, and the stream aborted on any
 // failure so the daemon drops its half of the transfer.
+import { RecycledBuffers } from '../common/recycled-buffers.js';
 import { StorageVolumeDownloadFlags, StorageVolumeUploadFlags, StreamRecvFlags } from './constants.js';
 import type { NativeStorageVolume } from './native.js';
 import type { Stream } from './stream.js';
@@ -192,14 +193,9 @@ export async function* downloadThrough(volume: NativeStorageVolume, stream: Stre
   signal?.throwIfAborted();
   await volume.download(stream.native, options.offset ?? 0, options.length ?? 0, sparse ? StorageVolumeDownloadFlags.SPARSE_STREAM : 0);
   const flags = sparse ? StreamRecvFlags.STOP_AT_HOLE : 0;
-  // Fresh memory for every chunk costs page faults, and V8 answers each few megabytes of
-  // new external memory with a full garbage collection: chunks released are filled again.
-  const spare: Buffer[] = [];
-  const giveBack = (buffer: Buffer) => {
-    if (spare.length < SPARE_CHUNKS) spare.push(buffer);
-  };
+  const memory = new RecycledBuffers(chunkBytes, SPARE_CHUNKS);
   const receive = () => {
-    const buffer = spare.pop() ?? Buffer.allocUnsafeSlow(chunkBytes);
+    const buffer = memory.take();
     const received = stream.recv(buffer, flags).then((result) => ({ buffer, ...result }));
     received.catch(() => undefined);
     return received;
@@ -212,17 +208,8 @@ export async function* downloadThrough(volume: NativeStorageVolume, stream: Stre
       const { buffer, bytes, hole, end } = await next;
       signal?.throwIfAborted();
       if (!end) next = receive();
-      if (bytes > 0) {
-        let released = false;
-        const release = () => {
-          if (released) return;
-          released = true;
-          giveBack(buffer);
-        };
-        yield { kind: 'data', data: bytes === buffer.length ? buffer : buffer.subarray(0, bytes), release };
-      } else {
-        giveBack(buffer);
-      }
+      if (bytes > 0) yield { kind: 'data', data: bytes === buffer.length ? buffer : buffer.subarray(0, bytes), release: memory.releaseOf(buffer) };
+      else memory.giveBack(buffer);
       if (hole > 0) yield { kind: 'hole', length: hole };
       if (end) break;
       signal?.throwIfAborted();

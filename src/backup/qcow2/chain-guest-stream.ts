@@ -10,6 +10,7 @@ import { createChecksum, type Checksum, type ChecksumAlgorithm } from '../checks
 import { BackupSetError, throwIfAborted } from '../errors.js';
 import { inflateCluster } from './qcow2-reader.js';
 import type { ClusterCompression } from './cluster-compression.js';
+import { RecycledBuffers } from '../../common/recycled-buffers.js';
 
 /**
  * A run of the disk: bytes that some file provides, or a range that reads as zeroes.
@@ -178,19 +179,13 @@ export class ChainGuestStream {
     const runBytes = options.runBytes ?? DEFAULT_RUN_BYTES;
     const chunkBytes = Math.max(MIN_CHUNK_BYTES, Math.min(MAX_CHUNK_BYTES, Math.floor(READ_AHEAD_BYTES / (2 * this.#files.length))));
     const readers = this.#files.map((file) => new ForwardReader(file, chunkBytes, options));
-    // Fresh memory for every run costs page faults, and V8 answers each few megabytes of
-    // new external memory with a full garbage collection: at hundreds of megabytes a
-    // second that was most of a volume upload's CPU. Runs given back are filled again.
-    const spare: Buffer[] = [];
-    const handOut = (memory: Buffer, offset: number, length: number): GuestRun => {
-      let released = false;
-      const release = () => {
-        if (released) return;
-        released = true;
-        if (spare.length < SPARE_RUNS) spare.push(memory);
-      };
-      return { kind: 'data', offset, data: length === memory.length ? memory : memory.subarray(0, length), release };
-    };
+    const memory = new RecycledBuffers(runBytes, SPARE_RUNS);
+    const handOut = (batch: Buffer, offset: number, length: number): GuestRun => ({
+      kind: 'data',
+      offset,
+      data: length === batch.length ? batch : batch.subarray(0, length),
+      release: memory.releaseOf(batch),
+    });
     let batch: Buffer | null = null;
     let batchStart = 0;
     let batchLength = 0;
@@ -225,7 +220,7 @@ export class ChainGuestStream {
         }
         for (let done = 0; done < length;) {
           if (batch === null) {
-            batch = spare.pop() ?? Buffer.allocUnsafeSlow(runBytes);
+            batch = memory.take();
             batchStart = position;
             batchLength = 0;
           }

@@ -2,6 +2,7 @@
 // disk's runs in guest order: what an upload of an image file through a stream needs.
 // Stored clusters lie in the file in guest order after the metadata, so a guest run maps
 // to one file position; zero runs inside stored clusters, and the gaps between, are holes.
+import { once } from '../../common/once.js';
 import type { GuestRun } from './chain-guest-stream.js';
 import { CLUSTER_SIZE, metadataInTurns, planQcow2, type ClusterRun, type Qcow2Layout } from './qcow2-layout.js';
 
@@ -52,13 +53,4 @@ export async function* qcow2ImageChunks(layout: Qcow2Layout, runs: AsyncIterable
     releasePiece();
   }
   if (layout.fileSize > written) yield { kind: 'hole', length: layout.fileSize - written };
-}
-
-function once(action: () => void): () => void {
-  let done = false;
-  return () => {
-    if (done) return;
-    done = true;
-    action();
-  };
 }
