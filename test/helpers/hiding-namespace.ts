@@ -23,13 +23,17 @@ export interface HiddenRun {
 const PACKAGE_ROOT = fileURLToPath(new URL('../..', import.meta.url)).replace(/\/$/, '');
 
 // Each path gets an empty tmpfs (created inside the previous one when it is hidden
-// already); then, as a proof, the local libvirt socket must be gone.
+// already); then, as a proof, the local libvirt socket must be gone. The mounts below a
+// path are let go of first: the namespace's copy of another test's file system (a loop
+// mount under /tmp) would keep it alive after that test unmounts it, and its next mount
+// would get the old, broken one back instead of the repaired image.
 const SCRIPT = `set -e
 keep="$1"; shift
 aside=$(mktemp -d /dev/shm/lvb-keep.XXXXXX)
 mount --bind "$keep" "$aside"
 for dir in "$@"; do
   [ "$dir" = -- ] && break
+  findmnt -rn -o TARGET | awk -v below="$dir/" 'index($0, below) == 1' | sort -r | while read -r inner; do umount -l "$inner" || true; done
   mkdir -p "$dir"
   mount -t tmpfs -o size=256m,mode=1777 lvb-hidden "$dir"
 done
