@@ -19,51 +19,40 @@ import { openNativeWith } from '../helpers/native-wrapper.js';
 import { imagesIdentical, mirroredDomain } from './engine-helpers.js';
 
 /**
- * A connection to the real daemon on which libvirt's block-job events never arrive
- * (their registration is never made); with `targetsHeld`, libvirt also seems to keep
- * a backup block job on every disk for good.
+ * A connection to the real daemon whose block-job events are changed: `'never'` (their
+ * registration is never made) or registered `{ lateMs }` late. With `targetsHeld`,
+ * libvirt also seems to keep a backup block job on every disk for good, so that only
+ * the events can tell the run that the targets are released.
  */
-/**
- * A connection to the real daemon whose block-job registration reaches libvirt only
- * after `delayMs`, and on whose domains libvirt seems to keep every backup block job
- * for good: only the events can tell the run that the targets are released.
- */
-async function connectionWithLateBlockJobEvents(t: ExecutionContext, delayMs: number): Promise<Connection> {
-  const native = await openNativeWith(SYSTEM_URI, {}, { getBlockJobInfo: async () => ({ type: BlockJobType.BACKUP, bandwidth: 0, cur: 0, end: 1 }) });
-  const register = native.registerDomainEvent;
-  native.registerDomainEvent = async (id) => {
-    if (id === DomainEventID.BLOCK_JOB_2) await sleep(delayMs);
-    return register(id);
-  };
-  const conn = new Connection(native);
-  t.teardown(() => conn.close());
-  return conn;
-}
-
-async function connectionWithoutBlockJobEvents(t: ExecutionContext, targetsHeld: boolean): Promise<Connection> {
+async function connectionWith(t: ExecutionContext, blockJobEvents: 'never' | { lateMs: number }, targetsHeld: boolean): Promise<Connection> {
   const forever: Partial<NativeDomain> = {
     getBlockJobInfo: async () => ({ type: BlockJobType.BACKUP, bandwidth: 0, cur: 0, end: 1 }),
   };
   const native = await openNativeWith(SYSTEM_URI, {}, targetsHeld ? forever : {});
   const register = native.registerDomainEvent;
-  const deregister = native.deregisterDomainEvent;
-  const silent = -1;
-  native.registerDomainEvent = async (id) => (id === DomainEventID.BLOCK_JOB_2 ? silent : register(id));
-  native.deregisterDomainEvent = async (callbackId) => (callbackId === silent ? undefined : deregister(callbackId));
+  if (blockJobEvents === 'never') {
+    const deregister = native.deregisterDomainEvent;
+    const silent = -1;
+    native.registerDomainEvent = async (id) => (id === DomainEventID.BLOCK_JOB_2 ? silent : register(id));
+    native.deregisterDomainEvent = async (callbackId) => (callbackId === silent ? undefined : deregister(callbackId));
+  } else {
+    native.registerDomainEvent = async (id) => {
+      if (id === DomainEventID.BLOCK_JOB_2) await sleep(blockJobEvents.lateMs);
+      return register(id);
+    };
+  }
   const conn = new Connection(native);
   t.teardown(() => conn.close());
   return conn;
 }
 
-async function pushSetup(t: ExecutionContext, label: string, connection: (t: ExecutionContext) => Promise<Connection>) {
+async function pushSetup(t: ExecutionContext, label: string, blockJobEvents: 'never' | { lateMs: number }, targetsHeld: boolean) {
   const system = await connectSystem();
   t.teardown(() => system.close());
   const m = await mirroredDomain(t, system, label, [{ sizeMiB: 16 }]);
   await m.write(0, 0x61, '0', '1M');
-  return { m, dest: join(m.dir, 'set'), conn: await connection(t) };
+  return { m, dest: join(m.dir, 'set'), conn: await connectionWith(t, blockJobEvents, targetsHeld) };
 }
-
-const withTargetsHeld = (t: ExecutionContext) => connectionWithoutBlockJobEvents(t, true);
 
 /** The run left nothing: no job, no checkpoint, no backup file, no backup in the manifest. */
 async function assertNothingKept(t: ExecutionContext, domain: Domain, dest: string): Promise<void> {
@@ -78,7 +67,7 @@ async function assertNothingKept(t: ExecutionContext, domain: Domain, dest: stri
 
 test.serial('without any block-job event, the run learns from libvirt that it released the targets, and completes', async (t) => {
   TARGET_RELEASE_TIMEOUT.ms = 60_000;
-  const { m, dest, conn } = await pushSetup(t, 'push-rel-query', (t) => connectionWithoutBlockJobEvents(t, false));
+  const { m, dest, conn } = await pushSetup(t, 'push-rel-query', 'never', false);
   let blockJobEvents = 0;
   conn.on('block-job', () => blockJobEvents++);
   const started = Date.now();
@@ -99,7 +88,7 @@ test.serial("the run's block-job registration is in place before the job starts,
   TARGET_RELEASE_TIMEOUT.ms = 10_000;
   t.teardown(() => (TARGET_RELEASE_TIMEOUT.ms = 60_000));
   // A push of 1 MiB ends in far less time than the registration takes here.
-  const { m, dest, conn } = await pushSetup(t, 'push-rel-late', (t) => connectionWithLateBlockJobEvents(t, 4_000));
+  const { m, dest, conn } = await pushSetup(t, 'push-rel-late', { lateMs: 4_000 }, true);
   const result = await runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' });
   t.is(result.level, 'full');
   t.is((await BackupSet.open(dest)).backups.length, 1);
@@ -108,7 +97,7 @@ test.serial("the run's block-job registration is in place before the job starts,
 // Serial: the tests set the module's time limit each their own way.
 test.serial('an abort while libvirt has not released the push targets ends the run as ABORTED', async (t) => {
   TARGET_RELEASE_TIMEOUT.ms = 60_000;
-  const { m, dest, conn } = await pushSetup(t, 'push-rel-abort', withTargetsHeld);
+  const { m, dest, conn } = await pushSetup(t, 'push-rel-abort', 'never', true);
   const controller = new AbortController();
   let jobEnded = false;
   conn.on('job-completed', (domain) => (jobEnded ||= domain.uuid === m.vm.domain.uuid));
@@ -129,7 +118,7 @@ test.serial('an abort while libvirt has not released the push targets ends the r
 test.serial('libvirt never saying that it released the push targets is a job failure naming what it did not do', async (t) => {
   TARGET_RELEASE_TIMEOUT.ms = 500;
   t.teardown(() => (TARGET_RELEASE_TIMEOUT.ms = 60_000));
-  const { m, dest, conn } = await pushSetup(t, 'push-rel-timeout', withTargetsHeld);
+  const { m, dest, conn } = await pushSetup(t, 'push-rel-timeout', 'never', true);
   const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, transport: 'push' }));
   t.is((error as { code?: string }).code, 'JOB_FAILED', error?.message);
   t.regex(

@@ -3,7 +3,7 @@
 import { createHash } from 'node:crypto';
 import { readFile, rm } from 'node:fs/promises';
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import { LibvirtError, StreamFlags, type StorageVolume, type VolumeChunk } from '../../src/index.js';
 import { nativeAddon } from '../../src/libvirt/native.js';
@@ -12,6 +12,15 @@ import { run } from '../helpers/process.js';
 import { createThrowawayPool } from '../helpers/storage-pool.js';
 
 const MiB = 2 ** 20;
+
+/** A connection and a throwaway pool of this test, both gone when it ends. */
+async function poolOfTest(t: ExecutionContext, label: string) {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const { pool, cleanup } = await createThrowawayPool(conn, label);
+  t.teardown(cleanup);
+  return { conn, pool };
+}
 
 function pattern(length: number, seed: number): Buffer {
   const bytes = Buffer.alloc(length);
@@ -57,10 +66,7 @@ function normalise(chunks: readonly VolumeChunk[]): Array<{ kind: string; length
 }
 
 test('a sparse upload sends only the data, the volume stays sparse, and a sparse download gives the same data and holes back', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'stream');
-  t.teardown(cleanup);
+  const { pool } = await poolOfTest(t, 'stream');
   const volume = await pool.createVolume({ name: 'disk.raw', capacity: 64 * MiB, format: 'raw' });
   const layout = sparseLayout();
   const progress: number[] = [];
@@ -86,10 +92,7 @@ test('a sparse upload sends only the data, the volume stays sparse, and a sparse
 });
 
 test('a dense upload sends holes as zeroes; small chunks are gathered and released once sent', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'dense');
-  t.teardown(cleanup);
+  const { pool } = await poolOfTest(t, 'dense');
   const volume = await pool.createVolume({ name: 'dense.raw', capacity: 4 * MiB, format: 'raw' });
   let released = 0;
   async function* source(): AsyncGenerator<VolumeChunk> {
@@ -125,10 +128,7 @@ test('missing pools and volumes, and an existing volume, are LibvirtErrors namin
 });
 
 test('a source that fails halfway aborts the stream: the upload rejects with its error and the volume can be removed', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'abort');
-  t.teardown(cleanup);
+  const { pool } = await poolOfTest(t, 'abort');
   const volume = await pool.createVolume({ name: 'half.raw', capacity: 32 * MiB, format: 'raw' });
   async function* failing(): AsyncGenerator<VolumeChunk> {
     yield { kind: 'data', data: pattern(8 * MiB, 1) };
@@ -164,10 +164,7 @@ test('a source that fails halfway aborts the stream: the upload rejects with its
 });
 
 test('a download fills released chunks again, and never a chunk still held', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'reuse');
-  t.teardown(cleanup);
+  const { pool } = await poolOfTest(t, 'reuse');
   const volume = await pool.createVolume({ name: 'reuse.raw', capacity: 32 * MiB, format: 'raw' });
   await volume.upload([{ kind: 'data', data: pattern(32 * MiB, 7) }]);
   const released = new Set<ArrayBufferLike>();
@@ -190,10 +187,7 @@ test('a download fills released chunks again, and never a chunk still held', asy
 });
 
 test('a download stopped early aborts its stream; the volume stays usable', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'early');
-  t.teardown(cleanup);
+  const { pool } = await poolOfTest(t, 'early');
   const volume = await pool.createVolume({ name: 'early.raw', capacity: 16 * MiB, format: 'raw' });
   await volume.upload([{ kind: 'data', data: pattern(16 * MiB, 5) }]);
   for await (const chunk of volume.download({ chunkBytes: MiB })) {
@@ -236,10 +230,7 @@ test('after close, streams, pools and volumes reject with VIR_ERR_INVALID_CONN; 
 });
 
 test('wrong arguments are TypeErrors before libvirt is called', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'args');
-  t.teardown(cleanup);
+  const { conn, pool } = await poolOfTest(t, 'args');
   const volume = await pool.createVolume({ name: 'args.raw', capacity: MiB, format: 'raw' });
   t.throws(() => conn.newStream(StreamFlags.NONBLOCK), { instanceOf: TypeError, message: /non-blocking/ });
   await t.throwsAsync(volume.upload([], { offset: -1 }), { instanceOf: TypeError, message: /"offset"/ });
@@ -270,10 +261,7 @@ test('wrong arguments are TypeErrors before libvirt is called', async (t) => {
 });
 
 test('streams dropped in the middle of a transfer are aborted when collected; nothing crashes and the connection goes on', async (t) => {
-  const conn = await connectSystem();
-  t.teardown(() => conn.close());
-  const { pool, cleanup } = await createThrowawayPool(conn, 'gc');
-  t.teardown(cleanup);
+  const { pool } = await poolOfTest(t, 'gc');
   const addon = nativeAddon();
   const native = await addon.open('qemu:///system', 0);
   t.teardown(() => native.close());

@@ -156,28 +156,33 @@ async function removeVolumes(
   for (const volume of created) {
     await volume.delete().catch((cause: unknown) => left.set(volume.name, (cause as Error).message));
   }
-  if (left.size > 0 && reconnect !== undefined) {
-    let fresh: Connection | undefined;
-    try {
-      fresh = await reconnect();
-      const pool = await fresh.lookupStoragePoolByName(poolName);
-      for (const name of [...left.keys()]) {
-        try {
-          await (await pool.lookupVolumeByName(name)).delete();
-          left.delete(name);
-        } catch (cause) {
-          if (isLibvirtError(cause, 'VIR_ERR_NO_STORAGE_VOL')) left.delete(name);
-          else left.set(name, (cause as Error).message);
-        }
-      }
-    } catch (cause) {
-      for (const name of left.keys()) left.set(name, `${left.get(name)!}; a new connection did not help either: ${(cause as Error).message}`);
-    } finally {
-      await fresh?.close().catch(() => undefined);
-    }
-  }
+  if (left.size > 0 && reconnect !== undefined) await removeOverNewConnection(left, poolName, reconnect);
   for (const [name, reason] of left) {
     notice(`could not remove volume ${name} after the failure (${reason}); remove it with: virsh -c ${uri} vol-delete --pool ${poolName} ${name}`);
+  }
+}
+
+/** Removes the volumes `left` names over a new connection; each one still there stays in `left` with why. */
+async function removeOverNewConnection(left: Map<string, string>, poolName: string, reconnect: () => Promise<Connection>): Promise<void> {
+  let fresh: Connection | undefined;
+  try {
+    fresh = await reconnect();
+    const pool = await fresh.lookupStoragePoolByName(poolName);
+    for (const name of [...left.keys()]) {
+      const failure = await pool
+        .lookupVolumeByName(name)
+        .then((volume) => volume.delete())
+        .then(
+          () => undefined,
+          (cause: unknown) => (isLibvirtError(cause, 'VIR_ERR_NO_STORAGE_VOL') ? undefined : (cause as Error).message),
+        );
+      if (failure === undefined) left.delete(name);
+      else left.set(name, failure);
+    }
+  } catch (cause) {
+    for (const name of left.keys()) left.set(name, `${left.get(name)!}; a new connection did not help either: ${(cause as Error).message}`);
+  } finally {
+    await fresh?.close().catch(() => undefined);
   }
 }
 
