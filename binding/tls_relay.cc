@@ -3,6 +3,8 @@
 #include <fcntl.h>
 #include <gnutls/gnutls.h>
 #include <gnutls/x509.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -43,6 +45,7 @@ struct Relay {
   gnutls_certificate_credentials_t credentials = nullptr;
   gnutls_session_t session = nullptr;
   int network = -1;
+  bool networkIsTcp = false;
   int local = -1;
   std::atomic<Phase> phase{Phase::kHandshake};
   // Encrypted bytes received and not yet taken by GnuTLS: [inboundHead, inboundTail).
@@ -110,6 +113,22 @@ bool Readable(int fd) {
   return ready > 0;
 }
 
+// QEMU's NBD server leaves Nagle on and sends each TLS record on its own: a small record
+// that follows another waits until the first is acknowledged, and a receiver that delays
+// its acknowledgement (40 ms on Linux) stalls every exchange whose answer spans two
+// records: the handshake's flights, each option of the negotiation, every block-status
+// reply. Linux drops the quick mode again by itself, hence once per receive.
+void AcknowledgeAtOnce(int fd) {
+  int on = 1;
+  setsockopt(fd, IPPROTO_TCP, TCP_QUICKACK, &on, sizeof on);
+}
+
+bool IsTcp(int fd) {
+  int protocol = 0;
+  socklen_t length = sizeof protocol;
+  return getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &protocol, &length) == 0 && protocol == IPPROTO_TCP;
+}
+
 ssize_t PullEncrypted(gnutls_transport_ptr_t context, void* out, size_t size) {
   Relay* relay = static_cast<Relay*>(context);
   if (relay->inboundHead == relay->inboundTail) {
@@ -119,6 +138,7 @@ ssize_t PullEncrypted(gnutls_transport_ptr_t context, void* out, size_t size) {
     } while (got < 0 && errno == EINTR);
     if (got < 0) gnutls_transport_set_errno(relay->session, errno);
     if (got <= 0) return got;
+    if (relay->networkIsTcp) AcknowledgeAtOnce(relay->network);
     relay->inboundHead = 0;
     relay->inboundTail = static_cast<size_t>(got);
   }
@@ -352,6 +372,7 @@ Napi::Value StartTlsRelay(const Napi::CallbackInfo& info) {
   auto relay = std::make_shared<Relay>();
   relay->network = fcntl(fd, F_DUPFD_CLOEXEC, 0);
   if (relay->network < 0) throw Napi::Error::New(env, std::string("startTlsRelay: dup: ") + std::strerror(errno));
+  relay->networkIsTcp = IsTcp(relay->network);
   // Blocking from now on: the threads sleep in the kernel, never poll. The caller's
   // descriptor shares this flag, and the caller reads from it no more.
   int flags = fcntl(relay->network, F_GETFL);

@@ -111,6 +111,14 @@ INFO
     install -m 0600 "$RIG_LIBVIRT_PKI/private/serverkey.pem" "$RIG_QEMU_PKI/server-key.pem"
     log "installed QEMU's TLS identity in $RIG_QEMU_PKI"
   fi
+  # Without this file QEMU generates new Diffie-Hellman parameters each time it starts a
+  # TLS NBD server: 0.15 to 0.9 s added to every backup job's start here. GnuTLS's
+  # published RFC 7919 group is what an administrator would install.
+  if [ ! -f "$RIG_QEMU_PKI/dh-params.pem" ]; then
+    certtool --get-dh-params --outfile "$RIG_QEMU_PKI/dh-params.pem" >/dev/null 2>&1
+    chmod 0644 "$RIG_QEMU_PKI/dh-params.pem"
+    log "installed Diffie-Hellman parameters in $RIG_QEMU_PKI"
+  fi
   # A client identity in the layout of QEMU's directory and of libnbd's default one, for
   # NBD clients other than ours (nbdinfo nbds://..., virtnbdbackup --tls) to present to
   # an export that checks its clients.

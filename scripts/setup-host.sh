@@ -12,7 +12,7 @@ PACKAGES=(
   qemu-system-x86 qemu-utils libnbd-bin libxml2-utils python3-libvirt virtnbdbackup
   build-essential python3 gnutls-bin libgnutls28-dev libxxhash-dev xxhash libzstd-dev
   clang-format clang-tidy
-  openssh-server sasl2-bin libsasl2-modules
+  openssh-server sasl2-bin libsasl2-modules iproute2
 )
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }

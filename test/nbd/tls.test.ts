@@ -1,47 +1,22 @@
 import test, { type ExecutionContext } from 'ava';
 import { readdirSync } from 'node:fs';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { createServer, type Server, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { tlsRelay } from '../../src/backup/engine/tls-relay.js';
 import { nativeAddon } from '../../src/libvirt/native.js';
 import { NbdClient, NbdOptionError, NbdTimeoutError } from '../../src/nbd/index.js';
 import { IHAVEOPT, NBDMAGIC, OPTION_REPLY_MAGIC } from '../../src/nbd/protocol.js';
-import { makeCa, makeSignedCert } from '../helpers/certificates.js';
-import { freePort, run, startQemuNbd, tempDir } from './helpers.js';
+import { freePort, startQemuNbd } from './helpers.js';
+import { tlsExport } from './tls-export.js';
 
 /** qemu-nbd serving a small qcow2 over TLS (on `path`, or on TCP), certificates made for the test. */
 async function serveWithTls(t: ExecutionContext, on: 'unix' | 'tcp' = 'unix') {
-  const dir = await tempDir(t, 'nbd-tls-');
-  const ca = await makeCa(dir, 'test-ca');
-  const otherCa = await makeCa(dir, 'other-ca');
-  const server = await makeSignedCert(dir, 'server', ca, 'tls_www_server');
-  const client = await makeSignedCert(dir, 'client', ca, 'tls_www_client');
-  // qemu wants fixed file names in one directory.
-  const credentials = join(dir, 'qemu-creds');
-  await mkdir(credentials);
-  await writeFile(join(credentials, 'ca-cert.pem'), await readFile(ca.cert));
-  await writeFile(join(credentials, 'server-cert.pem'), await readFile(server.cert));
-  await writeFile(join(credentials, 'server-key.pem'), await readFile(server.key));
-
-  const image = join(dir, 'disk.qcow2');
-  await run('qemu-img', ['create', '-q', '-f', 'qcow2', image, '2M']);
-  await run('qemu-io', ['-f', 'qcow2', '-c', 'write -P 0x42 64k 300k', image]);
-  const expectedFile = join(dir, 'expected.raw');
-  await run('qemu-img', ['convert', '-O', 'raw', image, expectedFile]);
+  const { dir, serverArgs, ca, otherCa, client, expected } = await tlsExport(t);
   const socket = join(dir, 'tls.sock');
   const tcp = { host: '127.0.0.1', port: await freePort() };
-  await startQemuNbd(t, on === 'unix' ? { path: socket } : tcp, [
-    '--object',
-    `tls-creds-x509,id=tls0,endpoint=server,dir=${credentials},verify-peer=on`,
-    '--tls-creds',
-    'tls0',
-    '--read-only',
-    '-f',
-    'qcow2',
-    image,
-  ]);
-  return { socket, tcp, ca, otherCa, client, expected: await readFile(expectedFile) };
+  await startQemuNbd(t, on === 'unix' ? { path: socket } : tcp, serverArgs);
+  return { socket, tcp, ca, otherCa, client, expected };
 }
 
 // The addon starts threads of its own when it loads: load it before any count.
