@@ -20,6 +20,14 @@ export function processCpuSeconds(pid: number | string): number {
   return cpuSecondsOfStat(`/proc/${pid}/stat`);
 }
 
+/** CPU seconds of this process and of the children it has waited for (a peer's command-line client). */
+export function clientCpuSeconds(): number {
+  const stat = readFileSync('/proc/self/stat', 'utf8');
+  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // utime, stime, cutime, cstime
+  return fields.slice(11, 15).reduce((sum, ticks) => sum + Number(ticks), 0) / TICKS_PER_SECOND;
+}
+
 /** CPU seconds of each thread of a process, by thread id (threads that ended are gone). */
 export function threadCpu(pid: number | string | 'self'): Map<string, number> {
   const seconds = new Map<string, number>();

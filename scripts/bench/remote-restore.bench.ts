@@ -12,7 +12,7 @@ import { restore, restoreToPool } from '../../src/backup/index.js';
 import { connect, StoragePoolCreateFlags, type Connection } from '../../src/index.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
 import { SIZE_GIB, benchSet, median, sh } from './restore-set.js';
-import { busiestThread, busyShare, daemonPid, machineTicks, processCpuSeconds, threadCpu } from './process-cpu.js';
+import { busiestThread, busyShare, clientCpuSeconds, daemonPid, machineTicks, processCpuSeconds, threadCpu } from './process-cpu.js';
 
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
 const POOL_DIR = process.env.BENCH_POOL_DIR ?? '/var/lib/libvirt/images';
@@ -29,6 +29,7 @@ async function timed(fn: () => Promise<unknown>): Promise<number> {
 interface UploadCpu {
   daemon: number;
   daemonBusiest: number;
+  /** This process and the children it waited for (virsh). */
   ours: number;
   busy: number;
 }
@@ -40,18 +41,25 @@ async function timedWithCpu(fn: () => Promise<unknown>): Promise<{ seconds: numb
   const daemonBefore = processCpuSeconds(storageDaemon);
   const threadsBefore = threadCpu(storageDaemon);
   const machineBefore = machineTicks();
-  const usage = process.cpuUsage();
+  const clientBefore = clientCpuSeconds();
   const seconds = await timed(fn);
-  const ours = process.cpuUsage(usage);
   return {
     seconds,
     cpu: {
       daemon: processCpuSeconds(storageDaemon) - daemonBefore,
       daemonBusiest: busiestThread(threadsBefore, threadCpu(storageDaemon)),
-      ours: (ours.user + ours.system) / 1e6,
+      ours: clientCpuSeconds() - clientBefore,
       busy: busyShare(machineBefore, machineTicks()),
     },
   };
+}
+
+/** `virsh vol-upload --sparse` of `file` into a new volume of the bench's pool, the volume made as restore makes its own. */
+async function virshUpload(via: 'tls' | 'unix', format: 'raw' | 'qcow2', file: string): Promise<void> {
+  const uri = via === 'tls' ? REMOTE_URIS.tls : 'qemu:///system';
+  const capacity = `${SIZE_GIB * 2 ** 30}`;
+  sh('virsh', ['-q', '-c', uri, 'vol-create-as', poolName, `virsh.${format}`, capacity, '--format', format, '--allocation', '0']);
+  sh('virsh', ['-q', '-c', uri, 'vol-upload', '--sparse', '--pool', poolName, `virsh.${format}`, file]);
 }
 
 const { set } = await benchSet();
@@ -70,6 +78,15 @@ try {
     for (const format of ['raw', 'qcow2'] as const) {
       const file = join(work, `local.${format}`);
       note(`file ${format}`, await timed(() => restore(set, { to: file, format })));
+      // libvirt's own client uploading the same bytes, read from the page cache: what
+      // the daemon's side of a stream allows whoever sends.
+      sh('sh', ['-c', 'cat "$0" > /dev/null', file]);
+      for (const via of ['tls', 'unix'] as const) {
+        const upload = await timedWithCpu(() => virshUpload(via, format, file));
+        note(`virsh ${via} ${format}`, upload.seconds);
+        (cpu[`virsh ${via} ${format}`] ??= []).push(upload.cpu);
+        for (const volume of await pool.listAllVolumes()) await volume.delete();
+      }
       rmSync(file);
       for (const [via, connection] of Object.entries(connections)) {
         let bytes = 0;
@@ -106,14 +123,28 @@ for (const format of ['raw', 'qcow2'] as const) {
     `| ${format} | ${file.toFixed(2)} s (${rate(file)}) | ${tls.toFixed(2)} s (${rate(tls)}) | ${(file / tls).toFixed(2)}x | ${unix.toFixed(2)} s (${rate(unix)}) | ${(file / unix).toFixed(2)}x | ${(sent[`tls ${format}`]! / 2 ** 20).toFixed(0)} MiB |`,
   );
 }
+// The same daemon receiving from libvirt's own client: a restore that reads, checks and
+// sends the chain against an upload of the finished file.
+console.log(
+  '\n| format | restore --pool over qemu+tls:// | virsh vol-upload --sparse of the restored file | restore / virsh | over the unix socket: restore | virsh | restore / virsh |',
+);
+console.log('| --- | ---: | ---: | ---: | ---: | ---: | ---: |');
+for (const format of ['raw', 'qcow2'] as const) {
+  const row = (via: 'tls' | 'unix') => {
+    const ours = median(results[`${via} ${format}`]!);
+    const virsh = median(results[`virsh ${via} ${format}`]!);
+    return `${ours.toFixed(2)} s | ${virsh.toFixed(2)} s | ${(virsh / ours).toFixed(2)}x`;
+  };
+  console.log(`| ${format} | ${row('tls')} | ${row('unix')} |`);
+}
 // A stream into a volume is received, decoded and written by the daemon: at 0.7x of the
 // file restore, the CPU the upload took against what the cores could give it.
 const cores = availableParallelism();
-console.log('\n| upload | daemon CPU (busiest thread) | libvirt-backup CPU | cores busy | at 0.7x would take | had |');
+console.log('\n| upload | daemon CPU (busiest thread) | client CPU (libvirt-backup or virsh) | cores busy | at 0.7x would take | had |');
 console.log('| --- | ---: | ---: | ---: | ---: | ---: |');
 for (const format of ['raw', 'qcow2'] as const) {
   const target = median(results[`file ${format}`]!) / 0.7;
-  for (const via of ['tls', 'unix']) {
+  for (const via of ['tls', 'unix', 'virsh tls', 'virsh unix']) {
     const key = `${via} ${format}`;
     const of = (field: keyof UploadCpu) => median(cpu[key]!.map((entry) => entry[field]));
     const total = median(cpu[key]!.map((entry) => entry.daemon + entry.ours));
