@@ -26,6 +26,11 @@ import { busiestThread, busyShare, machineTicks, threadCpu } from './process-cpu
 
 // ca-cert.pem, client-cert.pem and client-key.pem, as libnbd's tls-certificates wants them.
 const QEMU_CLIENT_PKI = '/etc/pki/qemu';
+const QEMU_CLIENT_IDENTITY = {
+  ca: readFileSync(join(QEMU_CLIENT_PKI, 'ca-cert.pem')),
+  cert: readFileSync(join(QEMU_CLIENT_PKI, 'client-cert.pem')),
+  key: readFileSync(join(QEMU_CLIENT_PKI, 'client-key.pem')),
+};
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
 const benchDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.bench');
@@ -122,8 +127,7 @@ interface ExportLatency {
 }
 
 async function exportLatency(port: number, latency: ExportLatency): Promise<void> {
-  const pki = (file: string) => readFileSync(join(QEMU_CLIENT_PKI, file));
-  const tls = { ca: pki('ca-cert.pem'), cert: pki('client-cert.pem'), key: pki('client-key.pem'), relay: tlsRelay };
+  const tls = { ...QEMU_CLIENT_IDENTITY, relay: tlsRelay };
   for (let i = 0; i < 5; i++) {
     const start = performance.now();
     const client = await NbdClient.connect({ host: '127.0.0.1', port, exportName: 'vda', tls, connections: 1 });
@@ -136,12 +140,13 @@ async function exportLatency(port: number, latency: ExportLatency): Promise<void
 }
 
 /**
- * How long libnbd's nbdcopy takes to read the disk from the remote job's own export (TCP,
- * TLS, the client certificates of the rig's QEMU layout) and throw it away: the speed
- * limit for reading that export on this machine, whatever the client. The backup run
- * that holds the job open for it then goes on; its time is not counted.
+ * Measures the remote job's own export (TCP, TLS, the client certificates of the rig's
+ * QEMU layout) while a backup run holds the job open: returns how long libnbd's nbdcopy
+ * takes to read the disk and throw it away (the speed limit for reading that export on
+ * this machine, whatever the client), and adds our client's connect and block-status
+ * times to `latency`. The backup run then goes on; its time is not counted.
  */
-async function nbdcopyOfRemoteExport(domain: Domain, dest: string, latency: ExportLatency): Promise<number> {
+async function probeRemoteExport(domain: Domain, dest: string, latency: ExportLatency): Promise<number> {
   let seconds = 0;
   await runBackup({
     domain: domain.name,
@@ -199,7 +204,7 @@ try {
     times.remote.push(remote.seconds);
     cpu.remote.push(remote.cpu);
     times.peer.push(await timed(() => peerBackup(peer.name, join(work, 'peer'))));
-    times.nbdcopy.push(await nbdcopyOfRemoteExport(ours.domain, join(work, 'nbdcopy'), latency));
+    times.nbdcopy.push(await probeRemoteExport(ours.domain, join(work, 'nbdcopy'), latency));
   }
   const local = median(times.local);
   const remote = median(times.remote);
