@@ -19,11 +19,20 @@ export interface CuttingProxy {
   close(): Promise<void>;
 }
 
+export interface CuttingProxyOptions {
+  /**
+   * Milliseconds the server's first bytes on connection `index` (0 for the first) are
+   * held before the client gets them: a handshake slow to finish, which the server
+   * sees as a client still negotiating.
+   */
+  holdGreetingMs?: (index: number) => number;
+}
+
 /**
  * `upstream()` says where the real export listens; it is asked on each connection, once
  * the job exists (the engine connects only after libvirt started it).
  */
-export async function cuttingProxy(upstream: () => Promise<string>, cutAfterBytes = Infinity): Promise<CuttingProxy> {
+export async function cuttingProxy(upstream: () => Promise<string>, cutAfterBytes = Infinity, options: CuttingProxyOptions = {}): Promise<CuttingProxy> {
   const dir = await mkdtemp(join(tmpdir(), 'lvb-nbd-proxy-'));
   const socket = join(dir, 'proxy.sock');
   const open = new Set<Socket>();
@@ -39,6 +48,7 @@ export async function cuttingProxy(upstream: () => Promise<string>, cutAfterByte
     return wasOpen;
   };
   const server: Server = createServer((client) => {
+    const index = connections;
     connections += 1;
     open.add(client);
     client.on('close', () => open.delete(client));
@@ -47,7 +57,19 @@ export async function cuttingProxy(upstream: () => Promise<string>, cutAfterByte
     client.pause();
     upstream().then(
       (path) => {
+        // A cut (or the client leaving) while the export's path was asked for: no
+        // connection to the server may follow it. One opened now would sit in the
+        // handshake unanswered, and QEMU 7.2 as Debian ships it freezes, guest and all,
+        // when the job ends while a client is still negotiating (README, "Known
+        // problems").
+        if (cutDone || client.destroyed) return void client.destroy();
         const far = createConnection({ path });
+        const holdMs = options.holdGreetingMs?.(index) ?? 0;
+        if (holdMs > 0) {
+          // Unread, the greeting stays in the socket: the server has sent it and waits.
+          far.pause();
+          setTimeout(() => far.resume(), holdMs).unref();
+        }
         open.add(far);
         far.on('close', () => {
           open.delete(far);

@@ -150,6 +150,13 @@ async function openExport(disk: DiskPlan, endpoint: ExportEndpoint, exported: { 
       runs,
       ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
     }).fileSize;
+    // Every connection past its handshake before the copy starts. QEMU 7.2 as Debian
+    // ships it freezes, guest and all, when its NBD server stops while a client is
+    // still negotiating (README, "Known problems"); libvirt stops it when the job ends,
+    // an administrator may stop it at any time. close() lets a handshake finish before
+    // the job is ended; this keeps the copy itself clear of the window. The extra
+    // connections negotiated while block status was read, so it costs nothing.
+    await source.ready();
     return { disk, source, runs, fileSize, written: 0, scratchBound };
   } catch (error) {
     await source.close().catch(() => undefined);
