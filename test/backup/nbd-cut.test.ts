@@ -33,11 +33,7 @@ test.serial('a proxy cutting the NBD connection mid-transfer: a clear error, the
   await runBackup({ domain: m.vm.name, dest, connection: conn });
   const before = await setState(dest);
 
-  const proxy = await cuttingProxy(async () => {
-    const spec = await m.vm.domain.backupGetSpec();
-    if (spec.mode !== 'pull' || spec.server?.transport !== 'unix') throw new Error('no pull job with a unix socket');
-    return spec.server.socket;
-  }, 8 * MiB);
+  const proxy = await cuttingProxy(() => exportSocket(m), 8 * MiB);
   t.teardown(() => proxy.close());
   process.env[TEST_NBD_PROXY_SOCKET_VARIABLE] = proxy.socket;
   let error: Error | undefined;
@@ -100,15 +96,7 @@ test.serial('the copy starts only once every NBD connection finished its handsha
   const m = await mirroredDomain(t, conn, 'nbd-stop', [{ sizeMiB: 64 }]);
   const dest = join(m.dir, 'set');
   await m.write(0, 0x35, '0', '48M');
-  const proxy = await cuttingProxy(
-    async () => {
-      const spec = await m.vm.domain.backupGetSpec();
-      if (spec.mode !== 'pull' || spec.server?.transport !== 'unix') throw new Error('no pull job with a unix socket');
-      return spec.server.socket;
-    },
-    Infinity,
-    { holdGreetingMs: (index) => (index === 0 ? 0 : 1000) },
-  );
+  const proxy = await cuttingProxy(() => exportSocket(m), Infinity, { holdGreetingMs: (index) => (index === 0 ? 0 : 1000) });
   t.teardown(() => proxy.close());
   let stopped: Promise<string> | undefined;
   process.env[TEST_NBD_PROXY_SOCKET_VARIABLE] = proxy.socket;
@@ -137,6 +125,13 @@ test.serial('the copy starts only once every NBD connection finished its handsha
   ]);
   t.regex(status, /"running":\s*true/, 'the guest runs on');
 });
+
+/** Where the domain's pull job serves its export. */
+async function exportSocket(m: Awaited<ReturnType<typeof mirroredDomain>>): Promise<string> {
+  const spec = await m.vm.domain.backupGetSpec();
+  if (spec.mode !== 'pull' || spec.server?.transport !== 'unix') throw new Error('no pull job with a unix socket');
+  return spec.server.socket;
+}
 
 /** The reference image as it is now, under a label of its own. */
 async function referenceNow(m: Awaited<ReturnType<typeof mirroredDomain>>): Promise<string> {

@@ -38,8 +38,8 @@ function connectAndWaitForClose(path: string): { opened: Promise<void>; closed: 
   };
 }
 
-test('a cut while the server address is still being looked up opens no connection to the server afterwards', async (t) => {
-  const server = await countingServer(t);
+/** A proxy whose look-up of the server's address waits until `release()`; `askedFor` resolves once it was asked. */
+async function proxyWithSlowLookup(t: { teardown(fn: () => unknown): void }, serverPath: string) {
   let release!: () => void;
   const lookedUp = new Promise<void>((resolve) => (release = resolve));
   let asked!: () => void;
@@ -47,9 +47,15 @@ test('a cut while the server address is still being looked up opens no connectio
   const proxy = await cuttingProxy(async () => {
     asked();
     await lookedUp;
-    return server.path;
+    return serverPath;
   });
   t.teardown(() => proxy.close());
+  return { proxy, askedFor, release };
+}
+
+test('a cut while the server address is still being looked up opens no connection to the server afterwards', async (t) => {
+  const server = await countingServer(t);
+  const { proxy, askedFor, release } = await proxyWithSlowLookup(t, server.path);
 
   const client = connectAndWaitForClose(proxy.socket);
   await client.opened;
@@ -64,16 +70,7 @@ test('a cut while the server address is still being looked up opens no connectio
 
 test('a client that leaves while the server address is looked up leaves no connection to the server either', async (t) => {
   const server = await countingServer(t);
-  let release!: () => void;
-  const lookedUp = new Promise<void>((resolve) => (release = resolve));
-  let asked!: () => void;
-  const askedFor = new Promise<void>((resolve) => (asked = resolve));
-  const proxy = await cuttingProxy(async () => {
-    asked();
-    await lookedUp;
-    return server.path;
-  });
-  t.teardown(() => proxy.close());
+  const { proxy, askedFor, release } = await proxyWithSlowLookup(t, server.path);
 
   const socket = createConnection({ path: proxy.socket });
   socket.on('error', () => undefined);
