@@ -98,6 +98,16 @@ export class CliError extends Error {
 }
 
 /**
+ * libvirt's thread for QEMU's events holds the domain while it waits for QEMU's
+ * monitor, and other calls gave up after 30 s: QEMU is not answering. The one cause
+ * seen (README, "Known problems") never ends by itself, and the message alone does
+ * not say that the guest may be frozen with it.
+ */
+const QEMU_NOT_ANSWERING = /cannot acquire state change lock \(held by monitor=qemu-event\)/;
+const QEMU_NOT_ANSWERING_HINT =
+  "QEMU has not answered libvirt for over 30 s while handling its own events, and the guest may be frozen with it: QEMU 7.2 as Debian 12 ships it freezes if its NBD server stops while a client is still negotiating, and only the domain's stop (virsh destroy) ends that";
+
+/**
  * `operation` names what the command was doing (`backup of domain 'vm1'`), so that a
  * libvirt error, which only says what libvirt found wrong, says what failed too.
  */
@@ -122,10 +132,11 @@ function fullReportFor(error: unknown, operation: string | undefined): ErrorRepo
   if (error instanceof BackupError) return { exitCode: BACKUP_EXIT[error.code] ?? ExitCode.FAILED, code: error.code, message: error.message };
   if (error instanceof RecoveryError) return { exitCode: RECOVERY_EXIT[error.code], code: error.code, message: error.message };
   if (error instanceof LibvirtError) {
+    const message = operation === undefined ? `libvirt: ${error.message}` : `${operation} failed in libvirt: ${error.message}`;
     return {
       exitCode: LIBVIRT_BAD_INPUT.has(error.codeName) ? ExitCode.USAGE : ExitCode.FAILED,
       code: error.codeName,
-      message: operation === undefined ? `libvirt: ${error.message}` : `${operation} failed in libvirt: ${error.message}`,
+      message: QEMU_NOT_ANSWERING.test(error.message) ? `${message}; ${QEMU_NOT_ANSWERING_HINT}` : message,
     };
   }
   if (isSystemError(error)) {

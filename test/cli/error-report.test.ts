@@ -12,8 +12,8 @@ function systemError(code: string, syscall: string, path: string): NodeJS.ErrnoE
   return Object.assign(new Error(`${code}: some words from libuv, ${syscall} '${path}'`), { code, syscall, path, errno: -1 });
 }
 
-function libvirtError(codeName: 'VIR_ERR_INTERNAL_ERROR' | 'VIR_ERR_NO_CONNECT', message: string): LibvirtError {
-  const code = codeName === 'VIR_ERR_INTERNAL_ERROR' ? 1 : 5;
+function libvirtError(codeName: 'VIR_ERR_INTERNAL_ERROR' | 'VIR_ERR_NO_CONNECT' | 'VIR_ERR_OPERATION_TIMEOUT', message: string): LibvirtError {
+  const code = { VIR_ERR_INTERNAL_ERROR: 1, VIR_ERR_NO_CONNECT: 5, VIR_ERR_OPERATION_TIMEOUT: 68 }[codeName];
   return new LibvirtError({ code, domain: 10, level: 2, message, str1: null, str2: null, str3: null, int1: -1, int2: -1 });
 }
 
@@ -97,4 +97,22 @@ test('the command: a URI whose driver cannot take backups is UNSUPPORTED; a fail
   t.is(down.code, 1);
   t.true(down.stderr.startsWith(`libvirt-backup: cannot connect to ${uri}: `), down.stderr);
   t.regex(down.stderr, /^[^\n]+\n$/);
+});
+
+test("a domain held by libvirt's thread for QEMU's events says QEMU is not answering and what may be frozen with it", (t) => {
+  const held = libvirtError(
+    'VIR_ERR_OPERATION_TIMEOUT',
+    'Timed out during operation: cannot acquire state change lock (held by monitor=qemu-event) (virDomainGetJobInfo)',
+  );
+  const report = reportFor(held, "backup of domain 'vm1'");
+  t.is(report.code, 'VIR_ERR_OPERATION_TIMEOUT');
+  t.is(report.exitCode, 1);
+  t.regex(report.message, /^backup of domain 'vm1' failed in libvirt: Timed out during operation: cannot acquire state change lock/);
+  t.regex(report.message, /QEMU has not answered libvirt .*the guest may be frozen.*virsh destroy/);
+  // Held by an API call of another client: an ordinary wait, no hint.
+  const busy = libvirtError(
+    'VIR_ERR_OPERATION_TIMEOUT',
+    'Timed out during operation: cannot acquire state change lock (held by agent=remoteDispatchDomainFSFreeze)',
+  );
+  t.false(/QEMU has not answered/.test(reportFor(busy).message));
 });
