@@ -1,6 +1,7 @@
 // Shut-off domains: read from their images with qemu-nbd (no guest code runs), with their
 // checkpoints going on across shut-off and running periods; or started paused on request.
-import { mkdir, readFile } from 'node:fs/promises';
+import { spawn } from 'node:child_process';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 import test from 'ava';
@@ -12,6 +13,7 @@ import { DomainState, JobType, type Domain } from '../../src/index.js';
 import { connectSystem } from '../helpers/daemon.js';
 import { runCli } from '../cli/helpers.js';
 import { imagesIdentical, mirroredDomain, type MirroredDomain } from './engine-helpers.js';
+import { BackupError } from '../../src/backup/engine/engine-types.js';
 
 async function assertOffAsBefore(t: { is: (a: unknown, b: unknown, m?: string) => void }, domain: Domain, xml: string): Promise<void> {
   t.is((await domain.getState()).state, DomainState.SHUTOFF, 'the domain is still shut off');
@@ -120,4 +122,42 @@ test('a shut-off domain with --start-paused runs no guest code and ends shut off
   const restored = await restore(await BackupSet.open(dest), { to: out, format: 'raw' });
   t.true(await imagesIdentical(restored.disks[0]!.path, 'raw', m.referenceAt('paused', 0), 'raw'));
   t.not((await readFile(join(dest, 'manifest.json'), 'utf8')).length, 0);
+});
+
+// libvirt 9.0 killed while it starts a backup job may come back unable to load the
+// domain's saved state, and report the running domain as shut off while its QEMU runs
+// on (README, "Soak and fault injection"). A process that names itself that domain's
+// QEMU, as libvirt starts one, stands for it here.
+test('a domain libvirt reports shut off while its QEMU still runs here is refused, naming the process; nothing is read or started', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const m = await mirroredDomain(t, conn, 'orphan-qemu', [{ sizeMiB: 16 }]);
+  await m.vm.domain.destroy();
+  const xml = await m.vm.domain.getXMLDesc();
+  const dest = join(m.dir, 'set');
+  const orphan = spawn('/usr/bin/python3', ['-c', 'import time; time.sleep(600)', '-name', `guest=${m.vm.name},debug-threads=on`], {
+    argv0: 'qemu-system-x86_64',
+    stdio: 'ignore',
+  });
+  t.teardown(() => void orphan.kill('SIGKILL'));
+  await new Promise<void>((resolve, reject) => orphan.once('spawn', resolve).once('error', reject));
+
+  for (const options of [{}, { startPaused: true }, { transport: 'push' as const, startPaused: true }]) {
+    const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, ...options }), { instanceOf: BackupError });
+    t.is((error as BackupError).code, 'DOMAIN_BUSY', JSON.stringify(options));
+    t.regex(error!.message, new RegExp(`shut off, but its QEMU \\(pid ${orphan.pid}\\) still runs on this host`));
+    t.regex(error!.message, /Nothing was backed up/);
+  }
+  await assertOffAsBefore(t, m.vm.domain, xml);
+  t.deepEqual(await readdir(m.dir).then((entries) => entries.includes('set')), false, 'no set was created');
+
+  const cli = await runCli(['backup', m.vm.name, '--dest', dest, '--json']);
+  t.is(cli.code, 1, cli.stdout + cli.stderr);
+  t.regex(cli.stdout, /"code":"DOMAIN_BUSY"/);
+
+  // Without that process the same domain backs up from its images as any shut-off one.
+  orphan.kill('SIGKILL');
+  await new Promise((resolve) => orphan.once('exit', resolve));
+  const backup = await runBackup({ domain: m.vm.name, dest, connection: conn });
+  t.is(backup.level, 'full');
 });

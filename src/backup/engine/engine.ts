@@ -22,6 +22,7 @@ import { ensureRunDir, sweepDeadSocketDirs } from './run-dir.js';
 import { ChainBrokenError, type ExecuteContext } from './run-context.js';
 import { planLevel } from './level-plan.js';
 import { endLeftoverJob, cleanUpAfterInterruptedRun } from './interrupted-run.js';
+import { qemuStillRunning } from './orphan-qemu.js';
 import { execute } from './execute.js';
 import { CLUSTER_COMPRESSIONS } from '../qcow2/cluster-compression.js';
 import { planRemoteRun } from './remote-export.js';
@@ -170,6 +171,15 @@ async function shutOffHandling(
   if (state === DomainState.RUNNING || state === DomainState.PAUSED) return 'running';
   if (await domain.isActive()) {
     throw new BackupError('DOMAIN_NOT_RUNNING', `domain ${domain.name} is ${DomainState[state] ?? state}; wait until it runs or is shut off`);
+  }
+  const orphan = remote ? null : await qemuStillRunning(domain.name);
+  if (orphan !== null) {
+    throw new BackupError(
+      'DOMAIN_BUSY',
+      `libvirt reports domain ${domain.name} as shut off, but its QEMU (pid ${orphan}) still runs on this host: libvirtd has lost track of the running domain ` +
+        `(restarted, it could not load the domain's saved state; its log says why), or another libvirtd runs a domain of the same name. ` +
+        `Nothing was backed up: its images may be in use. If the domain is lost, shut the guest down from inside or stop that process, then restart libvirtd`,
+    );
   }
   if (options.startPaused === true) return 'start-paused';
   if (remote) {
