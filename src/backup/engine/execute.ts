@@ -23,6 +23,7 @@ import { recordVerifiedFiles } from '../set/verified-files.js';
 import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext } from './run-context.js';
 import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
 import { pullSpaceNeed, openExports, openOfflineExports, copyDisks, closeExports } from './pull-transfer.js';
+import { backupBeginPastStaleBitmaps } from './stale-backup-bitmaps.js';
 import { createOfflineCheckpoint, OfflineExports, removeOfflineCheckpoint } from './offline-images.js';
 import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
 import { daemonLost } from './daemon-lost.js';
@@ -186,11 +187,11 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
       if (context.remote !== null && transport === 'pull') {
         state.exportAt = await beginOnFreePort(
           context.remote,
-          (server) => domain.backupBegin(specFor(server), checkpointSpec),
+          (server) => backupBeginPastStaleBitmaps(domain, specFor(server), checkpointSpec, emit),
           (server) => context.domainLock.update({ nbdServer: serverAddress(server) }),
         );
       } else {
-        await domain.backupBegin(spec, checkpointSpec);
+        await backupBeginPastStaleBitmaps(domain, spec, checkpointSpec, emit);
       }
     });
   } catch (error) {

@@ -6,6 +6,7 @@ import { parseDomainXml } from '../../xml/index.js';
 import { readJournal } from '../set/run-journal.js';
 import type { DomainRunRecord } from './domain-lock.js';
 import { BackupError, type BackupEvent } from './engine-types.js';
+import { QemuMonitor, type QemuJob, type QemuNode } from './qemu-monitor.js';
 
 /** How long QEMU may take to end a cancelled job (it stops at the next cluster). */
 const CANCEL_END_MS = 60_000;
@@ -13,18 +14,6 @@ const POLL_MS = 200;
 
 /** libvirt names a backup's block job `backup-<disk>-<target node>`, its target nodes `libvirt-N-format` over `libvirt-N-storage`. */
 const LIBVIRT_BACKUP_JOB = /^backup-(.+)-(libvirt-\d+-format)$/;
-
-interface QemuJob {
-  id: string;
-  type: string;
-  status: string;
-}
-
-interface QemuNode {
-  'node-name': string;
-  file?: string;
-  'dirty-bitmaps'?: { name?: string; persistent?: boolean }[];
-}
 
 /** One block job of a push backup that libvirt no longer knows, and what it left in QEMU. */
 interface ForgottenJob {
@@ -127,35 +116,19 @@ async function waitUntilJobGone(qemu: QemuMonitor, jobId: string, domainName: st
  * The bitmaps libvirt builds for a push job's incremental part: `backup-<disk>`, and
  * never persistent (a checkpoint's bitmap always is, whatever its name).
  */
-async function removeBackupBitmaps(qemu: QemuMonitor, domain: Domain): Promise<void> {
+export async function removeBackupBitmaps(qemu: QemuMonitor, domain: Domain): Promise<string[]> {
   const names = new Set(
     parseDomainXml(await domain.getXMLDesc()).disks.flatMap((disk) => (disk.target?.dev === undefined ? [] : [`backup-${disk.target.dev}`])),
   );
   const nodes = (await qemu.command('query-named-block-nodes', { flat: true })) as QemuNode[];
+  const removed: string[] = [];
   for (const node of nodes) {
     for (const bitmap of node['dirty-bitmaps'] ?? []) {
       if (bitmap.name !== undefined && bitmap.persistent !== true && names.has(bitmap.name)) {
         await qemu.command('block-dirty-bitmap-remove', { node: node['node-name'], name: bitmap.name });
+        removed.push(bitmap.name);
       }
     }
   }
-}
-
-/** QMP through libvirt-qemu, with QEMU's errors turned into ours. */
-class QemuMonitor {
-  constructor(private readonly domain: Domain) {}
-
-  async command(execute: string, args?: Record<string, unknown>): Promise<unknown> {
-    const reply = JSON.parse(await this.domain.qemuMonitorCommand(JSON.stringify(args === undefined ? { execute } : { execute, arguments: args }))) as {
-      return?: unknown;
-      error?: { class?: string; desc?: string };
-    };
-    if (reply.error !== undefined) {
-      throw new BackupError(
-        'DOMAIN_BUSY',
-        `QEMU refused ${execute} on domain ${this.domain.name}: ${reply.error.desc ?? reply.error.class ?? 'unknown error'}`,
-      );
-    }
-    return reply.return;
-  }
+  return removed;
 }
