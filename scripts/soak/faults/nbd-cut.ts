@@ -5,7 +5,7 @@
 import { TEST_NBD_PROXY_SOCKET_VARIABLE } from '../../../src/backup/engine/export-connection.js';
 import { cuttingProxy, type CuttingProxy } from '../../../test/helpers/nbd-proxy.js';
 import { exitedCleanly, type FaultKind, type FaultScene } from './fault.js';
-import { awaitTrigger, describeTrigger, planTrigger } from './trigger.js';
+import { afterEvent, awaitTrigger, describeTrigger, planTrigger } from './trigger.js';
 
 /** The proxy of the run in progress (runs are one at a time). */
 let proxy: CuttingProxy | undefined;
@@ -27,10 +27,7 @@ export const nbdCut: FaultKind = {
     // negotiating, QEMU 7.2 as Debian ships it freezes, guest and all (README, "Known
     // problems"), which no client can prevent. The command finishes every handshake
     // before its first 'progress' event.
-    const trigger =
-      variant === 'QMP nbd-server-stop'
-        ? ({ at: 'event', event: 'progress', thenMs: rng.int(0, Math.min(200, timings.jobMs)) } as const)
-        : planTrigger(rng, timings, ['start', 'progress']);
+    const trigger = variant === 'QMP nbd-server-stop' ? afterEvent(rng, timings, 'progress') : planTrigger(rng, timings, ['start', 'progress']);
     return { trigger, level: 'full', variant };
   },
   describe: (planned) => `NBD connection cut by ${planned.variant} ${describeTrigger(planned.trigger)}`,

@@ -25,7 +25,11 @@ export function planTrigger(
   events: ReadonlyArray<'start' | 'progress' | 'disk-done'> = ['start', 'progress', 'disk-done'],
 ): Trigger {
   if (rng.chance(0.3)) return { at: 'delay', ms: rng.int(0, timings.totalMs) };
-  const event = rng.pick(events);
+  return afterEvent(rng, timings, rng.pick(events));
+}
+
+/** A random delay after the command's first `event`: up to its whole job after `start`, up to 200 ms after the others. */
+export function afterEvent(rng: Rng, timings: RunTimings, event: 'start' | 'progress' | 'disk-done'): Trigger {
   return { at: 'event', event, thenMs: event === 'start' ? rng.int(0, timings.jobMs) : rng.int(0, Math.min(200, timings.jobMs)) };
 }
 

@@ -2,11 +2,11 @@
 import { basename, dirname } from 'node:path';
 
 import type { Domain } from '../../libvirt/domain.js';
-import { parseDomainXml } from '../../xml/index.js';
 import { readJournal } from '../set/run-journal.js';
 import type { DomainRunRecord } from './domain-lock.js';
 import { BackupError, type BackupEvent } from './engine-types.js';
 import { QemuMonitor, type QemuJob, type QemuNode } from './qemu-monitor.js';
+import { removeBackupBitmaps } from './stale-backup-bitmaps.js';
 
 /** How long QEMU may take to end a cancelled job (it stops at the next cluster). */
 const CANCEL_END_MS = 60_000;
@@ -110,25 +110,4 @@ async function waitUntilJobGone(qemu: QemuMonitor, jobId: string, domainName: st
     }
     await new Promise((resolveSleep) => setTimeout(resolveSleep, POLL_MS));
   }
-}
-
-/**
- * The bitmaps libvirt builds for a push job's incremental part: `backup-<disk>`, and
- * never persistent (a checkpoint's bitmap always is, whatever its name).
- */
-export async function removeBackupBitmaps(qemu: QemuMonitor, domain: Domain): Promise<string[]> {
-  const names = new Set(
-    parseDomainXml(await domain.getXMLDesc()).disks.flatMap((disk) => (disk.target?.dev === undefined ? [] : [`backup-${disk.target.dev}`])),
-  );
-  const nodes = (await qemu.command('query-named-block-nodes', { flat: true })) as QemuNode[];
-  const removed: string[] = [];
-  for (const node of nodes) {
-    for (const bitmap of node['dirty-bitmaps'] ?? []) {
-      if (bitmap.name !== undefined && bitmap.persistent !== true && names.has(bitmap.name)) {
-        await qemu.command('block-dirty-bitmap-remove', { node: node['node-name'], name: bitmap.name });
-        removed.push(bitmap.name);
-      }
-    }
-  }
-  return removed;
 }

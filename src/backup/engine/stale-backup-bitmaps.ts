@@ -3,8 +3,8 @@ import type { Domain } from '../../libvirt/domain.js';
 import type { BackupSpec, CheckpointSpec } from '../../xml/index.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import type { BackupEvent } from './engine-types.js';
-import { removeBackupBitmaps } from './forgotten-push-job.js';
-import { QemuMonitor, type QemuJob } from './qemu-monitor.js';
+import { parseDomainXml } from '../../xml/index.js';
+import { QemuMonitor, type QemuJob, type QemuNode } from './qemu-monitor.js';
 
 const BITMAP_EXISTS = /Bitmap already exists: (backup-[^\s'",]+)/;
 
@@ -41,4 +41,25 @@ export async function backupBeginPastStaleBitmaps(
     });
   }
   await domain.backupBegin(spec, checkpoint);
+}
+
+/**
+ * Removes the bitmaps libvirt builds for a job's incremental part: `backup-<disk>`, and
+ * never persistent (a checkpoint's bitmap always is, whatever its name). Returns their names.
+ */
+export async function removeBackupBitmaps(qemu: QemuMonitor, domain: Domain): Promise<string[]> {
+  const names = new Set(
+    parseDomainXml(await domain.getXMLDesc()).disks.flatMap((disk) => (disk.target?.dev === undefined ? [] : [`backup-${disk.target.dev}`])),
+  );
+  const nodes = (await qemu.command('query-named-block-nodes', { flat: true })) as QemuNode[];
+  const removed: string[] = [];
+  for (const node of nodes) {
+    for (const bitmap of node['dirty-bitmaps'] ?? []) {
+      if (bitmap.name !== undefined && bitmap.persistent !== true && names.has(bitmap.name)) {
+        await qemu.command('block-dirty-bitmap-remove', { node: node['node-name'], name: bitmap.name });
+        removed.push(bitmap.name);
+      }
+    }
+  }
+  return removed;
 }
