@@ -12,39 +12,11 @@
 // metadata, while its apparent size is that of the image stored plain. Each plain
 // cluster is preceded by zeroes up to a cluster boundary; a cluster never takes more
 // room than one cluster, so the data always fits.
-import { CLUSTER_SIZE, L2_ENTRIES, MAX_VIRTUAL_SIZE, REFCOUNTS_PER_BLOCK, checkInput, type Qcow2Layout, type Qcow2LayoutInput } from './qcow2-layout.js';
-
-const MAX_REFCOUNT_TABLE_CLUSTERS = (8 * 1024 * 1024) / CLUSTER_SIZE;
-
-const clustersFor = (bytes: number) => Math.ceil(bytes / CLUSTER_SIZE);
+import { CLUSTER_SIZE, countClusters, type Qcow2Layout, type Qcow2LayoutInput } from './qcow2-layout.js';
 
 /** A compressed image's layout: `dataOffset` to `refcountBlocksOffset` is the room for the data. */
 export function planCompressedQcow2(input: Qcow2LayoutInput): Qcow2Layout {
-  checkInput(input);
-  const guestClusters = clustersFor(input.virtualSize);
-  const l1Entries = Math.max(1, Math.ceil(guestClusters / L2_ENTRIES));
-  const l2Indexes: number[] = [];
-  let dataClusters = 0;
-  for (const run of input.runs) {
-    dataClusters += run.count;
-    for (let index = Math.floor(run.start / L2_ENTRIES); index <= Math.floor((run.start + run.count - 1) / L2_ENTRIES); index++) {
-      if (l2Indexes[l2Indexes.length - 1] !== index) l2Indexes.push(index);
-    }
-  }
-  const l1Clusters = clustersFor(l1Entries * 8);
-  let refcountBlocks = 1;
-  let refcountTableClusters = 1;
-  for (;;) {
-    const total = 1 + l1Clusters + refcountTableClusters + dataClusters + refcountBlocks + l2Indexes.length;
-    const blocks = Math.ceil(total / REFCOUNTS_PER_BLOCK);
-    const tableClusters = clustersFor(blocks * 8);
-    if (blocks === refcountBlocks && tableClusters === refcountTableClusters) break;
-    refcountBlocks = blocks;
-    refcountTableClusters = tableClusters;
-  }
-  if (refcountTableClusters > MAX_REFCOUNT_TABLE_CLUSTERS || input.virtualSize > MAX_VIRTUAL_SIZE) {
-    throw new RangeError(`an image of ${dataClusters} data clusters needs a refcount table larger than qemu opens`);
-  }
+  const { l1Entries, l1Clusters, l2Indexes, dataClusters, refcountBlocks, refcountTableClusters } = countClusters(input);
   const l1Offset = CLUSTER_SIZE;
   const refcountTableOffset = l1Offset + l1Clusters * CLUSTER_SIZE;
   const dataOffset = refcountTableOffset + refcountTableClusters * CLUSTER_SIZE;

@@ -105,7 +105,7 @@ export function clusterRuns(ranges: Iterable<{ offset: number; length: number }>
   return runs;
 }
 
-export function checkInput(input: Qcow2LayoutInput): void {
+function checkInput(input: Qcow2LayoutInput): void {
   const { virtualSize, runs, backingFile, backingFormat } = input;
   if (!Number.isSafeInteger(virtualSize) || virtualSize < 0 || virtualSize > MAX_VIRTUAL_SIZE) {
     throw new RangeError(`virtual size ${virtualSize} must be a whole number of bytes from 0 to ${MAX_VIRTUAL_SIZE}`);
@@ -142,7 +142,19 @@ export function checkInput(input: Qcow2LayoutInput): void {
   }
 }
 
-export function planQcow2(input: Qcow2LayoutInput): Qcow2Layout {
+/** How many clusters each part of an image takes: the same for every way of placing the parts. */
+export interface Qcow2ClusterCounts {
+  l1Entries: number;
+  l1Clusters: number;
+  /** L1 indexes that get an L2 table, in order. */
+  l2Indexes: number[];
+  dataClusters: number;
+  refcountBlocks: number;
+  refcountTableClusters: number;
+}
+
+/** Checks the input, then counts the clusters of every part of an image holding it. */
+export function countClusters(input: Qcow2LayoutInput): Qcow2ClusterCounts {
   checkInput(input);
   const guestClusters = clustersFor(input.virtualSize);
   const l1Entries = Math.max(1, Math.ceil(guestClusters / L2_ENTRIES));
@@ -169,6 +181,11 @@ export function planQcow2(input: Qcow2LayoutInput): Qcow2Layout {
   if (refcountTableClusters > MAX_REFCOUNT_TABLE_CLUSTERS) {
     throw new RangeError(`an image of ${dataClusters} data clusters needs a refcount table larger than qemu opens`);
   }
+  return { l1Entries, l1Clusters, l2Indexes, dataClusters, refcountBlocks, refcountTableClusters };
+}
+
+export function planQcow2(input: Qcow2LayoutInput): Qcow2Layout {
+  const { l1Entries, l1Clusters, l2Indexes, dataClusters, refcountBlocks, refcountTableClusters } = countClusters(input);
   const l1Offset = CLUSTER_SIZE;
   const refcountTableOffset = l1Offset + l1Clusters * CLUSTER_SIZE;
   const refcountBlocksOffset = refcountTableOffset + refcountTableClusters * CLUSTER_SIZE;
