@@ -15,6 +15,7 @@ import { runBackup } from '../../src/backup/engine/engine.js';
 import type { Connection } from '../../src/libvirt/connection.js';
 import { ADDON_PATH_VARIABLE } from '../../src/libvirt/native.js';
 import { connectSystem, createThrowawayDomain, IMAGE_DIR, type ThrowawayDomain } from '../../test/helpers/daemon.js';
+import { median, sh } from './measure.js';
 
 const ROUNDS = Number(process.env.BENCH_SCALE_ROUNDS ?? 3);
 // 0 leaves the big disk out.
@@ -24,15 +25,6 @@ const here = dirname(fileURLToPath(import.meta.url));
 const cacheDir = join(here, '..', '..', '.bench', 'backup-scale');
 const nodeGypBuildPath = (createRequire(import.meta.url)('node-gyp-build') as { path(dir: string): string }).path;
 const imageOf = (mib: number) => join(cacheDir, `random-${mib}m.qcow2`);
-
-function sh(command: string, args: string[]): string {
-  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * MIB, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
 
 const load = () =>
   loadavg()

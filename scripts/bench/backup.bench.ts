@@ -2,17 +2,16 @@
 // virtnbdbackup/virtnbdrestore and nbdcopy measured in the same run:
 // full backup, incremental after 32 MiB of writes, restore of the latest point (to raw
 // and qcow2, against virtnbdrestore and qemu-img convert of the same chain).
-import { execFileSync } from 'node:child_process';
 import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 import { runBackup } from '../../src/backup/engine/engine.js';
 import { BackupSet, restore } from '../../src/backup/index.js';
 import { connectSystem, createThrowawayDomain, guestWrite, IMAGE_DIR } from '../../test/helpers/daemon.js';
 import { waitForSettledGuests } from './settled-guests.js';
+import { median, sh, timed, timedAsync } from './measure.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_BACKUP_ROUNDS ?? 3);
@@ -21,35 +20,6 @@ const baseImage = join(cacheDir, `random-${SIZE_GIB}g.qcow2`);
 const loadAtStart = loadavg()
   .map((l) => l.toFixed(2))
   .join(' ');
-
-function sh(command: string, args: string[]): string {
-  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-// Each timed step starts with no dirty pages left by the previous one: the
-// kernel's write-back of an earlier step would otherwise throttle the next.
-function settle(): void {
-  execFileSync('sync');
-}
-
-function timed<T>(fn: () => T): { value: T; seconds: number } {
-  settle();
-  const start = performance.now();
-  const value = fn();
-  return { value, seconds: (performance.now() - start) / 1000 };
-}
-
-async function timedAsync<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
-  settle();
-  const start = performance.now();
-  const value = await fn();
-  return { value, seconds: (performance.now() - start) / 1000 };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
 
 /** Makes a file's data durable, as our restore does before it reports success. */
 function fsyncPath(path: string): void {

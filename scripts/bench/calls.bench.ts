@@ -21,6 +21,7 @@ import { configureCalls, connect, getCallTuning, type Connection } from '../../s
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { waitForSettledGuests } from './settled-guests.js';
 import { busiestThread, busyShare, daemonPid, machineTicks, processCpuSeconds, threadCpu } from './process-cpu.js';
+import { median } from './measure.js';
 
 const CALLS = Number(process.env.BENCH_CALLS ?? 3000);
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5);
@@ -244,8 +245,6 @@ async function remoteCalls(domainName: string, daemon: string): Promise<void> {
     proxy.stop();
   }
 }
-
-const median = (values: number[]) => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
 const conn = await connectSystem();
 const vm = await createThrowawayDomain(conn, 'bench-calls', [{ sizeMiB: 8 }]);

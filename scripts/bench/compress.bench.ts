@@ -6,48 +6,21 @@
 // peers round by round (medians reported); the machine's load is printed with them.
 //
 //   BENCH_COMPRESS_DIR=/usr/lib BENCH_COMPRESS_ROUNDS=3 npm run bench -- compress
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync, statSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
-import { performance } from 'node:perf_hooks';
 import { fileURLToPath } from 'node:url';
 
 import { runBackup } from '../../src/backup/engine/engine.js';
 import { connectSystem, createThrowawayDomain } from '../../test/helpers/daemon.js';
 import { waitForSettledGuests } from './settled-guests.js';
+import { median, sh, timed, timedAsync } from './measure.js';
 
 const SOURCE_DIR = process.env.BENCH_COMPRESS_DIR ?? '/usr';
 const ROUNDS = Number(process.env.BENCH_COMPRESS_ROUNDS ?? 1);
 const cacheDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.bench', 'compress');
 const baseImage = join(cacheDir, `ext4-${SOURCE_DIR.replace(/\W+/g, '_')}.qcow2`);
-
-function sh(command: string, args: string[]): string {
-  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function settle(): void {
-  execFileSync('sync');
-}
-
-function timed<T>(fn: () => T): { value: T; seconds: number } {
-  settle();
-  const start = performance.now();
-  const value = fn();
-  return { value, seconds: (performance.now() - start) / 1000 };
-}
-
-async function timedAsync<T>(fn: () => Promise<T>): Promise<{ value: T; seconds: number }> {
-  settle();
-  const start = performance.now();
-  const value = await fn();
-  return { value, seconds: (performance.now() - start) / 1000 };
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
 
 /** Bytes a file or directory takes on disk (allocated blocks: holes count for nothing). */
 function storedBytes(path: string): number {

@@ -15,6 +15,7 @@ import { loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdClient } from '../../src/nbd/index.js';
+import { median } from './measure.js';
 
 const MiB = 1024 ** 2;
 const EXPORT_SIZE = 1024 * MiB;
@@ -169,8 +170,6 @@ function timeChild(args: string[]): Measured {
   if (timed.bytes !== EXPORT_SIZE) throw new Error(`${args[0]} moved ${timed.bytes} bytes of ${EXPORT_SIZE}`);
   return timed;
 }
-
-const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
 interface Measured {
   seconds: number;

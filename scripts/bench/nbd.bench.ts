@@ -16,6 +16,7 @@ import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdClient } from '../../src/nbd/index.js';
 import { benchRandomAccess } from './nbd-random-access.js';
+import { median } from './measure.js';
 
 const GiB = 1024 ** 3;
 const MiB = 1024 ** 2;
@@ -122,8 +123,6 @@ function timeOurs(socket: string, size: number, reuseMemory: boolean): Measure {
   if (measured.bytes !== size) throw new Error(`client read ${measured.bytes} bytes of ${size}`);
   return measured;
 }
-
-const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!;
 
 async function benchImage(label: string, image: string, work: string): Promise<{ rows: string[]; phases: string }> {
   const socket = join(work, `${label.replace(/\W+/g, '-')}.sock`);

@@ -4,7 +4,7 @@
 // at least 0.7x). Sets are built once under .bench/recovery and reused. Medians of
 // BENCH_RECOVERY_ROUNDS rounds; the library call and the whole command (a new
 // process, from the sources through tsx) are timed apart.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -13,6 +13,7 @@ import { fileURLToPath } from 'node:url';
 
 import { BackupSet, checksumFile, migrateStorage, restore, runFromBackup } from '../../src/backup/index.js';
 import { connect, LibvirtError, UndefineFlags, type Connection } from '../../src/index.js';
+import { median, sh } from './measure.js';
 
 const ROUNDS = Number(process.env.BENCH_RECOVERY_ROUNDS ?? 3);
 const RUN_SIZES_MIB = (process.env.BENCH_RECOVERY_RUN_MIB ?? '256,8192').split(',').map(Number);
@@ -21,15 +22,6 @@ const here = dirname(fileURLToPath(import.meta.url));
 const cacheDir = join(here, '..', '..', '.bench', 'recovery');
 const cli = join(here, '..', '..', 'src', 'cli', 'main.ts');
 const MiB = 2 ** 20;
-
-function sh(command: string, args: string[]): string {
-  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * MiB, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
 
 function domainXml(name: string): string {
   const type = existsSync('/dev/kvm') ? 'kvm' : 'qemu';

@@ -23,6 +23,7 @@ import { runHidden } from '../../test/helpers/hiding-namespace.js';
 import { REMOTE_URIS } from '../../test/helpers/remote-rig.js';
 import { waitForSettledGuests } from './settled-guests.js';
 import { busiestThread, busyShare, machineTicks, threadCpu } from './process-cpu.js';
+import { median, sh } from './measure.js';
 
 // ca-cert.pem, client-cert.pem and client-key.pem, as libnbd's tls-certificates wants them.
 const QEMU_CLIENT_PKI = '/etc/pki/qemu';
@@ -36,15 +37,6 @@ const ROUNDS = Number(process.env.BENCH_REMOTE_ROUNDS ?? 3);
 const benchDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.bench');
 const cacheDir = join(benchDir, 'backup');
 const baseImage = join(cacheDir, `random-${SIZE_GIB}g.qcow2`);
-
-function sh(command: string, args: string[]): string {
-  return execFileSync(command, args, { encoding: 'utf8', maxBuffer: 64 * 2 ** 20, stdio: ['ignore', 'pipe', 'pipe'] });
-}
-
-function median(values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.floor(sorted.length / 2)]!;
-}
 
 async function timed(fn: () => Promise<unknown>): Promise<number> {
   // No dirty pages of the previous step left to throttle this one.
