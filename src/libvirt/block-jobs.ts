@@ -112,6 +112,8 @@ export interface BlockJobWaitHost {
   domainName: string;
   domainUuid: string;
   info(): Promise<BlockJobInfo | null>;
+  /** Whether libvirt itself holds the job ready (the live XML's `<mirror ready='yes'>`). */
+  libvirtHoldsReady(): Promise<boolean>;
 }
 
 /**
@@ -136,7 +138,10 @@ export async function waitForBlockJobReady(host: BlockJobWaitHost, disk: string,
       const info = await host.info();
       if (info === null) throw failure('is gone (it failed or was ended by someone else)', null);
       onProgress?.(info);
-      return isReady(info) ? { info } : undefined;
+      // cur == end follows QEMU's own ready flag, which libvirt reads from QEMU at each
+      // query; libvirt allows the pivot only once its event thread has handled QEMU's
+      // ready event, a moment later on a busy host ("not ready for pivot yet").
+      return isReady(info) && (await host.libvirtHoldsReady()) ? { info } : undefined;
     },
     recheckMs,
     ...(signal !== undefined ? { signal } : {}),

@@ -43,6 +43,12 @@ export interface DomainDisk {
   backingStore: DomainBackingStore[];
   readonly: boolean;
   shareable: boolean;
+  /**
+   * A block copy or active commit running on the disk (live XML only): `job` is `copy` or
+   * `active-commit`; `ready` is libvirt's own view, `yes` once it has handled QEMU's
+   * ready event, which is what a pivot asks of the job.
+   */
+  mirror?: { job?: string; ready?: string };
 }
 
 /**
@@ -108,6 +114,13 @@ function readDisk(element: Element, path: string): DomainDisk {
   disk.readonly = reader.child('readonly') !== undefined;
   disk.shareable = reader.child('shareable') !== undefined;
   disk.backingStore = readBackingChain(reader.child('backingStore'), reader.fieldPath('backingStore'));
+  const mirror = reader.child('mirror');
+  if (mirror !== undefined) {
+    const mirrorReader = new ElementReader(mirror, reader.fieldPath('mirror'));
+    disk.mirror = {};
+    assign(disk.mirror, 'job', mirrorReader.attribute('job'));
+    assign(disk.mirror, 'ready', mirrorReader.attribute('ready'));
+  }
   return disk;
 }
 

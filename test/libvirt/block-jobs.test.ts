@@ -6,7 +6,8 @@ import { join } from 'node:path';
 import test from 'ava';
 
 import { BlockJobAbortFlags, BlockJobError, BlockJobInfoFlags, BlockJobSetSpeedFlags, BlockJobStatus, BlockJobType, LibvirtError } from '../../src/index.js';
-import { XmlValidationError } from '../../src/xml/index.js';
+import { parseDomainXml, XmlValidationError } from '../../src/xml/index.js';
+import { waitForBlockJobReady, type BlockJobInfo } from '../../src/libvirt/block-jobs.js';
 import { connectSystem, createThrowawayDomain, guestWrite, IMAGE_DIR } from '../helpers/daemon.js';
 import { run } from '../helpers/process.js';
 
@@ -53,6 +54,11 @@ test('blockCopy to a file, READY event, guest writes during the copy, pivot: the
   const ready = await vm.domain.getBlockJobInfo('vda');
   t.truthy(ready);
   t.is(ready!.cur, ready!.end, 'a ready copy reports cur == end');
+  t.deepEqual(
+    parseDomainXml(await vm.domain.getXMLDesc()).disks.find((d) => d.target?.dev === 'vda')?.mirror,
+    { job: 'copy', ready: 'yes' },
+    "libvirt's live XML holds the copy ready",
+  );
   // A write after READY is mirrored too.
   await guestWrite(vm.domain, 0, 0x33, '16M', '1M');
 
@@ -146,4 +152,25 @@ test('block job errors: libvirt refusals are LibvirtErrors, bad arguments are re
     message: /options.bandwidth must be a whole number of bytes/,
   });
   await t.throwsAsync(vm.domain.blockJobSetSpeed('vda', -5), { instanceOf: TypeError, message: /bandwidth/ });
+});
+
+test('a check that finds cur == end waits until libvirt holds the job ready too, as a pivot requires', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  // QEMU's ready flag (cur == end) comes before libvirt has handled QEMU's ready event.
+  const info: BlockJobInfo = { type: BlockJobType.COPY, bandwidth: 0, cur: 1 << 20, end: 1 << 20 };
+  let libvirtAsked = 0;
+  const waited = await waitForBlockJobReady(
+    {
+      domainName: 'not-a-domain',
+      domainUuid: '00000000-0000-0000-0000-000000000000',
+      events: conn,
+      info: async () => info,
+      libvirtHoldsReady: async () => ++libvirtAsked >= 3,
+    },
+    'vda',
+    { recheckMs: 20, timeoutMs: 10_000 },
+  );
+  t.deepEqual(waited, info);
+  t.is(libvirtAsked, 3, 'not before libvirt agreed');
 });
