@@ -5,6 +5,7 @@ import { checkConnectAuth, credentialHandler, withoutTerminalPrompts, type Conne
 import { connectFailureReason, connectTimeoutError, LibvirtConnectError } from './connect-errors.js';
 import { LibvirtError } from './errors.js';
 import { nativeAddon, type NativeConnection } from './native.js';
+import { sshPortUnreachable, sshReasonLost } from './ssh-reachability.js';
 
 /** How long `connect()` waits by default: connecting, the TLS or SSH handshake, authentication. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
@@ -59,8 +60,16 @@ export async function openNative(uri: string | undefined, flags: number, auth: u
           reject(connectTimeoutError(uri ?? null, limit));
           return;
         }
-        if (error instanceof LibvirtError) reject(new LibvirtConnectError(error, connectFailureReason(error), uri ?? null));
-        else reject(error instanceof Error ? error : new Error(String(error)));
+        if (!(error instanceof LibvirtError)) {
+          reject(error instanceof Error ? error : new Error(String(error)));
+          return;
+        }
+        const reason = connectFailureReason(error);
+        if (reason === 'other' && uri !== undefined && sshReasonLost(uri, error.message)) {
+          void sshPortUnreachable(uri).then((unreachable) => reject(new LibvirtConnectError(error, unreachable ? 'unreachable' : reason, uri)));
+          return;
+        }
+        reject(new LibvirtConnectError(error, reason, uri ?? null));
       },
     );
   });
