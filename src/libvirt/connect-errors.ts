@@ -4,6 +4,7 @@
 // VIR_ERR_SYSTEM_ERROR), so `reason` says which it was.
 import { ErrorCode, ErrorDomain, ErrorLevel } from './constants.js';
 import { LibvirtError } from './errors.js';
+import { sshPortUnreachable, sshReasonLost } from './ssh-reachability.js';
 
 /** Why `connect()` failed, as `LibvirtConnectError.reason`. */
 export type ConnectFailureReason =
@@ -72,6 +73,16 @@ export function connectFailureReason(error: LibvirtError): ConnectFailureReason 
   }
   if (UNREACHABLE.test(message)) return 'unreachable';
   return 'other';
+}
+
+/**
+ * `connectFailureReason()`, and where libvirt's message lost the reason (the ssh
+ * transport's broken pipe), what trying the address itself finds.
+ */
+export async function connectFailureReasonAt(error: LibvirtError, uri: string | null): Promise<ConnectFailureReason> {
+  const reason = connectFailureReason(error);
+  if (reason === 'other' && uri !== null && sshReasonLost(uri, error.message) && (await sshPortUnreachable(uri))) return 'unreachable';
+  return reason;
 }
 
 export function connectTimeoutError(uri: string | null, timeoutMs: number): LibvirtConnectError {

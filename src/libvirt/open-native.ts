@@ -2,10 +2,9 @@
 // the TLS handshake or a credential callback that never returns ends in a timeout
 // error, never in a hang, and the attempt left behind keeps nothing alive.
 import { checkConnectAuth, credentialHandler, withoutTerminalPrompts, type ConnectAuth } from './connect-auth.js';
-import { connectFailureReason, connectTimeoutError, LibvirtConnectError } from './connect-errors.js';
+import { connectFailureReasonAt, connectTimeoutError, LibvirtConnectError } from './connect-errors.js';
 import { LibvirtError } from './errors.js';
 import { nativeAddon, type NativeConnection } from './native.js';
-import { sshPortUnreachable, sshReasonLost } from './ssh-reachability.js';
 
 /** How long `connect()` waits by default: connecting, the TLS or SSH handshake, authentication. */
 export const DEFAULT_CONNECT_TIMEOUT_MS = 30_000;
@@ -64,12 +63,7 @@ export async function openNative(uri: string | undefined, flags: number, auth: u
           reject(error instanceof Error ? error : new Error(String(error)));
           return;
         }
-        const reason = connectFailureReason(error);
-        if (reason === 'other' && uri !== undefined && sshReasonLost(uri, error.message)) {
-          void sshPortUnreachable(uri).then((unreachable) => reject(new LibvirtConnectError(error, unreachable ? 'unreachable' : reason, uri)));
-          return;
-        }
-        reject(new LibvirtConnectError(error, reason, uri ?? null));
+        void connectFailureReasonAt(error, uri ?? null).then((reason) => reject(new LibvirtConnectError(error, reason, uri ?? null)));
       },
     );
   });

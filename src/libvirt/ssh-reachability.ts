@@ -4,27 +4,23 @@
 // pipe": the reason is lost. Trying the SSH port ourselves finds it again.
 import { connect } from 'node:net';
 
-const SSH_TRANSPORT = /^[a-z0-9-]+\+ssh:\/\//i;
+import { parseLibvirtUri } from './uri.js';
+
 const LOST_REASON = /broken pipe|cannot recv data: *(?:\(|$)|end of file while reading data/i;
 const NOTHING_ANSWERS = new Set(['ECONNREFUSED', 'EHOSTUNREACH', 'ENETUNREACH', 'ENOTFOUND', 'EAI_AGAIN', 'ETIMEDOUT', 'EHOSTDOWN']);
 const PROBE_TIMEOUT_MS = 2_000;
 
 /** Whether a failed ssh-transport connection's message lost why ssh ended. */
 export function sshReasonLost(uri: string | null, message: string): boolean {
-  return uri !== null && SSH_TRANSPORT.test(uri) && LOST_REASON.test(message);
+  return uri !== null && parseLibvirtUri(uri)?.transport === 'ssh' && LOST_REASON.test(message);
 }
 
 /** True when nothing accepts a TCP connection at the URI's SSH host and port (22 unless given). */
 export async function sshPortUnreachable(uri: string): Promise<boolean> {
-  let host: string;
-  let port: number;
-  try {
-    const parsed = new URL(uri);
-    host = parsed.hostname.replace(/^\[(.*)\]$/, '$1') || 'localhost';
-    port = parsed.port === '' ? 22 : Number(parsed.port);
-  } catch {
-    return false;
-  }
+  const parsed = parseLibvirtUri(uri);
+  if (parsed === undefined) return false;
+  const host = parsed.host ?? 'localhost';
+  const port = parsed.port ?? 22;
   return new Promise<boolean>((resolve) => {
     const socket = connect({ host, port });
     const done = (unreachable: boolean) => {

@@ -95,33 +95,25 @@ function readDisk(element: Element, path: string): DomainDisk {
   const disk: DomainDisk = { backingStore: [], readonly: false, shareable: false };
   assign(disk, 'type', reader.attribute('type'));
   assign(disk, 'device', reader.attribute('device'));
-  const driver = reader.child('driver');
-  if (driver !== undefined) {
-    const driverReader = new ElementReader(driver, reader.fieldPath('driver'));
-    disk.driver = {};
-    assign(disk.driver, 'name', driverReader.attribute('name'));
-    assign(disk.driver, 'type', driverReader.attribute('type'));
-  }
+  assign(disk, 'driver', childAttributes(reader, 'driver', ['name', 'type']));
   const source = reader.child('source');
   if (source !== undefined) disk.source = readSource(source, reader.fieldPath('source'));
-  const target = reader.child('target');
-  if (target !== undefined) {
-    const targetReader = new ElementReader(target, reader.fieldPath('target'));
-    disk.target = {};
-    assign(disk.target, 'dev', targetReader.attribute('dev'));
-    assign(disk.target, 'bus', targetReader.attribute('bus'));
-  }
+  assign(disk, 'target', childAttributes(reader, 'target', ['dev', 'bus']));
   disk.readonly = reader.child('readonly') !== undefined;
   disk.shareable = reader.child('shareable') !== undefined;
   disk.backingStore = readBackingChain(reader.child('backingStore'), reader.fieldPath('backingStore'));
-  const mirror = reader.child('mirror');
-  if (mirror !== undefined) {
-    const mirrorReader = new ElementReader(mirror, reader.fieldPath('mirror'));
-    disk.mirror = {};
-    assign(disk.mirror, 'job', mirrorReader.attribute('job'));
-    assign(disk.mirror, 'ready', mirrorReader.attribute('ready'));
-  }
+  assign(disk, 'mirror', childAttributes(reader, 'mirror', ['job', 'ready']));
   return disk;
+}
+
+/** A child element's attributes among `keys`, those present; undefined without the child. */
+function childAttributes<K extends string>(reader: ElementReader, name: string, keys: readonly K[]): { [key in K]?: string } | undefined {
+  const child = reader.child(name);
+  if (child === undefined) return undefined;
+  const childReader = new ElementReader(child, reader.fieldPath(name));
+  const attributes: { [key in K]?: string } = {};
+  for (const key of keys) assign(attributes, key, childReader.attribute(key));
+  return attributes;
 }
 
 function readSource(element: Element, path: string): DomainDiskSource {
