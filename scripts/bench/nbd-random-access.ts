@@ -11,11 +11,12 @@
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { existsSync, readFileSync, renameSync, rmSync, writeFileSync } from 'node:fs';
 import { connect } from 'node:net';
-import { loadavg } from 'node:os';
+import { availableParallelism, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdClient } from '../../src/nbd/index.js';
 import { median } from './measure.js';
+import { clientCpuSeconds, processCpuSeconds, threadCpu } from './process-cpu.js';
 
 const MiB = 1024 ** 2;
 const EXPORT_SIZE = 1024 * MiB;
@@ -32,12 +33,22 @@ interface Timed {
   /** CPU of the whole process (all threads) and minor page faults, from connecting to closing. */
   cpuSeconds: number;
   pageFaults: number;
+  /** CPU of the JS thread alone, which makes every socket read and runs every callback. */
+  jsThreadSeconds: number;
+  /** CPU the server spent meanwhile, when its pid was given. */
+  serverCpuSeconds?: number;
+  /** The same reads again in the same process, once V8 has compiled the client's code. */
+  warm?: Timed;
 }
 
-/** Starts the clock; the function it returns stops it and says what was spent. */
-function clock(): (bytes: number) => Timed {
+const jsThreadCpu = (): number => threadCpu('self').get(String(process.pid)) ?? Number.NaN;
+
+/** Starts the clock; the function it returns stops it and says what was spent (by the server `serverPid` too). */
+function clock(serverPid?: number): (bytes: number) => Timed {
   const started = performance.now();
   const usage = process.resourceUsage();
+  const jsThread = jsThreadCpu();
+  const server = serverPid === undefined ? 0 : processCpuSeconds(serverPid);
   return (bytes) => {
     const now = process.resourceUsage();
     return {
@@ -45,6 +56,8 @@ function clock(): (bytes: number) => Timed {
       bytes,
       cpuSeconds: (now.userCPUTime + now.systemCPUTime - usage.userCPUTime - usage.systemCPUTime) / 1e6,
       pageFaults: now.minorPageFault - usage.minorPageFault,
+      jsThreadSeconds: jsThreadCpu() - jsThread,
+      ...(serverPid === undefined ? {} : { serverCpuSeconds: processCpuSeconds(serverPid) - server }),
     };
   };
 }
@@ -69,19 +82,25 @@ async function inFlight(offsets: number[], work: (offset: number, worker: number
   );
 }
 
-async function childRead(socket: string, into: boolean): Promise<void> {
-  const offsets = shuffledOffsets();
+async function childRead(socket: string, into: boolean, serverPid: number): Promise<void> {
   // Caller buffers in use already: allocated and touched before the clock starts.
-  const buffers = into ? Array.from({ length: IN_FLIGHT }, () => Buffer.alloc(PIECE)) : [];
-  const stop = clock();
-  const client = await NbdClient.connect({ path: socket, ...tuning });
-  let bytes = 0;
-  await inFlight(offsets, async (offset, worker) => {
-    const data = await client.read(offset, PIECE, into ? { into: buffers[worker]! } : {});
-    bytes += data.length;
-  });
-  await client.close();
-  process.stdout.write(JSON.stringify(stop(bytes)) + '\n');
+  // Buffer.alloc alone touches nothing: memory that large comes zeroed from mmap, and
+  // the reads would pay its first touches.
+  const buffers = into ? Array.from({ length: IN_FLIGHT }, () => Buffer.alloc(PIECE).fill(1)) : [];
+  const readAll = async (): Promise<Timed> => {
+    const offsets = shuffledOffsets();
+    const stop = clock(serverPid);
+    const client = await NbdClient.connect({ path: socket, ...tuning });
+    let bytes = 0;
+    await inFlight(offsets, async (offset, worker) => {
+      const data = await client.read(offset, PIECE, into ? { into: buffers[worker]! } : {});
+      bytes += data.length;
+    });
+    await client.close();
+    return stop(bytes);
+  };
+  const cold = await readAll();
+  process.stdout.write(JSON.stringify({ ...cold, warm: await readAll() }) + '\n');
 }
 
 async function childWrite(socket: string, source: string): Promise<void> {
@@ -151,11 +170,14 @@ async function stop(server: ChildProcess): Promise<void> {
 }
 
 function timeProcess(command: string, args: string[]): Measured {
+  const cpuBefore = clientCpuSeconds();
   const started = performance.now();
   const result = spawnSync(command, args, { encoding: 'utf8' });
   const seconds = (performance.now() - started) / 1000;
   if (result.status !== 0) throw new Error(`${command} failed: ${result.stderr}`);
-  return { seconds };
+  // The child is reaped: its CPU is counted with this process's children (and this
+  // process's own few milliseconds of spawning it).
+  return { seconds, cpuSeconds: clientCpuSeconds() - cpuBefore };
 }
 
 /** Runs this file with `args` in a process of its own; resolves with the JSON of its last line. */
@@ -175,12 +197,25 @@ interface Measured {
   seconds: number;
   cpuSeconds?: number;
   pageFaults?: number;
+  jsThreadSeconds?: number;
+  warm?: Measured;
+  /** CPU the server (qemu-nbd) spent during the run. */
+  serverCpuSeconds?: number;
 }
 
 interface Contender {
   name: string;
   time: () => Measured;
   runs: Measured[];
+}
+
+/** `time` with the server's CPU during it added. */
+function withServerCpu(server: ChildProcess, time: () => Measured): () => Measured {
+  return () => {
+    const before = processCpuSeconds(server.pid!);
+    const measured = time();
+    return { ...measured, serverCpuSeconds: processCpuSeconds(server.pid!) - before };
+  };
 }
 
 /** Alternating rounds after one untimed pass of each; the first contender is the reference. */
@@ -210,11 +245,19 @@ export async function benchRandomAccess(cacheDir: string, work: string, rounds: 
   try {
     reads = race(
       [
-        { name: 'nbdcopy → null:', time: () => timeProcess('nbdcopy', [`nbd+unix:///?socket=${readSocket}`, 'null:']), runs: [] },
-        { name: `ours, ${IN_FLIGHT} × read(2 MiB, { into }) at shuffled offsets`, time: () => timeChild(['--child-read', readSocket, 'into']), runs: [] },
+        {
+          name: 'nbdcopy → null:',
+          time: withServerCpu(reader, () => timeProcess('nbdcopy', [`nbd+unix:///?socket=${readSocket}`, 'null:'])),
+          runs: [],
+        },
+        {
+          name: `ours, ${IN_FLIGHT} × read(2 MiB, { into }) at shuffled offsets`,
+          time: () => timeChild(['--child-read', readSocket, 'into', String(reader.pid)]),
+          runs: [],
+        },
         {
           name: `ours, ${IN_FLIGHT} × read(2 MiB) (fresh buffers) at shuffled offsets`,
-          time: () => timeChild(['--child-read', readSocket, 'fresh']),
+          time: () => timeChild(['--child-read', readSocket, 'fresh', String(reader.pid)]),
           runs: [],
         },
       ],
@@ -257,6 +300,7 @@ export async function benchRandomAccess(cacheDir: string, work: string, rounds: 
   const withoutFaults = of(reads.runs[0]!, 'seconds') / (freshSeconds - faultSeconds);
   const loadAfter = loadavg();
   const met = (ratio: number, wanted: number): string => `${ratio.toFixed(2)}x ${ratio >= wanted ? 'met' : 'MISSED'}`;
+  const budget = readCpuBudget(reads.runs);
   return [
     `| 1 GiB random, raw | median of ${rounds} | runs (s) | MiB/s | ratio vs nbdcopy | our CPU (all threads) | our page faults |`,
     '| --- | --- | --- | --- | --- | --- | --- |',
@@ -267,12 +311,54 @@ export async function benchRandomAccess(cacheDir: string, work: string, rounds: 
     `targets: into >= ${TARGETS.into}x ${met(reads.ratios[1]!, TARGETS.into)}; fresh >= ${TARGETS.fresh}x ${met(reads.ratios[2]!, TARGETS.fresh)}; write >= ${TARGETS.write}x ${met(writes.ratios[1]!, TARGETS.write)}`,
     `fresh Buffers take ${extraFaults.toFixed(0)} more page faults than \`into\`; a first touch of a fresh page costs ${perFault.toFixed(1)} µs of CPU here ` +
       `(${touches.map((t) => t.toFixed(1)).join(', ')}), so about ${faultSeconds.toFixed(2)} s of the fresh reads' time (their CPU stretched ${stretch.toFixed(2)}x into wall time) is the machine's price for fresh memory; without it they would read at ${withoutFaults.toFixed(2)}x`,
+    ...budget,
     `load average (1/5/15 min) before: ${loadBefore.map((l) => l.toFixed(2)).join(' ')}, after: ${loadAfter.map((l) => l.toFixed(2)).join(' ')}`,
   ];
 }
 
+/**
+ * Where the reads' time went: the CPU of client and server per read of the export, what
+ * that allows on this machine's cores, and the reads again once V8 has compiled the client.
+ */
+function readCpuBudget(runs: Measured[][]): string[] {
+  const of = (list: Measured[], key: 'seconds' | 'cpuSeconds' | 'serverCpuSeconds' | 'jsThreadSeconds'): number =>
+    median(list.map((m) => m[key] ?? Number.NaN));
+  const [peer, into, fresh] = runs.map((list) => ({
+    seconds: of(list, 'seconds'),
+    client: of(list, 'cpuSeconds'),
+    server: of(list, 'serverCpuSeconds'),
+    jsThread: of(list, 'jsThreadSeconds'),
+    warm: list[0]!.warm === undefined ? undefined : list.map((m) => m.warm!),
+  })) as [Budget, Budget, Budget];
+  const cores = availableParallelism();
+  const total = (b: Budget): number => b.client + b.server;
+  // The share of the cores' time a run kept busy with client and server work.
+  const used = (b: Budget): number => total(b) / (cores * b.seconds);
+  const line = (name: string, b: Budget): string =>
+    `${name} ${b.client.toFixed(2)} s${Number.isNaN(b.jsThread) ? '' : ` (JS thread ${b.jsThread.toFixed(2)})`} + qemu-nbd ${b.server.toFixed(2)} s = ${total(b).toFixed(2)} s, ${(used(b) * 100).toFixed(0)} % of ${cores} cores`;
+  const warmLine = (name: string, b: Budget): string => {
+    const warm = b.warm!;
+    const seconds = of(warm, 'seconds');
+    return `${name} ${seconds.toFixed(3)} s (${(peer.seconds / seconds).toFixed(2)}x nbdcopy), client ${of(warm, 'cpuSeconds').toFixed(2)} s (JS thread ${of(warm, 'jsThreadSeconds').toFixed(2)}) + qemu-nbd ${of(warm, 'serverCpuSeconds').toFixed(2)} s`;
+  };
+  return [
+    `CPU per read of the export (medians): ${line('nbdcopy', peer)}; ${line('ours into', into)}; ${line('ours fresh', fresh)}`,
+    `at nbdcopy's use of the cores, CPU alone allows ours at most ${(total(peer) / total(into)).toFixed(2)}x (into) and ${(total(peer) / total(fresh)).toFixed(2)}x (fresh): ` +
+      `our client spends ${(into.client - peer.client).toFixed(2)} s more than nbdcopy on into, the server ${(into.server - peer.server).toFixed(2)} s more`,
+    `the same reads again in the same process, once V8 has compiled the client: ${warmLine('into', into)}; ${warmLine('fresh', fresh)}`,
+  ];
+}
+
+interface Budget {
+  seconds: number;
+  client: number;
+  server: number;
+  jsThread: number;
+  warm: Measured[] | undefined;
+}
+
 if (process.argv[2] === '--child-read') {
-  await childRead(process.argv[3]!, process.argv[4] === 'into');
+  await childRead(process.argv[3]!, process.argv[4] === 'into', Number(process.argv[5]));
 } else if (process.argv[2] === '--child-write') {
   await childWrite(process.argv[3]!, process.argv[4]!);
 } else if (process.argv[2] === '--child-touch') {

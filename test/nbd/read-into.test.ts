@@ -8,6 +8,7 @@ import type { Socket } from 'node:net';
 import { join } from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import { AllocationFlags, BASE_ALLOCATION, NbdClient, NbdError, type Extent } from '../../src/nbd/index.js';
+import { PLACE, type PlacingReadSink } from '../../src/nbd/connection.js';
 import { DONE, REPLY, STRUCTURED_REPLY_MAGIC, startFakeServer } from './fake-server.js';
 import { run, startQemuNbd, tempDir } from './helpers.js';
 
@@ -249,4 +250,39 @@ test('an into-read aborted while its payload arrives rejects, and nothing lands 
   into.fill(0xaa);
   t.true((await client.read(MiB, 4096)).equals(Buffer.alloc(4096, 0x11)));
   t.true(into.equals(Buffer.alloc(length, 0xaa)));
+});
+
+test('a read sent to an idle connection lands straight in its memory, not in receive memory first', async (t) => {
+  const { socket, expected } = await serveImage(t);
+  const client = await NbdClient.connect({ path: socket, connections: 1 });
+  t.teardown(() => client.close());
+  // Where the first reply lands was settled during the handshake, before placement.
+  await client.read(0, 4096);
+  // Each request is answered before the next goes out: the connection is idle each time
+  // Node asks where its next socket read lands, and the reply is one of a read not sent yet.
+  for (let round = 0; round < 8; round++) {
+    const offset = round * 512 * 1024;
+    const target = Buffer.alloc(512 * 1024, GARBAGE);
+    let copied = 0;
+    const sink: PlacingReadSink = {
+      holds: 'call',
+      data(at, bytes) {
+        const place = at - offset;
+        if (bytes.buffer === target.buffer && bytes.byteOffset === target.byteOffset + place) return;
+        copied += bytes.length;
+        bytes.copy(target, place);
+      },
+      hole(at, size) {
+        target.fill(0, at - offset, at - offset + size);
+      },
+      [PLACE](at, size) {
+        return target.subarray(at - offset, at - offset + size);
+      },
+    };
+    await client.readRequest(offset, target.length, sink);
+    t.true(target.equals(expected.subarray(offset, offset + target.length)), `round ${round}: the bytes read`);
+    // A payload's last few KiB may come through receive memory (reads that small are not
+    // worth a placement of their own); the rest of it must not.
+    t.true(copied < 16 * 1024, `round ${round}: ${copied} bytes came through receive memory`);
+  }
 });
