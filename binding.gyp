@@ -23,6 +23,7 @@
         "binding/typed_params.cc",
         "binding/file_lock.cc",
         "binding/file_writer.cc",
+        "binding/huge_page_memory.cc",
         "binding/xxh128.cc",
         "binding/zstd_clusters.cc",
         "binding/tls_relay.cc"

@@ -16,6 +16,7 @@
 #include "event_loop.h"
 #include "file_lock.h"
 #include "file_writer.h"
+#include "huge_page_memory.h"
 #include "spin_governor_probe.h"
 #include "storage_connection.h"
 #include "storage_pool.h"
@@ -141,6 +142,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("zstdCompressClusters", Napi::Function::New(env, ZstdCompressClusters, "zstdCompressClusters"));
   exports.Set("zstdDecompressCluster", Napi::Function::New(env, ZstdDecompressCluster, "zstdDecompressCluster"));
   exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
+  exports.Set("hugePageMemory", Napi::Function::New(env, HugePageMemory, "hugePageMemory"));
   exports.Set("startTlsRelay", Napi::Function::New(env, StartTlsRelay, "startTlsRelay"));
   exports.Set("CallPolicyProbe", InitCallPolicyProbe(env));
   exports.Set("SpinGovernorProbe", InitSpinGovernorProbe(env));

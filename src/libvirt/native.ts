@@ -219,6 +219,8 @@ export interface NativeAddon {
   zstdDecompressCluster(frame: Uint8Array, clusterSize: number): Promise<Buffer>;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
   tryLockFile(fd: number): boolean;
+  /** `bytes` (rounded up to 2 MiB) of memory on a 2 MiB boundary, advised for transparent huge pages; see binding/huge_page_memory.h. */
+  hugePageMemory(bytes: number): ArrayBuffer;
   /** TLS of a connected socket on GnuTLS threads, plain text over a local socket pair; see binding/tls_relay.h. */
   startTlsRelay(fd: number, options: NativeTlsRelayOptions): { promise: Promise<number>; cancel(): void };
   /** Test hook: the call dispatcher's policy (binding/call_policy.h) on a clock the caller sets. */
@@ -364,6 +366,7 @@ export const NATIVE_SURFACE = {
     zstdCompressClusters: true,
     zstdDecompressCluster: true,
     tryLockFile: true,
+    hugePageMemory: true,
     startTlsRelay: true,
     CallPolicyProbe: true,
     SpinGovernorProbe: true,

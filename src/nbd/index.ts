@@ -3,6 +3,7 @@ export type { ConnectOptions, ServerAddress, ReadOptions, RequestSignalOption, W
 export { NbdError, NbdOptionError, NbdProtocolError, NbdConnectionError, NbdTimeoutError } from './errors.js';
 export type { Extent, ByteRange } from './extents.js';
 export type { ReadChunk, ReadStreamOptions } from './stream.js';
+export type { AlignedMemorySource } from '../common/page-aligned.js';
 export type { ReadSink } from './connection.js';
 export type { BlockSizeLimits, ExportListing } from './handshake.js';
 export type { NbdTlsOptions, NbdTlsRelay, TlsRelayRequest } from './tls.js';

@@ -1,4 +1,4 @@
-import { pageAlignedBuffers } from '../common/page-aligned.js';
+import { pageAlignedBuffers, wasmMemory, type AlignedMemorySource } from '../common/page-aligned.js';
 import { PLACE, type PlacingReadSink, type ReadSink } from './connection.js';
 import type { ByteRange, Extent } from './extents.js';
 import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags } from './protocol.js';
@@ -42,6 +42,15 @@ export interface ReadStreamOptions {
    * chunks in flight (positioned file writes). Off by default: `data` stays valid.
    */
   reuseMemory?: boolean | 'until-release';
+  /**
+   * Where `'until-release'` reads land: a function that returns page-aligned memory of
+   * at least the bytes asked for, called once per few megabytes. WebAssembly memory by
+   * default. A consumer writing with O_DIRECT may pass memory backed by huge pages, which
+   * reaches the disk in fewer, larger requests (the backup engine does). Streams given
+   * the same function share the buffers carved from its memory: one function for the
+   * reads of one file lets each range's stream reuse what the last one released.
+   */
+  alignedMemory?: AlignedMemorySource;
   signal?: AbortSignal;
 }
 
@@ -76,13 +85,16 @@ interface InFlightRead {
 /** Request-sized buffers that each start on a page, reused as their readers give them back. */
 class AlignedBuffers {
   readonly #free: Buffer[] = [];
-  constructor(readonly size: number) {}
+  constructor(
+    readonly size: number,
+    readonly memory: AlignedMemorySource,
+  ) {}
 
   take(): Buffer {
     const free = this.#free.pop();
     if (free) return free;
     // A few at a time: each group is one memory mapping of its own.
-    const group = pageAlignedBuffers(ALIGNED_GROUP, this.size);
+    const group = pageAlignedBuffers(ALIGNED_GROUP, this.size, this.memory);
     const first = group.pop()!;
     this.#free.push(...group);
     return first;
@@ -94,6 +106,18 @@ class AlignedBuffers {
 }
 
 const ALIGNED_GROUP = 8;
+
+/** The buffers of each memory source a caller passed, by size, for as long as the caller keeps the source. */
+const sharedAligned = new WeakMap<AlignedMemorySource, Map<number, AlignedBuffers>>();
+
+function alignedBuffersOf(memory: AlignedMemorySource | undefined, size: number): AlignedBuffers {
+  if (memory === undefined) return new AlignedBuffers(size, wasmMemory);
+  let bySize = sharedAligned.get(memory);
+  if (!bySize) sharedAligned.set(memory, (bySize = new Map()));
+  let buffers = bySize.get(size);
+  if (!buffers) bySize.set(size, (buffers = new AlignedBuffers(size, memory)));
+  return buffers;
+}
 
 /** One read's aligned buffer, back to its pool once every data piece is released. */
 interface LentMemory {
@@ -222,7 +246,7 @@ export async function* readChunks(source: ChunkSource, options: ReadStreamOption
   const reuse = options.reuseMemory === true || options.reuseMemory === 'until-release';
   const releasedByConsumer = options.reuseMemory === 'until-release';
   // Consumers that keep chunks until they release them get page-aligned memory per read.
-  const aligned = releasedByConsumer ? new AlignedBuffers(source.requestSize) : undefined;
+  const aligned = releasedByConsumer ? alignedBuffersOf(options.alignedMemory, source.requestSize) : undefined;
   const queue: Array<InFlightRead | ReadChunk> = [];
   let queuedBytes = 0;
   const segments = plan(source, range, signal ? { ...options, signal } : options);

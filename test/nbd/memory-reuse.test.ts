@@ -102,3 +102,33 @@ test('an until-release stream reads into page-aligned memory, keeps each chunk i
   t.true(bytesOf(memory) < SIZE / 2, `${bytesOf(memory) / MiB} MiB of distinct memory for ${SIZE / MiB} MiB read`);
   t.throws(() => first!.release!(), { message: 'a read chunk was released twice' });
 });
+
+test('until-release streams read into the memory a caller gives; streams given the same source share its buffers', async (t) => {
+  const { socket, expected } = await serveRandom(t);
+  const client = await NbdClient.connect({ path: socket });
+  t.teardown(() => client.close());
+  const given: ArrayBuffer[] = [];
+  const alignedMemory = (bytes: number): ArrayBuffer => {
+    const memory = new ArrayBuffer(bytes);
+    given.push(memory);
+    return memory;
+  };
+  // Four ranges, one stream each, as a backup reads the runs of a disk.
+  for (let range = 0; range < 4; range++) {
+    const offset = range * 12 * MiB;
+    for await (const chunk of client.chunks({ range: { offset, length: 8 * MiB }, reuseMemory: 'until-release', alignedMemory })) {
+      if (chunk.kind !== 'data') continue;
+      if (!given.includes(chunk.data.buffer as ArrayBuffer)) return t.fail(`chunk at ${chunk.offset} is not in the given memory`);
+      if (!chunk.data.equals(expected.subarray(chunk.offset, chunk.offset + chunk.length))) return t.fail(`wrong bytes at ${chunk.offset}`);
+      chunk.release!();
+    }
+  }
+  // Released at once, the first stream's buffers served the three after it.
+  t.is(given.length, 2, `${given.length} memories given for 32 MiB read in four streams`);
+  // Without a source of its own, a stream still reads into page-aligned memory.
+  for await (const chunk of client.chunks({ range: { offset: 0, length: MiB }, reuseMemory: 'until-release' })) {
+    if (chunk.kind !== 'data') continue;
+    t.false(given.includes(chunk.data.buffer as ArrayBuffer));
+    chunk.release!();
+  }
+});

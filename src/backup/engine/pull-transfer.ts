@@ -6,6 +6,8 @@ import { BackupError } from './engine-types.js';
 import { exportReadError } from './export-connection.js';
 import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/qcow2-layout.js';
 import { writeQcow2 } from '../qcow2/qcow2-writer.js';
+import { directWriteMemory } from '../qcow2/direct-write-memory.js';
+import type { AlignedMemorySource } from '../../common/page-aligned.js';
 import { type SpaceNeed } from './space-guard.js';
 import { type TcpExport } from './remote-export.js';
 import type { OfflineExports } from './offline-images.js';
@@ -188,13 +190,15 @@ async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: Ab
   const { set, emit } = context;
   const { disk, source, runs } = entry;
   if (source === null) throw new Error(`the export of ${disk.target} is closed`);
+  // One source for all the disk's runs, so each run's reads reuse what the last released.
+  const alignedMemory: AlignedMemorySource = (bytes) => directWriteMemory(bytes);
   // Whole clusters are read, so a cluster only partly dirty still gets its current
   // bytes, never zeroes standing in for data the backing file has.
   const chunks = (async function* () {
     for (const run of runs) {
       const offset = run.start * CLUSTER_SIZE;
       const length = Math.min(run.count * CLUSTER_SIZE, source.size - offset);
-      for await (const chunk of source.chunks({ range: { offset, length }, reuseMemory: 'until-release', signal })) {
+      for await (const chunk of source.chunks({ range: { offset, length }, reuseMemory: 'until-release', alignedMemory, signal })) {
         if (chunk.kind === 'data') entry.written += chunk.length;
         yield chunk;
       }

@@ -9,6 +9,7 @@ import { createChecksum, type ChecksumAlgorithm } from '../checksum.js';
 import { BackupSetError, throwIfAborted } from '../errors.js';
 import { inflateCluster } from './qcow2-reader.js';
 import { pageAlignedBuffers } from '../../common/page-aligned.js';
+import { directWriteMemory } from './direct-write-memory.js';
 
 /** Where guest bytes go; buffers stay untouched until the promise settles. */
 export interface GuestWriter {
@@ -50,8 +51,9 @@ export class ReadBufferPool {
     count = POOL_BUFFERS,
   ) {
     // On page boundaries: the kernel copies the file into them a third of the time it takes
-    // into Node's own allocations, and the writer can hand their pieces to the disk directly.
-    for (const bytes of pageAlignedBuffers(count, bufferBytes)) this.#free.push(new ReadBuffer(bytes, this));
+    // into Node's own allocations, and the writer can hand their pieces to the disk directly
+    // (in huge pages: see direct-write-memory.ts).
+    for (const bytes of pageAlignedBuffers(count, bufferBytes, directWriteMemory)) this.#free.push(new ReadBuffer(bytes, this));
   }
 
   async acquire(): Promise<ReadBuffer> {
