@@ -81,6 +81,31 @@ try {
   const dest = join(work, 'ours');
   const peerDir = join(work, 'peer');
   const times = { nbdcopy: [] as number[], nbdcopyFlush: [] as number[], ours: [] as number[], peer: [] as number[] };
+  // Where our full backups' time went: before the first data was written (domain and
+  // disks looked up, checkpoint and job started, export connected), the copy, and after
+  // the disk was done (job ended, manifest written and synced). nbdcopy's time starts
+  // with the job already running and ends before it is stopped.
+  const phases = { before: [] as number[], copy: [] as number[], after: [] as number[] };
+  const phasedBackup = async (): Promise<number> => {
+    let firstData = 0;
+    let diskDone = 0;
+    const started = performance.now();
+    await runBackup({
+      domain: ours.name,
+      dest,
+      connection: conn,
+      level: 'full',
+      onEvent: (event) => {
+        if (event.type === 'progress' && firstData === 0) firstData = performance.now();
+        if (event.type === 'disk-done') diskDone = performance.now();
+      },
+    });
+    const ended = performance.now();
+    phases.before.push((firstData - started) / 1000);
+    phases.copy.push((diskDone - firstData) / 1000);
+    phases.after.push((ended - diskDone) / 1000);
+    return (ended - started) / 1000;
+  };
   for (let round = 0; round < ROUNDS; round++) {
     if (round > 0) {
       // Each round starts from scratch: a new set, a new virtnbdbackup directory.
@@ -89,7 +114,7 @@ try {
     }
     times.nbdcopy.push(await nbdcopyToFile(false));
     times.nbdcopyFlush.push(await nbdcopyToFile(true));
-    times.ours.push((await timedAsync(() => runBackup({ domain: ours.name, dest, connection: conn, level: 'full' }))).seconds);
+    times.ours.push(await phasedBackup());
     times.peer.push(timed(() => sh('virtnbdbackup', ['-U', 'qemu:///system', '-d', peer.name, '-l', 'full', '-o', peerDir])).seconds);
   }
   const oursFull = median(times.ours);
@@ -181,6 +206,12 @@ try {
   }
   console.log(
     `rounds: ours ${list(times.ours)}; virtnbdbackup ${list(times.peer)}; nbdcopy ${list(times.nbdcopy)}; nbdcopy --flush ${list(times.nbdcopyFlush)}`,
+  );
+  const copy = median(phases.copy);
+  console.log(
+    `our full backups: ${median(phases.before).toFixed(2)} s before the first data (job, checkpoint, export), the copy ${copy.toFixed(2)} s, ` +
+      `${median(phases.after).toFixed(2)} s after the last (job ended, manifest synced); medians of ${list(phases.before)} / ${list(phases.copy)} / ${list(phases.after)}; ` +
+      `the copy alone at ${(nbdcopyFlush / copy).toFixed(2)}x nbdcopy --flush, which starts with the job running and ends before it stops`,
   );
   console.log(`restore rounds: ${RESTORE_STEPS.map((step) => `${step} ${list(restoreTimes[step])}`).join('; ')}`);
   console.log(
