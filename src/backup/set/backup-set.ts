@@ -20,7 +20,7 @@ import {
   type Manifest,
   type ManifestDomain,
 } from './manifest.js';
-import { qemuImgInfo } from '../qcow2/qemu-img.js';
+import { readImageHeader } from '../qcow2/image-header.js';
 import type { ChainLink, SetFiles } from './set-files.js';
 import { recoverInterruptedRun, type RecoveryReport } from './recovery.js';
 import { BackupRun, readJournal, type RunJournalState } from './run-journal.js';
@@ -315,9 +315,9 @@ export class BackupSet implements SetFiles {
       throw mismatch(errnoCode(error) === 'ENOENT' ? 'file is missing' : describeFsError(error));
     }
     if (size !== disk.fileSize) throw mismatch(`file is ${size} bytes, the record says ${disk.fileSize}`);
-    const info = await qemuImgInfo(path, { signal: options.signal });
+    const info = await readImageHeader(path, { signal: options.signal });
     if (info.format !== 'qcow2') throw mismatch(`is ${info.format}, not qcow2`);
-    if ((info.backingFilename ?? null) !== disk.backingFile) {
+    if (info.backingFilename !== disk.backingFile) {
       throw mismatch(
         `backing file in the image is ${info.backingFilename ?? 'none'}, the record says ${disk.backingFile ?? 'none'} (backing names must be plain file names)`,
       );
