@@ -1,7 +1,8 @@
 // End-to-end backup figures on one 2 GiB domain of random data, against
 // virtnbdbackup/virtnbdrestore and nbdcopy measured in the same run:
 // full backup, incremental after 32 MiB of writes, restore of the latest point (to raw
-// and qcow2, against virtnbdrestore and qemu-img convert of the same chain).
+// and qcow2, against virtnbdrestore and qemu-img convert of the same chain), then idle
+// incrementals until the chain is 30 long.
 import { closeSync, existsSync, fsyncSync, mkdirSync, mkdtempSync, openSync, rmSync } from 'node:fs';
 import { loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -15,6 +16,7 @@ import { median, sh, timed, timedAsync } from './measure.js';
 
 const SIZE_GIB = Number(process.env.BENCH_BACKUP_GIB ?? 2);
 const ROUNDS = Number(process.env.BENCH_BACKUP_ROUNDS ?? 3);
+const CHAIN_LENGTH = Number(process.env.BENCH_CHAIN_LENGTH ?? 30);
 const cacheDir = join(dirname(fileURLToPath(import.meta.url)), '..', '..', '.bench', 'backup');
 const baseImage = join(cacheDir, `random-${SIZE_GIB}g.qcow2`);
 const loadAtStart = loadavg()
@@ -170,6 +172,13 @@ try {
     }
   }
   rmSync(restoreDir, { recursive: true, force: true });
+
+  // Incrementals of the idle guest until the chain is CHAIN_LENGTH long: what a nightly
+  // run of a quiet VM costs, where the fixed costs are all there is, early and late in a chain.
+  const chainIncrementals: number[] = [];
+  while (chain.length + chainIncrementals.length < CHAIN_LENGTH) {
+    chainIncrementals.push((await timedAsync(() => runBackup({ domain: ours.name, dest, connection: conn, level: 'inc' }))).seconds);
+  }
   const restoreMedian = Object.fromEntries(RESTORE_STEPS.map((step) => [step, median(restoreTimes[step])])) as Record<RestoreStep, number>;
 
   const granularity = 64 * 1024;
@@ -216,6 +225,12 @@ try {
   console.log(`restore rounds: ${RESTORE_STEPS.map((step) => `${step} ${list(restoreTimes[step])}`).join('; ')}`);
   console.log(
     `throughput: full backup ${rate(oursFull)}; restore to raw ${rate(restoreMedian['ours raw'])} (${(oursFull / restoreMedian['ours raw']).toFixed(2)}x the full backup's), to qcow2 ${rate(restoreMedian['ours qcow2'])} (${(oursFull / restoreMedian['ours qcow2']).toFixed(2)}x)`,
+  );
+  const early = chainIncrementals.slice(0, 3);
+  const late = chainIncrementals.slice(-3);
+  console.log(
+    `idle incrementals as the chain grows: ${median(early).toFixed(2)} s at chain length ${chain.length + 1}-${chain.length + early.length}, ` +
+      `${median(late).toFixed(2)} s at ${CHAIN_LENGTH - late.length + 1}-${CHAIN_LENGTH} (medians of ${list(early)} / ${list(late)})`,
   );
   console.log(`stored: ours ${(dirBytes(dest) / 2 ** 20).toFixed(0)} MiB, virtnbdbackup ${(dirBytes(peerDir) / 2 ** 20).toFixed(0)} MiB`);
   console.log(
