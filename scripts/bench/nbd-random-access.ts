@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { NbdClient } from '../../src/nbd/index.js';
 import { median } from './measure.js';
-import { clientCpuSeconds, processCpuSeconds, threadCpu } from './process-cpu.js';
+import { clientCpuSeconds, processCpuSeconds, processMinorFaults, threadCpu } from './process-cpu.js';
 
 const MiB = 1024 ** 2;
 const EXPORT_SIZE = 1024 * MiB;
@@ -35,8 +35,9 @@ interface Timed {
   pageFaults: number;
   /** CPU of the JS thread alone, which makes every socket read and runs every callback. */
   jsThreadSeconds: number;
-  /** CPU the server spent meanwhile, when its pid was given. */
+  /** CPU the server spent meanwhile, and the page faults it took, when its pid was given. */
   serverCpuSeconds?: number;
+  serverPageFaults?: number;
   /** The same reads again in the same process, once V8 has compiled the client's code. */
   warm?: Timed;
 }
@@ -49,6 +50,7 @@ function clock(serverPid?: number): (bytes: number) => Timed {
   const usage = process.resourceUsage();
   const jsThread = jsThreadCpu();
   const server = serverPid === undefined ? 0 : processCpuSeconds(serverPid);
+  const serverFaults = serverPid === undefined ? 0 : processMinorFaults(serverPid);
   return (bytes) => {
     const now = process.resourceUsage();
     return {
@@ -57,7 +59,9 @@ function clock(serverPid?: number): (bytes: number) => Timed {
       cpuSeconds: (now.userCPUTime + now.systemCPUTime - usage.userCPUTime - usage.systemCPUTime) / 1e6,
       pageFaults: now.minorPageFault - usage.minorPageFault,
       jsThreadSeconds: jsThreadCpu() - jsThread,
-      ...(serverPid === undefined ? {} : { serverCpuSeconds: processCpuSeconds(serverPid) - server }),
+      ...(serverPid === undefined
+        ? {}
+        : { serverCpuSeconds: processCpuSeconds(serverPid) - server, serverPageFaults: processMinorFaults(serverPid) - serverFaults }),
     };
   };
 }
@@ -201,6 +205,8 @@ interface Measured {
   warm?: Measured;
   /** CPU the server (qemu-nbd) spent during the run. */
   serverCpuSeconds?: number;
+  /** Page faults the server took during the run. */
+  serverPageFaults?: number;
 }
 
 interface Contender {
@@ -209,12 +215,13 @@ interface Contender {
   runs: Measured[];
 }
 
-/** `time` with the server's CPU during it added. */
+/** `time` with the server's CPU and page faults during it added. */
 function withServerCpu(server: ChildProcess, time: () => Measured): () => Measured {
   return () => {
     const before = processCpuSeconds(server.pid!);
+    const faultsBefore = processMinorFaults(server.pid!);
     const measured = time();
-    return { ...measured, serverCpuSeconds: processCpuSeconds(server.pid!) - before };
+    return { ...measured, serverCpuSeconds: processCpuSeconds(server.pid!) - before, serverPageFaults: processMinorFaults(server.pid!) - faultsBefore };
   };
 }
 
@@ -321,12 +328,13 @@ export async function benchRandomAccess(cacheDir: string, work: string, rounds: 
  * that allows on this machine's cores, and the reads again once V8 has compiled the client.
  */
 function readCpuBudget(runs: Measured[][]): string[] {
-  const of = (list: Measured[], key: 'seconds' | 'cpuSeconds' | 'serverCpuSeconds' | 'jsThreadSeconds'): number =>
+  const of = (list: Measured[], key: 'seconds' | 'cpuSeconds' | 'serverCpuSeconds' | 'serverPageFaults' | 'jsThreadSeconds'): number =>
     median(list.map((m) => m[key] ?? Number.NaN));
   const [peer, into, fresh] = runs.map((list) => ({
     seconds: of(list, 'seconds'),
     client: of(list, 'cpuSeconds'),
     server: of(list, 'serverCpuSeconds'),
+    serverFaults: of(list, 'serverPageFaults'),
     jsThread: of(list, 'jsThreadSeconds'),
     warm: list[0]!.warm === undefined ? undefined : list.map((m) => m.warm!),
   })) as [Budget, Budget, Budget];
@@ -335,7 +343,8 @@ function readCpuBudget(runs: Measured[][]): string[] {
   // The share of the cores' time a run kept busy with client and server work.
   const used = (b: Budget): number => total(b) / (cores * b.seconds);
   const line = (name: string, b: Budget): string =>
-    `${name} ${b.client.toFixed(2)} s${Number.isNaN(b.jsThread) ? '' : ` (JS thread ${b.jsThread.toFixed(2)})`} + qemu-nbd ${b.server.toFixed(2)} s = ${total(b).toFixed(2)} s, ${(used(b) * 100).toFixed(0)} % of ${cores} cores`;
+    `${name} ${b.client.toFixed(2)} s${Number.isNaN(b.jsThread) ? '' : ` (JS thread ${b.jsThread.toFixed(2)})`} + qemu-nbd ${b.server.toFixed(2)} s (${b.serverFaults.toFixed(0)} page faults) = ${total(b).toFixed(2)} s, ${(used(b) * 100).toFixed(0)} % of ${cores} cores`;
+  const moreOrLess = (seconds: number): string => `${Math.abs(seconds).toFixed(2)} s ${seconds < 0 ? 'less' : 'more'}`;
   const warmLine = (name: string, b: Budget): string => {
     const warm = b.warm!;
     const seconds = of(warm, 'seconds');
@@ -344,7 +353,7 @@ function readCpuBudget(runs: Measured[][]): string[] {
   return [
     `CPU per read of the export (medians): ${line('nbdcopy', peer)}; ${line('ours into', into)}; ${line('ours fresh', fresh)}`,
     `at nbdcopy's use of the cores, CPU alone allows ours at most ${(total(peer) / total(into)).toFixed(2)}x (into) and ${(total(peer) / total(fresh)).toFixed(2)}x (fresh): ` +
-      `our client spends ${(into.client - peer.client).toFixed(2)} s more than nbdcopy on into, the server ${(into.server - peer.server).toFixed(2)} s more`,
+      `on into, our client spends ${moreOrLess(into.client - peer.client)} than nbdcopy, the server ${moreOrLess(into.server - peer.server)}`,
     `the same reads again in the same process, once V8 has compiled the client: ${warmLine('into', into)}; ${warmLine('fresh', fresh)}`,
   ];
 }
@@ -353,6 +362,7 @@ interface Budget {
   seconds: number;
   client: number;
   server: number;
+  serverFaults: number;
   jsThread: number;
   warm: Measured[] | undefined;
 }

@@ -44,8 +44,7 @@ export type ConnectOptions = ServerAddress & {
   maxBytesInFlight?: number;
   /**
    * Largest READ sent, and WRITE unless `writeRequestSize` says otherwise; clamped to the
-   * server's maximum block size. Default: 1 MiB for `read()`, whose bytes land in the
-   * caller's (or a new) Buffer, 512 KiB for `chunks()`.
+   * server's maximum block size (default 512 KiB).
    */
   requestSize?: number;
   /** Largest WRITE sent; clamped like `requestSize` (default: `requestSize` when given, else 256 KiB). */
@@ -93,25 +92,14 @@ const DEFAULT_REQUESTS_PER_CONNECTION = 16;
 // Measured: more bytes in flight only adds fresh memory to fault in, not throughput.
 const DEFAULT_MAX_BYTES_IN_FLIGHT = 4 * 1024 * 1024;
 /**
- * A server copies each payload twice (between the socket and its buffer, between its
- * buffer and the image): 512 KiB still sits in the CPU cache for the second copy, 1 MiB
- * does not. Measured with qemu-nbd on 1 GiB: 1 MiB requests cost it 0.7-0.9 s of CPU
- * for reads or writes, 512 KiB 0.5 s, as much as nbdcopy's requests; ours a few
- * percent more. Received pieces are slab-sized (256 KiB) either way.
+ * Measured with qemu-nbd on 1 GiB, 16 reads of 2 MiB in flight: in 512 KiB requests
+ * the server took 31-225 page faults for 2 GiB read and 0.48-0.63 s of CPU per GiB;
+ * in 1 MiB requests it took 230 000-240 000 (every page of every request's buffer,
+ * which its allocator maps and unmaps at that size once its heap has grown) and
+ * 0.63-0.99 s, and the reads were up to 40 % slower. The same server code runs in
+ * QEMU for a backup job's export. Received pieces are slab-sized (256 KiB) either way.
  */
 const DEFAULT_REQUEST_SIZE = 512 * 1024;
-/**
- * `read()` lands its bytes in one Buffer, so a request's size is bound only by what a
- * request costs. Measured on 1 GiB of random data from qemu-nbd, 16 reads of 2 MiB in
- * flight: 1 MiB requests took 0.51 s (median of 11) against 0.57 s for 512 KiB and
- * 0.71 s for 2 MiB, the server's CPU the same for 512 KiB and 1 MiB (0.40-0.46 s): half
- * as many requests is half the client's work per request. With both cores also busy
- * with other work: 1.29 s against 1.37 s (median of 9), our CPU 0.47 s against 0.59 s,
- * the server's 0.55 s against 0.52 s. A backup's `chunks()` into
- * page-aligned memory was slower with 1 MiB (2.2 s against 2.1 s for 2 GiB): with 4 MiB
- * in flight over four connections, each connection then has one request to serve.
- */
-const DEFAULT_READ_CALL_REQUEST_SIZE = 1024 * 1024;
 /**
  * A write's payload costs the server more than a read's: it receives the whole request
  * into a buffer of its own before a worker thread copies it into the image. Measured
@@ -264,10 +252,8 @@ export class NbdClient implements ChunkSource {
   readonly flags: number;
   readonly blockSize: BlockSizeLimits;
   readonly exportName: string;
-  /** Largest READ payload this client sends into receive memory. */
+  /** Largest READ payload this client sends. */
   readonly requestSize: number;
-  /** Largest READ payload `read()` sends (see `ConnectOptions.requestSize`). */
-  readonly readRequestSize: number;
   /** Largest WRITE this client sends. */
   readonly writeRequestSize: number;
   readonly maxBytesInFlight: number;
@@ -293,7 +279,6 @@ export class NbdClient implements ChunkSource {
     this.metaContexts = [...info.metaContexts.values()];
     const fitted = (wanted: number) => Math.max(alignDown(Math.min(wanted, info.blockSize.maximum), info.blockSize.minimum), info.blockSize.minimum);
     this.requestSize = fitted(options.requestSize ?? DEFAULT_REQUEST_SIZE);
-    this.readRequestSize = fitted(options.requestSize ?? DEFAULT_READ_CALL_REQUEST_SIZE);
     this.writeRequestSize = fitted(options.writeRequestSize ?? options.requestSize ?? DEFAULT_WRITE_REQUEST_SIZE);
     this.maxBytesInFlight = options.maxBytesInFlight ?? (options.tls ? TLS_MAX_BYTES_IN_FLIGHT : DEFAULT_MAX_BYTES_IN_FLIGHT);
     this.scheduler = new RequestScheduler(options.requestsPerConnection ?? DEFAULT_REQUESTS_PER_CONNECTION, this.maxBytesInFlight);
@@ -363,7 +348,7 @@ export class NbdClient implements ChunkSource {
     const shared = shareSignal(options.signal);
     try {
       const requests: Promise<void>[] = [];
-      const piece = this.readRequestSize;
+      const piece = this.requestSize;
       for (let at = offset; at < offset + length; at += piece) {
         requests.push(this.readRequest(at, Math.min(piece, offset + length - at), sink, shared.signal));
       }
@@ -384,7 +369,7 @@ export class NbdClient implements ChunkSource {
     return Readable.from(this.chunks(options), { objectMode: true });
   }
 
-  /** One READ request (`requestSize` bytes at most from chunks(), `readRequestSize` from read()); the sink sees the bytes as they arrive. */
+  /** One READ request (`requestSize` bytes at most); the sink sees the bytes as they arrive. */
   readRequest(offset: number, length: number, sink: ReadSink, signal?: AbortSignal): Promise<void> {
     return this.issue(Command.READ, offset, length, length, { sink, ...(signal ? { signal } : {}) });
   }

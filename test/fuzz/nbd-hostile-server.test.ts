@@ -194,8 +194,8 @@ class CaseRun {
         if (settled.status !== 'fulfilled') return settled.status;
         this.judge();
         const window = server.requests.slice(before);
-        for (let at = offset; at < offset + length; at += client.readRequestSize) {
-          const part = Math.min(client.readRequestSize, offset + length - at);
+        for (let at = offset; at < offset + length; at += client.requestSize) {
+          const part = Math.min(client.requestSize, offset + length - at);
           const verdict = this.resolvedVerdict(sentAs(window, CMD.READ, at, part), `read ${at}+${part}`);
           if (verdict?.outcome === 'resolved' && !settled.value.subarray(at - offset, at - offset + part).equals(verdict.content!)) {
             this.problems.push(`read ${at}+${part}: resolved with bytes the server never sent there`);
