@@ -7,11 +7,16 @@ import { readdirSync, readFileSync } from 'node:fs';
 /** /proc counts CPU time in USER_HZ ticks, which Linux fixes at 100 a second whatever the kernel's own HZ. */
 const TICKS_PER_SECOND = 100;
 
-/** User plus system CPU seconds from a /proc stat file (of a process or of one of its threads). */
-function cpuSecondsOfStat(path: string): number {
+/** The fields of a /proc stat file after the command name, from the state on (field 3). */
+function statFields(path: string): string[] {
   const stat = readFileSync(path, 'utf8');
   // The command name may hold spaces and parentheses: the fields start after the last ')'.
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  return stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+}
+
+/** User plus system CPU seconds from a /proc stat file (of a process or of one of its threads). */
+function cpuSecondsOfStat(path: string): number {
+  const fields = statFields(path);
   return (Number(fields[11]) + Number(fields[12])) / TICKS_PER_SECOND;
 }
 
@@ -22,14 +27,12 @@ export function processCpuSeconds(pid: number | string): number {
 
 /** Minor page faults the process `pid` has taken so far: a server that maps fresh memory per request shows here. */
 export function processMinorFaults(pid: number | string): number {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[7]);
+  return Number(statFields(`/proc/${pid}/stat`)[7]);
 }
 
 /** CPU seconds of this process and of the children it has waited for (a peer's command-line client). */
 export function clientCpuSeconds(): number {
-  const stat = readFileSync('/proc/self/stat', 'utf8');
-  const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  const fields = statFields('/proc/self/stat');
   // utime, stime, cutime, cstime
   return fields.slice(11, 15).reduce((sum, ticks) => sum + Number(ticks), 0) / TICKS_PER_SECOND;
 }

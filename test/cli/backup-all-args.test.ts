@@ -3,7 +3,7 @@ import test from 'ava';
 
 import { parseCommandLine, UsageError, type BackupArgs } from '../../src/cli/args.js';
 import { namePattern } from '../../src/cli/name-pattern.js';
-import { inBoundedLanes } from '../../src/cli/bounded-lanes.js';
+import { inBoundedLanes } from '../../src/common/bounded-lanes.js';
 
 function parse(...args: string[]): BackupArgs {
   return parseCommandLine(['backup', ...args]) as BackupArgs;

@@ -1,5 +1,5 @@
 import test from 'ava';
-import { settleBounded } from '../../src/common/settle-bounded.js';
+import { settleBounded } from '../../src/common/bounded-lanes.js';
 
 test('outcomes come back in the items order, failures included, never more than the limit at once', async (t) => {
   let running = 0;

@@ -2,7 +2,7 @@ import { basename, resolve } from 'node:path';
 import type { BackupSet, ChainLink } from './backup-set.js';
 import { BackupSetError } from '../errors.js';
 import { pathExists } from '../../common/path-exists.js';
-import { settleBounded } from '../../common/settle-bounded.js';
+import { settleBounded } from '../../common/bounded-lanes.js';
 import { readImageHeader } from '../qcow2/image-header.js';
 
 /** Files looked at a few at a time: a chain of 30 took 19 ms one file after another. */

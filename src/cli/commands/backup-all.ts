@@ -6,7 +6,7 @@ import { formatEstimate } from './backup-estimate.js';
 import { formatBytes } from '../../common/format-bytes.js';
 import { ListDomainsFlags, type Connection } from '../../index.js';
 import type { AllDomainsArgs, BackupArgs } from '../args.js';
-import { inBoundedLanes } from '../bounded-lanes.js';
+import { inBoundedLanes } from '../../common/bounded-lanes.js';
 import { CliError, reportFor, type ErrorReport } from '../error-report.js';
 import { ExitCode } from '../exit-codes.js';
 import { assertBackupsPossible, openConnection } from '../libvirt-connection.js';
