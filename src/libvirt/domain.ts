@@ -86,7 +86,11 @@ export class Domain {
     return this.#native.getUUIDString();
   }
 
-  /** The hypervisor ID while running, `null` when shut off. */
+  /**
+   * The hypervisor ID the domain had when this handle was looked up, `null` if it was shut
+   * off then: libvirt keeps the ID in the handle and does not ask the daemon again. A
+   * domain stopped and started since runs under a new ID, which a fresh lookup returns.
+   */
   async getId(): Promise<number | null> {
     return this.#native.getId();
   }

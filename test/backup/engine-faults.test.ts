@@ -246,6 +246,37 @@ test('a domain destroyed mid-run: a clear error, the checkpoint is kept for dele
   await t.throwsAsync(stat(join(dest, PENDING_CHECKPOINTS_FILE)));
 });
 
+test('a domain stopped and started again mid-run is reported as stopped, not as a failure of its own, and the set is unchanged', async (t) => {
+  const conn = await connectSystem();
+  t.teardown(() => conn.close());
+  const m = await mirroredDomain(t, conn, 'flt-restart', [{ sizeMiB: 64 }]);
+  const dest = join(m.dir, 'set');
+  await m.write(0, 0x61, '0', '8M');
+  await runBackup({ domain: m.vm.name, dest, connection: conn });
+  const before = await readFile(join(dest, 'manifest.json'), 'utf8');
+  await m.write(0, 0x62, '0', '4M');
+  const firstId = await (await conn.lookupDomainByUUID(m.vm.domain.uuid)).getId();
+  const restart = async () => {
+    await m.vm.domain.destroy();
+    await m.vm.domain.start();
+  };
+  const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, hooks: { afterJobStart: restart } }));
+  t.not(await (await conn.lookupDomainByUUID(m.vm.domain.uuid)).getId(), firstId, 'the domain runs again, under a new ID');
+  t.is((error as { code?: string }).code, 'DOMAIN_STOPPED', error?.message);
+  t.regex(error!.message, /stopped during the backup and was started again/);
+  t.is(await readFile(join(dest, 'manifest.json'), 'utf8'), before, 'the manifest is as it was');
+  t.deepEqual(
+    (await readdir(dest)).filter((name) => name.startsWith('.in-progress') || name.startsWith('.scratch-') || name.includes('-0002-')),
+    [],
+    'nothing of the failed run is left in the set',
+  );
+  t.is((await m.vm.domain.getJobInfo()).type, JobType.NONE);
+  t.deepEqual(await checkpointNames(m.vm.domain), await manifestCheckpoints(dest), 'the running domain holds no checkpoint of the failed run');
+  const next = await runBackup({ domain: m.vm.name, dest, connection: conn });
+  t.is(next.backupId, '0002');
+  t.is((await runCli(['verify', dest])).code, 0);
+});
+
 test('an incremental is never built on a damaged file; a deleted manifest is never silently replaced', async (t) => {
   const conn = await connectSystem();
   t.teardown(() => conn.close());

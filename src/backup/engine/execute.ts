@@ -5,6 +5,7 @@ import { join } from 'node:path';
 
 import { BlockJobType, DomainState, JobType } from '../../libvirt/constants.js';
 import type { Domain } from '../../libvirt/domain.js';
+import type { Connection } from '../../libvirt/connection.js';
 import { LibvirtError } from '../../libvirt/errors.js';
 import { JobFailedError } from '../../libvirt/jobs.js';
 import type { BlockJobPayload } from '../../libvirt/events.js';
@@ -67,6 +68,12 @@ class RunState {
   committed = false;
   /** Whether the guest's file systems were frozen while the job started. */
   quiesce: QuiesceOutcome = { quiesced: false, freeze: null };
+  /**
+   * The hypervisor ID of the running domain the job was started on: a domain stopped and
+   * started again during the run runs again, under another ID, and a failure must still
+   * be reported as its stop.
+   */
+  instanceId: number | null | undefined;
 
   constructor(readonly context: ExecuteContext) {
     this.signal = context.signal ? AbortSignal.any([context.signal, this.stopRun.signal]) : this.stopRun.signal;
@@ -170,6 +177,7 @@ async function startJob(context: ExecuteContext, layout: RunLayout, state: RunSt
   const spec = specFor(layout.socketDir === undefined ? undefined : { transport: 'unix', socket: join(layout.socketDir, 'export.sock') });
   const checkpointSpec = checkpointSpecFor(context, layout.disks, layout.checkpointName, layout.backupId);
   signal?.throwIfAborted();
+  if (context.offline === null) state.instanceId = await currentId(conn, domain);
   emit({
     type: 'start',
     backupId: layout.backupId,
@@ -339,7 +347,7 @@ async function diskRecords(set: BackupSet, disks: readonly DiskPlan[], signal: A
 async function failRun(context: ExecuteContext, layout: RunLayout, state: RunState, run: BackupRun, error: unknown): Promise<unknown> {
   const { domain } = context;
   state.guard?.stop();
-  const explained = state.guard?.error ?? (await explainFailure(context, error, layout.checkpointName));
+  const explained = state.guard?.error ?? (await explainFailure(context, error, layout.checkpointName, state.instanceId));
   if (state.jobRunning) state.jobMayRun = !(await endJob(domain));
   let leftFiles: unknown;
   if (!state.committed) {
@@ -426,23 +434,39 @@ async function forgetCheckpoint(context: ExecuteContext, name: string, backupId:
 /** How long libvirt may take to see that a QEMU that went away has stopped. */
 const QEMU_GONE_SETTLE_MS = 1000;
 
+/** The domain's hypervisor ID now: a handle keeps the one it was looked up with. */
+async function currentId(conn: Connection, domain: Domain): Promise<number | null> {
+  return (await conn.lookupDomainByUUID(domain.uuid)).getId();
+}
+
 /** Turns a failure caused by the domain stopping or the daemon going away into words that say so. */
-async function explainFailure(context: ExecuteContext, error: unknown, checkpointName: string): Promise<BackupError | undefined> {
+async function explainFailure(
+  context: ExecuteContext,
+  error: unknown,
+  checkpointName: string,
+  instanceId: number | null | undefined,
+): Promise<BackupError | undefined> {
   // A failed transfer is what a stopped domain or a lost daemon looks like from the NBD side.
   if (error instanceof BackupError && error.code !== 'JOB_FAILED') return undefined;
   // A shut-off domain read from its images did not stop: what failed says so itself.
   if (context.offline !== null) return undefined;
   const { conn, domain } = context;
   let state: DomainState | undefined;
+  let restarted: boolean;
   try {
     state = (await domain.getState()).state;
+    const running = () => state === DomainState.RUNNING || state === DomainState.PAUSED;
+    // Stopped and started again under the run (a watchdog, an operator's reset): running,
+    // but not the QEMU the job was started on.
+    const startedAgain = async () => instanceId !== undefined && running() && (await currentId(conn, domain)) !== instanceId;
+    restarted = await startedAgain();
     // QEMU gone under a call or a transfer (its monitor or its NBD server closed) shows
     // before libvirt has marked the domain shut off: asked once more, a moment later.
-    const running = state === DomainState.RUNNING || state === DomainState.PAUSED;
     const qemuMayBeGone = error instanceof LibvirtError || (error instanceof BackupError && error.code === 'JOB_FAILED');
-    if (running && qemuMayBeGone && !context.signal?.aborted) {
+    if (!restarted && running() && qemuMayBeGone && !context.signal?.aborted) {
       await new Promise((resolveWait) => setTimeout(resolveWait, QEMU_GONE_SETTLE_MS));
       state = (await domain.getState()).state;
+      restarted = await startedAgain();
     }
   } catch {
     if (!(await conn.isAlive().catch(() => false))) {
@@ -453,6 +477,11 @@ async function explainFailure(context: ExecuteContext, error: unknown, checkpoin
       );
     }
     return undefined;
+  }
+  if (restarted) {
+    return new BackupError('DOMAIN_STOPPED', `domain ${domain.name} stopped during the backup and was started again; nothing was kept from it`, {
+      cause: error,
+    });
   }
   if (state !== DomainState.RUNNING && state !== DomainState.PAUSED) {
     return new BackupError('DOMAIN_STOPPED', `domain ${domain.name} stopped during the backup (${DomainState[state] ?? state}); nothing was kept from it`, {
