@@ -13,6 +13,7 @@ PACKAGES=(
   build-essential python3 gnutls-bin libgnutls28-dev libxxhash-dev xxhash libzstd-dev
   clang-format clang-tidy
   openssh-server sasl2-bin libsasl2-modules iproute2
+  gdb
 )
 
 log() { printf 'setup-host: %s\n' "$*" >&2; }

@@ -4,6 +4,8 @@
 import { spawn } from 'node:child_process';
 import { join } from 'node:path';
 
+import { threadStacks } from './thread-stacks.js';
+
 /** Which build of the command runs: the compiled package (what `npm install` ships) or the sources through tsx. */
 export type CliBuild = 'lib' | 'sources';
 
@@ -33,17 +35,27 @@ export interface CliOutcome {
   durationMs: number;
   /** When each type of event first came, in ms after the start. */
   firstSeen: ReadonlyMap<string, number>;
-  /** Killed by the soak because it ran longer than its limit. */
+  /** Killed by the soak because it ran longer than its limit, or did not exit after its last line. */
   hung: boolean;
+  /** Where a hung process's threads stood when it was killed (gdb, else the kernel's view). */
+  stacks: string | undefined;
 }
 
 export interface StartOptions {
   umask?: number;
   /** SIGKILL after this long, and report the run as hung. */
   timeoutMs?: number;
+  /**
+   * SIGKILL when the process has not exited this long after its `result` or `error`
+   * line, and report the run as hung: it has nothing left to do but exit. Default 60 s.
+   */
+  exitWithinMs?: number;
   /** More environment variables for the command. */
   env?: Record<string, string>;
 }
+
+/** Closing the connection and exiting takes well under a second, even emulated and under load. */
+const EXIT_AFTER_LAST_LINE_MS = 60_000;
 
 export class CliProcess {
   readonly events: CliEvent[] = [];
@@ -89,17 +101,30 @@ export class CliProcess {
       stderr += chunk;
     });
     let hung = false;
+    let stacks: string | undefined;
+    let exited = false;
+    const killHung = async (why: string) => {
+      if (hung || exited) return;
+      hung = true;
+      stacks = `${why}\n${await threadStacks(child.pid!)}`;
+      child.kill('SIGKILL');
+    };
     const timer =
-      options.timeoutMs === undefined
-        ? undefined
-        : setTimeout(() => {
-            hung = true;
-            child.kill('SIGKILL');
-          }, options.timeoutMs);
+      options.timeoutMs === undefined ? undefined : setTimeout(() => void killHung(`still running after ${options.timeoutMs} ms`), options.timeoutMs);
+    let exitTimer: NodeJS.Timeout | undefined;
+    {
+      const limit = options.exitWithinMs ?? EXIT_AFTER_LAST_LINE_MS;
+      this.#listeners.push((event) => {
+        if (exitTimer !== undefined || (event.type !== 'result' && event.type !== 'error')) return;
+        exitTimer = setTimeout(() => void killHung(`did not exit within ${limit} ms of its ${event.type} line`), limit);
+      });
+    }
     this.done = new Promise<CliOutcome>((resolve, reject) => {
       child.on('error', reject);
       child.on('close', (code, signal) => {
+        exited = true;
         if (timer) clearTimeout(timer);
+        if (exitTimer) clearTimeout(exitTimer);
         if (pending.trim() !== '') this.#line(pending);
         this.#exited = true;
         for (const listener of this.#listeners) listener({ type: '__exit' });
@@ -116,6 +141,7 @@ export class CliProcess {
           durationMs: Date.now() - this.startedAt,
           firstSeen: this.firstSeen,
           hung,
+          stacks,
         });
       });
     });
@@ -181,6 +207,7 @@ export function describeOutcome(outcome: CliOutcome): string {
     `$ libvirt-backup ${outcome.args.join(' ')}   (umask ${outcome.umask.toString(8).padStart(3, '0')}, ${ended}, ${outcome.durationMs} ms)`,
     `stdout:\n${indent(outcome.stdout)}`,
     `stderr:\n${indent(outcome.stderr)}`,
+    ...(outcome.stacks !== undefined ? [`threads when killed:\n${indent(outcome.stacks)}`] : []),
   ].join('\n');
 }
 
