@@ -22,6 +22,7 @@
         "binding/event_channel.cc",
         "binding/typed_params.cc",
         "binding/file_lock.cc",
+        "binding/exit_watchdog.cc",
         "binding/file_writer.cc",
         "binding/huge_page_memory.cc",
         "binding/xxh128.cc",

@@ -14,6 +14,7 @@
 #include "domain.h"
 #include "errors.h"
 #include "event_loop.h"
+#include "exit_watchdog.h"
 #include "file_lock.h"
 #include "file_writer.h"
 #include "huge_page_memory.h"
@@ -141,6 +142,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("FileWriter", InitFileWriter(env));
   exports.Set("zstdCompressClusters", Napi::Function::New(env, ZstdCompressClusters, "zstdCompressClusters"));
   exports.Set("zstdDecompressCluster", Napi::Function::New(env, ZstdDecompressCluster, "zstdDecompressCluster"));
+  exports.Set("armExitWatchdog", Napi::Function::New(env, ArmExitWatchdog, "armExitWatchdog"));
   exports.Set("tryLockFile", Napi::Function::New(env, TryLockFile, "tryLockFile"));
   exports.Set("hugePageMemory", Napi::Function::New(env, HugePageMemory, "hugePageMemory"));
   exports.Set("startTlsRelay", Napi::Function::New(env, StartTlsRelay, "startTlsRelay"));

@@ -25,6 +25,8 @@ export type { LibvirtErrorInfo } from './libvirt/errors.js';
 export * from './libvirt/constants.js';
 export { decodeVersion, formatVersion } from './libvirt/version.js';
 export { configureCalls, getCallTuning } from './libvirt/call-tuning.js';
+export { DEFAULT_EXIT_GRACE_MS, exitProcess } from './libvirt/exit-process.js';
+export type { ExitProcessOptions } from './libvirt/exit-process.js';
 export { tlsRelay } from './backup/engine/tls-relay.js';
 export type { CallTuning } from './libvirt/call-tuning.js';
 export type { VersionParts } from './libvirt/version.js';

@@ -80,7 +80,16 @@ export class CliProcess {
     try {
       child = spawn(process.execPath, [...entry, ...args], {
         cwd: env.repoRoot,
-        env: { ...process.env, TMPDIR: env.tmpDir, LIBVIRT_BACKUP_RUN_DIR: env.runDir, LIBVIRT_BACKUP_DEBUG: '1', ...options.env },
+        // No bound on the exit: a command that cannot exit is a defect the soak must see
+        // and take the threads' stacks of, not one the bound would end quietly.
+        env: {
+          ...process.env,
+          TMPDIR: env.tmpDir,
+          LIBVIRT_BACKUP_RUN_DIR: env.runDir,
+          LIBVIRT_BACKUP_DEBUG: '1',
+          LIBVIRT_BACKUP_EXIT_GRACE_MS: '0',
+          ...options.env,
+        },
         stdio: ['ignore', 'pipe', 'pipe'],
       });
     } finally {

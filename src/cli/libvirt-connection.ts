@@ -64,6 +64,30 @@ export async function openConnection(uri: string, access: Partial<Omit<Connectio
 }
 
 /**
+ * How long a command waits for its connection to close once its work is done: closing
+ * ends the calls still in flight and says goodbye to the daemon, well under a second.
+ */
+const CLOSE_WAIT_MS = 15_000;
+
+/**
+ * Closes a command's connection, bounded: the command's outcome is decided and
+ * reported, and a close that does not end (a daemon that stopped answering) must not
+ * keep the process from exiting with it. A close that fails changes nothing either.
+ */
+export async function closeConnection(connection: Connection | null | undefined): Promise<void> {
+  if (connection === null || connection === undefined) return;
+  let timer: NodeJS.Timeout | undefined;
+  const waited = new Promise<void>((resolveWait) => {
+    timer = setTimeout(resolveWait, CLOSE_WAIT_MS);
+  });
+  try {
+    await Promise.race([connection.close().catch(() => undefined), waited]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/**
  * Refuses a connection whose driver cannot take backups (libvirt's test driver, an old
  * libvirt, a hypervisor without backup support) before the set directory is touched.
  */

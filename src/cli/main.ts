@@ -96,7 +96,21 @@ function invokedDirectly(): boolean {
   }
 }
 
+/**
+ * How long the exit may take once the outcome is reported; `LIBVIRT_BACKUP_EXIT_GRACE_MS`
+ * overrides it (0: wait however long it takes, for a hang to be examined).
+ */
+function exitGraceMs(): number | undefined {
+  const text = process.env.LIBVIRT_BACKUP_EXIT_GRACE_MS;
+  if (text === undefined || text === '') return undefined;
+  const value = Number(text);
+  return Number.isInteger(value) && value >= 0 ? value : undefined;
+}
+
 if (invokedDirectly()) {
   const code = await main(process.argv.slice(2));
-  process.exit(code);
+  // Bounded only where libvirt's threads run: a command that never loaded the addon exits plainly.
+  const { exitProcess } = await import('../index.js');
+  const graceMs = exitGraceMs();
+  exitProcess(code, graceMs === undefined ? {} : { graceMs });
 }

@@ -219,6 +219,8 @@ export interface NativeAddon {
   zstdDecompressCluster(frame: Uint8Array, clusterSize: number): Promise<Buffer>;
   /** flock(fd, LOCK_EX | LOCK_NB): true when taken, false when another open file holds it. */
   tryLockFile(fd: number): boolean;
+  /** A thread that ends the process with `_exit(code)` unless it has exited within `ms`; see binding/exit_watchdog.h. */
+  armExitWatchdog(code: number, ms: number): void;
   /** `bytes` (rounded up to 2 MiB) of memory on a 2 MiB boundary, advised for transparent huge pages; see binding/huge_page_memory.h. */
   hugePageMemory(bytes: number): ArrayBuffer;
   /** TLS of a connected socket on GnuTLS threads, plain text over a local socket pair; see binding/tls_relay.h. */
@@ -339,6 +341,11 @@ export function nativeAddon(): NativeAddon {
   return loaded;
 }
 
+/** The addon if something has loaded it already, without loading it. */
+export function nativeAddonIfLoaded(): NativeAddon | undefined {
+  return loaded;
+}
+
 /**
  * Every export of the addon and every method on its classes' prototypes, as
  * declared above. `satisfies` makes each list name exactly the declared members,
@@ -366,6 +373,7 @@ export const NATIVE_SURFACE = {
     zstdCompressClusters: true,
     zstdDecompressCluster: true,
     tryLockFile: true,
+    armExitWatchdog: true,
     hugePageMemory: true,
     startTlsRelay: true,
     CallPolicyProbe: true,

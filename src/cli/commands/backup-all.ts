@@ -9,7 +9,7 @@ import type { AllDomainsArgs, BackupArgs } from '../args.js';
 import { inBoundedLanes } from '../../common/bounded-lanes.js';
 import { CliError, reportFor, type ErrorReport } from '../error-report.js';
 import { ExitCode } from '../exit-codes.js';
-import { assertBackupsPossible, openConnection } from '../libvirt-connection.js';
+import { assertBackupsPossible, closeConnection, openConnection } from '../libvirt-connection.js';
 import { namePattern } from '../name-pattern.js';
 import { formatDuration } from '../progress.js';
 import type { CommandContext } from './context.js';
@@ -79,7 +79,7 @@ export async function backupAllCommand(args: AllArgs, { output, signal }: Comman
     });
     return exitCodeOf(failed);
   } finally {
-    for (const host of hosts) await host.connection?.close().catch(() => undefined);
+    for (const host of hosts) await closeConnection(host.connection);
   }
 }
 
@@ -90,7 +90,7 @@ async function openHost(uri: string, args: BackupArgs): Promise<Host> {
     await assertBackupsPossible(connection, uri);
     return { uri, name: pathComponent(await connection.getHostname()), connection, error: null };
   } catch (error) {
-    await connection?.close().catch(() => undefined);
+    await closeConnection(connection);
     return { uri, name: uri, connection: null, error: reportFor(error) };
   }
 }

@@ -5,7 +5,7 @@ import { backupOptions } from './backup-options.js';
 import { formatBytes } from '../../common/format-bytes.js';
 import type { BackupArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
-import { assertBackupsPossible, openConnection } from '../libvirt-connection.js';
+import { assertBackupsPossible, closeConnection, openConnection } from '../libvirt-connection.js';
 import { formatDuration } from '../progress.js';
 import type { CommandContext } from './context.js';
 
@@ -25,7 +25,7 @@ export async function backupCommand(args: BackupArgs, context: CommandContext): 
     output.result('backup', summary(args, result), result);
     return ExitCode.OK;
   } finally {
-    await connection.close().catch(() => undefined);
+    await closeConnection(connection);
   }
 }
 

@@ -1,7 +1,7 @@
 import { formatBytes, migrateStorage } from '../../backup/index.js';
 import type { MigrateStorageArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
-import { openConnection } from '../libvirt-connection.js';
+import { closeConnection, openConnection } from '../libvirt-connection.js';
 import type { CommandContext } from './context.js';
 
 export async function migrateStorageCommand(args: MigrateStorageArgs, { output, signal }: CommandContext): Promise<number> {
@@ -43,6 +43,6 @@ export async function migrateStorageCommand(args: MigrateStorageArgs, { output, 
     output.result('migrate-storage', text, result);
     return ExitCode.OK;
   } finally {
-    await connection.close().catch(() => undefined);
+    await closeConnection(connection);
   }
 }

@@ -9,7 +9,7 @@ import { LibvirtError } from '../../index.js';
 import type { PruneArgs } from '../args.js';
 import { CliError } from '../error-report.js';
 import { ExitCode } from '../exit-codes.js';
-import { openConnection } from '../libvirt-connection.js';
+import { closeConnection, openConnection } from '../libvirt-connection.js';
 import type { CommandOutput } from '../output.js';
 import type { CommandContext } from './context.js';
 
@@ -59,7 +59,7 @@ export async function pruneCommand(args: PruneArgs, { output, signal }: CommandC
     return ExitCode.OK;
   } finally {
     await set.close();
-    await connection?.close().catch(() => undefined);
+    await closeConnection(connection);
   }
 }
 

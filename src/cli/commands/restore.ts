@@ -1,7 +1,7 @@
 import { BackupSet, formatBytes, restore, restoreToPool } from '../../backup/index.js';
 import type { RestoreArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
-import { openConnection } from '../libvirt-connection.js';
+import { closeConnection, openConnection } from '../libvirt-connection.js';
 import type { CommandContext } from './context.js';
 
 export async function restoreCommand(args: RestoreArgs, { output, signal }: CommandContext): Promise<number> {
@@ -82,6 +82,6 @@ async function restoreIntoPool(
     output.result('restore', text, { ...result, pool, uri: args.uri });
     return ExitCode.OK;
   } finally {
-    await connection.close();
+    await closeConnection(connection);
   }
 }

@@ -1,7 +1,7 @@
 import { runFromBackup, type RunFromBackupResult } from '../../backup/index.js';
 import type { RunArgs } from '../args.js';
 import { ExitCode } from '../exit-codes.js';
-import { openConnection } from '../libvirt-connection.js';
+import { closeConnection, openConnection } from '../libvirt-connection.js';
 import type { CommandContext } from './context.js';
 
 export async function runFromBackupCommand(args: RunArgs, { output, signal }: CommandContext): Promise<number> {
@@ -24,7 +24,7 @@ export async function runFromBackupCommand(args: RunArgs, { output, signal }: Co
     output.result('run', describe(result, args.uri, seconds), { ...result, seconds: Math.round(seconds * 1000) / 1000 });
     return ExitCode.OK;
   } finally {
-    await connection.close().catch(() => undefined);
+    await closeConnection(connection);
   }
 }
 
