@@ -2,6 +2,9 @@
 
 #include <libvirt/virterror.h>
 
+#include <chrono>
+#include <cstdlib>
+#include <thread>
 #include <vector>
 
 #include "addon.h"
@@ -103,7 +106,26 @@ namespace {
 struct RegistrationsToRemove {
   std::vector<int> domainCallbackIds;
   bool closeCallback = false;
+  bool drainLateEvents = false;
 };
+
+// How long close waits, once no callback is left, for an event the daemon was already
+// sending when the callback went.
+constexpr auto kLateEventSettle = std::chrono::milliseconds(50);
+
+// libvirt 9.0's remote driver makes the connection's last round trip (CONNECT_CLOSE)
+// from inside its finalizer, and dispatches whatever arrives meanwhile. A domain event
+// arriving then takes a reference on the connection being finalized (GLib warns
+// "object already finalized"), whose release finalizes it again on the same thread;
+// that second close waits for the client lock the first one holds, forever. The
+// daemon can still send an event after the callback's deregistration returned (its
+// relay had already started), so such an event is let in, and read while the
+// connection is alive: a pause, then one round trip, which reads everything the
+// daemon sent before its reply.
+void DrainLateEvents(virConnectPtr conn) {
+  std::this_thread::sleep_for(kLateEventSettle);
+  free(virConnectGetHostname(conn));
+}
 
 }  // namespace
 
@@ -127,6 +149,7 @@ Napi::Value ConnectionWrap::Close(const Napi::CallbackInfo& info) {
         // Failures here change nothing: the connection goes anyway.
         for (int callbackId : toRemove->domainCallbackIds) virConnectDomainEventDeregisterAny(conn, callbackId);
         if (toRemove->closeCallback) virConnectUnregisterCloseCallback(conn, OnConnectionClosed);
+        if (toRemove->drainLateEvents) DrainLateEvents(conn);
         virResetLastError();
         return true;
       },
@@ -139,6 +162,7 @@ Napi::Value ConnectionWrap::Close(const Napi::CallbackInfo& info) {
     if (events_) {
       toRemove->domainCallbackIds = events_->domainCallbackIds();
       toRemove->closeCallback = events_->closeCallbackRegistered();
+      toRemove->drainLateEvents = events_->domainEventsEverRegistered();
     }
     LibvirtCall<int>::Submit(env, nullptr, std::move(*pending));
   });

@@ -216,7 +216,10 @@ void EventChannel::RegistrationFailed() {
   UpdateHold();
 }
 
-void EventChannel::DomainEventRegistered(int callbackId) { domainCallbackIds_.push_back(callbackId); }
+void EventChannel::DomainEventRegistered(int callbackId) {
+  domainCallbackIds_.push_back(callbackId);
+  domainEventsEverRegistered_ = true;
+}
 
 void EventChannel::DomainEventDeregistered(int callbackId) {
   auto it = std::find(domainCallbackIds_.begin(), domainCallbackIds_.end(), callbackId);

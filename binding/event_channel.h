@@ -58,6 +58,9 @@ class EventChannel {
   // What close() has to remove before the connection's last reference goes.
   const std::vector<int>& domainCallbackIds() const { return domainCallbackIds_; }
   bool closeCallbackRegistered() const { return closeCallbackRegistered_; }
+  // Whether the daemon was ever asked for domain events on this connection: it may
+  // still have one on its way after the callback is gone (see ConnectionWrap::Close).
+  bool domainEventsEverRegistered() const { return domainEventsEverRegistered_; }
 
   // After close(): no registration is left, nothing more is delivered.
   void Shutdown();
@@ -72,6 +75,7 @@ class EventChannel {
   bool holding_ = false;
   std::vector<int> domainCallbackIds_;
   bool closeCallbackRegistered_ = false;
+  bool domainEventsEverRegistered_ = false;
 };
 
 // The libvirt callback for `eventId` (a VIR_DOMAIN_EVENT_ID_*), or null when this

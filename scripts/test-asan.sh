@@ -26,9 +26,11 @@ tests=(
   test/libvirt/call-policy.test.ts
   test/libvirt/checkpoints-test-driver.test.ts
   test/libvirt/close.test.ts
+  test/libvirt/close-late-event.test.ts
   test/libvirt/errors.test.ts
   test/libvirt/event-loop.test.ts
   test/libvirt/events.test.ts
+  test/libvirt/exit-process.test.ts
   test/libvirt/gc.test.ts
   test/libvirt/lib-version.test.ts
   test/libvirt/native-surface.test.ts
