@@ -8,6 +8,7 @@ import { nativeAddonIfLoaded } from './native.js';
 /** How long `exitProcess()` lets the exit take by default. */
 export const DEFAULT_EXIT_GRACE_MS = 30_000;
 
+/** How `exitProcess()` bounds the exit. */
 export interface ExitProcessOptions {
   /** How long the exit may take before the process is ended with `_exit(code)`; 0: no bound. Default 30 s. */
   graceMs?: number;
