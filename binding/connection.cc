@@ -43,6 +43,28 @@ Napi::Function ConnectionWrap::Init(Napi::Env env) {
                                     });
 }
 
+namespace {
+
+// How long close waits, once no callback is left, for an event the daemon was already
+// sending when the callback went.
+constexpr auto kLateEventSettle = std::chrono::milliseconds(50);
+
+// libvirt 9.0's remote driver makes the connection's last round trip (CONNECT_CLOSE)
+// from inside its finalizer, and dispatches whatever arrives meanwhile. A domain event
+// arriving then takes a reference on the connection being finalized (GLib warns
+// "object already finalized"), whose release finalizes it again on the same thread;
+// that second close waits for the client lock the first one holds, forever. The
+// daemon can still send an event after the callback's deregistration returned (its
+// relay had already started), so such an event is let in, and read while the
+// connection is alive: a pause, then one round trip, which reads everything the
+// daemon sent before its reply.
+void DrainLateEvents(virConnectPtr conn) {
+  std::this_thread::sleep_for(kLateEventSettle);
+  free(virConnectGetHostname(conn));
+}
+
+}  // namespace
+
 ConnectionWrap::ConnectionWrap(const Napi::CallbackInfo& info)
     : Napi::ObjectWrap<ConnectionWrap>(info), state_(std::make_shared<ConnectionState>()) {
   // Only Open() constructs connections: it passes the owner of the handle as an
@@ -57,6 +79,15 @@ ConnectionWrap::ConnectionWrap(const Napi::CallbackInfo& info)
 ConnectionWrap::~ConnectionWrap() {
   // The connection's own reference goes to the release thread with state_->conn.
   if (!state_->closed) MarkClosed();
+  // Collected without close() once its event listeners went: an event may still be on
+  // its way (see DrainLateEvents), let in before the last reference goes.
+  if (events_ && events_->domainEventsEverRegistered() && state_->conn) {
+    virConnectPtr conn = state_->conn.release();
+    ReleaseInBackground([conn] {
+      DrainLateEvents(conn);
+      virConnectClose(conn);
+    });
+  }
 }
 
 void ConnectionWrap::MarkClosed() {
@@ -108,24 +139,6 @@ struct RegistrationsToRemove {
   bool closeCallback = false;
   bool drainLateEvents = false;
 };
-
-// How long close waits, once no callback is left, for an event the daemon was already
-// sending when the callback went.
-constexpr auto kLateEventSettle = std::chrono::milliseconds(50);
-
-// libvirt 9.0's remote driver makes the connection's last round trip (CONNECT_CLOSE)
-// from inside its finalizer, and dispatches whatever arrives meanwhile. A domain event
-// arriving then takes a reference on the connection being finalized (GLib warns
-// "object already finalized"), whose release finalizes it again on the same thread;
-// that second close waits for the client lock the first one holds, forever. The
-// daemon can still send an event after the callback's deregistration returned (its
-// relay had already started), so such an event is let in, and read while the
-// connection is alive: a pause, then one round trip, which reads everything the
-// daemon sent before its reply.
-void DrainLateEvents(virConnectPtr conn) {
-  std::this_thread::sleep_for(kLateEventSettle);
-  free(virConnectGetHostname(conn));
-}
 
 }  // namespace
 

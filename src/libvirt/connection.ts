@@ -250,6 +250,7 @@ export class Connection extends EventEmitter<ConnectionEventMap> {
    * call returns the same promise. Listeners stay attached but receive nothing.
    */
   close(): Promise<void> {
+    this.#registrations.closing();
     this.#closing ??= this.#native.close();
     return this.#closing;
   }

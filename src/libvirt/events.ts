@@ -83,6 +83,16 @@ export interface EventRegistrationsHost {
   wrapDomain(native: NativeDomain): Domain;
 }
 
+/**
+ * The registrations of connections that libvirt may send events to. The addon holds
+ * a connection's event handler for as long as the connection exists, so the handler
+ * reaches its registrations only through a WeakRef: a connection nobody uses, with no
+ * listener left, can be collected (and its daemon connection closed). One with a
+ * registration is kept here instead, so that its listeners hear every event even when
+ * nothing else refers to the connection.
+ */
+const keptWhileRegistered = new Set<EventRegistrations>();
+
 /** Keeps libvirt's registrations of one connection in line with its listeners. */
 export class EventRegistrations {
   readonly #host: EventRegistrationsHost;
@@ -111,6 +121,11 @@ export class EventRegistrations {
       const failure = states[index]?.failure;
       if (failure !== undefined && this.#host.listenerCount(kind) > 0) throw failure;
     }
+  }
+
+  /** The connection is closing: libvirt sends it nothing more, nothing needs to keep it. */
+  closing(): void {
+    keptWhileRegistered.delete(this);
   }
 
   /** The kinds with a registration, pending or done, or a failed one. */
@@ -144,6 +159,7 @@ export class EventRegistrations {
     try {
       if (wanted) {
         this.#ensureHandler();
+        keptWhileRegistered.add(this);
         if (kind === 'close') await native.registerCloseCallback();
         else state.callbackId = await native.registerDomainEvent(DOMAIN_EVENT_IDS[kind]);
         state.registered = true;
@@ -161,12 +177,24 @@ export class EventRegistrations {
       const failure = error instanceof Error ? error : new Error(String(error));
       if (wanted) state.failure = failure;
       this.#host.emit('registration-error', failure, kind);
+    } finally {
+      this.#keepIfRegistered();
     }
+  }
+
+  #keepIfRegistered(): void {
+    const registered = !this.#host.native.isClosed() && [...this.#kinds.values()].some((state) => state.registered);
+    if (registered) keptWhileRegistered.add(this);
+    else keptWhileRegistered.delete(this);
   }
 
   #ensureHandler(): void {
     if (this.#handlerSet) return;
-    this.#host.native.setEventHandler((event) => this.#deliver(event));
+    const registrations = new WeakRef(this);
+    this.#host.native.setEventHandler((event) => {
+      const alive = registrations.deref();
+      if (alive !== undefined) alive.#deliver(event);
+    });
     this.#handlerSet = true;
   }
 

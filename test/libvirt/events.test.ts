@@ -130,6 +130,40 @@ test('a process that only closes its connection exits by itself', async (t) => {
   t.is(result.code, 0, result.output);
 });
 
+test('a connection nobody refers to any more still delivers to its listeners while they are registered', async (t) => {
+  const name = `lvb-unreferenced-${process.pid}`;
+  const seen: LifecycleEvent[] = [];
+  let heard: () => void = () => undefined;
+  const allHeard = new Promise<void>((resolve) => (heard = resolve));
+  // Opened and dropped in a function of its own: only its registration can keep it.
+  // The WeakRef is how the test closes it at the end; it keeps nothing alive.
+  const listeningRef = await (async () => {
+    const listening = await connect('test:///default');
+    listening.on('lifecycle', (d: Domain, payload: LifecyclePayload) => {
+      if (d.name !== name || (payload.event !== LifecycleEvent.STARTED && payload.event !== LifecycleEvent.STOPPED)) return;
+      seen.push(payload.event);
+      if (seen.length === 2) heard();
+    });
+    await listening.eventsReady();
+    return new WeakRef(listening);
+  })();
+  t.teardown(() => listeningRef.deref()?.close());
+  const gc = (globalThis as { gc?: () => void }).gc!;
+  for (let round = 0; round < 3; round++) {
+    gc();
+    await new Promise((resolve) => setImmediate(resolve));
+  }
+  const conn = await connect('test:///default');
+  t.teardown(() => conn.close());
+  const domain = await conn.defineDomain(`<domain type='test'><name>${name}</name><memory>65536</memory><os><type>hvm</type></os></domain>`);
+  t.teardown(() => domain.undefine().catch(() => undefined));
+  await domain.start();
+  await domain.destroy();
+  await Promise.race([allHeard, new Promise((resolve) => setTimeout(resolve, 10_000))]);
+  t.deepEqual(seen, [LifecycleEvent.STARTED, LifecycleEvent.STOPPED]);
+  t.truthy(listeningRef.deref(), 'its registration kept the connection');
+});
+
 /** A domain of its own on test:///default (shared by every connection of the process). */
 async function ownTestDomain(conn: Connection, label: string): Promise<Domain> {
   const name = `lvb-${label}-${process.pid}`;
