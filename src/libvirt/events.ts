@@ -98,6 +98,8 @@ export class EventRegistrations {
   readonly #host: EventRegistrationsHost;
   readonly #kinds = new Map<EventKind, KindState>();
   #handlerSet = false;
+  /** Registrations sent and not answered yet: libvirt may already send their events. */
+  #registering = 0;
 
   constructor(host: EventRegistrationsHost) {
     this.#host = host;
@@ -160,8 +162,13 @@ export class EventRegistrations {
       if (wanted) {
         this.#ensureHandler();
         keptWhileRegistered.add(this);
-        if (kind === 'close') await native.registerCloseCallback();
-        else state.callbackId = await native.registerDomainEvent(DOMAIN_EVENT_IDS[kind]);
+        this.#registering++;
+        try {
+          if (kind === 'close') await native.registerCloseCallback();
+          else state.callbackId = await native.registerDomainEvent(DOMAIN_EVENT_IDS[kind]);
+        } finally {
+          this.#registering--;
+        }
         state.registered = true;
         state.failure = undefined;
       } else {
@@ -183,7 +190,7 @@ export class EventRegistrations {
   }
 
   #keepIfRegistered(): void {
-    const registered = !this.#host.native.isClosed() && [...this.#kinds.values()].some((state) => state.registered);
+    const registered = !this.#host.native.isClosed() && (this.#registering > 0 || [...this.#kinds.values()].some((state) => state.registered));
     if (registered) keptWhileRegistered.add(this);
     else keptWhileRegistered.delete(this);
   }
