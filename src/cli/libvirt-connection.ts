@@ -67,18 +67,18 @@ export async function openConnection(uri: string, access: Partial<Omit<Connectio
  * How long a command waits for its connection to close once its work is done: closing
  * ends the calls still in flight and says goodbye to the daemon, well under a second.
  */
-const CLOSE_WAIT_MS = 15_000;
+export const CLOSE_WAIT_MS = 15_000;
 
 /**
  * Closes a command's connection, bounded: the command's outcome is decided and
  * reported, and a close that does not end (a daemon that stopped answering) must not
  * keep the process from exiting with it. A close that fails changes nothing either.
  */
-export async function closeConnection(connection: Connection | null | undefined): Promise<void> {
+export async function closeConnection(connection: Pick<Connection, 'close'> | null | undefined, waitMs = CLOSE_WAIT_MS): Promise<void> {
   if (connection === null || connection === undefined) return;
   let timer: NodeJS.Timeout | undefined;
   const waited = new Promise<void>((resolveWait) => {
-    timer = setTimeout(resolveWait, CLOSE_WAIT_MS);
+    timer = setTimeout(resolveWait, waitMs);
   });
   try {
     await Promise.race([connection.close().catch(() => undefined), waited]);
