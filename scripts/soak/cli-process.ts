@@ -121,13 +121,11 @@ export class CliProcess {
     const timer =
       options.timeoutMs === undefined ? undefined : setTimeout(() => void killHung(`still running after ${options.timeoutMs} ms`), options.timeoutMs);
     let exitTimer: NodeJS.Timeout | undefined;
-    {
-      const limit = options.exitWithinMs ?? EXIT_AFTER_LAST_LINE_MS;
-      this.#listeners.push((event) => {
-        if (exitTimer !== undefined || (event.type !== 'result' && event.type !== 'error')) return;
-        exitTimer = setTimeout(() => void killHung(`did not exit within ${limit} ms of its ${event.type} line`), limit);
-      });
-    }
+    const exitLimit = options.exitWithinMs ?? EXIT_AFTER_LAST_LINE_MS;
+    this.#listeners.push((event) => {
+      if (exitTimer !== undefined || (event.type !== 'result' && event.type !== 'error')) return;
+      exitTimer = setTimeout(() => void killHung(`did not exit within ${exitLimit} ms of its ${event.type} line`), exitLimit);
+    });
     this.done = new Promise<CliOutcome>((resolve, reject) => {
       child.on('error', reject);
       child.on('close', (code, signal) => {

@@ -161,8 +161,8 @@ export class EventRegistrations {
     try {
       if (wanted) {
         this.#ensureHandler();
-        keptWhileRegistered.add(this);
         this.#registering++;
+        this.#keepIfRegistered();
         try {
           if (kind === 'close') await native.registerCloseCallback();
           else state.callbackId = await native.registerDomainEvent(DOMAIN_EVENT_IDS[kind]);

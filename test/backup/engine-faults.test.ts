@@ -255,13 +255,15 @@ test('a domain stopped and started again mid-run is reported as stopped, not as 
   await runBackup({ domain: m.vm.name, dest, connection: conn });
   const before = await readFile(join(dest, 'manifest.json'), 'utf8');
   await m.write(0, 0x62, '0', '4M');
-  const firstId = await (await conn.lookupDomainByUUID(m.vm.domain.uuid)).getId();
+  // A handle keeps the ID it was looked up with: the current one needs a fresh lookup.
+  const currentId = async () => (await conn.lookupDomainByUUID(m.vm.domain.uuid)).getId();
+  const firstId = await currentId();
   const restart = async () => {
     await m.vm.domain.destroy();
     await m.vm.domain.start();
   };
   const error = await t.throwsAsync(runBackup({ domain: m.vm.name, dest, connection: conn, hooks: { afterJobStart: restart } }));
-  t.not(await (await conn.lookupDomainByUUID(m.vm.domain.uuid)).getId(), firstId, 'the domain runs again, under a new ID');
+  t.not(await currentId(), firstId, 'the domain runs again, under a new ID');
   t.is((error as { code?: string }).code, 'DOMAIN_STOPPED', error?.message);
   t.regex(error!.message, /stopped during the backup and was started again/);
   t.is(await readFile(join(dest, 'manifest.json'), 'utf8'), before, 'the manifest is as it was');
