@@ -74,6 +74,9 @@ export async function offlineBitmapsUsable(
   return true;
 }
 
+const STOP_RETRY_MS = 500;
+const STOP_GRACE_MS = 5_000;
+
 /** One qemu-nbd per disk, read-only, each on its own socket in the run's private socket directory. */
 export class OfflineExports {
   private constructor(
@@ -113,8 +116,17 @@ export class OfflineExports {
       this.processes.map(async (child) => {
         if (child.exitCode !== null || child.signalCode !== null) return;
         const exited = new Promise((resolveExit) => child.once('exit', resolveExit));
+        // qemu-nbd loses a SIGTERM that arrives while it is still starting (its handler
+        // only marks the state its main loop then sets to running): asked again until it
+        // ends, then killed. Read-only, it has nothing to lose.
         child.kill('SIGTERM');
-        await exited;
+        const started = Date.now();
+        const again = setInterval(() => child.kill(Date.now() - started < STOP_GRACE_MS ? 'SIGTERM' : 'SIGKILL'), STOP_RETRY_MS);
+        try {
+          await exited;
+        } finally {
+          clearInterval(again);
+        }
       }),
     );
   }
