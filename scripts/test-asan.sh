@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the binding's own tests (handle lifetimes, GC, close with calls in flight,
-# worker threads, events, the call dispatcher, the TLS relay's threads) with the addon from the sanitizer
+# worker threads, events, the call dispatcher, the TLS relay's threads, the pull copy's
+# worker thread) with the addon from the sanitizer
 # build (scripts/build-asan.sh), and fails on any AddressSanitizer or
 # UndefinedBehaviorSanitizer report, even one a test survived.
 #
@@ -39,9 +40,11 @@ tests=(
   test/libvirt/worker-events.test.ts
   test/libvirt/worker-threads.test.ts
 )
-# The TLS relay's threads (binding/tls_relay.cc) against qemu-nbd: a run of its own,
-# whose test process drops the preload before it starts certtool and qemu-nbd.
-relay_tests=(test/nbd/tls.test.ts)
+# The TLS relay's threads (binding/tls_relay.cc) against qemu-nbd, and the pull copy's
+# worker thread (the file writer, its memory and checksums in a worker's environment,
+# ended under a copy too): a run of its own, whose test process drops the preload
+# before it starts certtool, qemu-img and qemu-nbd.
+relay_tests=(test/nbd/tls.test.ts test/backup/pull-copy-thread.test.ts test/backup/pull-transfer.test.ts)
 
 # libasan intercepts the XDR functions that glibc used to have and libtirpc has
 # now; preloaded alone, it finds no real function behind its interceptor and the

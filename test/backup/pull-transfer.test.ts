@@ -1,16 +1,17 @@
 // The pull copy of several disks: each disk's export is closed (and its client let go,
 // with the receive memory it keeps) as soon as that disk is copied, not when the last is.
 // The exports are qemu-nbd's, as for a shut-off domain; qemu-img judges the files.
+import { readdirSync, statSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 
 import { OfflineExports } from '../../src/backup/engine/offline-images.js';
 import { closeExports, copyDisks, openOfflineExports } from '../../src/backup/engine/pull-transfer.js';
 import type { DiskPlan, ExecuteContext } from '../../src/backup/engine/run-context.js';
-import type { BackupEvent } from '../../src/backup/engine/engine-types.js';
+import { BackupError, type BackupEvent } from '../../src/backup/engine/engine-types.js';
 import { BackupSet } from '../../src/backup/set/backup-set.js';
 import { imagesIdentical } from './engine-helpers.js';
 import { qemuImg, qemuIo } from './qcow2-helpers.js';
@@ -65,3 +66,84 @@ test('with one disk at a time, a disk’s export is closed before the next disk 
     t.is(disk.dataBytes, 3 * 2 ** 20 + 64 * 1024);
   }
 });
+
+/** One qcow2 disk of `size` with `data` written at its start, exported by qemu-nbd as a shut-off domain's disk is, and a set to copy it into. */
+async function oneDiskCopy(t: ExecutionContext, size: string, data: string) {
+  const dir = await mkdtemp(join(tmpdir(), 'lvb-pull-transfer-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
+  await qemuImg('create', '-q', '-f', 'qcow2', image.path, size);
+  await qemuIo(image.path, [`write -P 0x5a 0 ${data}`]);
+  const disk: DiskPlan = {
+    target: 'vda',
+    format: 'qcow2',
+    tracksChanges: true,
+    level: 'full',
+    file: 'vda.full.qcow2',
+    backingFile: null,
+    virtualSize: 0,
+    dataBytes: 0,
+  };
+  const set = await BackupSet.create(join(dir, 'set'), DOMAIN);
+  t.teardown(() => set.close());
+  const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
+  t.teardown(() => exports.stop());
+  return { disk, set, image, exports };
+}
+
+test('the copy goes on while the thread that runs the backup is blocked', async (t) => {
+  const { disk, set, image, exports } = await oneDiskCopy(t, '256M', '192M');
+  const opened = await openOfflineExports([disk], exports, new AbortController().signal);
+  t.teardown(() => closeExports(opened));
+  const file = set.pathOf(disk.file);
+  let grewWhileBlocked = -1;
+  const emit = (event: BackupEvent): void => {
+    if (event.type !== 'progress' || grewWhileBlocked !== -1) return;
+    // Blocks this thread until the file has grown by 64 MiB (or 20 s pass): a copy
+    // made on this thread could not write a byte meanwhile.
+    const before = statSync(file).size;
+    const deadline = Date.now() + 20_000;
+    while (statSync(file).size < before + 64 * 2 ** 20 && Date.now() < deadline);
+    grewWhileBlocked = statSync(file).size - before;
+  };
+  const context = { set, emit, concurrency: 1, compression: null } as unknown as ExecuteContext;
+  await copyDisks(context, opened, new AbortController().signal);
+  t.true(grewWhileBlocked >= 64 * 2 ** 20, `the file grew ${grewWhileBlocked} bytes while this thread was blocked`);
+  t.true(await imagesIdentical(file, 'qcow2', image.path, 'qcow2'));
+});
+
+test.serial('an aborted copy has stopped writing when it rejects, with the run’s own reason, and its thread is gone', async (t) => {
+  const { disk, set, exports } = await oneDiskCopy(t, '512M', '384M');
+  const opened = await openOfflineExports([disk], exports, new AbortController().signal);
+  t.teardown(() => closeExports(opened));
+  const stop = new AbortController();
+  const reason = new BackupError('NO_SPACE', 'the destination is full');
+  const emit = (event: BackupEvent): void => {
+    if (event.type === 'progress' && event.bytesDone > 0) stop.abort(reason);
+  };
+  const threadsBefore = threadCount();
+  const context = { set, emit, concurrency: 1, compression: null } as unknown as ExecuteContext;
+  const error = await t.throwsAsync(copyDisks(context, opened, stop.signal));
+  t.is(error, reason);
+  const size = statSync(set.pathOf(disk.file)).size;
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  t.is(statSync(set.pathOf(disk.file)).size, size, 'nothing was written after the rejection');
+  t.deepEqual(
+    opened.map((entry) => entry.source),
+    [null],
+  );
+  // The copy thread ends with its last export: the process has fewer threads than while it ran.
+  t.true(threadCount() < threadsBefore, `${threadCount()} threads now, ${threadsBefore} during the copy`);
+});
+
+test.serial('an export that cannot be opened leaves no copy thread behind', async (t) => {
+  const { disk, exports } = await oneDiskCopy(t, '16M', '1M');
+  const threadsBefore = threadCount();
+  await exports.stop();
+  await t.throwsAsync(openOfflineExports([disk], exports, new AbortController().signal));
+  t.is(threadCount(), threadsBefore);
+});
+
+function threadCount(): number {
+  return readdirSync('/proc/self/task').length;
+}

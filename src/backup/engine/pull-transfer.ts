@@ -1,13 +1,12 @@
-// Pull mode: our NBD client reads each disk's export, and the one-pass writer makes its qcow2 file.
+// Pull mode: our NBD client reads each disk's export, and the one-pass writer makes its
+// qcow2 file, both on the run's pull copy thread (pull-copy-thread.ts).
 
 import type { Domain } from '../../libvirt/domain.js';
-import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient, type NbdTlsOptions } from '../../nbd/index.js';
 import { BackupError } from './engine-types.js';
 import { exportReadError } from './export-connection.js';
-import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/qcow2-layout.js';
-import { writeQcow2 } from '../qcow2/qcow2-writer.js';
-import { directWriteMemory } from '../qcow2/direct-write-memory.js';
-import type { AlignedMemorySource } from '../../common/page-aligned.js';
+import { bytesToCopy, type CopyEndpoint } from './export-copy.js';
+import { PullCopyThread, type ThreadExport } from './pull-copy-thread.js';
+import type { ClusterRun } from '../qcow2/qcow2-layout.js';
 import { type SpaceNeed } from './space-guard.js';
 import { type TcpExport } from './remote-export.js';
 import type { OfflineExports } from './offline-images.js';
@@ -23,7 +22,7 @@ export interface OpenedExport {
    * (tens of MiB when writes are in flight) until nothing refers to it, and the disks still
    * to copy need that memory more.
    */
-  source: NbdClient | null;
+  source: ThreadExport | null;
   runs: ClusterRun[];
   /** Bytes of the backup file to be written (metadata included). */
   fileSize: number;
@@ -54,18 +53,21 @@ export async function pullSpaceNeed(domain: Domain, opened: readonly OpenedExpor
   };
 }
 
+/** Where a pull job's export is read: a unix socket here, or a remote hypervisor's TCP port. */
+export type ExportEndpoint = { path: string } | TcpExport;
+
+function copyEndpoint(endpoint: ExportEndpoint): CopyEndpoint {
+  if ('path' in endpoint) return { path: endpoint.path };
+  if (endpoint.tls === null) return { host: endpoint.host, port: endpoint.port, tls: null };
+  const { relay, checkServerIdentity, ...tls } = endpoint.tls;
+  if (checkServerIdentity !== undefined) throw new TypeError('a pull export checked by a checkServerIdentity function cannot be read on the copy thread');
+  return { host: endpoint.host, port: endpoint.port, tls: { ...tls, relay: relay !== undefined } };
+}
+
 /**
  * Connects to every disk's export and works out what will be copied from it, before any
  * data moves: the space guard needs the whole run's figures from the start.
  */
-/** Where a pull job's export is read: a unix socket here, or a remote hypervisor's TCP port. */
-export type ExportEndpoint = { path: string } | TcpExport;
-
-function endpointOptions(endpoint: ExportEndpoint): { path: string } | { host: string; port: number; tls?: NbdTlsOptions } {
-  if ('path' in endpoint) return { path: endpoint.path };
-  return { host: endpoint.host, port: endpoint.port, ...(endpoint.tls !== null ? { tls: endpoint.tls } : {}) };
-}
-
 export async function openExports(context: ExecuteContext, disks: DiskPlan[], endpoint: ExportEndpoint, signal: AbortSignal): Promise<OpenedExport[]> {
   const spec = await context.domain.backupGetSpec();
   const exports = new Map<string, { name: string; bitmap?: string }>();
@@ -75,19 +77,35 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], en
       exports.set(d.name, { name: d.exportname ?? d.name, ...(d.exportbitmap !== undefined ? { bitmap: d.exportbitmap } : {}) });
     }
   }
+  return openAll(disks, async (thread, disk) => {
+    try {
+      return await openExport(thread, disk, endpoint, exports.get(disk.target) ?? { name: disk.target }, signal);
+    } catch (error) {
+      throw exportReadError(disk.target, error);
+    }
+  });
+}
+
+/** A shut-off domain's disks, each exported by its own qemu-nbd. */
+export async function openOfflineExports(disks: DiskPlan[], exports: OfflineExports, signal: AbortSignal): Promise<OpenedExport[]> {
+  return openAll(disks, async (thread, disk) => {
+    const { path, bitmap } = exports.exportOf(disk.target);
+    return openExport(thread, disk, { path }, { name: disk.target, ...(bitmap !== undefined ? { bitmap } : {}) }, signal);
+  });
+}
+
+/** Opens the disks one after the other on a new copy thread, which ends with the last export closed. */
+async function openAll(disks: readonly DiskPlan[], open: (thread: PullCopyThread, disk: DiskPlan) => Promise<OpenedExport>): Promise<OpenedExport[]> {
+  const thread = new PullCopyThread();
   const opened: OpenedExport[] = [];
   try {
-    for (const disk of disks) {
-      try {
-        opened.push(await openExport(disk, endpoint, exports.get(disk.target) ?? { name: disk.target }, signal));
-      } catch (error) {
-        throw exportReadError(disk.target, error);
-      }
-    }
+    for (const disk of disks) opened.push(await open(thread, disk));
   } catch (error) {
     await closeExports(opened);
+    await thread.stop();
     throw error;
   }
+  if (opened.length === 0) await thread.stop();
   return opened;
 }
 
@@ -102,68 +120,21 @@ export async function closeExports(opened: readonly OpenedExport[]): Promise<voi
   );
 }
 
-/** A shut-off domain's disks, each exported by its own qemu-nbd. */
-export async function openOfflineExports(disks: DiskPlan[], exports: OfflineExports, signal: AbortSignal): Promise<OpenedExport[]> {
-  const opened: OpenedExport[] = [];
-  try {
-    for (const disk of disks) {
-      const { path, bitmap } = exports.exportOf(disk.target);
-      opened.push(await openExport(disk, { path }, { name: disk.target, ...(bitmap !== undefined ? { bitmap } : {}) }, signal));
-    }
-  } catch (error) {
-    await closeExports(opened);
-    throw error;
-  }
-  return opened;
-}
-
-async function openExport(disk: DiskPlan, endpoint: ExportEndpoint, exported: { name: string; bitmap?: string }, signal: AbortSignal): Promise<OpenedExport> {
-  const dirtyContext = disk.level !== 'full' && exported.bitmap !== undefined ? `qemu:dirty-bitmap:${exported.bitmap}` : undefined;
-  if (disk.level !== 'full' && dirtyContext === undefined) {
+async function openExport(
+  thread: PullCopyThread,
+  disk: DiskPlan,
+  endpoint: ExportEndpoint,
+  exported: { name: string; bitmap?: string },
+  signal: AbortSignal,
+): Promise<OpenedExport> {
+  const dirtyBitmap = disk.level !== 'full' ? exported.bitmap : undefined;
+  if (disk.level !== 'full' && dirtyBitmap === undefined) {
     throw new BackupError('JOB_FAILED', `libvirt exported ${disk.target} without a dirty bitmap for an ${disk.level} backup`);
   }
-  const source = await NbdClient.connect({
-    ...endpointOptions(endpoint),
-    exportName: exported.name,
-    metaContexts: dirtyContext ? ['base:allocation', dirtyContext] : ['base:allocation'],
-    signal,
-  });
-  try {
-    disk.virtualSize = source.size;
-    // Data the disk holds (allocated, not reading as zeroes): what a full copies, and
-    // the most copy-before-write can ever put in the scratch, whatever the level.
-    const allocated: Array<{ offset: number; length: number }> = [];
-    for await (const extent of source.extents(BASE_ALLOCATION, undefined, { signal })) {
-      if (!(extent.flags & AllocationFlags.ZERO)) allocated.push(extent);
-    }
-    // The clusters this file stores: what changed (incremental), or what is allocated
-    // and not zero (full). Everything else reads from the backing file, or as zeroes.
-    let stored = allocated;
-    if (dirtyContext) {
-      stored = [];
-      for await (const extent of source.extents(dirtyContext, undefined, { signal })) {
-        if (extent.flags & DirtyBitmapFlags.DIRTY) stored.push(extent);
-      }
-    }
-    const runs = clusterRuns(stored);
-    const scratchBound = clusterRuns(allocated).reduce((sum, run) => sum + run.count * CLUSTER_SIZE, 0);
-    const fileSize = planQcow2({
-      virtualSize: source.size,
-      runs,
-      ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
-    }).fileSize;
-    // Every connection past its handshake before the copy starts. QEMU 7.2 as Debian
-    // ships it freezes, guest and all, when its NBD server stops while a client is
-    // still negotiating (README, "Known problems"); libvirt stops it when the job ends,
-    // an administrator may stop it at any time. close() lets a handshake finish before
-    // the job is ended; this keeps the copy itself clear of the window. The extra
-    // connections negotiated while block status was read, so it costs nothing.
-    await source.ready();
-    return { disk, source, runs, fileSize, written: 0, scratchBound };
-  } catch (error) {
-    await source.close().catch(() => undefined);
-    throw error;
-  }
+  const source = await thread.open({ endpoint: copyEndpoint(endpoint), exportName: exported.name, dirtyBitmap, backingFile: disk.backingFile }, signal);
+  disk.virtualSize = source.plan.virtualSize;
+  const { runs, fileSize, scratchBound } = source.plan;
+  return { disk, source, runs, fileSize, written: 0, scratchBound };
 }
 
 export async function copyDisks(context: ExecuteContext, opened: OpenedExport[], signal: AbortSignal): Promise<void> {
@@ -188,46 +159,22 @@ export async function copyDisks(context: ExecuteContext, opened: OpenedExport[],
 
 async function copyDisk(context: ExecuteContext, entry: OpenedExport, signal: AbortSignal): Promise<void> {
   const { set, emit } = context;
-  const { disk, source, runs } = entry;
+  const { disk, source } = entry;
   if (source === null) throw new Error(`the export of ${disk.target} is closed`);
-  // One source for all the disk's runs, so each run's reads reuse what the last released.
-  const alignedMemory: AlignedMemorySource = (bytes) => directWriteMemory(bytes);
-  // Whole clusters are read, so a cluster only partly dirty still gets its current
-  // bytes, never zeroes standing in for data the backing file has.
-  const chunks = (async function* () {
-    for (const run of runs) {
-      const offset = run.start * CLUSTER_SIZE;
-      const length = Math.min(run.count * CLUSTER_SIZE, source.size - offset);
-      for await (const chunk of source.chunks({ range: { offset, length }, reuseMemory: 'until-release', alignedMemory, signal })) {
-        if (chunk.kind === 'data') entry.written += chunk.length;
-        yield chunk;
-      }
-    }
-  })();
   // Progress follows the data to copy (known from block status), not the disk's size:
   // a 2 GiB disk holding 1 GiB shows 1 GiB to go, at the rate data really moves.
   let lastProgress = 0;
-  let copied = 0;
-  const total = runs.reduce((sum, run) => sum + Math.min(run.count * CLUSTER_SIZE, source.size - run.start * CLUSTER_SIZE), 0);
-  const written = await writeQcow2(
-    set.pathOf(disk.file),
-    {
-      virtualSize: source.size,
-      runs,
-      ...(disk.backingFile !== null ? { backingFile: disk.backingFile, backingFormat: 'qcow2' } : {}),
+  const total = bytesToCopy(source.plan);
+  const written = await source.copy(
+    { path: set.pathOf(disk.file), backingFile: disk.backingFile, compression: context.compression ?? undefined },
+    (bytesRead) => {
+      entry.written = bytesRead;
+      const now = Date.now();
+      if (now - lastProgress < PROGRESS_INTERVAL_MS) return;
+      lastProgress = now;
+      emit({ type: 'progress', target: disk.target, bytesDone: Math.min(bytesRead, total), bytesTotal: total });
     },
-    chunks,
-    {
-      signal,
-      ...(context.compression ? { compression: context.compression } : {}),
-      onProgress: () => {
-        copied = entry.written;
-        const now = Date.now();
-        if (now - lastProgress < PROGRESS_INTERVAL_MS) return;
-        lastProgress = now;
-        emit({ type: 'progress', target: disk.target, bytesDone: Math.min(copied, total), bytesTotal: total });
-      },
-    },
+    signal,
   );
   entry.written = entry.fileSize;
   disk.dataBytes = written.dataBytes;

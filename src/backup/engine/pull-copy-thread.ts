@@ -1,0 +1,140 @@
+// A run's pull copy thread, as the run sees it: exports opened, copied and closed there,
+// each call a promise. The run's own thread only hears replies and how far each copy is,
+// so a service that runs backups in-process keeps its event loop free for its own work.
+import type { Worker } from 'node:worker_threads';
+
+import { siblingModule, startModuleWorker } from '../../common/module-worker.js';
+import { abortReason } from '../../nbd/errors.js';
+import type { Qcow2WriteResult } from '../qcow2/qcow2-writer.js';
+import { receivedError } from './copy-thread-errors.js';
+import type { ExportPlan, ExportRequest } from './export-copy.js';
+import type { CopyTarget, FromCopyThread, ToCopyThread } from './pull-copy-messages.js';
+
+type Request = ToCopyThread extends infer M ? (M extends { request: number; type: infer T } ? (T extends 'abort' ? never : Omit<M, 'request'>) : never) : never;
+
+interface Pending {
+  resolve(value: unknown): void;
+  reject(error: Error): void;
+  signal: AbortSignal | undefined;
+}
+
+/** One export held by the thread. */
+export interface ThreadExport {
+  readonly plan: ExportPlan;
+  /** Copies the export into a new file; `onData` hears the data bytes read so far. */
+  copy(target: CopyTarget, onData: (bytesRead: number) => void, signal: AbortSignal): Promise<Qcow2WriteResult>;
+  /** Closes the export (the thread ends with its last); never fails. */
+  close(): Promise<void>;
+}
+
+export class PullCopyThread {
+  readonly #worker: Worker;
+  readonly #pending = new Map<number, Pending>();
+  readonly #onData = new Map<number, (bytesRead: number) => void>();
+  #nextRequest = 1;
+  #nextExport = 1;
+  #open = 0;
+  #stopped: Error | null = null;
+  readonly #exited: Promise<void>;
+
+  constructor() {
+    this.#worker = startModuleWorker(siblingModule(import.meta.url, 'pull-copy-worker'), null);
+    this.#worker.on('message', (message: FromCopyThread) => this.#receive(message));
+    this.#exited = new Promise((resolve) => {
+      this.#worker.once('error', (error) => this.#fail(new Error(`the pull copy thread failed: ${error.message}`, { cause: error })));
+      this.#worker.once('exit', (code) => {
+        this.#fail(new Error(`the pull copy thread ended (exit code ${code})`));
+        resolve();
+      });
+    });
+  }
+
+  /** Opens an export in the thread and works out what it will copy. */
+  async open(spec: ExportRequest, signal: AbortSignal): Promise<ThreadExport> {
+    const exportId = this.#nextExport++;
+    this.#open++;
+    let plan: ExportPlan;
+    try {
+      plan = (await this.#call({ type: 'open', exportId, spec }, signal)) as ExportPlan;
+    } catch (error) {
+      this.#open--;
+      if (this.#open === 0) await this.stop();
+      throw error;
+    }
+    let closing: Promise<void> | undefined;
+    return {
+      plan,
+      copy: async (target, onData, copySignal) => {
+        this.#onData.set(exportId, onData);
+        try {
+          return (await this.#call({ type: 'copy', exportId, target }, copySignal)) as Qcow2WriteResult;
+        } finally {
+          this.#onData.delete(exportId);
+        }
+      },
+      close: () => {
+        closing ??= (async () => {
+          await this.#call({ type: 'close', exportId }, undefined).catch(() => undefined);
+          this.#open--;
+          if (this.#open === 0) await this.stop();
+        })();
+        return closing;
+      },
+    };
+  }
+
+  /** Ends the thread (once no export is open, or when opening failed); never fails. */
+  async stop(): Promise<void> {
+    if (this.#stopped === null) await this.#worker.terminate();
+    await this.#exited;
+  }
+
+  #call(message: Request, signal: AbortSignal | undefined): Promise<unknown> {
+    if (this.#stopped !== null) return Promise.reject(this.#stopped);
+    const request = this.#nextRequest++;
+    return new Promise((resolve, reject) => {
+      // The thread must stop before the call settles, even when aborted: a file still
+      // being written, or a handshake still under way, must not outlive the run's step.
+      const abort = () => this.#worker.postMessage({ type: 'abort', request } satisfies ToCopyThread);
+      signal?.addEventListener('abort', abort, { once: true });
+      const done = () => signal?.removeEventListener('abort', abort);
+      this.#pending.set(request, {
+        resolve: (value) => {
+          done();
+          resolve(value);
+        },
+        reject: (error: Error) => {
+          done();
+          reject(error);
+        },
+        signal,
+      });
+      this.#worker.postMessage({ ...message, request } as ToCopyThread);
+      if (signal?.aborted) abort();
+    });
+  }
+
+  #receive(message: FromCopyThread): void {
+    if (message.type === 'data') {
+      this.#onData.get(message.exportId)?.(message.bytesRead);
+      return;
+    }
+    const pending = this.#pending.get(message.request);
+    if (pending === undefined) return;
+    this.#pending.delete(message.request);
+    if (message.error === undefined) {
+      pending.resolve(message.value);
+    } else if (pending.signal?.aborted) {
+      // What the thread saw was the abort; the run's own reason says why.
+      pending.reject(abortReason(pending.signal));
+    } else {
+      pending.reject(receivedError(message.error));
+    }
+  }
+
+  #fail(error: Error): void {
+    this.#stopped ??= error;
+    for (const pending of this.#pending.values()) pending.reject(error);
+    this.#pending.clear();
+  }
+}

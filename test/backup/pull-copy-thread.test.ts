@@ -1,0 +1,59 @@
+// The pull copy thread as the run uses it: a thread that ends under a copy fails the
+// copy with a clear error instead of leaving the run waiting, and nothing is asked of
+// it afterwards.
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+import test from 'ava';
+
+import { OfflineExports } from '../../src/backup/engine/offline-images.js';
+import { PullCopyThread } from '../../src/backup/engine/pull-copy-thread.js';
+import type { DiskPlan } from '../../src/backup/engine/run-context.js';
+import { qemuImg, qemuIo } from './qcow2-helpers.js';
+
+test('a thread that ends under a copy fails the copy and every later call', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'lvb-copy-thread-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
+  await qemuImg('create', '-q', '-f', 'qcow2', image.path, '512M');
+  await qemuIo(image.path, ['write -P 0x11 0 384M']);
+  const disk = {
+    target: 'vda',
+    format: 'qcow2',
+    tracksChanges: true,
+    level: 'full',
+    file: 'vda.full.qcow2',
+    backingFile: null,
+    virtualSize: 0,
+    dataBytes: 0,
+  } satisfies DiskPlan;
+  const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
+  t.teardown(() => exports.stop());
+
+  const thread = new PullCopyThread();
+  const opened = await thread.open(
+    { endpoint: exports.exportOf('vda'), exportName: 'vda', dirtyBitmap: undefined, backingFile: null },
+    new AbortController().signal,
+  );
+  t.is(opened.plan.virtualSize, 512 * 2 ** 20);
+  t.is(opened.plan.scratchBound, 384 * 2 ** 20);
+  let ended: Promise<void> | undefined;
+  const copy = opened.copy(
+    { path: join(dir, 'copy.qcow2'), backingFile: null, compression: undefined },
+    () => {
+      ended ??= thread.stop();
+    },
+    new AbortController().signal,
+  );
+  const error = await t.throwsAsync(copy);
+  t.regex(error.message, /the pull copy thread ended/);
+  await ended;
+  await t.throwsAsync(
+    thread.open({ endpoint: exports.exportOf('vda'), exportName: 'vda', dirtyBitmap: undefined, backingFile: null }, new AbortController().signal),
+    {
+      message: /the pull copy thread ended/,
+    },
+  );
+  await opened.close();
+});
