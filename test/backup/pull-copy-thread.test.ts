@@ -1,18 +1,20 @@
 // The pull copy thread as the run uses it: a thread that ends under a copy fails the
-// copy with a clear error instead of leaving the run waiting, and nothing is asked of
-// it afterwards.
+// copy with a clear error instead of leaving the run waiting, nothing is asked of it
+// afterwards, and a stopped thread is gone from the process.
+import { readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import test from 'ava';
 
+import { nativeAddon } from '../../src/libvirt/native.js';
 import { OfflineExports } from '../../src/backup/engine/offline-images.js';
 import { PullCopyThread } from '../../src/backup/engine/pull-copy-thread.js';
 import type { DiskPlan } from '../../src/backup/engine/run-context.js';
 import { qemuImg, qemuIo } from './qcow2-helpers.js';
 
-test('a thread that ends under a copy fails the copy and every later call', async (t) => {
+test.serial('a thread that ends under a copy fails the copy and every later call', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'lvb-copy-thread-'));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
@@ -31,6 +33,10 @@ test('a thread that ends under a copy fails the copy and every later call', asyn
   const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
   t.teardown(() => exports.stop());
 
+  // The addon's own threads live as long as the process: loaded here first, they are
+  // counted before the copy thread loads it too.
+  nativeAddon();
+  const threadsBefore = threadCount();
   const thread = new PullCopyThread();
   const opened = await thread.open(
     { endpoint: exports.exportOf('vda'), exportName: 'vda', dirtyBitmap: undefined, backingFile: null },
@@ -56,4 +62,9 @@ test('a thread that ends under a copy fails the copy and every later call', asyn
     },
   );
   await opened.close();
+  t.is(threadCount(), threadsBefore, 'the thread is gone from the process');
 });
+
+function threadCount(): number {
+  return readdirSync('/proc/self/task').length;
+}

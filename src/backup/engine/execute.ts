@@ -24,6 +24,7 @@ import { recordVerifiedFiles } from '../set/verified-files.js';
 import { CHECKPOINT_PREFIX, ChainBrokenError, type DiskPlan, type ExecuteContext } from './run-context.js';
 import { checkpointSpecFor, backupSpecFor } from './job-specs.js';
 import { pullSpaceNeed, openExports, openOfflineExports, copyDisks, closeExports } from './pull-transfer.js';
+import { PullCopyThread } from './pull-copy-thread.js';
 import { backupBeginPastStaleBitmaps } from './stale-backup-bitmaps.js';
 import { createOfflineCheckpoint, OfflineExports, removeOfflineCheckpoint } from './offline-images.js';
 import { exportSocketToConnect, unreachableExportError } from './export-connection.js';
@@ -60,6 +61,8 @@ class RunState {
   exportAt: TcpExport | undefined;
   /** A shut-off domain's images, exported by qemu-nbd. */
   offlineExports: OfflineExports | undefined;
+  /** Where a pull run opens, reads and writes its exports (pull-copy-thread.ts). */
+  copyThread: PullCopyThread | undefined;
   /**
    * The job could not be ended, or its end not confirmed (libvirtd gone): QEMU may still
    * write the job's files, so they stay, recorded for the next run, which ends the job first.
@@ -89,6 +92,8 @@ export async function execute(context: ExecuteContext): Promise<BackupResult> {
   const run = await beginRun(context, layout);
   const state = new RunState(context);
   context.conn.on('block-job', state.onBlockJob);
+  // Started now, the thread boots while the job starts.
+  if (context.transport === 'pull') state.copyThread = new PullCopyThread();
   try {
     await startJob(context, layout, state);
     if (context.transport === 'pull') await pullData(context, layout, state);
@@ -99,6 +104,7 @@ export async function execute(context: ExecuteContext): Promise<BackupResult> {
     throw await failRun(context, layout, state, run, error);
   } finally {
     state.guard?.stop();
+    await state.copyThread?.stop();
     await state.offlineExports?.stop();
     context.conn.off('block-job', state.onBlockJob);
     if (layout.socketDir !== undefined) await rm(layout.socketDir, { recursive: true, force: true });
@@ -238,7 +244,9 @@ async function pullData(context: ExecuteContext, layout: RunLayout, state: RunSt
   const offline = state.offlineExports;
   try {
     const opened =
-      offline === undefined ? await openExports(context, layout.disks, endpoint, state.signal) : await openOfflineExports(layout.disks, offline, state.signal);
+      offline === undefined
+        ? await openExports(context, state.copyThread!, layout.disks, endpoint, state.signal)
+        : await openOfflineExports(state.copyThread!, layout.disks, offline, state.signal);
     try {
       await guardSpace(context, state, async () => pullSpaceNeed(domain, opened, context.remote === null && offline === undefined));
       await context.hooks.afterJobStart?.();

@@ -10,7 +10,8 @@ import { receivedError } from './copy-thread-errors.js';
 import type { ExportPlan, ExportRequest } from './export-copy.js';
 import type { CopyTarget, FromCopyThread, ToCopyThread } from './pull-copy-messages.js';
 
-type Request = ToCopyThread extends infer M ? (M extends { request: number; type: infer T } ? (T extends 'abort' ? never : Omit<M, 'request'>) : never) : never;
+/** A request as the caller words it: the thread's message less the number this side gives it. */
+type Request<M = Exclude<ToCopyThread, { type: 'abort' }>> = M extends unknown ? Omit<M, 'request'> : never;
 
 interface Pending {
   resolve(value: unknown): void;
@@ -23,7 +24,7 @@ export interface ThreadExport {
   readonly plan: ExportPlan;
   /** Copies the export into a new file; `onData` hears the data bytes read so far. */
   copy(target: CopyTarget, onData: (bytesRead: number) => void, signal: AbortSignal): Promise<Qcow2WriteResult>;
-  /** Closes the export (the thread ends with its last); never fails. */
+  /** Closes the export; never fails. */
   close(): Promise<void>;
 }
 
@@ -33,10 +34,14 @@ export class PullCopyThread {
   readonly #onData = new Map<number, (bytesRead: number) => void>();
   #nextRequest = 1;
   #nextExport = 1;
-  #open = 0;
   #stopped: Error | null = null;
   readonly #exited: Promise<void>;
 
+  /**
+   * Starts the thread. It boots while the caller goes on (a run starts its thread with
+   * the run, so the boot overlaps the calls that start the job); calls wait for it.
+   * The owner must `stop()` it.
+   */
   constructor() {
     this.#worker = startModuleWorker(siblingModule(import.meta.url, 'pull-copy-worker'), null);
     this.#worker.on('message', (message: FromCopyThread) => this.#receive(message));
@@ -52,15 +57,7 @@ export class PullCopyThread {
   /** Opens an export in the thread and works out what it will copy. */
   async open(spec: ExportRequest, signal: AbortSignal): Promise<ThreadExport> {
     const exportId = this.#nextExport++;
-    this.#open++;
-    let plan: ExportPlan;
-    try {
-      plan = (await this.#call({ type: 'open', exportId, spec }, signal)) as ExportPlan;
-    } catch (error) {
-      this.#open--;
-      if (this.#open === 0) await this.stop();
-      throw error;
-    }
+    const plan = (await this.#call({ type: 'open', exportId, spec }, signal)) as ExportPlan;
     let closing: Promise<void> | undefined;
     return {
       plan,
@@ -73,17 +70,16 @@ export class PullCopyThread {
         }
       },
       close: () => {
-        closing ??= (async () => {
-          await this.#call({ type: 'close', exportId }, undefined).catch(() => undefined);
-          this.#open--;
-          if (this.#open === 0) await this.stop();
-        })();
+        closing ??= this.#call({ type: 'close', exportId }, undefined).then(
+          () => undefined,
+          () => undefined,
+        );
         return closing;
       },
     };
   }
 
-  /** Ends the thread (once no export is open, or when opening failed); never fails. */
+  /** Ends the thread, and with it any export still open there; never fails. */
   async stop(): Promise<void> {
     if (this.#stopped === null) await this.#worker.terminate();
     await this.#exited;

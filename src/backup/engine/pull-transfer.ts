@@ -5,7 +5,7 @@ import type { Domain } from '../../libvirt/domain.js';
 import { BackupError } from './engine-types.js';
 import { exportReadError } from './export-connection.js';
 import { bytesToCopy, type CopyEndpoint } from './export-copy.js';
-import { PullCopyThread, type ThreadExport } from './pull-copy-thread.js';
+import { type PullCopyThread, type ThreadExport } from './pull-copy-thread.js';
 import type { ClusterRun } from '../qcow2/qcow2-layout.js';
 import { type SpaceNeed } from './space-guard.js';
 import { type TcpExport } from './remote-export.js';
@@ -68,7 +68,13 @@ function copyEndpoint(endpoint: ExportEndpoint): CopyEndpoint {
  * Connects to every disk's export and works out what will be copied from it, before any
  * data moves: the space guard needs the whole run's figures from the start.
  */
-export async function openExports(context: ExecuteContext, disks: DiskPlan[], endpoint: ExportEndpoint, signal: AbortSignal): Promise<OpenedExport[]> {
+export async function openExports(
+  context: ExecuteContext,
+  thread: PullCopyThread,
+  disks: DiskPlan[],
+  endpoint: ExportEndpoint,
+  signal: AbortSignal,
+): Promise<OpenedExport[]> {
   const spec = await context.domain.backupGetSpec();
   const exports = new Map<string, { name: string; bitmap?: string }>();
   if (spec.mode === 'pull') {
@@ -77,7 +83,7 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], en
       exports.set(d.name, { name: d.exportname ?? d.name, ...(d.exportbitmap !== undefined ? { bitmap: d.exportbitmap } : {}) });
     }
   }
-  return openAll(disks, async (thread, disk) => {
+  return openAll(disks, async (disk) => {
     try {
       return await openExport(thread, disk, endpoint, exports.get(disk.target) ?? { name: disk.target }, signal);
     } catch (error) {
@@ -87,25 +93,22 @@ export async function openExports(context: ExecuteContext, disks: DiskPlan[], en
 }
 
 /** A shut-off domain's disks, each exported by its own qemu-nbd. */
-export async function openOfflineExports(disks: DiskPlan[], exports: OfflineExports, signal: AbortSignal): Promise<OpenedExport[]> {
-  return openAll(disks, async (thread, disk) => {
+export async function openOfflineExports(thread: PullCopyThread, disks: DiskPlan[], exports: OfflineExports, signal: AbortSignal): Promise<OpenedExport[]> {
+  return openAll(disks, async (disk) => {
     const { path, bitmap } = exports.exportOf(disk.target);
     return openExport(thread, disk, { path }, { name: disk.target, ...(bitmap !== undefined ? { bitmap } : {}) }, signal);
   });
 }
 
-/** Opens the disks one after the other on a new copy thread, which ends with the last export closed. */
-async function openAll(disks: readonly DiskPlan[], open: (thread: PullCopyThread, disk: DiskPlan) => Promise<OpenedExport>): Promise<OpenedExport[]> {
-  const thread = new PullCopyThread();
+/** Opens the disks one after the other; none stays open if one fails. */
+async function openAll(disks: readonly DiskPlan[], open: (disk: DiskPlan) => Promise<OpenedExport>): Promise<OpenedExport[]> {
   const opened: OpenedExport[] = [];
   try {
-    for (const disk of disks) opened.push(await open(thread, disk));
+    for (const disk of disks) opened.push(await open(disk));
   } catch (error) {
     await closeExports(opened);
-    await thread.stop();
     throw error;
   }
-  if (opened.length === 0) await thread.stop();
   return opened;
 }
 
