@@ -1,6 +1,7 @@
 // The pull copy thread as the run uses it: a thread that ends under a copy fails the
 // copy with a clear error instead of leaving the run waiting, nothing is asked of it
 // afterwards, and a stopped thread is gone from the process.
+import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -68,3 +69,52 @@ test.serial('a thread that ends under a copy fails the copy and every later call
 function threadCount(): number {
   return readdirSync('/proc/self/task').length;
 }
+
+const NO_EXPORT = { endpoint: { path: '/nonexistent/export.sock' }, exportName: 'vda', dirtyBitmap: undefined, backingFile: null };
+
+test.serial('a thread released sound and idle serves the next run; one released with an export open is ended', async (t) => {
+  const first = PullCopyThread.acquire();
+  // It answers (the export is missing), so it is up.
+  await t.throwsAsync(first.open(NO_EXPORT, new AbortController().signal), { code: 'ENOENT' });
+  await first.release();
+  const second = PullCopyThread.acquire();
+  t.is(second, first);
+  await t.throwsAsync(second.open(NO_EXPORT, new AbortController().signal), { code: 'ENOENT' });
+
+  const dir = await mkdtemp(join(tmpdir(), 'lvb-copy-thread-'));
+  t.teardown(() => rm(dir, { recursive: true, force: true }));
+  const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
+  await qemuImg('create', '-q', '-f', 'qcow2', image.path, '16M');
+  const disk = {
+    target: 'vda',
+    format: 'qcow2',
+    tracksChanges: true,
+    level: 'full',
+    file: 'vda.full.qcow2',
+    backingFile: null,
+    virtualSize: 0,
+    dataBytes: 0,
+  } satisfies DiskPlan;
+  const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
+  t.teardown(() => exports.stop());
+  await second.open({ ...NO_EXPORT, endpoint: exports.exportOf('vda') }, new AbortController().signal);
+  await second.release();
+  const third = PullCopyThread.acquire();
+  t.not(third, second);
+  await t.throwsAsync(second.open(NO_EXPORT, new AbortController().signal), { message: /the pull copy thread ended/ });
+  await third.stop();
+});
+
+test.serial('a kept thread never keeps the process alive', (t) => {
+  const script = `
+    const { PullCopyThread } = await import(${JSON.stringify(new URL('../../src/backup/engine/pull-copy-thread.ts', import.meta.url).href)});
+    PullCopyThread.prewarm();
+    const thread = PullCopyThread.acquire();
+    await thread.release();
+    console.log('released');
+  `;
+  const started = Date.now();
+  const out = execFileSync(process.execPath, ['--import=tsx', '--input-type=module', '-e', script], { encoding: 'utf8', timeout: 20_000 });
+  t.is(out.trim(), 'released');
+  t.true(Date.now() - started < 15_000, 'the process ended without waiting for the kept thread to expire');
+});

@@ -29,6 +29,7 @@ import { planRemoteRun } from './remote-export.js';
 import { planQuiesce, thawAfterInterruptedRun, type QuiescePlan } from './quiesce.js';
 import { offlineImages } from './offline-images.js';
 import { startPausedForRun, stopAfterRun } from './paused-start.js';
+import { PullCopyThread } from './pull-copy-thread.js';
 
 export * from './engine-types.js';
 export { CHECKPOINT_PREFIX } from './run-context.js';
@@ -49,6 +50,8 @@ export async function runBackup(options: BackupOptions): Promise<BackupResult> {
   const transport = checkTransport(options.transport ?? 'pull');
   checkCompression(options.compress, transport);
   const scratchDir = options.scratchDir === undefined ? null : await checkScratchDir(options.scratchDir, transport);
+  // The copy thread boots while the domain, the set and the chain are checked.
+  if (transport === 'pull') PullCopyThread.prewarm();
 
   const ownConnection = options.connection === undefined;
   const conn = options.connection ?? (await connect(options.uri ?? 'qemu:///system'));

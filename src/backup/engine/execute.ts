@@ -92,8 +92,8 @@ export async function execute(context: ExecuteContext): Promise<BackupResult> {
   const run = await beginRun(context, layout);
   const state = new RunState(context);
   context.conn.on('block-job', state.onBlockJob);
-  // Started now, the thread boots while the job starts.
-  if (context.transport === 'pull') state.copyThread = new PullCopyThread();
+  // Taken now: a new thread boots while the job starts.
+  if (context.transport === 'pull') state.copyThread = PullCopyThread.acquire();
   try {
     await startJob(context, layout, state);
     if (context.transport === 'pull') await pullData(context, layout, state);
@@ -104,7 +104,7 @@ export async function execute(context: ExecuteContext): Promise<BackupResult> {
     throw await failRun(context, layout, state, run, error);
   } finally {
     state.guard?.stop();
-    await state.copyThread?.stop();
+    await state.copyThread?.release();
     await state.offlineExports?.stop();
     context.conn.off('block-job', state.onBlockJob);
     if (layout.socketDir !== undefined) await rm(layout.socketDir, { recursive: true, force: true });

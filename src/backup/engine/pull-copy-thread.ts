@@ -28,19 +28,30 @@ export interface ThreadExport {
   close(): Promise<void>;
 }
 
+/**
+ * How long a thread a run has finished with is kept for the next run: a thread takes
+ * about 100 ms to boot (more through tsx), as much as a whole incremental backup of an
+ * idle guest, and a service or `backup --all` runs one backup after another.
+ */
+const SPARE_IDLE_MS = 30_000;
+
+/** The thread kept between runs, unreferenced (it never keeps the process alive). */
+let spare: { thread: PullCopyThread; expiry: NodeJS.Timeout } | undefined;
+
 export class PullCopyThread {
   readonly #worker: Worker;
   readonly #pending = new Map<number, Pending>();
   readonly #onData = new Map<number, (bytesRead: number) => void>();
   #nextRequest = 1;
   #nextExport = 1;
+  #openExports = 0;
   #stopped: Error | null = null;
   readonly #exited: Promise<void>;
 
   /**
    * Starts the thread. It boots while the caller goes on (a run starts its thread with
    * the run, so the boot overlaps the calls that start the job); calls wait for it.
-   * The owner must `stop()` it.
+   * The owner must `stop()` or `release()` it. Runs use `acquire()`.
    */
   constructor() {
     this.#worker = startModuleWorker(siblingModule(import.meta.url, 'pull-copy-worker'), null);
@@ -54,10 +65,51 @@ export class PullCopyThread {
     });
   }
 
+  /** The thread kept from an earlier run, or a new one. */
+  static acquire(): PullCopyThread {
+    const kept = spare;
+    spare = undefined;
+    if (kept !== undefined) {
+      clearTimeout(kept.expiry);
+      if (kept.thread.#stopped === null) {
+        kept.thread.#worker.ref();
+        return kept.thread;
+      }
+    }
+    return new PullCopyThread();
+  }
+
+  /** Starts a thread for the next `acquire()` unless one is kept already: a run calls it as it starts, so the boot overlaps its checks. */
+  static prewarm(): void {
+    if (spare === undefined) PullCopyThread.#keep(new PullCopyThread());
+  }
+
+  /** Done with the thread: kept for the next run when it is sound and idle, else ended; never fails. */
+  async release(): Promise<void> {
+    if (this.#stopped !== null || this.#openExports > 0 || this.#pending.size > 0 || spare !== undefined) return this.stop();
+    PullCopyThread.#keep(this);
+  }
+
+  static #keep(thread: PullCopyThread): void {
+    thread.#worker.unref();
+    const expiry = setTimeout(() => {
+      if (spare?.thread === thread) spare = undefined;
+      void thread.stop();
+    }, SPARE_IDLE_MS).unref();
+    spare = { thread, expiry };
+  }
+
   /** Opens an export in the thread and works out what it will copy. */
   async open(spec: ExportRequest, signal: AbortSignal): Promise<ThreadExport> {
     const exportId = this.#nextExport++;
-    const plan = (await this.#call({ type: 'open', exportId, spec }, signal)) as ExportPlan;
+    this.#openExports++;
+    let plan: ExportPlan;
+    try {
+      plan = (await this.#call({ type: 'open', exportId, spec }, signal)) as ExportPlan;
+    } catch (error) {
+      this.#openExports--;
+      throw error;
+    }
     let closing: Promise<void> | undefined;
     return {
       plan,
@@ -71,7 +123,9 @@ export class PullCopyThread {
       },
       close: () => {
         closing ??= this.#call({ type: 'close', exportId }, undefined).then(
-          () => undefined,
+          () => {
+            this.#openExports--;
+          },
           () => undefined,
         );
         return closing;
