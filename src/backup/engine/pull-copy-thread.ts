@@ -4,7 +4,7 @@
 import type { Worker } from 'node:worker_threads';
 
 import { siblingModule, startModuleWorker } from '../../common/module-worker.js';
-import { abortReason } from '../../nbd/errors.js';
+import { abortReason } from '../../common/abort-reason.js';
 import type { Qcow2WriteResult } from '../qcow2/qcow2-writer.js';
 import { receivedError } from './copy-thread-errors.js';
 import type { ExportPlan, ExportRequest } from './export-copy.js';
