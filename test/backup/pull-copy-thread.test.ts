@@ -3,36 +3,16 @@
 // afterwards, and a stopped thread is gone from the process.
 import { execFileSync } from 'node:child_process';
 import { readdirSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
 import test from 'ava';
 
 import { nativeAddon } from '../../src/libvirt/native.js';
-import { OfflineExports } from '../../src/backup/engine/offline-images.js';
 import { PullCopyThread } from '../../src/backup/engine/pull-copy-thread.js';
-import type { DiskPlan } from '../../src/backup/engine/run-context.js';
-import { qemuImg, qemuIo } from './qcow2-helpers.js';
+import { exportedDisk } from './exported-disk.js';
 
 test.serial('a thread that ends under a copy fails the copy and every later call', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'lvb-copy-thread-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
-  await qemuImg('create', '-q', '-f', 'qcow2', image.path, '512M');
-  await qemuIo(image.path, ['write -P 0x11 0 384M']);
-  const disk = {
-    target: 'vda',
-    format: 'qcow2',
-    tracksChanges: true,
-    level: 'full',
-    file: 'vda.full.qcow2',
-    backingFile: null,
-    virtualSize: 0,
-    dataBytes: 0,
-  } satisfies DiskPlan;
-  const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
-  t.teardown(() => exports.stop());
+  const { dir, exports } = await exportedDisk(t, 'lvb-copy-thread-', '512M', '384M');
 
   // The addon's own threads live as long as the process: loaded here first, they are
   // counted before the copy thread loads it too.
@@ -81,22 +61,7 @@ test.serial('a thread released sound and idle serves the next run; one released 
   t.is(second, first);
   await t.throwsAsync(second.open(NO_EXPORT, new AbortController().signal), { code: 'ENOENT' });
 
-  const dir = await mkdtemp(join(tmpdir(), 'lvb-copy-thread-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
-  await qemuImg('create', '-q', '-f', 'qcow2', image.path, '16M');
-  const disk = {
-    target: 'vda',
-    format: 'qcow2',
-    tracksChanges: true,
-    level: 'full',
-    file: 'vda.full.qcow2',
-    backingFile: null,
-    virtualSize: 0,
-    dataBytes: 0,
-  } satisfies DiskPlan;
-  const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
-  t.teardown(() => exports.stop());
+  const { exports } = await exportedDisk(t, 'lvb-copy-thread-', '16M');
   await second.open({ ...NO_EXPORT, endpoint: exports.exportOf('vda') }, new AbortController().signal);
   await second.release();
   const third = PullCopyThread.acquire();

@@ -16,6 +16,7 @@ import { BackupError, type BackupEvent } from '../../src/backup/engine/engine-ty
 import { BackupSet } from '../../src/backup/set/backup-set.js';
 import { imagesIdentical } from './engine-helpers.js';
 import { qemuImg, qemuIo } from './qcow2-helpers.js';
+import { exportedDisk } from './exported-disk.js';
 
 const DOMAIN = { name: 'pull-transfer', uuid: '5d0c8a47-2f61-4b1e-9a3c-0e7b6f1d2c84', xml: '<domain type="kvm"><name>pull-transfer</name></domain>' };
 
@@ -72,25 +73,9 @@ test('with one disk at a time, a disk’s export is closed before the next disk 
 
 /** One qcow2 disk of `size` with `data` written at its start, exported by qemu-nbd as a shut-off domain's disk is, and a set to copy it into. */
 async function oneDiskCopy(t: ExecutionContext, size: string, data: string) {
-  const dir = await mkdtemp(join(tmpdir(), 'lvb-pull-transfer-'));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  const image = { target: 'vda', path: join(dir, 'vda.qcow2'), format: 'qcow2' };
-  await qemuImg('create', '-q', '-f', 'qcow2', image.path, size);
-  await qemuIo(image.path, [`write -P 0x5a 0 ${data}`]);
-  const disk: DiskPlan = {
-    target: 'vda',
-    format: 'qcow2',
-    tracksChanges: true,
-    level: 'full',
-    file: 'vda.full.qcow2',
-    backingFile: null,
-    virtualSize: 0,
-    dataBytes: 0,
-  };
+  const { dir, image, disk, exports } = await exportedDisk(t, 'lvb-pull-transfer-', size, data);
   const set = await BackupSet.create(join(dir, 'set'), DOMAIN);
   t.teardown(() => set.close());
-  const exports = await OfflineExports.start([disk], new Map([['vda', image]]), null, dir);
-  t.teardown(() => exports.stop());
   const thread = new PullCopyThread();
   t.teardown(() => thread.stop());
   return { disk, set, image, exports, thread };
