@@ -1,7 +1,7 @@
 // What the pull copy's thread does with one disk's export: open it and work out what
 // will be copied (before any data moves), then copy that into the backup's qcow2 file.
 import { AllocationFlags, BASE_ALLOCATION, DirtyBitmapFlags, NbdClient, type NbdTlsOptions } from '../../nbd/index.js';
-import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun } from '../qcow2/qcow2-layout.js';
+import { CLUSTER_SIZE, clusterRuns, planQcow2, type ClusterRun, type Qcow2LayoutInput } from '../qcow2/qcow2-layout.js';
 import { writeQcow2, type Qcow2WriteResult } from '../qcow2/qcow2-writer.js';
 import { directWriteMemory } from '../qcow2/direct-write-memory.js';
 import type { ClusterCompression } from '../qcow2/cluster-compression.js';
@@ -22,6 +22,13 @@ export interface ExportRequest {
   /** The job's dirty bitmap of the disk: set for an incremental or differential backup. */
   dirtyBitmap: string | undefined;
   backingFile: string | null;
+}
+
+/** Where a copy writes, as the thread needs it. */
+export interface CopyTarget {
+  path: string;
+  backingFile: string | null;
+  compression: ClusterCompression | undefined;
 }
 
 /** What an opened export will put in its backup file. */
@@ -76,11 +83,7 @@ export async function openExport(request: ExportRequest, signal: AbortSignal): P
     }
     const runs = clusterRuns(stored);
     const scratchBound = clusterRuns(allocated).reduce((sum, run) => sum + run.count * CLUSTER_SIZE, 0);
-    const fileSize = planQcow2({
-      virtualSize: source.size,
-      runs,
-      ...(request.backingFile !== null ? { backingFile: request.backingFile, backingFormat: 'qcow2' } : {}),
-    }).fileSize;
+    const fileSize = planQcow2(layoutInput(source.size, runs, request.backingFile)).fileSize;
     // Every connection past its handshake before the copy starts. QEMU 7.2 as Debian
     // ships it freezes, guest and all, when its NBD server stops while a client is
     // still negotiating (README, "Known problems"); libvirt stops it when the job ends,
@@ -95,46 +98,47 @@ export async function openExport(request: ExportRequest, signal: AbortSignal): P
   }
 }
 
+/** The file's layout: the same for the plan made when the export opens and for the copy. */
+function layoutInput(virtualSize: number, runs: ClusterRun[], backingFile: string | null): Qcow2LayoutInput {
+  return { virtualSize, runs, ...(backingFile !== null ? { backingFile, backingFormat: 'qcow2' } : {}) };
+}
+
+/** The guest bytes a run covers: its clusters, the last one cut at the disk's end. */
+function runRange(run: ClusterRun, virtualSize: number): { offset: number; length: number } {
+  const offset = run.start * CLUSTER_SIZE;
+  return { offset, length: Math.min(run.count * CLUSTER_SIZE, virtualSize - offset) };
+}
+
 /** The bytes of the runs to copy, the figure progress counts towards. */
 export function bytesToCopy(plan: ExportPlan): number {
-  return plan.runs.reduce((sum, run) => sum + Math.min(run.count * CLUSTER_SIZE, plan.virtualSize - run.start * CLUSTER_SIZE), 0);
+  return plan.runs.reduce((sum, run) => sum + runRange(run, plan.virtualSize).length, 0);
 }
 
 /** Copies the plan's runs from `source` into a new qcow2 file at `path`; `onData` hears the data bytes read so far. */
 export async function copyExport(
   source: NbdClient,
   plan: ExportPlan,
-  target: { path: string; backingFile: string | null; compression: ClusterCompression | undefined },
+  target: CopyTarget,
   onData: (bytesRead: number) => void,
   signal: AbortSignal,
 ): Promise<Qcow2WriteResult> {
-  // One source for all the disk's runs, so each run's reads reuse what the last released.
+  // A memory source of this copy's own: the NBD stream pools its buffers per source, so
+  // each run's reads reuse what the last released, and the pool goes with the copy.
   const alignedMemory: AlignedMemorySource = (bytes) => directWriteMemory(bytes);
   let bytesRead = 0;
   // Whole clusters are read, so a cluster only partly dirty still gets its current
   // bytes, never zeroes standing in for data the backing file has.
   const chunks = (async function* () {
     for (const run of plan.runs) {
-      const offset = run.start * CLUSTER_SIZE;
-      const length = Math.min(run.count * CLUSTER_SIZE, source.size - offset);
-      for await (const chunk of source.chunks({ range: { offset, length }, reuseMemory: 'until-release', alignedMemory, signal })) {
+      for await (const chunk of source.chunks({ range: runRange(run, source.size), reuseMemory: 'until-release', alignedMemory, signal })) {
         if (chunk.kind === 'data') bytesRead += chunk.length;
         yield chunk;
       }
     }
   })();
-  return writeQcow2(
-    target.path,
-    {
-      virtualSize: source.size,
-      runs: plan.runs,
-      ...(target.backingFile !== null ? { backingFile: target.backingFile, backingFormat: 'qcow2' } : {}),
-    },
-    chunks,
-    {
-      signal,
-      ...(target.compression ? { compression: target.compression } : {}),
-      onProgress: () => onData(bytesRead),
-    },
-  );
+  return writeQcow2(target.path, layoutInput(source.size, plan.runs, target.backingFile), chunks, {
+    signal,
+    ...(target.compression ? { compression: target.compression } : {}),
+    onProgress: () => onData(bytesRead),
+  });
 }

@@ -1,14 +1,6 @@
 // The messages between a run and its pull copy thread (pull-copy-thread.ts, pull-copy-worker.ts).
-import type { ClusterCompression } from '../qcow2/cluster-compression.js';
 import type { SentError } from './copy-thread-errors.js';
-import type { ExportRequest } from './export-copy.js';
-
-/** Where a copy writes, as the thread needs it. */
-export interface CopyTarget {
-  path: string;
-  backingFile: string | null;
-  compression: ClusterCompression | undefined;
-}
+import type { CopyTarget, ExportRequest } from './export-copy.js';
 
 /** The run asks; every request but `abort` gets one `reply` with its number. */
 export type ToCopyThread =

@@ -7,8 +7,8 @@ import { siblingModule, startModuleWorker } from '../../common/module-worker.js'
 import { abortReason } from '../../common/abort-reason.js';
 import type { Qcow2WriteResult } from '../qcow2/qcow2-writer.js';
 import { receivedError } from './copy-thread-errors.js';
-import type { ExportPlan, ExportRequest } from './export-copy.js';
-import type { CopyTarget, FromCopyThread, ToCopyThread } from './pull-copy-messages.js';
+import type { CopyTarget, ExportPlan, ExportRequest } from './export-copy.js';
+import type { FromCopyThread, ToCopyThread } from './pull-copy-messages.js';
 
 /** A request as the caller words it: the thread's message less the number this side gives it. */
 type Request<M = Exclude<ToCopyThread, { type: 'abort' }>> = M extends unknown ? Omit<M, 'request'> : never;

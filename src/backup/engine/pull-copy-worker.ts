@@ -27,8 +27,7 @@ async function handle(message: Exclude<ToCopyThread, { type: 'abort' }>, signal:
       const opened = exports.get(message.exportId);
       if (opened === undefined) throw new Error(`export ${message.exportId} is not open`);
       let reported = 0;
-      const report = (bytesRead: number) => post({ type: 'data', exportId: message.exportId, bytesRead });
-      const result = await copyExport(
+      return copyExport(
         opened.source,
         opened.plan,
         message.target,
@@ -36,11 +35,10 @@ async function handle(message: Exclude<ToCopyThread, { type: 'abort' }>, signal:
           const now = Date.now();
           if (now - reported < DATA_REPORT_INTERVAL_MS) return;
           reported = now;
-          report(bytesRead);
+          post({ type: 'data', exportId: message.exportId, bytesRead });
         },
         signal,
       );
-      return result;
     }
     case 'close': {
       const opened = exports.get(message.exportId);
